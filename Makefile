@@ -1,0 +1,24 @@
+# One command per workflow. Each installs what it needs on a fresh machine and caches
+# it outside the checkout, under $(FLASHSALE_CACHE).
+FLASHSALE_CACHE ?= $(HOME)/.cache/flashsale
+export FLASHSALE_CACHE
+# Build artefacts live in the cache too, so a fresh clone (CI) reuses compiled deps.
+export CARGO_TARGET_DIR ?= $(FLASHSALE_CACHE)/target
+
+.PHONY: test demo bench-node lint
+
+## make test: every test (unit, property, HTTP, crash, local-cluster e2e).
+test:
+	bash scripts/test.sh
+
+## make demo: a real sale end to end on the local cluster.
+demo:
+	bash scripts/demo.sh
+
+## make bench-node: the stock node HTTP load benchmark.
+bench-node:
+	bash scripts/bench-node.sh
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings

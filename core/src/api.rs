@@ -1,0 +1,64 @@
+//! The stock node's HTTP wire types (JSON, camelCase).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::UnixMs;
+
+/// A purchase: holds `quantity` units of `sku` for `customer` until confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PurchaseRequest {
+    pub sku: String,
+    pub quantity: u32,
+    /// The buyer; the per-customer limit counts per this id.
+    pub customer: String,
+    /// Client-chosen key: the same key with the same body returns the first answer.
+    pub idempotency_key: String,
+}
+
+/// Where an order stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OrderState {
+    /// Stock is held until `expiresAtMs`.
+    Reserved,
+    /// Sold.
+    Confirmed,
+    /// Cancelled by the client; its stock went back.
+    Cancelled,
+    /// Not confirmed in time; its stock went back.
+    Expired,
+}
+
+/// An order as the node reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// Unique in the sale; assigned by the primary (the WAL sequence of the purchase).
+    pub id: u64,
+    pub sku: String,
+    pub quantity: u32,
+    pub customer: String,
+    pub idempotency_key: String,
+    pub state: OrderState,
+    pub created_at_ms: UnixMs,
+    /// When an unconfirmed hold returns to stock.
+    pub expires_at_ms: UnixMs,
+}
+
+/// One item's stock as the node sees it. Always `sold + held + remaining == stock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemView {
+    pub sku: String,
+    /// Units on sale in total.
+    pub stock: u64,
+    /// Units in confirmed orders.
+    pub sold: u64,
+    /// Units held by reservations not yet confirmed.
+    pub held: u64,
+    /// Units still for sale.
+    pub remaining: u64,
+    pub per_customer_limit: u32,
+}

@@ -1,0 +1,169 @@
+//! Errors a client can see, each with a stable `code` string and HTTP status.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Stable machine-readable error codes. The string form (`code()`) never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: malformed JSON or a field out of its domain (`field` names it).
+    BadRequest,
+    /// 404: unknown item.
+    UnknownItem,
+    /// 404: unknown order.
+    UnknownOrder,
+    /// 409: not enough stock left.
+    SoldOut,
+    /// 409: idempotency key reused with a different body.
+    IdempotencyConflict,
+    /// 409: the order is not in a state that allows the change (e.g. confirm an expired hold).
+    OrderState,
+    /// 413: body over the size limit.
+    PayloadTooLarge,
+    /// 422: over the per-customer limit.
+    LimitExceeded,
+    /// 422: quantity is zero or larger than any customer may buy.
+    BadQuantity,
+    /// 425: the sale has not opened yet.
+    NotOpen,
+    /// 410: the sale has ended.
+    Ended,
+    /// 429: over the admission rate (`Retry-After` says when to come back).
+    RateLimited,
+    /// 503: this node is not the primary (`primary` says who is).
+    NotPrimary,
+    /// 503: this node's epoch is stale or its lease lapsed; it sells nothing.
+    Fenced,
+    /// 503: overloaded, shutting down, or not configured yet.
+    Unavailable,
+    /// 500: a bug or an I/O failure; the request changed nothing it acknowledged.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            BadRequest => 400,
+            UnknownItem | UnknownOrder => 404,
+            SoldOut | IdempotencyConflict | OrderState => 409,
+            PayloadTooLarge => 413,
+            LimitExceeded | BadQuantity => 422,
+            NotOpen => 425,
+            Ended => 410,
+            RateLimited => 429,
+            NotPrimary | Fenced | Unavailable => 503,
+            Internal => 500,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadRequest => "bad_request",
+            UnknownItem => "unknown_item",
+            UnknownOrder => "unknown_order",
+            SoldOut => "sold_out",
+            IdempotencyConflict => "idempotency_conflict",
+            OrderState => "order_state",
+            PayloadTooLarge => "payload_too_large",
+            LimitExceeded => "limit_exceeded",
+            BadQuantity => "bad_quantity",
+            NotOpen => "not_open",
+            Ended => "ended",
+            RateLimited => "rate_limited",
+            NotPrimary => "not_primary",
+            Fenced => "fenced",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// What was wrong, for a person.
+    pub message: String,
+    /// The request field at fault, for 400/422.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The primary's address, for `not_primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Seconds to wait, for `rate_limited` (also in `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+/// Why the selling engine refused a command. Maps 1:1 onto an [`ErrorCode`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SellError {
+    #[error("field `{field}`: {reason}")]
+    BadRequest { field: String, reason: String },
+    #[error("unknown item `{0}`")]
+    UnknownItem(String),
+    #[error("unknown order {0}")]
+    UnknownOrder(u64),
+    #[error("`{sku}` has {remaining} left, {requested} asked")]
+    SoldOut { sku: String, remaining: u64, requested: u32 },
+    #[error("idempotency key `{0}` was used with a different request")]
+    IdempotencyConflict(String),
+    #[error("order {id} is {state}, cannot {action}")]
+    OrderState { id: u64, state: String, action: String },
+    #[error("customer `{customer}` may have {limit} of `{sku}`, already has {held}, asked {requested}")]
+    LimitExceeded { customer: String, sku: String, limit: u32, held: u64, requested: u32 },
+    #[error("quantity {quantity}: {reason}")]
+    BadQuantity { quantity: u32, reason: String },
+    #[error("the sale opens at {starts_at_ms} (unix ms)")]
+    NotOpen { starts_at_ms: i64 },
+    #[error("the sale ended at {ends_at_ms} (unix ms)")]
+    Ended { ends_at_ms: i64 },
+    #[error("this node is not the primary")]
+    NotPrimary { primary: Option<String> },
+    #[error("fenced: {0}")]
+    Fenced(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SellError {
+    pub fn code(&self) -> ErrorCode {
+        use SellError::*;
+        match self {
+            BadRequest { .. } => ErrorCode::BadRequest,
+            UnknownItem(_) => ErrorCode::UnknownItem,
+            UnknownOrder(_) => ErrorCode::UnknownOrder,
+            SoldOut { .. } => ErrorCode::SoldOut,
+            IdempotencyConflict(_) => ErrorCode::IdempotencyConflict,
+            OrderState { .. } => ErrorCode::OrderState,
+            LimitExceeded { .. } => ErrorCode::LimitExceeded,
+            BadQuantity { .. } => ErrorCode::BadQuantity,
+            NotOpen { .. } => ErrorCode::NotOpen,
+            Ended { .. } => ErrorCode::Ended,
+            NotPrimary { .. } => ErrorCode::NotPrimary,
+            Fenced(_) => ErrorCode::Fenced,
+            Unavailable(_) => ErrorCode::Unavailable,
+            Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The body a client sees.
+    pub fn body(&self) -> ErrorBody {
+        let field = match self {
+            SellError::BadRequest { field, .. } => Some(field.clone()),
+            SellError::BadQuantity { .. } => Some("quantity".to_string()),
+            _ => None,
+        };
+        let primary = match self {
+            SellError::NotPrimary { primary } => primary.clone(),
+            _ => None,
+        };
+        ErrorBody { code: self.code(), message: self.to_string(), field, primary, retry_after_s: None }
+    }
+}

@@ -1,0 +1,13 @@
+//! What the stock node and the operator share, with no Kubernetes in it: the sale's
+//! rules, the HTTP wire types, the stable error codes, and the WAL record format.
+
+pub mod api;
+pub mod error;
+pub mod sale;
+
+pub use api::{ItemView, Order, OrderState, PurchaseRequest};
+pub use error::{ErrorBody, ErrorCode, SellError};
+pub use sale::{Durability, ItemSpec, SaleConfig};
+
+/// Milliseconds since the Unix epoch: the only clock unit on the wire and in the WAL.
+pub type UnixMs = i64;

@@ -1,0 +1,2 @@
+//! The `stock-node` binary (placeholder until the node lands).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The flashsale operator (placeholder until the operator lands).

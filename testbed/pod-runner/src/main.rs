@@ -1,0 +1,2 @@
+//! The pod runner (placeholder until the local cluster lands).
+fn main() {}
