@@ -1,6 +1,7 @@
 //! What the stock node and the operator share, with no Kubernetes in it: the sale's
 //! rules, the HTTP wire types, the stable error codes, and the WAL record format.
 
+pub mod admin;
 pub mod api;
 pub mod error;
 pub mod sale;

@@ -1,0 +1,62 @@
+//! The node admin API: what the operator (and a person with the admin token) says to
+//! a stock node, and what the node reports back. All routes live under `/admin/v1/`
+//! and need `Authorization: Bearer <admin token>`; without it the node answers 401.
+//!
+//! | route                     | body            | answer        |
+//! |---------------------------|-----------------|---------------|
+//! | `GET  /admin/v1/status`   | —               | [`NodeStatus`] |
+//! | `PUT  /admin/v1/config`   | [`crate::SaleConfig`] | [`NodeStatus`] |
+//! | `PUT  /admin/v1/role`     | [`RoleAssignment`] | [`NodeStatus`] |
+//!
+//! `PUT config` configures a fresh node or changes a running sale (stock added,
+//! window moved, items added); stock can never drop below what is sold and held
+//! (400 naming `items[i].stock`). The change is a WAL record like every other.
+//! `PUT role` with an epoch older than the node's own is refused with 409 `fenced`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{ItemView, UnixMs};
+
+/// What part a node plays in its sale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Started but not told its role yet: answers reads, refuses purchases (503).
+    #[default]
+    Standby,
+    /// The one node that sells.
+    Primary,
+    /// Holds a live copy; answers reads, forwards or refuses purchases.
+    Secondary,
+}
+
+/// The operator's word on a node's role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleAssignment {
+    pub role: Role,
+    /// Fencing epoch: a node refuses writes and replication from an older epoch.
+    pub epoch: u64,
+    /// The primary's base URL (`http://host:port`), for secondaries.
+    #[serde(default)]
+    pub primary_url: Option<String>,
+}
+
+/// A node's own account of itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub role: Role,
+    pub epoch: u64,
+    /// The sale's name, once configured.
+    pub sale: Option<String>,
+    /// Highest WAL sequence applied to the in-memory state.
+    pub applied_seq: u64,
+    /// Highest WAL sequence known durable on this node's disk.
+    pub durable_seq: u64,
+    pub items: Vec<ItemView>,
+    /// Purchases answered per second, averaged over the last few seconds (the scaler's input).
+    pub purchases_per_s: f64,
+    pub now_ms: UnixMs,
+}
