@@ -39,6 +39,12 @@ pub enum ErrorCode {
     Unavailable,
     /// 500: a bug or an I/O failure; the request changed nothing it acknowledged.
     Internal,
+    /// 401: admin route without the right `Authorization: Bearer` token.
+    Unauthorized,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -55,6 +61,9 @@ impl ErrorCode {
             RateLimited => 429,
             NotPrimary | Fenced | Unavailable => 503,
             Internal => 500,
+            Unauthorized => 401,
+            NotFound => 404,
+            MethodNotAllowed => 405,
         }
     }
 
@@ -77,6 +86,9 @@ impl ErrorCode {
             Fenced => "fenced",
             Unavailable => "unavailable",
             Internal => "internal",
+            Unauthorized => "unauthorized",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -109,13 +121,29 @@ pub enum SellError {
     #[error("unknown order {0}")]
     UnknownOrder(u64),
     #[error("`{sku}` has {remaining} left, {requested} asked")]
-    SoldOut { sku: String, remaining: u64, requested: u32 },
+    SoldOut {
+        sku: String,
+        remaining: u64,
+        requested: u32,
+    },
     #[error("idempotency key `{0}` was used with a different request")]
     IdempotencyConflict(String),
     #[error("order {id} is {state}, cannot {action}")]
-    OrderState { id: u64, state: String, action: String },
-    #[error("customer `{customer}` may have {limit} of `{sku}`, already has {held}, asked {requested}")]
-    LimitExceeded { customer: String, sku: String, limit: u32, held: u64, requested: u32 },
+    OrderState {
+        id: u64,
+        state: String,
+        action: String,
+    },
+    #[error(
+        "customer `{customer}` may have {limit} of `{sku}`, already has {held}, asked {requested}"
+    )]
+    LimitExceeded {
+        customer: String,
+        sku: String,
+        limit: u32,
+        held: u64,
+        requested: u32,
+    },
     #[error("quantity {quantity}: {reason}")]
     BadQuantity { quantity: u32, reason: String },
     #[error("the sale opens at {starts_at_ms} (unix ms)")]
@@ -164,6 +192,12 @@ impl SellError {
             SellError::NotPrimary { primary } => primary.clone(),
             _ => None,
         };
-        ErrorBody { code: self.code(), message: self.to_string(), field, primary, retry_after_s: None }
+        ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+            field,
+            primary,
+            retry_after_s: None,
+        }
     }
 }
