@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod api;
 pub mod error;
+pub mod replication;
 pub mod sale;
+pub mod wal;
 
 pub use api::{ItemView, Order, OrderState, PurchaseRequest};
 pub use error::{ErrorBody, ErrorCode, SellError};
