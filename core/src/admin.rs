@@ -59,4 +59,7 @@ pub struct NodeStatus {
     /// Purchases answered per second, averaged over the last few seconds (the scaler's input).
     pub purchases_per_s: f64,
     pub now_ms: UnixMs,
+    /// Replication: mode, applied sequence, lag, repairs (absent when not configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::ReplicationStatus>,
 }

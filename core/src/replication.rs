@@ -1,0 +1,337 @@
+//! Replication wire types: the pub/sub message a primary publishes for each durable
+//! batch, the durability ack a secondary sends back in quorum mode, the catch-up
+//! route's contract, and the replication part of a node's status.
+//!
+//! A pub/sub message wraps one encoded WAL batch ([`crate::wal::encode_batch`], the
+//! same bytes the primary made durable) with the primary's clock, for lag in
+//! milliseconds, and a checksum over everything:
+//!
+//! ```text
+//! magic "FSR1" | sent_at_ms i64 LE | batch_len u32 LE | crc32c u32 LE (of all before it and the batch) | batch
+//! ```
+//!
+//! Catch-up (`GET /admin/v1/wal?from=SEQ&max_bytes=N`, admin token) answers 200 with one
+//! encoded batch holding records `from..` (at most `max_bytes` of frames, at least one
+//! record), 204 when the node has nothing from `from` on, and 410 `wal_compacted` when
+//! `from` is older than the node's oldest retained record (the secondary then
+//! bootstraps from `GET /admin/v1/snapshot`). Every answer carries
+//! [`HEADER_DURABLE_SEQ`] and [`HEADER_EPOCH`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::UnixMs;
+use crate::wal::{Batch, WalError, decode_batch};
+
+const MSG_MAGIC: &[u8; 4] = b"FSR1";
+/// Message header: magic, sent_at_ms, batch_len, crc.
+pub const MSG_HEADER_BYTES: usize = 4 + 8 + 4 + 4;
+/// Largest batch a message may carry; bigger is damage (a group commit is far smaller).
+pub const MSG_BATCH_BYTES_MAX: usize = 64 << 20;
+/// Largest catch-up answer a secondary asks for, and a primary serves.
+pub const CATCHUP_BYTES_MAX: usize = 4 << 20;
+
+/// Route a secondary catches up from.
+pub const WAL_ROUTE: &str = "/admin/v1/wal";
+/// Route a fresh secondary bootstraps from when the tail it needs was compacted away.
+pub const SNAPSHOT_ROUTE: &str = "/admin/v1/snapshot";
+/// Highest sequence durable on the answering node (catch-up answers, secondaries' reads).
+pub const HEADER_DURABLE_SEQ: &str = "x-flashsale-durable-seq";
+/// Highest sequence applied on the answering node: on a secondary's reads, how fresh
+/// the answer is.
+pub const HEADER_APPLIED_SEQ: &str = "x-flashsale-applied-seq";
+/// The answering node's fencing epoch.
+pub const HEADER_EPOCH: &str = "x-flashsale-epoch";
+
+/// The channel a sale's batches go to unless configured otherwise.
+pub fn default_channel(sale: &str) -> String {
+    format!("flashsale:{sale}:wal")
+}
+
+/// The channel secondaries publish durability acks to (quorum mode).
+pub fn ack_channel(wal_channel: &str) -> String {
+    format!("{wal_channel}:ack")
+}
+
+/// When the primary answers a purchase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicationMode {
+    /// After its own fsync; secondaries follow within the lag. Losing the primary's
+    /// volume loses what they had not received yet (the default: fastest).
+    #[default]
+    Async,
+    /// After its own fsync and one secondary's durability ack; without an ack within
+    /// the timeout the purchase answers 503 (it may still apply later; a retry with
+    /// the same idempotency key returns its outcome).
+    Quorum,
+}
+
+impl FromStr for ReplicationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "async" => Ok(Self::Async),
+            "quorum" => Ok(Self::Quorum),
+            other => Err(format!(
+                "replication mode `{other}`: expected `async` or `quorum`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ReplicationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Async => "async",
+            Self::Quorum => "quorum",
+        })
+    }
+}
+
+/// Why bytes are not a replication message or ack.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("truncated: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    #[error("not a replication message (bad magic)")]
+    BadMagic,
+    #[error("batch length {0} out of range")]
+    BadLength(usize),
+    #[error("message checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("batch: {0}")]
+    Batch(#[from] WalError),
+    #[error("ack: {0}")]
+    BadAck(String),
+}
+
+/// A decoded message: the batch and when the primary sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub sent_at_ms: UnixMs,
+    pub batch: Batch,
+}
+
+/// Wraps an encoded batch for PUBLISH.
+pub fn encode_message(sent_at_ms: UnixMs, batch: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MSG_HEADER_BYTES + batch.len());
+    out.extend_from_slice(MSG_MAGIC);
+    out.extend_from_slice(&sent_at_ms.to_le_bytes());
+    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+    let mut crc = crc32c::crc32c(&out);
+    crc = crc32c::crc32c_append(crc, batch);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(batch);
+    out
+}
+
+/// Decodes a message: checks its checksum and every record of its batch. Damaged
+/// bytes are an error, never a panic and never a partial batch.
+pub fn decode_message(buf: &[u8]) -> Result<Message, ReplicationError> {
+    if buf.len() < MSG_HEADER_BYTES {
+        return Err(ReplicationError::Truncated {
+            need: MSG_HEADER_BYTES,
+            have: buf.len(),
+        });
+    }
+    if &buf[..4] != MSG_MAGIC {
+        return Err(ReplicationError::BadMagic);
+    }
+    let sent_at_ms = i64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")) as usize;
+    if len > MSG_BATCH_BYTES_MAX {
+        return Err(ReplicationError::BadLength(len));
+    }
+    let need = MSG_HEADER_BYTES + len;
+    if buf.len() != need {
+        return Err(ReplicationError::Truncated {
+            need,
+            have: buf.len(),
+        });
+    }
+    let stored = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes"));
+    let batch = &buf[MSG_HEADER_BYTES..];
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&buf[..16]), batch);
+    if stored != computed {
+        return Err(ReplicationError::Checksum { stored, computed });
+    }
+    Ok(Message {
+        sent_at_ms,
+        batch: decode_batch(batch)?,
+    })
+}
+
+/// A secondary's word that it holds records up to `durable_seq` on its own disk.
+/// Cumulative, so a lost ack is made good by the next one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    pub node: String,
+    pub epoch: u64,
+    pub durable_seq: u64,
+}
+
+/// Longest ack accepted (a node name is a pod name: short).
+pub const ACK_BYTES_MAX: usize = 1024;
+
+impl Ack {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing a plain struct to a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    pub fn decode(buf: &[u8]) -> Result<Self, ReplicationError> {
+        if buf.len() > ACK_BYTES_MAX {
+            return Err(ReplicationError::BadAck(format!("{} bytes", buf.len())));
+        }
+        serde_json::from_slice(buf).map_err(|e| ReplicationError::BadAck(e.to_string()))
+    }
+}
+
+/// Where a secondary stands in following its primary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FollowState {
+    /// Not following (a primary, or a standby without a primary to follow).
+    #[default]
+    Idle,
+    /// Loading a snapshot from the primary.
+    Bootstrapping,
+    /// Reading the primary's WAL over HTTP (fresh start, reconnect, or a gap).
+    CatchingUp,
+    /// Applying the live pub/sub stream.
+    Live,
+}
+
+/// A secondary that acked durability to this primary (quorum bookkeeping).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAck {
+    pub node: String,
+    pub durable_seq: u64,
+    /// How long ago its last ack arrived.
+    pub age_ms: u64,
+}
+
+/// The replication part of `GET /admin/v1/status` (`NodeStatus.replication`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationStatus {
+    pub mode: ReplicationMode,
+    pub channel: String,
+    /// Whether the node's Redis connection is up right now.
+    pub redis_connected: bool,
+    pub state: FollowState,
+    /// Highest sequence applied here (same as `NodeStatus.appliedSeq`).
+    pub applied_seq: u64,
+    /// Highest sequence this node knows the primary has durable.
+    pub primary_seq: u64,
+    /// `primary_seq - applied_seq`.
+    pub lag_records: u64,
+    /// Age, on arrival, of the last live batch applied (primary's clock vs this node's);
+    /// 0 when caught up with no traffic.
+    pub lag_ms: u64,
+    /// Gaps in the live stream repaired by catch-up.
+    pub gaps: u64,
+    /// Batches already applied that arrived again (ignored).
+    pub duplicates: u64,
+    /// Batches from an older epoch, refused.
+    pub stale_epochs: u64,
+    /// Messages that failed their checksum or decode, dropped.
+    pub damaged: u64,
+    /// Primary: batches not published (queue full or Redis down); catch-up repairs them.
+    pub publish_dropped: u64,
+    /// Primary: the secondaries' latest durability acks.
+    #[serde(default)]
+    pub peers: Vec<PeerAck>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{Record, RecordBody, encode_batch, encode_record};
+
+    fn sample() -> Vec<u8> {
+        let mut frames = Vec::new();
+        for seq in 5..=7 {
+            let body = RecordBody::Confirm { order_id: seq };
+            encode_record(
+                &Record {
+                    seq,
+                    epoch: 2,
+                    at_ms: 1,
+                    body,
+                },
+                &mut frames,
+            )
+            .unwrap();
+        }
+        encode_message(123, &encode_batch(2, 5, 7, &frames))
+    }
+
+    #[test]
+    fn a_message_round_trips() {
+        let m = decode_message(&sample()).unwrap();
+        assert_eq!(
+            (
+                m.sent_at_ms,
+                m.batch.epoch,
+                m.batch.first_seq,
+                m.batch.last_seq
+            ),
+            (123, 2, 5, 7)
+        );
+        assert_eq!(m.batch.records.len(), 3);
+    }
+
+    #[test]
+    fn every_byte_flip_and_every_truncation_is_an_error() {
+        let good = sample();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            assert!(decode_message(&bad).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                decode_message(&good[..i]).is_err(),
+                "truncation at {i} went unnoticed"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode_message(&longer).is_err());
+    }
+
+    #[test]
+    fn acks_round_trip_and_junk_is_refused() {
+        let a = Ack {
+            node: "n-1".into(),
+            epoch: 3,
+            durable_seq: 99,
+        };
+        assert_eq!(Ack::decode(&a.encode()).unwrap(), a);
+        assert!(Ack::decode(b"{\"node\":1}").is_err());
+        assert!(Ack::decode(&vec![b' '; ACK_BYTES_MAX + 1]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_message(&bytes);
+            let mut framed = b"FSR1".to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode_message(&framed);
+        }
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!(
+            "quorum".parse::<ReplicationMode>().unwrap(),
+            ReplicationMode::Quorum
+        );
+        assert!("sync".parse::<ReplicationMode>().is_err());
+    }
+}
