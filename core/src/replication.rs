@@ -3,11 +3,11 @@
 //! route's contract, and the replication part of a node's status.
 //!
 //! A pub/sub message wraps one encoded WAL batch ([`crate::wal::encode_batch`], the
-//! same bytes the primary made durable) with the primary's clock, for lag in
-//! milliseconds, and a checksum over everything:
+//! same bytes the primary made durable) with the primary's clock at publish (for lag; in
+//! microseconds since the Unix epoch), and a checksum over everything:
 //!
 //! ```text
-//! magic "FSR1" | sent_at_ms i64 LE | batch_len u32 LE | crc32c u32 LE (of all before it and the batch) | batch
+//! magic "FSR1" | sent_at_us i64 LE | batch_len u32 LE | crc32c u32 LE (of all before it and the batch) | batch
 //! ```
 //!
 //! Catch-up (`GET /admin/v1/wal?from=SEQ&max_bytes=N`, admin token) answers 200 with one
@@ -23,11 +23,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::UnixMs;
 use crate::wal::{Batch, WalError, decode_batch};
 
 const MSG_MAGIC: &[u8; 4] = b"FSR1";
-/// Message header: magic, sent_at_ms, batch_len, crc.
+/// Message header: magic, sent_at_us, batch_len, crc.
 pub const MSG_HEADER_BYTES: usize = 4 + 8 + 4 + 4;
 /// Largest batch a message may carry; bigger is damage (a group commit is far smaller).
 pub const MSG_BATCH_BYTES_MAX: usize = 64 << 20;
@@ -112,15 +111,16 @@ pub enum ReplicationError {
 /// A decoded message: the batch and when the primary sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub sent_at_ms: UnixMs,
+    /// Primary's clock when it published, microseconds since the Unix epoch.
+    pub sent_at_us: i64,
     pub batch: Batch,
 }
 
 /// Wraps an encoded batch for PUBLISH.
-pub fn encode_message(sent_at_ms: UnixMs, batch: &[u8]) -> Vec<u8> {
+pub fn encode_message(sent_at_us: i64, batch: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MSG_HEADER_BYTES + batch.len());
     out.extend_from_slice(MSG_MAGIC);
-    out.extend_from_slice(&sent_at_ms.to_le_bytes());
+    out.extend_from_slice(&sent_at_us.to_le_bytes());
     out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
     let mut crc = crc32c::crc32c(&out);
     crc = crc32c::crc32c_append(crc, batch);
@@ -141,7 +141,7 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, ReplicationError> {
     if &buf[..4] != MSG_MAGIC {
         return Err(ReplicationError::BadMagic);
     }
-    let sent_at_ms = i64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
+    let sent_at_us = i64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")) as usize;
     if len > MSG_BATCH_BYTES_MAX {
         return Err(ReplicationError::BadLength(len));
@@ -160,7 +160,7 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, ReplicationError> {
         return Err(ReplicationError::Checksum { stored, computed });
     }
     Ok(Message {
-        sent_at_ms,
+        sent_at_us,
         batch: decode_batch(batch)?,
     })
 }
@@ -277,7 +277,7 @@ mod tests {
         let m = decode_message(&sample()).unwrap();
         assert_eq!(
             (
-                m.sent_at_ms,
+                m.sent_at_us,
                 m.batch.epoch,
                 m.batch.first_seq,
                 m.batch.last_seq
