@@ -21,6 +21,11 @@ need() { for b in "$@"; do [ -x "$BIN/$b" ] || return 0; done; return 1; }
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
 mkdir -p "$BIN"
 
+# Two callers at once (CI and a cluster `up`) wait for one build instead of racing.
+exec 8>"$BIN/.build.lock"
+flock 8
+started=$SECONDS
+
 # -- Kubernetes: a wrapper module that replaces every staging module with its tag.
 if need kube-apiserver kube-controller-manager kube-scheduler kubectl; then
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
@@ -89,4 +94,5 @@ if need helm; then
   rm -rf "$work"; trap - EXIT
 fi
 
+[ $((SECONDS - started)) -gt 1 ] && log "done in $((SECONDS - started)) s"
 echo "$BIN"
