@@ -83,7 +83,11 @@ tools_bin() {
 
 # A pid is ours only if its command line names this cluster's dir: pid files can
 # outlive their process (crash, reboot) and the pid be reused by someone else.
-ours() { [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$DIR/"; }
+ours() {
+  local c
+  c=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [[ $c == *"$DIR/"* ]]
+}
 
 alive() { [ -f "$DIR/pids/$1.pid" ] && ours "$(cat "$DIR/pids/$1.pid")"; }
 
@@ -167,16 +171,16 @@ net_up() {
 
 # Deletes every iptables rule jumping to an FS<N>- chain, then the chains.
 iptables_clean() {
-  local t rule chain
+  local t rule chain save
   for t in nat filter mangle raw; do
-    iptables-save -t "$t" 2>/dev/null | grep -E "^-A .* -j ${CHAIN_PREFIX}" | grep -vE "^-A ${CHAIN_PREFIX}" |
-      while read -r rule; do
-        eval "iptables -t $t -D ${rule#-A }" || true
-      done
-    for chain in $(iptables-save -t "$t" 2>/dev/null | grep -oE "^:${CHAIN_PREFIX}[^ ]+" | cut -c2-); do
+    save=$(iptables-save -t "$t" 2>/dev/null || true)
+    while read -r rule; do
+      [ -n "$rule" ] && { eval "iptables -t $t -D ${rule#-A }" || true; }
+    done < <(grep -E "^-A .* -j ${CHAIN_PREFIX}" <<<"$save" | grep -vE "^-A ${CHAIN_PREFIX}" || true)
+    for chain in $(grep -oE "^:${CHAIN_PREFIX}[^ ]+" <<<"$save" | cut -c2- || true); do
       iptables -t "$t" -F "$chain" 2>/dev/null || true
     done
-    for chain in $(iptables-save -t "$t" 2>/dev/null | grep -oE "^:${CHAIN_PREFIX}[^ ]+" | cut -c2-); do
+    for chain in $(grep -oE "^:${CHAIN_PREFIX}[^ ]+" <<<"$save" | cut -c2- || true); do
       iptables -t "$t" -X "$chain" 2>/dev/null || true
     done
   done
