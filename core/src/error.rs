@@ -45,6 +45,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
+    /// 410: catch-up asked for WAL records this node compacted into a snapshot.
+    WalCompacted,
 }
 
 impl ErrorCode {
@@ -64,6 +66,7 @@ impl ErrorCode {
             Unauthorized => 401,
             NotFound => 404,
             MethodNotAllowed => 405,
+            WalCompacted => 410,
         }
     }
 
@@ -89,6 +92,7 @@ impl ErrorCode {
             Unauthorized => "unauthorized",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            WalCompacted => "wal_compacted",
         }
     }
 }
