@@ -1,0 +1,89 @@
+//! What the engine measures about itself, as prometheus-client metrics the HTTP side
+//! registers in its registry with [`EngineMetrics::register`]. Clones share the values.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The engine's counters and histograms. All updated by the sequencer thread only.
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    /// Records per group commit.
+    pub batch_records: Histogram,
+    /// Bytes per group commit.
+    pub batch_bytes: Histogram,
+    /// `fdatasync` latency in microseconds (not observed with `NoSync`).
+    pub fsync_us: Histogram,
+    /// Group commits written.
+    pub batches: Counter,
+    /// Records written.
+    pub records: Counter,
+    /// Snapshots written.
+    pub snapshots: Counter,
+    /// Items with sold + held > stock. Must stay 0; anything else is a bug.
+    pub oversold: Gauge,
+    /// Commands waiting in the sequencer queue when a batch was taken.
+    pub queue_len: Gauge,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self {
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            batch_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
+            fsync_us: Histogram::new(exponential_buckets(50.0, 2.0, 14)),
+            batches: Counter::default(),
+            records: Counter::default(),
+            snapshots: Counter::default(),
+            oversold: Gauge::default(),
+            queue_len: Gauge::default(),
+        }
+    }
+}
+
+impl EngineMetrics {
+    /// Registers every metric under `registry` (names get the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "engine_batch_records",
+            "Records per group commit",
+            self.batch_records.clone(),
+        );
+        registry.register(
+            "engine_batch_bytes",
+            "Bytes per group commit",
+            self.batch_bytes.clone(),
+        );
+        registry.register(
+            "engine_fsync_us",
+            "fdatasync latency in microseconds",
+            self.fsync_us.clone(),
+        );
+        registry.register(
+            "engine_batches",
+            "Group commits written",
+            self.batches.clone(),
+        );
+        registry.register(
+            "engine_records",
+            "WAL records written",
+            self.records.clone(),
+        );
+        registry.register(
+            "engine_snapshots",
+            "Snapshots written",
+            self.snapshots.clone(),
+        );
+        registry.register(
+            "oversold",
+            "Items with sold + held above stock (must be 0)",
+            self.oversold.clone(),
+        );
+        registry.register(
+            "engine_queue_len",
+            "Commands queued when a batch was taken",
+            self.queue_len.clone(),
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The selling engine: opens a data directory (snapshot + WAL replay, torn tail cut),
+//! then runs one sequencer thread that applies commands in order and group-commits
+//! them (one `fdatasync` per batch) before answering. Reads come from a view the
+//! sequencer refreshes after each durable batch, never through its queue.
+//!
+//! Roles: a node sells only as [`Role::Primary`]. A fresh directory has no role
+//! record; [`EngineOptions::initial_role`] then says what it starts as (the binary
+//! passes `Primary` for a lone node, `None` under the operator, which leaves it
+//! `Standby` until `set_role`). This default is not logged: the first
+//! [`EngineHandle::set_role`] is, and from then on the log decides.
+//!
+//! Durability: a batch is synced unless `EngineOptions::durability` or the sale's
+//! config says `NoSync` (either one suffices).
+
+mod clock;
+pub mod metrics;
+mod sequencer;
+pub mod snapshot;
+pub mod state;
+mod view;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use flashsale_core::admin::{Role, RoleAssignment};
+use flashsale_core::wal::encode_batch;
+use flashsale_core::{Durability, ItemView, Order, PurchaseRequest, SaleConfig, SellError};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::EngineMetrics;
+pub use state::{ApplyError, Command};
+pub use view::EngineStatus;
+
+use crate::wal::{
+    Frames, FsDir, ScanOptions, ScanReport, SegmentWriter, WalDir, WalDirError, list_segments,
+};
+use sequencer::{Job, Limits, Msg, Sequencer};
+use view::ReadView;
+
+/// How to open an engine. Every limit has a default suited to one node on a small machine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Where segments and snapshots live (created if missing).
+    pub data_dir: PathBuf,
+    /// `NoSync` skips the per-batch `fdatasync` (benchmarks only: a power loss loses acknowledged sales).
+    pub durability: Durability,
+    /// Commands waiting for the sequencer; a full queue answers `Unavailable` at once.
+    pub queue_len_max: usize,
+    /// Most records in one group commit.
+    pub batch_records_max: usize,
+    /// Most bytes in one group commit (also how far from the end damage counts as a torn tail).
+    pub batch_bytes_max: usize,
+    /// A segment past this size is closed and a new one started.
+    pub segment_bytes_max: u64,
+    /// Records between snapshots (bounds replay time; each snapshot pauses the sequencer briefly).
+    pub snapshot_every_records: u64,
+    /// How often idle holds are checked for expiry (busy batches check on every batch).
+    pub expiry_tick_ms: u64,
+    /// The role before any role is logged (see the module doc).
+    pub initial_role: Option<Role>,
+    /// Committed batches kept for slow `subscribe_batches` receivers before they lag.
+    pub batch_channel_len: usize,
+    /// The wall clock (tests inject a `ManualClock`).
+    pub clock: Arc<dyn Clock>,
+    /// Overrides `data_dir` with another directory implementation (tests: `MemDir`).
+    pub dir: Option<Arc<dyn WalDir>>,
+}
+
+impl std::fmt::Debug for dyn WalDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            durability: Durability::Fsync,
+            queue_len_max: 8192,
+            batch_records_max: 4096,
+            batch_bytes_max: 1 << 20,
+            segment_bytes_max: 16 << 20,
+            snapshot_every_records: 200_000,
+            expiry_tick_ms: 100,
+            initial_role: None,
+            batch_channel_len: 1024,
+            clock: Arc::new(SystemClock),
+            dir: None,
+        }
+    }
+}
+
+/// Why the engine could not open or read its directory.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("WAL: {0}")]
+    Wal(#[from] WalDirError),
+    #[error("replay: {0}")]
+    Replay(#[from] ApplyError),
+    #[error("starting the sequencer thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A successful command's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Order(Order),
+    Done,
+}
+
+/// One durable group commit, as replication will publish it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedBatch {
+    pub epoch: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// `flashsale_core::wal::encode_batch` bytes (decode with `decode_batch`).
+    pub bytes: Vec<u8>,
+}
+
+/// What opening found, for the logs.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    pub snapshot_seq: Option<u64>,
+    pub skipped_snapshots: Vec<String>,
+    pub scan: ScanReport,
+    pub replayed: u64,
+}
+
+pub struct Engine;
+
+impl Engine {
+    /// Opens (or creates) the data dir, replays snapshot + WAL (cutting a torn tail),
+    /// starts the sequencer.
+    pub fn open(opts: EngineOptions) -> Result<EngineHandle, EngineError> {
+        Self::open_with_report(opts).map(|(h, _)| h)
+    }
+
+    /// [`Engine::open`], also saying what recovery found.
+    pub fn open_with_report(
+        opts: EngineOptions,
+    ) -> Result<(EngineHandle, OpenReport), EngineError> {
+        let dir: Arc<dyn WalDir> =
+            match &opts.dir {
+                Some(d) => d.clone(),
+                None => Arc::new(FsDir::create(&opts.data_dir).map_err(|e| {
+                    WalDirError::io(format!("create {}", opts.data_dir.display()), e)
+                })?),
+            };
+        let mut report = OpenReport::default();
+        let mut state =
+            snapshot::load_newest(&*dir, &mut report.skipped_snapshots)?.unwrap_or_default();
+        report.snapshot_seq = (state.applied_seq > 0).then_some(state.applied_seq);
+        let scan_opts = ScanOptions {
+            repair: true,
+            tail_window_bytes: opts.batch_bytes_max as u64,
+            from_seq: state.applied_seq + 1,
+        };
+        let mut replay_err = None;
+        report.scan = crate::wal::scan(&*dir, &scan_opts, |rec| {
+            if replay_err.is_none()
+                && let Err(e) = state.apply(&rec)
+            {
+                replay_err = Some(e);
+            }
+            report.replayed += 1;
+            Ok(())
+        })?;
+        if let Some(e) = replay_err {
+            return Err(e.into());
+        }
+        let mut segments = list_segments(&*dir)?;
+        let next_seq = state.applied_seq + 1;
+        if report.scan.next_seq != next_seq {
+            // The snapshot is ahead of the log (a NoSync tail lost): every segment is covered.
+            for (_, name) in segments.drain(..) {
+                dir.remove(&name)
+                    .map_err(|e| WalDirError::io(format!("remove {name}"), e))?;
+            }
+        }
+        let writer = SegmentWriter::open(dir.clone(), segments, next_seq, opts.segment_bytes_max)?;
+        if state.role == Role::Standby
+            && state.epoch == 0
+            && let Some(r) = opts.initial_role
+        {
+            state.role = r;
+        }
+        state.rebuild_indexes();
+        state.take_touched();
+        let metrics = EngineMetrics::default();
+        metrics.oversold.set(state.oversold_items() as i64);
+        let mut rv = ReadView::from_state(&state);
+        rv.status.oldest_seq = writer.oldest_seq();
+        let view = Arc::new(RwLock::new(rv));
+        let (batches, _) = broadcast::channel(opts.batch_channel_len.max(1));
+        let (tx, rx) = mpsc::channel(opts.queue_len_max.max(1));
+        let seq = Sequencer {
+            state,
+            writer,
+            dir: dir.clone(),
+            limits: Limits {
+                durability: opts.durability,
+                batch_records_max: opts.batch_records_max.max(1),
+                batch_bytes_max: opts.batch_bytes_max.max(1),
+                snapshot_every_records: opts.snapshot_every_records.max(1),
+                expiry_tick_ms: opts.expiry_tick_ms,
+            },
+            clock: opts.clock.clone(),
+            view: view.clone(),
+            metrics: metrics.clone(),
+            batches: batches.clone(),
+            next_seq,
+            records_since_snapshot: 0,
+            failed: None,
+            buf: Vec::with_capacity(opts.batch_bytes_max.min(4 << 20)),
+            batch_first_seq: next_seq,
+            pending: Vec::with_capacity(opts.batch_records_max.min(65_536)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sequencer".into())
+            .spawn(move || seq.run(rx))
+            .map_err(EngineError::Spawn)?;
+        let inner = Inner {
+            tx,
+            view,
+            metrics,
+            batches,
+            dir,
+            thread: Mutex::new(Some(thread)),
+        };
+        Ok((
+            EngineHandle {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    view: Arc<RwLock<ReadView>>,
+    metrics: EngineMetrics,
+    batches: broadcast::Sender<Arc<CommittedBatch>>,
+    dir: Arc<dyn WalDir>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A cheap, cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+impl EngineHandle {
+    async fn submit(&self, cmd: Command) -> Result<Answer, SellError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .try_send(Msg::Job(Job { cmd, reply }))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    SellError::Unavailable("the engine's queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    SellError::Unavailable("the engine is shutting down".into())
+                }
+            })?;
+        rx.await
+            .map_err(|_| SellError::Unavailable("the engine stopped before answering".into()))?
+    }
+
+    async fn order_of(&self, cmd: Command) -> Result<Order, SellError> {
+        match self.submit(cmd).await? {
+            Answer::Order(o) => Ok(o),
+            Answer::Done => Err(SellError::Internal("no order in the answer".into())),
+        }
+    }
+
+    /// First config or a change (stock can't drop below sold+held → `BadRequest{field:"items[i].stock"}`).
+    pub async fn configure(&self, cfg: SaleConfig) -> Result<(), SellError> {
+        self.submit(Command::Configure(cfg)).await.map(|_| ())
+    }
+
+    /// Holds stock for the buyer; answered only once durable. A retry with the same
+    /// idempotency key and body gets the first answer (the order as created); a
+    /// refused purchase is not stored, so its key stays free.
+    pub async fn purchase(&self, req: PurchaseRequest) -> Result<Order, SellError> {
+        self.order_of(Command::Purchase(req)).await
+    }
+
+    pub async fn confirm(&self, order_id: u64) -> Result<Order, SellError> {
+        self.order_of(Command::Confirm(order_id)).await
+    }
+
+    pub async fn cancel(&self, order_id: u64) -> Result<Order, SellError> {
+        self.order_of(Command::Cancel(order_id)).await
+    }
+
+    /// Logged in the WAL; an older epoch than the node's → `SellError::Fenced`.
+    pub async fn set_role(&self, a: RoleAssignment) -> Result<(), SellError> {
+        self.submit(Command::SetRole(a)).await.map(|_| ())
+    }
+
+    /// Items of the sale in config order (as of the last durable batch).
+    pub fn items(&self) -> Vec<ItemView> {
+        self.inner.view.read().items()
+    }
+
+    pub fn item(&self, sku: &str) -> Option<ItemView> {
+        self.inner.view.read().item(sku).cloned()
+    }
+
+    pub fn order(&self, id: u64) -> Option<Order> {
+        self.inner.view.read().order(id).cloned()
+    }
+
+    /// Units still for sale; the HTTP fast path answers `sold_out` on 0 without queueing.
+    pub fn remaining(&self, sku: &str) -> Option<u64> {
+        self.inner.view.read().item(sku).map(|i| i.remaining)
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.inner.view.read().status.clone()
+    }
+
+    /// The engine's prometheus metrics (register them with `EngineMetrics::register`).
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.inner.metrics
+    }
+
+    /// Every batch committed from now on, in order, after it is durable. A receiver
+    /// that falls `batch_channel_len` behind gets `Lagged` and must catch up with `read_from`.
+    pub fn subscribe_batches(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
+        self.inner.batches.subscribe()
+    }
+
+    /// Durable records from `from_seq` on, up to about `bytes_max` bytes of frames.
+    /// Fails with a gap if `from_seq` is older than the oldest segment kept.
+    pub async fn read_from(&self, from_seq: u64, bytes_max: usize) -> Result<Frames, EngineError> {
+        let dir = self.inner.dir.clone();
+        let durable = self.status().durable_seq;
+        tokio::task::spawn_blocking(move || {
+            crate::wal::read_frames(&*dir, from_seq, durable, bytes_max)
+        })
+        .await
+        .map_err(|_| EngineError::Stopped)?
+        .map_err(EngineError::from)
+    }
+
+    /// [`EngineHandle::read_from`] wrapped as a batch at the node's current epoch.
+    pub async fn read_batch_from(
+        &self,
+        from_seq: u64,
+        bytes_max: usize,
+    ) -> Result<Option<CommittedBatch>, EngineError> {
+        let f = self.read_from(from_seq, bytes_max).await?;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        let epoch = self.status().epoch;
+        let bytes = encode_batch(epoch, f.first_seq, f.last_seq, &f.bytes);
+        Ok(Some(CommittedBatch {
+            epoch,
+            first_seq: f.first_seq,
+            last_seq: f.last_seq,
+            bytes,
+        }))
+    }
+
+    /// Stops taking commands, answers what is queued, syncs, writes a snapshot, and
+    /// waits for the sequencer thread to end. Later commands get `Unavailable`.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Shutdown(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self.inner.thread.lock().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The secondary's side of the sequencer: apply a replicated batch, and take a role
+//! assignment that is not "primary".
+//!
+//! A secondary's WAL is a copy of its primary's: the same records at the same
+//! sequences and epochs, so that it can be promoted and serve catch-up itself. Two
+//! things keep it so:
+//! - a replicated batch goes through the same group commit as local writes (one
+//!   write, one `fdatasync`, then the answer), strictly in order, never from an
+//!   older epoch than the node's own;
+//! - nothing local is logged on a secondary: a role assignment other than primary is
+//!   held in memory (the operator re-sends it), and the primary's own `Role` records
+//!   are logged here as "secondary of this epoch, following this primary", so a
+//!   restarted secondary replays itself back into a secondary, not a second primary.
+//!
+//! Hold expiries are the primary's to log (they arrive here as records); the sequencer
+//! skips its own expiry check on any node that is not the primary.
+
+use flashsale_core::SellError;
+use flashsale_core::admin::{Role, RoleAssignment};
+use flashsale_core::wal::{Batch, Record, RecordBody, encode_record};
+use tokio::sync::oneshot;
+
+use super::sequencer::{Job, Sequencer};
+use super::state::Command;
+use super::{Answer, EngineHandle};
+
+type Reply = oneshot::Sender<Result<Answer, SellError>>;
+
+impl EngineHandle {
+    /// Applies a batch replicated from the primary (records from `applied_seq + 1`,
+    /// contiguous) and answers once it is durable here, with the durable sequence.
+    /// Refused: on the primary (`NotPrimary` is not the point: a primary must never
+    /// take another node's log, so `Fenced`), from an older epoch (`Fenced`), or out of
+    /// order (`Unavailable`, naming the gap; catch up and retry).
+    pub async fn apply_replicated(&self, batch: Batch) -> Result<u64, SellError> {
+        self.submit(Command::Replicate(batch)).await?;
+        Ok(self.status().durable_seq)
+    }
+}
+
+impl Sequencer {
+    /// Takes the jobs that are the replica's business; hands back any other.
+    pub(crate) fn replica_intercept(&mut self, job: Job) -> Option<Job> {
+        match job.cmd {
+            Command::Replicate(batch) => {
+                self.replicate(batch, job.reply);
+                None
+            }
+            Command::SetRole(a) if a.role != Role::Primary && self.state.role != Role::Primary => {
+                self.assign_in_memory(a, job.reply);
+                None
+            }
+            cmd => Some(Job {
+                cmd,
+                reply: job.reply,
+            }),
+        }
+    }
+
+    fn replicate(&mut self, batch: Batch, reply: Reply) {
+        let refused = if let Some(why) = &self.failed {
+            Some(SellError::Unavailable(format!(
+                "the WAL failed earlier: {why}"
+            )))
+        } else if self.state.role == Role::Primary {
+            Some(SellError::Fenced(
+                "this node is the primary; it takes no replicated batches".into(),
+            ))
+        } else if batch.epoch < self.state.epoch {
+            Some(SellError::Fenced(format!(
+                "batch epoch {} is older than this node's {}",
+                batch.epoch, self.state.epoch
+            )))
+        } else if batch.first_seq != self.next_seq
+            || batch.records.first().map(|r| r.seq) != Some(self.next_seq)
+        {
+            Some(SellError::Unavailable(format!(
+                "replication gap: batch starts at {}, this node needs {}",
+                batch.first_seq, self.next_seq
+            )))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.pending.push((reply, Err(e), false));
+            return;
+        }
+        let (role, epoch, primary_url) = (
+            self.state.role,
+            self.state.epoch,
+            self.state.primary_url.clone(),
+        );
+        for rec in batch.records {
+            let rec = match rec.body {
+                // The primary's role is its own: here it reads "secondary of that epoch".
+                RecordBody::Role { assignment } => Record {
+                    body: RecordBody::Role {
+                        assignment: RoleAssignment {
+                            role: Role::Secondary,
+                            epoch: assignment.epoch,
+                            primary_url: primary_url.clone(),
+                        },
+                    },
+                    ..rec
+                },
+                _ => rec,
+            };
+            if self.buf.is_empty() {
+                self.batch_first_seq = rec.seq;
+            }
+            if let Err(e) = encode_record(&rec, &mut self.buf) {
+                self.stop_writing(format!("replicated record {}: {e}", rec.seq));
+                break;
+            }
+            if let Err(e) = self.state.apply(&rec) {
+                // The primary's log does not apply to ours: stop rather than diverge.
+                self.stop_writing(format!("replicated {e}"));
+                break;
+            }
+            self.next_seq = rec.seq + 1;
+        }
+        // A `Role` record from the primary must not change who this node is.
+        self.state.role = role;
+        self.state.epoch = self.state.epoch.max(epoch);
+        self.state.primary_url = primary_url;
+        self.pending.push((reply, Ok(Answer::Done), true));
+    }
+
+    /// Like a failed write: the engine refuses every write from now on.
+    fn stop_writing(&mut self, why: String) {
+        tracing::error!(error = %why, "the engine stops writing");
+        self.view.write().status.failed = Some(why.clone());
+        self.failed = Some(why);
+    }
+
+    /// A secondary or standby assignment: checked against the epoch, held in memory
+    /// and shown in the status, not logged (see the module doc).
+    fn assign_in_memory(&mut self, a: RoleAssignment, reply: Reply) {
+        if a.epoch < self.state.epoch {
+            let e = SellError::Fenced(format!(
+                "epoch {} is older than this node's {}",
+                a.epoch, self.state.epoch
+            ));
+            self.pending.push((reply, Err(e), false));
+            return;
+        }
+        self.state.role = a.role;
+        self.state.epoch = a.epoch;
+        self.state.primary_url = a.primary_url.clone();
+        {
+            let mut view = self.view.write();
+            view.status.role = a.role;
+            view.status.epoch = a.epoch;
+            view.status.primary_url = a.primary_url;
+        }
+        self.pending.push((reply, Ok(Answer::Done), false));
+    }
+}

@@ -1,0 +1,316 @@
+//! The sequencer: one thread that owns the state and the WAL writer. It takes every
+//! command queued (up to the batch limits), decides and applies each in order,
+//! writes the batch, syncs once, publishes the changes to the read view, and only
+//! then answers. Blocking file I/O stays on this thread, off the async workers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashsale_core::wal::{Record, RecordBody, encode_batch, encode_record};
+use flashsale_core::{Durability, SellError};
+use parking_lot::RwLock;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::clock::Clock;
+use super::metrics::EngineMetrics;
+use super::snapshot;
+use super::state::{Command, Decision, State};
+use super::view::ReadView;
+use super::{Answer, CommittedBatch};
+use crate::wal::{SegmentWriter, WalDir};
+
+type Reply = oneshot::Sender<Result<Answer, SellError>>;
+
+pub(crate) struct Job {
+    pub cmd: Command,
+    pub reply: Reply,
+}
+
+pub(crate) enum Msg {
+    Job(Job),
+    /// Drain what is queued, sync, snapshot, stop; then signal.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Limits and settings the sequencer needs from `EngineOptions`.
+pub(crate) struct Limits {
+    pub durability: Durability,
+    pub batch_records_max: usize,
+    pub batch_bytes_max: usize,
+    pub snapshot_every_records: u64,
+    pub expiry_tick_ms: u64,
+}
+
+pub(crate) struct Sequencer {
+    pub state: State,
+    pub writer: SegmentWriter,
+    pub dir: Arc<dyn WalDir>,
+    pub limits: Limits,
+    pub clock: Arc<dyn Clock>,
+    pub view: Arc<RwLock<ReadView>>,
+    pub metrics: EngineMetrics,
+    pub batches: broadcast::Sender<Arc<CommittedBatch>>,
+    pub next_seq: u64,
+    pub records_since_snapshot: u64,
+    /// Why the engine stopped writing, after a failed write or sync.
+    pub failed: Option<String>,
+    /// Frames of the batch being built.
+    pub buf: Vec<u8>,
+    pub batch_first_seq: u64,
+    /// Answers held until the batch is durable. `true` marks answers that carry a write.
+    pub pending: Vec<(Reply, Result<Answer, SellError>, bool)>,
+}
+
+impl Sequencer {
+    /// Runs until shutdown or until every handle is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "sequencer runtime failed to start");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let tick = Duration::from_millis(self.limits.expiry_tick_ms.max(1));
+            loop {
+                let first = tokio::select! {
+                    m = rx.recv() => m,
+                    _ = tokio::time::sleep(tick) => {
+                        self.expire_due();
+                        self.commit();
+                        continue;
+                    }
+                };
+                let mut stop = match first {
+                    None => break,
+                    Some(Msg::Shutdown(done)) => Some(done),
+                    Some(Msg::Job(job)) => {
+                        self.expire_due();
+                        self.handle(job);
+                        None
+                    }
+                };
+                if stop.is_some() {
+                    rx.close();
+                }
+                let mut queued = 0i64;
+                while self.pending.len() < self.limits.batch_records_max
+                    && self.buf.len() < self.limits.batch_bytes_max
+                {
+                    match rx.try_recv() {
+                        Ok(Msg::Job(job)) => {
+                            queued += 1;
+                            self.handle(job);
+                        }
+                        Ok(Msg::Shutdown(done)) => {
+                            rx.close();
+                            stop = Some(done);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.metrics.queue_len.set(queued);
+                self.commit();
+                if let Some(done) = stop {
+                    // The queue is closed: finish what is left in it, then stop.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Msg::Job(job) = msg {
+                            self.handle(job);
+                        }
+                        if self.pending.len() >= self.limits.batch_records_max {
+                            self.commit();
+                        }
+                    }
+                    self.commit();
+                    self.snapshot();
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            self.commit();
+        });
+    }
+
+    fn sync_wanted(&self) -> bool {
+        let sale = self
+            .state
+            .config
+            .as_ref()
+            .map_or(Durability::Fsync, |c| c.durability);
+        self.limits.durability == Durability::Fsync && sale == Durability::Fsync
+    }
+
+    /// Logs an expiry for every hold that has run out (bounded per batch).
+    fn expire_due(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        if self.state.next_expiry().is_none_or(|at| at > now) {
+            return;
+        }
+        for id in self.state.due_expiries(now, self.limits.batch_records_max) {
+            let _ = self.write(RecordBody::Expire { order_id: id }, now);
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        if let Some(why) = &self.failed {
+            let _ = job.reply.send(Err(SellError::Unavailable(format!(
+                "the WAL failed earlier: {why}"
+            ))));
+            return;
+        }
+        let now = self.clock.now_ms();
+        let answer = match self.state.decide(&job.cmd, now) {
+            Err(e) => Err(e),
+            Ok(Decision::Replay(order)) => Ok(Answer::Order(order)),
+            Ok(Decision::Nothing) => Ok(Answer::Done),
+            Ok(Decision::Write(body)) => match self.write(body, now) {
+                Err(e) => Err(e),
+                Ok(seq) => Ok(match job.cmd {
+                    Command::Purchase(_) => Answer::Order(self.state.orders[&seq].clone()),
+                    Command::Confirm(id) | Command::Cancel(id) => {
+                        Answer::Order(self.state.orders[&id].clone())
+                    }
+                    Command::Configure(_) | Command::SetRole(_) => Answer::Done,
+                }),
+            },
+        };
+        let wrote = answer.is_ok();
+        self.pending.push((job.reply, answer, wrote));
+    }
+
+    /// Encodes and applies one record; returns its sequence.
+    fn write(&mut self, body: RecordBody, now: i64) -> Result<u64, SellError> {
+        let epoch = match &body {
+            RecordBody::Role { assignment } => assignment.epoch.max(self.state.epoch),
+            _ => self.state.epoch,
+        };
+        let rec = Record {
+            seq: self.next_seq,
+            epoch,
+            at_ms: now,
+            body,
+        };
+        if self.buf.is_empty() {
+            self.batch_first_seq = rec.seq;
+        }
+        encode_record(&rec, &mut self.buf).map_err(|e| SellError::BadRequest {
+            field: "body".into(),
+            reason: e.to_string(),
+        })?;
+        if let Err(e) = self.state.apply(&rec) {
+            // decide() approved it, so this is a bug; stop writing rather than diverge.
+            self.fail(e.to_string());
+            return Err(SellError::Internal(e.to_string()));
+        }
+        self.next_seq += 1;
+        Ok(rec.seq)
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(error = %why, "the engine stops writing");
+        self.failed = Some(why.clone());
+        self.view.write().status.failed = Some(why);
+    }
+
+    /// Writes and syncs the batch, publishes it, answers its commands.
+    fn commit(&mut self) {
+        if !self.buf.is_empty() && self.failed.is_none() {
+            let records = self.next_seq - self.batch_first_seq;
+            let result = self.writer.append(&self.buf).and_then(|()| {
+                if self.sync_wanted() {
+                    let t0 = Instant::now();
+                    self.writer.sync()?;
+                    self.metrics
+                        .fsync_us
+                        .observe(t0.elapsed().as_micros() as f64);
+                }
+                Ok(())
+            });
+            match result {
+                Err(e) => self.fail(e.to_string()),
+                Ok(()) => {
+                    self.metrics.batches.inc();
+                    self.metrics.records.inc_by(records);
+                    self.metrics.batch_records.observe(records as f64);
+                    self.metrics.batch_bytes.observe(self.buf.len() as f64);
+                    self.publish();
+                    if self.batches.receiver_count() > 0 {
+                        let last = self.next_seq - 1;
+                        let bytes =
+                            encode_batch(self.state.epoch, self.batch_first_seq, last, &self.buf);
+                        let batch = CommittedBatch {
+                            epoch: self.state.epoch,
+                            first_seq: self.batch_first_seq,
+                            last_seq: last,
+                            bytes,
+                        };
+                        let _ = self.batches.send(Arc::new(batch));
+                    }
+                    self.records_since_snapshot += records;
+                }
+            }
+        }
+        let failed = self.failed.clone();
+        for (reply, answer, wrote) in self.pending.drain(..) {
+            let answer = match (&failed, wrote) {
+                (Some(why), true) => Err(SellError::Internal(format!("not durable: {why}"))),
+                _ => answer,
+            };
+            let _ = reply.send(answer);
+        }
+        if self.buf.is_empty() || self.failed.is_some() {
+            self.buf.clear();
+            return;
+        }
+        self.buf.clear();
+        if let Err(e) = self.writer.roll_if_full(self.next_seq) {
+            self.fail(e.to_string());
+        }
+        if self.records_since_snapshot >= self.limits.snapshot_every_records {
+            self.snapshot();
+        }
+    }
+
+    fn publish(&mut self) {
+        let (items, orders, config_changed) = self.state.take_touched();
+        if config_changed || items.iter().any(|&i| self.state.items[i].oversold()) {
+            self.metrics
+                .oversold
+                .set(self.state.oversold_items() as i64);
+        }
+        let mut view = self.view.write();
+        view.update(
+            &self.state,
+            &items,
+            &orders,
+            config_changed,
+            self.next_seq - 1,
+        );
+        view.status.oldest_seq = self.writer.oldest_seq();
+    }
+
+    /// Writes a snapshot and drops the segments it and the fallback snapshot cover.
+    fn snapshot(&mut self) {
+        if self.failed.is_some() || self.records_since_snapshot == 0 {
+            return;
+        }
+        let done = snapshot::write(&*self.dir, &self.state)
+            .and_then(|oldest_kept| self.writer.remove_covered(oldest_kept));
+        match done {
+            Ok(_) => {
+                self.records_since_snapshot = 0;
+                self.metrics.snapshots.inc();
+                self.view.write().status.oldest_seq = self.writer.oldest_seq();
+            }
+            // A missed snapshot only makes the next replay longer; keep selling.
+            Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+        }
+    }
+}

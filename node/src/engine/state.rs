@@ -1,0 +1,564 @@
+//! The inventory state machine, pure: `decide` turns a command into the record that
+//! would carry it out (or the client's error), `apply` makes a record's change. The
+//! sequencer calls both; replay calls only `apply`, so a restart rebuilds exactly
+//! what was acknowledged.
+
+use std::collections::{BTreeSet, HashMap};
+
+use flashsale_core::admin::{Role, RoleAssignment};
+use flashsale_core::wal::{Record, RecordBody};
+use flashsale_core::{ItemView, Order, OrderState, PurchaseRequest, SaleConfig, SellError, UnixMs};
+use serde::{Deserialize, Serialize};
+
+/// Longest sku, customer id or idempotency key accepted, in bytes.
+pub const ID_BYTES_MAX: usize = 256;
+/// Most items one sale may have.
+pub const ITEMS_MAX: usize = 10_000;
+/// Longest reservation TTL: a day.
+pub const RESERVATION_TTL_MS_MAX: u64 = 86_400_000;
+
+/// A command for the sequencer.
+#[derive(Clone, Debug)]
+pub enum Command {
+    Configure(SaleConfig),
+    Purchase(PurchaseRequest),
+    Confirm(u64),
+    Cancel(u64),
+    SetRole(RoleAssignment),
+}
+
+/// What `decide` concluded.
+#[derive(Debug)]
+pub enum Decision {
+    /// Log this record, apply it, then answer.
+    Write(RecordBody),
+    /// Answer with this order without logging anything (an idempotent retry).
+    Replay(Order),
+    /// Nothing to change (e.g. the same role again).
+    Nothing,
+}
+
+/// One item's counters. `remaining = stock - sold - held`, never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemState {
+    pub sku: String,
+    pub stock: u64,
+    pub sold: u64,
+    pub held: u64,
+    pub per_customer_limit: u32,
+    /// Dropped from the config (only possible with nothing sold or held); kept so indexes stay stable.
+    pub retired: bool,
+}
+
+impl ItemState {
+    pub fn remaining(&self) -> u64 {
+        self.stock.saturating_sub(self.sold + self.held)
+    }
+
+    pub fn oversold(&self) -> bool {
+        self.sold + self.held > self.stock
+    }
+
+    pub fn view(&self) -> ItemView {
+        ItemView {
+            sku: self.sku.clone(),
+            stock: self.stock,
+            sold: self.sold,
+            held: self.held,
+            remaining: self.remaining(),
+            per_customer_limit: self.per_customer_limit,
+        }
+    }
+}
+
+/// Why a record could not be applied: the log contradicts itself (a bug or foreign records).
+#[derive(Debug, thiserror::Error)]
+#[error("record {seq} cannot apply: {reason}")]
+pub struct ApplyError {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// The whole sale as of `applied_seq`. The serialized fields are the snapshot; the
+/// `#[serde(skip)]` ones are indexes rebuilt by [`State::rebuild_indexes`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub config: Option<SaleConfig>,
+    pub role: Role,
+    pub epoch: u64,
+    pub primary_url: Option<String>,
+    pub items: Vec<ItemState>,
+    pub orders: HashMap<u64, Order>,
+    pub applied_seq: u64,
+    #[serde(skip)]
+    sku_index: HashMap<String, usize>,
+    #[serde(skip)]
+    idempotency: HashMap<String, u64>,
+    /// customer → (item index, units reserved or confirmed); a short list per customer.
+    #[serde(skip)]
+    per_customer: HashMap<String, Vec<(usize, u64)>>,
+    /// (expires at, order id) of every reserved order.
+    #[serde(skip)]
+    expiry: BTreeSet<(UnixMs, u64)>,
+    /// Items and orders changed since the last [`State::take_touched`] (for the read view).
+    #[serde(skip)]
+    touched_items: Vec<usize>,
+    #[serde(skip)]
+    touched_orders: Vec<u64>,
+    #[serde(skip)]
+    config_changed: bool,
+}
+
+fn not_primary(s: &State) -> SellError {
+    SellError::NotPrimary {
+        primary: s.primary_url.clone(),
+    }
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> SellError {
+    SellError::BadRequest {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), SellError> {
+    if v.is_empty() || v.len() > ID_BYTES_MAX {
+        return Err(bad(field, format!("must be 1 to {ID_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// The order as first answered: what an idempotent retry gets back.
+fn first_answer(o: &Order) -> Order {
+    Order {
+        state: OrderState::Reserved,
+        ..o.clone()
+    }
+}
+
+fn state_name(s: OrderState) -> String {
+    match s {
+        OrderState::Reserved => "reserved",
+        OrderState::Confirmed => "confirmed",
+        OrderState::Cancelled => "cancelled",
+        OrderState::Expired => "expired",
+    }
+    .to_owned()
+}
+
+impl State {
+    /// Rebuilds the indexes after loading a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        self.sku_index = self
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.retired)
+            .map(|(n, i)| (i.sku.clone(), n))
+            .collect();
+        self.idempotency.clear();
+        self.per_customer.clear();
+        self.expiry.clear();
+        for o in self.orders.values() {
+            self.idempotency.insert(o.idempotency_key.clone(), o.id);
+            let live = matches!(o.state, OrderState::Reserved | OrderState::Confirmed);
+            if let (true, Some(&idx)) = (live, self.sku_index.get(&o.sku)) {
+                add_units(&mut self.per_customer, &o.customer, idx, o.quantity as u64);
+            }
+            if o.state == OrderState::Reserved {
+                self.expiry.insert((o.expires_at_ms, o.id));
+            }
+        }
+        self.config_changed = true;
+    }
+
+    pub fn item(&self, sku: &str) -> Option<&ItemState> {
+        self.sku_index.get(sku).map(|&i| &self.items[i])
+    }
+
+    /// Units `customer` holds or bought of item `idx`.
+    pub fn customer_units(&self, customer: &str, idx: usize) -> u64 {
+        self.per_customer
+            .get(customer)
+            .and_then(|v| v.iter().find(|(i, _)| *i == idx))
+            .map_or(0, |(_, u)| *u)
+    }
+
+    /// Up to `max` reserved orders whose hold has run out at `now`, oldest first.
+    pub fn due_expiries(&self, now: UnixMs, max: usize) -> Vec<u64> {
+        self.expiry
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The earliest expiry still pending.
+    pub fn next_expiry(&self) -> Option<UnixMs> {
+        self.expiry.first().map(|(at, _)| *at)
+    }
+
+    /// Items oversold (must stay 0; fed to the `oversold` gauge).
+    pub fn oversold_items(&self) -> usize {
+        self.items.iter().filter(|i| i.oversold()).count()
+    }
+
+    /// Decides a command at wall-clock `now`. A rejected command changes nothing and
+    /// is not logged (so an idempotency key whose purchase was refused stays free).
+    pub fn decide(&self, cmd: &Command, now: UnixMs) -> Result<Decision, SellError> {
+        match cmd {
+            Command::Purchase(req) => self.decide_purchase(req, now),
+            Command::Confirm(id) => {
+                let o = self.live_order(*id)?;
+                if o.state != OrderState::Reserved {
+                    return Err(order_state(o, o.state, "confirm"));
+                }
+                if now >= o.expires_at_ms {
+                    // The expiry record follows on the next tick; the hold is gone either way.
+                    return Err(order_state(o, OrderState::Expired, "confirm"));
+                }
+                Ok(Decision::Write(RecordBody::Confirm { order_id: *id }))
+            }
+            Command::Cancel(id) => {
+                let o = self.live_order(*id)?;
+                if o.state != OrderState::Reserved {
+                    return Err(order_state(o, o.state, "cancel"));
+                }
+                Ok(Decision::Write(RecordBody::Cancel { order_id: *id }))
+            }
+            Command::Configure(cfg) => {
+                if self.role == Role::Secondary {
+                    return Err(not_primary(self));
+                }
+                self.validate_config(cfg)?;
+                if self.config.as_ref() == Some(cfg) {
+                    return Ok(Decision::Nothing);
+                }
+                Ok(Decision::Write(RecordBody::Configure {
+                    config: cfg.clone(),
+                }))
+            }
+            Command::SetRole(a) => {
+                if a.epoch < self.epoch {
+                    return Err(SellError::Fenced(format!(
+                        "epoch {} is older than this node's {}",
+                        a.epoch, self.epoch
+                    )));
+                }
+                if a.role == self.role && a.epoch == self.epoch && a.primary_url == self.primary_url
+                {
+                    return Ok(Decision::Nothing);
+                }
+                Ok(Decision::Write(RecordBody::Role {
+                    assignment: a.clone(),
+                }))
+            }
+        }
+    }
+
+    fn live_order(&self, id: u64) -> Result<&Order, SellError> {
+        if self.role != Role::Primary {
+            return Err(not_primary(self));
+        }
+        self.orders.get(&id).ok_or(SellError::UnknownOrder(id))
+    }
+
+    fn decide_purchase(&self, req: &PurchaseRequest, now: UnixMs) -> Result<Decision, SellError> {
+        if self.role != Role::Primary {
+            return Err(not_primary(self));
+        }
+        let Some(cfg) = &self.config else {
+            return Err(SellError::Unavailable(
+                "the sale is not configured yet".into(),
+            ));
+        };
+        check_id("idempotencyKey", &req.idempotency_key)?;
+        if let Some(id) = self.idempotency.get(&req.idempotency_key) {
+            let o = &self.orders[id];
+            if o.sku == req.sku && o.quantity == req.quantity && o.customer == req.customer {
+                return Ok(Decision::Replay(first_answer(o)));
+            }
+            return Err(SellError::IdempotencyConflict(req.idempotency_key.clone()));
+        }
+        check_id("customer", &req.customer)?;
+        let Some(&idx) = self.sku_index.get(&req.sku) else {
+            return Err(SellError::UnknownItem(req.sku.clone()));
+        };
+        let item = &self.items[idx];
+        if req.quantity == 0 {
+            return Err(SellError::BadQuantity {
+                quantity: 0,
+                reason: "must be at least 1".into(),
+            });
+        }
+        let limit = item.per_customer_limit;
+        if limit > 0 && req.quantity > limit {
+            return Err(SellError::BadQuantity {
+                quantity: req.quantity,
+                reason: format!("no customer may have more than {limit}"),
+            });
+        }
+        if let Some(starts) = cfg.starts_at_ms
+            && now < starts
+        {
+            return Err(SellError::NotOpen {
+                starts_at_ms: starts,
+            });
+        }
+        if let Some(ends) = cfg.ends_at_ms
+            && now >= ends
+        {
+            return Err(SellError::Ended { ends_at_ms: ends });
+        }
+        let remaining = item.remaining();
+        if remaining < req.quantity as u64 {
+            return Err(SellError::SoldOut {
+                sku: req.sku.clone(),
+                remaining,
+                requested: req.quantity,
+            });
+        }
+        if limit > 0 {
+            let held = self.customer_units(&req.customer, idx);
+            if held + req.quantity as u64 > limit as u64 {
+                return Err(SellError::LimitExceeded {
+                    customer: req.customer.clone(),
+                    sku: req.sku.clone(),
+                    limit,
+                    held,
+                    requested: req.quantity,
+                });
+            }
+        }
+        Ok(Decision::Write(RecordBody::Purchase {
+            sku: req.sku.clone(),
+            quantity: req.quantity,
+            customer: req.customer.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            expires_at_ms: now.saturating_add(cfg.reservation_ttl_ms as i64),
+        }))
+    }
+
+    fn validate_config(&self, cfg: &SaleConfig) -> Result<(), SellError> {
+        check_id("name", &cfg.name)?;
+        if cfg.items.is_empty() || cfg.items.len() > ITEMS_MAX {
+            return Err(bad("items", format!("must list 1 to {ITEMS_MAX} items")));
+        }
+        if cfg.reservation_ttl_ms == 0 || cfg.reservation_ttl_ms > RESERVATION_TTL_MS_MAX {
+            return Err(bad(
+                "reservationTtlMs",
+                format!("must be 1 to {RESERVATION_TTL_MS_MAX}"),
+            ));
+        }
+        if let (Some(s), Some(e)) = (cfg.starts_at_ms, cfg.ends_at_ms)
+            && e <= s
+        {
+            return Err(bad("endsAtMs", "must be after startsAtMs"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, it) in cfg.items.iter().enumerate() {
+            check_id(&format!("items[{i}].sku"), &it.sku)?;
+            if !seen.insert(it.sku.as_str()) {
+                return Err(bad(
+                    format!("items[{i}].sku"),
+                    format!("`{}` is listed twice", it.sku),
+                ));
+            }
+            if let Some(cur) = self.item(&it.sku)
+                && it.stock < cur.sold + cur.held
+            {
+                return Err(bad(
+                    format!("items[{i}].stock"),
+                    format!(
+                        "{} units are sold or held, stock cannot drop to {}",
+                        cur.sold + cur.held,
+                        it.stock
+                    ),
+                ));
+            }
+        }
+        for cur in self.items.iter().filter(|c| !c.retired) {
+            if !seen.contains(cur.sku.as_str()) && cur.sold + cur.held > 0 {
+                return Err(bad(
+                    "items",
+                    format!("`{}` has units sold or held and cannot be removed", cur.sku),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a record's change. Fails only if the log contradicts itself.
+    pub fn apply(&mut self, rec: &Record) -> Result<(), ApplyError> {
+        let fail = |reason: String| ApplyError {
+            seq: rec.seq,
+            reason,
+        };
+        if rec.seq != self.applied_seq + 1 {
+            return Err(fail(format!("expected record {}", self.applied_seq + 1)));
+        }
+        match &rec.body {
+            RecordBody::Configure { config } => self.apply_config(config),
+            RecordBody::Role { assignment } => {
+                self.role = assignment.role;
+                self.epoch = assignment.epoch;
+                self.primary_url = assignment.primary_url.clone();
+                self.config_changed = true;
+            }
+            RecordBody::Purchase {
+                sku,
+                quantity,
+                customer,
+                idempotency_key,
+                expires_at_ms,
+            } => {
+                let idx = *self
+                    .sku_index
+                    .get(sku)
+                    .ok_or_else(|| fail(format!("unknown sku `{sku}`")))?;
+                let item = &mut self.items[idx];
+                item.held += *quantity as u64;
+                add_units(&mut self.per_customer, customer, idx, *quantity as u64);
+                self.idempotency.insert(idempotency_key.clone(), rec.seq);
+                self.expiry.insert((*expires_at_ms, rec.seq));
+                let order = Order {
+                    id: rec.seq,
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    customer: customer.clone(),
+                    idempotency_key: idempotency_key.clone(),
+                    state: OrderState::Reserved,
+                    created_at_ms: rec.at_ms,
+                    expires_at_ms: *expires_at_ms,
+                };
+                self.orders.insert(rec.seq, order);
+                self.touched_items.push(idx);
+                self.touched_orders.push(rec.seq);
+            }
+            RecordBody::Confirm { order_id } => self
+                .end_hold(*order_id, OrderState::Confirmed)
+                .map_err(fail)?,
+            RecordBody::Cancel { order_id } => self
+                .end_hold(*order_id, OrderState::Cancelled)
+                .map_err(fail)?,
+            RecordBody::Expire { order_id } => self
+                .end_hold(*order_id, OrderState::Expired)
+                .map_err(fail)?,
+        }
+        self.applied_seq = rec.seq;
+        Ok(())
+    }
+
+    fn apply_config(&mut self, cfg: &SaleConfig) {
+        let keep: std::collections::HashSet<&str> =
+            cfg.items.iter().map(|i| i.sku.as_str()).collect();
+        for it in self.items.iter_mut() {
+            it.retired = !keep.contains(it.sku.as_str());
+        }
+        for spec in &cfg.items {
+            match self.items.iter_mut().find(|i| i.sku == spec.sku) {
+                Some(it) => {
+                    it.stock = spec.stock;
+                    it.per_customer_limit = spec.per_customer_limit;
+                }
+                None => self.items.push(ItemState {
+                    sku: spec.sku.clone(),
+                    stock: spec.stock,
+                    sold: 0,
+                    held: 0,
+                    per_customer_limit: spec.per_customer_limit,
+                    retired: false,
+                }),
+            }
+        }
+        self.sku_index = self
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.retired)
+            .map(|(n, i)| (i.sku.clone(), n))
+            .collect();
+        self.config = Some(cfg.clone());
+        self.config_changed = true;
+    }
+
+    fn end_hold(&mut self, id: u64, to: OrderState) -> Result<(), String> {
+        let o = self
+            .orders
+            .get_mut(&id)
+            .ok_or_else(|| format!("unknown order {id}"))?;
+        if o.state != OrderState::Reserved {
+            return Err(format!("order {id} is {}", state_name(o.state)));
+        }
+        let idx = *self
+            .sku_index
+            .get(&o.sku)
+            .ok_or_else(|| format!("order {id}: unknown sku `{}`", o.sku))?;
+        let q = o.quantity as u64;
+        let item = &mut self.items[idx];
+        item.held = item
+            .held
+            .checked_sub(q)
+            .ok_or_else(|| format!("order {id}: held below zero"))?;
+        match to {
+            OrderState::Confirmed => item.sold += q,
+            _ => sub_units(&mut self.per_customer, &o.customer, idx, q),
+        }
+        o.state = to;
+        self.expiry.remove(&(o.expires_at_ms, id));
+        self.touched_items.push(idx);
+        self.touched_orders.push(id);
+        Ok(())
+    }
+
+    /// Items and orders changed since the last call, and whether config or role changed.
+    pub fn take_touched(&mut self) -> (Vec<usize>, Vec<u64>, bool) {
+        let items = std::mem::take(&mut self.touched_items);
+        let orders = std::mem::take(&mut self.touched_orders);
+        (
+            items,
+            orders,
+            std::mem::replace(&mut self.config_changed, false),
+        )
+    }
+
+    /// The current (non-retired) items, in index order.
+    pub fn item_views(&self) -> Vec<ItemView> {
+        self.items
+            .iter()
+            .filter(|i| !i.retired)
+            .map(ItemState::view)
+            .collect()
+    }
+}
+
+fn order_state(o: &Order, state: OrderState, action: &str) -> SellError {
+    SellError::OrderState {
+        id: o.id,
+        state: state_name(state),
+        action: action.into(),
+    }
+}
+
+fn add_units(map: &mut HashMap<String, Vec<(usize, u64)>>, customer: &str, idx: usize, q: u64) {
+    let list = match map.get_mut(customer) {
+        Some(l) => l,
+        None => map.entry(customer.to_owned()).or_default(),
+    };
+    match list.iter_mut().find(|(i, _)| *i == idx) {
+        Some((_, u)) => *u += q,
+        None => list.push((idx, q)),
+    }
+}
+
+fn sub_units(map: &mut HashMap<String, Vec<(usize, u64)>>, customer: &str, idx: usize, q: u64) {
+    if let Some(list) = map.get_mut(customer)
+        && let Some((_, u)) = list.iter_mut().find(|(i, _)| *i == idx)
+    {
+        *u = u.saturating_sub(q);
+    }
+}

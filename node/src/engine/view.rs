@@ -1,0 +1,118 @@
+//! The read view: what reads see, updated by the sequencer once per batch and only
+//! after the batch is durable, so a read never shows a change a crash could undo.
+//! Readers take a short read lock; the writer holds the lock only to copy in changes.
+
+use std::collections::HashMap;
+
+use flashsale_core::admin::Role;
+use flashsale_core::{ItemView, Order, SaleConfig};
+
+use super::state::State;
+
+/// The engine's account of itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStatus {
+    pub role: Role,
+    pub epoch: u64,
+    /// The primary's URL from the last role assignment.
+    pub primary_url: Option<String>,
+    /// The sale's name, once configured.
+    pub sale: Option<String>,
+    /// Highest record applied to the state the reads show.
+    pub applied_seq: u64,
+    /// Highest record durable on disk (with `NoSync`: written to the OS).
+    pub durable_seq: u64,
+    /// The oldest record still in the WAL (`read_from` serves from here).
+    pub oldest_seq: u64,
+    pub config: Option<SaleConfig>,
+    /// Set when a WAL write or sync failed: the engine refuses every write since.
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ReadView {
+    /// Aligned with `State::items` (retired ones included, flagged in `live`).
+    items: Vec<ItemView>,
+    live: Vec<bool>,
+    index: HashMap<String, usize>,
+    orders: HashMap<u64, Order>,
+    pub status: EngineStatus,
+}
+
+impl ReadView {
+    pub fn from_state(state: &State) -> Self {
+        let mut v = ReadView::default();
+        v.reload_items(state);
+        v.orders = state.orders.clone();
+        v.status.applied_seq = state.applied_seq;
+        v.status.durable_seq = state.applied_seq;
+        v
+    }
+
+    fn reload_items(&mut self, state: &State) {
+        self.items = state.items.iter().map(|i| i.view()).collect();
+        self.live = state.items.iter().map(|i| !i.retired).collect();
+        self.index = state
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.retired)
+            .map(|(n, i)| (i.sku.clone(), n))
+            .collect();
+        self.status.role = state.role;
+        self.status.epoch = state.epoch;
+        self.status.primary_url = state.primary_url.clone();
+        self.status.sale = state.config.as_ref().map(|c| c.name.clone());
+        self.status.config = state.config.clone();
+    }
+
+    /// Copies in what the last batch changed.
+    pub fn update(
+        &mut self,
+        state: &State,
+        items: &[usize],
+        orders: &[u64],
+        config_changed: bool,
+        durable_seq: u64,
+    ) {
+        if config_changed {
+            self.reload_items(state);
+        } else {
+            for &i in items {
+                let it = &state.items[i];
+                let v = &mut self.items[i];
+                (v.stock, v.sold, v.held, v.remaining) =
+                    (it.stock, it.sold, it.held, it.remaining());
+            }
+        }
+        for id in orders {
+            if let Some(o) = state.orders.get(id) {
+                match self.orders.get_mut(id) {
+                    Some(cur) => cur.state = o.state,
+                    None => {
+                        self.orders.insert(*id, o.clone());
+                    }
+                }
+            }
+        }
+        self.status.applied_seq = state.applied_seq;
+        self.status.durable_seq = durable_seq;
+    }
+
+    pub fn items(&self) -> Vec<ItemView> {
+        self.items
+            .iter()
+            .zip(&self.live)
+            .filter(|(_, l)| **l)
+            .map(|(i, _)| i.clone())
+            .collect()
+    }
+
+    pub fn item(&self, sku: &str) -> Option<&ItemView> {
+        self.index.get(sku).map(|&i| &self.items[i])
+    }
+
+    pub fn order(&self, id: u64) -> Option<&Order> {
+        self.orders.get(&id)
+    }
+}

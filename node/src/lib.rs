@@ -1,0 +1,6 @@
+//! The stock node as a library: the selling engine and its WAL (used by the binary,
+//! the tests and the benches).
+
+pub mod engine;
+pub mod wal;
+pub mod walcli;

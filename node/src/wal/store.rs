@@ -1,0 +1,276 @@
+//! Where WAL segments and snapshots live: a small trait over one flat directory, so
+//! the engine runs on real files in production and in memory in tests, where a
+//! simulated crash keeps only what was synced plus a torn piece of the rest.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// A flat directory of named files. Names are plain file names, never paths.
+pub trait WalDir: Send + Sync + 'static {
+    /// File names in the directory, any order.
+    fn list(&self) -> io::Result<Vec<String>>;
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Opens `name` for appending, creating it (durably, directory entry included) if missing.
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn WalFile>>;
+    /// Cuts `name` to `len` bytes and makes the cut durable.
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Replaces `name` with `bytes` all at once: after a crash it holds the old or the new content.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// A human name for messages (the directory path).
+    fn describe(&self) -> String;
+}
+
+/// An open segment: appends, and a sync that makes them durable.
+pub trait WalFile: Send {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// `fdatasync`: everything appended so far survives a crash.
+    fn sync(&mut self) -> io::Result<()>;
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Real files under one directory.
+#[derive(Clone, Debug)]
+pub struct FsDir {
+    path: PathBuf,
+}
+
+impl FsDir {
+    /// Uses `path`, creating it if needed.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        fs::create_dir_all(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Uses an existing `path` without creating anything (for offline, read-only tools).
+    pub fn existing(path: &Path) -> io::Result<Self> {
+        if !path.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a directory", path.display()),
+            ));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.path)?.sync_all()
+    }
+}
+
+impl WalDir for FsDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file()
+                && let Some(name) = entry.file_name().to_str()
+            {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path.join(name))
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn WalFile>> {
+        let path = self.path.join(name);
+        let existed = path.exists();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if !existed {
+            // A new segment's directory entry must be durable before records in it are acknowledged.
+            self.sync_dir()?;
+        }
+        Ok(Box::new(FsFile { file, len }))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(self.path.join(name))?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.path.join(name))?;
+        self.sync_dir()
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.path.join(format!("{name}.tmp"));
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.path.join(name))?;
+        self.sync_dir()
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+struct FsFile {
+    file: File,
+    len: u64,
+}
+
+impl WalFile for FsFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// One in-memory file: its bytes and how many of them a sync made durable.
+#[derive(Clone, Debug, Default)]
+pub struct MemFile {
+    pub data: Vec<u8>,
+    pub synced: usize,
+}
+
+/// An in-memory directory for tests. Clones share the same files, so a test keeps a
+/// clone, drops the engine, calls [`MemDir::crash`], and reopens on the survivors.
+#[derive(Clone, Debug, Default)]
+pub struct MemDir {
+    files: Arc<Mutex<BTreeMap<String, MemFile>>>,
+}
+
+impl MemDir {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates power loss: each file keeps its synced bytes plus the first
+    /// `torn(name, unsynced_len)` of the unsynced ones (clamped).
+    pub fn crash(&self, mut torn: impl FnMut(&str, usize) -> usize) {
+        for (name, f) in self.files.lock().iter_mut() {
+            let unsynced = f.data.len() - f.synced;
+            let keep = torn(name, unsynced).min(unsynced);
+            f.data.truncate(f.synced + keep);
+            f.synced = f.data.len();
+        }
+    }
+
+    /// Direct access to the files, to damage them.
+    pub fn with_files<R>(&self, f: impl FnOnce(&mut BTreeMap<String, MemFile>) -> R) -> R {
+        f(&mut self.files.lock())
+    }
+}
+
+impl WalDir for MemDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.files.lock().keys().cloned().collect())
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.files
+            .lock()
+            .get(name)
+            .map(|f| f.data.clone())
+            .ok_or_else(|| not_found(name))
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn WalFile>> {
+        let len = self
+            .files
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .data
+            .len() as u64;
+        Ok(Box::new(MemAppender {
+            dir: self.clone(),
+            name: name.to_owned(),
+            len,
+        }))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let mut files = self.files.lock();
+        let f = files.get_mut(name).ok_or_else(|| not_found(name))?;
+        f.data.truncate(len as usize);
+        f.synced = f.data.len();
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.files
+            .lock()
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let f = MemFile {
+            data: bytes.to_vec(),
+            synced: bytes.len(),
+        };
+        self.files.lock().insert(name.to_owned(), f);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_owned()
+    }
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file"))
+}
+
+struct MemAppender {
+    dir: MemDir,
+    name: String,
+    len: u64,
+}
+
+impl WalFile for MemAppender {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut files = self.dir.files.lock();
+        let f = files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
+        f.data.extend_from_slice(bytes);
+        self.len = f.data.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut files = self.dir.files.lock();
+        let f = files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
+        f.synced = f.data.len();
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
