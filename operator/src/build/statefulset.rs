@@ -1,0 +1,279 @@
+//! The stock nodes' StatefulSet: one pod and one WAL volume per node, started in
+//! standby (the operator then tells each node its role and config over the admin API).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{BuildConfig, Owner, redis_url_env};
+use crate::crd::{FlashSale, ReclaimPolicy};
+use crate::labels;
+
+/// Where the WAL volume is mounted; the node keeps its WAL in `wal/` below it.
+pub const DATA_MOUNT: &str = "/var/lib/flashsale";
+/// Where the admin Secret is mounted; the token is the `token` file.
+pub const ADMIN_MOUNT: &str = "/etc/flashsale/admin";
+const WAL_VOLUME: &str = "wal";
+const ADMIN_VOLUME: &str = "admin";
+/// Unprivileged user of the distroless image (`nonroot`).
+const RUN_AS_USER: i64 = 65532;
+
+/// The node's command line, fixed by the node's CLI contract.
+pub fn node_args() -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        "0.0.0.0:8080",
+        "--data-dir",
+        "/var/lib/flashsale/wal",
+        "--role",
+        "standby",
+        "--admin-token-file",
+        "/etc/flashsale/admin/token",
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("250m".to_string())),
+            ("memory".to_string(), Quantity("128Mi".to_string())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("512Mi".to_string()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(labels::NODE_PORT_NAME.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn env(owner: &Owner, sale: &FlashSale) -> Vec<EnvVar> {
+    let mut env = vec![
+        EnvVar {
+            name: "FLASHSALE_SALE".to_string(),
+            value: Some(owner.name.clone()),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "POD_NAME".to_string(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        redis_url_env(owner, sale),
+    ];
+    if let Some(rate) = sale.spec.admission_rate {
+        env.push(EnvVar {
+            name: "FLASHSALE_ADMISSION_RATE_PER_S".to_string(),
+            value: Some(rate.to_string()),
+            ..EnvVar::default()
+        });
+    }
+    env
+}
+
+fn container(owner: &Owner, sale: &FlashSale, config: &BuildConfig) -> Container {
+    Container {
+        name: labels::NODE_APP.to_string(),
+        image: Some(
+            sale.spec
+                .nodes
+                .image
+                .clone()
+                .unwrap_or_else(|| config.node_image.clone()),
+        ),
+        args: Some(node_args()),
+        ports: Some(vec![ContainerPort {
+            name: Some(labels::NODE_PORT_NAME.to_string()),
+            container_port: labels::NODE_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env(owner, sale)),
+        // Ready = has a role and a config: the operator configures pods before they are ready.
+        readiness_probe: Some(http_probe("/readyz", 2, 3)),
+        // Generous: WAL replay after a crash must not be mistaken for a hang.
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: Some(
+            sale.spec
+                .nodes
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: WAL_VOLUME.to_string(),
+                mount_path: DATA_MOUNT.to_string(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: ADMIN_VOLUME.to_string(),
+                mount_path: ADMIN_MOUNT.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn wal_claim(sale: &FlashSale) -> PersistentVolumeClaim {
+    let storage = &sale.spec.nodes.storage;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(WAL_VOLUME.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    storage.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn anti_affinity(sale_name: &str) -> Affinity {
+    Affinity {
+        // Preferred, not required: a one-machine cluster must still run a sale.
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(labels::node_selector(sale_name)),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+pub fn build_statefulset(owner: &Owner, sale: &FlashSale, config: &BuildConfig) -> StatefulSet {
+    let mut pod_labels = labels::component_labels(&owner.name, labels::NODE_APP);
+    pod_labels.extend(labels::node_selector(&owner.name));
+    let when_deleted = match sale.spec.nodes.storage.reclaim_policy {
+        ReclaimPolicy::Retain => "Retain",
+        ReclaimPolicy::Delete => "Delete",
+    };
+    StatefulSet {
+        metadata: owner.meta(
+            labels::statefulset_name(&owner.name),
+            labels::component_labels(&owner.name, labels::NODE_APP),
+        ),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(sale.spec.nodes.replicas),
+            service_name: Some(labels::headless_service_name(&owner.name)),
+            // Nodes start in standby and wait for the operator: no reason to start them one by one.
+            pod_management_policy: Some("Parallel".to_string()),
+            selector: LabelSelector {
+                match_labels: Some(labels::node_selector(&owner.name)),
+                ..LabelSelector::default()
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(when_deleted.to_string()),
+                    // A removed secondary's WAL is kept: a scale-up reuses it and catches up.
+                    when_scaled: Some("Retain".to_string()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container(owner, sale, config)],
+                    affinity: Some(anti_affinity(&owner.name)),
+                    // SIGTERM drains in-flight purchases and syncs the WAL before exit.
+                    termination_grace_period_seconds: Some(30),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    volumes: Some(vec![Volume {
+                        name: ADMIN_VOLUME.to_string(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(labels::admin_secret_name(&owner.name)),
+                            default_mode: Some(0o440),
+                            ..SecretVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![wal_claim(sale)]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}

@@ -1,0 +1,345 @@
+//! `FlashSale.spec`: what a person asks for. Invariants the API server can check are
+//! CEL rules or schema bounds here, so `kubectl apply` refuses a bad sale with a
+//! message that names the field; `crate::validate` repeats what CEL cannot express.
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, SecretKeySelector};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::FlashSaleStatus;
+
+/// Most stock nodes one sale may run (1 primary + secondaries). Bounds the StatefulSet
+/// and the admin calls the operator makes per reconcile.
+pub const NODES_REPLICAS_MAX: i32 = 15;
+/// Most items one sale may list. Bounds the node config and the CEL uniqueness check.
+pub const ITEMS_MAX: usize = 200;
+/// Longest sale name: leaves room for `-primary`, `-redis`, pod ordinals and the
+/// `controller-revision-hash` label within Kubernetes' 63-character limit.
+pub const NAME_LEN_MAX: usize = 40;
+
+/// A flash sale: items with little stock, a short window, a primary stock node that
+/// sells and secondaries that hold a live copy.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "flashsale.dev",
+    version = "v1alpha1",
+    kind = "FlashSale",
+    plural = "flashsales",
+    shortname = "fsale",
+    category = "all",
+    namespaced,
+    status = "FlashSaleStatus",
+    derive = "PartialEq",
+    doc = "A flash sale run by the flashsale operator: a primary stock node that sells and secondaries that hold a live copy.",
+    scale(
+        spec_replicas_path = ".spec.nodes.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary.pod"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
+    printcolumn(name = "Sold", type_ = "integer", json_path = ".status.sold"),
+    printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
+    printcolumn(name = "Stock", type_ = "integer", json_path = ".status.stock"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 40")
+        .message("metadata.name: at most 40 characters (room for the names of the objects the sale owns)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FlashSaleSpec {
+    /// What is on sale. SKUs are unique within the sale.
+    #[schemars(length(min = 1, max = 200))]
+    #[x_kube(validation = Rule::new("self.all(i, self.exists_one(j, j.sku == i.sku))")
+        .message("items: every sku must be unique within the sale"))]
+    pub items: Vec<SaleItem>,
+
+    /// When the sale opens and closes.
+    #[serde(default)]
+    pub window: SaleWindow,
+
+    /// How long a purchase holds its stock before it must be confirmed (Go duration,
+    /// e.g. `5m`); unconfirmed holds return to stock after it.
+    #[serde(default = "default_reservation_ttl")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+        .message("reservationTtl: must be between 1s and 24h"))]
+    pub reservation_ttl: Duration,
+
+    /// The stock nodes.
+    #[serde(default)]
+    pub nodes: NodesSpec,
+
+    /// The Redis that carries replication (pub/sub only; nothing is stored in it).
+    #[serde(default)]
+    pub redis: RedisSpec,
+
+    /// When a purchase is acknowledged relative to the disk.
+    #[serde(default)]
+    pub durability: DurabilitySpec,
+
+    /// How secondaries follow the primary.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+
+    /// When and how the operator replaces a failed primary.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+
+    /// Load-based scaling of the secondaries.
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+
+    /// Most purchases per second each node admits (429 with `Retry-After` above it);
+    /// absent = the node's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub admission_rate: Option<u32>,
+}
+
+/// One item on sale.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SaleItem {
+    /// Stock-keeping unit: letters, digits, `.`, `_`, `-`; starts with a letter or digit.
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+        length(min = 1, max = 64)
+    )]
+    pub sku: String,
+    /// Units on sale. Raising it adds stock to a running sale; it can never drop below
+    /// what is sold and held.
+    #[schemars(range(min = 0, max = 1_000_000_000))]
+    pub stock: i64,
+    /// Most units one customer may buy (0 = no limit).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub per_customer_limit: i64,
+}
+
+/// The sale window. Absent `startsAt` = open now; absent `endsAt` = never closes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.startsAt) || !has(self.endsAt) || self.startsAt < self.endsAt")
+    .message("window: startsAt must be before endsAt")
+    .field_path(".endsAt"))]
+pub struct SaleWindow {
+    /// Opening time, RFC 3339 (e.g. `2026-11-21T10:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Time>,
+    /// Closing time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<Time>,
+}
+
+/// The stock nodes: a StatefulSet, one pod and one WAL volume each.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesSpec {
+    /// Number of nodes, primary included (the scale subresource sets this).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 15))]
+    pub replicas: i32,
+    /// Stock node image; absent = the operator's default (`flashsale/stock-node:<version>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// CPU and memory for each node; absent = small defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The WAL volume of each node.
+    #[serde(default)]
+    pub storage: StorageSpec,
+}
+
+/// Each node's persistent volume, which holds its write-ahead log.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each node's WAL volume.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+    /// StorageClass of the WAL volumes; absent = the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// What happens to the WAL volumes when the FlashSale is deleted: `Retain` (the
+    /// default: the volumes are the record of every acknowledged sale, so they outlive
+    /// the sale until a person deletes them) or `Delete`.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+/// Fate of the WAL volumes when the sale is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReclaimPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// Where the replication Redis comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.managed != has(self.externalUrlSecretRef)")
+    .message("redis: set managed: true, or managed: false with externalUrlSecretRef (not both)"))]
+pub struct RedisSpec {
+    /// The operator runs a Redis for this sale (a Deployment and a Service).
+    #[serde(default = "default_true")]
+    pub managed: bool,
+    /// Image of the managed Redis; absent = `redis:7.2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// An existing Redis: a Secret key holding its URL (`redis://…`). Only with `managed: false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_url_secret_ref: Option<SecretKeySelector>,
+}
+
+/// When a purchase is acknowledged relative to the disk.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DurabilitySpec {
+    /// One fdatasync per group-committed batch before any answer (the default).
+    #[default]
+    Fsync,
+    /// No sync before the answer: a power loss can lose acknowledged sales.
+    NoSync,
+}
+
+/// Replication settings (acted on by the replication work; recorded now so manifests stay stable).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// `async` (default): acknowledged once durable on the primary. `quorum`: also durable
+    /// on one secondary, so losing the primary's volume loses nothing.
+    #[serde(default)]
+    pub mode: ReplicationMode,
+}
+
+/// How many copies an acknowledged purchase has.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicationMode {
+    #[default]
+    Async,
+    Quorum,
+}
+
+/// Failover timings. Reserved: automatic failover is not implemented yet (see the
+/// operator's `failover` module); the fields are accepted and defaulted now.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// A primary failing its health checks this long is replaced.
+    #[serde(default = "default_unhealthy_after")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
+        .message("failover.unhealthyAfter: must be between 1s and 10m"))]
+    pub unhealthy_after: Duration,
+    /// How long the primary's selling lease lasts without renewal.
+    #[serde(default = "default_lease_duration")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
+        .message("failover.leaseDuration: must be between 1s and 10m"))]
+    pub lease_duration: Duration,
+}
+
+/// Load-based scaling bounds. Reserved: the scaler is not implemented yet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("autoscaling: minReplicas must not exceed maxReplicas")
+    .field_path(".minReplicas"))]
+pub struct AutoscalingSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 15))]
+    pub min_replicas: i32,
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 15))]
+    pub max_replicas: i32,
+    /// Purchases per second per node the scaler aims for.
+    #[serde(default = "default_target_purchases_per_s")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub target_purchases_per_s: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_replicas() -> i32 {
+    3
+}
+fn default_reservation_ttl() -> Duration {
+    std::time::Duration::from_secs(300).into()
+}
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".into())
+}
+fn default_unhealthy_after() -> Duration {
+    std::time::Duration::from_secs(5).into()
+}
+fn default_lease_duration() -> Duration {
+    std::time::Duration::from_secs(10).into()
+}
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    5
+}
+fn default_target_purchases_per_s() -> i32 {
+    2000
+}
+
+impl Default for NodesSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: None,
+            resources: None,
+            storage: StorageSpec::default(),
+        }
+    }
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            reclaim_policy: ReclaimPolicy::default(),
+        }
+    }
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            managed: true,
+            image: None,
+            external_url_secret_ref: None,
+        }
+    }
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            unhealthy_after: default_unhealthy_after(),
+            lease_duration: default_lease_duration(),
+        }
+    }
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_purchases_per_s: default_target_purchases_per_s(),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! `flashsale-operator`: the controller binary. Connects in-cluster or through a
+//! kubeconfig, serves metrics and health, takes the leader Lease, then reconciles
+//! FlashSales until SIGTERM (or until it loses the Lease: it exits and is restarted).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use flashsale_operator::build::BuildConfig;
+use flashsale_operator::controller::{self, Context};
+use flashsale_operator::http::{self, HttpState};
+use flashsale_operator::metrics::Metrics;
+use flashsale_operator::nodes::NodeClient;
+use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Human,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "The flashsale operator: FlashSale resources become running sales"
+)]
+struct Args {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "FLASHSALE_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
+    listen: String,
+    #[arg(
+        long,
+        env = "FLASHSALE_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "FLASHSALE_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Stock node image for sales that name none.
+    #[arg(long, env = "FLASHSALE_NODE_IMAGE")]
+    node_image: Option<String>,
+    /// Image of the managed Redis for sales that name none.
+    #[arg(long, env = "FLASHSALE_REDIS_IMAGE", default_value = "redis:7.2")]
+    redis_image: String,
+    /// Timeout of one admin call to a node.
+    #[arg(long, default_value_t = 2_000)]
+    node_timeout_ms: u64,
+    /// How often a healthy sale is re-read (status figures).
+    #[arg(long, default_value_t = 5_000)]
+    resync_ms: u64,
+    /// Take a Lease before reconciling, so several replicas are safe.
+    #[arg(long, env = "FLASHSALE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    #[arg(long, default_value = "flashsale-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, default_value_t = 15)]
+    lease_duration_s: u64,
+    /// This replica's name in the Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: neither in-cluster nor a kubeconfig")?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("flashsale-operator-{}", std::process::id()));
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // One signal for everything that must stop: SIGTERM or a lost Lease.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            terminated().await;
+            tracing::info!("SIGTERM: shutting down");
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz");
+    let http_task = tokio::spawn(http::run(
+        listener,
+        HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+        stopped(stop_rx.clone()),
+    ));
+    client
+        .apiserver_version()
+        .await
+        .context("API server unreachable")?;
+    ready.store(true, Ordering::Relaxed);
+
+    let mut lease = None;
+    if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration_s)
+            .with_grace(args.lease_duration_s / 3)
+            .build()
+            .await
+            .context("lease manager")?;
+        let (mut is_leader, task) = manager.watch().await;
+        tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting for the leader Lease");
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            r = is_leader.wait_for(|l| *l) => { r.context("lease manager stopped")?; }
+            _ = stop.wait_for(|s| *s) => { return Ok(()); }
+        }
+        tracing::info!(%identity, "leading");
+        metrics.leader.set(1);
+        // Losing the Lease stops this replica; its restart re-contends.
+        let stop_tx = stop_tx.clone();
+        let mut watch_leader = is_leader.clone();
+        let watcher = tokio::spawn(async move {
+            if watch_leader.wait_for(|l| !*l).await.is_ok() {
+                tracing::error!("lost the leader Lease: stopping");
+                let _ = stop_tx.send(true);
+            }
+        });
+        lease = Some((is_leader, watcher, task));
+    }
+
+    let nodes = NodeClient::new(args.node_timeout_ms).context("node admin client")?;
+    let mut build = BuildConfig {
+        redis_image: args.redis_image.clone(),
+        ..BuildConfig::default()
+    };
+    if let Some(image) = args.node_image.clone() {
+        build.node_image = image;
+    }
+    let reporter = Reporter {
+        controller: "flashsale-operator".into(),
+        instance: Some(identity),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        nodes,
+        build,
+        reporter,
+        metrics.clone(),
+        args.resync_ms,
+    ));
+    controller::run(ctx, args.namespace.clone(), stopped(stop_rx.clone())).await;
+    tracing::info!("controller stopped");
+
+    if let Some((is_leader, watcher, task)) = lease {
+        // Dropping every receiver makes the lease task release the Lease for a fast hand-over.
+        watcher.abort();
+        let _ = watcher.await;
+        drop(is_leader);
+        let _ = task.await;
+        metrics.leader.set(0);
+    }
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Status: the next `FlashSale.status` as a pure function of what the reconcile saw and
+//! did, and the previous status (so a condition's `lastTransitionTime` moves only when
+//! its status flips, and an unchanged sale produces an identical status: no write).
+
+use flashsale_core::ItemView;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, FlashSaleStatus, ItemStatus, Phase,
+    PrimaryStatus,
+};
+
+/// A problem worth a Degraded condition: a reason (PascalCase) and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the status is derived from.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub generation: Option<i64>,
+    /// Label selector of the node pods.
+    pub selector: String,
+    pub desired_replicas: i32,
+    /// Node pods that exist and are not being deleted.
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub primary: Option<PrimaryStatus>,
+    pub epoch: u64,
+    /// The primary's node says it is primary at `epoch`, has the current config, and is ready.
+    pub primary_selling: bool,
+    /// Items as the primary reports them (None: not read this time; the last figures stay).
+    pub items: Option<Vec<ItemView>>,
+    /// Every node runs the current config and role, and the StatefulSet is rolled out.
+    pub rolled_out: bool,
+    pub problems: Vec<Problem>,
+    /// The spec was refused (`field: message`).
+    pub invalid: Option<String>,
+}
+
+/// The next status. `now` stamps only conditions whose status flips.
+pub fn next_status(prev: &FlashSaleStatus, facts: &Facts, now: &Time) -> FlashSaleStatus {
+    let mut next = prev.clone();
+    next.observed_generation = facts.generation;
+    next.selector = Some(facts.selector.clone());
+
+    if let Some(invalid) = &facts.invalid {
+        // The nodes keep running what they had; only the verdict on the spec changes.
+        next.phase = Some(Phase::Invalid);
+        set(
+            &mut next,
+            now,
+            facts,
+            CONDITION_READY,
+            false,
+            "InvalidSpec",
+            invalid,
+        );
+        set(
+            &mut next,
+            now,
+            facts,
+            CONDITION_PROGRESSING,
+            false,
+            "InvalidSpec",
+            "waiting for a spec change",
+        );
+        return next;
+    }
+
+    next.replicas = facts.replicas;
+    next.ready_replicas = facts.ready_replicas;
+    next.ready = Some(format!(
+        "{}/{}",
+        facts.ready_replicas, facts.desired_replicas
+    ));
+    next.primary = facts.primary.clone();
+    next.epoch = facts.epoch;
+    if let Some(items) = &facts.items {
+        next.items = items
+            .iter()
+            .map(|i| ItemStatus {
+                sku: i.sku.clone(),
+                stock: i.stock,
+                sold: i.sold,
+                held: i.held,
+                remaining: i.remaining,
+            })
+            .collect();
+    }
+    next.stock = next.items.iter().map(|i| i.stock).sum();
+    next.sold = next.items.iter().map(|i| i.sold).sum();
+    next.held = next.items.iter().map(|i| i.held).sum();
+    next.remaining = next.items.iter().map(|i| i.remaining).sum();
+
+    let (ready_reason, ready_message) = match (&facts.primary, facts.primary_selling) {
+        (_, true) => (
+            "Selling",
+            format!(
+                "primary {} sells at epoch {}",
+                facts.primary.as_ref().map_or("", |p| p.pod.as_str()),
+                facts.epoch
+            ),
+        ),
+        (None, false) => (
+            "NoPrimary",
+            "waiting for a node to answer so it can be made primary".to_string(),
+        ),
+        (Some(p), false) => (
+            "PrimaryNotReady",
+            format!("primary {} is not selling yet", p.pod),
+        ),
+    };
+    set(
+        &mut next,
+        now,
+        facts,
+        CONDITION_READY,
+        facts.primary_selling,
+        ready_reason,
+        &ready_message,
+    );
+
+    let (progressing_reason, progressing_message) = if facts.replicas < facts.desired_replicas {
+        (
+            "ScalingUp",
+            format!(
+                "{} of {} nodes exist",
+                facts.replicas, facts.desired_replicas
+            ),
+        )
+    } else if facts.replicas > facts.desired_replicas {
+        (
+            "ScalingDown",
+            format!(
+                "{} nodes, {} wanted",
+                facts.replicas, facts.desired_replicas
+            ),
+        )
+    } else if !facts.rolled_out {
+        (
+            "RollingOut",
+            "nodes are being given their config and role".to_string(),
+        )
+    } else {
+        ("RolledOut", "every node runs the current spec".to_string())
+    };
+    let progressing = progressing_reason != "RolledOut";
+    set(
+        &mut next,
+        now,
+        facts,
+        CONDITION_PROGRESSING,
+        progressing,
+        progressing_reason,
+        &progressing_message,
+    );
+
+    let degraded = facts.problems.first();
+    match degraded {
+        Some(p) => {
+            let message = facts
+                .problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            set(
+                &mut next,
+                now,
+                facts,
+                CONDITION_DEGRADED,
+                true,
+                p.reason,
+                &message,
+            )
+        }
+        None => set(
+            &mut next,
+            now,
+            facts,
+            CONDITION_DEGRADED,
+            false,
+            "AsExpected",
+            "no known problem",
+        ),
+    }
+
+    next.phase = Some(if degraded.is_some() {
+        Phase::Degraded
+    } else if facts.primary_selling {
+        Phase::Running
+    } else {
+        Phase::Pending
+    });
+    next
+}
+
+/// Sets one condition, keeping its `lastTransitionTime` unless its status flips.
+fn set(
+    status: &mut FlashSaleStatus,
+    now: &Time,
+    facts: &Facts,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+) {
+    let value = if value { "True" } else { "False" };
+    let old = status.conditions.iter().position(|c| c.type_ == type_);
+    let last_transition_time = match old.map(|i| &status.conditions[i]) {
+        Some(c) if c.status == value => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: facts.generation,
+        last_transition_time,
+    };
+    match old {
+        Some(i) => status.conditions[i] = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+/// The status of one condition type, if present.
+pub fn condition_is(status: &FlashSaleStatus, type_: &str, value: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == value)
+}
