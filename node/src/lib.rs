@@ -2,5 +2,6 @@
 //! the tests and the benches).
 
 pub mod engine;
+pub mod replication;
 pub mod wal;
 pub mod walcli;

@@ -14,6 +14,7 @@
 
 mod clock;
 pub mod metrics;
+pub mod replica;
 mod sequencer;
 pub mod snapshot;
 pub mod state;

@@ -146,7 +146,8 @@ impl Sequencer {
 
     /// Logs an expiry for every hold that has run out (bounded per batch).
     fn expire_due(&mut self) {
-        if self.failed.is_some() {
+        // Only the primary logs expiries; a secondary gets them as records (engine::replica).
+        if self.failed.is_some() || self.state.role != flashsale_core::admin::Role::Primary {
             return;
         }
         let now = self.clock.now_ms();
@@ -165,6 +166,9 @@ impl Sequencer {
             ))));
             return;
         }
+        let Some(job) = self.replica_intercept(job) else {
+            return;
+        };
         let now = self.clock.now_ms();
         let answer = match self.state.decide(&job.cmd, now) {
             Err(e) => Err(e),
@@ -177,7 +181,9 @@ impl Sequencer {
                     Command::Confirm(id) | Command::Cancel(id) => {
                         Answer::Order(self.state.orders[&id].clone())
                     }
-                    Command::Configure(_) | Command::SetRole(_) => Answer::Done,
+                    Command::Configure(_) | Command::SetRole(_) | Command::Replicate(_) => {
+                        Answer::Done
+                    }
                 }),
             },
         };

@@ -25,6 +25,8 @@ pub enum Command {
     Confirm(u64),
     Cancel(u64),
     SetRole(RoleAssignment),
+    /// A batch from the primary, applied as is on a secondary (see `engine::replica`).
+    Replicate(flashsale_core::wal::Batch),
 }
 
 /// What `decide` concluded.
@@ -257,6 +259,10 @@ impl State {
                     assignment: a.clone(),
                 }))
             }
+            // Taken by the sequencer before `decide` (engine::replica); never decided.
+            Command::Replicate(_) => Err(SellError::Internal(
+                "a replicated batch reached decide".into(),
+            )),
         }
     }
 

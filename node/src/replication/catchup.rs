@@ -1,0 +1,113 @@
+//! Catch-up client: reads the primary's WAL over HTTP (`GET /admin/v1/wal`, admin
+//! token) from the first sequence this node lacks. The answer is one encoded WAL batch
+//! (see `flashsale_core::replication` for the contract), checked record by record.
+
+use std::time::Duration;
+
+use flashsale_core::replication::{CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, WAL_ROUTE};
+use flashsale_core::wal::{Batch, decode_batch};
+
+use super::ReplError;
+
+/// One request to the primary may take this long.
+const REQUEST_TIMEOUT_MS: u64 = 5000;
+const CONNECT_TIMEOUT_MS: u64 = 1000;
+
+/// What the primary had from the asked sequence on.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Records from the asked sequence, and the primary's durable sequence.
+    Records { batch: Batch, primary_seq: u64 },
+    /// Nothing newer than what was asked; the primary's durable sequence.
+    UpToDate { primary_seq: u64 },
+    /// The primary no longer has the asked sequence (compacted into a snapshot).
+    Compacted,
+}
+
+/// The primary as a catch-up source.
+#[derive(Clone)]
+pub struct PrimaryClient {
+    http: reqwest::Client,
+    base_url: String,
+    admin_token: String,
+}
+
+impl PrimaryClient {
+    pub fn new(base_url: &str, admin_token: &str) -> Result<Self, ReplError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .build()
+            .map_err(|e| ReplError::Primary {
+                url: base_url.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            admin_token: admin_token.to_owned(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn err(&self, reason: impl ToString) -> ReplError {
+        ReplError::Primary {
+            url: self.base_url.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Records from `from` on, at most about `CATCHUP_BYTES_MAX` of them.
+    pub async fn fetch(&self, from: u64) -> Result<Fetched, ReplError> {
+        let url = format!(
+            "{}{WAL_ROUTE}?from={from}&max_bytes={CATCHUP_BYTES_MAX}",
+            self.base_url
+        );
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        let primary_seq = resp
+            .headers()
+            .get(HEADER_DURABLE_SEQ)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match resp.status().as_u16() {
+            200 => {
+                let primary_seq = primary_seq
+                    .ok_or_else(|| self.err(format!("no {HEADER_DURABLE_SEQ} header")))?;
+                let body = resp.bytes().await.map_err(|e| self.err(e))?;
+                // A primary never sends more than asked (plus one record); more is damage.
+                if body.len() > 2 * CATCHUP_BYTES_MAX + flashsale_core::wal::RECORD_BYTES_MAX {
+                    return Err(self.err(format!("answer of {} bytes", body.len())));
+                }
+                let batch = decode_batch(&body).map_err(|e| ReplError::Damaged(e.into()))?;
+                if batch.first_seq != from {
+                    return Err(self.err(format!(
+                        "asked from {from}, got {}..={}",
+                        batch.first_seq, batch.last_seq
+                    )));
+                }
+                Ok(Fetched::Records { batch, primary_seq })
+            }
+            204 => Ok(Fetched::UpToDate {
+                primary_seq: primary_seq
+                    .ok_or_else(|| self.err(format!("no {HEADER_DURABLE_SEQ} header")))?,
+            }),
+            410 => Ok(Fetched::Compacted),
+            s => {
+                let text = resp.text().await.unwrap_or_default();
+                Err(self.err(format!(
+                    "HTTP {s}: {}",
+                    text.chars().take(200).collect::<String>()
+                )))
+            }
+        }
+    }
+}

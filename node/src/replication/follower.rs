@@ -1,0 +1,202 @@
+//! The secondary's loop: apply the primary's batches strictly in sequence order.
+//!
+//! Live batches come from the pub/sub [`stream`](super::stream); anything the stream
+//! may have missed (a fresh start, a resubscribe, a full queue, a gap between two
+//! batches, or a quiet stream that may have lost its last message) is fetched from the
+//! primary's WAL by [`catchup`](super::catchup) before going on. Batches that arrive
+//! meanwhile wait in the stream's bounded queue; those already applied are ignored.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use flashsale_core::replication::{FollowState, decode_message};
+use flashsale_core::wal::Batch;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::catchup::{Fetched, PrimaryClient};
+use super::stream::Event;
+use super::{ReplError, Stats, now_us};
+
+/// What the follower needs of the node's engine.
+pub trait Replica: Send + Sync + 'static {
+    /// Highest sequence applied here (and durable in this node's WAL).
+    fn applied_seq(&self) -> u64;
+    /// This node's fencing epoch.
+    fn epoch(&self) -> u64;
+    /// Applies `batch`, whose first record is `applied_seq() + 1`, to the state and to
+    /// this node's WAL (same sequences and epochs), durably; returns the new durable
+    /// sequence.
+    fn apply(&self, batch: Batch) -> impl Future<Output = Result<u64, ReplError>> + Send;
+}
+
+/// Catch-up rounds in one go before the live queue gets a turn (a primary under load
+/// moves on while we read; the queue holds the rest).
+const CATCHUP_ROUNDS_MAX: usize = 64;
+/// Wait after a failed catch-up before the next attempt, doubling up to the max.
+const RETRY_FIRST_MS: u64 = 50;
+const RETRY_MAX_MS: u64 = 2000;
+
+/// Everything the follower works with.
+pub struct Follower<R> {
+    pub replica: Arc<R>,
+    pub primary: PrimaryClient,
+    pub stats: Arc<Stats>,
+    /// Durable sequence for the ack sender (quorum mode).
+    pub durable: watch::Sender<u64>,
+    pub idle_poll: Duration,
+    /// Set once caught up for the first time (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl<R: Replica> Follower<R> {
+    /// Follows until `shutdown`. Never returns early: every failure is retried.
+    pub async fn run(
+        self,
+        mut events: mpsc::Receiver<Event>,
+        lost: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut need_catchup = true;
+        let mut retry_ms = RETRY_FIRST_MS;
+        loop {
+            if lost.swap(false, Relaxed) {
+                need_catchup = true;
+            }
+            if need_catchup {
+                self.stats.set_state(FollowState::CatchingUp);
+                match self.catch_up().await {
+                    Ok(true) => {
+                        need_catchup = false;
+                        retry_ms = RETRY_FIRST_MS;
+                        self.ready.store(true, Relaxed);
+                        self.stats.set_state(FollowState::Live);
+                    }
+                    // Not done yet: give the queue a turn, then go on reading.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(primary = self.primary.base_url(), error = %e, "catch-up failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(retry_ms)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        retry_ms = (retry_ms * 2).min(RETRY_MAX_MS);
+                        continue;
+                    }
+                }
+            }
+            let event = tokio::select! {
+                e = events.recv() => e,
+                // A quiet stream may have lost its last message: ask the primary.
+                _ = tokio::time::sleep(self.idle_poll) => { need_catchup = true; continue }
+                _ = shutdown.cancelled() => return,
+            };
+            match event {
+                None => return,
+                Some(Event::Subscribed) => need_catchup = true,
+                Some(Event::Message(bytes)) => {
+                    if let Err(e) = self.on_message(&bytes).await {
+                        match e {
+                            ReplError::Gap { .. } => {
+                                self.stats.gaps.inc();
+                            }
+                            ReplError::StaleEpoch { .. } => {
+                                self.stats.stale_epochs.inc();
+                                continue;
+                            }
+                            ReplError::Damaged(_) => {
+                                self.stats.damaged.inc();
+                            }
+                            _ => {}
+                        }
+                        tracing::debug!(error = %e, "live batch not applied; catching up");
+                        need_catchup = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One live message: decode, then apply what is new of it.
+    async fn on_message(&self, bytes: &[u8]) -> Result<(), ReplError> {
+        let msg = decode_message(bytes)?;
+        self.stats.saw_primary_seq(msg.batch.last_seq);
+        let applied = self.apply_new(msg.batch).await?;
+        if applied {
+            let lag_us = (now_us() - msg.sent_at_us).max(0) as u64;
+            self.stats.last_lag_us.store(lag_us, Relaxed);
+            self.stats.lag_ms.observe(lag_us as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    /// Applies the part of `batch` after this node's applied sequence. `Ok(false)` for
+    /// a batch wholly applied already (a duplicate).
+    async fn apply_new(&self, mut batch: Batch) -> Result<bool, ReplError> {
+        let mine = self.replica.epoch();
+        if batch.epoch < mine {
+            return Err(ReplError::StaleEpoch {
+                mine,
+                theirs: batch.epoch,
+            });
+        }
+        let applied = self.replica.applied_seq();
+        if batch.last_seq <= applied {
+            self.stats.duplicates.inc();
+            return Ok(false);
+        }
+        if batch.first_seq > applied + 1 {
+            return Err(ReplError::Gap {
+                applied,
+                first: batch.first_seq,
+                last: batch.last_seq,
+            });
+        }
+        if batch.first_seq <= applied {
+            // Overlaps what catch-up already brought: keep only the new tail.
+            batch.records.retain(|r| r.seq > applied);
+            batch.first_seq = applied + 1;
+        }
+        let durable = self.replica.apply(batch).await?;
+        self.durable.send_replace(durable);
+        Ok(true)
+    }
+
+    /// Reads the primary's WAL until up to date (`Ok(true)`) or for a bounded number of
+    /// rounds (`Ok(false)`).
+    async fn catch_up(&self) -> Result<bool, ReplError> {
+        for _ in 0..CATCHUP_ROUNDS_MAX {
+            let from = self.replica.applied_seq() + 1;
+            match self.primary.fetch(from).await? {
+                Fetched::UpToDate { primary_seq } => {
+                    self.stats.saw_primary_seq(primary_seq);
+                    return Ok(true);
+                }
+                Fetched::Records { batch, primary_seq } => {
+                    self.stats.saw_primary_seq(primary_seq);
+                    let n = batch.records.len() as u64;
+                    match self.apply_new(batch).await {
+                        Ok(_) => {
+                            self.stats.catchup_records.inc_by(n);
+                        }
+                        Err(ReplError::StaleEpoch { mine, theirs }) => {
+                            self.stats.stale_epochs.inc();
+                            return Err(ReplError::StaleEpoch { mine, theirs });
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Fetched::Compacted => {
+                    return Err(ReplError::Compacted {
+                        url: self.primary.base_url().to_owned(),
+                        from,
+                        reason: "snapshot bootstrap is not wired yet".into(),
+                    });
+                }
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,249 @@
+//! Starts and steers a node's replication tasks: the publisher and the quorum ack
+//! listener while the node is the primary, the follower (stream, catch-up, acks)
+//! while it is a secondary of a known primary. Roles change under it (promotion,
+//! a new primary): it watches the engine and restarts the follower on any change.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use flashsale_core::admin::Role;
+use flashsale_core::replication::{FollowState, ReplicationStatus, ack_channel, default_channel};
+use flashsale_core::wal::Batch;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::catchup::PrimaryClient;
+use super::follower::{Follower, Replica};
+use super::quorum::{self, QuorumGate};
+use super::stream::{self, StreamSink};
+use super::{ReplError, ReplicationArgs, Stats, publisher};
+use crate::engine::EngineHandle;
+
+/// How often the supervisor looks at the engine's role.
+const ROLE_POLL_MS: u64 = 100;
+
+impl Replica for EngineHandle {
+    fn applied_seq(&self) -> u64 {
+        self.status().applied_seq
+    }
+    fn epoch(&self) -> u64 {
+        self.status().epoch
+    }
+    async fn apply(&self, batch: Batch) -> Result<u64, ReplError> {
+        let (first, last) = (batch.first_seq, batch.last_seq);
+        self.apply_replicated(batch).await.map_err(|e| match e {
+            flashsale_core::SellError::Fenced(why) => {
+                ReplError::Apply(format!("batch {first}..={last} refused: {why}"))
+            }
+            e => ReplError::Apply(format!("batch {first}..={last}: {e}")),
+        })
+    }
+}
+
+/// A node's replication, running. Cheap to clone.
+#[derive(Clone)]
+pub struct Replication {
+    pub stats: Arc<Stats>,
+    pub gate: Arc<QuorumGate>,
+    engine: EngineHandle,
+    /// A secondary is ready once caught up with its primary; other roles always are.
+    caught_up: Arc<AtomicBool>,
+}
+
+impl Replication {
+    /// Spawns the tasks (on the current tokio runtime); they stop on `shutdown`.
+    pub fn start(
+        engine: EngineHandle,
+        args: &ReplicationArgs,
+        admin_token: Option<String>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ReplError> {
+        let channel = args
+            .redis_channel
+            .clone()
+            .or_else(|| engine.status().sale.map(|s| default_channel(&s)));
+        let stats = Arc::new(Stats::new(
+            args.replication,
+            channel.clone().unwrap_or_default(),
+        ));
+        let (e1, e2) = (engine.clone(), engine.clone());
+        let gate = Arc::new(QuorumGate::new(
+            args.replication,
+            args.quorum_timeout(),
+            Arc::new(move || e1.status().durable_seq),
+            Arc::new(move || e2.status().epoch),
+            stats.clone(),
+        ));
+        let me = Replication {
+            stats,
+            gate,
+            engine: engine.clone(),
+            caught_up: Arc::new(AtomicBool::new(false)),
+        };
+        let redis = args
+            .redis_url
+            .as_deref()
+            .map(redis::Client::open)
+            .transpose()?;
+        let redis = match (redis, &channel) {
+            (Some(_), None) => {
+                tracing::error!(
+                    "--redis-url without --redis-channel on a node with no sale yet: replicating by catch-up only"
+                );
+                None
+            }
+            (r, _) => r,
+        };
+        if let (Some(client), Some(channel)) = (&redis, &channel) {
+            let e = engine.clone();
+            tokio::spawn(publisher::run(
+                client.clone(),
+                channel.clone(),
+                engine.subscribe_batches(),
+                move || e.status().role == Role::Primary,
+                me.stats.clone(),
+                shutdown.clone(),
+            ));
+            tokio::spawn(quorum::listen(
+                client.clone(),
+                ack_channel(channel),
+                me.gate.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tokio::spawn(
+            me.clone()
+                .supervise(args.clone(), redis, channel, admin_token, shutdown),
+        );
+        Ok(me)
+    }
+
+    /// The `replication` block of `/admin/v1/status`.
+    pub fn status(&self, applied_seq: u64) -> ReplicationStatus {
+        let mut s = self.stats.status(applied_seq);
+        if self.engine.status().role == Role::Primary {
+            s.primary_seq = applied_seq;
+            s.lag_records = 0;
+            s.lag_ms = 0;
+        }
+        s
+    }
+
+    /// Why `/readyz` should say no, if it should.
+    pub fn not_ready(&self) -> Option<String> {
+        let st = self.engine.status();
+        (st.role == Role::Secondary && !self.caught_up.load(Relaxed))
+            .then(|| format!("catching up with the primary ({:?})", st.primary_url))
+    }
+
+    /// Runs the follower while the node is a secondary with a primary to follow.
+    async fn supervise(
+        self,
+        args: ReplicationArgs,
+        redis: Option<redis::Client>,
+        channel: Option<String>,
+        admin_token: Option<String>,
+        shutdown: CancellationToken,
+    ) {
+        let mut current: Option<(u64, String, CancellationToken)> = None;
+        loop {
+            let st = self.engine.status();
+            let want = match (st.role, st.primary_url) {
+                (Role::Secondary, Some(url)) => Some((st.epoch, url)),
+                _ => None,
+            };
+            let same = match (&current, &want) {
+                (Some((e, u, _)), Some((we, wu))) => e == we && u == wu,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                if let Some((_, _, stop)) = current.take() {
+                    stop.cancel();
+                }
+                self.caught_up.store(false, Relaxed);
+                self.stats.set_state(FollowState::Idle);
+                if let Some((epoch, url)) = want {
+                    let stop = shutdown.child_token();
+                    match self.follow(
+                        &args,
+                        redis.clone(),
+                        channel.clone(),
+                        &url,
+                        admin_token.as_deref(),
+                        stop.clone(),
+                    ) {
+                        Ok(()) => tracing::info!(primary = %url, epoch, "following the primary"),
+                        Err(e) => {
+                            tracing::error!(primary = %url, error = %e, "cannot follow the primary")
+                        }
+                    }
+                    current = Some((epoch, url, stop));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ROLE_POLL_MS)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn follow(
+        &self,
+        args: &ReplicationArgs,
+        redis: Option<redis::Client>,
+        channel: Option<String>,
+        primary_url: &str,
+        admin_token: Option<&str>,
+        stop: CancellationToken,
+    ) -> Result<(), ReplError> {
+        let primary = PrimaryClient::new(primary_url, admin_token.unwrap_or_default())?;
+        let (tx, rx) = mpsc::channel(args.buffer_batches_max.max(1));
+        let lost = Arc::new(AtomicBool::new(true));
+        let (durable_tx, durable_rx) = watch::channel(0u64);
+        if let (Some(client), Some(channel)) = (redis, channel) {
+            let sink = StreamSink {
+                events: tx,
+                lost: lost.clone(),
+                stats: self.stats.clone(),
+            };
+            tokio::spawn(stream::run(
+                client.clone(),
+                channel.clone(),
+                sink,
+                stop.clone(),
+            ));
+            let e = self.engine.clone();
+            tokio::spawn(quorum::send_acks(
+                client,
+                ack_channel(&channel),
+                args.node_name.clone(),
+                Arc::new(move || e.status().epoch),
+                durable_rx,
+                self.stats.clone(),
+                stop.clone(),
+            ));
+        } else {
+            // No Redis: the follower lives on catch-up alone (idle polls). Keep the
+            // sender alive so the queue reads as quiet, not closed.
+            tokio::spawn(async move {
+                stop_hold(tx, durable_rx).await;
+            });
+        }
+        let follower = Follower {
+            replica: Arc::new(self.engine.clone()),
+            primary,
+            stats: self.stats.clone(),
+            durable: durable_tx,
+            idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
+            ready: self.caught_up.clone(),
+        };
+        tokio::spawn(follower.run(rx, lost, stop));
+        Ok(())
+    }
+}
+
+async fn stop_hold(tx: mpsc::Sender<stream::Event>, _durable: watch::Receiver<u64>) {
+    tx.closed().await;
+}
