@@ -5,3 +5,7 @@ pub mod engine;
 pub mod replication;
 pub mod wal;
 pub mod walcli;
+pub mod admission;
+pub mod config;
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,222 @@
+//! Admission control: what the node lets in before any work is done — a token bucket
+//! on the rate of `/v1` requests, a bound on requests waiting for the engine, and a
+//! bound on open connections (a permit per accepted socket).
+
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("over the admission rate of {rate_per_s} requests/s; retry in {retry_after_s} s")]
+    Rate { rate_per_s: u32, retry_after_s: u64 },
+    #[error("{inflight_max} requests already wait for the engine; try again shortly")]
+    Busy { inflight_max: usize },
+}
+
+/// Limits of one node, shared by every request.
+pub struct Admission {
+    bucket: Option<(DefaultDirectRateLimiter, u32)>,
+    inflight: Arc<Semaphore>,
+    inflight_max: usize,
+}
+
+impl Admission {
+    /// `rate_per_s == 0` admits everything; `burst == 0` means one second's worth.
+    pub fn new(rate_per_s: u32, burst: u32, inflight_max: usize) -> Admission {
+        let bucket = NonZeroU32::new(rate_per_s).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            (
+                RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+                rate.get(),
+            )
+        });
+        let inflight_max = inflight_max.max(1);
+        Admission {
+            bucket,
+            inflight: Arc::new(Semaphore::new(inflight_max)),
+            inflight_max,
+        }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    pub fn check_rate(&self) -> Result<(), Refusal> {
+        let Some((bucket, rate_per_s)) = &self.bucket else {
+            return Ok(());
+        };
+        bucket.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Refusal::Rate {
+                rate_per_s: *rate_per_s,
+                retry_after_s: retry_after_s(wait),
+            }
+        })
+    }
+
+    /// A place in the engine's queue, held until the answer; none left → refuse at once
+    /// rather than let waiters pile up without bound.
+    pub fn enter_engine(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy {
+                inflight_max: self.inflight_max,
+            })
+    }
+}
+
+/// `Retry-After` is whole seconds; never say 0, or clients retry in a tight loop.
+fn retry_after_s(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
+}
+
+/// A TCP listener that holds at most `connections_max` accepted sockets at once.
+/// Further connections wait in the kernel's backlog instead of costing memory here.
+pub struct LimitedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl LimitedListener {
+    pub fn new(inner: TcpListener, connections_max: usize) -> LimitedListener {
+        LimitedListener {
+            inner,
+            permits: Arc::new(Semaphore::new(connections_max.max(1))),
+        }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = CountedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    // Small JSON answers must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        CountedStream {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                // Out of file descriptors and the like: back off instead of spinning
+                // (same policy as axum's own TcpListener).
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted socket that gives its connection permit back when dropped.
+pub struct CountedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_admits_its_burst_then_refuses_with_a_retry_time() {
+        let a = Admission::new(2, 3, 10);
+        for _ in 0..3 {
+            a.check_rate().unwrap();
+        }
+        match a.check_rate() {
+            Err(Refusal::Rate {
+                rate_per_s: 2,
+                retry_after_s,
+            }) => assert!((1..=2).contains(&retry_after_s)),
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_rate_admits_everything_and_the_engine_queue_is_bounded() {
+        let a = Admission::new(0, 0, 2);
+        for _ in 0..10_000 {
+            a.check_rate().unwrap();
+        }
+        let p1 = a.enter_engine().unwrap();
+        let _p2 = a.enter_engine().unwrap();
+        assert_eq!(
+            a.enter_engine().unwrap_err(),
+            Refusal::Busy { inflight_max: 2 }
+        );
+        drop(p1);
+        let _p3 = a.enter_engine().unwrap();
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_after_s(Duration::ZERO), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_s(Duration::from_millis(1001)), 2);
+    }
+}

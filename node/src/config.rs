@@ -1,0 +1,347 @@
+//! How `stock-node serve` is configured: flags, `STOCK_NODE_*` environment variables,
+//! and an optional sale file (YAML or JSON holding a [`SaleConfig`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use flashsale_core::admin::Role;
+use flashsale_core::{Durability, SaleConfig};
+
+/// Why the node's configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: field `{field}`: {reason}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("admin token file {path} is empty")]
+    EmptyToken { path: PathBuf },
+}
+
+/// The part a node starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StartRole {
+    /// A lone node that sells at once (the default for running one node by hand).
+    Primary,
+    /// Waits for the operator's `PUT /admin/v1/role` and `PUT /admin/v1/config`.
+    Standby,
+}
+
+impl From<StartRole> for Role {
+    fn from(r: StartRole) -> Role {
+        match r {
+            StartRole::Primary => Role::Primary,
+            StartRole::Standby => Role::Standby,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// How purchases become durable (overrides the sale file's `durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// One `fdatasync` per group-committed batch before any answer.
+    Fsync,
+    /// No sync before the answer: benchmarks only.
+    NoSync,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Durability {
+        match d {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::NoSync => Durability::NoSync,
+        }
+    }
+}
+
+/// `stock-node serve`: every flag has a `STOCK_NODE_*` environment twin.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address for the API, the admin API and the metrics (one port).
+    #[arg(long, env = "STOCK_NODE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory that holds the WAL and snapshots (created if missing).
+    #[arg(long, env = "STOCK_NODE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// `primary` sells at once; `standby` waits for the operator's role and config.
+    #[arg(long, env = "STOCK_NODE_ROLE", value_enum, default_value = "primary")]
+    pub role: StartRole,
+    /// Sale file (YAML or JSON, a SaleConfig) applied at start.
+    #[arg(long, env = "STOCK_NODE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Durability of purchases; default: the sale's own (fsync unless it says noSync).
+    #[arg(long, env = "STOCK_NODE_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityArg>,
+    /// Bearer token of the admin API (without one, every admin call is refused).
+    #[arg(long, env = "STOCK_NODE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (a mounted Secret); trailing whitespace is ignored.
+    #[arg(
+        long,
+        env = "STOCK_NODE_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+    /// Admission rate of `/v1` requests per second (0 = unlimited).
+    #[arg(long, env = "STOCK_NODE_ADMISSION_RATE_PER_S", default_value_t = 0)]
+    pub admission_rate_per_s: u32,
+    /// Token bucket size: requests admitted at once above the rate (0 = one second's worth).
+    #[arg(long, env = "STOCK_NODE_ADMISSION_BURST", default_value_t = 0)]
+    pub admission_burst: u32,
+    /// Purchases, confirms and cancels waiting for the engine at once; more answer 503.
+    #[arg(long, env = "STOCK_NODE_ENGINE_INFLIGHT_MAX", default_value_t = 4096)]
+    pub engine_inflight_max: usize,
+    /// Open client connections at once; further connections wait in the kernel backlog.
+    #[arg(long, env = "STOCK_NODE_CONNECTIONS_MAX", default_value_t = 4096)]
+    pub connections_max: usize,
+    /// Largest request body accepted (413 above).
+    #[arg(long, env = "STOCK_NODE_BODY_BYTES_MAX", default_value_t = 16 * 1024)]
+    pub body_bytes_max: usize,
+    /// A request taking longer answers 503 `unavailable`.
+    #[arg(long, env = "STOCK_NODE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish before the node exits.
+    #[arg(long, env = "STOCK_NODE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
+    pub shutdown_drain_ms: u64,
+    /// Log format.
+    #[arg(
+        long,
+        env = "STOCK_NODE_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The admin token, from the flag or the file; `None` disables the admin API.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.admin_token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let token = raw.trim();
+        if token.is_empty() {
+            return Err(ConfigError::EmptyToken { path: path.clone() });
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
+/// Reads a sale file: `.json` as JSON, anything else as YAML (a superset of JSON).
+pub fn load_sale_config(path: &Path) -> Result<SaleConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let config: SaleConfig = if is_json {
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| field_error(path, e))?
+    } else {
+        let de = serde_yaml::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| field_error(path, e))?
+    };
+    validate_sale(&config).map_err(|(field, reason)| ConfigError::Field {
+        path: path.to_path_buf(),
+        field,
+        reason,
+    })?;
+    Ok(config)
+}
+
+fn field_error<E: std::fmt::Display>(path: &Path, e: serde_path_to_error::Error<E>) -> ConfigError {
+    let field = e.path().to_string();
+    let reason = e.inner().to_string();
+    if field == "." {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        }
+    } else {
+        ConfigError::Field {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        }
+    }
+}
+
+/// Checks what serde cannot: the sale must make sense before a node sells it.
+/// Returns the field at fault and why. Shared by the sale file and `PUT /admin/v1/config`.
+pub fn validate_sale(c: &SaleConfig) -> Result<(), (String, String)> {
+    if c.name.trim().is_empty() {
+        return Err(("name".into(), "must not be empty".into()));
+    }
+    if c.items.is_empty() {
+        return Err(("items".into(), "a sale needs at least one item".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, item) in c.items.iter().enumerate() {
+        if item.sku.is_empty() || item.sku.len() > SKU_BYTES_MAX {
+            return Err((
+                format!("items[{i}].sku"),
+                format!("must be 1..={SKU_BYTES_MAX} bytes"),
+            ));
+        }
+        if !seen.insert(item.sku.as_str()) {
+            return Err((
+                format!("items[{i}].sku"),
+                format!("`{}` appears twice", item.sku),
+            ));
+        }
+    }
+    if let (Some(s), Some(e)) = (c.starts_at_ms, c.ends_at_ms)
+        && s >= e
+    {
+        return Err(("endsAtMs".into(), "must be after startsAtMs".into()));
+    }
+    if c.reservation_ttl_ms == 0 {
+        return Err(("reservationTtlMs".into(), "must be positive".into()));
+    }
+    Ok(())
+}
+
+/// Longest SKU accepted, so one request cannot grow the node's maps without bound.
+pub const SKU_BYTES_MAX: usize = 128;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn yaml_and_json_sale_files_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let y = write(
+            &dir,
+            "sale.yaml",
+            "name: spring\nitems:\n  - sku: tee\n    stock: 100\n    perCustomerLimit: 2\nreservationTtlMs: 60000\n",
+        );
+        let j = write(
+            &dir,
+            "sale.json",
+            r#"{"name":"spring","items":[{"sku":"tee","stock":100,"perCustomerLimit":2}],"reservationTtlMs":60000}"#,
+        );
+        let a = load_sale_config(&y).unwrap();
+        assert_eq!(a, load_sale_config(&j).unwrap());
+        assert_eq!(a.items[0].per_customer_limit, 2);
+        assert_eq!(a.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn a_bad_sale_file_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            "bad.yaml",
+            "name: s\nitems:\n  - sku: tee\n    stock: lots\nreservationTtlMs: 1\n",
+        );
+        let e = load_sale_config(&p).unwrap_err().to_string();
+        assert!(e.contains("items[0].stock"), "{e}");
+        let p = write(
+            &dir,
+            "dup.json",
+            r#"{"name":"s","items":[{"sku":"a","stock":1},{"sku":"a","stock":2}],"reservationTtlMs":1}"#,
+        );
+        let e = load_sale_config(&p).unwrap_err().to_string();
+        assert!(e.contains("items[1].sku") && e.contains("twice"), "{e}");
+        let p = write(
+            &dir,
+            "typo.yaml",
+            "name: s\nitemz: []\nreservationTtlMs: 1\n",
+        );
+        let e = load_sale_config(&p).unwrap_err().to_string();
+        assert!(e.contains("itemz"), "{e}");
+    }
+
+    #[test]
+    fn flags_have_defaults_and_the_operator_contract_parses() {
+        let c = Cli::try_parse_from([
+            "x",
+            "--listen",
+            "0.0.0.0:8080",
+            "--data-dir",
+            "/var/lib/flashsale/wal",
+            "--role",
+            "standby",
+            "--admin-token-file",
+            "/etc/flashsale/admin/token",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.serve.role, StartRole::Standby);
+        assert_eq!(c.serve.log_format, LogFormat::Json);
+        assert_eq!(c.serve.listen.port(), 8080);
+        let lone = Cli::try_parse_from(["x", "--data-dir", "d"]).unwrap();
+        assert_eq!(lone.serve.role, StartRole::Primary);
+        assert!(lone.serve.durability.is_none());
+        assert!(Cli::try_parse_from(["x", "--data-dir", "d", "--role", "boss"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "--data-dir",
+                "d",
+                "--admin-token",
+                "a",
+                "--admin-token-file",
+                "f"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_token_file_is_trimmed_and_must_not_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(&dir, "t", "s3cret\n");
+        let empty = write(&dir, "e", " \n");
+        let mut c = Cli::try_parse_from(["x", "--data-dir", "d"]).unwrap().serve;
+        assert_eq!(c.admin_token().unwrap(), None);
+        c.admin_token_file = Some(good);
+        assert_eq!(c.admin_token().unwrap().as_deref(), Some("s3cret"));
+        c.admin_token_file = Some(empty);
+        assert!(matches!(
+            c.admin_token(),
+            Err(ConfigError::EmptyToken { .. })
+        ));
+    }
+}

@@ -1,0 +1,101 @@
+//! The node admin API (`/admin/v1/*`, Bearer token) the operator drives; the contract
+//! is documented in `flashsale_core::admin`.
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flashsale_core::admin::{NodeStatus, RoleAssignment};
+use flashsale_core::{ErrorBody, ErrorCode, SaleConfig, SellError};
+
+use super::AppState;
+use super::error::ApiError;
+use super::json::Json;
+
+/// Refuses every admin call without `Authorization: Bearer <token>` (401), and all of
+/// them when the node was started without a token.
+pub async fn require_token(
+    State(s): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = s.admin_token.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the admin API is disabled: the node has no admin token",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(next.run(req).await),
+        Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token")),
+        None => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing `Authorization: Bearer <admin token>`",
+        )),
+    }
+}
+
+/// Compares without an early exit, so the answer time does not leak the token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The node's role, epoch, sequences, items and load.
+#[utoipa::path(get, path = "/admin/v1/status", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = NodeStatus), (status = 401, body = ErrorBody)))]
+pub async fn status(State(s): State<AppState>) -> axum::Json<NodeStatus> {
+    axum::Json(s.node_status())
+}
+
+/// Configures a fresh node or changes the running sale.
+#[utoipa::path(put, path = "/admin/v1/config", tag = "admin", security(("bearer" = [])),
+    request_body = SaleConfig,
+    responses((status = 200, body = NodeStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn put_config(
+    State(s): State<AppState>,
+    Json(config): Json<SaleConfig>,
+) -> Result<axum::Json<NodeStatus>, ApiError> {
+    crate::config::validate_sale(&config).map_err(|(field, reason)| {
+        ApiError::field(field.clone(), format!("field `{field}`: {reason}"))
+    })?;
+    s.engine.configure(config).await?;
+    Ok(axum::Json(s.node_status()))
+}
+
+/// Tells the node its role and fencing epoch.
+#[utoipa::path(put, path = "/admin/v1/role", tag = "admin", security(("bearer" = [])),
+    request_body = RoleAssignment,
+    responses((status = 200, body = NodeStatus), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "fenced: an epoch older than the node's")))]
+pub async fn put_role(
+    State(s): State<AppState>,
+    Json(role): Json<RoleAssignment>,
+) -> Result<Response, ApiError> {
+    match s.engine.set_role(role).await {
+        Ok(_) => Ok(axum::Json(s.node_status()).into_response()),
+        // The admin contract answers a stale epoch with 409: the caller is out of date,
+        // this node is fine (elsewhere `fenced` is a 503: this node may not sell).
+        Err(e @ SellError::Fenced(_)) => {
+            Ok((StatusCode::CONFLICT, axum::Json(e.body())).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

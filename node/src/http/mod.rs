@@ -1,0 +1,210 @@
+//! The stock node's HTTP service: public API, admin API, health, metrics and the
+//! OpenAPI document on one port. `app` builds the router (tests drive it with
+//! `oneshot`); `run` serves it on a listener until the shutdown future resolves.
+
+pub mod admin;
+pub mod error;
+pub mod json;
+pub mod known_keys;
+pub mod openapi;
+pub mod ops;
+pub mod public;
+pub mod serve;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use flashsale_core::admin::NodeStatus;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::admission::{Admission, LimitedListener};
+use crate::engine::EngineHandle;
+use crate::metrics::Metrics;
+
+/// Limits of the HTTP layer (the engine has its own).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub body_bytes_max: usize,
+    pub request_timeout: Duration,
+    pub connections_max: usize,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub shutdown_drain: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 16 * 1024,
+            request_timeout: Duration::from_secs(10),
+            connections_max: 4096,
+            shutdown_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct Shared {
+    pub engine: EngineHandle,
+    pub admission: Admission,
+    pub metrics: Metrics,
+    pub admin_token: Option<String>,
+    pub limits: Limits,
+    pub known_keys: known_keys::KnownKeys,
+    shutting_down: AtomicBool,
+}
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        engine: EngineHandle,
+        admission: Admission,
+        metrics: Metrics,
+        admin_token: Option<String>,
+        limits: Limits,
+    ) -> AppState {
+        AppState(Arc::new(Shared {
+            engine,
+            admission,
+            metrics,
+            admin_token,
+            limits,
+            known_keys: Default::default(),
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The node's own account of itself, as `/admin/v1/status` reports it.
+    pub fn node_status(&self) -> NodeStatus {
+        let st = self.engine.status();
+        NodeStatus {
+            role: st.role,
+            epoch: st.epoch,
+            sale: st.sale,
+            applied_seq: st.applied_seq,
+            durable_seq: st.durable_seq,
+            items: self.engine.items(),
+            purchases_per_s: self.metrics.purchases_per_s(),
+            now_ms: now_ms(),
+            replication: None,
+        }
+    }
+
+    /// Why the node must not take traffic yet (empty when ready).
+    pub fn not_ready(&self) -> Vec<String> {
+        let st = self.engine.status();
+        let mut why = Vec::new();
+        if st.sale.is_none() {
+            why.push("no sale configured (PUT /admin/v1/config)".to_string());
+        }
+        if st.role == flashsale_core::admin::Role::Standby {
+            why.push("no role assigned (PUT /admin/v1/role)".to_string());
+        }
+        if let Some(e) = st.failed {
+            why.push(format!("the WAL failed: {e}"));
+        }
+        if self.shutting_down() {
+            why.push("shutting down".to_string());
+        }
+        why
+    }
+}
+
+/// The whole HTTP surface of a node.
+pub fn app(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/admin/v1/status", get(admin::status))
+        .route("/admin/v1/config", put(admin::put_config))
+        .route("/admin/v1/role", put(admin::put_role))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    Router::new()
+        .route("/v1/items", get(public::list_items))
+        .route("/v1/items/{sku}", get(public::get_item))
+        .route("/v1/purchases", post(public::purchase))
+        .route("/v1/orders/{id}", get(public::get_order))
+        .route("/v1/orders/{id}/confirm", post(public::confirm))
+        .route("/v1/orders/{id}/cancel", post(public::cancel))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(admin)
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::observe,
+        ))
+        .layer(CatchPanicLayer::custom(ops::panic_answer))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish (at most `limits.shutdown_drain`), and returns.
+/// The engine is left open: its owner syncs and closes it.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = state.limits.shutdown_drain;
+    let listener = LimitedListener::new(listener, state.limits.connections_max);
+    let ticker = tokio::spawn(tick_rate(state.clone()));
+    let flag = state.clone();
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        flag.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!("shutdown: no new connections, draining in-flight requests");
+        let _ = begun_tx.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let result = tokio::select! {
+        r = &mut server => r,
+        // Drain is bounded: a client that never finishes must not hold the node up.
+        _ = async { if begun_rx.await.is_ok() { tokio::time::sleep(drain).await } else { std::future::pending().await } } => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "shutdown: drain time over, closing remaining connections");
+            Ok(())
+        }
+    };
+    ticker.abort();
+    result
+}
+
+fn now_ms() -> flashsale_core::UnixMs {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Feeds the purchase-rate meter once a second.
+async fn tick_rate(state: AppState) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        state.metrics.tick();
+    }
+}

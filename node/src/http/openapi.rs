@@ -1,0 +1,37 @@
+//! The OpenAPI document (`GET /openapi.json`), generated from the Rust types and the
+//! handlers' annotations, so it cannot drift from what the node serves.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, ops, public};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "flashsale stock node", description = "Sells a flash sale's items durably, without overselling. Every error is an ErrorBody with a stable `code`."),
+    paths(
+        public::list_items, public::get_item, public::purchase, public::confirm, public::cancel, public::get_order,
+        admin::status, admin::put_config, admin::put_role,
+        ops::healthz, ops::readyz, ops::metrics,
+    ),
+    components(schemas(flashsale_core::ErrorBody, flashsale_core::ErrorCode, flashsale_core::OrderState)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as served.
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

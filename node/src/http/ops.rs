@@ -1,0 +1,123 @@
+//! What operations tooling reads (health, readiness, metrics) and the layers every
+//! request passes (timeout, latency histogram, JSON answers for unknown routes).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flashsale_core::ErrorCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// `/healthz`: the process answers.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+}
+
+/// The process is up and its event loop answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// `/readyz` when ready.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    ready: bool,
+    role: flashsale_core::admin::Role,
+    epoch: u64,
+    sale: Option<String>,
+}
+
+/// 200 once the node has a sale configured, its WAL open and healthy, and a role other
+/// than `standby` (a lone `--role primary` node: once configured; a `--role standby`
+/// node: after both `PUT /admin/v1/config` and `PUT /admin/v1/role`); else 503
+/// `unavailable` naming what is missing. Also 503 once shutdown has begun.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Ready), (status = 503, body = flashsale_core::ErrorBody)))]
+pub async fn readyz(State(s): State<AppState>) -> Result<axum::Json<Ready>, ApiError> {
+    let missing = s.not_ready();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("not ready: {}", missing.join("; ")),
+        ));
+    }
+    let st = s.engine.status();
+    Ok(axum::Json(Ready {
+        ready: true,
+        role: st.role,
+        epoch: st.epoch,
+        sale: st.sale,
+    }))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let text = s
+        .metrics
+        .encode(&s.engine.items())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
+    let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    Ok(([(header::CONTENT_TYPE, ct)], text).into_response())
+}
+
+/// Bounds every request's time and records its latency by route and status.
+pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let res = match tokio::time::timeout(s.limits.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        // A purchase cut off here may still commit; its idempotent retry gets the order.
+        Err(_) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "request timed out after {} ms",
+                s.limits.request_timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    };
+    let route = route.as_deref().unwrap_or("unmatched");
+    s.metrics.request(
+        method.as_str(),
+        route,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
+}
+
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+}
+
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// A panic in a handler is a bug; the client still gets JSON and the node keeps serving.
+pub fn panic_answer(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    let mut res = ApiError::new(ErrorCode::Internal, "internal error").into_response();
+    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    res
+}

@@ -1,0 +1,124 @@
+//! `stock-node serve` from flags to a running node: read the config, open the engine,
+//! apply the sale file and the start role, bind, serve until told to stop, then let the
+//! engine make everything durable. Also the no-op server the benchmark's ceiling uses.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use flashsale_core::admin::Role;
+use flashsale_core::{Order, OrderState, PurchaseRequest, SellError};
+use tokio::net::TcpListener;
+
+use super::json::Json;
+use super::{AppState, Limits, run};
+use crate::admission::{Admission, LimitedListener};
+use crate::config::{ConfigError, ServeArgs, StartRole, load_sale_config};
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::metrics::Metrics;
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("opening the engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("applying the start configuration: {0}")]
+    Start(#[from] SellError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs a node until `shutdown` resolves; returns once the engine's last sync is done.
+pub async fn serve(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let admin_token = args.admin_token()?;
+    let sale = args.config.as_deref().map(load_sale_config).transpose()?;
+    let durability = args
+        .durability
+        .map(Into::into)
+        .or(sale.as_ref().map(|s| s.durability))
+        .unwrap_or_default();
+    // A lone primary sells from the start; a standby waits for the operator's
+    // `PUT /admin/v1/role`. Once a role is in the WAL, the WAL decides on restart.
+    let initial_role = (args.role == StartRole::Primary).then_some(Role::Primary);
+    let engine = Engine::open(EngineOptions {
+        data_dir: args.data_dir.clone(),
+        durability,
+        queue_len_max: args.engine_inflight_max,
+        initial_role,
+        ..Default::default()
+    })?;
+    if let Some(mut sale) = sale {
+        sale.durability = durability;
+        engine.configure(sale).await?;
+    }
+    let limits = Limits {
+        body_bytes_max: args.body_bytes_max,
+        request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
+        connections_max: args.connections_max,
+        shutdown_drain: std::time::Duration::from_millis(args.shutdown_drain_ms),
+    };
+    let admission = Admission::new(
+        args.admission_rate_per_s,
+        args.admission_burst,
+        args.engine_inflight_max,
+    );
+    let state = AppState::new(
+        engine.clone(),
+        admission,
+        Metrics::new(engine.metrics()),
+        admin_token,
+        limits,
+    );
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    let st = state.node_status();
+    tracing::info!(%addr, role = ?st.role, epoch = st.epoch, sale = ?st.sale, ?durability, "listening");
+    let served = run(listener, state, shutdown).await;
+    // Whatever happened to the server, what the engine acknowledged is made durable.
+    engine.shutdown().await;
+    tracing::info!("engine closed; bye");
+    served.map_err(ServeError::Serve)
+}
+
+/// The benchmark's ceiling: the same listener, extractor and JSON answer as a purchase,
+/// with no engine behind it.
+pub async fn serve_noop(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route("/v1/purchases", post(noop_purchase));
+    let listener = LimitedListener::new(listener, Limits::default().connections_max);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::Json<Order>) {
+    let order = Order {
+        id: 1,
+        sku: req.sku,
+        quantity: req.quantity,
+        customer: req.customer,
+        idempotency_key: req.idempotency_key,
+        state: OrderState::Reserved,
+        created_at_ms: 0,
+        expires_at_ms: 0,
+    };
+    (StatusCode::CREATED, axum::Json(order))
+}

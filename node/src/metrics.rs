@@ -1,0 +1,273 @@
+//! The node's Prometheus metrics (`GET /metrics`, text format) and the purchase rate
+//! the operator's scaler reads from `/admin/v1/status`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use flashsale_core::ItemView;
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::EngineMetrics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `ok` (an idempotent replay counts as `ok` again), else the error's stable code.
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ItemLabels {
+    sku: String,
+}
+
+/// Every metric the node exports. Per-item gauges are refreshed at scrape time from
+/// the engine's state, so they cannot drift from it.
+pub struct Metrics {
+    registry: Registry,
+    purchases: Family<OutcomeLabels, Counter>,
+    requests: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    stock: Family<ItemLabels, Gauge>,
+    sold: Family<ItemLabels, Gauge>,
+    held: Family<ItemLabels, Gauge>,
+    remaining: Family<ItemLabels, Gauge>,
+    oversold: Gauge,
+    purchases_answered: AtomicU64,
+    rate: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+/// Samples kept for `purchases_per_s`: the rate is averaged over this many ticks.
+const RATE_SAMPLES_MAX: usize = 6;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s: loopback answers are sub-millisecond, fsyncs a few ms.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Metrics {
+    /// The HTTP side's metrics plus the engine's (batch size, fsync latency, queue).
+    pub fn new(engine: &EngineMetrics) -> Metrics {
+        let mut registry = Registry::default();
+        register_engine(&mut registry, engine);
+        let purchases = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "flashsale_purchases",
+            "Purchases answered, by outcome code",
+            purchases.clone(),
+        );
+        let requests = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "flashsale_http_request_duration_seconds",
+            "HTTP request latency, by route and status",
+            requests.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Family::<ItemLabels, Gauge>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let stock = gauge(
+            &mut registry,
+            "flashsale_item_stock",
+            "Units on sale in total, per item",
+        );
+        let sold = gauge(
+            &mut registry,
+            "flashsale_item_sold",
+            "Units in confirmed orders, per item",
+        );
+        let held = gauge(
+            &mut registry,
+            "flashsale_item_held",
+            "Units held by unconfirmed reservations, per item",
+        );
+        let remaining = gauge(
+            &mut registry,
+            "flashsale_item_remaining",
+            "Units still for sale, per item",
+        );
+        let oversold = Gauge::default();
+        registry.register(
+            "flashsale_oversold",
+            "Units sold or held beyond stock, summed over items: must always be 0",
+            oversold.clone(),
+        );
+        Metrics {
+            registry,
+            purchases,
+            requests,
+            stock,
+            sold,
+            held,
+            remaining,
+            oversold,
+            purchases_answered: AtomicU64::new(0),
+            rate: Mutex::new(VecDeque::with_capacity(RATE_SAMPLES_MAX + 1)),
+        }
+    }
+
+    /// One purchase answered: `code` is `ok` or the error's stable code.
+    pub fn purchase(&self, code: &'static str) {
+        self.purchases.get_or_create(&OutcomeLabels { code }).inc();
+        self.purchases_answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RouteLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .observe(seconds);
+    }
+
+    /// Takes one rate sample; called about once a second.
+    pub fn tick(&self) {
+        let mut samples = self.rate.lock();
+        samples.push_back((
+            Instant::now(),
+            self.purchases_answered.load(Ordering::Relaxed),
+        ));
+        while samples.len() > RATE_SAMPLES_MAX {
+            samples.pop_front();
+        }
+    }
+
+    /// Purchases answered per second over the last few ticks.
+    pub fn purchases_per_s(&self) -> f64 {
+        let samples = self.rate.lock();
+        match (samples.front(), samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                (n1 - n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The Prometheus text for a scrape, with the per-item gauges set from `items`.
+    pub fn encode(&self, items: &[ItemView]) -> Result<String, std::fmt::Error> {
+        let mut oversold = 0u64;
+        for it in items {
+            let l = ItemLabels {
+                sku: it.sku.clone(),
+            };
+            self.stock.get_or_create(&l).set(clamp(it.stock));
+            self.sold.get_or_create(&l).set(clamp(it.sold));
+            self.held.get_or_create(&l).set(clamp(it.held));
+            self.remaining.get_or_create(&l).set(clamp(it.remaining));
+            oversold += (it.sold + it.held).saturating_sub(it.stock);
+        }
+        self.oversold.set(clamp(oversold));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Registered one by one rather than with `EngineMetrics::register`, so the names sit
+/// under `flashsale_` and the node exports one `flashsale_oversold` (in units, below).
+fn register_engine(r: &mut Registry, e: &EngineMetrics) {
+    r.register(
+        "flashsale_engine_batch_records",
+        "Records per group commit",
+        e.batch_records.clone(),
+    );
+    r.register(
+        "flashsale_engine_batch_bytes",
+        "Bytes per group commit",
+        e.batch_bytes.clone(),
+    );
+    r.register(
+        "flashsale_engine_fsync_us",
+        "fdatasync latency per group commit, microseconds",
+        e.fsync_us.clone(),
+    );
+    r.register(
+        "flashsale_engine_batches",
+        "Group commits written",
+        e.batches.clone(),
+    );
+    r.register(
+        "flashsale_engine_records",
+        "WAL records written",
+        e.records.clone(),
+    );
+    r.register(
+        "flashsale_engine_snapshots",
+        "Snapshots written",
+        e.snapshots.clone(),
+    );
+    r.register(
+        "flashsale_engine_queue_len",
+        "Commands queued when a batch was taken",
+        e.queue_len.clone(),
+    );
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(sku: &str, stock: u64, sold: u64, held: u64) -> ItemView {
+        ItemView {
+            sku: sku.into(),
+            stock,
+            sold,
+            held,
+            remaining: stock.saturating_sub(sold + held),
+            per_customer_limit: 0,
+        }
+    }
+
+    #[test]
+    fn oversold_is_zero_for_a_sound_sale_and_counts_the_excess_otherwise() {
+        let m = Metrics::new(&EngineMetrics::default());
+        let text = m
+            .encode(&[item("a", 10, 4, 6), item("b", 5, 0, 1)])
+            .unwrap();
+        assert!(text.contains("flashsale_oversold 0\n"), "{text}");
+        assert!(
+            text.contains("flashsale_item_remaining{sku=\"b\"} 4"),
+            "{text}"
+        );
+        let text = m.encode(&[item("a", 10, 9, 3)]).unwrap();
+        assert!(text.contains("flashsale_oversold 2\n"), "{text}");
+    }
+
+    #[test]
+    fn purchases_are_counted_by_outcome() {
+        let m = Metrics::new(&EngineMetrics::default());
+        m.purchase("ok");
+        m.purchase("ok");
+        m.purchase("sold_out");
+        let text = m.encode(&[]).unwrap();
+        assert!(
+            text.contains("flashsale_purchases_total{code=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flashsale_purchases_total{code=\"sold_out\"} 1"),
+            "{text}"
+        );
+    }
+}

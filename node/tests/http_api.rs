@@ -1,0 +1,590 @@
+//! The HTTP API as a client sees it, against the real `stock-node` binary: the happy
+//! paths, and every error status with its JSON body (`code`, `field`, `Retry-After`).
+
+mod common;
+
+use common::{ADMIN_TOKEN, Node, client, purchase, sale_file};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+async fn send(method: Method, url: &str, token: Option<&str>, body: Option<Vec<u8>>) -> Answer {
+    let mut req = client().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}"));
+    Answer {
+        status,
+        retry_after,
+        body,
+    }
+}
+
+async fn get(node: &Node, path: &str) -> Answer {
+    send(Method::GET, &node.url(path), None, None).await
+}
+
+async fn post(node: &Node, path: &str, body: &Value) -> Answer {
+    send(
+        Method::POST,
+        &node.url(path),
+        None,
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+async fn post_raw(node: &Node, path: &str, body: &str) -> Answer {
+    send(
+        Method::POST,
+        &node.url(path),
+        None,
+        Some(body.as_bytes().to_vec()),
+    )
+    .await
+}
+
+async fn admin(
+    node: &Node,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Answer {
+    send(
+        method,
+        &node.url(path),
+        token,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await
+}
+
+fn assert_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!(a.status.as_u16(), status, "{}", a.body);
+    assert_eq!(a.body["code"], code, "{}", a.body);
+    assert!(
+        a.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        a.body
+    );
+}
+
+fn lone_node(dir: &tempfile::TempDir, items: &[(&str, u64, u32)], extra: &[&str]) -> Node {
+    let sale = sale_file(dir.path(), items);
+    let data = dir.path().join("data");
+    let mut args = vec!["--config", sale.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Node::start(&data, &args)
+}
+
+#[tokio::test]
+async fn purchase_confirm_cancel_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 5, 2), ("cap", 1, 0)], &[]);
+
+    let items = get(&node, "/v1/items").await;
+    assert_eq!(items.status, 200);
+    assert_eq!(items.body.as_array().unwrap().len(), 2);
+
+    let bought = post(&node, "/v1/purchases", &purchase("tee", 2, "alice", "k1")).await;
+    assert_eq!(bought.status, 201, "{}", bought.body);
+    assert_eq!(bought.body["state"], "reserved");
+    assert_eq!(bought.body["quantity"], 2);
+    let id = bought.body["id"].as_u64().unwrap();
+    let tee = get(&node, "/v1/items/tee").await;
+    assert_eq!(
+        (tee.body["held"].as_u64(), tee.body["remaining"].as_u64()),
+        (Some(2), Some(3))
+    );
+
+    let confirmed = post(&node, &format!("/v1/orders/{id}/confirm"), &json!({})).await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    assert_eq!(confirmed.body["state"], "confirmed");
+    let order = get(&node, &format!("/v1/orders/{id}")).await;
+    assert_eq!(
+        (order.status.as_u16(), &order.body["state"]),
+        (200, &json!("confirmed"))
+    );
+    let tee = get(&node, "/v1/items/tee").await;
+    assert_eq!(
+        (tee.body["sold"].as_u64(), tee.body["held"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // Cancelling a reservation gives its stock back to the next buyer.
+    let cap = post(&node, "/v1/purchases", &purchase("cap", 1, "bob", "k2")).await;
+    assert_eq!(cap.status, 201);
+    assert_error(
+        &post(&node, "/v1/purchases", &purchase("cap", 1, "carol", "k3")).await,
+        409,
+        "sold_out",
+    );
+    let cap_id = cap.body["id"].as_u64().unwrap();
+    let cancelled = post(&node, &format!("/v1/orders/{cap_id}/cancel"), &json!({})).await;
+    assert_eq!(
+        (cancelled.status.as_u16(), &cancelled.body["state"]),
+        (200, &json!("cancelled"))
+    );
+    assert_eq!(get(&node, "/v1/items/cap").await.body["remaining"], 1);
+    assert_eq!(
+        post(&node, "/v1/purchases", &purchase("cap", 1, "carol", "k4"))
+            .await
+            .status,
+        201
+    );
+    // A cancelled order cannot be confirmed.
+    assert_error(
+        &post(&node, &format!("/v1/orders/{cap_id}/confirm"), &json!({})).await,
+        409,
+        "order_state",
+    );
+}
+
+#[tokio::test]
+async fn idempotent_replay_returns_the_same_order_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 3, 0)], &[]);
+    let first = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "alice", "same-key"),
+    )
+    .await;
+    assert_eq!(first.status, 201);
+    let again = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "alice", "same-key"),
+    )
+    .await;
+    assert_eq!(
+        (again.status, &again.body),
+        (StatusCode::CREATED, &first.body)
+    );
+    assert_eq!(
+        get(&node, "/v1/items/tee").await.body["remaining"],
+        2,
+        "a replay must not sell again"
+    );
+    let other = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 2, "alice", "same-key"),
+    )
+    .await;
+    assert_error(&other, 409, "idempotency_conflict");
+
+    // A clean stop exits 0; the order survives it.
+    assert!(node.stop().success());
+    let node = Node::start(&dir.path().join("data"), &[]);
+    let replay = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "alice", "same-key"),
+    )
+    .await;
+    assert_eq!(
+        (replay.status, &replay.body["id"]),
+        (StatusCode::CREATED, &first.body["id"])
+    );
+    assert_eq!(get(&node, "/v1/items/tee").await.body["remaining"], 2);
+
+    // Also after kill -9 (no final sync): acknowledged means durable.
+    node.kill9();
+    let node = Node::start(&dir.path().join("data"), &[]);
+    let replay = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "alice", "same-key"),
+    )
+    .await;
+    assert_eq!(replay.body["id"], first.body["id"]);
+}
+
+#[tokio::test]
+async fn bad_requests_are_json_400s_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 5, 0)], &[]);
+    let malformed = post_raw(&node, "/v1/purchases", "{\"sku\": ").await;
+    assert_error(&malformed, 400, "bad_request");
+    assert!(malformed.body.get("field").is_none());
+    let cases = [
+        (
+            r#"{"sku":"tee","quantity":"two","customer":"c","idempotencyKey":"k"}"#,
+            "quantity",
+        ),
+        (
+            r#"{"sku":"tee","customer":"c","idempotencyKey":"k"}"#,
+            "quantity",
+        ),
+        (
+            r#"{"sku":"tee","quantity":1,"customer":"c"}"#,
+            "idempotencyKey",
+        ),
+        (
+            r#"{"sku":"tee","quantity":1,"customer":"c","idempotencyKey":"k","coupon":"x"}"#,
+            "coupon",
+        ),
+        (
+            r#"{"sku":7,"quantity":1,"customer":"c","idempotencyKey":"k"}"#,
+            "sku",
+        ),
+        (
+            r#"{"sku":"tee","quantity":1,"customer":"","idempotencyKey":"k"}"#,
+            "customer",
+        ),
+    ];
+    for (body, field) in cases {
+        let a = post_raw(&node, "/v1/purchases", body).await;
+        assert_error(&a, 400, "bad_request");
+        assert_eq!(a.body["field"], field, "{body}");
+        assert!(
+            a.body["message"].as_str().unwrap().contains(field),
+            "{}",
+            a.body
+        );
+    }
+    let long_key = "k".repeat(1000);
+    let a = post(&node, "/v1/purchases", &purchase("tee", 1, "c", &long_key)).await;
+    assert_eq!(a.body["field"], "idempotencyKey");
+    let a = get(&node, "/v1/orders/not-a-number").await;
+    assert_error(&a, 400, "bad_request");
+    assert_eq!(a.body["field"], "id");
+    // None of it sold anything.
+    assert_eq!(get(&node, "/v1/items/tee").await.body["remaining"], 5);
+}
+
+#[tokio::test]
+async fn unknown_things_limits_and_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 3, 2)], &["--body-bytes-max", "1024"]);
+    assert_error(&get(&node, "/v1/items/nope").await, 404, "unknown_item");
+    assert_error(
+        &post(&node, "/v1/purchases", &purchase("nope", 1, "c", "k0")).await,
+        404,
+        "unknown_item",
+    );
+    assert_error(&get(&node, "/v1/orders/999999").await, 404, "unknown_order");
+    assert_error(
+        &post(&node, "/v1/orders/999999/confirm", &json!({})).await,
+        404,
+        "unknown_order",
+    );
+
+    let zero = post(&node, "/v1/purchases", &purchase("tee", 0, "c", "k1")).await;
+    assert_error(&zero, 422, "bad_quantity");
+    assert_eq!(zero.body["field"], "quantity");
+    assert_eq!(
+        post(&node, "/v1/purchases", &purchase("tee", 2, "alice", "k2"))
+            .await
+            .status,
+        201
+    );
+    // The per-customer limit counts what alice already holds.
+    assert_error(
+        &post(&node, "/v1/purchases", &purchase("tee", 1, "alice", "k3")).await,
+        422,
+        "limit_exceeded",
+    );
+    assert_error(
+        &post(&node, "/v1/purchases", &purchase("tee", 2, "bob", "k4")).await,
+        409,
+        "sold_out",
+    );
+    assert_eq!(
+        post(&node, "/v1/purchases", &purchase("tee", 1, "bob", "k5"))
+            .await
+            .status,
+        201
+    );
+    // Sold out now: answered from memory, with the same body.
+    let gone = post(&node, "/v1/purchases", &purchase("tee", 1, "carol", "k6")).await;
+    assert_error(&gone, 409, "sold_out");
+    // …but a replay of an acknowledged key still gets its order back.
+    assert_eq!(
+        post(&node, "/v1/purchases", &purchase("tee", 1, "bob", "k5"))
+            .await
+            .status,
+        201
+    );
+
+    let big = format!(
+        r#"{{"sku":"tee","quantity":1,"customer":"{}","idempotencyKey":"k"}}"#,
+        "x".repeat(4096)
+    );
+    assert_error(
+        &post_raw(&node, "/v1/purchases", &big).await,
+        413,
+        "payload_too_large",
+    );
+
+    assert_error(&get(&node, "/v2/nothing").await, 404, "not_found");
+    assert_error(
+        &send(Method::DELETE, &node.url("/v1/items"), None, None).await,
+        405,
+        "method_not_allowed",
+    );
+    assert_error(
+        &get(&node, "/v1/purchases").await,
+        405,
+        "method_not_allowed",
+    );
+
+    let metrics = client()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("flashsale_oversold 0"), "{metrics}");
+    assert!(
+        metrics.contains("flashsale_purchases_total{code=\"sold_out\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flashsale_item_sold{sku=\"tee\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_sale_window_and_the_admission_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(
+        &dir,
+        &[("tee", 100, 0)],
+        &["--admission-rate-per-s", "1", "--admission-burst", "3"],
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let window = |starts: i64, ends: i64| {
+        json!({"name": "test-sale", "items": [{"sku": "tee", "stock": 100}], "reservationTtlMs": 600_000,
+               "startsAtMs": starts, "endsAtMs": ends})
+    };
+    let put = |body: Value| {
+        let node = &node;
+        async move {
+            admin(
+                node,
+                Method::PUT,
+                "/admin/v1/config",
+                Some(ADMIN_TOKEN),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        put(window(now_ms + 3_600_000, now_ms + 7_200_000))
+            .await
+            .status,
+        200
+    );
+    let early = post(&node, "/v1/purchases", &purchase("tee", 1, "c", "w1")).await;
+    assert_error(&early, 425, "not_open");
+    assert_eq!(
+        put(window(now_ms - 7_200_000, now_ms - 3_600_000))
+            .await
+            .status,
+        200
+    );
+    assert_error(
+        &post(&node, "/v1/purchases", &purchase("tee", 1, "c", "w2")).await,
+        410,
+        "ended",
+    );
+
+    // The burst of 3 is spent (or nearly: a token comes back every second), so within
+    // a few quick calls the bucket is empty and the node says when to come back.
+    let mut limited = None;
+    for i in 0..5 {
+        let a = post(
+            &node,
+            "/v1/purchases",
+            &purchase("tee", 1, "c", &format!("r{i}")),
+        )
+        .await;
+        if a.status == 429 {
+            limited = Some(a);
+            break;
+        }
+        assert_error(&a, 410, "ended");
+    }
+    let limited = limited.expect("no 429 within 5 calls over a burst of 3 at 1/s");
+    assert_error(&limited, 429, "rate_limited");
+    let retry: u64 = limited
+        .retry_after
+        .expect("Retry-After header")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(limited.body["retryAfterS"], retry);
+    // Probes and the admin API are never rate limited.
+    assert_eq!(get(&node, "/healthz").await.status, 200);
+    assert_eq!(
+        admin(
+            &node,
+            Method::GET,
+            "/admin/v1/status",
+            Some(ADMIN_TOKEN),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &dir.path().join("data"),
+        &["--role", "standby", "--log-format", "json"],
+    );
+    assert_eq!(get(&node, "/healthz").await.status, 200);
+    assert_error(&get(&node, "/readyz").await, 503, "unavailable");
+    assert_error(
+        &admin(&node, Method::GET, "/admin/v1/status", None, None).await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &admin(&node, Method::GET, "/admin/v1/status", Some("wrong"), None).await,
+        401,
+        "unauthorized",
+    );
+
+    let st = admin(
+        &node,
+        Method::GET,
+        "/admin/v1/status",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st.status.as_u16(), &st.body["role"]),
+        (200, &json!("standby"))
+    );
+    assert!(st.body["purchasesPerS"].is_number(), "{}", st.body);
+
+    let sale =
+        json!({"name": "s", "items": [{"sku": "tee", "stock": 2}], "reservationTtlMs": 60_000});
+    let bad =
+        json!({"name": "s", "items": [{"sku": "tee", "stock": -2}], "reservationTtlMs": 60_000});
+    let a = admin(
+        &node,
+        Method::PUT,
+        "/admin/v1/config",
+        Some(ADMIN_TOKEN),
+        Some(&bad),
+    )
+    .await;
+    assert_error(&a, 400, "bad_request");
+    assert_eq!(a.body["field"], "items[0].stock");
+    let a = admin(
+        &node,
+        Method::PUT,
+        "/admin/v1/config",
+        Some(ADMIN_TOKEN),
+        Some(&sale),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_error(&get(&node, "/readyz").await, 503, "unavailable");
+    // A standby node sells nothing.
+    let refused = post(&node, "/v1/purchases", &purchase("tee", 1, "c", "s1")).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    let role = json!({"role": "primary", "epoch": 3});
+    let a = admin(
+        &node,
+        Method::PUT,
+        "/admin/v1/role",
+        Some(ADMIN_TOKEN),
+        Some(&role),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), &a.body["epoch"]),
+        (200, &json!(3)),
+        "{}",
+        a.body
+    );
+    let ready = get(&node, "/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), &ready.body["role"]),
+        (200, &json!("primary"))
+    );
+    assert_eq!(
+        post(&node, "/v1/purchases", &purchase("tee", 1, "c", "s2"))
+            .await
+            .status,
+        201
+    );
+    let stale = json!({"role": "primary", "epoch": 2});
+    assert_error(
+        &admin(
+            &node,
+            Method::PUT,
+            "/admin/v1/role",
+            Some(ADMIN_TOKEN),
+            Some(&stale),
+        )
+        .await,
+        409,
+        "fenced",
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 1, 0)], &[]);
+    let doc = get(&node, "/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    for path in [
+        "/v1/items",
+        "/v1/items/{sku}",
+        "/v1/purchases",
+        "/v1/orders/{id}/confirm",
+        "/admin/v1/role",
+    ] {
+        assert!(doc.body["paths"].get(path).is_some(), "missing {path}");
+    }
+    for schema in [
+        "PurchaseRequest",
+        "Order",
+        "ErrorBody",
+        "ItemView",
+        "NodeStatus",
+    ] {
+        assert!(
+            doc.body["components"]["schemas"].get(schema).is_some(),
+            "missing {schema}"
+        );
+    }
+}
