@@ -1,0 +1,75 @@
+//! `pod-runner fault`: chaos for tests, from any process — kill or freeze a pod's
+//! containers (their process groups), or cut its network (veth link down). Reads
+//! only the state dir, so it works while the runner runs.
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::net;
+use crate::state::{StateDir, StateError};
+
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Fault {
+    /// SIGKILL the container's process group (a crash; the runner restarts it per restartPolicy).
+    Kill,
+    /// SIGSTOP the process group (a hang: probes time out).
+    Freeze,
+    /// SIGCONT after a freeze.
+    Thaw,
+    /// Take the pod's veth down: no packet in or out.
+    Cut,
+    /// Bring the veth back up.
+    Restore,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Net(#[from] net::NetError),
+    #[error("target must be <namespace>/<pod>, got {0:?}")]
+    Target(String),
+    #[error("signalling pid {pid}: {source}")]
+    Signal { pid: i32, source: nix::errno::Errno },
+}
+
+/// Applies `fault` to `target` (`ns/pod`); returns what it touched, for the log.
+pub fn apply(
+    state: &StateDir,
+    fault: Fault,
+    target: &str,
+    container: Option<&str>,
+) -> Result<Vec<String>, FaultError> {
+    let (ns, name) = target
+        .split_once('/')
+        .ok_or_else(|| FaultError::Target(target.to_string()))?;
+    let rec = state.find_record(ns, name)?;
+    let signal = match fault {
+        Fault::Cut | Fault::Restore => {
+            net::set_link(&rec.net, fault == Fault::Restore)?;
+            return Ok(vec![rec.net.veth_host]);
+        }
+        Fault::Kill => Signal::SIGKILL,
+        Fault::Freeze => Signal::SIGSTOP,
+        Fault::Thaw => Signal::SIGCONT,
+    };
+    let pids: Vec<(String, i32)> = state
+        .pids(&rec.uid)
+        .into_iter()
+        .filter(|(c, _)| container.is_none_or(|want| want == c))
+        .collect();
+    if pids.is_empty() {
+        return Err(StateError::NoSuchContainer {
+            pod: target.to_string(),
+            container: container.unwrap_or("*").to_string(),
+        }
+        .into());
+    }
+    let mut done = Vec::new();
+    for (c, pid) in pids {
+        killpg(Pid::from_raw(pid), signal).map_err(|source| FaultError::Signal { pid, source })?;
+        done.push(format!("{c} (pgid {pid})"));
+    }
+    Ok(done)
+}

@@ -1,0 +1,187 @@
+//! Pod networking: one network namespace per pod, a veth pair whose host side hangs
+//! on the cluster's bridge, the pod's address and a default route via the gateway.
+//! Driven through iproute2's `ip` (the tool every CNI plugin's docs reproduce by hand).
+//! Every name carries `fs<N>-` / `fsv<N>-` so cleanup finds them after a crash.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("running `ip`: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// The names of one pod's network objects, all derived from the pod uid.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PodNet {
+    pub netns: String,
+    pub veth_host: String,
+    pub veth_peer: String,
+}
+
+/// 8 hex digits of the uid: with `fsv200-` that is 15 characters, the kernel's
+/// interface name limit.
+pub fn short_hash(uid: &str) -> String {
+    format!("{:08x}", crc32c::crc32c(uid.as_bytes()))
+}
+
+impl PodNet {
+    pub fn for_pod(cluster_index: u8, uid: &str) -> Self {
+        let h = short_hash(uid);
+        PodNet {
+            netns: format!("fs{cluster_index}-{h}"),
+            veth_host: format!("fsv{cluster_index}-{h}"),
+            veth_peer: format!("fsp{cluster_index}-{h}"),
+        }
+    }
+}
+
+pub fn netns_prefix(cluster_index: u8) -> String {
+    format!("fs{cluster_index}-")
+}
+
+pub fn link_prefixes(cluster_index: u8) -> [String; 2] {
+    [
+        format!("fsv{cluster_index}-"),
+        format!("fsp{cluster_index}-"),
+    ]
+}
+
+pub fn ip(args: &[&str]) -> Result<String, NetError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(NetError::Spawn)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Creates the namespace and wiring; on failure undoes what it made, so a retry
+/// starts clean.
+pub fn setup(
+    net: &PodNet,
+    bridge: &str,
+    ip_addr: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), NetError> {
+    teardown(net);
+    let r = (|| {
+        let addr = format!("{ip_addr}/{prefix_len}");
+        let gw = gateway.to_string();
+        let ns = net.netns.as_str();
+        ip(&["netns", "add", ns])?;
+        ip(&[
+            "link",
+            "add",
+            &net.veth_host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &net.veth_peer,
+        ])?;
+        ip(&["link", "set", &net.veth_peer, "netns", ns])?;
+        ip(&["-n", ns, "link", "set", &net.veth_peer, "name", "eth0"])?;
+        ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["link", "set", &net.veth_host, "master", bridge])?;
+        ip(&["link", "set", &net.veth_host, "up"])?;
+        ip(&["-n", ns, "route", "add", "default", "via", &gw])?;
+        Ok(())
+    })();
+    if r.is_err() {
+        teardown(net);
+    }
+    r
+}
+
+/// Kills whatever still runs in the namespace, then deletes the veth and the
+/// namespace. Missing pieces are fine (idempotent).
+pub fn teardown(net: &PodNet) {
+    kill_netns_pids(&net.netns);
+    let _ = ip(&["link", "del", &net.veth_host]);
+    let _ = ip(&["netns", "del", &net.netns]);
+}
+
+pub fn kill_netns_pids(netns: &str) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for _ in 0..10 {
+        let pids: Vec<i32> = ip(&["netns", "pids", netns])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for p in pids {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Link down/up of the pod's host-side veth: the pod keeps its address but no
+/// packet crosses (a cut cable).
+pub fn set_link(net: &PodNet, up: bool) -> Result<(), NetError> {
+    ip(&[
+        "link",
+        "set",
+        &net.veth_host,
+        if up { "up" } else { "down" },
+    ])
+    .map(|_| ())
+}
+
+pub fn list_netns() -> Vec<String> {
+    ip(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+pub fn list_links() -> Vec<String> {
+    ip(&["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(':').nth(1)?.trim();
+            Some(name.split('@').next().unwrap_or(name).to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limit_and_carry_the_cluster_index() {
+        for idx in [1u8, 42, 200] {
+            let n = PodNet::for_pod(idx, "5e0b4b8e-2b7a-4c38-9d6a-1f0c2d3e4f50");
+            assert!(n.veth_host.len() <= 15, "{}", n.veth_host);
+            assert!(n.veth_peer.len() <= 15);
+            assert!(n.netns.starts_with(&netns_prefix(idx)));
+            assert!(
+                link_prefixes(idx)
+                    .iter()
+                    .any(|p| n.veth_host.starts_with(p))
+            );
+        }
+        assert!(!PodNet::for_pod(10, "u").netns.starts_with(&netns_prefix(1)));
+    }
+}
