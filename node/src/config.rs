@@ -120,6 +120,9 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight requests may take to finish before the node exits.
     #[arg(long, env = "STOCK_NODE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
     pub shutdown_drain_ms: u64,
+    /// Replication: `--redis-url`, `--redis-channel`, `--replication async|quorum`, … (see `replication::config`).
+    #[command(flatten)]
+    pub replication: crate::replication::ReplicationArgs,
     /// Log format.
     #[arg(
         long,

@@ -58,6 +58,11 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// Lets another part of the node (replication) add its metrics at start.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The HTTP side's metrics plus the engine's (batch size, fsync latency, queue).
     pub fn new(engine: &EngineMetrics) -> Metrics {
         let mut registry = Registry::default();

@@ -56,6 +56,8 @@ pub struct Shared {
     pub limits: Limits,
     pub known_keys: known_keys::KnownKeys,
     shutting_down: AtomicBool,
+    /// Replication, when the node runs it (see [`AppState::with_replication`]).
+    pub replication: Option<crate::replication::runtime::Replication>,
 }
 
 /// Cheap to clone: one `Arc`.
@@ -85,7 +87,18 @@ impl AppState {
             limits,
             known_keys: Default::default(),
             shutting_down: AtomicBool::new(false),
+            replication: None,
         }))
+    }
+
+    /// Adds replication (status block, readiness, catch-up route, quorum hold).
+    /// Call before the state is cloned.
+    pub fn with_replication(mut self, r: crate::replication::runtime::Replication) -> AppState {
+        match Arc::get_mut(&mut self.0) {
+            Some(s) => s.replication = Some(r),
+            None => tracing::error!("replication added after the state was shared; ignored"),
+        }
+        self
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -104,7 +117,7 @@ impl AppState {
             items: self.engine.items(),
             purchases_per_s: self.metrics.purchases_per_s(),
             now_ms: now_ms(),
-            replication: None,
+            replication: self.replication.as_ref().map(|r| r.status(st.applied_seq)),
         }
     }
 
@@ -121,6 +134,9 @@ impl AppState {
         if let Some(e) = st.failed {
             why.push(format!("the WAL failed: {e}"));
         }
+        if let Some(w) = self.replication.as_ref().and_then(|r| r.not_ready()) {
+            why.push(w);
+        }
         if self.shutting_down() {
             why.push("shutting down".to_string());
         }
@@ -134,6 +150,10 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/config", put(admin::put_config))
         .route("/admin/v1/role", put(admin::put_role))
+        .route(
+            flashsale_core::replication::WAL_ROUTE,
+            get(crate::replication::http::wal),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
@@ -152,6 +172,14 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::replication::http::quorum_hold,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::replication::http::applied_seq_header,
+        ))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -32,6 +32,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("starting replication: {0}")]
+    Replication(#[from] crate::replication::ReplError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
@@ -73,13 +75,18 @@ pub async fn serve(
         args.admission_burst,
         args.engine_inflight_max,
     );
-    let state = AppState::new(
+    // Replication runs beside the server and stops with it (see `crate::replication`).
+    let replication_stop = tokio_util::sync::CancellationToken::new();
+    let replication = crate::replication::runtime::Replication::start(
         engine.clone(),
-        admission,
-        Metrics::new(engine.metrics()),
-        admin_token,
-        limits,
-    );
+        &args.replication,
+        admin_token.clone(),
+        replication_stop.clone(),
+    )?;
+    let mut metrics = Metrics::new(engine.metrics());
+    replication.stats.register(metrics.registry_mut());
+    let state = AppState::new(engine.clone(), admission, metrics, admin_token, limits)
+        .with_replication(replication);
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -90,6 +97,7 @@ pub async fn serve(
     let st = state.node_status();
     tracing::info!(%addr, role = ?st.role, epoch = st.epoch, sale = ?st.sale, ?durability, "listening");
     let served = run(listener, state, shutdown).await;
+    replication_stop.cancel();
     // Whatever happened to the server, what the engine acknowledged is made durable.
     engine.shutdown().await;
     tracing::info!("engine closed; bye");

@@ -11,7 +11,7 @@
 pub mod catchup;
 pub mod config;
 pub mod follower;
-
+pub mod http;
 pub mod publisher;
 pub mod quorum;
 pub mod runtime;

@@ -149,6 +149,8 @@ impl Replication {
         let mut current: Option<(u64, String, CancellationToken)> = None;
         loop {
             let st = self.engine.status();
+            // Keeps the applied-sequence and lag gauges of `/metrics` fresh.
+            let _ = self.stats.status(st.applied_seq);
             let want = match (st.role, st.primary_url) {
                 (Role::Secondary, Some(url)) => Some((st.epoch, url)),
                 _ => None,

@@ -1,0 +1,104 @@
+//! Under continuous purchases (with confirms and cancels), every secondary converges to
+//! exactly the primary's sale: every item's counters and every order, compared whole.
+
+mod replication_support;
+
+use std::time::Duration;
+
+use replication_support::redis::Redis;
+use replication_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondaries_converge_to_the_primary_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    let (primary, secondaries) = cluster(
+        &http,
+        dir.path(),
+        &redis.url(),
+        &[redis.url(), redis.url()],
+        &[],
+    )
+    .await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The one unit of `d` goes first: a secondary must then refuse `d` by itself.
+    let body = serde_json::json!({"sku": "d", "quantity": 1, "customer": "first", "idempotencyKey": "d-1"});
+    let r = http
+        .post(primary.url("/v1/purchases"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let load = tokio::spawn(purchase_load(
+        http.clone(),
+        primary.url(""),
+        8,
+        &["a", "b", "c"],
+        stop_rx,
+    ));
+    // Mid-load, the secondaries already follow closely (the live stream works).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in &secondaries {
+        let st = status(&http, s).await;
+        let repl = &st["replication"];
+        assert_eq!(repl["state"], "live", "secondary not live mid-load: {st}");
+        assert_eq!(st["role"], "secondary");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send(true).unwrap();
+    let report = load.await.unwrap();
+    assert!(
+        report.acked.len() > 200,
+        "too little load to mean anything: {report:?}"
+    );
+
+    for s in &secondaries {
+        let state = assert_converged(&http, &primary, s).await;
+        // Every acknowledged purchase is on the secondary, under its id.
+        for (id, key) in &report.acked {
+            assert_eq!(state.orders[id]["idempotencyKey"], key.as_str());
+        }
+        // A secondary answers reads with the sequence it has applied…
+        let r = http.get(s.url("/v1/items/a")).send().await.unwrap();
+        let seq: u64 = r.headers()["x-flashsale-applied-seq"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(seq, state.applied_seq);
+        // …refuses a sold-out item locally (409), and sends other purchases to the primary.
+        let body = serde_json::json!({"sku": "d", "quantity": 1, "customer": "y", "idempotencyKey": "d-2"});
+        let r = http
+            .post(s.url("/v1/purchases"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "sold_out");
+        let body = serde_json::json!({"sku": "a", "quantity": 1, "customer": "x", "idempotencyKey": "on-secondary"});
+        let r = http
+            .post(s.url("/v1/purchases"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "not_primary");
+        assert_eq!(e["primary"], primary.url(""));
+    }
+    let st = status(&http, &secondaries[0]).await;
+    println!("secondary status after the run: {}", st["replication"]);
+    println!(
+        "load: {} acked, {} confirmed, {} cancelled, {} refused",
+        report.acked.len(),
+        report.confirmed,
+        report.cancelled,
+        report.refused
+    );
+}
