@@ -1,11 +1,11 @@
 //! The stock node as a library: the selling engine and its WAL (used by the binary,
 //! the tests and the benches).
 
+pub mod admission;
+pub mod config;
 pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod replication;
 pub mod wal;
 pub mod walcli;
-pub mod admission;
-pub mod config;
-pub mod http;
-pub mod metrics;

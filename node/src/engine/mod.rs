@@ -252,7 +252,20 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// A cheap, cloneable handle to a running engine.
+impl Drop for Inner {
+    /// The last handle gone: close the queue, let the sequencer answer what it holds
+    /// and sync, and wait for it, so the directory is free for the next open.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A cheap, cloneable handle to a running engine. Dropping the last clone stops the
+/// sequencer (like `shutdown`, without the final snapshot) and waits for it.
 #[derive(Clone)]
 pub struct EngineHandle {
     inner: Arc<Inner>,

@@ -1,0 +1,206 @@
+//! The engine as a user of it sees it: sell, confirm, cancel, expire, refuse, restart.
+
+use std::sync::Arc;
+
+use flashsale_core::admin::{Role, RoleAssignment};
+use flashsale_core::{Durability, ItemSpec, OrderState, PurchaseRequest, SaleConfig, SellError};
+use stock_node::engine::{Engine, EngineHandle, EngineOptions, ManualClock};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn sale(stock: u64, limit: u32) -> SaleConfig {
+    SaleConfig {
+        name: "launch".into(),
+        items: vec![
+            ItemSpec {
+                sku: "shoe".into(),
+                stock,
+                per_customer_limit: limit,
+            },
+            ItemSpec {
+                sku: "hat".into(),
+                stock: 1000,
+                per_customer_limit: 0,
+            },
+        ],
+        starts_at_ms: Some(T0),
+        ends_at_ms: Some(T0 + 3_600_000),
+        reservation_ttl_ms: 60_000,
+        durability: Durability::Fsync,
+    }
+}
+
+fn buy(sku: &str, q: u32, customer: &str, key: &str) -> PurchaseRequest {
+    PurchaseRequest {
+        sku: sku.into(),
+        quantity: q,
+        customer: customer.into(),
+        idempotency_key: key.into(),
+    }
+}
+
+fn opts(dir: &std::path::Path, clock: Arc<ManualClock>) -> EngineOptions {
+    EngineOptions {
+        data_dir: dir.to_owned(),
+        initial_role: Some(Role::Primary),
+        clock,
+        expiry_tick_ms: 5,
+        ..Default::default()
+    }
+}
+
+async fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> EngineHandle {
+    Engine::open(opts(dir, clock)).expect("open")
+}
+
+#[tokio::test]
+async fn sells_refuses_and_survives_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0 - 1000));
+    let e = open(tmp.path(), clock.clone()).await;
+    e.configure(sale(5, 2)).await.unwrap();
+
+    assert!(matches!(
+        e.purchase(buy("shoe", 1, "ann", "k0")).await,
+        Err(SellError::NotOpen { .. })
+    ));
+    clock.set(T0);
+    let o1 = e.purchase(buy("shoe", 2, "ann", "k1")).await.unwrap();
+    assert_eq!(o1.state, OrderState::Reserved);
+    assert_eq!(
+        e.purchase(buy("shoe", 2, "ann", "k1")).await.unwrap(),
+        o1,
+        "idempotent retry"
+    );
+    assert!(matches!(
+        e.purchase(buy("shoe", 1, "ann", "k1")).await,
+        Err(SellError::IdempotencyConflict(_))
+    ));
+    assert!(matches!(
+        e.purchase(buy("shoe", 1, "ann", "k2")).await,
+        Err(SellError::LimitExceeded { .. })
+    ));
+    assert!(matches!(
+        e.purchase(buy("shoe", 0, "bob", "k3")).await,
+        Err(SellError::BadQuantity { .. })
+    ));
+    assert!(matches!(
+        e.purchase(buy("shoe", 3, "bob", "k3")).await,
+        Err(SellError::BadQuantity { .. })
+    ));
+    assert!(matches!(
+        e.purchase(buy("sock", 1, "bob", "k3")).await,
+        Err(SellError::UnknownItem(_))
+    ));
+    let o2 = e.purchase(buy("shoe", 2, "bob", "k4")).await.unwrap();
+    let o3 = e.purchase(buy("shoe", 1, "cat", "k5")).await.unwrap();
+    assert!(matches!(
+        e.purchase(buy("shoe", 1, "dan", "k6")).await,
+        Err(SellError::SoldOut { .. })
+    ));
+    assert_eq!(e.remaining("shoe"), Some(0));
+
+    assert_eq!(e.confirm(o1.id).await.unwrap().state, OrderState::Confirmed);
+    assert!(matches!(
+        e.confirm(o1.id).await,
+        Err(SellError::OrderState { .. })
+    ));
+    assert_eq!(e.cancel(o2.id).await.unwrap().state, OrderState::Cancelled);
+    assert_eq!(e.remaining("shoe"), Some(2));
+
+    // o3 expires: its unit comes back, confirming it now fails.
+    clock.advance(60_001);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(e.order(o3.id).unwrap().state, OrderState::Expired);
+    assert!(matches!(
+        e.confirm(o3.id).await,
+        Err(SellError::OrderState { .. })
+    ));
+    let shoe = e.item("shoe").unwrap();
+    assert_eq!((shoe.sold, shoe.held, shoe.remaining), (2, 0, 3));
+
+    // Stock cannot drop below what is sold and held.
+    let mut smaller = sale(1, 2);
+    smaller.items[0].stock = 1;
+    match e.configure(smaller).await {
+        Err(SellError::BadRequest { field, .. }) => assert_eq!(field, "items[0].stock"),
+        other => panic!("{other:?}"),
+    }
+
+    clock.set(T0 + 3_600_000);
+    assert!(matches!(
+        e.purchase(buy("hat", 1, "eve", "k7")).await,
+        Err(SellError::Ended { .. })
+    ));
+    let before: Vec<_> = [o1.id, o2.id, o3.id]
+        .iter()
+        .map(|id| e.order(*id).unwrap())
+        .collect();
+    let items = e.items();
+    e.shutdown().await;
+    assert!(matches!(
+        e.purchase(buy("hat", 1, "eve", "k8")).await,
+        Err(SellError::Unavailable(_))
+    ));
+
+    let e = open(tmp.path(), clock.clone()).await;
+    let after: Vec<_> = [o1.id, o2.id, o3.id]
+        .iter()
+        .map(|id| e.order(*id).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(items, e.items());
+    // The idempotent answer survives the restart (the window is over, the key still answers).
+    assert_eq!(e.purchase(buy("shoe", 2, "ann", "k1")).await.unwrap(), o1);
+}
+
+#[tokio::test]
+async fn roles_and_fencing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = Engine::open(EngineOptions {
+        data_dir: tmp.path().into(),
+        clock,
+        ..Default::default()
+    })
+    .unwrap();
+    e.configure(sale(5, 0)).await.unwrap();
+    assert!(matches!(
+        e.purchase(buy("shoe", 1, "a", "k")).await,
+        Err(SellError::NotPrimary { primary: None })
+    ));
+    let url = Some("http://10.0.0.1:8080".to_string());
+    e.set_role(RoleAssignment {
+        role: Role::Secondary,
+        epoch: 3,
+        primary_url: url.clone(),
+    })
+    .await
+    .unwrap();
+    match e.purchase(buy("shoe", 1, "a", "k")).await {
+        Err(SellError::NotPrimary { primary }) => assert_eq!(primary, url),
+        other => panic!("{other:?}"),
+    }
+    let stale = RoleAssignment {
+        role: Role::Primary,
+        epoch: 2,
+        primary_url: None,
+    };
+    assert!(matches!(e.set_role(stale).await, Err(SellError::Fenced(_))));
+    e.set_role(RoleAssignment {
+        role: Role::Primary,
+        epoch: 4,
+        primary_url: None,
+    })
+    .await
+    .unwrap();
+    e.purchase(buy("shoe", 1, "a", "k")).await.unwrap();
+    let st = e.status();
+    // Logged: config, the primary assignment, the purchase. A secondary assignment
+    // is held in memory only (engine::replica), the stale one is refused.
+    assert_eq!(
+        (st.role, st.epoch, st.applied_seq, st.durable_seq),
+        (Role::Primary, 4, 3, 3)
+    );
+    e.shutdown().await;
+}
