@@ -70,3 +70,23 @@ fn crd_has_names_subresources_and_columns() {
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
     assert_eq!(conditions["x-kubernetes-list-map-keys"][0], "type");
 }
+
+#[test]
+fn readme_reference_matches_the_crd() {
+    let readme =
+        std::fs::read_to_string(format!("{}/../README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let begin = "<!-- reference:begin -->\n";
+    let start = readme
+        .find(begin)
+        .expect("README has the reference markers")
+        + begin.len();
+    let end = readme[start..]
+        .find("<!-- reference:end -->")
+        .expect("end marker")
+        + start;
+    assert!(
+        readme[start..end] == flashsale_operator::crd::reference_markdown(),
+        "README's FlashSale reference differs from the CRD; regenerate with \
+         cargo run -p flashsale-operator --bin crdgen -- --reference"
+    );
+}

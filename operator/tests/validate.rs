@@ -4,6 +4,7 @@
 use flashsale_core::Durability;
 use flashsale_operator::crd::FlashSale;
 use flashsale_operator::validate::{config_hash, validate};
+use serde::Deserialize;
 
 const EXPECT_FIELD: &str = "flashsale.dev/expect-field";
 
@@ -132,4 +133,30 @@ fn the_crd_cel_rules_refuse_the_cross_field_mistakes_and_pass_good_sales() {
         let leaf = field.rsplit('.').next().unwrap();
         assert!(msg.contains(leaf), "{name}: {msg} does not name {field}");
     }
+}
+
+/// Every FlashSale under `examples/` is one the operator runs and the API server admits.
+#[test]
+fn every_example_sale_is_valid() {
+    let dir = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+    let mut sales = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            if value["kind"] != "FlashSale" {
+                continue;
+            }
+            let mut sale: FlashSale =
+                serde_json::from_value(value).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            sale.metadata.namespace = Some("default".into());
+            validate(&sale).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            if let Err(e) = kube::core::cel::validate_cel(&sale) {
+                panic!("{path:?}: {e:?}");
+            }
+            sales += 1;
+        }
+    }
+    assert!(sales >= 2, "examples/ holds the sales the README shows");
 }

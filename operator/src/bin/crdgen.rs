@@ -1,5 +1,11 @@
-//! Prints the FlashSale CRD YAML: `cargo run -p flashsale-operator --bin crdgen > crds/flashsale.dev_flashsales.yaml`.
+//! Prints the FlashSale CRD YAML, or with `--reference` the README's field reference:
+//!   cargo run -p flashsale-operator --bin crdgen > crds/flashsale.dev_flashsales.yaml
+//!   cargo run -p flashsale-operator --bin crdgen -- --reference
 
 fn main() {
-    print!("{}", flashsale_operator::crd::crd_yaml());
+    if std::env::args().any(|a| a == "--reference") {
+        print!("{}", flashsale_operator::crd::reference_markdown());
+    } else {
+        print!("{}", flashsale_operator::crd::crd_yaml());
+    }
 }

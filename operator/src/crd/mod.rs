@@ -1,8 +1,11 @@
 //! The `FlashSale` custom resource (group `flashsale.dev`, version `v1alpha1`): the
 //! Rust types are the source of the CRD YAML in `crds/` (`cargo run --bin crdgen`).
 
+mod reference;
 mod spec;
 mod status;
+
+pub use reference::reference_markdown;
 
 pub use spec::*;
 pub use status::*;

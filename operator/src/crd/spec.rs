@@ -81,15 +81,17 @@ pub struct FlashSaleSpec {
     #[serde(default)]
     pub durability: DurabilitySpec,
 
-    /// How secondaries follow the primary.
+    /// How secondaries follow the primary (reserved: acted on by the replication work).
     #[serde(default)]
     pub replication: ReplicationSpec,
 
-    /// When and how the operator replaces a failed primary.
+    /// When and how the operator replaces a failed primary (reserved: automatic failover
+    /// is not implemented yet).
     #[serde(default)]
     pub failover: FailoverSpec,
 
-    /// Load-based scaling of the secondaries.
+    /// Load-based scaling of the secondaries (reserved: the scaler is not implemented yet;
+    /// `kubectl scale` and HorizontalPodAutoscalers work through the scale subresource).
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
 
@@ -251,11 +253,14 @@ pub struct FailoverSpec {
     .message("autoscaling: minReplicas must not exceed maxReplicas")
     .field_path(".minReplicas"))]
 pub struct AutoscalingSpec {
+    /// Let the operator scale the secondaries from the nodes' load.
     #[serde(default)]
     pub enabled: bool,
+    /// Fewest nodes, primary included.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 1, max = 15))]
     pub min_replicas: i32,
+    /// Most nodes, primary included.
     #[serde(default = "default_max_replicas")]
     #[schemars(range(min = 1, max = 15))]
     pub max_replicas: i32,

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# End-to-end test of the operator on the local cluster (testbed/cluster.sh), as a user
+# would drive it: helm install the chart (the operator runs as a pod), kubectl apply the
+# example sale, wait for Ready, buy through the primary Service's endpoint, read sold and
+# remaining in `kubectl get`, see the Events in `kubectl describe`, change the spec and
+# see it on the node, scale through the scale subresource, have bad manifests refused
+# naming their field, delete the sale and see what it owned go (the WAL volumes stay:
+# reclaimPolicy Retain). Every wait is bounded; the namespace is removed even on failure.
+#
+#   bash operator/tests/e2e.sh          # reuses the cluster `dev` if up, else starts it
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+export FLASHSALE_CACHE=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FLASHSALE_CACHE/target}
+CLUSTER=${FLASHSALE_CLUSTER:-dev}
+NS=fs-e2e
+OP_NS=flashsale-system
+RELEASE=flashsale
+SALE=launch
+FIXTURES=operator/tests/fixtures/invalid
+
+log() { echo "e2e: $*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+# wait_for SECONDS WHAT CMD...: polls CMD every second until it succeeds.
+wait_for() {
+  local limit=$1 what=$2 t0=$SECONDS; shift 2
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS - t0 < limit )) || fail "timed out after ${limit}s waiting for $what"
+    sleep 1
+  done
+  log "ok: $what ($((SECONDS - t0))s)"
+}
+
+bash testbed/cluster.sh up --name "$CLUSTER" >&2
+eval "$(bash testbed/cluster.sh env --name "$CLUSTER")"
+# The cluster may have been up before the last change: make sure the images are current.
+cargo build --release -q -p flashsale-operator -p stock-node
+
+had_release=false
+helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 && had_release=true
+cleanup() {
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    log "--- state at failure"
+    kubectl get fsale,sts,pods,svc,pvc -n "$NS" -o wide 2>&1 | sed 's/^/e2e:   /' >&2 || true
+    kubectl describe fsale -n "$NS" 2>&1 | tail -30 | sed 's/^/e2e:   /' >&2 || true
+    kubectl logs -n "$OP_NS" deploy/"$RELEASE"-flashsale-operator --tail=40 2>&1 | sed 's/^/e2e:   /' >&2 || true
+  fi
+  kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+  $had_release || helm uninstall "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 || true
+  exit $rc
+}
+trap cleanup EXIT
+
+log "helm install the operator"
+kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --wait --timeout 120s >/dev/null
+# crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout.
+kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
+wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
+wait_for 120 "operator pod ready" kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=5s
+
+kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
+kubectl create namespace "$NS" >/dev/null
+
+log "bad manifests are refused, naming the field"
+refused=0
+for f in "$FIXTURES"/*.yaml; do
+  want=$(sed -n 's/.*flashsale.dev\/expect-field: "\(.*\)"/\1/p' "$f")
+  if out=$(kubectl apply -n "$NS" -f "$f" 2>&1); then
+    kubectl delete -n "$NS" -f "$f" --wait=false >/dev/null 2>&1 || true
+    fail "$(basename "$f") was accepted"
+  fi
+  grep -qF "$want" <<<"$out" || fail "$(basename "$f"): refusal does not name $want: $out"
+  log "ok: $(basename "$f") refused: $(grep -o "$want[^ ]*: [^:]*: .*" <<<"$out" | head -1 | cut -c1-150)"
+  refused=$((refused + 1))
+done
+(( refused >= 5 )) || fail "only $refused bad manifests tried"
+
+log "apply the example sale"
+kubectl apply -n "$NS" -f examples/flashsale.yaml >/dev/null
+wait_for 240 "flashsale/$SALE Ready" kubectl wait -n "$NS" --for=condition=Ready "flashsale/$SALE" --timeout=5s
+kubectl get -n "$NS" flashsale "$SALE" >&2
+
+jp() { kubectl get -n "$NS" "$1" -o jsonpath="$2"; }
+primary=$(jp "flashsale/$SALE" '{.status.primary.pod}')
+[ -n "$primary" ] || fail "no primary in status"
+[ "$(jp "pod/$primary" '{.metadata.labels.flashsale\.dev/role}')" = primary ] || fail "$primary lacks the primary label"
+n_primary=$(kubectl get pods -n "$NS" -l flashsale.dev/role=primary,app.kubernetes.io/instance="$SALE" -o name | wc -l)
+[ "$n_primary" = 1 ] || fail "$n_primary pods labelled primary"
+[ "$(jp "flashsale/$SALE" '{.status.epoch}')" = 1 ] || fail "epoch is not 1"
+
+log "buy through the primary Service's endpoint"
+slice_ip() {
+  kubectl get endpointslices -n "$NS" -l kubernetes.io/service-name="$SALE-primary" \
+    -o jsonpath='{.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}'
+}
+has_slice() { [ -n "$(slice_ip)" ]; }
+wait_for 60 "primary Service has a ready endpoint" has_slice
+ip=$(slice_ip)
+[ "$ip" = "$(jp "pod/$primary" '{.status.podIP}')" ] || fail "primary Service endpoint $ip is not $primary"
+out=$("$CARGO_TARGET_DIR/release/crowd" --url "http://$ip:8080" --buyers 400 --concurrency 16 --customers 150 --json)
+log "crowd: $out"
+sold=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["oversold"]==0; print(d["sold"])' "$out")
+(( sold > 0 )) || fail "nothing sold"
+status_sold() { [ "$(jp "flashsale/$SALE" '{.status.sold}')" = "$sold" ]; }
+wait_for 30 "status.sold = $sold (kubectl get)" status_sold
+kubectl get -n "$NS" flashsale "$SALE" >&2
+kubectl get -n "$NS" flashsale "$SALE" | grep -qE "\b$sold\b" || fail "kubectl get does not show sold"
+stock=$(jp "flashsale/$SALE" '{.status.stock}')
+remaining=$(jp "flashsale/$SALE" '{.status.remaining}')
+held=$(jp "flashsale/$SALE" '{.status.held}')
+(( sold + held + remaining == stock )) || fail "sold $sold + held $held + remaining $remaining != stock $stock"
+
+log "kubectl describe shows the decisions"
+events=$(kubectl describe -n "$NS" "flashsale/$SALE")
+for reason in Created PrimaryChosen ConfigPushed RoleAssigned Selling; do
+  grep -q "$reason" <<<"$events" || fail "no $reason Event in kubectl describe"
+done
+log "ok: Events Created, PrimaryChosen, ConfigPushed, RoleAssigned, Selling"
+
+log "a spec change rolls out: stock of sneaker-42 100 -> 160"
+kubectl patch -n "$NS" "flashsale/$SALE" --type=json \
+  -p '[{"op":"replace","path":"/spec/items/0/stock","value":160}]' >/dev/null
+node_stock() {
+  curl -sf "http://$ip:8080/v1/items/sneaker-42" | python3 -c 'import json,sys; assert json.load(sys.stdin)["stock"]==160'
+}
+wait_for 60 "the primary node sells 160 sneaker-42" node_stock
+status_stock() { [ "$(jp "flashsale/$SALE" '{.status.items[?(@.sku=="sneaker-42")].stock}')" = 160 ]; }
+wait_for 30 "status shows the new stock" status_stock
+for pod in $(kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$SALE",app.kubernetes.io/name=stock-node -o name); do
+  pip=$(kubectl get -n "$NS" "$pod" -o jsonpath='{.status.podIP}')
+  has160() { curl -sf "http://$pip:8080/v1/items/sneaker-42" | python3 -c 'import json,sys; assert json.load(sys.stdin)["stock"]==160'; }
+  wait_for 60 "$pod has the new stock" has160
+done
+
+log "kubectl scale (scale subresource) 3 -> 2"
+kubectl scale -n "$NS" "flashsale/$SALE" --replicas=2 >/dev/null
+sts_replicas() { [ "$(jp "statefulset/$SALE" '{.spec.replicas}')" = 2 ]; }
+wait_for 30 "StatefulSet scaled to 2" sts_replicas
+ready_2() { [ "$(jp "flashsale/$SALE" '{.status.ready}')" = 2/2 ]; }
+wait_for 90 "status ready 2/2" ready_2
+[ "$(jp "flashsale/$SALE" '{.status.primary.pod}')" = "$primary" ] || fail "primary changed on scale-down"
+
+log "delete the sale: what it owned goes, the WAL volumes stay (Retain)"
+kubectl delete -n "$NS" "flashsale/$SALE" --timeout=120s >/dev/null
+gone() {
+  [ -z "$(kubectl get -n "$NS" statefulset,deployment,service,secret,poddisruptionbudget,pod \
+    -l app.kubernetes.io/instance="$SALE" -o name 2>/dev/null)" ]
+}
+wait_for 90 "StatefulSet, Deployment, Services, Secret, PDB and pods gone" gone
+pvcs=$(kubectl get pvc -n "$NS" -o name | grep -c "wal-$SALE-" || true)
+(( pvcs >= 2 )) || fail "expected the WAL PVCs to be retained, found $pvcs"
+log "ok: $pvcs WAL PVCs retained"
+log "PASS"
