@@ -135,11 +135,11 @@ fn statefulset_runs_the_node_with_the_contract_flags_on_a_wal_volume() {
         .map(|e| (e.name.as_str(), e))
         .collect();
     assert_eq!(
-        env["FLASHSALE_REDIS_URL"].value.as_deref(),
+        env["STOCK_NODE_REDIS_URL"].value.as_deref(),
         Some("redis://spring-redis.shop.svc:6379")
     );
     assert!(
-        !env.contains_key("FLASHSALE_ADMISSION_RATE_PER_S"),
+        !env.contains_key("STOCK_NODE_ADMISSION_RATE_PER_S"),
         "node default when unset"
     );
 }
@@ -186,7 +186,7 @@ fn statefulset_follows_every_node_setting_of_the_full_spec() {
         .iter()
         .map(|e| (e.name.as_str(), e))
         .collect();
-    let from = env["FLASHSALE_REDIS_URL"]
+    let from = env["STOCK_NODE_REDIS_URL"]
         .value_from
         .as_ref()
         .unwrap()
@@ -198,7 +198,7 @@ fn statefulset_follows_every_node_setting_of_the_full_spec() {
         ("shared-redis", "url")
     );
     assert_eq!(
-        env["FLASHSALE_ADMISSION_RATE_PER_S"].value.as_deref(),
+        env["STOCK_NODE_ADMISSION_RATE_PER_S"].value.as_deref(),
         Some("20000")
     );
 }

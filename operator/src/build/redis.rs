@@ -18,7 +18,7 @@ use crate::crd::FlashSale;
 use crate::labels;
 
 /// The env var the stock node reads for its Redis URL.
-pub const REDIS_URL_ENV: &str = "FLASHSALE_REDIS_URL";
+pub const REDIS_URL_ENV: &str = "STOCK_NODE_REDIS_URL";
 
 fn selector(sale: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -130,7 +130,7 @@ pub fn build_redis_service(owner: &Owner) -> Service {
     }
 }
 
-/// `FLASHSALE_REDIS_URL` for the nodes: the managed Redis' Service, or the external URL
+/// `STOCK_NODE_REDIS_URL` for the nodes: the managed Redis' Service, or the external URL
 /// read from its Secret by the kubelet (the operator never reads that Secret).
 pub fn redis_url_env(owner: &Owner, sale: &FlashSale) -> EnvVar {
     match &sale.spec.redis.external_url_secret_ref {

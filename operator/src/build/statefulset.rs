@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{BuildConfig, Owner, redis_url_env};
-use crate::crd::{FlashSale, ReclaimPolicy};
+use crate::crd::{FlashSale, ReclaimPolicy, ReplicationMode};
 use crate::labels;
 
 /// Where the WAL volume is mounted; the node keeps its WAL in `wal/` below it.
@@ -78,15 +78,17 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
     }
 }
 
+/// The node's settings that are not fixed flags, through its `STOCK_NODE_*` env twins.
 fn env(owner: &Owner, sale: &FlashSale) -> Vec<EnvVar> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
     let mut env = vec![
+        // The node's name in replication acks and status: its pod name.
         EnvVar {
-            name: "FLASHSALE_SALE".to_string(),
-            value: Some(owner.name.clone()),
-            ..EnvVar::default()
-        },
-        EnvVar {
-            name: "POD_NAME".to_string(),
+            name: "STOCK_NODE_NAME".to_string(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".to_string(),
@@ -97,13 +99,17 @@ fn env(owner: &Owner, sale: &FlashSale) -> Vec<EnvVar> {
             ..EnvVar::default()
         },
         redis_url_env(owner, sale),
+        value(
+            "STOCK_NODE_REPLICATION",
+            match sale.spec.replication.mode {
+                ReplicationMode::Async => "async",
+                ReplicationMode::Quorum => "quorum",
+            }
+            .to_string(),
+        ),
     ];
     if let Some(rate) = sale.spec.admission_rate {
-        env.push(EnvVar {
-            name: "FLASHSALE_ADMISSION_RATE_PER_S".to_string(),
-            value: Some(rate.to_string()),
-            ..EnvVar::default()
-        });
+        env.push(value("STOCK_NODE_ADMISSION_RATE_PER_S", rate.to_string()));
     }
     env
 }

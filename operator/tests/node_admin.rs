@@ -1,0 +1,155 @@
+//! The operator's admin client against a real `stock-node` process (no mocks): the role
+//! and config the operator pushes make a standby node sell, a stock increase rolls out,
+//! pushing the same config again is harmless, and an older epoch is refused.
+//!
+//! Needs the stock node binary (`cargo build -p stock-node`; `cargo test --workspace`
+//! builds it): found through `STOCK_NODE_BIN` or `$CARGO_TARGET_DIR/{debug,release}`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flashsale_core::admin::{Role, RoleAssignment};
+use flashsale_operator::crd::FlashSale;
+use flashsale_operator::nodes::NodeClient;
+use flashsale_operator::validate::validate;
+
+const TOKEN: &str = "e2e-admin-token";
+const START_TIMEOUT_MS: u64 = 15_000;
+
+/// A node process, killed when the test ends, pass or fail.
+struct Node {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("STOCK_NODE_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("stock-node"))
+        .find(|p| p.exists())
+        .expect(
+            "stock-node binary not found: run `cargo build -p stock-node` (or set STOCK_NODE_BIN)",
+        )
+}
+
+async fn start_node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(node_binary())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--role",
+            "standby",
+            "--admin-token",
+            TOKEN,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("wal"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start stock-node");
+    let node = Node {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+    while reqwest::get(format!("{}/healthz", node.url)).await.is_err() {
+        assert!(Instant::now() < deadline, "stock-node did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+fn sale() -> FlashSale {
+    let path = format!("{}/tests/fixtures/basic.yaml", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn purchase(url: &str, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/purchases"))
+        .json(&serde_json::json!({"sku": "sneaker-42", "quantity": 1, "customer": key, "idempotencyKey": key}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn what_the_operator_pushes_makes_a_standby_node_sell_and_roll_out_changes() {
+    let node = start_node().await;
+    let client = NodeClient::new(2_000).unwrap();
+    let mut sale = sale();
+    let config = validate(&sale).unwrap();
+
+    let status = client.status(&node.url, TOKEN).await.unwrap();
+    assert_eq!((status.role, status.sale.as_deref()), (Role::Standby, None));
+    assert_eq!(
+        purchase(&node.url, "early").await,
+        503,
+        "a standby node sells nothing"
+    );
+
+    client.put_config(&node.url, TOKEN, &config).await.unwrap();
+    let primary = RoleAssignment {
+        role: Role::Primary,
+        epoch: 1,
+        primary_url: None,
+    };
+    let status = client.put_role(&node.url, TOKEN, &primary).await.unwrap();
+    assert_eq!((status.role, status.epoch), (Role::Primary, 1));
+    assert_eq!(purchase(&node.url, "first").await, 201, "the primary sells");
+    let ready = reqwest::get(format!("{}/readyz", node.url))
+        .await
+        .unwrap()
+        .status();
+    assert!(ready.is_success(), "ready once it has a role and a config");
+
+    // The operator pushes again after a restart of its own: nothing changes.
+    let again = client.put_config(&node.url, TOKEN, &config).await.unwrap();
+    assert_eq!(again.items[0].held, 1, "the sale survives a repeated push");
+
+    // Stock added in the spec reaches the node.
+    sale.spec.items[0].stock += 50;
+    let status = client
+        .put_config(&node.url, TOKEN, &validate(&sale).unwrap())
+        .await
+        .unwrap();
+    let item = &status.items[0];
+    assert_eq!((item.stock, item.held, item.remaining), (150, 1, 149));
+
+    // A role from an older epoch is refused, and the client reports a refusal, not an outage.
+    let stale = RoleAssignment {
+        role: Role::Secondary,
+        epoch: 0,
+        primary_url: Some(node.url.clone()),
+    };
+    let err = client.put_role(&node.url, TOKEN, &stale).await.unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    let err = client.status(&node.url, "wrong-token").await.unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+}
