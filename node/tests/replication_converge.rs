@@ -10,6 +10,7 @@ use replication_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondaries_converge_to_the_primary_under_load() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start();
     let http = client();

@@ -14,6 +14,10 @@ use serde_json::Value;
 
 pub use node::{ADMIN_TOKEN, Node};
 
+/// Tests of one file run one at a time: each starts Redis and several nodes, and the
+/// machine has two cores.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long a secondary may take to converge once the load stops.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 

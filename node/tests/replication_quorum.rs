@@ -1,0 +1,118 @@
+//! Quorum mode: the primary answers a purchase only once a secondary has it on disk.
+//! Kill the primary right after an acknowledged purchase: the purchase is in the
+//! secondary's WAL, read offline. Without a secondary, purchases answer 503.
+
+mod replication_support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use replication_support::redis::Redis;
+use replication_support::*;
+
+fn purchase(key: &str) -> serde_json::Value {
+    serde_json::json!({"sku": "a", "quantity": 1, "customer": key, "idempotencyKey": key})
+}
+
+/// `stock-node wal dump DIR` (offline), one JSON record per line.
+fn dump(dir: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stock-node"))
+        .args(["wal", "dump"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wal dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_purchase_is_on_a_secondary_disk_when_the_primary_dies() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    let quorum = ["--replication", "quorum", "--quorum-timeout-ms", "3000"];
+    let (mut primary, mut secondaries) =
+        cluster(&http, dir.path(), &redis.url(), &[redis.url()], &quorum).await;
+    // Wait until the secondary follows (its acks are what quorum waits for).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(secondaries[0].url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "secondary never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("q-{i}");
+        let t0 = Instant::now();
+        let r = http
+            .post(primary.url("/v1/purchases"))
+            .json(&purchase(&key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        acked.push((key, t0.elapsed()));
+    }
+    // A secondary that cannot ack (paused) means no acknowledgement at all: the
+    // primary answers 503 rather than 201 with one disk holding the sale.
+    secondaries[0].signal("-STOP");
+    let r = http
+        .post(primary.url("/v1/purchases"))
+        .json(&purchase("while-paused"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "acknowledged without a secondary's ack");
+    secondaries[0].signal("-CONT");
+    // Killed right after the last acknowledgement; the secondary too, before it could
+    // fetch anything more.
+    primary.kill9();
+    secondaries[0].kill9();
+    let wal = dump(&secondaries[0].data_dir);
+    for (key, _) in &acked {
+        assert!(
+            wal.contains(&format!("\"idempotencyKey\":\"{key}\"")),
+            "acknowledged {key} not on the secondary's disk"
+        );
+    }
+    let worst = acked.iter().map(|(_, d)| *d).max().unwrap();
+    println!("20 quorum purchases, slowest answer {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secondary_quorum_purchases_fail_with_503() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    let quorum = ["--replication", "quorum", "--quorum-timeout-ms", "500"];
+    let (primary, _) = cluster(&http, dir.path(), &redis.url(), &[], &quorum).await;
+    let t0 = Instant::now();
+    let r = http
+        .post(primary.url("/v1/purchases"))
+        .json(&purchase("lonely"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "unavailable", "{e}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the timeout did not bound the wait"
+    );
+    // Async mode on the same data answers at once: the difference is only the ack.
+    let st = status(&http, &primary).await;
+    assert_eq!(st["replication"]["mode"], "quorum");
+}
