@@ -99,6 +99,11 @@ fn env(owner: &Owner, sale: &FlashSale) -> Vec<EnvVar> {
             ..EnvVar::default()
         },
         redis_url_env(owner, sale),
+        // Known before the node has a sale, so pub/sub replication works from the start.
+        value(
+            "STOCK_NODE_REDIS_CHANNEL",
+            flashsale_core::replication::default_channel(&owner.name),
+        ),
         value(
             "STOCK_NODE_REPLICATION",
             match sale.spec.replication.mode {
