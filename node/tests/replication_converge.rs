@@ -103,3 +103,66 @@ async fn secondaries_converge_to_the_primary_under_load() {
         report.refused
     );
 }
+
+/// A batch from an older epoch (a deposed primary still publishing) is refused and
+/// counted; damaged bytes on the channel are dropped and counted; neither changes the
+/// secondary's sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epochs_and_damaged_messages_are_refused() {
+    use flashsale_core::replication::encode_message;
+    use flashsale_core::wal::{Record, RecordBody, encode_batch, encode_record};
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    let (primary, secondaries) =
+        cluster(&http, dir.path(), &redis.url(), &[redis.url()], &[]).await;
+    let s = &secondaries[0];
+    let before = assert_converged(&http, &primary, s).await;
+
+    // What an old primary of epoch 0 would publish next: a purchase at the next sequence.
+    let seq = before.applied_seq + 1;
+    let body = RecordBody::Purchase {
+        sku: "a".into(),
+        quantity: 1,
+        customer: "ghost".into(),
+        idempotency_key: "from-the-past".into(),
+        expires_at_ms: i64::MAX,
+    };
+    let mut frames = Vec::new();
+    encode_record(
+        &Record {
+            seq,
+            epoch: 0,
+            at_ms: 1,
+            body,
+        },
+        &mut frames,
+    )
+    .unwrap();
+    let stale = encode_message(0, &encode_batch(0, seq, seq, &frames));
+    assert_eq!(redis.publish(replication_support::node::CHANNEL, &stale), 1);
+    let mut damaged = stale.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    assert_eq!(
+        redis.publish(replication_support::node::CHANNEL, &damaged),
+        1
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = status(&http, s).await["replication"].clone();
+        if r["staleEpochs"].as_u64() >= Some(1) && r["damaged"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refused and counted: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = assert_converged(&http, &primary, s).await;
+    assert_eq!(after, before, "a refused batch changed the secondary");
+}

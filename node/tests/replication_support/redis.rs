@@ -85,6 +85,25 @@ impl Redis {
         self.spawn();
     }
 
+    /// PUBLISH with a binary payload; returns the number of subscribers that got it.
+    pub fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut req = format!(
+            "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
+            channel.len(),
+            payload.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(payload);
+        req.extend_from_slice(b"\r\n");
+        s.write_all(&req).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        reply.trim_start_matches(':').trim().parse().unwrap_or(-1)
+    }
+
     /// The server's log so far (all its runs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
