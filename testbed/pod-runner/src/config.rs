@@ -36,7 +36,6 @@ pub struct RunConfig {
     pub api_host: String,
     pub api_port: u16,
     /// Cluster CA: the log endpoint checks the API server's client cert against it.
-    #[allow(dead_code)]
     pub ca_file: PathBuf,
     pub kubelet_port: u16,
     /// The runner's own binary, re-executed as `pod-runner shim`.

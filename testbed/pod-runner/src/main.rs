@@ -105,6 +105,7 @@ fn init_tracing() {
                 .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
