@@ -86,19 +86,33 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-# run_wrk name url conns [pause_ms]: appends "name rps p50 p99 errors" to results.
+# CPU time a process has used, in clock ticks (user + system, all threads).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICKS_PER_S=$(getconf CLK_TCK)
+
+# Server CPU microseconds per request: robust to other load on the machine, unlike
+# throughput (the server is charged only for the time it ran).
+cpu_us_per_req() { # ticks requests
+  awk -v t="$1" -v n="$2" -v hz="$TICKS_PER_S" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
+}
+
+# run_wrk name url conns server-pid [pause_ms]: appends "name rps p50 p99 errors cpu_us" to results.
 run_wrk() {
-  local name=$1 url=$2 conns=$3 pause=${4:-0} out
+  local name=$1 url=$2 conns=$3 spid=$4 pause=${5:-0} out t0 t1 reqs
   out="$WORK/$name.wrk"
+  t0=$(cpu_ticks "$spid")
   taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION_S}s" --timeout 5s --latency \
     -s "$WORK/purchase.lua" "$url" -- "$pause" >"$out"
-  local rps p50 p99 errs
+  t1=$(cpu_ticks "$spid")
+  local rps p50 p99 errs cpu
+  reqs=$(awk '/requests in/ { print $1 }' "$out")
+  cpu=$(cpu_us_per_req $((t1 - t0)) "$reqs")
   rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$out")
   p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
   p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
   errs=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { for (i = 4; i <= NF; i += 2) n += $i } END { print n + 0 }' "$out")
-  echo "$name $rps $p50 $p99 $errs" >>"$WORK/results"
-  echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs" >&2
+  echo "$name $rps $p50 $p99 $errs $cpu" >>"$WORK/results"
+  echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs, server CPU ${cpu} us/req" >&2
 }
 
 start_node() { # name extra-args…: a node on a fresh data dir; sets PORT and PID
@@ -118,18 +132,19 @@ echo "bench-node: $CONNS connections, ${DURATION_S}s per run, server on CPU $SER
 # 1. The HTTP ceiling.
 port=$(free_port)
 taskset -c "$SERVER_CPU" "$BIN" bench-noop --listen "127.0.0.1:$port" 2>"$WORK/noop.log" &
-PIDS+=($!)
+PID=$!
+PIDS+=("$PID")
 wait_http "http://127.0.0.1:$port/v1/purchases" any
-run_wrk ceiling "http://127.0.0.1:$port" "$CONNS"
-stop_server "${PIDS[-1]}"
+run_wrk ceiling "http://127.0.0.1:$port" "$CONNS" "$PID"
+stop_server "$PID"
 
 # 2. and 3. The node, durable then without fsync.
 start_node durable
-run_wrk durable "http://127.0.0.1:$PORT" "$CONNS"
+run_wrk durable "http://127.0.0.1:$PORT" "$CONNS" "$PID"
 curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/durable.metrics"
 stop_server "$PID"
 start_node nosync --durability no-sync
-run_wrk nosync "http://127.0.0.1:$PORT" "$CONNS"
+run_wrk nosync "http://127.0.0.1:$PORT" "$CONNS" "$PID"
 stop_server "$PID"
 
 # 4. Redis, appendfsync always, Lua check-and-decrement.
@@ -138,7 +153,8 @@ mkdir -p "$WORK/redis"
 taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$rport" --dir "$WORK/redis" \
   --appendonly yes --appendfsync always --save "" --daemonize no --loglevel warning \
   >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+RPID=$!
+PIDS+=("$RPID")
 for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$rport" set stock:bench 1000000000000 >/dev/null
 LUA_DECR='local s = tonumber(redis.call("GET", KEYS[1]) or "0"); local q = tonumber(ARGV[1]); if s >= q then return redis.call("DECRBY", KEYS[1], q) else return -1 end'
@@ -147,28 +163,30 @@ sha=$(redis-cli -p "$rport" script load "$LUA_DECR")
 probe=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n 20000 --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
 probe_rps=$(echo "$probe" | awk -F'"' '{ printf "%d", $4 }')
 n=$(( probe_rps * DURATION_S ))
+t0=$(cpu_ticks "$RPID")
 line=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n "$n" --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
 # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-echo "$line" | awk -F'"' '{ printf "redis %d %s %s 0\n", $4, $10, $14 }' >>"$WORK/results"
+t1=$(cpu_ticks "$RPID")
+echo "$line" | awk -F'"' -v cpu="$(cpu_us_per_req $((t1 - t0)) "$n")" '{ printf "redis %d %s %s 0 %s\n", $4, $10, $14, cpu }' >>"$WORK/results"
 echo "  redis: $(tail -1 "$WORK/results")" >&2
-stop_server "${PIDS[-1]}"
+stop_server "$RPID"
 
 # 5. The durable node at 80% of its peak: each connection pauses between requests.
 peak=$(awk '$1 == "durable" { print $2 }' "$WORK/results")
 target=$(( peak * 8 / 10 ))
-pause_ms=10
+pause_ms=20
 conns80=$(( (target * pause_ms + 999) / 1000 ))
 [ "$conns80" -ge 1 ] || conns80=1
 start_node durable80
-run_wrk durable@80% "http://127.0.0.1:$PORT" "$conns80" "$pause_ms"
+run_wrk durable@80% "http://127.0.0.1:$PORT" "$conns80" "$PID" "$pause_ms"
 stop_server "$PID"
 
 echo
 echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "load: $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
-printf '%-14s %12s %10s %10s %8s\n' run purchases/s p50_ms p99_ms errors
-while read -r name rps p50 p99 errs; do
-  printf '%-14s %12s %10s %10s %8s\n' "$name" "$rps" "$p50" "$p99" "$errs"
+printf '%-14s %12s %10s %10s %8s %16s\n' run purchases/s p50_ms p99_ms errors server_cpu_us/req
+while read -r name rps p50 p99 errs cpu; do
+  printf '%-14s %12s %10s %10s %8s %16s\n' "$name" "$rps" "$p50" "$p99" "$errs" "$cpu"
 done <"$WORK/results"
 awk -v target="$target" -v conns="$conns80" -v pause="$pause_ms" '
   { rps[$1] = $2; p99[$1] = $4 }
