@@ -159,7 +159,11 @@ impl Engine {
         report.snapshot_seq = (state.applied_seq > 0).then_some(state.applied_seq);
         let scan_opts = ScanOptions {
             repair: true,
-            tail_window_bytes: opts.batch_bytes_max as u64,
+            // The unsynced end is at most one batch: its byte limit, plus the one record
+            // that may cross it and the expiries a batch starts with.
+            tail_window_bytes: (opts.batch_bytes_max
+                + flashsale_core::wal::RECORD_BYTES_MAX
+                + opts.batch_records_max * 64) as u64,
             from_seq: state.applied_seq + 1,
         };
         let mut replay_err = None;
