@@ -108,6 +108,17 @@ pub struct ServeArgs {
     /// Purchases, confirms and cancels waiting for the engine at once; more answer 503.
     #[arg(long, env = "STOCK_NODE_ENGINE_INFLIGHT_MAX", default_value_t = 4096)]
     pub engine_inflight_max: usize,
+    /// Records between snapshots (bounds replay time; older WAL segments are then
+    /// removed, and a secondary that needs them bootstraps from the snapshot).
+    #[arg(
+        long,
+        env = "STOCK_NODE_SNAPSHOT_EVERY_RECORDS",
+        default_value_t = 200_000
+    )]
+    pub snapshot_every_records: u64,
+    /// A WAL segment past this size is closed and a new one started.
+    #[arg(long, env = "STOCK_NODE_SEGMENT_BYTES_MAX", default_value_t = 16 << 20)]
+    pub segment_bytes_max: u64,
     /// Open client connections at once; further connections wait in the kernel backlog.
     #[arg(long, env = "STOCK_NODE_CONNECTIONS_MAX", default_value_t = 4096)]
     pub connections_max: usize,

@@ -226,3 +226,58 @@ async fn a_secondary_killed_and_restarted_resumes_from_its_own_wal() {
     let ready = http.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_secondary_bootstraps_from_a_snapshot_when_the_log_was_compacted() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    // Small segments and frequent snapshots: the primary drops its oldest records fast.
+    let compact = [
+        "--snapshot-every-records",
+        "300",
+        "--segment-bytes-max",
+        "16384",
+    ];
+    let (primary, _) = cluster(&http, dir.path(), &redis.url(), &[], &compact).await;
+    let (stop, task) = load(&http, &primary);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Joins mid-sale, long after record 1 was compacted away.
+    let wal = http
+        .get(primary.url("/admin/v1/wal?from=1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wal.status(),
+        410,
+        "the primary still has record 1; the test proves nothing"
+    );
+    let s = Node::start(
+        &dir.path().join("late"),
+        &redis.url(),
+        &["--role", "standby", "--node-name", "late"],
+    );
+    set_role(&http, &s, "secondary", 1, Some(&primary.url(""))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    let report = task.await.unwrap();
+    let state = assert_converged(&http, &primary, &s).await;
+    for (id, key) in &report.acked {
+        assert_eq!(state.orders[id]["idempotencyKey"], key.as_str());
+    }
+    assert_eq!(
+        metric(&http, &s, "flashsale_replication_snapshots_installed_total").await,
+        1.0
+    );
+    assert_eq!(
+        http.get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    // Its own WAL now starts after the snapshot, and it restarts from it.
+    let mut s = s;
+    s.restart();
+    assert_converged(&http, &primary, &s).await;
+}

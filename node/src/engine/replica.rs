@@ -21,8 +21,22 @@ use flashsale_core::wal::{Batch, Record, RecordBody, encode_record};
 use tokio::sync::oneshot;
 
 use super::sequencer::{Job, Sequencer};
-use super::state::Command;
+use super::snapshot;
+use super::state::{Command, State};
+use super::view::ReadView;
 use super::{Answer, EngineHandle};
+
+/// Largest snapshot served or installed (the whole sale as JSON: items and orders).
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+
+/// Where a node stands, read without copying the status (hot paths: every request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Positions {
+    pub role: Role,
+    pub epoch: u64,
+    pub applied_seq: u64,
+    pub durable_seq: u64,
+}
 
 type Reply = oneshot::Sender<Result<Answer, SellError>>;
 
@@ -34,8 +48,67 @@ impl EngineHandle {
     /// order (`Unavailable`, naming the gap; catch up and retry).
     pub async fn apply_replicated(&self, batch: Batch) -> Result<u64, SellError> {
         self.submit(Command::Replicate(batch)).await?;
-        Ok(self.status().durable_seq)
+        Ok(self.positions().durable_seq)
     }
+
+    /// Role, epoch and sequences, cheaply.
+    pub fn positions(&self) -> Positions {
+        let v = self.inner.view.read();
+        let s = &v.status;
+        Positions {
+            role: s.role,
+            epoch: s.epoch,
+            applied_seq: s.applied_seq,
+            durable_seq: s.durable_seq,
+        }
+    }
+
+    /// The newest snapshot file on disk (`crc32c | JSON`) and the sequence it covers,
+    /// for a secondary whose catch-up point was compacted away.
+    pub async fn newest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, SellError> {
+        let dir = self.inner.dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let io = |e: crate::wal::WalDirError| SellError::Internal(e.to_string());
+            for seq in snapshot::list(&*dir).map_err(io)? {
+                let name = snapshot::snapshot_name(seq);
+                let Ok(bytes) = dir.read(&name) else { continue };
+                if bytes.len() <= SNAPSHOT_BYTES_MAX
+                    && decode_snapshot(&bytes).is_some_and(|s| s.applied_seq == seq)
+                {
+                    return Ok(Some((seq, bytes)));
+                }
+            }
+            Ok(None)
+        });
+        read.await.map_err(|e| SellError::Internal(e.to_string()))?
+    }
+
+    /// Replaces this secondary's whole state and log with a primary's snapshot newer
+    /// than everything it has; the WAL then goes on from the snapshot's sequence.
+    /// Returns the new applied sequence.
+    pub async fn install_snapshot(&self, bytes: Vec<u8>) -> Result<u64, SellError> {
+        let state = tokio::task::spawn_blocking(move || decode_snapshot(&bytes))
+            .await
+            .map_err(|e| SellError::Internal(e.to_string()))?
+            .ok_or_else(|| SellError::Unavailable("the snapshot is damaged".into()))?;
+        self.submit(Command::InstallSnapshot(Box::new(state)))
+            .await?;
+        Ok(self.positions().applied_seq)
+    }
+}
+
+/// `crc32c u32 LE | JSON of State` (see `engine::snapshot`), indexes rebuilt.
+fn decode_snapshot(bytes: &[u8]) -> Option<State> {
+    if bytes.len() < 4 || bytes.len() > SNAPSHOT_BYTES_MAX {
+        return None;
+    }
+    let (crc, json) = bytes.split_at(4);
+    if u32::from_le_bytes(crc.try_into().ok()?) != crc32c::crc32c(json) {
+        return None;
+    }
+    let mut state: State = serde_json::from_slice(json).ok()?;
+    state.rebuild_indexes();
+    Some(state)
 }
 
 impl Sequencer {
@@ -44,6 +117,10 @@ impl Sequencer {
         match job.cmd {
             Command::Replicate(batch) => {
                 self.replicate(batch, job.reply);
+                None
+            }
+            Command::InstallSnapshot(state) => {
+                self.install(*state, job.reply);
                 None
             }
             Command::SetRole(a) if a.role != Role::Primary && self.state.role != Role::Primary => {
@@ -124,6 +201,55 @@ impl Sequencer {
         self.state.epoch = self.state.epoch.max(epoch);
         self.state.primary_url = primary_url;
         self.pending.push((reply, Ok(Answer::Done), true));
+    }
+
+    fn install(&mut self, mut state: State, reply: Reply) {
+        let refused = if let Some(why) = &self.failed {
+            Some(SellError::Unavailable(format!(
+                "the WAL failed earlier: {why}"
+            )))
+        } else if self.state.role == Role::Primary {
+            Some(SellError::Fenced(
+                "this node is the primary; it installs no snapshot".into(),
+            ))
+        } else if state.applied_seq <= self.state.applied_seq {
+            Some(SellError::Unavailable(format!(
+                "snapshot at {} is not newer than this node's {}",
+                state.applied_seq, self.state.applied_seq
+            )))
+        } else if !self.buf.is_empty() {
+            Some(SellError::Unavailable(
+                "a batch is being written; retry".into(),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.pending.push((reply, Err(e), false));
+            return;
+        }
+        // Who this node is stays its own (the snapshot says "primary").
+        state.role = self.state.role;
+        state.epoch = self.state.epoch.max(state.epoch);
+        state.primary_url = self.state.primary_url.clone();
+        let seq = state.applied_seq;
+        // Snapshot first, then the log restarts after it: a crash in between leaves a
+        // snapshot ahead of the log, which opening already handles (segments dropped).
+        let done = snapshot::write(&*self.dir, &state).and_then(|_| self.writer.reset(seq + 1));
+        if let Err(e) = done {
+            self.stop_writing(format!("installing snapshot {seq}: {e}"));
+            self.pending
+                .push((reply, Err(SellError::Internal(e.to_string())), false));
+            return;
+        }
+        state.take_touched();
+        self.state = state;
+        self.next_seq = seq + 1;
+        self.records_since_snapshot = 0;
+        let mut view = ReadView::from_state(&self.state);
+        view.status.oldest_seq = self.writer.oldest_seq();
+        *self.view.write() = view;
+        self.pending.push((reply, Ok(Answer::Done), false));
     }
 
     /// Like a failed write: the engine refuses every write from now on.

@@ -181,9 +181,10 @@ impl Sequencer {
                     Command::Confirm(id) | Command::Cancel(id) => {
                         Answer::Order(self.state.orders[&id].clone())
                     }
-                    Command::Configure(_) | Command::SetRole(_) | Command::Replicate(_) => {
-                        Answer::Done
-                    }
+                    Command::Configure(_)
+                    | Command::SetRole(_)
+                    | Command::Replicate(_)
+                    | Command::InstallSnapshot(_) => Answer::Done,
                 }),
             },
         };

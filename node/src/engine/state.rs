@@ -27,6 +27,8 @@ pub enum Command {
     SetRole(RoleAssignment),
     /// A batch from the primary, applied as is on a secondary (see `engine::replica`).
     Replicate(flashsale_core::wal::Batch),
+    /// A primary's snapshot, replacing a secondary's state (see `engine::replica`).
+    InstallSnapshot(Box<State>),
 }
 
 /// What `decide` concluded.
@@ -260,7 +262,7 @@ impl State {
                 }))
             }
             // Taken by the sequencer before `decide` (engine::replica); never decided.
-            Command::Replicate(_) => Err(SellError::Internal(
+            Command::Replicate(_) | Command::InstallSnapshot(_) => Err(SellError::Internal(
                 "a replicated batch reached decide".into(),
             )),
         }

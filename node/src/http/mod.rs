@@ -154,6 +154,10 @@ pub fn app(state: AppState) -> Router {
             flashsale_core::replication::WAL_ROUTE,
             get(crate::replication::http::wal),
         )
+        .route(
+            flashsale_core::replication::SNAPSHOT_ROUTE,
+            get(crate::replication::http::snapshot),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

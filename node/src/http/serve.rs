@@ -57,6 +57,8 @@ pub async fn serve(
         data_dir: args.data_dir.clone(),
         durability,
         queue_len_max: args.engine_inflight_max,
+        snapshot_every_records: args.snapshot_every_records,
+        segment_bytes_max: args.segment_bytes_max,
         initial_role,
         ..Default::default()
     })?;

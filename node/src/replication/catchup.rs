@@ -4,13 +4,18 @@
 
 use std::time::Duration;
 
-use flashsale_core::replication::{CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, WAL_ROUTE};
+use flashsale_core::replication::{
+    CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, SNAPSHOT_ROUTE, WAL_ROUTE,
+};
 use flashsale_core::wal::{Batch, decode_batch};
 
 use super::ReplError;
+use crate::engine::replica::SNAPSHOT_BYTES_MAX;
 
 /// One request to the primary may take this long.
 const REQUEST_TIMEOUT_MS: u64 = 5000;
+/// A snapshot (the whole sale) may take this long to download.
+const SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
 const CONNECT_TIMEOUT_MS: u64 = 1000;
 
 /// What the primary had from the asked sequence on.
@@ -108,6 +113,33 @@ impl PrimaryClient {
                     text.chars().take(200).collect::<String>()
                 )))
             }
+        }
+    }
+
+    /// The primary's newest snapshot, `None` if it has none (404).
+    pub async fn fetch_snapshot(&self) -> Result<Option<Vec<u8>>, ReplError> {
+        let url = format!("{}{SNAPSHOT_ROUTE}", self.base_url);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.admin_token)
+            .timeout(Duration::from_millis(SNAPSHOT_TIMEOUT_MS))
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        match resp.status().as_u16() {
+            200 => {
+                if resp
+                    .content_length()
+                    .is_some_and(|n| n as usize > SNAPSHOT_BYTES_MAX)
+                {
+                    return Err(self.err("snapshot larger than this node accepts"));
+                }
+                let body = resp.bytes().await.map_err(|e| self.err(e))?;
+                Ok(Some(body.to_vec()))
+            }
+            404 => Ok(None),
+            s => Err(self.err(format!("snapshot: HTTP {s}"))),
         }
     }
 }

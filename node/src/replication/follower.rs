@@ -30,6 +30,12 @@ pub trait Replica: Send + Sync + 'static {
     /// this node's WAL (same sequences and epochs), durably; returns the new durable
     /// sequence.
     fn apply(&self, batch: Batch) -> impl Future<Output = Result<u64, ReplError>> + Send;
+    /// Replaces the state and the log with a primary's snapshot (bytes as served by
+    /// `GET /admin/v1/snapshot`); returns the new applied sequence.
+    fn install_snapshot(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<u64, ReplError>> + Send;
 }
 
 /// Catch-up rounds in one go before the live queue gets a turn (a primary under load
@@ -189,11 +195,27 @@ impl<R: Replica> Follower<R> {
                     }
                 }
                 Fetched::Compacted => {
-                    return Err(ReplError::Compacted {
+                    // What we lack is only in the primary's snapshot now: bootstrap from it,
+                    // then go on with the tail after it.
+                    self.stats.set_state(FollowState::Bootstrapping);
+                    let compacted = |reason: String| ReplError::Compacted {
                         url: self.primary.base_url().to_owned(),
                         from,
-                        reason: "snapshot bootstrap is not wired yet".into(),
-                    });
+                        reason,
+                    };
+                    let bytes = self
+                        .primary
+                        .fetch_snapshot()
+                        .await?
+                        .ok_or_else(|| compacted("the primary has no snapshot".into()))?;
+                    let seq = self
+                        .replica
+                        .install_snapshot(bytes)
+                        .await
+                        .map_err(|e| compacted(e.to_string()))?;
+                    self.stats.snapshots_installed.inc();
+                    tracing::info!(seq, "bootstrapped from the primary's snapshot");
+                    self.stats.set_state(FollowState::CatchingUp);
                 }
             }
         }

@@ -15,7 +15,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flashsale_core::ErrorCode;
@@ -25,6 +25,9 @@ use flashsale_core::replication::{
 use serde::Deserialize;
 
 use crate::engine::EngineError;
+
+/// The sequence a served snapshot covers.
+const HEADER_SNAPSHOT_SEQ: &str = "x-flashsale-snapshot-seq";
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::wal::WalDirError;
@@ -99,11 +102,36 @@ pub async fn wal(
     }
 }
 
+/// The newest snapshot (`crc32c u32 LE | JSON of the state`), for a secondary whose
+/// catch-up point was compacted away; `x-flashsale-snapshot-seq` names the sequence it
+/// covers. 404 when the node has none yet.
+#[utoipa::path(get, path = "/admin/v1/snapshot", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "the snapshot file", content_type = "application/octet-stream"),
+              (status = 401, body = flashsale_core::ErrorBody), (status = 404, body = flashsale_core::ErrorBody)))]
+pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
+    match s.engine.newest_snapshot().await? {
+        Some((seq, bytes)) => {
+            let headers = [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    HeaderName::from_static(HEADER_SNAPSHOT_SEQ),
+                    HeaderValue::from(seq),
+                ),
+            ];
+            Ok((headers, bytes).into_response())
+        }
+        None => Err(ApiError::new(ErrorCode::NotFound, "no snapshot yet")),
+    }
+}
+
 /// Adds `x-flashsale-applied-seq` and `x-flashsale-epoch` to every answer.
 pub async fn applied_seq_header(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     // Read after the handler: the answer reflects at least this much.
-    let st = s.engine.status();
+    let st = s.engine.positions();
     let h = resp.headers_mut();
     h.insert(HEADER_APPLIED_SEQ, HeaderValue::from(st.applied_seq));
     h.insert(HEADER_EPOCH, HeaderValue::from(st.epoch));

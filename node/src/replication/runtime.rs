@@ -25,10 +25,15 @@ const ROLE_POLL_MS: u64 = 100;
 
 impl Replica for EngineHandle {
     fn applied_seq(&self) -> u64 {
-        self.status().applied_seq
+        self.positions().applied_seq
     }
     fn epoch(&self) -> u64 {
-        self.status().epoch
+        self.positions().epoch
+    }
+    async fn install_snapshot(&self, bytes: Vec<u8>) -> Result<u64, ReplError> {
+        EngineHandle::install_snapshot(self, bytes)
+            .await
+            .map_err(|e| ReplError::Apply(format!("snapshot: {e}")))
     }
     async fn apply(&self, batch: Batch) -> Result<u64, ReplError> {
         let (first, last) = (batch.first_seq, batch.last_seq);
@@ -71,8 +76,8 @@ impl Replication {
         let gate = Arc::new(QuorumGate::new(
             args.replication,
             args.quorum_timeout(),
-            Arc::new(move || e1.status().durable_seq),
-            Arc::new(move || e2.status().epoch),
+            Arc::new(move || e1.positions().durable_seq),
+            Arc::new(move || e2.positions().epoch),
             stats.clone(),
         ));
         let me = Replication {
@@ -101,7 +106,7 @@ impl Replication {
                 client.clone(),
                 channel.clone(),
                 engine.subscribe_batches(),
-                move || e.status().role == Role::Primary,
+                move || e.positions().role == Role::Primary,
                 me.stats.clone(),
                 shutdown.clone(),
             ));
@@ -122,7 +127,7 @@ impl Replication {
     /// The `replication` block of `/admin/v1/status`.
     pub fn status(&self, applied_seq: u64) -> ReplicationStatus {
         let mut s = self.stats.status(applied_seq);
-        if self.engine.status().role == Role::Primary {
+        if self.engine.positions().role == Role::Primary {
             s.primary_seq = applied_seq;
             s.lag_records = 0;
             s.lag_ms = 0;
@@ -221,7 +226,7 @@ impl Replication {
                 client,
                 ack_channel(&channel),
                 args.node_name.clone(),
-                Arc::new(move || e.status().epoch),
+                Arc::new(move || e.positions().epoch),
                 durable_rx,
                 self.stats.clone(),
                 stop.clone(),

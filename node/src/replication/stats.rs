@@ -32,6 +32,7 @@ pub struct Stats {
     pub published: Counter,
     pub publish_dropped: Counter,
     pub catchup_records: Counter,
+    pub snapshots_installed: Counter,
     /// Publish (primary, after fsync) to applied and durable (secondary), in ms.
     pub lag_ms: Histogram,
     pub quorum_timeouts: Counter,
@@ -56,6 +57,7 @@ impl Stats {
             published: Counter::default(),
             publish_dropped: Counter::default(),
             catchup_records: Counter::default(),
+            snapshots_installed: Counter::default(),
             lag_ms: Histogram::new(LAG_BUCKETS_MS),
             quorum_timeouts: Counter::default(),
             peers: Mutex::new(Vec::new()),
@@ -193,6 +195,11 @@ impl Stats {
             "catchup_records",
             "Records fetched from the primary's WAL over HTTP",
             self.catchup_records.clone(),
+        );
+        r.register(
+            "snapshots_installed",
+            "Primary snapshots installed because catch-up needed compacted records",
+            self.snapshots_installed.clone(),
         );
         r.register(
             "quorum_timeouts",

@@ -82,6 +82,25 @@ impl SegmentWriter {
         Ok(removed)
     }
 
+    /// Removes every segment and starts an empty one at `next_seq`: a secondary that
+    /// installed a snapshot newer than its whole log (see `engine::replica`).
+    pub fn reset(&mut self, next_seq: u64) -> Result<(), WalDirError> {
+        let name = segment_name(next_seq);
+        self.file = self
+            .dir
+            .open_append(&name)
+            .map_err(|e| WalDirError::io(format!("create {name}"), e))?;
+        for (_, old) in std::mem::take(&mut self.segments) {
+            if old != name {
+                self.dir
+                    .remove(&old)
+                    .map_err(|e| WalDirError::io(format!("remove {old}"), e))?;
+            }
+        }
+        self.segments.push_back((next_seq, name));
+        Ok(())
+    }
+
     /// The open segment's name.
     pub fn current(&self) -> &str {
         &self.segments.back().expect("never empty").1
