@@ -24,9 +24,9 @@ pub enum Fault {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] StateError),
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] net::NetError),
     #[error("target must be <namespace>/<pod>, got {0:?}")]
     Target(String),

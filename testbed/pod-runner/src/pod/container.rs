@@ -35,13 +35,13 @@ pub const GRACE_MAX_S: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("{0}")]
+    #[error(transparent)]
     Env(#[from] env::EnvError),
-    #[error("{0}")]
+    #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Image(#[from] crate::images::ImageError),
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("{what}: {source}")]
     Io {
@@ -143,7 +143,13 @@ fn prepare(
     }
     let spec = ShimSpec {
         netns: Some(sandbox.net.netns.clone()),
-        hostname: pod.metadata.name.clone().unwrap_or_default(),
+        // spec.hostname when set (as the kubelet does), else the pod name.
+        hostname: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .or_else(|| pod.metadata.name.clone())
+            .unwrap_or_default(),
         mounts,
         workdir: c.working_dir.as_ref().map(PathBuf::from),
         executable: resolved.executable,

@@ -40,7 +40,7 @@ pub enum VolumeError {
     ClaimUnbound(String),
     #[error("{what}: {msg}")]
     Io { what: String, msg: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Env(#[from] super::env::EnvError),
 }
 

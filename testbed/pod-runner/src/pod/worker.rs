@@ -209,13 +209,13 @@ async fn run_pod(
 
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
-    #[error("{0}")]
+    #[error(transparent)]
     Ipam(#[from] crate::ipam::IpamError),
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] net::NetError),
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] crate::state::StateError),
-    #[error("{0}")]
+    #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
