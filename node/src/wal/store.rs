@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -158,6 +159,8 @@ pub struct MemFile {
 #[derive(Clone, Debug, Default)]
 pub struct MemDir {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
+    /// While set, every sync fails (a disk that went bad).
+    fail_sync: Arc<AtomicBool>,
 }
 
 impl MemDir {
@@ -174,6 +177,11 @@ impl MemDir {
             f.data.truncate(f.synced + keep);
             f.synced = f.data.len();
         }
+    }
+
+    /// Makes every sync fail (`true`) or work again (`false`).
+    pub fn set_fail_sync(&self, fail: bool) {
+        self.fail_sync.store(fail, Ordering::SeqCst);
     }
 
     /// Direct access to the files, to damage them.
@@ -262,6 +270,9 @@ impl WalFile for MemAppender {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        if self.dir.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync failure"));
+        }
         let mut files = self.dir.files.lock();
         let f = files
             .get_mut(&self.name)
