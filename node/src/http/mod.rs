@@ -152,7 +152,11 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/role", put(admin::put_role))
         .route(
             flashsale_core::replication::WAL_ROUTE,
-            get(crate::replication::http::wal),
+            get(crate::replication::http::wal)
+                .post(crate::replication::http::post_wal)
+                .layer(DefaultBodyLimit::max(
+                    crate::replication::http::WAL_POST_BYTES_MAX,
+                )),
         )
         .route(
             flashsale_core::replication::SNAPSHOT_ROUTE,

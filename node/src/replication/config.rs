@@ -28,14 +28,14 @@ pub struct ReplicationArgs {
     pub node_name: String,
     /// Batches waiting to be applied while catching up; more is a gap, repaired by catch-up.
     #[arg(
-        long,
+        long = "replication-buffer-batches",
         env = "STOCK_NODE_REPLICATION_BUFFER_BATCHES",
         default_value_t = 4096
     )]
     pub buffer_batches_max: usize,
     /// A secondary with no live batch for this long asks the primary whether it missed one.
     #[arg(
-        long,
+        long = "replication-idle-poll-ms",
         env = "STOCK_NODE_REPLICATION_IDLE_POLL_MS",
         default_value_t = 1000
     )]

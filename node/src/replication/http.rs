@@ -24,6 +24,8 @@ use flashsale_core::replication::{
 };
 use serde::Deserialize;
 
+use flashsale_core::wal::{BATCH_HEADER_BYTES, WalError, decode_batch, peek_frame};
+
 use crate::engine::EngineError;
 
 /// The sequence a served snapshot covers.
@@ -125,6 +127,92 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
         }
         None => Err(ApiError::new(ErrorCode::NotFound, "no snapshot yet")),
     }
+}
+
+/// Largest body `POST /admin/v1/wal` takes (an exported tail; send more in parts).
+pub const WAL_POST_BYTES_MAX: usize = 64 << 20;
+
+/// Applies WAL records on a node that is not the primary: the body is one or more
+/// encoded batches, exactly what `stock-node wal export --from SEQ DIR` writes. This is
+/// the operator's failover seam: export the tail of the old primary's volume, post it
+/// to the secondary about to be promoted, then promote it. Records this node already
+/// has are skipped; a gap is 409 `order_state` naming the sequence needed. The records
+/// keep their own epochs; the request itself is trusted as the operator's (admin token),
+/// so an older epoch than the node's is accepted here, unlike on the live stream.
+#[utoipa::path(post, path = "/admin/v1/wal", tag = "admin", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "encoded WAL batches"),
+    responses((status = 200, body = AppliedAnswer), (status = 400, body = flashsale_core::ErrorBody),
+              (status = 401, body = flashsale_core::ErrorBody), (status = 409, body = flashsale_core::ErrorBody),
+              (status = 503, body = flashsale_core::ErrorBody, description = "fenced: the node is the primary")))]
+pub async fn post_wal(
+    State(s): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<AppliedAnswer>, ApiError> {
+    let mut rest = &body[..];
+    let mut applied_records = 0u64;
+    while !rest.is_empty() {
+        let len = batch_len(rest)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body: {e}")))?;
+        let mut batch = decode_batch(&rest[..len])
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body: {e}")))?;
+        rest = &rest[len..];
+        let pos = s.engine.positions();
+        if batch.last_seq <= pos.applied_seq {
+            continue;
+        }
+        if batch.first_seq > pos.applied_seq + 1 {
+            let msg = format!(
+                "records {}..={} do not follow {}: send from {}",
+                batch.first_seq,
+                batch.last_seq,
+                pos.applied_seq,
+                pos.applied_seq + 1
+            );
+            return Err(ApiError::new(ErrorCode::OrderState, msg));
+        }
+        batch.records.retain(|r| r.seq > pos.applied_seq);
+        batch.first_seq = pos.applied_seq + 1;
+        batch.epoch = batch.epoch.max(pos.epoch);
+        applied_records += batch.records.len() as u64;
+        s.engine.apply_replicated(batch).await?;
+    }
+    let pos = s.engine.positions();
+    Ok(axum::Json(AppliedAnswer {
+        applied_records,
+        applied_seq: pos.applied_seq,
+        durable_seq: pos.durable_seq,
+    }))
+}
+
+/// What `POST /admin/v1/wal` did.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedAnswer {
+    /// Records applied by this request (those already here are not counted).
+    pub applied_records: u64,
+    pub applied_seq: u64,
+    pub durable_seq: u64,
+}
+
+/// Bytes of the first batch in `buf` (header and its `count` frames).
+fn batch_len(buf: &[u8]) -> Result<usize, WalError> {
+    if buf.len() < BATCH_HEADER_BYTES {
+        return Err(WalError::Truncated {
+            need: BATCH_HEADER_BYTES,
+            have: buf.len(),
+        });
+    }
+    let count = u32::from_le_bytes(
+        buf[BATCH_HEADER_BYTES - 8..BATCH_HEADER_BYTES - 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    let mut off = BATCH_HEADER_BYTES;
+    for _ in 0..count {
+        let (_, used) = peek_frame(&buf[off..])?;
+        off += used;
+    }
+    Ok(off)
 }
 
 /// Adds `x-flashsale-applied-seq` and `x-flashsale-epoch` to every answer.

@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Counts {
     pub dropped: AtomicU64,
     pub forwarded: AtomicU64,
+    /// The share dropped, in millionths (changeable while running).
+    pub drop_ppm: AtomicU64,
 }
 
 pub struct DropProxy {
@@ -29,18 +31,24 @@ impl DropProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let counts = Arc::new(Counts::default());
+        counts.drop_ppm.store((drop_share * 1e6) as u64, Relaxed);
         let c = counts.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let c = c.clone();
                 tokio::spawn(async move {
                     if let Ok(up) = TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                        pipe(client, up, drop_share, c).await;
+                        pipe(client, up, c).await;
                     }
                 });
             }
         });
         DropProxy { port, counts, task }
+    }
+
+    /// Changes the share of `message` frames dropped from now on.
+    pub fn set_drop_share(&self, share: f64) {
+        self.counts.drop_ppm.store((share * 1e6) as u64, Relaxed);
     }
 
     pub fn url(&self) -> String {
@@ -54,7 +62,7 @@ impl Drop for DropProxy {
     }
 }
 
-async fn pipe(client: TcpStream, up: TcpStream, drop_share: f64, counts: Arc<Counts>) {
+async fn pipe(client: TcpStream, up: TcpStream, counts: Arc<Counts>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     let to_redis = tokio::spawn(async move {
@@ -72,7 +80,8 @@ async fn pipe(client: TcpStream, up: TcpStream, drop_share: f64, counts: Arc<Cou
         let mut off = 0;
         while let Some(len) = frame_len(&buf[off..]) {
             let frame = &buf[off..off + len];
-            if is_message(frame) && rand::rng().random_bool(drop_share) {
+            let share = counts.drop_ppm.load(Relaxed) as f64 / 1e6;
+            if is_message(frame) && rand::rng().random_bool(share.clamp(0.0, 1.0)) {
                 counts.dropped.fetch_add(1, Relaxed);
             } else {
                 if is_message(frame) {
