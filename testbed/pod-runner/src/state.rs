@@ -211,7 +211,18 @@ impl StateDir {
         let Ok(text) = std::fs::read_to_string(self.created_dirs()) else {
             return;
         };
-        let mut dirs: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        // Another cluster's pod may be using the same path as a mountpoint in its
+        // private mount namespace; removing it would detach that pod's volume.
+        let in_use = mount_points_of_all_namespaces();
+        let mut dirs: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .filter(|l| {
+                // mountinfo shows resolved paths (/var/run → /run).
+                let real = std::fs::canonicalize(l).map(|p| p.display().to_string());
+                !in_use.contains(*l) && !real.is_ok_and(|r| in_use.contains(&r))
+            })
+            .collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
         dirs.dedup();
         for d in dirs {
@@ -230,6 +241,36 @@ impl StateDir {
         }
         let _ = std::fs::remove_file(self.created_dirs());
     }
+}
+
+/// Every mount point of every mount namespace on the machine (one mountinfo
+/// read per namespace).
+fn mount_points_of_all_namespaces() -> std::collections::HashSet<String> {
+    let mut seen_ns = std::collections::HashSet::new();
+    let mut points = std::collections::HashSet::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return points;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(ns) = std::fs::read_link(e.path().join("ns/mnt")) else {
+            continue;
+        };
+        if !seen_ns.insert(ns) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(e.path().join("mountinfo")) else {
+            continue;
+        };
+        points.extend(
+            info.lines()
+                .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string)),
+        );
+    }
+    points
 }
 
 #[cfg(test)]
