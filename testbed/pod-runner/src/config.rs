@@ -38,6 +38,8 @@ pub struct RunConfig {
     /// Cluster CA: the log endpoint checks the API server's client cert against it.
     pub ca_file: PathBuf,
     pub kubelet_port: u16,
+    /// CPUs the Node advertises (requests are not enforced by the runner).
+    pub node_cpus: u32,
     /// The runner's own binary, re-executed as `pod-runner shim`.
     pub self_exe: PathBuf,
 }

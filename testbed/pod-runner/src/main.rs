@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// Port of the kubelet log endpoint (HTTPS on the gateway address).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// CPUs the Node advertises to the scheduler. Nothing is enforced (pods are
+    /// plain processes), so the default is generous enough for a test sale's
+    /// requests; 0 = this machine's core count.
+    #[arg(long, default_value_t = 16)]
+    node_cpus: u32,
     /// Defaults to N of `--bridge fsbr<N>`.
     #[arg(long)]
     cluster_index: Option<u8>,

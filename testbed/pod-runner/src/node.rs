@@ -77,9 +77,7 @@ pub fn node_status(cfg: &RunConfig, kubelet_version: &str) -> serde_json::Value 
         json!({"type": t, "status": status, "reason": reason, "message": msg,
                "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = cfg.node_cpus;
     let resources = json!({
         "cpu": cpus.to_string(),
         "memory": format!("{}Ki", memory_kib()),

@@ -84,6 +84,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         api_port,
         ca_file: args.ca_file.clone(),
         kubelet_port: args.kubelet_port,
+        node_cpus: if args.node_cpus == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        } else {
+            args.node_cpus
+        },
         self_exe: std::env::current_exe().context("locating own binary")?,
     };
     let images = ImageMap::load(&args.images, &image_vars())?;
@@ -104,15 +111,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("registering node")?;
     tracing::info!(node = %cfg.node_name, %version, "node registered");
 
-    let node_cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
     let ctx = Arc::new(pod::Ctx {
         client: client.clone(),
         cfg: cfg.clone(),
         images,
         ipam: Mutex::new(ipam),
-        node_cpus,
+        node_cpus: cfg.node_cpus,
         node_memory_bytes: node::memory_kib() * 1024,
     });
     tokio::spawn(node::heartbeat(client.clone(), cfg.clone(), version));

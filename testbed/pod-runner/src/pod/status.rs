@@ -123,14 +123,19 @@ pub fn build(pod: &Pod, rt: &PodRuntime, host_ip: &str, now: jiff::Timestamp) ->
             now,
         ),
     ];
-    if let Some(scheduled) = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
-    {
-        conditions.push(scheduled.clone());
-    }
+    // Conditions other writers own (PodScheduled from the scheduler,
+    // DisruptionTarget from eviction, readiness gates) are carried over: a merge
+    // patch replaces the whole list.
+    let ours: Vec<String> = conditions.iter().map(|c| c.type_.clone()).collect();
+    conditions.extend(
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| !ours.contains(&c.type_))
+            .cloned(),
+    );
     let (reason, message) = match &rt.setup_error {
         Some((r, m)) if phase == "Pending" => (Some(r.clone()), Some(m.clone())),
         _ => (None, None),
@@ -172,6 +177,7 @@ status:
   phase: Pending
   conditions:
   - {type: PodScheduled, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z"}
+  - {type: DisruptionTarget, status: "True", reason: EvictionByEvictionAPI}
 "#,
         )
         .unwrap()
