@@ -118,6 +118,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ipam: Mutex::new(ipam),
         node_cpus: cfg.node_cpus,
         node_memory_bytes: node::memory_kib() * 1024,
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "kubelet".into(),
+                instance: Some(cfg.node_name.clone()),
+            },
+        ),
     });
     tokio::spawn(node::heartbeat(client.clone(), cfg.clone(), version));
     {

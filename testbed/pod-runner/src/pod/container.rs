@@ -295,6 +295,8 @@ impl Supervised {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(pod = %self.pod.metadata.name.as_deref().unwrap_or(""), container = %c.name, error = %e, "cannot start container");
+                    self.ctx
+                        .event(&self.pod, true, "Failed", format!("Error: {e}"));
                     let reason = e.reason().to_string();
                     self.update(|s| {
                         s.state = CState::Waiting {
@@ -309,6 +311,12 @@ impl Supervised {
                 }
             };
             let pid = child.id().map(|p| p as i32).unwrap_or(0);
+            self.ctx.event(
+                &self.pod,
+                false,
+                "Started",
+                format!("Started container {}", c.name),
+            );
             let _ = self.ctx.cfg.state.write_pid(&uid, &c.name, pid as u32);
             let started_at = now_s();
             let has_startup = c.startup_probe.is_some();
@@ -331,6 +339,8 @@ impl Supervised {
             let (kill_tx, mut kill_rx) = mpsc::channel::<String>(1);
             let probes = (!self.is_init).then(|| {
                 tokio::spawn(probe::run(
+                    self.ctx.clone(),
+                    self.pod.clone(),
                     c.clone(),
                     self.sandbox.ip,
                     pid,
@@ -342,10 +352,12 @@ impl Supervised {
             let (status, stopping, message) = tokio::select! {
                 s = child.wait() => (s.ok(), false, None),
                 g = stop_grace(&mut stop) => {
+                    self.ctx.event(&self.pod, false, "Killing", format!("Stopping container {}", c.name));
                     (Some(terminate(&mut child, pid, g).await), true, None)
                 }
                 Some(why) = kill_rx.recv() => {
                     tracing::info!(container = %c.name, why = %why, "killing container");
+                    self.ctx.event(&self.pod, false, "Killing", format!("Container {} {why}, will be restarted", c.name));
                     (Some(terminate(&mut child, pid, grace(&self.pod)).await), false, Some(why))
                 }
             };
@@ -385,6 +397,16 @@ impl Supervised {
             }
             restarts += 1;
             let delay = backoff(backoff_step);
+            self.ctx.event(
+                &self.pod,
+                true,
+                "BackOff",
+                format!(
+                    "Back-off {}s restarting failed container {}",
+                    delay.as_secs(),
+                    c.name
+                ),
+            );
             backoff_step += 1;
             self.update(|s| {
                 s.last_state = Some(terminated);

@@ -37,6 +37,34 @@ pub struct Ctx {
     pub ipam: Mutex<Table>,
     pub node_cpus: u32,
     pub node_memory_bytes: u64,
+    pub recorder: kube::runtime::events::Recorder,
+}
+
+impl Ctx {
+    /// Records a pod Event (what `kubectl describe pod` lists), as the kubelet
+    /// does; fire-and-forget so a slow API never delays a container.
+    pub fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        use kube::Resource;
+        use kube::runtime::events::{Event, EventType};
+        let recorder = self.recorder.clone();
+        let reference = pod.object_ref(&());
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, "publishing event");
+            }
+        });
+    }
 }
 
 /// One pod's runtime model plus a wake-up for its status reporter.

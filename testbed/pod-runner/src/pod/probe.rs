@@ -154,7 +154,11 @@ impl Tally {
 
 /// Probes one running container until aborted. Sets `started`/`ready` in the pod
 /// runtime; asks for a restart through `kill` when liveness or startup fails.
+// One call site (the container supervisor), which owns all of these.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
+    ctx: Arc<super::Ctx>,
+    pod: Arc<k8s_openapi::api::core::v1::Pod>,
     c: Container,
     ip: Ipv4Addr,
     pid: i32,
@@ -201,6 +205,14 @@ pub async fn run(
         let mut t = Tally::default();
         loop {
             let r = once(p, &c, ip, pid).await;
+            if let Err(e) = &r {
+                ctx.event(
+                    &pod,
+                    true,
+                    "Unhealthy",
+                    format!("Readiness probe failed: {e}"),
+                );
+            }
             if let Some(ready) = t.record(p, r.is_ok()) {
                 set(&|s| s.ready = ready);
             }
@@ -215,6 +227,14 @@ pub async fn run(
         let mut t = Tally::default();
         loop {
             let r = once(p, &c, ip, pid).await;
+            if let Err(e) = &r {
+                ctx.event(
+                    &pod,
+                    true,
+                    "Unhealthy",
+                    format!("Liveness probe failed: {e}"),
+                );
+            }
             if t.record(p, r.is_ok()) == Some(false) {
                 let _ = kill
                     .send(format!(
