@@ -56,6 +56,17 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
+impl Error {
+    fn is_teardown_pending(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::TeardownPending(_) => true,
+            Error::Finalizer(e) => matches!(**e, F::CleanupFailed(Error::TeardownPending(_))),
+            _ => false,
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: kube::Client,
@@ -163,7 +174,8 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
 }
 
 fn error_policy(sale: Arc<FlashSale>, error: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::TeardownPending(_) = error {
+    if error.is_teardown_pending() {
+        // Not a failure: the nodes are stopping; look again soon.
         return Action::requeue(Duration::from_millis(CONVERGING_REQUEUE_MS));
     }
     let mut failures = ctx.failures.lock().expect("not poisoned");

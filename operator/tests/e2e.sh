@@ -73,7 +73,7 @@ for f in "$FIXTURES"/*.yaml; do
     fail "$(basename "$f") was accepted"
   fi
   grep -qF "$want" <<<"$out" || fail "$(basename "$f"): refusal does not name $want: $out"
-  log "ok: $(basename "$f") refused: $(grep -o "$want[^ ]*: [^:]*: .*" <<<"$out" | head -1 | cut -c1-150)"
+  log "ok: $(basename "$f") refused: $(grep -oF -- "$want" <<<"$out" >/dev/null; grep -o -- "spec[^ ]*: .*" <<<"$out" | head -1 | cut -c1-160)"
   refused=$((refused + 1))
 done
 (( refused >= 5 )) || fail "only $refused bad manifests tried"
@@ -135,9 +135,17 @@ for pod in $(kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$SALE",app
   wait_for 60 "$pod has the new stock" has160
 done
 
+log "a WAL volume size change is refused (a StatefulSet cannot resize its claims)"
+storage_change && fail "storage size change was not refused naming nodes.storage"
+log "ok: storage change refused"
+
 log "kubectl scale (scale subresource) 3 -> 2"
 kubectl scale -n "$NS" "flashsale/$SALE" --replicas=2 >/dev/null
 sts_replicas() { [ "$(jp "statefulset/$SALE" '{.spec.replicas}')" = 2 ]; }
+storage_change() {
+  ! kubectl patch -n "$NS" "flashsale/$SALE" --type=merge -p '{"spec":{"nodes":{"storage":{"size":"2Gi"}}}}' 2>&1 >/dev/null |
+    grep -q "nodes.storage"
+}
 wait_for 30 "StatefulSet scaled to 2" sts_replicas
 ready_2() { [ "$(jp "flashsale/$SALE" '{.status.ready}')" = 2/2 ]; }
 wait_for 90 "status ready 2/2" ready_2

@@ -99,7 +99,7 @@ pub struct FlashSaleSpec {
     /// absent = the node's own default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
-    pub admission_rate: Option<u32>,
+    pub admission_rate: Option<i32>,
 }
 
 /// One item on sale.
@@ -152,8 +152,12 @@ pub struct NodesSpec {
     /// CPU and memory for each node; absent = small defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// The WAL volume of each node.
+    /// The WAL volume of each node. Size and class are fixed once the sale exists (a
+    /// StatefulSet cannot change its volume claims); `reclaimPolicy` may change.
     #[serde(default)]
+    #[x_kube(validation = Rule::new(
+        "self.size == oldSelf.size && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+    ).message("nodes.storage: size and storageClassName cannot change once the sale exists"))]
     pub storage: StorageSpec,
 }
 

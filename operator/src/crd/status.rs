@@ -31,6 +31,7 @@ pub struct FlashSaleStatus {
     pub primary: Option<PrimaryStatus>,
     /// Fencing epoch of the current primary (starts at 1; failover raises it).
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub epoch: u64,
     /// Per-item figures read from the primary's admin status.
     #[serde(default)]
@@ -38,15 +39,19 @@ pub struct FlashSaleStatus {
     pub items: Vec<ItemStatus>,
     /// Units on sale, all items together.
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub stock: u64,
     /// Units in confirmed orders, all items together.
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub sold: u64,
     /// Units held by unconfirmed reservations, all items together.
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub held: u64,
     /// Units still for sale, all items together.
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub remaining: u64,
     /// Nodes that exist (the scale subresource reads this).
     #[serde(default)]
@@ -94,9 +99,13 @@ pub struct PrimaryStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ItemStatus {
     pub sku: String,
+    #[schemars(with = "i64")]
     pub stock: u64,
+    #[schemars(with = "i64")]
     pub sold: u64,
+    #[schemars(with = "i64")]
     pub held: u64,
+    #[schemars(with = "i64")]
     pub remaining: u64,
 }
 
@@ -106,9 +115,11 @@ pub struct ItemStatus {
 pub struct FailoverRecord {
     pub from_pod: String,
     pub to_pod: String,
+    #[schemars(with = "i64")]
     pub epoch: u64,
     pub at: Time,
     /// WAL records recovered from the old primary before promotion.
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub reconciled_records: u64,
 }
