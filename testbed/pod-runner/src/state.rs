@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! $STATE/hosts                         bind-mounted as every pod's /etc/hosts
+//! $STATE/resolv.conf                   every pod's /etc/resolv.conf (no DNS server)
 //! $STATE/ipam.json                     sticky pod addresses
 //! $STATE/created-dirs                  host mountpoints the runner had to create
 //! $STATE/logs/<ns>_<pod>_<c>.log       container stdout+stderr (restarts append)
@@ -44,6 +45,14 @@ pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
+/// Pods must not query the host's resolver (a private address outside the
+/// project's namespaces), and there is no cluster DNS: names come from the
+/// service proxy's hosts file. A loopback nameserver fails at once (nothing
+/// listens in the pod's namespace) instead of timing out.
+const RESOLV_CONF: &str = "# pod-runner: no cluster DNS; cluster names are in /etc/hosts\n\
+nameserver 127.0.0.1\n\
+options timeout:1 attempts:1\n";
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: PathBuf,
@@ -71,7 +80,12 @@ impl StateDir {
         if !hosts.exists() {
             std::fs::write(&hosts, "").map_err(io_err(&hosts))?;
         }
-        Ok(())
+        let resolv = self.resolv_conf();
+        std::fs::write(&resolv, RESOLV_CONF).map_err(io_err(&resolv))
+    }
+
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.root.join("resolv.conf")
     }
 
     pub fn hosts(&self) -> PathBuf {

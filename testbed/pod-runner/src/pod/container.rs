@@ -131,7 +131,14 @@ fn prepare(
     let resolved = ctx.images.resolve(&image, &command, &args, &search)?;
     let image_dir = resolved.image_dir.as_ref().map(|d| d.display().to_string());
     let env = env::build(pod, c, sources, &sandbox.facts, image_dir.as_deref())?;
-    let mounts = volumes::mounts_for(c, &sandbox.volume_dirs, &ctx.cfg.state.hosts(), &env)?;
+    let state = &ctx.cfg.state;
+    let mounts = volumes::mounts_for(
+        c,
+        &sandbox.volume_dirs,
+        &state.hosts(),
+        &state.resolv_conf(),
+        &env,
+    )?;
     for m in &mounts {
         if !m.target.exists() {
             if m.source.is_dir() {

@@ -291,13 +291,21 @@ pub fn mounts_for(
     c: &Container,
     volume_dirs: &HashMap<String, (PathBuf, bool)>,
     hosts_file: &Path,
+    resolv_conf: &Path,
     env: &Env,
 ) -> Result<Vec<MountSpec>, VolumeError> {
-    let mut out = vec![MountSpec {
-        source: hosts_file.to_path_buf(),
-        target: PathBuf::from("/etc/hosts"),
-        read_only: true,
-    }];
+    let mut out = vec![
+        MountSpec {
+            source: hosts_file.to_path_buf(),
+            target: PathBuf::from("/etc/hosts"),
+            read_only: true,
+        },
+        MountSpec {
+            source: resolv_conf.to_path_buf(),
+            target: PathBuf::from("/etc/resolv.conf"),
+            read_only: true,
+        },
+    ];
     for vm in c.volume_mounts.iter().flatten() {
         let (dir, volume_ro) = volume_dirs
             .get(&vm.name)
@@ -311,9 +319,8 @@ pub fn mounts_for(
             Some(s) => dir.join(safe_rel(&s)?),
             None => dir.clone(),
         };
-        if vm.mount_path == "/etc/hosts" {
-            out.remove(0);
-        }
+        // A pod's own volume at one of these paths wins.
+        out.retain(|m| m.target != Path::new(&vm.mount_path));
         out.push(MountSpec {
             source,
             target: PathBuf::from(&vm.mount_path),
@@ -458,8 +465,16 @@ spec:
             .iter()
             .map(|n| (n.to_string(), (PathBuf::from(format!("/s/{n}")), false)))
             .collect();
-        let m = mounts_for(c, &dirs, Path::new("/s/hosts"), &Env::default()).unwrap();
+        let m = mounts_for(
+            c,
+            &dirs,
+            Path::new("/s/hosts"),
+            Path::new("/s/resolv.conf"),
+            &Env::default(),
+        )
+        .unwrap();
         assert_eq!(m[0].target, PathBuf::from("/etc/hosts"));
+        assert_eq!(m[1].target, PathBuf::from("/etc/resolv.conf"));
         let sa = m
             .iter()
             .find(|m| m.target.ends_with("serviceaccount"))
