@@ -134,6 +134,17 @@ async fn acknowledged_orders_survive_restarts() {
     }
     let e = open(tmp.path());
     assert_sound(&e, &acked);
+    // Snapshots were taken in the background and the segments they cover removed.
+    let dir = stock_node::wal::FsDir::existing(tmp.path()).unwrap();
+    assert!(
+        !stock_node::engine::snapshot::list(&dir).unwrap().is_empty(),
+        "no snapshot written"
+    );
+    assert!(
+        list_segments(&dir).unwrap()[0].0 > 1,
+        "no segment compacted"
+    );
+    assert!(e.status().oldest_seq > 1);
     let a = e.item("a").unwrap();
     assert!(a.sold + a.held > 0);
     e.shutdown().await;

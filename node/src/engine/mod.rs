@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod replica;
 mod sequencer;
 pub mod snapshot;
+mod snapshotter;
 pub mod state;
 mod view;
 
@@ -38,6 +39,7 @@ use crate::wal::{
     Frames, FsDir, ScanOptions, ScanReport, SegmentWriter, WalDir, WalDirError, list_segments,
 };
 use sequencer::{Job, Limits, Msg, Sequencer};
+use snapshotter::Snapshotter;
 use view::ReadView;
 
 /// How to open an engine. Every limit has a default suited to one node on a small machine.
@@ -166,6 +168,7 @@ impl Engine {
                 + opts.batch_records_max * 64) as u64,
             from_seq: state.applied_seq + 1,
         };
+        let metrics = EngineMetrics::default();
         let mut replay_err = None;
         report.scan = crate::wal::scan(&*dir, &scan_opts, |rec| {
             if replay_err.is_none()
@@ -189,6 +192,13 @@ impl Engine {
             }
         }
         let writer = SegmentWriter::open(dir.clone(), segments, next_seq, opts.segment_bytes_max)?;
+        // The snapshot thread's copy is the log's state, before the unlogged initial role.
+        let snapshotter = Snapshotter::start(
+            dir.clone(),
+            state.clone(),
+            opts.snapshot_every_records,
+            metrics.clone(),
+        );
         if state.role == Role::Standby
             && state.epoch == 0
             && let Some(r) = opts.initial_role
@@ -197,7 +207,6 @@ impl Engine {
         }
         state.rebuild_indexes();
         state.take_touched();
-        let metrics = EngineMetrics::default();
         metrics.oversold.set(state.oversold_items() as i64);
         let mut rv = ReadView::from_state(&state);
         rv.status.oldest_seq = writer.oldest_seq();
@@ -212,7 +221,6 @@ impl Engine {
                 durability: opts.durability,
                 batch_records_max: opts.batch_records_max.max(1),
                 batch_bytes_max: opts.batch_bytes_max.max(1),
-                snapshot_every_records: opts.snapshot_every_records.max(1),
                 expiry_tick_ms: opts.expiry_tick_ms,
             },
             clock: opts.clock.clone(),
@@ -221,6 +229,7 @@ impl Engine {
             batches: batches.clone(),
             next_seq,
             records_since_snapshot: 0,
+            snapshotter,
             failed: None,
             buf: Vec::with_capacity(opts.batch_bytes_max.min(4 << 20)),
             batch_first_seq: next_seq,

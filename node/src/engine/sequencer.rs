@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::clock::Clock;
 use super::metrics::EngineMetrics;
 use super::snapshot;
+use super::snapshotter::Snapshotter;
 use super::state::{Command, Decision, State};
 use super::view::ReadView;
 use super::{Answer, CommittedBatch};
@@ -37,7 +38,6 @@ pub(crate) struct Limits {
     pub durability: Durability,
     pub batch_records_max: usize,
     pub batch_bytes_max: usize,
-    pub snapshot_every_records: u64,
     pub expiry_tick_ms: u64,
 }
 
@@ -52,6 +52,8 @@ pub(crate) struct Sequencer {
     pub batches: broadcast::Sender<Arc<CommittedBatch>>,
     pub next_seq: u64,
     pub records_since_snapshot: u64,
+    /// Takes periodic snapshots off this thread (see `engine::snapshotter`).
+    pub snapshotter: Snapshotter,
     /// Why the engine stopped writing, after a failed write or sync.
     pub failed: Option<String>,
     /// Frames of the batch being built.
@@ -126,6 +128,7 @@ impl Sequencer {
                         }
                     }
                     self.commit();
+                    self.snapshotter.stop();
                     self.snapshot();
                     let _ = done.send(());
                     return;
@@ -261,6 +264,12 @@ impl Sequencer {
                         let _ = self.batches.send(Arc::new(batch));
                     }
                     self.records_since_snapshot += records;
+                    self.snapshotter.committed(
+                        self.batch_first_seq,
+                        &self.buf,
+                        self.next_seq,
+                        &self.state,
+                    );
                 }
             }
         }
@@ -280,8 +289,22 @@ impl Sequencer {
         if let Err(e) = self.writer.roll_if_full(self.next_seq) {
             self.fail(e.to_string());
         }
-        if self.records_since_snapshot >= self.limits.snapshot_every_records {
-            self.snapshot();
+        self.compact();
+    }
+
+    /// Drops the segments the snapshot thread's last snapshots cover.
+    fn compact(&mut self) {
+        let covered = self
+            .snapshotter
+            .compact_to
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if covered == 0 {
+            return;
+        }
+        match self.writer.remove_covered(covered) {
+            Ok(0) => {}
+            Ok(_) => self.view.write().status.oldest_seq = self.writer.oldest_seq(),
+            Err(e) => tracing::warn!(error = %e, "removing covered segments failed"),
         }
     }
 
@@ -303,7 +326,8 @@ impl Sequencer {
         view.status.oldest_seq = self.writer.oldest_seq();
     }
 
-    /// Writes a snapshot and drops the segments it and the fallback snapshot cover.
+    /// Writes a snapshot of the state here, on this thread (at shutdown), and drops
+    /// the segments it and the fallback snapshot cover.
     fn snapshot(&mut self) {
         if self.failed.is_some() || self.records_since_snapshot == 0 {
             return;

@@ -50,8 +50,13 @@ pub fn write(dir: &dyn WalDir, state: &State) -> Result<u64, WalDirError> {
     let seqs = list(dir)?;
     for old in seqs.iter().skip(SNAPSHOTS_KEPT) {
         let n = snapshot_name(*old);
-        dir.remove(&n)
-            .map_err(|e| WalDirError::io(format!("remove {n}"), e))?;
+        // Another writer (a snapshot install) may have removed it already.
+        match dir.remove(&n) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(WalDirError::io(format!("remove {n}"), e));
+            }
+            _ => {}
+        }
     }
     Ok(*seqs
         .iter()
