@@ -68,12 +68,23 @@ pub fn ip(args: &[&str]) -> Result<String, NetError> {
 
 /// Creates the namespace and wiring; on failure undoes what it made, so a retry
 /// starts clean.
+/// Private and link-local ranges a pod must never reach except through the routes
+/// to our own pod and service ranges (more specific, so they win).
+pub const FORBIDDEN_RANGES: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+];
+
 pub fn setup(
     net: &PodNet,
     bridge: &str,
     ip_addr: Ipv4Addr,
     prefix_len: u8,
     gateway: Ipv4Addr,
+    service_cidr: &str,
 ) -> Result<(), NetError> {
     teardown(net);
     let r = (|| {
@@ -99,6 +110,13 @@ pub fn setup(
         ip(&["link", "set", &net.veth_host, "master", bridge])?;
         ip(&["link", "set", &net.veth_host, "up"])?;
         ip(&["-n", ns, "route", "add", "default", "via", &gw])?;
+        // The default route would carry a pod's stray traffic (the host's DNS
+        // server, a metadata service) out through the host: refuse it here, at
+        // once, and route only our service range through the gateway.
+        for r in FORBIDDEN_RANGES {
+            ip(&["-n", ns, "route", "add", "unreachable", r])?;
+        }
+        ip(&["-n", ns, "route", "add", service_cidr, "via", &gw])?;
         Ok(())
     })();
     if r.is_err() {

@@ -250,7 +250,8 @@ async fn setup(ctx: &Ctx, pod: &Pod, _shared: &PodShared) -> Result<Sandbox, Set
             ctx.cfg.gateway,
             ctx.cfg.pod_cidr.prefix_len,
         );
-        tokio::task::spawn_blocking(move || net::setup(&n, &b, ip, len, g))
+        let svc = ctx.cfg.service_cidr.clone();
+        tokio::task::spawn_blocking(move || net::setup(&n, &b, ip, len, g, &svc))
             .await
             .map_err(|e| net::NetError::Spawn(std::io::Error::other(e)))??;
     }
