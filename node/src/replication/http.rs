@@ -233,3 +233,38 @@ pub async fn quorum_hold(State(s): State<AppState>, req: Request, next: Next) ->
         None => next.run(req).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flashsale_core::wal::{Record, RecordBody, encode_batch, encode_record};
+
+    use super::batch_len;
+
+    fn batch(first: u64, last: u64) -> Vec<u8> {
+        let mut frames = Vec::new();
+        for seq in first..=last {
+            let rec = Record {
+                seq,
+                epoch: 1,
+                at_ms: 0,
+                body: RecordBody::Confirm { order_id: seq },
+            };
+            encode_record(&rec, &mut frames).unwrap();
+        }
+        encode_batch(1, first, last, &frames)
+    }
+
+    #[test]
+    fn an_exported_stream_splits_into_its_batches_and_damage_is_an_error() {
+        let (a, b) = (batch(1, 3), batch(4, 9));
+        let stream = [a.clone(), b.clone()].concat();
+        assert_eq!(batch_len(&stream).unwrap(), a.len());
+        assert_eq!(batch_len(&stream[a.len()..]).unwrap(), b.len());
+        for cut in 0..a.len() {
+            assert!(
+                batch_len(&a[..cut]).is_err(),
+                "a batch cut at {cut} was taken whole"
+            );
+        }
+    }
+}
