@@ -204,3 +204,48 @@ async fn roles_and_fencing() {
     );
     e.shutdown().await;
 }
+
+#[tokio::test]
+async fn sold_out_costs_no_write_and_committed_batches_are_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = open(tmp.path(), clock).await;
+    let mut batches = e.subscribe_batches();
+    e.configure(sale(2, 0)).await.unwrap();
+    e.purchase(buy("shoe", 2, "ann", "k1")).await.unwrap();
+    let records = e.metrics().records.get();
+    let durable = e.status().durable_seq;
+    for i in 0..20 {
+        let r = e.purchase(buy("shoe", 1, "bob", &format!("x{i}"))).await;
+        assert!(matches!(r, Err(SellError::SoldOut { .. })));
+    }
+    assert_eq!(
+        e.metrics().records.get(),
+        records,
+        "a sold-out answer wrote to the WAL"
+    );
+    assert_eq!(e.status().durable_seq, durable);
+    assert_eq!(e.metrics().oversold.get(), 0);
+
+    // What subscribers got is what the WAL holds, batch by batch, in order.
+    let mut seen = Vec::new();
+    while let Ok(b) = batches.try_recv() {
+        let decoded = flashsale_core::wal::decode_batch(&b.bytes).unwrap();
+        assert_eq!(
+            (decoded.first_seq, decoded.last_seq),
+            (b.first_seq, b.last_seq)
+        );
+        seen.extend(decoded.records);
+    }
+    assert_eq!(seen.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let frames = e.read_from(1, 1 << 20).await.unwrap();
+    let mut rest = &frames.bytes[..];
+    let mut from_disk = Vec::new();
+    while !rest.is_empty() {
+        let (r, used) = flashsale_core::wal::decode_record(rest).unwrap();
+        from_disk.push(r);
+        rest = &rest[used..];
+    }
+    assert_eq!(from_disk, seen);
+    e.shutdown().await;
+}
