@@ -24,6 +24,8 @@ use crate::state::PodRecord;
 const SETUP_RETRY_MS: u64 = 2_000;
 /// Status is re-checked at least this often even without a change signal.
 const STATUS_RESYNC_MS: u64 = 5_000;
+/// The final delete is retried this often (1 s, 2 s, … apart) before giving up.
+const DELETE_ATTEMPTS_MAX: u32 = 10;
 /// Content volumes (Secrets, ConfigMaps, tokens) are re-rendered this often.
 const VOLUME_REFRESH_S: u64 = 60;
 
@@ -121,10 +123,19 @@ pub async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Option<Pod>>) {
         }),
         ..Default::default()
     };
-    match api.delete(&name, &dp).await {
-        Ok(_) => tracing::info!(pod = %format!("{ns}/{name}"), "pod stopped and deleted"),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-        Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "final delete failed"),
+    // Retried: a pod left behind here would hang in Terminating for good.
+    for attempt in 1..=DELETE_ATTEMPTS_MAX {
+        match api.delete(&name, &dp).await {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{ns}/{name}"), "pod stopped and deleted");
+                return;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, attempt, "final delete failed");
+                tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+            }
+        }
     }
 }
 
