@@ -13,6 +13,8 @@ use crate::state::StateDir;
 
 /// How long the runner gets to exit on SIGTERM before SIGKILL.
 const RUNNER_STOP_MS: u64 = 3_000;
+/// How long cleanup waits for killed pod processes to disappear.
+const PROCESS_GONE_WAIT_MS: u64 = 5_000;
 
 pub fn runner_pid_file(state: &StateDir) -> std::path::PathBuf {
     state.root.join("runner.pid")
@@ -55,10 +57,12 @@ fn mounts_under(root: &std::path::Path) -> Vec<String> {
 
 pub fn run(state: &StateDir, cluster_index: u8) -> Vec<String> {
     let mut report = Vec::new();
+    let mut killed = Vec::new();
     stop_runner(state);
     for rec in state.records() {
         for (_, pid) in state.pids(&rec.uid) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            killed.push(pid);
         }
     }
     let ns_prefix = net::netns_prefix(cluster_index);
@@ -66,7 +70,7 @@ pub fn run(state: &StateDir, cluster_index: u8) -> Vec<String> {
         .into_iter()
         .filter(|n| n.starts_with(&ns_prefix))
     {
-        net::kill_netns_pids(&ns);
+        killed.extend(net::kill_netns_pids(&ns));
         let _ = net::ip(&["netns", "del", &ns]);
         report.push(format!("netns {ns}"));
     }
@@ -89,5 +93,19 @@ pub fn run(state: &StateDir, cluster_index: u8) -> Vec<String> {
         let _ = t.save(&state.ipam());
     }
     let _ = std::fs::remove_file(runner_pid_file(state));
+    // SIGKILL is asynchronous: return only once the processes are really gone
+    // (reaped), so a caller that checks right after sees the truth.
+    let deadline = std::time::Instant::now() + Duration::from_millis(PROCESS_GONE_WAIT_MS);
+    killed.sort_unstable();
+    killed.dedup();
+    let exists = |pid: &i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    for pid in &killed {
+        while exists(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Some(pid) = killed.iter().find(|p| exists(p)) {
+        report.push(format!("(process {pid} killed but not reaped yet)"));
+    }
     report
 }

@@ -133,9 +133,11 @@ pub fn teardown(net: &PodNet) {
     let _ = ip(&["netns", "del", &net.netns]);
 }
 
-pub fn kill_netns_pids(netns: &str) {
+/// SIGKILLs every process in the namespace until none is left; returns their pids.
+pub fn kill_netns_pids(netns: &str) -> Vec<i32> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
+    let mut killed = Vec::new();
     for _ in 0..10 {
         let pids: Vec<i32> = ip(&["netns", "pids", netns])
             .unwrap_or_default()
@@ -143,13 +145,15 @@ pub fn kill_netns_pids(netns: &str) {
             .filter_map(|p| p.parse().ok())
             .collect();
         if pids.is_empty() {
-            return;
+            break;
         }
         for p in pids {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            killed.push(p);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    killed
 }
 
 /// Link down/up of the pod's host-side veth: the pod keeps its address but no
