@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The stock node HTTP benchmark (`make bench-node`). In one run, with one load shape
-# (wrk, 1 thread, $CONNS connections, $DURATION_S s, on its own core; the server
+# (wrk, 1 thread, $CONNS connections (default 256: a sale is a crowd), $DURATION_S s, on its own core; the server
 # pinned to the other core):
 #   1. ceiling   `stock-node bench-noop`: same listener, JSON extractor and answer, no engine
 #   2. durable   `stock-node serve` with group commit (one fdatasync per batch, the default)
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CONNS="${CONNS:-64}"
+CONNS="${CONNS:-256}"
 DURATION_S="${DURATION_S:-10}"
 SERVER_CPU="${SERVER_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
@@ -179,6 +179,7 @@ conns80=$(( (target * pause_ms + 999) / 1000 ))
 [ "$conns80" -ge 1 ] || conns80=1
 start_node durable80
 run_wrk durable@80% "http://127.0.0.1:$PORT" "$conns80" "$PID" "$pause_ms"
+curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/durable80.metrics"
 stop_server "$PID"
 
 echo
@@ -199,3 +200,14 @@ awk -v target="$target" -v conns="$conns80" -v pause="$pause_ms" '
   }' "$WORK/results"
 echo
 echo "group commit (durable run): $(awk '/^flashsale_engine_batch_records_sum/ { s = $2 } /^flashsale_engine_batch_records_count/ { c = $2 } END { if (c) printf "%.1f records/batch over %d batches", s / c, c }' "$WORK/durable.metrics"), $(awk '/^flashsale_engine_fsync_us_sum/ { s = $2 } /^flashsale_engine_fsync_us_count/ { c = $2 } END { if (c) printf "mean fdatasync %.0f us", s / c }' "$WORK/durable.metrics")"
+
+# Where the 80% run's tail goes: quantiles of the engine's fsync histogram (bucket
+# upper bounds, so "<=").
+hist_q() { # file metric q
+  awk -v m="$2" -v q="$3" '
+    index($0, m "_bucket{") == 1 { split($0, a, "\""); le[++n] = a[2]; c[n] = $NF }
+    index($0, m "_count") == 1 { total = $NF }
+    END { for (i = 1; i <= n; i++) if (c[i] >= q * total) { print le[i]; exit } }' "$1"
+}
+echo "fdatasync at 80% of peak: p50 <= $(hist_q "$WORK/durable80.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/durable80.metrics" flashsale_engine_fsync_us 0.99) us; batch p50 <= $(hist_q "$WORK/durable80.metrics" flashsale_engine_batch_records 0.5) records"
+

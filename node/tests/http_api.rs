@@ -588,3 +588,34 @@ async fn the_openapi_document_describes_the_api() {
         );
     }
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 1, 0)], &["--connections-max", "2"]);
+    // Two keep-alive connections take both places (each answered, so each accepted).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let third = client()
+        .get(node.url("/healthz"))
+        .timeout(std::time::Duration::from_millis(700))
+        .send()
+        .await;
+    assert!(
+        third.is_err(),
+        "a third connection was served over a limit of 2"
+    );
+    drop(held);
+    let later = client().get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(later.status(), 200);
+}
