@@ -1,6 +1,7 @@
 //! Snapshots off the sequencer's path: a thread keeps its own copy of the state by
 //! applying every committed batch (the same frames the WAL got), and writes a
-//! snapshot from that copy every N records. Selling never pauses for a snapshot,
+//! snapshot from that copy every N records, or every as many records as it holds
+//! orders if that is more. Selling never pauses for a snapshot,
 //! whose cost grows with the number of orders; the copy costs a decode and an apply
 //! per record on another core. What it snapshots is exactly what replaying the log
 //! gives, which is what a snapshot must be.
@@ -137,7 +138,11 @@ fn run(
         }
         // The copy's change lists are for a read view, which it has none of.
         state.take_touched();
-        if in_sync && state.applied_seq >= last_snapshot + every_records {
+        // A snapshot costs in proportion to the orders it holds; waiting at least as
+        // many records as there are orders keeps its cost per record constant while
+        // replay stays within twice the snapshot's own load time.
+        let due = every_records.max(state.orders.len() as u64);
+        if in_sync && state.applied_seq >= last_snapshot + due {
             match snapshot::write(&*dir, &state) {
                 Ok(oldest_kept) => {
                     last_snapshot = state.applied_seq;
