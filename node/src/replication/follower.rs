@@ -38,6 +38,10 @@ pub trait Replica: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, ReplError>> + Send;
 }
 
+/// Most live messages merged into one apply (one fsync) when a backlog built up.
+const MERGE_MESSAGES_MAX: usize = 256;
+/// … and at most about this many bytes of them.
+const MERGE_BYTES_MAX: usize = 8 << 20;
 /// Catch-up rounds in one go before the live queue gets a turn (a primary under load
 /// moves on while we read; the queue holds the rest).
 const CATCHUP_ROUNDS_MAX: usize = 64;
@@ -103,19 +107,26 @@ impl<R: Replica> Follower<R> {
                 None => return,
                 Some(Event::Subscribed) => need_catchup = true,
                 Some(Event::Message(bytes)) => {
-                    if let Err(e) = self.on_message(&bytes).await {
-                        match e {
-                            ReplError::Gap { .. } => {
-                                self.stats.gaps.inc();
+                    // A backlog is applied as one batch (one fsync here), like the
+                    // primary's group commit.
+                    let mut bytes_total = bytes.len();
+                    let mut messages = vec![bytes];
+                    while messages.len() < MERGE_MESSAGES_MAX && bytes_total < MERGE_BYTES_MAX {
+                        match events.try_recv() {
+                            Ok(Event::Message(b)) => {
+                                bytes_total += b.len();
+                                messages.push(b);
                             }
-                            ReplError::StaleEpoch { .. } => {
-                                self.stats.stale_epochs.inc();
-                                continue;
+                            Ok(Event::Subscribed) => {
+                                need_catchup = true;
+                                break;
                             }
-                            ReplError::Damaged(_) => {
-                                self.stats.damaged.inc();
-                            }
-                            _ => {}
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.on_messages(messages).await {
+                        if let ReplError::Gap { .. } = e {
+                            self.stats.gaps.inc();
                         }
                         tracing::debug!(error = %e, "live batch not applied; catching up");
                         need_catchup = true;
@@ -125,17 +136,70 @@ impl<R: Replica> Follower<R> {
         }
     }
 
-    /// One live message: decode, then apply what is new of it.
-    async fn on_message(&self, bytes: &[u8]) -> Result<(), ReplError> {
-        let msg = decode_message(bytes)?;
-        self.stats.saw_primary_seq(msg.batch.last_seq);
-        let applied = self.apply_new(msg.batch).await?;
-        if applied {
-            let lag_us = (now_us() - msg.sent_at_us).max(0) as u64;
-            self.stats.last_lag_us.store(lag_us, Relaxed);
-            self.stats.lag_ms.observe(lag_us as f64 / 1000.0);
+    /// Live messages in arrival order: decode each, drop the damaged (counted) and
+    /// stale-epoch (counted) ones, skip what is applied already, merge the contiguous
+    /// rest into one batch and apply it. A gap stops the merge: what came before it is
+    /// applied, then `Gap` sends the follower to catch up.
+    async fn on_messages(&self, messages: Vec<Vec<u8>>) -> Result<(), ReplError> {
+        let mine = self.replica.epoch();
+        let applied = self.replica.applied_seq();
+        let mut merged: Option<Batch> = None;
+        let mut sent_at_us = Vec::with_capacity(messages.len());
+        let mut gap = None;
+        for bytes in messages {
+            let msg = match decode_message(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Maybe a batch we needed: the next one will show the gap, or the idle poll.
+                    tracing::debug!(error = %e, "damaged replication message dropped");
+                    self.stats.damaged.inc();
+                    continue;
+                }
+            };
+            let mut b = msg.batch;
+            if b.epoch < mine {
+                self.stats.stale_epochs.inc();
+                continue;
+            }
+            self.stats.saw_primary_seq(b.last_seq);
+            let next = merged.as_ref().map_or(applied, |m| m.last_seq) + 1;
+            if b.last_seq < next {
+                self.stats.duplicates.inc();
+                continue;
+            }
+            if b.first_seq > next {
+                gap = Some(ReplError::Gap {
+                    applied: next - 1,
+                    first: b.first_seq,
+                    last: b.last_seq,
+                });
+                break;
+            }
+            b.records.retain(|r| r.seq >= next);
+            sent_at_us.push(msg.sent_at_us);
+            match merged.as_mut() {
+                None => {
+                    b.first_seq = next;
+                    merged = Some(b);
+                }
+                Some(m) => {
+                    m.epoch = m.epoch.max(b.epoch);
+                    m.last_seq = b.last_seq;
+                    m.records.append(&mut b.records);
+                }
+            }
         }
-        Ok(())
+        if let Some(batch) = merged {
+            let durable = self.replica.apply(batch).await?;
+            self.durable.send_replace(durable);
+            let now = now_us();
+            for sent in sent_at_us {
+                let lag_us = (now - sent).max(0) as u64;
+                self.stats.last_lag_us.store(lag_us, Relaxed);
+                self.stats.lag_ms.observe(lag_us as f64 / 1000.0);
+            }
+        }
+        gap.map_or(Ok(()), Err)
     }
 
     /// Applies the part of `batch` after this node's applied sequence. `Ok(false)` for
