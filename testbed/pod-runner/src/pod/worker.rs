@@ -98,7 +98,7 @@ pub async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Option<Pod>>) {
             _ = &mut body => {
                 // Every container is done for good: free the sandbox, keep the
                 // (terminal) pod until someone deletes it.
-                teardown(&ctx, &uid);
+                teardown(ctx.clone(), uid.clone()).await;
                 let g = (&mut del).await;
                 let _ = stop_tx.send(Some(g));
             }
@@ -113,7 +113,7 @@ pub async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Option<Pod>>) {
     if let Some(r) = reporter {
         r.abort();
     }
-    teardown(&ctx, &uid);
+    teardown(ctx.clone(), uid.clone()).await;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
@@ -140,7 +140,12 @@ pub async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Option<Pod>>) {
 }
 
 /// Kills leftovers, removes the netns, frees the address and the pod's directory.
-fn teardown(ctx: &Ctx, uid: &str) {
+/// Runs on a blocking thread: it shells out to `ip` and may wait for processes.
+async fn teardown(ctx: Arc<Ctx>, uid: String) {
+    let _ = tokio::task::spawn_blocking(move || teardown_blocking(&ctx, &uid)).await;
+}
+
+fn teardown_blocking(ctx: &Ctx, uid: &str) {
     let pod_net = PodNet::for_pod(ctx.cfg.cluster_index, uid);
     for (_, pid) in ctx.cfg.state.pids(uid) {
         let _ = nix::sys::signal::killpg(
