@@ -30,6 +30,8 @@ const BACKOFF_MAX_MS: u64 = 30_000;
 const BACKOFF_RESET_S: u64 = 60;
 /// Retry interval while a container cannot be configured (missing Secret, …).
 const CONFIG_RETRY_MS: u64 = 2_000;
+/// A container's log file is rotated at its next start once larger than this.
+const LOG_BYTES_MAX: u64 = 64 << 20;
 /// Grace periods are capped so a bad manifest cannot hang teardown.
 pub const GRACE_MAX_S: u64 = 300;
 
@@ -185,6 +187,11 @@ fn spawn(
     })?;
     std::fs::write(&spec_path, body).map_err(io(format!("write {}", spec_path.display())))?;
     let log_path = ctx.cfg.state.log_file(ns, name, &c.name);
+    // Rotated only between runs (the running process holds the file): one old
+    // generation is kept as `.log.1`, as kubectl logs --previous would want.
+    if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_BYTES_MAX) {
+        let _ = std::fs::rename(&log_path, log_path.with_extension("log.1"));
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
