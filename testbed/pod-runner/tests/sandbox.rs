@@ -171,6 +171,34 @@ fn pod_sandbox_network_mounts_faults_and_cleanup() {
         "the pod's bind mount must not show on the host"
     );
 
+    // Another cluster's cleanup that recorded the same host mountpoint (it made
+    // it first) must leave it: this pod still mounts it in its namespace.
+    let other = tmp.path().join("other-cluster");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("created-dirs"),
+        format!("{}\n", state.join("mnt/inside").display()),
+    )
+    .unwrap();
+    assert!(
+        Command::new(bin())
+            .args(["cleanup", "--state-dir"])
+            .arg(&other)
+            .args(["--cluster-index", "198"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        state.join("mnt/inside").exists(),
+        "a mountpoint in use elsewhere is kept"
+    );
+    assert!(
+        http_get("/f").is_some_and(|r| r.contains("hello")),
+        "and the pod still sees its volume"
+    );
+
     // The state a runner keeps, so `fault` works from this other process.
     let pod_dir = state.join("pods/uid-1");
     std::fs::create_dir_all(pod_dir.join("pids")).unwrap();
