@@ -89,7 +89,13 @@ pub async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Option<Pod>>) {
     tracing::info!(pod = %format!("{ns}/{name}"), runs, "pod assigned");
     let reporter =
         runs.then(|| tokio::spawn(report_status(ctx.clone(), rx.clone(), shared.clone())));
-    let body = run_pod(ctx.clone(), Arc::new(pod.clone()), shared.clone(), stop_rx);
+    let body = run_pod(
+        ctx.clone(),
+        Arc::new(pod.clone()),
+        rx.clone(),
+        shared.clone(),
+        stop_rx,
+    );
     tokio::pin!(body);
     let del = deletion(rx.clone());
     tokio::pin!(del);
@@ -167,6 +173,7 @@ fn teardown_blocking(ctx: &Ctx, uid: &str) {
 async fn run_pod(
     ctx: Arc<Ctx>,
     pod: Arc<Pod>,
+    latest: watch::Receiver<Option<Pod>>,
     shared: Arc<PodShared>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
@@ -195,7 +202,7 @@ async fn run_pod(
         rt.sandbox_ready = true;
         rt.ip = Some(sandbox.ip);
     });
-    let refresher = tokio::spawn(refresh_volumes(ctx.clone(), pod.clone(), sandbox.clone()));
+    let refresher = tokio::spawn(refresh_volumes(ctx.clone(), latest, sandbox.clone()));
     let spec = pod.spec.clone().unwrap_or_default();
     let sup = |index, is_init| Supervised {
         ctx: ctx.clone(),
@@ -334,13 +341,21 @@ async fn materialise(
     Ok(out)
 }
 
-/// Keeps Secret/ConfigMap/token volumes current, as the kubelet's sync loop does.
-async fn refresh_volumes(ctx: Arc<Ctx>, pod: Arc<Pod>, sandbox: Arc<Sandbox>) {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
+/// Keeps Secret/ConfigMap/token volumes current, as the kubelet's sync loop does;
+/// downwardAPI volumes follow the pod's latest labels and annotations.
+async fn refresh_volumes(
+    ctx: Arc<Ctx>,
+    latest: watch::Receiver<Option<Pod>>,
+    sandbox: Arc<Sandbox>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(VOLUME_REFRESH_S));
     tick.tick().await;
     loop {
         tick.tick().await;
+        let Some(pod) = latest.borrow().clone() else {
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
         let Ok(sources) = Sources::fetch(&ctx.client, &pod).await else {
             continue;
         };
