@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod env;
+pub mod launch;
 pub mod probe;
 pub mod runtime;
 pub mod sources;

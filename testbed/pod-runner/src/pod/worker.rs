@@ -12,8 +12,9 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 
-use super::container::{Sandbox, Supervised, grace, sleep_or_stop};
+use super::container::{Supervised, sleep_or_stop};
 use super::env::PodFacts;
+use super::launch::{Sandbox, grace};
 use super::runtime::{CStatus, PodRuntime};
 use super::sources::Sources;
 use super::{Ctx, PodShared, now_s, status, volumes};
