@@ -85,7 +85,7 @@ tools_bin() {
 # outlive their process (crash, reboot) and the pid be reused by someone else.
 ours() {
   local c
-  c=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  c=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
   [[ $c == *"$DIR/"* ]]
 }
 
@@ -419,7 +419,7 @@ cmd_logs() {
     found=true
     echo "==> $f <=="
     tail -n "${LOG_LINES:-50}" "$f"
-  done < <(find "$DIR/runner" -type f -name '*.log' -path "*$ns*" -path "*$pod*" 2>/dev/null | sort)
+  done < <(find "$DIR/runner/logs" -type f -name "${ns}_${pod}_*.log" 2>/dev/null | sort)
   $found || die "no logs for $target under $DIR/runner"
 }
 
