@@ -16,6 +16,9 @@ CONNS="${CONNS:-64}"
 DURATION_S="${DURATION_S:-10}"
 SERVER_CPU="${SERVER_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
+# Where the secondaries and Redis run: by default with the primary, so the table shows
+# what replication costs on the primary's own core (on a cluster they have their own).
+SECONDARY_CPU="${SECONDARY_CPU:-$SERVER_CPU}"
 TOKEN=bench-replication-token
 CHANNEL="flashsale:bench:wal"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FLASHSALE_CACHE:-$HOME/.cache/flashsale}/target}"
@@ -88,11 +91,11 @@ run_wrk() { # name port: appends "name rps p50 p99 errors" to results
   echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs" >&2
 }
 
-start_node() { # name extra-args…: sets PORT and PID
+start_node() { # name extra-args…: sets PORT and PID (CPU: $NODE_CPU, default SERVER_CPU)
   local name=$1
   shift
   PORT=$(free_port)
-  taskset -c "$SERVER_CPU" "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name-data" \
+  taskset -c "${NODE_CPU:-$SERVER_CPU}" "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name-data" \
     --admin-token "$TOKEN" --node-name "$name" "$@" 2>"$WORK/$name.log" &
   PID=$!
   PIDS+=("$PID")
@@ -134,7 +137,7 @@ run_cluster() {
   wait_http "http://127.0.0.1:$p_port/healthz"
   admin PUT "$p_port" /admin/v1/role '{"role":"primary","epoch":1}' >/dev/null
   for i in 1 2; do
-    start_node "$mode-s$i" --role standby \
+    NODE_CPU=$SECONDARY_CPU start_node "$mode-s$i" --role standby \
       --redis-url "redis://127.0.0.1:$RPORT/" --redis-channel "$CHANNEL-$mode" --replication "$mode"
     s_ports+=("$PORT")
     s_pids+=("$PID")
@@ -168,7 +171,7 @@ echo "bench-replication: $CONNS connections, ${DURATION_S}s per run, servers on 
 # Redis without persistence: pub/sub keeps nothing anyway.
 RPORT=$(free_port)
 mkdir -p "$WORK/redis"
-taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$RPORT" --dir "$WORK/redis" \
+taskset -c "$SECONDARY_CPU" redis-server --bind 127.0.0.1 --port "$RPORT" --dir "$WORK/redis" \
   --save "" --appendonly no --daemonize no --loglevel warning >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -184,7 +187,7 @@ run_cluster async
 run_cluster quorum
 
 echo
-echo "replication benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
+echo "replication benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), primary on CPU $SERVER_CPU, secondaries and Redis on CPU $SECONDARY_CPU, load on CPU $LOAD_CPU, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load: $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys, on the primary"
 printf '%-8s %12s %10s %10s %8s %10s\n' run purchases/s p50_ms p99_ms errors vs_lone
 lone=$(awk '$1 == "lone" { print $2 }' "$WORK/results")
