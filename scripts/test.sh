@@ -5,4 +5,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The local-cluster e2e tests (testbed/pod-runner/tests/cluster, ...) share one cluster,
+# `test`, started here and taken down even when a test fails.
+export FLASHSALE_CLUSTER=test
+trap 'bash testbed/cluster.sh down --name test' EXIT
+bash testbed/cluster.sh up --name test >/dev/null
 cargo test --workspace
