@@ -103,7 +103,7 @@ kc() { "$BIN/kubectl" --kubeconfig "$DIR/admin.kubeconfig" --request-timeout=5s 
 # wait_for WHAT CMD...: retry CMD every 0.2 s until it succeeds or READY_TIMEOUT_S.
 wait_for() {
   local what=$1; shift
-  local deadline=$((SECONDS + READY_TIMEOUT_S))
+  local deadline=$((SECONDS + READY_TIMEOUT_S)) t0=${EPOCHREALTIME/./}
   until "$@" >/dev/null 2>&1; do
     if [ $SECONDS -ge $deadline ]; then
       log "timed out after ${READY_TIMEOUT_S}s waiting for $what; last lines of the logs:"
@@ -112,6 +112,8 @@ wait_for() {
     fi
     sleep 0.2
   done
+  local ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
+  log "$what after $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
 }
 
 write_kubeconfig() { # FILE USER
@@ -211,7 +213,7 @@ mounts_down() {
 # Stops every process of the cluster: pid files first (whole process groups, TERM then
 # KILL), then anything else whose command line still names the cluster dir.
 procs_down() {
-  local f pid name pids=()
+  local f pid name pids=() names=() i
   for name in pod-runner kube-scheduler kube-controller-manager kube-apiserver etcd; do
     f=$DIR/pids/$name.pid
     [ -f "$f" ] || continue
@@ -219,12 +221,17 @@ procs_down() {
     if ours "$pid"; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
       pids+=("$pid")
+      names+=("$name")
     fi
   done
   local deadline=$((SECONDS + STOP_GRACE_S))
-  for pid in "${pids[@]}"; do
+  for i in "${!pids[@]}"; do
+    pid=${pids[$i]}
     while ours "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    ours "$pid" && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+    if ours "$pid"; then
+      log "${names[$i]} did not stop within ${STOP_GRACE_S}s of SIGTERM: SIGKILL"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
   done
   for f in /proc/[0-9]*; do
     pid=${f#/proc/}
