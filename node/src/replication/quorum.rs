@@ -172,21 +172,38 @@ pub async fn listen(
     }
 }
 
-/// Secondary: publishes this node's durable sequence on each change and every
-/// [`ACK_REPEAT_MS`], until `shutdown`.
+/// Where and as whom a secondary acks.
+pub struct AckTarget {
+    pub client: redis::Client,
+    pub ack_channel: String,
+    /// This node's name.
+    pub node: String,
+    /// This node's epoch, read at each ack.
+    pub epoch: SeqFn,
+    /// Ack each change at once (quorum), not only every [`ACK_REPEAT_MS`].
+    pub eager: bool,
+}
+
+/// Secondary: publishes this node's durable sequence every [`ACK_REPEAT_MS`], and with
+/// `eager` (quorum mode) also on each change, until `shutdown`. In async mode the acks
+/// only feed the primary's `peers` status, so they need not cost a message per batch.
 pub async fn send_acks(
-    client: redis::Client,
-    ack_channel: String,
-    node: String,
-    epoch: SeqFn,
+    to: AckTarget,
     mut durable: watch::Receiver<u64>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
+    let AckTarget {
+        client,
+        ack_channel,
+        node,
+        epoch,
+        eager,
+    } = to;
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     loop {
         tokio::select! {
-            _ = durable.changed() => {}
+            _ = durable.changed(), if eager => {}
             _ = tokio::time::sleep(Duration::from_millis(ACK_REPEAT_MS)) => {}
             _ = shutdown.cancelled() => return,
         }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use flashsale_core::admin::Role;
-use flashsale_core::replication::{FollowState, ReplicationStatus, ack_channel, default_channel};
+use flashsale_core::replication::{
+    FollowState, ReplicationMode, ReplicationStatus, ack_channel, default_channel,
+};
 use flashsale_core::wal::Batch;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -222,11 +224,15 @@ impl Replication {
                 stop.clone(),
             ));
             let e = self.engine.clone();
-            tokio::spawn(quorum::send_acks(
+            let to = quorum::AckTarget {
                 client,
-                ack_channel(&channel),
-                args.node_name.clone(),
-                Arc::new(move || e.positions().epoch),
+                ack_channel: ack_channel(&channel),
+                node: args.node_name.clone(),
+                epoch: Arc::new(move || e.positions().epoch),
+                eager: args.replication == ReplicationMode::Quorum,
+            };
+            tokio::spawn(quorum::send_acks(
+                to,
                 durable_rx,
                 self.stats.clone(),
                 stop.clone(),
