@@ -1,0 +1,151 @@
+//! The HTTP service in-process: `app(state)` driven with `oneshot` (no socket), and
+//! `run(listener, state, shutdown)` on port 0 stopping when its shutdown future
+//! resolves, after answering what was in flight. A real engine on a temp dir.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use flashsale_core::admin::Role;
+use flashsale_core::{ItemSpec, SaleConfig};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use stock_node::admission::Admission;
+use stock_node::engine::{Engine, EngineHandle, EngineOptions};
+use stock_node::http::{AppState, Limits, app, run};
+use stock_node::metrics::Metrics;
+use tower::ServiceExt;
+
+async fn node(dir: &tempfile::TempDir, stock: u64) -> (EngineHandle, AppState) {
+    let engine = Engine::open(EngineOptions {
+        data_dir: dir.path().join("data"),
+        initial_role: Some(Role::Primary),
+        ..Default::default()
+    })
+    .unwrap();
+    let sale = SaleConfig {
+        name: "s".into(),
+        items: vec![ItemSpec {
+            sku: "tee".into(),
+            stock,
+            per_customer_limit: 0,
+        }],
+        starts_at_ms: None,
+        ends_at_ms: None,
+        reservation_ttl_ms: 600_000,
+        durability: Default::default(),
+    };
+    engine.configure(sale).await.unwrap();
+    let metrics = Metrics::new(engine.metrics());
+    let state = AppState::new(
+        engine.clone(),
+        Admission::new(0, 0, 64),
+        metrics,
+        None,
+        Limits::default(),
+    );
+    (engine, state)
+}
+
+async fn answer(res: axum::response::Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn buy(key: &str) -> Request<Body> {
+    let body = json!({"sku": "tee", "quantity": 1, "customer": key, "idempotencyKey": key});
+    Request::post("/v1/purchases")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_router_answers_without_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, state) = node(&dir, 1).await;
+    let app = app(state);
+    let (status, order) = answer(app.clone().oneshot(buy("k1")).await.unwrap()).await;
+    assert_eq!(
+        (status, &order["state"]),
+        (StatusCode::CREATED, &json!("reserved"))
+    );
+    let (status, err) = answer(app.clone().oneshot(buy("k2")).await.unwrap()).await;
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::CONFLICT, &json!("sold_out"))
+    );
+    let (status, err) = answer(
+        app.clone()
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
+    // No admin token configured: the admin API is closed to everyone.
+    let req = Request::get("/admin/v1/status")
+        .header("authorization", "Bearer x")
+        .body(Body::empty())
+        .unwrap();
+    let (status, err) = answer(app.oneshot(req).await.unwrap()).await;
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::UNAUTHORIZED, &json!("unauthorized"))
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_on_its_shutdown_future_after_answering_what_was_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, state) = node(&dir, 1_000).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/purchases", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, state, async {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let buyers: Vec<_> = (0..40)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                let body =
+                    json!({"sku": "tee", "quantity": 1, "customer": key, "idempotencyKey": key});
+                let res = client.post(url).json(&body).send().await.ok()?;
+                Some((res.status(), res.json::<Value>().await.ok()?))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .expect("run returned")
+        .unwrap()
+        .unwrap();
+    // Every purchase that got an answer got a whole one, and its order is in the engine.
+    let mut answered = 0;
+    for b in buyers {
+        if let Some((status, order)) = b.await.unwrap() {
+            assert_eq!(status, StatusCode::CREATED, "{order}");
+            assert!(engine.order(order["id"].as_u64().unwrap()).is_some());
+            answered += 1;
+        }
+    }
+    assert!(answered > 0, "nothing was in flight");
+    let tee = engine.item("tee").unwrap();
+    assert_eq!(
+        tee.held, answered,
+        "held units match the answered purchases"
+    );
+    engine.shutdown().await;
+}
