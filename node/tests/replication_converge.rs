@@ -93,6 +93,19 @@ async fn secondaries_converge_to_the_primary_under_load() {
         assert_eq!(e["code"], "not_primary");
         assert_eq!(e["primary"], primary.url(""));
     }
+    // Catch-up is an admin route: no token, no WAL.
+    let r = http
+        .get(primary.url("/admin/v1/wal?from=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(primary.url("/admin/v1/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let st = status(&http, &secondaries[0]).await;
     println!("secondary status after the run: {}", st["replication"]);
     println!(
