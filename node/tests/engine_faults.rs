@@ -76,3 +76,86 @@ async fn a_failed_sync_acknowledges_nothing_and_stops_writes() {
     assert_eq!(e.item("a").unwrap().held, 2);
     e.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_data_dir_has_one_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        data_dir: tmp.path().to_owned(),
+        initial_role: Some(Role::Primary),
+        ..Default::default()
+    };
+    let e = Engine::open(opts.clone()).unwrap();
+    assert!(matches!(
+        Engine::open(opts.clone()),
+        Err(stock_node::engine::EngineError::Locked(_))
+    ));
+    e.shutdown().await;
+    drop(e);
+    Engine::open(opts).expect("free again once the first engine is gone");
+}
+
+#[tokio::test]
+async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
+    let dir = MemDir::new();
+    let e = Engine::open(EngineOptions {
+        dir: Some(Arc::new(dir.clone())),
+        initial_role: Some(Role::Primary),
+        snapshot_every_records: 4,
+        segment_bytes_max: 256,
+        ..Default::default()
+    })
+    .unwrap();
+    let cfg = SaleConfig {
+        name: "snap".into(),
+        items: vec![ItemSpec {
+            sku: "a".into(),
+            stock: 1000,
+            per_customer_limit: 0,
+        }],
+        starts_at_ms: None,
+        ends_at_ms: None,
+        reservation_ttl_ms: 600_000,
+        durability: Default::default(),
+    };
+    e.configure(cfg).await.unwrap();
+    let mut orders = Vec::new();
+    for i in 0..40 {
+        orders.push(e.purchase(buy(&format!("k{i}"))).await.unwrap());
+    }
+    e.shutdown().await;
+    drop(e);
+    let snaps = dir.with_files(|f| {
+        f.keys()
+            .filter(|n| n.starts_with("snap-"))
+            .cloned()
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        snaps.len(),
+        2,
+        "the newest snapshot and one fallback are kept: {snaps:?}"
+    );
+    let newest = snaps.iter().max().unwrap().clone();
+    dir.with_files(|f| {
+        let d = &mut f.get_mut(&newest).unwrap().data;
+        let mid = d.len() / 2;
+        d[mid] ^= 0x55;
+    });
+    let (e, report) = Engine::open_with_report(EngineOptions {
+        dir: Some(Arc::new(dir.clone())),
+        initial_role: Some(Role::Primary),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(report.skipped_snapshots, vec![newest]);
+    assert!(
+        report.replayed > 0,
+        "the log after the older snapshot was replayed"
+    );
+    for o in &orders {
+        assert_eq!(e.order(o.id).as_ref(), Some(o));
+    }
+    assert_eq!(e.item("a").unwrap().held, 40);
+    e.shutdown().await;
+}

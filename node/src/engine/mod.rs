@@ -108,6 +108,29 @@ pub enum EngineError {
     Spawn(std::io::Error),
     #[error("the engine has stopped")]
     Stopped,
+    /// Another process (or engine) has the directory open: two writers would interleave the log.
+    #[error("{0} is in use by another stock node (LOCK is held)")]
+    Locked(String),
+}
+
+/// Takes the data directory's `LOCK` file (an advisory `flock`, released by the kernel
+/// when the process dies, so a `kill -9` never leaves it stuck).
+fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, EngineError> {
+    let name = path.join("LOCK");
+    let io = |e| EngineError::Wal(WalDirError::io(format!("lock {}", name.display()), e));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(EngineError::Locked(path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// A successful command's answer.
@@ -156,6 +179,10 @@ impl Engine {
                     WalDirError::io(format!("create {}", opts.data_dir.display()), e)
                 })?),
             };
+        let lock = match &opts.dir {
+            Some(_) => None,
+            None => Some(lock_dir(&opts.data_dir)?),
+        };
         let mut report = OpenReport::default();
         let mut state =
             snapshot::load_newest(&*dir, &mut report.skipped_snapshots)?.unwrap_or_default();
@@ -247,6 +274,7 @@ impl Engine {
             batches,
             dir,
             thread: Mutex::new(Some(thread)),
+            lock: Mutex::new(lock),
         };
         Ok((
             EngineHandle {
@@ -264,6 +292,8 @@ struct Inner {
     batches: broadcast::Sender<Arc<CommittedBatch>>,
     dir: Arc<dyn WalDir>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held while the sequencer may write; released once it has stopped.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl Drop for Inner {
@@ -412,5 +442,7 @@ impl EngineHandle {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        // Nothing writes any more: another engine may open the directory.
+        self.inner.lock.lock().take();
     }
 }
