@@ -335,6 +335,23 @@ async fn unknown_things_limits_and_sizes() {
         413,
         "payload_too_large",
     );
+    // A body announced larger than the limit is refused before it is sent, not waited for.
+    let started = std::time::Instant::now();
+    let mut raw = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+    let head = "POST /v1/purchases HTTP/1.1\r\nHost: n\r\nContent-Length: 999999999\r\n\r\n{";
+    tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut raw, &mut buf)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 413") && text.contains("payload_too_large"),
+        "{text}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 
     assert_error(&get(&node, "/v2/nothing").await, 404, "not_found");
     assert_error(

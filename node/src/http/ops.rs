@@ -78,17 +78,26 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let res = match tokio::time::timeout(s.limits.request_timeout, next.run(req)).await {
-        Ok(res) => res,
-        // A purchase cut off here may still commit; its idempotent retry gets the order.
-        Err(_) => ApiError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "request timed out after {} ms",
-                s.limits.request_timeout.as_millis()
-            ),
+    let res = if declared_too_large(&req, s.limits.body_bytes_max) {
+        // Refused before reading: a client announcing a huge body is not waited for.
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "request body is over the size limit",
         )
-        .into_response(),
+        .into_response()
+    } else {
+        match tokio::time::timeout(s.limits.request_timeout, next.run(req)).await {
+            Ok(res) => res,
+            // A purchase cut off here may still commit; its idempotent retry gets the order.
+            Err(_) => ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "request timed out after {} ms",
+                    s.limits.request_timeout.as_millis()
+                ),
+            )
+            .into_response(),
+        }
     };
     let route = route.as_deref().unwrap_or("unmatched");
     s.metrics.request(
@@ -98,6 +107,16 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
         started.elapsed().as_secs_f64(),
     );
     res
+}
+
+/// A `Content-Length` over the limit (the body limit itself applies while reading, for
+/// chunked bodies and for clients that send more than they announced).
+fn declared_too_large(req: &Request, body_bytes_max: usize) -> bool {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > body_bytes_max as u64)
 }
 
 pub async fn not_found(req: Request) -> ApiError {
