@@ -27,7 +27,7 @@ struct Scanned {
 impl KnownKeys {
     /// Whether an order with this idempotency key is durable in the engine.
     pub fn contains(&self, engine: &EngineHandle, key: &str) -> bool {
-        let applied_seq = engine.status().applied_seq;
+        let applied_seq = engine.positions().applied_seq;
         let mut s = self.inner.lock();
         // Only the records since the last look; each sequence is scanned once.
         while s.through_seq < applied_seq {
