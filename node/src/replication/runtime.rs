@@ -133,6 +133,9 @@ impl Replication {
             s.primary_seq = applied_seq;
             s.lag_records = 0;
             s.lag_ms = 0;
+        } else {
+            // Every node hears the acks (it may be promoted); only a primary's count.
+            s.peers.clear();
         }
         s
     }
