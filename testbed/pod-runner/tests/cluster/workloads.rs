@@ -310,6 +310,28 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
 subjects: [{kind: ServiceAccount, name: reader}]
 "#;
 
+const API_BY_NAME: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api-by-name}
+spec:
+  serviceAccountName: reader
+  restartPolicy: Never
+  containers:
+    - name: get
+      image: python:3.11
+      command:
+        - python3
+        - -c
+        - |
+          import ssl, urllib.request
+          sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
+          ctx = ssl.create_default_context(cafile=sa + "ca.crt")
+          req = urllib.request.Request("https://kubernetes.default.svc/api/v1/namespaces/t-rbac/pods",
+              headers={"Authorization": "Bearer " + open(sa + "token").read()})
+          print(urllib.request.urlopen(req, context=ctx, timeout=5).status)
+"#;
+
 /// A pod running the real kubectl with nothing but its mounted token.
 fn kubectl_pod(name: &str, args: &[&str]) -> String {
     format!(
@@ -333,9 +355,17 @@ pub fn in_cluster_client_is_held_to_its_rbac(c: &Cluster) -> TestResult {
     let ns = ns.name.as_str();
     c.apply(ns, RBAC)?;
     c.apply(ns, &kubectl_pod("lister", &["get", "pods", "-o", "name"]))?;
-    let (phase, logs) = c.wait_finished(ns, "lister")?;
+    let (phase, _) = c.wait_finished(ns, "lister")?;
+    // Read through the API server and the pod runner's kubelet endpoint, as a user would.
+    let logs = c.kubectl(&["-n", ns, "logs", "lister"], None)?;
     ensure(phase == "Succeeded" && logs.contains("pod/lister"), || {
         format!("in-cluster `kubectl get pods` with the reader token: {phase}\n{logs}")
+    })?;
+    // Clients that dial the API by its Service name (client libraries' default URL).
+    c.apply(ns, API_BY_NAME)?;
+    let (phase, logs) = c.wait_finished(ns, "api-by-name")?;
+    ensure(phase == "Succeeded", || {
+        format!("https://kubernetes.default.svc from a pod: {phase}\n{logs}")
     })?;
     c.apply(ns, &kubectl_pod("snooper", &["get", "secrets"]))?;
     let (phase, logs) = c.wait_finished(ns, "snooper")?;
