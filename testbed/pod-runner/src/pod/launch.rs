@@ -55,6 +55,8 @@ impl LaunchError {
 #[derive(Debug)]
 pub struct Sandbox {
     pub net: PodNet,
+    /// `hostNetwork: true`: no namespace of its own, the node's address.
+    pub host_network: bool,
     pub ip: Ipv4Addr,
     /// volume name → (directory, read-only)
     pub volume_dirs: HashMap<String, (PathBuf, bool)>,
@@ -122,7 +124,7 @@ pub(super) fn prepare(
         }
     }
     let spec = ShimSpec {
-        netns: Some(sandbox.net.netns.clone()),
+        netns: (!sandbox.host_network).then(|| sandbox.net.netns.clone()),
         // spec.hostname when set (as the kubelet does), else the pod name.
         hostname: pod
             .spec

@@ -258,7 +258,10 @@ fn facts(ctx: &Ctx, ip: std::net::Ipv4Addr) -> PodFacts {
 
 async fn setup(ctx: &Ctx, pod: &Pod, _shared: &PodShared) -> Result<Sandbox, SetupError> {
     let (ns, name, uid) = key(pod);
-    let ip = {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let ip = if host_network {
+        ctx.cfg.gateway
+    } else {
         let mut t = ctx.ipam.lock().expect("ipam lock");
         let ip = t.allocate(&ctx.cfg.pod_cidr, &format!("{ns}/{name}"), &uid)?;
         t.save(&ctx.cfg.state.ipam())?;
@@ -267,7 +270,7 @@ async fn setup(ctx: &Ctx, pod: &Pod, _shared: &PodShared) -> Result<Sandbox, Set
     let pod_net = PodNet::for_pod(ctx.cfg.cluster_index, &uid);
     let facts = facts(ctx, ip);
     let volume_dirs = materialise(ctx, pod, &facts).await?;
-    {
+    if !host_network {
         let (n, b, g, len) = (
             pod_net.clone(),
             ctx.cfg.bridge.clone(),
@@ -288,6 +291,7 @@ async fn setup(ctx: &Ctx, pod: &Pod, _shared: &PodShared) -> Result<Sandbox, Set
     })?;
     Ok(Sandbox {
         net: pod_net,
+        host_network,
         ip,
         volume_dirs,
         facts,
