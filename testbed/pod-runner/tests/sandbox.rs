@@ -90,7 +90,7 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn start_pod(state: &Path, python: &Path) -> Child {
+fn write_spec(state: &Path, python: &Path) -> PathBuf {
     let spec = serde_json::json!({
         "netns": NETNS,
         "hostname": "sbx-0",
@@ -101,14 +101,30 @@ fn start_pod(state: &Path, python: &Path) -> Child {
     });
     let spec_path = state.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
+    spec_path
+}
+
+fn start_pod(state: &Path, python: &Path) -> Child {
     Command::new(bin())
         .args(["shim", "--spec"])
-        .arg(&spec_path)
+        .arg(write_spec(state, python))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap()
+}
+
+/// Starts the pod through a shell that exits at once, so init adopts (and reaps) it.
+fn start_orphan_pod(state: &Path, python: &Path) -> u32 {
+    let spec_path = write_spec(state, python);
+    let out = Command::new("sh")
+        .args(["-c", r#""$0" shim --spec "$1" >/dev/null 2>&1 & echo $!"#])
+        .arg(bin())
+        .arg(&spec_path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 use std::os::unix::process::CommandExt;
@@ -226,10 +242,9 @@ fn pod_sandbox_network_mounts_faults_and_cleanup() {
     let status = guard.children[0].wait().unwrap();
     assert!(!status.success(), "killed container exits by signal");
 
-    // A "crashed runner": a second pod process still runs; cleanup must end it.
-    let child = start_pod(&state, &python);
-    let pid2 = child.id();
-    guard.children.push(child);
+    // A "crashed runner": a second pod process still runs, orphaned (its parent
+    // is gone, as when the runner dies); cleanup must end it.
+    let pid2 = start_orphan_pod(&state, &python);
     wait_until("the second pod process", || http_get("/").is_some());
     let cleanup = || {
         Command::new(bin())
@@ -243,7 +258,6 @@ fn pod_sandbox_network_mounts_faults_and_cleanup() {
     };
     assert!(cleanup());
     wait_until("the pod process to be gone", || {
-        let _ = guard.children[1].try_wait();
         !Path::new(&format!("/proc/{pid2}")).exists()
     });
     assert!(!ip_out(&["netns", "list"]).contains(NETNS), "netns removed");
