@@ -166,12 +166,14 @@ impl Supervised {
                 s = child.wait() => (s.ok(), false, None),
                 g = stop_grace(&mut stop) => {
                     self.ctx.event(&self.pod, false, "Killing", format!("Stopping container {}", c.name));
-                    (Some(terminate(&mut child, pid, g).await), true, None)
+                    let left = pre_stop(&c, self.sandbox.ip, pid, g).await;
+                    (Some(terminate(&mut child, pid, left).await), true, None)
                 }
                 Some(why) = kill_rx.recv() => {
                     tracing::info!(container = %c.name, why = %why, "killing container");
                     self.ctx.event(&self.pod, false, "Killing", format!("Container {} {why}, will be restarted", c.name));
-                    (Some(terminate(&mut child, pid, grace(&self.pod)).await), false, Some(why))
+                    let left = pre_stop(&c, self.sandbox.ip, pid, grace(&self.pod)).await;
+                    (Some(terminate(&mut child, pid, left).await), false, Some(why))
                 }
             };
             if let Some(p) = probes {
@@ -240,6 +242,34 @@ impl Supervised {
         }
         last_exit
     }
+}
+
+/// Runs the container's preStop hook (exec, httpGet, sleep) within the grace
+/// period, as the kubelet does before SIGTERM; returns the grace left.
+async fn pre_stop(c: &Container, ip: std::net::Ipv4Addr, pid: i32, grace: Duration) -> Duration {
+    let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else {
+        return grace;
+    };
+    let started = tokio::time::Instant::now();
+    let hook = async {
+        if let Some(s) = &h.sleep {
+            tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
+            return;
+        }
+        // Same actions as a probe; the whole grace period is its timeout.
+        let as_probe = k8s_openapi::api::core::v1::Probe {
+            exec: h.exec.clone(),
+            http_get: h.http_get.clone(),
+            tcp_socket: h.tcp_socket.clone(),
+            timeout_seconds: Some(grace.as_secs().max(1) as i32),
+            ..Default::default()
+        };
+        if let Err(e) = probe::once(&as_probe, c, ip, pid).await {
+            tracing::info!(container = %c.name, error = %e, "preStop hook failed");
+        }
+    };
+    let _ = tokio::time::timeout(grace, hook).await;
+    grace.saturating_sub(started.elapsed())
 }
 
 /// Waits for the stop signal; gives the grace period.
