@@ -103,17 +103,18 @@ impl Drop for Snapshotter {
 fn run(
     rx: mpsc::Receiver<Msg>,
     dir: Arc<dyn WalDir>,
-    mut state: State,
+    state: State,
     every_records: u64,
     metrics: EngineMetrics,
     compact_to: Arc<AtomicU64>,
 ) {
+    let mut state = state.into_lean();
     let mut last_snapshot = state.applied_seq;
     let mut in_sync = true;
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Reset(s) => {
-                state = *s;
+                state = s.into_lean();
                 in_sync = true;
             }
             Msg::Frames(frames) if in_sync => {
