@@ -6,11 +6,24 @@
 //! Roles: a node sells only as [`Role::Primary`]. A fresh directory has no role
 //! record; [`EngineOptions::initial_role`] then says what it starts as (the binary
 //! passes `Primary` for a lone node, `None` under the operator, which leaves it
-//! `Standby` until `set_role`). This default is not logged: the first
-//! [`EngineHandle::set_role`] is, and from then on the log decides.
+//! `Standby` until `set_role`). This default is not logged. A primary assignment
+//! through [`EngineHandle::set_role`] is logged, and from then on the log decides; a
+//! secondary or standby assignment is held in memory only (see `engine::replica`).
 //!
 //! Durability: a batch is synced unless `EngineOptions::durability` or the sale's
 //! config says `NoSync` (either one suffices).
+//!
+//! Threads: the sequencer (state, WAL appends and syncs, answers) and a snapshot
+//! thread (`engine::snapshotter`) that keeps its own copy from committed batches, so
+//! selling never pauses for a snapshot. Applying batch N+1 while batch N syncs is not
+//! done: requests arriving during a sync queue up and form the next batch.
+//!
+//! Retention: segments are removed once both kept snapshots cover them; the open
+//! segment is never removed. `read_from` below the oldest kept record is a gap
+//! error (a secondary then needs a snapshot).
+//!
+//! Memory: every order ever taken stays in memory (state, read view, snapshot copy);
+//! a flash sale's orders are bounded by its stock plus re-sold cancellations.
 
 mod clock;
 pub mod metrics;
@@ -360,7 +373,8 @@ impl EngineHandle {
         self.order_of(Command::Cancel(order_id)).await
     }
 
-    /// Logged in the WAL; an older epoch than the node's → `SellError::Fenced`.
+    /// An older epoch than the node's → `SellError::Fenced`. A primary assignment is
+    /// logged in the WAL; others are held in memory (`engine::replica`).
     pub async fn set_role(&self, a: RoleAssignment) -> Result<(), SellError> {
         self.submit(Command::SetRole(a)).await.map(|_| ())
     }
