@@ -7,13 +7,15 @@
 # naming their field, delete the sale and see what it owned go (the WAL volumes stay:
 # reclaimPolicy Retain). Every wait is bounded; the namespace is removed even on failure.
 #
-#   bash operator/tests/e2e.sh          # reuses the cluster `dev` if up, else starts it
+#   bash operator/tests/e2e.sh   # its own cluster `e2e` (FLASHSALE_E2E_CLUSTER), so a demo
+#                                # or a person on `dev` is never disturbed; stopped at the
+#                                # end if this run started it (FLASHSALE_E2E_KEEP=1 keeps it)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 export FLASHSALE_CACHE=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FLASHSALE_CACHE/target}
-CLUSTER=${FLASHSALE_CLUSTER:-dev}
+CLUSTER=${FLASHSALE_E2E_CLUSTER:-e2e}
 NS=fs-e2e
 OP_NS=flashsale-system
 RELEASE=flashsale
@@ -32,10 +34,15 @@ wait_for() {
   log "ok: $what ($((SECONDS - t0))s)"
 }
 
+started_cluster=false
+bash testbed/cluster.sh status --name "$CLUSTER" 2>&1 | grep -q 'kube-apiserver *running' || started_cluster=true
 bash testbed/cluster.sh up --name "$CLUSTER" >&2
 eval "$(bash testbed/cluster.sh env --name "$CLUSTER")"
 # The cluster may have been up before the last change: make sure the images are current.
-cargo build --release -q -p flashsale-operator -p stock-node
+cargo build --release -q -p flashsale-operator
+# Best effort, like testbed/cluster.sh: a node mid-edit must not hide the last good binary.
+cargo build --release -q -p stock-node 2>/dev/null ||
+  echo "warning: stock-node did not build; using the last built binary" >&2
 
 had_release=false
 helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 && had_release=true
@@ -49,6 +56,9 @@ cleanup() {
   fi
   kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
   $had_release || helm uninstall "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 || true
+  if $started_cluster && [ "${FLASHSALE_E2E_KEEP:-0}" != 1 ]; then
+    bash testbed/cluster.sh down --name "$CLUSTER" >/dev/null 2>&1 || log "warning: cluster $CLUSTER did not stop cleanly"
+  fi
   exit $rc
 }
 trap cleanup EXIT
@@ -136,16 +146,16 @@ for pod in $(kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$SALE",app
 done
 
 log "a WAL volume size change is refused (a StatefulSet cannot resize its claims)"
+storage_change() {
+  ! kubectl patch -n "$NS" "flashsale/$SALE" --type=merge -p '{"spec":{"nodes":{"storage":{"size":"2Gi"}}}}' 2>&1 >/dev/null |
+    grep -q "nodes.storage"
+}
 storage_change && fail "storage size change was not refused naming nodes.storage"
 log "ok: storage change refused"
 
 log "kubectl scale (scale subresource) 3 -> 2"
 kubectl scale -n "$NS" "flashsale/$SALE" --replicas=2 >/dev/null
 sts_replicas() { [ "$(jp "statefulset/$SALE" '{.spec.replicas}')" = 2 ]; }
-storage_change() {
-  ! kubectl patch -n "$NS" "flashsale/$SALE" --type=merge -p '{"spec":{"nodes":{"storage":{"size":"2Gi"}}}}' 2>&1 >/dev/null |
-    grep -q "nodes.storage"
-}
 wait_for 30 "StatefulSet scaled to 2" sts_replicas
 ready_2() { [ "$(jp "flashsale/$SALE" '{.status.ready}')" = 2/2 ]; }
 wait_for 90 "status ready 2/2" ready_2
