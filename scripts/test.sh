@@ -11,3 +11,6 @@ export FLASHSALE_CLUSTER=test
 trap 'bash testbed/cluster.sh down --name test' EXIT
 bash testbed/cluster.sh up --name test >/dev/null
 cargo test --workspace
+# The operator end to end on the same cluster, after the workspace tests: helm install,
+# bad manifests refused, a sale bought from, changed, scaled and deleted (operator/tests/e2e.sh).
+FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e.sh
