@@ -126,6 +126,10 @@ start_node() { # name extra-args…: a node on a fresh data dir; sets PORT and P
   wait_http "http://127.0.0.1:$PORT/readyz"
 }
 
+# How busy the machine was, so a reader can tell a quiet run from a contended one:
+# the share of time some runnable task waited for a CPU (Linux PSI), over the last minute.
+cpu_pressure() { awk '/^some/ { sub("avg60=", "", $3); print $3 "%" }' /proc/pressure/cpu 2>/dev/null || echo "n/a"; }
+PRESSURE_BEFORE=$(cpu_pressure)
 echo "bench-node: $CONNS connections, ${DURATION_S}s per run, server on CPU $SERVER_CPU, load on CPU $LOAD_CPU" >&2
 : >"$WORK/results"
 
@@ -185,6 +189,7 @@ stop_server "$PID"
 echo
 echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "load: $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
+echo "CPU pressure (PSI some, avg60) before: $PRESSURE_BEFORE, after: $(cpu_pressure) — near 0% is a quiet machine"
 printf '%-14s %12s %10s %10s %8s %16s\n' run purchases/s p50_ms p99_ms errors server_cpu_us/req
 while read -r name rps p50 p99 errs cpu; do
   printf '%-14s %12s %10s %10s %8s %16s\n' "$name" "$rps" "$p50" "$p99" "$errs" "$cpu"
