@@ -303,6 +303,7 @@ cmd_up() {
     load_env
   fi
   flock -u 9
+  exec 9>&- # or every component started below would hold the lock file open
   sed -i '/^BIN=/d' "$DIR/cluster.env"
   echo "BIN=$BIN" >>"$DIR/cluster.env"
   mkdir -p "$DIR/pki" "$DIR/logs" "$DIR/pids" "$DIR/etcd" "$DIR/runner"
