@@ -127,6 +127,21 @@ pub fn deployment_behind_a_service(c: &Cluster) -> TestResult {
     let (phase, logs) = c.wait_finished(ns, "fetch")?;
     ensure(phase == "Succeeded", || {
         format!("a pod could not GET {url} through the ClusterIP: {phase}\n{logs}")
+    })?;
+
+    // Scaled down, the Service must stop sending anything to the pod that went away.
+    c.kubectl(
+        &["-n", ns, "scale", "deployment", "web", "--replicas=1"],
+        None,
+    )?;
+    wait_until("one web pod left", || {
+        let pods = c.pods(ns, "app=web").ok()?;
+        (pods.len() == 1).then_some(())
+    })?;
+    wait_until("20 GETs in a row through the ClusterIP to succeed", || {
+        (0..20)
+            .all(|_| http_get(cluster_ip, 80, "/") == Ok(200))
+            .then_some(())
     })
 }
 
