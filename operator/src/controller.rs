@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flashsale_core::SaleConfig;
-use flashsale_core::admin::{NodeStatus, Role};
+use flashsale_core::admin::Role;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -342,7 +342,9 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     .await;
 
     // status
-    let facts = facts(sale, &observed, &role_plan, &hash, selector, problems);
+    let facts = facts(
+        sale, &observed, &role_plan, &config, &hash, selector, problems,
+    );
     let next = next_status(&prev, &facts, &now());
     transition_events(ctx, sale, &prev, &next).await;
     write_status(ctx, sale, &prev, &next).await?;
@@ -459,10 +461,9 @@ async fn record(
 }
 
 fn node_problem(refused_reason: &'static str, pod: &str, e: &NodeError) -> (&'static str, String) {
-    let reason = if e.is_refusal() {
-        refused_reason
-    } else {
-        "NodeUnreachable"
+    let reason = match e {
+        NodeError::Refused { .. } => refused_reason,
+        NodeError::Unreachable(_) | NodeError::Contract(_) => "NodeUnreachable",
     };
     (reason, format!("{pod}: {e}"))
 }
@@ -472,6 +473,7 @@ fn facts(
     sale: &FlashSale,
     observed: &Observed,
     role_plan: &crate::roles::RolePlan,
+    config: &SaleConfig,
     hash: &str,
     selector: String,
     mut problems: Vec<Problem>,
@@ -482,10 +484,17 @@ fn facts(
         .primary
         .as_ref()
         .and_then(|p| pods.iter().find(|v| &v.name == p));
+    // The primary runs the config it was given (hash on its pod); a secondary runs what
+    // it replicated, so its items must match the spec's.
     let node_is = |v: &PodView, role: Role| {
-        v.node_status()
-            .is_some_and(|s: &NodeStatus| s.role == role && s.epoch == role_plan.epoch)
-            && v.config_hash.as_deref() == Some(hash)
+        let Some(s) = v.node_status() else {
+            return false;
+        };
+        let config_current = match role {
+            Role::Primary => v.config_hash.as_deref() == Some(hash),
+            _ => items_match(&s.items, config),
+        };
+        s.role == role && s.epoch == role_plan.epoch && s.sale.is_some() && config_current
     };
     let primary_selling = primary_view.is_some_and(|v| v.ready && node_is(v, Role::Primary));
     if let Some(primary) = &role_plan.primary
@@ -534,6 +543,18 @@ fn facts(
         problems,
         invalid: None,
     }
+}
+
+/// A node's items are the spec's: same SKUs, stock and limits.
+fn items_match(items: &[flashsale_core::ItemView], config: &SaleConfig) -> bool {
+    items.len() == config.items.len()
+        && config.items.iter().all(|want| {
+            items.iter().any(|have| {
+                have.sku == want.sku
+                    && have.stock == want.stock
+                    && have.per_customer_limit == want.per_customer_limit
+            })
+        })
 }
 
 async fn transition_events(

@@ -13,7 +13,8 @@ use crate::observe::PodView;
 /// One thing to tell a node or do to its pod, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// `PUT /admin/v1/config` with the sale's config, then record its hash on the pod.
+    /// `PUT /admin/v1/config` with the sale's config, then record its hash on the pod
+    /// (primary only: secondaries follow the primary's WAL, config records included).
     PushConfig { pod: String },
     /// `PUT /admin/v1/role`.
     AssignRole {
@@ -109,7 +110,9 @@ pub fn plan(
             continue;
         }
         let node = pod.node_status().expect("answering");
-        if node.sale.is_none() || pod.config_hash.as_deref() != Some(config_hash) {
+        // Only the primary is configured: a secondary's WAL must stay a copy of the
+        // primary's, so it gets the sale (and every change to it) through replication.
+        if is_primary && (node.sale.is_none() || pod.config_hash.as_deref() != Some(config_hash)) {
             plan.steps.push(Step::PushConfig {
                 pod: pod.name.clone(),
             });

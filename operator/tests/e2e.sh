@@ -65,7 +65,9 @@ trap cleanup EXIT
 
 log "helm install the operator"
 kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --wait --timeout 120s >/dev/null
+# Two replicas: one leads through the Lease, the other waits (checked below).
+helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --set replicaCount=2 \
+  --wait --timeout 180s >/dev/null
 # crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout.
 kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
 wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
@@ -130,7 +132,19 @@ for reason in Created PrimaryChosen ConfigPushed RoleAssigned Selling; do
 done
 log "ok: Events Created, PrimaryChosen, ConfigPushed, RoleAssigned, Selling"
 
-log "a spec change rolls out: stock of sneaker-42 100 -> 160"
+log "operator HA: one of two replicas holds the Lease; killing it hands over"
+LEASE="$RELEASE-flashsale-operator"
+holder() { kubectl get lease -n "$OP_NS" "$LEASE" -o jsonpath='{.spec.holderIdentity}'; }
+has_holder() { [ -n "$(holder)" ]; }
+wait_for 60 "Lease $LEASE held" has_holder
+leader=$(holder)
+kubectl get pod -n "$OP_NS" "$leader" >/dev/null || fail "Lease holder $leader is not an operator pod"
+kubectl delete pod -n "$OP_NS" "$leader" --wait=false >/dev/null
+new_leader() { h=$(holder); [ -n "$h" ] && [ "$h" != "$leader" ]; }
+wait_for 90 "another replica took the Lease" new_leader
+log "ok: Lease moved from $leader to $(holder)"
+
+log "a spec change rolls out (through the new leader): stock of sneaker-42 100 -> 160"
 kubectl patch -n "$NS" "flashsale/$SALE" --type=json \
   -p '[{"op":"replace","path":"/spec/items/0/stock","value":160}]' >/dev/null
 node_stock() {
