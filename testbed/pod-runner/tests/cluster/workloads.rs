@@ -223,7 +223,33 @@ pub fn statefulset_keeps_its_volume(c: &Cluster) -> TestResult {
     let pvc = c.json(&["-n", ns, "get", "pvc", "data-store-0"])?;
     ensure(pvc["status"]["phase"] == "Bound", || {
         "PVC lost its binding".into()
-    })
+    })?;
+
+    // Its stable name, as peers of a StatefulSet find each other.
+    let name = format!("store-0.store.{ns}.svc.cluster.local");
+    c.apply(ns, &resolve_pod("resolve", &name))?;
+    let (phase, logs) = c.wait_finished(ns, "resolve")?;
+    let ip = second.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    ensure(
+        phase == "Succeeded" && logs.starts_with(&format!("{ip} ")),
+        || format!("{name} should resolve to {ip} in a pod: {phase}\n{logs}"),
+    )
+}
+
+fn resolve_pod(pod: &str, name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: getent
+      image: busybox
+      command: [getent, hosts, {name}]
+"#
+    )
 }
 
 const SLEEPER: &str = r#"
