@@ -139,6 +139,12 @@ fn pod_sandbox_network_mounts_faults_and_cleanup() {
         eprintln!("skipped: needs python3");
         return;
     };
+    // Several people may run the workspace tests at once on one machine: the
+    // fixed names of index 199 are used by one run at a time.
+    let lock_file = std::fs::File::create("/tmp/flashsale-pod-runner-sandbox-test.lock").unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().to_path_buf();
     let mut guard = Guard {
