@@ -160,12 +160,12 @@ for pod in $(kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$SALE",app
 done
 
 log "a WAL volume size change is refused (a StatefulSet cannot resize its claims)"
-storage_change() {
-  ! kubectl patch -n "$NS" "flashsale/$SALE" --type=merge -p '{"spec":{"nodes":{"storage":{"size":"2Gi"}}}}' 2>&1 >/dev/null |
-    grep -q "nodes.storage"
-}
-storage_change && fail "storage size change was not refused naming nodes.storage"
-log "ok: storage change refused"
+if out=$(kubectl patch -n "$NS" "flashsale/$SALE" --type=merge \
+  -p '{"spec":{"nodes":{"storage":{"size":"2Gi"}}}}' 2>&1); then
+  fail "storage size change accepted"
+fi
+grep -q "spec.nodes.storage" <<<"$out" || fail "storage change refused without naming the field: $out"
+log "ok: storage change refused: $out"
 
 log "kubectl scale (scale subresource) 3 -> 2"
 kubectl scale -n "$NS" "flashsale/$SALE" --replicas=2 >/dev/null

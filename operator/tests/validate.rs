@@ -160,3 +160,20 @@ fn every_example_sale_is_valid() {
     }
     assert!(sales >= 2, "examples/ holds the sales the README shows");
 }
+
+/// Transition rule: the WAL volumes' size and class are fixed once the sale exists.
+#[test]
+fn the_crd_refuses_a_storage_change_but_not_a_stock_change() {
+    let old: FlashSale = serde_yaml::from_str(&read("basic.yaml")).unwrap();
+    let mut more_stock = old.clone();
+    more_stock.spec.items[0].stock += 10;
+    if let Err(e) = kube::core::cel::validate_cel_update(&more_stock, &old) {
+        panic!("stock change refused: {e:?}");
+    }
+    let mut bigger = old.clone();
+    bigger.spec.nodes.storage.size =
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into());
+    let err =
+        kube::core::cel::validate_cel_update(&bigger, &old).expect_err("size change accepted");
+    assert!(format!("{err:?}").contains("nodes.storage"), "{err:?}");
+}
