@@ -156,5 +156,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The service proxy's rules go with the cluster (its module owns them).
 fn proxy_cleanup(cluster_index: u8) {
-    let _ = cluster_index;
+    for line in proxy::cleanup::run(cluster_index) {
+        println!("removed {line}");
+    }
 }

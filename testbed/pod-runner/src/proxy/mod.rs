@@ -5,6 +5,7 @@
 //! Pipeline: watch → (debounce) → model → render rules + hosts → apply if changed.
 
 mod apply;
+pub mod cleanup;
 mod hosts;
 mod model;
 mod rules;
