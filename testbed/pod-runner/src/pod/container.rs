@@ -61,6 +61,12 @@ impl Supervised {
         }
     }
 
+    /// A native sidecar: an init container with restartPolicy Always, which
+    /// keeps running (and restarting) beside the main containers.
+    fn sidecar(&self) -> bool {
+        self.is_init && self.container().restart_policy.as_deref() == Some("Always")
+    }
+
     fn update(&self, f: impl FnOnce(&mut CStatus)) {
         let (idx, init) = (self.index, self.is_init);
         self.shared.update(|rt| {
@@ -134,7 +140,7 @@ impl Supervised {
             let started_at = now_s();
             let has_startup = c.startup_probe.is_some();
             let has_readiness = c.readiness_probe.is_some();
-            let is_init = self.is_init;
+            let long_running = !self.is_init || self.sidecar();
             let cid = format!(
                 "pod-runner://{}-{}-{}",
                 crate::net::short_hash(&uid),
@@ -146,11 +152,11 @@ impl Supervised {
                 s.state = CState::Running { started_at };
                 s.container_id = Some(cid);
                 s.image_id = image_id;
-                s.started = !has_startup && !is_init;
-                s.ready = !has_readiness && !has_startup && !is_init;
+                s.started = !has_startup && long_running;
+                s.ready = !has_readiness && !has_startup && long_running;
             });
             let (kill_tx, mut kill_rx) = mpsc::channel::<String>(1);
-            let probes = (!self.is_init).then(|| {
+            let probes = long_running.then(|| {
                 tokio::spawn(probe::run(
                     self.ctx.clone(),
                     self.pod.clone(),
@@ -158,7 +164,7 @@ impl Supervised {
                     self.sandbox.ip,
                     pid,
                     self.shared.clone(),
-                    self.index,
+                    (self.index, self.is_init),
                     kill_tx,
                 ))
             });
@@ -196,7 +202,12 @@ impl Supervised {
                 started_at: Some(started_at),
                 finished_at,
             };
-            let restart = !stopping && should_restart(&policy, self.is_init, code);
+            let restart = !stopping
+                && if self.sidecar() {
+                    should_restart("Always", false, code)
+                } else {
+                    should_restart(&policy, self.is_init, code)
+                };
             tracing::info!(pod = %self.pod.metadata.name.as_deref().unwrap_or(""), container = %c.name, code, restart, message = ?message, "container exited");
             let ran = finished_at.duration_since(started_at).as_secs() as u64;
             if ran >= BACKOFF_RESET_S {

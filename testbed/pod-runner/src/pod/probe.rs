@@ -163,12 +163,17 @@ pub async fn run(
     ip: Ipv4Addr,
     pid: i32,
     shared: Arc<PodShared>,
-    index: usize,
+    (index, is_init): (usize, bool),
     kill: mpsc::Sender<String>,
 ) {
     let set = |f: &dyn Fn(&mut super::runtime::CStatus)| {
         shared.update(|rt| {
-            if let Some(s) = rt.containers.get_mut(index) {
+            let list = if is_init {
+                &mut rt.init
+            } else {
+                &mut rt.containers
+            };
+            if let Some(s) = list.get_mut(index) {
                 f(s);
             }
         })

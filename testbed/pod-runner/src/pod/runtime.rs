@@ -36,6 +36,8 @@ pub struct CStatus {
     pub started: bool,
     /// Terminated and will not run again (restart policy says so).
     pub finished: bool,
+    /// A native sidecar (init container with restartPolicy Always).
+    pub sidecar: bool,
 }
 
 impl CStatus {
@@ -54,6 +56,7 @@ impl CStatus {
             ready: false,
             started: false,
             finished: false,
+            sidecar: false,
         }
     }
 

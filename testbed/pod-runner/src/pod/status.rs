@@ -92,8 +92,11 @@ fn condition(
 pub fn build(pod: &Pod, rt: &PodRuntime, host_ip: &str, now: jiff::Timestamp) -> PodStatus {
     let phase = phase(rt);
     let terminal = matches!(phase, "Succeeded" | "Failed");
-    let containers_ready =
-        !rt.containers.is_empty() && rt.containers.iter().all(|c| c.ready) && !terminal;
+    let sidecars_ready = rt.init.iter().filter(|c| c.sidecar).all(|c| c.ready);
+    let containers_ready = sidecars_ready
+        && !rt.containers.is_empty()
+        && rt.containers.iter().all(|c| c.ready)
+        && !terminal;
     let not_ready_reason = if terminal {
         "PodCompleted"
     } else {
@@ -288,6 +291,21 @@ status:
         let s = build(&pod(), &rt, "h", t(4));
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.container_statuses.unwrap()[0].restart_count, 3);
+    }
+
+    #[test]
+    fn an_unready_native_sidecar_keeps_the_pod_unready() {
+        let mut rt = running(true);
+        let mut side = CStatus::new("proxy", "busybox");
+        side.sidecar = true;
+        side.state = CState::Running { started_at: t(0) };
+        rt.init = vec![side];
+        let s = build(&pod(), &rt, "h", t(1));
+        assert_eq!(cond(&s, "Ready").status, "False");
+        rt.init[0].ready = true;
+        let s = build(&pod(), &rt, "h", t(2));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(s.phase.as_deref(), Some("Running"));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::state::PodRecord;
 const SETUP_RETRY_MS: u64 = 2_000;
 /// Status is re-checked at least this often even without a change signal.
 const STATUS_RESYNC_MS: u64 = 5_000;
+/// How often the start of a native sidecar is checked before the next init container.
+const SIDECAR_POLL_MS: u64 = 100;
 /// The final delete is retried this often (1 s, 2 s, … apart) before giving up.
 const DELETE_ATTEMPTS_MAX: u32 = 10;
 /// Content volumes (Secrets, ConfigMaps, tokens) are re-rendered this often.
@@ -74,7 +76,10 @@ pub async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Option<Pod>>) {
                 .init_containers
                 .iter()
                 .flatten()
-                .map(|c| CStatus::new(&c.name, c.image.as_deref().unwrap_or("")))
+                .map(|c| CStatus {
+                    sidecar: c.restart_policy.as_deref() == Some("Always"),
+                    ..CStatus::new(&c.name, c.image.as_deref().unwrap_or(""))
+                })
                 .collect(),
             containers: spec
                 .containers
@@ -213,21 +218,41 @@ async fn run_pod(
         index,
         is_init,
     };
-    for i in 0..spec.init_containers.as_ref().map_or(0, Vec::len) {
-        let code = sup(i, true).run(stop.clone()).await;
-        if stop.borrow().is_some() {
-            refresher.abort();
-            return;
+    // Native sidecars outlive the init phase: they get their own stop signal,
+    // sent when the pod stops or once the main containers are done for good.
+    let (side_tx, side_rx) = watch::channel(None::<Duration>);
+    let mut sidecars = Vec::new();
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        if c.restart_policy.as_deref() == Some("Always") {
+            sidecars.push(tokio::spawn(sup(i, true).run(side_rx.clone())));
+            // The next init container starts once this one has started.
+            let started = || {
+                let rt = shared.snapshot();
+                rt.init.get(i).is_some_and(|s| s.started || s.finished)
+            };
+            while !started() {
+                if sleep_or_stop(&mut stop, Duration::from_millis(SIDECAR_POLL_MS)).await {
+                    break;
+                }
+            }
+        } else {
+            let code = sup(i, true).run(stop.clone()).await;
+            if stop.borrow().is_none() && code != Some(0) {
+                shared.update(|rt| rt.init_failed = true);
+            }
         }
-        if code != Some(0) {
-            shared.update(|rt| rt.init_failed = true);
-            refresher.abort();
-            return;
+        if stop.borrow().is_some() || shared.snapshot().init_failed {
+            break;
         }
     }
-    shared.update(|rt| rt.init_done = true);
-    let runs = (0..spec.containers.len()).map(|i| sup(i, false).run(stop.clone()));
-    futures::future::join_all(runs).await;
+    if stop.borrow().is_none() && !shared.snapshot().init_failed {
+        shared.update(|rt| rt.init_done = true);
+        let runs = (0..spec.containers.len()).map(|i| sup(i, false).run(stop.clone()));
+        futures::future::join_all(runs).await;
+    }
+    let g = stop.borrow().unwrap_or_else(|| grace(&pod));
+    let _ = side_tx.send(Some(g));
+    futures::future::join_all(sidecars).await;
     refresher.abort();
 }
 
