@@ -100,12 +100,16 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
         }
     };
     let route = route.as_deref().unwrap_or("unmatched");
-    s.metrics.request(
-        method.as_str(),
-        route,
-        res.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    s.metrics
+        .request(method.as_str(), route, status, elapsed.as_secs_f64());
+    // Server-side failures are worth a line each; the rest only when asked for.
+    if status >= 500 {
+        tracing::warn!(%method, route, status, elapsed_us = elapsed.as_micros() as u64, "request failed");
+    } else {
+        tracing::debug!(%method, route, status, elapsed_us = elapsed.as_micros() as u64, "request");
+    }
     res
 }
 
@@ -134,8 +138,13 @@ pub async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 /// A panic in a handler is a bug; the client still gets JSON and the node keeps serving.
-pub fn panic_answer(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
+pub fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string());
+    tracing::error!(panic = %what, "handler panicked");
     let mut res = ApiError::new(ErrorCode::Internal, "internal error").into_response();
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     res
