@@ -32,7 +32,7 @@ use crate::observe::{Observed, PodView, observe};
 use crate::roles::{Step, assignment_note, plan};
 use crate::status::{Facts, Problem, condition_is, next_status};
 use crate::validate::{InvalidSpec, config_hash, validate};
-use crate::{apply, failover, labels};
+use crate::{apply, failover, labels, replication};
 
 /// Longest wait between two retries of a failing sale.
 const BACKOFF_MAX_MS: u64 = 60_000;
@@ -345,7 +345,8 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     let facts = facts(
         sale, &observed, &role_plan, &config, &hash, selector, problems,
     );
-    let next = next_status(&prev, &facts, &now());
+    let mut next = next_status(&prev, &facts, &now());
+    replication_report(ctx, sale, &owner, &observed, &role_plan, &mut next).await;
     transition_events(ctx, sale, &prev, &next).await;
     write_status(ctx, sale, &prev, &next).await?;
 
@@ -616,8 +617,49 @@ async fn transition_events(
     }
 }
 
+/// Replication in the status (`status.nodes`, `ReplicationHealthy`), an Event per
+/// secondary that starts or stops lagging, and the live figures as metrics.
+async fn replication_report(
+    ctx: &Context,
+    sale: &FlashSale,
+    owner: &Owner,
+    observed: &Observed,
+    role_plan: &crate::roles::RolePlan,
+    next: &mut FlashSaleStatus,
+) {
+    let limits = replication::Thresholds::from(&sale.spec.replication);
+    let a = replication::assess(
+        &observed.pods,
+        role_plan.primary.as_deref(),
+        // `next` starts as a copy of the last status: these are the last verdicts.
+        &next.nodes,
+        limits,
+    );
+    replication::apply_to_status(next, &a, sale.metadata.generation, &now());
+    ctx.metrics
+        .replication
+        .record(&owner.namespace, &owner.name, &observed.pods, &a);
+    for c in &a.started_lagging {
+        let note = format!(
+            "{} is {} records / {} ms behind the primary (limits {} records, {} ms)",
+            c.node, c.lag_records, c.lag_ms, limits.max_lag_records, limits.max_lag_ms
+        );
+        publish(ctx, sale, EventType::Warning, "ReplicationLagging", note).await;
+    }
+    for c in &a.stopped_lagging {
+        let note = format!(
+            "{} caught up: {} records / {} ms behind",
+            c.node, c.lag_records, c.lag_ms
+        );
+        publish(ctx, sale, EventType::Normal, "ReplicationCaughtUp", note).await;
+    }
+}
+
 /// The sale is being deleted: stop the nodes first, then let garbage collection take the rest.
 async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
+    ctx.metrics
+        .replication
+        .forget(&sale.namespace().unwrap_or_default(), &sale.name_any());
     let left = apply::stop_nodes(&ctx.client, sale).await?;
     if left > 0 {
         return Err(Error::TeardownPending(left));

@@ -14,6 +14,7 @@ pub mod labels;
 pub mod metrics;
 pub mod nodes;
 pub mod observe;
+pub mod replication;
 pub mod roles;
 pub mod status;
 pub mod validate;

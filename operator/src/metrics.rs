@@ -20,6 +20,8 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Per-node applied sequence and lag (`crate::replication`).
+    pub replication: crate::replication::ReplicationMetrics,
 }
 
 impl Default for Metrics {
@@ -36,11 +38,14 @@ impl Default for Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
+        let replication = crate::replication::ReplicationMetrics::default();
+        replication.register(&mut registry);
         Self {
             registry,
             reconciles,
             reconcile_seconds,
             leader,
+            replication,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! Rust types are the source of the CRD YAML in `crds/` (`cargo run --bin crdgen`).
 
 mod reference;
+mod replication;
 mod spec;
 mod status;
 
 pub use reference::reference_markdown;
 
+pub use replication::*;
 pub use spec::*;
 pub use status::*;
 

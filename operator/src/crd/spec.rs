@@ -81,7 +81,7 @@ pub struct FlashSaleSpec {
     #[serde(default)]
     pub durability: DurabilitySpec,
 
-    /// How secondaries follow the primary (reserved: acted on by the replication work).
+    /// How secondaries follow the primary, and when one counts as behind.
     #[serde(default)]
     pub replication: ReplicationSpec,
 
@@ -214,14 +214,24 @@ pub enum DurabilitySpec {
     NoSync,
 }
 
-/// Replication settings (acted on by the replication work; recorded now so manifests stay stable).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+/// Replication: the acknowledgement mode, and when a secondary counts as behind.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationSpec {
     /// `async` (default): acknowledged once durable on the primary. `quorum`: also durable
     /// on one secondary, so losing the primary's volume loses nothing.
     #[serde(default)]
     pub mode: ReplicationMode,
+    /// A secondary more than this many WAL records behind the primary is lagging
+    /// (`ReplicationHealthy` False, a Warning Event); caught up again below half of it.
+    #[serde(default = "default_max_lag_records")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replication.maxLagRecords: must be at least 0"))]
+    pub max_lag_records: i64,
+    /// A secondary whose last applied batch was this many milliseconds old on arrival is
+    /// lagging; caught up again below half of it.
+    #[serde(default = "default_max_lag_ms")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replication.maxLagMs: must be at least 0"))]
+    pub max_lag_ms: i64,
 }
 
 /// How many copies an acknowledged purchase has.
@@ -292,6 +302,12 @@ fn default_unhealthy_after() -> Duration {
 fn default_lease_duration() -> Duration {
     std::time::Duration::from_secs(10).into()
 }
+fn default_max_lag_records() -> i64 {
+    1000
+}
+fn default_max_lag_ms() -> i64 {
+    5000
+}
 fn default_min_replicas() -> i32 {
     1
 }
@@ -329,6 +345,16 @@ impl Default for RedisSpec {
             managed: true,
             image: None,
             external_url_secret_ref: None,
+        }
+    }
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::default(),
+            max_lag_records: default_max_lag_records(),
+            max_lag_ms: default_max_lag_ms(),
         }
     }
 }

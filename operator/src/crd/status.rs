@@ -68,6 +68,11 @@ pub struct FlashSaleStatus {
     /// Reserved for the failover work: the last promotion and what it reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// Each node pod's part in replication: stable facts only (live lag figures are
+    /// operator metrics; see `crd::replication`).
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub nodes: Vec<super::NodeReplicationStatus>,
 }
 
 /// One-word summary of a sale.
