@@ -636,3 +636,55 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     let later = client().get(node.url("/healthz")).send().await.unwrap();
     assert_eq!(later.status(), 200);
 }
+
+#[tokio::test]
+async fn a_full_engine_queue_answers_503_at_once_and_slow_requests_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 1_000, 0)], &["--engine-inflight-max", "1"]);
+    // One place in the engine's queue: a crowd gets 201 or an immediate 503, never a hang.
+    let crowd: Vec<_> = (0..60)
+        .map(|i| {
+            let url = node.url("/v1/purchases");
+            tokio::spawn(async move {
+                let body = purchase("tee", 1, &format!("c{i}"), &format!("q{i}"));
+                let res = client().post(url).json(&body).send().await.unwrap();
+                (res.status().as_u16(), res.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let (mut sold, mut busy) = (0, 0);
+    for c in crowd {
+        match c.await.unwrap() {
+            (201, _) => sold += 1,
+            (503, body) => {
+                assert_eq!(body["code"], "unavailable", "{body}");
+                busy += 1;
+            }
+            (s, body) => panic!("{s}: {body}"),
+        }
+    }
+    assert!(sold >= 1 && busy >= 1, "sold {sold}, refused {busy}");
+    assert_eq!(
+        get(&node, "/v1/items/tee").await.body["held"],
+        sold,
+        "a refused purchase held stock"
+    );
+
+    // A client that stops sending its body is cut off by the request timeout (on a node
+    // of its own: a 300 ms timeout could cut off a slow fsync above, which still commits).
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 1, 0)], &["--request-timeout-ms", "300"]);
+    let started = std::time::Instant::now();
+    let mut raw = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+    let head = "POST /v1/purchases HTTP/1.1\r\nHost: n\r\nContent-Length: 100\r\n\r\n{\"sku\":";
+    raw.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = raw.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 503") && text.contains("timed out"),
+        "{text}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
