@@ -26,3 +26,13 @@ bench-replication:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## make cluster-up / cluster-down / cluster-status: the local cluster (testbed/cluster.sh; FLASHSALE_CLUSTER=dev).
+FLASHSALE_CLUSTER ?= dev
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up:
+	bash testbed/cluster.sh up --name $(FLASHSALE_CLUSTER)
+cluster-down:
+	bash testbed/cluster.sh down --name $(FLASHSALE_CLUSTER)
+cluster-status:
+	bash testbed/cluster.sh status --name $(FLASHSALE_CLUSTER)
