@@ -78,6 +78,11 @@ pub struct Context {
     pub resync_ms: u64,
     /// Consecutive failures per sale, for backoff; an entry goes on the first success.
     failures: Mutex<HashMap<ObjectRef<FlashSale>, u32>>,
+    /// The status this replica last wrote per sale (by uid). The watch cache can lag
+    /// behind our own write; reading it back would re-announce a transition (a second
+    /// `Selling` Event). The operator is the only writer of status, so its own last
+    /// write is the truth until it restarts. One entry per sale, removed on delete.
+    written: Mutex<HashMap<ObjectRef<FlashSale>, (String, FlashSaleStatus)>>,
 }
 
 impl Context {
@@ -97,6 +102,7 @@ impl Context {
             metrics,
             resync_ms,
             failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -221,7 +227,23 @@ async fn write_status(
         &Patch::Merge(&patch),
     )
     .await?;
+    if let Some(uid) = sale.uid() {
+        ctx.written
+            .lock()
+            .expect("not poisoned")
+            .insert(ObjectRef::from_obj(sale), (uid, next.clone()));
+    }
     Ok(())
+}
+
+/// The sale's current status: our own last write when the watch cache has not caught
+/// up with it yet, else what the API server returned.
+fn last_status(ctx: &Context, sale: &FlashSale) -> FlashSaleStatus {
+    let written = ctx.written.lock().expect("not poisoned");
+    match (written.get(&ObjectRef::from_obj(sale)), sale.uid()) {
+        (Some((uid, status)), Some(current)) if *uid == current => status.clone(),
+        _ => sale.status.clone().unwrap_or_default(),
+    }
 }
 
 fn now() -> Time {
@@ -230,7 +252,7 @@ fn now() -> Time {
 
 async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
     let owner = Owner::of(sale)?;
-    let prev = sale.status.clone().unwrap_or_default();
+    let prev = last_status(ctx, sale);
     let selector = labels::selector_string(&labels::node_selector(&owner.name));
 
     // validate
@@ -657,6 +679,10 @@ async fn replication_report(
 
 /// The sale is being deleted: stop the nodes first, then let garbage collection take the rest.
 async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
+    ctx.written
+        .lock()
+        .expect("not poisoned")
+        .remove(&ObjectRef::from_obj(sale));
     ctx.metrics
         .replication
         .forget(&sale.namespace().unwrap_or_default(), &sale.name_any());
