@@ -37,6 +37,9 @@ helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --create
   --wait --timeout 180s
 # helm never upgrades crds/: keep the CRD in step with this checkout.
 kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
+# The local cluster runs the image as the workspace's binary: restart the operator so a
+# reused cluster runs the binary just built (on a real cluster a new tag does this).
+kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null
 kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=180s
 
 say "4/6 the example sale (examples/flashsale.yaml)"

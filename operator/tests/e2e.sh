@@ -70,6 +70,9 @@ helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --set re
   --wait --timeout 180s >/dev/null
 # crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout.
 kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
+# The local cluster runs the image as the workspace's binary: restart the operator so a
+# reused cluster runs the binary just built (on a real cluster a new tag does this).
+kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null
 wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
 wait_for 120 "operator pod ready" kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=5s
 
