@@ -14,3 +14,6 @@ cargo test --workspace
 # The operator end to end on the same cluster, after the workspace tests: helm install,
 # bad manifests refused, a sale bought from, changed, scaled and deleted (operator/tests/e2e.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e.sh
+# Replication through the operator on the same cluster: convergence, Redis deleted and a
+# secondary killed mid-sale, status.nodes and the lag Events (operator/tests/e2e-replication.sh).
+FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e-replication.sh
