@@ -21,74 +21,14 @@ LOAD_CPU="${LOAD_CPU:-0}"
 SECONDARY_CPU="${SECONDARY_CPU:-$SERVER_CPU}"
 TOKEN=bench-replication-token
 CHANNEL="flashsale:bench:wal"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FLASHSALE_CACHE:-$HOME/.cache/flashsale}/target}"
-
-bash scripts/install-deps.sh
-for tool in wrk redis-server redis-cli taskset curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench-replication: $tool missing" >&2; exit 1; }
-done
-cargo build --release -p stock-node
-BIN="$CARGO_TARGET_DIR/release/stock-node"
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/bench-replication.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_http() { # url: until it answers 2xx, up to 30 s
-  for _ in $(seq 300); do
-    curl -fs -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-replication: $1 did not come up" >&2; return 1
-}
+BENCH=bench-replication
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_setup redis-server redis-cli
 
 admin() { # method port path [json]
   curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     ${4:+--data "$4"} "http://127.0.0.1:$2$3"
-}
-
-cat >"$WORK/purchase.lua" <<'LUA'
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
-local n = 0
-function request()
-  n = n + 1
-  local key = tid .. "-" .. n
-  local body = '{"sku":"bench","quantity":1,"customer":"c' .. key .. '","idempotencyKey":"k' .. key .. '"}'
-  return wrk.format("POST", "/v1/purchases", { ["Content-Type"] = "application/json" }, body)
-end
-LUA
-cat >"$WORK/sale.json" <<'JSON'
-{"name":"bench","items":[{"sku":"bench","stock":1000000000000}],"reservationTtlMs":3600000}
-JSON
-
-to_ms() {
-  awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-    printf "%.3f", n }'
-}
-
-run_wrk() { # name port: appends "name rps p50 p99 errors" to results
-  local name=$1 port=$2 out="$WORK/$1.wrk"
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION_S}s" --timeout 5s --latency \
-    -s "$WORK/purchase.lua" "http://127.0.0.1:$port" >"$out"
-  local rps p50 p99 errs
-  rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$out")
-  p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-  p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-  errs=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { for (i = 4; i <= NF; i += 2) n += $i } END { print n + 0 }' "$out")
-  echo "$name $rps $p50 $p99 $errs" >>"$WORK/results"
-  echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs" >&2
 }
 
 start_node() { # name extra-args…: sets PORT and PID (CPU: $NODE_CPU, default SERVER_CPU)
@@ -145,7 +85,7 @@ run_cluster() {
     admin PUT "$PORT" /admin/v1/role "{\"role\":\"secondary\",\"epoch\":1,\"primaryUrl\":\"http://127.0.0.1:$p_port\"}" >/dev/null
   done
   for port in "${s_ports[@]}"; do wait_http "http://127.0.0.1:$port/readyz"; done
-  run_wrk "$mode" "$p_port"
+  run_wrk "$mode" "http://127.0.0.1:$p_port" "$CONNS"
   local target
   target=$(admin GET "$p_port" /admin/v1/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["durableSeq"])')
   for i in 1 2; do
@@ -165,7 +105,6 @@ run_cluster() {
 }
 
 echo "bench-replication: $CONNS connections, ${DURATION_S}s per run, servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU" >&2
-: >"$WORK/results"
 : >"$WORK/lag"
 
 # Redis without persistence: pub/sub keeps nothing anyway.
@@ -179,7 +118,7 @@ for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sle
 # 1. The lone primary.
 start_node lone --role primary --config "$WORK/sale.json"
 wait_http "http://127.0.0.1:$PORT/readyz"
-run_wrk lone "$PORT"
+run_wrk lone "http://127.0.0.1:$PORT" "$CONNS"
 kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
 
 # 2. and 3.
@@ -191,7 +130,7 @@ echo "replication benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { prin
 echo "load: $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys, on the primary"
 printf '%-8s %12s %10s %10s %8s %10s\n' run purchases/s p50_ms p99_ms errors vs_lone
 lone=$(awk '$1 == "lone" { print $2 }' "$WORK/results")
-while read -r name rps p50 p99 errs; do
+while read -r name rps p50 p99 errs _cpu; do
   printf '%-8s %12s %10s %10s %8s %9.0f%%\n' "$name" "$rps" "$p50" "$p99" "$errs" "$(awk -v a="$rps" -v b="$lone" 'BEGIN { print 100 * a / b }')"
 done <"$WORK/results"
 echo

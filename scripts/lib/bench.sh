@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# What the HTTP benchmarks (bench-node.sh, bench-replication.sh) share: set-up of the
+# tools and the release build, a work dir cleaned on exit, and wrk runs parsed into one
+# results line each. Sourced, not run; the caller sets BENCH (its name for messages),
+# CONNS, DURATION_S and LOAD_CPU first.
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FLASHSALE_CACHE:-$HOME/.cache/flashsale}/target}"
+
+# bench_setup tool…: installs the packages, checks the tools, builds the node, makes $WORK,
+# and stops every pid in PIDS on exit. Sets BIN.
+bench_setup() {
+  bash scripts/install-deps.sh
+  local tool
+  for tool in wrk taskset curl python3 "$@"; do
+    command -v "$tool" >/dev/null || { echo "$BENCH: $tool missing" >&2; exit 1; }
+  done
+  cargo build --release -p stock-node
+  # shellcheck disable=SC2034 # used by the scripts that source this file
+  BIN="$CARGO_TARGET_DIR/release/stock-node"
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/$BENCH.XXXXXX")"
+  PIDS=()
+  trap bench_cleanup EXIT
+  bench_files
+}
+
+bench_cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+
+# A free loopback port (the kernel's pick; tiny race, fine for a benchmark).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { # url [any]: until it answers 2xx (or anything at all with "any"), up to 30 s
+  local code
+  for _ in $(seq 300); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null || true)
+    case "$code" in 2??) return 0 ;; 000 | "") ;; *) [ "${2:-}" = any ] && return 0 ;; esac
+    sleep 0.1
+  done
+  echo "$BENCH: $1 did not come up" >&2
+  return 1
+}
+
+# The load (purchases with distinct idempotency keys and customers; an optional per-
+# connection pause in ms as the script's argument) and a sale with stock never to sell out.
+bench_files() {
+  cat >"$WORK/purchase.lua" <<'LUA'
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+local n = 0
+local pause_ms = 0
+function init(args)
+  if args[1] then pause_ms = tonumber(args[1]) end
+end
+function delay()
+  return pause_ms
+end
+function request()
+  n = n + 1
+  local key = tid .. "-" .. n
+  local body = '{"sku":"bench","quantity":1,"customer":"c' .. key .. '","idempotencyKey":"k' .. key .. '"}'
+  return wrk.format("POST", "/v1/purchases", { ["Content-Type"] = "application/json" }, body)
+end
+LUA
+  cat >"$WORK/sale.json" <<'JSON'
+{"name":"bench","items":[{"sku":"bench","stock":1000000000000}],"reservationTtlMs":3600000}
+JSON
+  : >"$WORK/results"
+}
+
+# wrk's latency figure ("1.23ms", "870.00us", "1.02s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+    printf "%.3f", n }'
+}
+
+# CPU time a process has used, in clock ticks (user + system, all threads).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICKS_PER_S=$(getconf CLK_TCK)
+
+# Server CPU microseconds per request: robust to other load on the machine, unlike
+# throughput (the server is charged only for the time it ran).
+cpu_us_per_req() { # ticks requests
+  awk -v t="$1" -v n="$2" -v hz="$TICKS_PER_S" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
+}
+
+# run_wrk name url conns [server-pid] [pause_ms]: appends "name rps p50 p99 errors cpu_us"
+# to $WORK/results (cpu_us is "-" without a server pid).
+run_wrk() {
+  local name=$1 url=$2 conns=$3 spid=${4:-} pause=${5:-0} out t0=0 t1=0 reqs
+  out="$WORK/$name.wrk"
+  [ -n "$spid" ] && t0=$(cpu_ticks "$spid")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION_S}s" --timeout 5s --latency \
+    -s "$WORK/purchase.lua" "$url" -- "$pause" >"$out"
+  [ -n "$spid" ] && t1=$(cpu_ticks "$spid")
+  local rps p50 p99 errs cpu=-
+  reqs=$(awk '/requests in/ { print $1 }' "$out")
+  [ -n "$spid" ] && cpu=$(cpu_us_per_req $((t1 - t0)) "$reqs")
+  rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$out")
+  p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+  p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+  errs=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { for (i = 4; i <= NF; i += 2) n += $i } END { print n + 0 }' "$out")
+  echo "$name $rps $p50 $p99 $errs $cpu" >>"$WORK/results"
+  echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs, server CPU ${cpu} us/req" >&2
+}
