@@ -650,14 +650,16 @@ async fn replication_report(
     next: &mut FlashSaleStatus,
 ) {
     let limits = replication::Thresholds::from(&sale.spec.replication);
+    let now = now();
     let a = replication::assess(
         &observed.pods,
         role_plan.primary.as_deref(),
         // `next` starts as a copy of the last status: these are the last verdicts.
         &next.nodes,
         limits,
+        &now,
     );
-    replication::apply_to_status(next, &a, sale.metadata.generation, &now());
+    replication::apply_to_status(next, &a, sale.metadata.generation, &now);
     ctx.metrics
         .replication
         .record(&owner.namespace, &owner.name, &observed.pods, &a);

@@ -6,7 +6,9 @@ use flashsale_core::admin::NodeStatus;
 use flashsale_operator::crd::{FlashSale, FlashSaleStatus, NodeReplicationStatus, NodeRole};
 use flashsale_operator::metrics::Metrics;
 use flashsale_operator::observe::PodView;
-use flashsale_operator::replication::{Assessment, Thresholds, apply_to_status, assess};
+use flashsale_operator::replication::{
+    self, Assessment, LAGGING_HOLD_MS, Thresholds, apply_to_status,
+};
 use flashsale_operator::status::condition_is;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -64,6 +66,30 @@ fn at(s: &str) -> Time {
     Time(s.parse().unwrap())
 }
 
+const T0: &str = "2026-11-21T09:00:00Z";
+
+/// The verdict at `T0 + secs`.
+fn assess_at(
+    pods: &[PodView],
+    primary: Option<&str>,
+    prev: &[NodeReplicationStatus],
+    limits: Thresholds,
+    secs: i64,
+) -> Assessment {
+    let now = Time(at(T0).0 + jiff::SignedDuration::from_secs(secs));
+    replication::assess(pods, primary, prev, limits, &now)
+}
+
+/// The verdict at `T0`.
+fn assess(
+    pods: &[PodView],
+    primary: Option<&str>,
+    prev: &[NodeReplicationStatus],
+    limits: Thresholds,
+) -> Assessment {
+    assess_at(pods, primary, prev, limits, 0)
+}
+
 fn lagging(a: &Assessment) -> Vec<&str> {
     a.nodes
         .iter()
@@ -90,6 +116,7 @@ fn three_nodes_in_sync_are_healthy_and_say_who_is_who() {
             answering: true,
             redis_connected: Some(true),
             lagging: false,
+            lagging_since: None,
         }
     );
     assert!(
@@ -125,6 +152,7 @@ fn a_secondary_far_behind_lags_with_one_warning_and_a_condition_naming_it() {
         ("launch-2", 2184, 7400)
     );
     assert_eq!(a.nodes[2].redis_connected, Some(false));
+    assert_eq!(a.nodes[2].lagging_since, Some(at(T0)));
 
     // Still behind next time: no second Event.
     let again = assess(&pods, Some("launch-0"), &a.nodes, LIMITS);
@@ -164,14 +192,16 @@ fn a_lagging_secondary_is_caught_up_only_below_half_of_both_limits() {
     assert_eq!(lagging(&between), ["launch-1"]);
     assert!(between.started_lagging.is_empty() && between.stopped_lagging.is_empty());
 
-    // Below half of both: caught up, one Event with the figures.
-    let back = assess(
+    // Below half of both, after the hold: caught up, one Event with the figures.
+    let back = assess_at(
         &sale_of_three(secondary(3, 40), Some(secondary(0, 0))),
         Some("launch-0"),
         &between.nodes,
         LIMITS,
+        LAGGING_HOLD_MS / 1000,
     );
     assert!(lagging(&back).is_empty());
+    assert_eq!(back.nodes[1].lagging_since, None);
     assert_eq!(back.stopped_lagging.len(), 1);
     assert_eq!(back.stopped_lagging[0].lag_records, 3);
     assert!(back.verdict.healthy);
@@ -184,6 +214,55 @@ fn a_lagging_secondary_is_caught_up_only_below_half_of_both_limits() {
         LIMITS,
     );
     assert!(lagging(&fresh).is_empty());
+}
+
+/// Thresholds at 0 under load: the lag is 0 one sample and a few records the next. The
+/// verdict holds, so the status is written at most twice a hold, not on every sample.
+#[test]
+fn a_lagging_verdict_holds_so_a_node_at_the_edge_does_not_flap() {
+    let zero = Thresholds {
+        max_lag_records: 0,
+        max_lag_ms: 0,
+    };
+    let mut prev: Vec<NodeReplicationStatus> = Vec::new();
+    let mut flips = 0;
+    // One sample every 2 s for 2 minutes, alternating 4 records behind and caught up.
+    for i in 0..60 {
+        let lag = if i % 2 == 0 { 4 } else { 0 };
+        let a = assess_at(
+            &sale_of_three(secondary(lag, lag), Some(secondary(0, 0))),
+            Some("launch-0"),
+            &prev,
+            zero,
+            2 * i,
+        );
+        flips += a.started_lagging.len() + a.stopped_lagging.len();
+        prev = a.nodes;
+    }
+    let holds = 120 * 1000 / LAGGING_HOLD_MS as usize;
+    assert!(
+        flips <= 2 * holds,
+        "{flips} flips in 120 s with a {LAGGING_HOLD_MS} ms hold"
+    );
+    assert!(flips >= 2, "it did lag and catch up: {flips}");
+
+    // Within the hold, a secondary back to 0 is still lagging.
+    let started = assess_at(
+        &sale_of_three(secondary(4, 4), Some(secondary(0, 0))),
+        Some("launch-0"),
+        &[],
+        zero,
+        0,
+    );
+    let soon = assess_at(
+        &sale_of_three(secondary(0, 0), Some(secondary(0, 0))),
+        Some("launch-0"),
+        &started.nodes,
+        zero,
+        LAGGING_HOLD_MS / 1000 - 1,
+    );
+    assert_eq!(lagging(&soon), ["launch-1"]);
+    assert_eq!(soon.nodes[1].lagging_since, started.nodes[1].lagging_since);
 }
 
 #[test]

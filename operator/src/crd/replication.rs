@@ -8,9 +8,10 @@
 //! (`flashsale_operator_node_applied_seq`, `…_node_lag_records`, `…_node_lag_ms`, labels
 //! `namespace`, `sale`, `node`) and each node's own `GET /admin/v1/status`; the status
 //! says what a person acts on: who is who, who answers, and who is behind the
-//! thresholds (`spec.replication.maxLagRecords` / `maxLagMs`, with hysteresis so a node
-//! at the edge does not flap).
+//! thresholds (`spec.replication.maxLagRecords` / `maxLagMs`, with hysteresis and a
+//! minimum hold so a node at the edge does not flap).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const CONDITION_REPLICATION_HEALTHY: &str = "ReplicationHealthy";
 
 /// One node pod as replication sees it.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReplicationStatus {
     /// Pod name.
@@ -41,6 +42,11 @@ pub struct NodeReplicationStatus {
     /// counts as caught up again below half of both.
     #[serde(default)]
     pub lagging: bool,
+    /// When this secondary started lagging (absent while it is not). A lagging verdict
+    /// holds at least `replication::LAGGING_HOLD_MS`, so a node at the edge flips at most
+    /// twice a hold, whatever the thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lagging_since: Option<Time>,
 }
 
 /// A node's role, as the node reports it.
