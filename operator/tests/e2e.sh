@@ -178,6 +178,14 @@ ready_2() { [ "$(jp "flashsale/$SALE" '{.status.ready}')" = 2/2 ]; }
 wait_for 90 "status ready 2/2" ready_2
 [ "$(jp "flashsale/$SALE" '{.status.primary.pod}')" = "$primary" ] || fail "primary changed on scale-down"
 
+log "switching to an external Redis deletes the managed one"
+kubectl create secret generic ext-redis -n "$NS" --from-literal=url=redis://127.0.0.1:6399 >/dev/null
+kubectl patch -n "$NS" "flashsale/$SALE" --type=merge \
+  -p '{"spec":{"redis":{"managed":false,"externalUrlSecretRef":{"name":"ext-redis","key":"url"}}}}' >/dev/null
+redis_gone() { [ -z "$(kubectl get -n "$NS" deployment,service "$SALE-redis" -o name 2>/dev/null)" ]; }
+wait_for 60 "managed Redis Deployment and Service deleted" redis_gone
+kubectl describe -n "$NS" "flashsale/$SALE" | grep -q RedisRemoved || fail "no RedisRemoved Event"
+
 log "delete the sale: what it owned goes, the WAL volumes stay (Retain)"
 kubectl delete -n "$NS" "flashsale/$SALE" --timeout=120s >/dev/null
 gone() {
