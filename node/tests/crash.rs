@@ -306,7 +306,7 @@ async fn acknowledged_sales_survive_kill_9_and_nothing_is_oversold() {
             "over the time budget after {round} rounds (seed {seed})"
         );
         // Only the first start gets the sale file: later rounds must come back from the WAL.
-        let node = if round == 0 {
+        let mut node = if round == 0 {
             Node::start(&data, &["--config", sale.to_str().unwrap()])
         } else {
             Node::start(&data, &[])

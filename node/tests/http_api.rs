@@ -194,7 +194,7 @@ async fn idempotent_replay_returns_the_same_order_also_after_a_restart() {
 
     // A clean stop exits 0; the order survives it.
     assert!(node.stop().success());
-    let node = Node::start(&dir.path().join("data"), &[]);
+    let mut node = Node::start(&dir.path().join("data"), &[]);
     let replay = post(
         &node,
         "/v1/purchases",

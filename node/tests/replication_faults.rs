@@ -256,7 +256,7 @@ async fn a_new_secondary_bootstraps_from_a_snapshot_when_the_log_was_compacted()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let s = Node::start(
+    let s = node::start(
         &dir.path().join("late"),
         &redis.url(),
         &["--role", "standby", "--node-name", "late"],

@@ -15,11 +15,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// A running `stock-node serve`; killed (SIGKILL) when dropped.
+/// A running `stock-node serve`; restartable on the same data dir and address; killed
+/// (SIGKILL, after a SIGCONT in case it was paused) when dropped.
 pub struct Node {
     child: Option<Child>,
     pub addr: String,
     pub data_dir: PathBuf,
+    args: Vec<String>,
 }
 
 /// A sale file with the given `(sku, stock, per-customer limit)` items.
@@ -38,12 +40,26 @@ pub fn sale_file(dir: &Path, items: &[(&str, u64, u32)]) -> PathBuf {
 impl Node {
     /// Starts `stock-node serve --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        let mut node = Node {
+            child: None,
+            addr: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn("127.0.0.1:0");
+        node
+    }
+
+    fn spawn(&mut self, listen: &str) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stock-node"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(&self.data_dir)
             .args(["--admin-token", ADMIN_TOKEN])
-            .args(extra)
-            .env("STOCK_NODE_LOG", "info")
+            .args(&self.args)
+            .env(
+                "STOCK_NODE_LOG",
+                std::env::var("STOCK_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,36 +68,34 @@ impl Node {
             .expect("spawn stock-node");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let name = self
+            .data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // Keeps reading the node's log for its whole life, so a full pipe never blocks it.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .contains("listening")
-                    .then(|| listen_addr(&line))
-                    .flatten()
+                if line.contains("listening")
+                    && let Some(addr) = listen_addr(&line)
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(addr);
                 }
                 if std::env::var_os("STOCK_NODE_TEST_LOG").is_some() {
-                    eprintln!("[node] {line}");
+                    eprintln!("[{name}] {line}");
                 }
             }
         });
-        let mut node = Node {
-            child: Some(child),
-            addr: String::new(),
-            data_dir: data_dir.to_path_buf(),
-        };
+        self.child = Some(child);
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => node.addr = addr,
+            Ok(addr) => self.addr = addr,
             Err(_) => {
-                let status = node.child.as_mut().unwrap().try_wait().ok().flatten();
+                let status = self.child.as_mut().unwrap().try_wait().ok().flatten();
                 panic!("stock-node did not listen within {START_TIMEOUT:?} (exit: {status:?})");
             }
         }
-        node
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -89,15 +103,29 @@ impl Node {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// `kill -9`: no shutdown, no final sync.
-    pub fn kill9(mut self) {
+    pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// `kill -9`, then starts again on the same data dir and the same address.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let addr = self.addr.clone();
+        self.spawn(&addr);
+    }
+
+    /// Sends a signal by name (`-STOP`, `-CONT`, …).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL if it takes too long).
@@ -123,10 +151,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if self.child.is_some() {
+            self.signal("-CONT");
         }
+        self.kill9();
     }
 }
 

@@ -3,6 +3,8 @@
 //! the full-state comparison every test ends with.
 #![allow(dead_code)] // each test file uses its own part
 
+#[path = "../common/mod.rs"]
+mod common;
 pub mod drop_proxy;
 pub mod node;
 pub mod redis;
@@ -255,14 +257,14 @@ pub async fn cluster(
         "p",
     ];
     args.extend_from_slice(extra);
-    let primary = Node::start(&dir.join("p"), primary_redis, &args);
+    let primary = node::start(&dir.join("p"), primary_redis, &args);
     set_role(http, &primary, "primary", 1, None).await;
     let mut secs = Vec::new();
     for (i, url) in secondary_redis.iter().enumerate() {
         let name = format!("s{i}");
         let mut args = vec!["--role", "standby", "--node-name", name.as_str()];
         args.extend_from_slice(extra);
-        let s = Node::start(&dir.join(&name), url, &args);
+        let s = node::start(&dir.join(&name), url, &args);
         set_role(http, &s, "secondary", 1, Some(&primary.url(""))).await;
         secs.push(s);
     }
