@@ -1,8 +1,8 @@
-//! A load run, not a pass/fail test (ignored by default): purchases through the
-//! engine from many concurrent submitters for a few seconds each, with and without
-//! fsync, printing purchases/s, latency percentiles, batch sizes and fsync latency.
+//! A load run of the engine alone (a measurement, not a test): purchases from many
+//! concurrent submitters for a few seconds each, with and without fsync, printing
+//! purchases/s, latency percentiles, batch sizes and fsync latency.
 //!
-//! `cargo test --release -p stock-node --test engine_load -- --ignored --nocapture`
+//! `cargo run --release -p stock-node --example engine_load`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,9 +98,8 @@ async fn run(durability: Durability, submitters: u64) {
     e.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a load run: use --ignored --nocapture, in release"]
-async fn purchases_per_second() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     for durability in [Durability::NoSync, Durability::Fsync] {
         for submitters in [16, 64, 256] {
             run(durability, submitters).await;
