@@ -171,8 +171,12 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .observe_reconcile(result.is_ok(), started.elapsed());
+    // Nodes still stopping on delete is progress, not a failure.
+    let ok = match &result {
+        Ok(_) => true,
+        Err(e) => e.is_teardown_pending(),
+    };
+    ctx.metrics.observe_reconcile(ok, started.elapsed());
     if result.is_ok() {
         ctx.failures.lock().expect("not poisoned").remove(&key);
     }
