@@ -78,6 +78,15 @@ pub const FORBIDDEN_RANGES: [&str; 5] = [
     "169.254.0.0/16",
 ];
 
+/// The pod's MAC address, derived from its IP (locally administered, unicast). IPs are
+/// sticky per pod name, so a re-created pod comes back with the same IP *and* MAC, and
+/// the neighbour entries other pods and the host still hold for that IP stay right;
+/// with a random MAC they would point at the gone veth until they time out (~30 s).
+pub fn pod_mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 pub fn setup(
     net: &PodNet,
     bridge: &str,
@@ -104,6 +113,15 @@ pub fn setup(
         ])?;
         ip(&["link", "set", &net.veth_peer, "netns", ns])?;
         ip(&["-n", ns, "link", "set", &net.veth_peer, "name", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &pod_mac(ip_addr),
+        ])?;
         ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
@@ -205,5 +223,15 @@ mod tests {
             );
         }
         assert!(!PodNet::for_pod(10, "u").netns.starts_with(&netns_prefix(1)));
+    }
+
+    #[test]
+    fn a_pod_mac_follows_its_ip_and_is_a_local_unicast_address() {
+        let ip: Ipv4Addr = "10.213.2.17".parse().unwrap();
+        assert_eq!(pod_mac(ip), "02:46:0a:d5:02:11");
+        assert_eq!(pod_mac(ip), pod_mac(ip));
+        assert_ne!(pod_mac(ip), pod_mac("10.213.2.18".parse().unwrap()));
+        let first = u8::from_str_radix(&pod_mac(ip)[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "locally administered, unicast");
     }
 }
