@@ -252,19 +252,30 @@ fi
 grep -q "spec.replication.maxLagRecords" <<<"$out" || fail "refusal does not name spec.replication.maxLagRecords: $out"
 log "ok: refused: $(grep -o 'spec.replication.maxLagRecords.*' <<<"$out" | head -1)"
 kubectl patch -n "$NS" "flashsale/$SALE" --type=merge -p '{"spec":{"replication":{"maxLagRecords":0,"maxLagMs":0}}}' >/dev/null
-event_seen() {
-  kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,reason=$1" -o name | grep -q .
+# The messages of the sale's Events with reason $1.
+event_notes() {
+  kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,reason=$1" \
+    -o jsonpath='{range .items[*]}{.message}{"\n"}{end}'
 }
+# event_seen REASON [TEXT]: an Event with that reason (whose message has TEXT).
+# (No `| grep -q`: under pipefail, grep quitting early can fail the pipeline with SIGPIPE.)
+event_seen() {
+  local notes
+  notes=$(event_notes "$1") || return 1
+  grep -qF -- "${2:-}" <<<"$notes" && [ -n "$notes" ]
+}
+caught_up_before=$(event_notes ReplicationCaughtUp | grep -c . || true)
+more_caught_up() { [ "$(event_notes ReplicationCaughtUp | grep -c .)" -gt "$caught_up_before" ]; }
 # Whether a reconcile (every 5 s) samples a secondary mid-batch is a matter of timing:
 # up to 5 crowds.
 for attempt in 1 2 3 4 5; do
   CROWD_CONCURRENCY=32 crowd --buyers 40000 >/dev/null
-  event_seen ReplicationLagging && break
+  event_seen ReplicationLagging "limits 0 records, 0 ms" && break
   log "no ReplicationLagging Event after crowd $attempt"
 done
-event_seen ReplicationLagging || fail "no ReplicationLagging Event with maxLagRecords 0 under load"
-log "ok: $(kubectl get events -n "$NS" --field-selector involvedObject.kind=FlashSale,reason=ReplicationLagging -o jsonpath='{.items[0].message}')"
-wait_for 60 "a ReplicationCaughtUp Event once the crowd stopped (a verdict holds 30 s)" event_seen ReplicationCaughtUp
+event_seen ReplicationLagging "limits 0 records, 0 ms" || fail "no ReplicationLagging Event with maxLagRecords 0 under load"
+log "ok: $(event_notes ReplicationLagging | grep -F "limits 0 records, 0 ms" | head -1)"
+wait_for 60 "a ReplicationCaughtUp Event once the crowd stopped (a verdict holds 30 s)" more_caught_up
 wait_for 60 "status in sync again (lag 0)" status_in_sync
 # The hold bounds the flips: at most one pair per secondary per 30 s, not one per sample.
 flips=$(kubectl get events -n "$NS" --field-selector involvedObject.kind=FlashSale,reason=ReplicationLagging -o jsonpath='{range .items[*]}{.count}{"\n"}{end}' | awk '{n += ($1 ? $1 : 1)} END {print n+0}')
