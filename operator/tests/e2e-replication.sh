@@ -12,39 +12,14 @@
 #                                            # started and stopped here if it was not up
 #                                            # (FLASHSALE_E2E_KEEP=1 keeps it)
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export FLASHSALE_CACHE=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FLASHSALE_CACHE/target}
-CLUSTER=${FLASHSALE_E2E_CLUSTER:-e2e}
+E2E_TAG=e2e-repl
+# shellcheck source=operator/tests/e2e-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
 NS=fs-e2e-repl
-OP_NS=flashsale-system
-RELEASE=flashsale
 SALE=repl
 STOCK=1000000
 
-log() { echo "e2e-repl: $*" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
-# wait_for SECONDS WHAT CMD...: polls CMD every second until it succeeds.
-wait_for() {
-  local limit=$1 what=$2 t0=$SECONDS; shift 2
-  until "$@" >/dev/null 2>&1; do
-    (( SECONDS - t0 < limit )) || fail "timed out after ${limit}s waiting for $what"
-    sleep 1
-  done
-  log "ok: $what ($((SECONDS - t0))s)"
-}
-
-started_cluster=false
-bash testbed/cluster.sh status --name "$CLUSTER" 2>&1 | grep -q 'kube-apiserver *running' || started_cluster=true
-bash testbed/cluster.sh up --name "$CLUSTER" >&2
-eval "$(bash testbed/cluster.sh env --name "$CLUSTER")"
-cargo build --release -q -p flashsale-operator
-cargo build --release -q -p stock-node 2>/dev/null ||
-  echo "warning: stock-node did not build; using the last built binary" >&2
-
-had_release=false
-helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 && had_release=true
+e2e_cluster_up
 crowd_pid=
 TMPDIR_REPL=$(mktemp -d)
 cleanup() {

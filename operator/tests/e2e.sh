@@ -11,41 +11,14 @@
 #                                # or a person on `dev` is never disturbed; stopped at the
 #                                # end if this run started it (FLASHSALE_E2E_KEEP=1 keeps it)
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-export FLASHSALE_CACHE=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FLASHSALE_CACHE/target}
-CLUSTER=${FLASHSALE_E2E_CLUSTER:-e2e}
+E2E_TAG=e2e
+# shellcheck source=operator/tests/e2e-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
 NS=fs-e2e
-OP_NS=flashsale-system
-RELEASE=flashsale
 SALE=launch
 FIXTURES=operator/tests/fixtures/invalid
 
-log() { echo "e2e: $*" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
-# wait_for SECONDS WHAT CMD...: polls CMD every second until it succeeds.
-wait_for() {
-  local limit=$1 what=$2 t0=$SECONDS; shift 2
-  until "$@" >/dev/null 2>&1; do
-    (( SECONDS - t0 < limit )) || fail "timed out after ${limit}s waiting for $what"
-    sleep 1
-  done
-  log "ok: $what ($((SECONDS - t0))s)"
-}
-
-started_cluster=false
-bash testbed/cluster.sh status --name "$CLUSTER" 2>&1 | grep -q 'kube-apiserver *running' || started_cluster=true
-bash testbed/cluster.sh up --name "$CLUSTER" >&2
-eval "$(bash testbed/cluster.sh env --name "$CLUSTER")"
-# The cluster may have been up before the last change: make sure the images are current.
-cargo build --release -q -p flashsale-operator
-# Best effort, like testbed/cluster.sh: a node mid-edit must not hide the last good binary.
-cargo build --release -q -p stock-node 2>/dev/null ||
-  echo "warning: stock-node did not build; using the last built binary" >&2
-
-had_release=false
-helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 && had_release=true
+e2e_cluster_up
 cleanup() {
   local rc=$?
   if [ $rc -ne 0 ]; then
@@ -122,7 +95,8 @@ sold=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["oversol
 status_sold() { [ "$(jp "flashsale/$SALE" '{.status.sold}')" = "$sold" ]; }
 wait_for 30 "status.sold = $sold (kubectl get)" status_sold
 kubectl get -n "$NS" flashsale "$SALE" >&2
-kubectl get -n "$NS" flashsale "$SALE" | grep -qE "\b$sold\b" || fail "kubectl get does not show sold"
+get_out=$(kubectl get -n "$NS" flashsale "$SALE")
+grep -qE "\b$sold\b" <<<"$get_out" || fail "kubectl get does not show sold"
 stock=$(jp "flashsale/$SALE" '{.status.stock}')
 remaining=$(jp "flashsale/$SALE" '{.status.remaining}')
 held=$(jp "flashsale/$SALE" '{.status.held}')
@@ -184,7 +158,8 @@ kubectl patch -n "$NS" "flashsale/$SALE" --type=merge \
   -p '{"spec":{"redis":{"managed":false,"externalUrlSecretRef":{"name":"ext-redis","key":"url"}}}}' >/dev/null
 redis_gone() { [ -z "$(kubectl get -n "$NS" deployment,service "$SALE-redis" -o name 2>/dev/null)" ]; }
 wait_for 60 "managed Redis Deployment and Service deleted" redis_gone
-kubectl describe -n "$NS" "flashsale/$SALE" | grep -q RedisRemoved || fail "no RedisRemoved Event"
+describe_out=$(kubectl describe -n "$NS" "flashsale/$SALE")
+grep -q RedisRemoved <<<"$describe_out" || fail "no RedisRemoved Event"
 
 log "delete the sale: what it owned goes, the WAL volumes stay (Retain)"
 kubectl delete -n "$NS" "flashsale/$SALE" --timeout=120s >/dev/null
