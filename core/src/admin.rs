@@ -18,6 +18,23 @@ use utoipa::ToSchema;
 
 use crate::{ItemView, UnixMs};
 
+/// The flags the operator starts every stock-node pod with (`stock-node serve <these>`):
+/// API, admin and metrics on one port, the WAL on the pod's volume, the admin token from
+/// its Secret, and no role until the operator assigns one. One list for both sides, so
+/// the node's own test parses exactly what the operator sends.
+pub const POD_SERVE_FLAGS: &[&str] = &[
+    "--listen",
+    "0.0.0.0:8080",
+    "--data-dir",
+    "/var/lib/flashsale/wal",
+    "--role",
+    "standby",
+    "--admin-token-file",
+    "/etc/flashsale/admin/token",
+    "--log-format",
+    "json",
+];
+
 /// What part a node plays in its sale.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -308,19 +308,9 @@ mod tests {
 
     #[test]
     fn flags_have_defaults_and_the_operator_contract_parses() {
-        let c = Cli::try_parse_from([
-            "x",
-            "--listen",
-            "0.0.0.0:8080",
-            "--data-dir",
-            "/var/lib/flashsale/wal",
-            "--role",
-            "standby",
-            "--admin-token-file",
-            "/etc/flashsale/admin/token",
-            "--log-format",
-            "json",
-        ])
+        let c = Cli::try_parse_from(
+            std::iter::once("x").chain(flashsale_core::admin::POD_SERVE_FLAGS.iter().copied()),
+        )
         .unwrap();
         assert_eq!(c.serve.role, StartRole::Standby);
         assert_eq!(c.serve.log_format, LogFormat::Json);

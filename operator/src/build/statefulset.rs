@@ -32,22 +32,10 @@ const RUN_AS_USER: i64 = 65532;
 
 /// The node's command line, fixed by the node's CLI contract.
 pub fn node_args() -> Vec<String> {
-    [
-        "serve",
-        "--listen",
-        "0.0.0.0:8080",
-        "--data-dir",
-        "/var/lib/flashsale/wal",
-        "--role",
-        "standby",
-        "--admin-token-file",
-        "/etc/flashsale/admin/token",
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    std::iter::once("serve")
+        .chain(flashsale_core::admin::POD_SERVE_FLAGS.iter().copied())
+        .map(str::to_string)
+        .collect()
 }
 
 fn default_resources() -> ResourceRequirements {
