@@ -125,7 +125,16 @@ async fn run_stops_on_its_shutdown_future_after_answering_what_was_in_flight() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Stop while the server is busy: once a purchase is durable in the engine (its answer
+    // is on its way, others are still coming). A fixed sleep here raced a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.item("tee").unwrap().held == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no purchase reached the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), server)
         .await
