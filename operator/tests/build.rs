@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 fn fixture(name: &str) -> FlashSale {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn built(name: &str) -> (FlashSale, Owner, StatefulSet) {

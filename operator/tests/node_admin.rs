@@ -85,7 +85,7 @@ async fn start_node() -> Node {
 
 fn sale() -> FlashSale {
     let path = format!("{}/tests/fixtures/basic.yaml", env!("CARGO_MANIFEST_DIR"));
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 async fn purchase(url: &str, key: &str) -> u16 {

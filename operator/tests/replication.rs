@@ -400,12 +400,12 @@ fn the_condition_transition_time_moves_only_when_it_flips() {
 
 #[test]
 fn thresholds_default_and_a_negative_one_is_refused_by_the_crd() {
-    let sale: FlashSale = serde_yaml::from_str(
+    let sale: FlashSale = serde_saphyr::from_str(
         "apiVersion: flashsale.dev/v1alpha1\nkind: FlashSale\nmetadata: {name: ok}\nspec:\n  items: [{sku: a, stock: 5}]\n",
     )
     .unwrap();
     assert_eq!(Thresholds::from(&sale.spec.replication), LIMITS);
-    let bad: FlashSale = serde_yaml::from_str(&fixture("negative-max-lag.yaml")).unwrap();
+    let bad: FlashSale = serde_saphyr::from_str(&fixture("negative-max-lag.yaml")).unwrap();
     let err = kube::core::cel::validate_cel(&bad).expect_err("negative maxLagRecords accepted");
     assert!(format!("{err:?}").contains("maxLagRecords"), "{err:?}");
 }

@@ -21,7 +21,7 @@ pub enum ImageError {
     #[error("parsing image map {path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("image {0:?} is not in the image map")]
     Unknown(String),
@@ -113,12 +113,12 @@ impl ImageMap {
         })?;
         Self::parse(&text, vars).map_err(|source| ImageError::Parse {
             path: path.into(),
-            source,
+            source: Box::new(source),
         })
     }
 
-    pub fn parse(text: &str, vars: &HashMap<String, String>) -> Result<Self, serde_yaml::Error> {
-        let mut map: ImageMap = serde_yaml::from_str(text)?;
+    pub fn parse(text: &str, vars: &HashMap<String, String>) -> Result<Self, serde_saphyr::Error> {
+        let mut map: ImageMap = serde_saphyr::from_str(text)?;
         for e in &mut map.images {
             e.binary = expand_braces(&e.binary, vars);
         }

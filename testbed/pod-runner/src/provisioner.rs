@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn claim(yaml: &str) -> PersistentVolumeClaim {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     const PENDING: &str = r#"

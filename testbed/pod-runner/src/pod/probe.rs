@@ -260,7 +260,7 @@ mod tests {
     use super::*;
 
     fn probe(yaml: &str) -> Probe {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]
@@ -294,7 +294,7 @@ mod tests {
             }
         });
         let c: Container =
-            serde_yaml::from_str("{name: web, ports: [{name: http, containerPort: 1}]}").unwrap();
+            serde_saphyr::from_str("{name: web, ports: [{name: http, containerPort: 1}]}").unwrap();
         let p = probe(&format!("{{httpGet: {{port: {port}, path: /readyz}}}}"));
         let ip = Ipv4Addr::LOCALHOST;
         assert_eq!(once(&p, &c, ip, 0).await, Ok(()));

@@ -168,7 +168,7 @@ mod tests {
     use super::*;
 
     fn pod() -> Pod {
-        serde_yaml::from_str(
+        serde_saphyr::from_str(
             r#"
 apiVersion: v1
 kind: Pod

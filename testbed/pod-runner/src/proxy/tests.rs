@@ -4,7 +4,6 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 
 use super::model::{self, ApiServer};
 use super::rules::{self, Chains};
@@ -22,14 +21,15 @@ fn fixture() -> Fixture {
         slices: vec![],
         pods: vec![],
     };
-    for doc in serde_yaml::Deserializer::from_str(include_str!("fixtures/shop.yaml")) {
-        let v = serde_yaml::Value::deserialize(doc).expect("fixture is YAML");
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(include_str!("fixtures/shop.yaml")).expect("fixture is YAML");
+    for v in docs {
         match v["kind"].as_str() {
-            Some("Service") => f.services.push(serde_yaml::from_value(v).expect("Service")),
+            Some("Service") => f.services.push(serde_json::from_value(v).expect("Service")),
             Some("EndpointSlice") => f
                 .slices
-                .push(serde_yaml::from_value(v).expect("EndpointSlice")),
-            Some("Pod") => f.pods.push(serde_yaml::from_value(v).expect("Pod")),
+                .push(serde_json::from_value(v).expect("EndpointSlice")),
+            Some("Pod") => f.pods.push(serde_json::from_value(v).expect("Pod")),
             other => panic!("unexpected kind {other:?}"),
         }
     }
