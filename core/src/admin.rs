@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::role::{Role, RoleAssignment};
 use crate::{ItemView, UnixMs};
 
 /// The flags the operator starts every stock-node pod with (`stock-node serve <these>`):
@@ -34,31 +35,6 @@ pub const POD_SERVE_FLAGS: &[&str] = &[
     "--log-format",
     "json",
 ];
-
-/// What part a node plays in its sale.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Role {
-    /// Started but not told its role yet: answers reads, refuses purchases (503).
-    #[default]
-    Standby,
-    /// The one node that sells.
-    Primary,
-    /// Holds a live copy; answers reads, forwards or refuses purchases.
-    Secondary,
-}
-
-/// The operator's word on a node's role.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RoleAssignment {
-    pub role: Role,
-    /// Fencing epoch: a node refuses writes and replication from an older epoch.
-    pub epoch: u64,
-    /// The primary's base URL (`http://host:port`), for secondaries.
-    #[serde(default)]
-    pub primary_url: Option<String>,
-}
 
 /// A node's own account of itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

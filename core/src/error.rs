@@ -164,6 +164,15 @@ pub enum SellError {
     Internal(String),
 }
 
+impl From<crate::rules::RuleError> for SellError {
+    fn from(e: crate::rules::RuleError) -> Self {
+        SellError::BadRequest {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 impl SellError {
     pub fn code(&self) -> ErrorCode {
         use SellError::*;

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod api;
 pub mod error;
 pub mod replication;
+pub mod role;
+pub mod rules;
 pub mod sale;
 pub mod wal;
 

@@ -231,10 +231,12 @@ pub struct ReplicationStatus {
     pub primary_seq: u64,
     /// `primary_seq - applied_seq`.
     pub lag_records: u64,
-    /// Age, on arrival, of the last live batch applied (primary's clock vs this node's);
-    /// 0 when caught up with no traffic.
+    /// How long, on this node's own clock, the oldest record it has heard of but not
+    /// applied has been waiting; 0 when caught up. (No two clocks are compared.)
     pub lag_ms: u64,
-    /// Gaps in the live stream repaired by catch-up.
+    /// Times records missing from the live stream (a gap between batches, batches
+    /// published while this node was unsubscribed, a lost last batch) were repaired by
+    /// catch-up.
     pub gaps: u64,
     /// Batches already applied that arrived again (ignored).
     pub duplicates: u64,

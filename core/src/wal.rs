@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::RoleAssignment;
+use crate::role::RoleAssignment;
 use crate::{SaleConfig, UnixMs};
 
 /// Largest payload one record may have; bigger lengths are damage, not data.
@@ -394,7 +394,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::ItemSpec;
-    use crate::admin::Role;
+    use crate::role::Role;
 
     fn samples() -> Vec<Record> {
         let config = SaleConfig {

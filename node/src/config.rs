@@ -176,22 +176,29 @@ pub fn load_sale_config(path: &Path) -> Result<SaleConfig, ConfigError> {
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let config: SaleConfig = if is_json {
         let de = &mut serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de).map_err(|e| field_error(path, e))?
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| field_error(path, e.path().to_string(), e.into_inner()))?
     } else {
-        let de = serde_yaml::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de).map_err(|e| field_error(path, e))?
+        // serde-saphyr hands its deserializer to a closure: keep the field path aside.
+        let mut at = String::from(".");
+        serde_saphyr::with_deserializer_from_str(&text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                at = e.path().to_string();
+                e.into_inner()
+            })
+        })
+        .map_err(|e| field_error(path, at.clone(), e))?
     };
-    validate_sale(&config).map_err(|(field, reason)| ConfigError::Field {
+    config.check().map_err(|e| ConfigError::Field {
         path: path.to_path_buf(),
-        field,
-        reason,
+        field: e.field,
+        reason: e.reason,
     })?;
     Ok(config)
 }
 
-fn field_error<E: std::fmt::Display>(path: &Path, e: serde_path_to_error::Error<E>) -> ConfigError {
-    let field = e.path().to_string();
-    let reason = e.inner().to_string();
+fn field_error(path: &Path, field: String, e: impl std::fmt::Display) -> ConfigError {
+    let reason = e.to_string();
     if field == "." {
         ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -205,44 +212,6 @@ fn field_error<E: std::fmt::Display>(path: &Path, e: serde_path_to_error::Error<
         }
     }
 }
-
-/// Checks what serde cannot: the sale must make sense before a node sells it.
-/// Returns the field at fault and why. Shared by the sale file and `PUT /admin/v1/config`.
-pub fn validate_sale(c: &SaleConfig) -> Result<(), (String, String)> {
-    if c.name.trim().is_empty() {
-        return Err(("name".into(), "must not be empty".into()));
-    }
-    if c.items.is_empty() {
-        return Err(("items".into(), "a sale needs at least one item".into()));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, item) in c.items.iter().enumerate() {
-        if item.sku.is_empty() || item.sku.len() > SKU_BYTES_MAX {
-            return Err((
-                format!("items[{i}].sku"),
-                format!("must be 1..={SKU_BYTES_MAX} bytes"),
-            ));
-        }
-        if !seen.insert(item.sku.as_str()) {
-            return Err((
-                format!("items[{i}].sku"),
-                format!("`{}` appears twice", item.sku),
-            ));
-        }
-    }
-    if let (Some(s), Some(e)) = (c.starts_at_ms, c.ends_at_ms)
-        && s >= e
-    {
-        return Err(("endsAtMs".into(), "must be after startsAtMs".into()));
-    }
-    if c.reservation_ttl_ms == 0 {
-        return Err(("reservationTtlMs".into(), "must be positive".into()));
-    }
-    Ok(())
-}
-
-/// Longest SKU accepted, so one request cannot grow the node's maps without bound.
-pub const SKU_BYTES_MAX: usize = 128;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,6 @@
 use flashsale_core::Durability;
 use flashsale_operator::crd::FlashSale;
 use flashsale_operator::validate::{config_hash, validate};
-use serde::Deserialize;
 
 const EXPECT_FIELD: &str = "flashsale.dev/expect-field";
 
@@ -31,7 +30,7 @@ fn invalid_fixtures() -> Vec<(String, String)> {
 }
 
 fn expected_field(text: &str) -> String {
-    let value: serde_json::Value = serde_yaml::from_str(text).unwrap();
+    let value: serde_json::Value = serde_saphyr::from_str(text).unwrap();
     value["metadata"]["annotations"][EXPECT_FIELD]
         .as_str()
         .expect("every invalid fixture names its field")
@@ -40,7 +39,7 @@ fn expected_field(text: &str) -> String {
 
 #[test]
 fn a_basic_sale_becomes_the_node_config_it_describes() {
-    let sale: FlashSale = serde_yaml::from_str(&read("basic.yaml")).unwrap();
+    let sale: FlashSale = serde_saphyr::from_str(&read("basic.yaml")).unwrap();
     let config = validate(&sale).unwrap();
     assert_eq!(config.name, "spring");
     assert_eq!(config.items.len(), 1);
@@ -63,7 +62,7 @@ fn a_basic_sale_becomes_the_node_config_it_describes() {
 
 #[test]
 fn the_full_sale_carries_window_ttl_and_durability() {
-    let sale: FlashSale = serde_yaml::from_str(&read("full.yaml")).unwrap();
+    let sale: FlashSale = serde_saphyr::from_str(&read("full.yaml")).unwrap();
     let config = validate(&sale).unwrap();
     assert_eq!(config.items.len(), 2);
     assert_eq!(config.items[1].per_customer_limit, 0, "no limit when unset");
@@ -75,7 +74,7 @@ fn the_full_sale_carries_window_ttl_and_durability() {
 
 #[test]
 fn a_config_change_changes_the_hash_that_marks_it_rolled_out() {
-    let mut sale: FlashSale = serde_yaml::from_str(&read("basic.yaml")).unwrap();
+    let mut sale: FlashSale = serde_saphyr::from_str(&read("basic.yaml")).unwrap();
     let before = config_hash(&validate(&sale).unwrap());
     assert_eq!(before, config_hash(&validate(&sale).unwrap()), "stable");
     sale.spec.items[0].stock += 50;
@@ -90,7 +89,7 @@ fn a_config_change_changes_the_hash_that_marks_it_rolled_out() {
 fn every_bad_manifest_is_refused_by_the_operator_naming_its_field() {
     for (name, text) in invalid_fixtures() {
         let field = expected_field(&text);
-        let refusal = match serde_yaml::from_str::<FlashSale>(&text) {
+        let refusal = match serde_saphyr::from_str::<FlashSale>(&text) {
             // A required field missing is refused by parsing (and by the API server's schema).
             Err(e) => e.to_string(),
             Ok(sale) => match validate(&sale) {
@@ -112,7 +111,7 @@ fn every_bad_manifest_is_refused_by_the_operator_naming_its_field() {
 #[test]
 fn the_crd_cel_rules_refuse_the_cross_field_mistakes_and_pass_good_sales() {
     for good in ["basic.yaml", "full.yaml"] {
-        let sale: FlashSale = serde_yaml::from_str(&read(good)).unwrap();
+        let sale: FlashSale = serde_saphyr::from_str(&read(good)).unwrap();
         if let Err(e) = kube::core::cel::validate_cel(&sale) {
             panic!("{good}: {e:?}");
         }
@@ -126,7 +125,7 @@ fn the_crd_cel_rules_refuse_the_cross_field_mistakes_and_pass_good_sales() {
     ];
     for name in cel_class {
         let text = read(&format!("invalid/{name}"));
-        let sale: FlashSale = serde_yaml::from_str(&text).unwrap();
+        let sale: FlashSale = serde_saphyr::from_str(&text).unwrap();
         let err = kube::core::cel::validate_cel(&sale).expect_err(name);
         let msg = format!("{err:?}");
         let field = expected_field(&text);
@@ -143,8 +142,8 @@ fn every_example_sale_is_valid() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for value in docs {
             if value["kind"] != "FlashSale" {
                 continue;
             }
@@ -164,7 +163,7 @@ fn every_example_sale_is_valid() {
 /// Transition rule: the WAL volumes' size and class are fixed once the sale exists.
 #[test]
 fn the_crd_refuses_a_storage_change_but_not_a_stock_change() {
-    let old: FlashSale = serde_yaml::from_str(&read("basic.yaml")).unwrap();
+    let old: FlashSale = serde_saphyr::from_str(&read("basic.yaml")).unwrap();
     let mut more_stock = old.clone();
     more_stock.spec.items[0].stock += 10;
     if let Err(e) = kube::core::cel::validate_cel_update(&more_stock, &old) {

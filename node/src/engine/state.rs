@@ -10,13 +10,6 @@ use flashsale_core::wal::{Record, RecordBody};
 use flashsale_core::{ItemView, Order, OrderState, PurchaseRequest, SaleConfig, SellError, UnixMs};
 use serde::{Deserialize, Serialize};
 
-/// Longest sku, customer id or idempotency key accepted, in bytes.
-pub const ID_BYTES_MAX: usize = 256;
-/// Most items one sale may have.
-pub const ITEMS_MAX: usize = 10_000;
-/// Longest reservation TTL: a day.
-pub const RESERVATION_TTL_MS_MAX: u64 = 86_400_000;
-
 /// A command for the sequencer.
 #[derive(Clone, Debug)]
 pub enum Command {
@@ -130,13 +123,6 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> SellError {
         field: field.into(),
         reason: reason.into(),
     }
-}
-
-fn check_id(field: &str, v: &str) -> Result<(), SellError> {
-    if v.is_empty() || v.len() > ID_BYTES_MAX {
-        return Err(bad(field, format!("must be 1 to {ID_BYTES_MAX} bytes")));
-    }
-    Ok(())
 }
 
 /// The order as first answered: what an idempotent retry gets back.
@@ -289,7 +275,7 @@ impl State {
                 "the sale is not configured yet".into(),
             ));
         };
-        check_id("idempotencyKey", &req.idempotency_key)?;
+        req.check()?;
         if let Some(id) = self.idempotency.get(&req.idempotency_key) {
             let o = &self.orders[id];
             if o.sku == req.sku && o.quantity == req.quantity && o.customer == req.customer {
@@ -297,7 +283,6 @@ impl State {
             }
             return Err(SellError::IdempotencyConflict(req.idempotency_key.clone()));
         }
-        check_id("customer", &req.customer)?;
         let Some(&idx) = self.sku_index.get(&req.sku) else {
             return Err(SellError::UnknownItem(req.sku.clone()));
         };
@@ -357,30 +342,10 @@ impl State {
     }
 
     fn validate_config(&self, cfg: &SaleConfig) -> Result<(), SellError> {
-        check_id("name", &cfg.name)?;
-        if cfg.items.is_empty() || cfg.items.len() > ITEMS_MAX {
-            return Err(bad("items", format!("must list 1 to {ITEMS_MAX} items")));
-        }
-        if cfg.reservation_ttl_ms == 0 || cfg.reservation_ttl_ms > RESERVATION_TTL_MS_MAX {
-            return Err(bad(
-                "reservationTtlMs",
-                format!("must be 1 to {RESERVATION_TTL_MS_MAX}"),
-            ));
-        }
-        if let (Some(s), Some(e)) = (cfg.starts_at_ms, cfg.ends_at_ms)
-            && e <= s
-        {
-            return Err(bad("endsAtMs", "must be after startsAtMs"));
-        }
-        let mut seen = std::collections::HashSet::new();
+        // The rules of a sale on its own (flashsale_core::rules), then what depends on
+        // the orders taken so far.
+        cfg.check()?;
         for (i, it) in cfg.items.iter().enumerate() {
-            check_id(&format!("items[{i}].sku"), &it.sku)?;
-            if !seen.insert(it.sku.as_str()) {
-                return Err(bad(
-                    format!("items[{i}].sku"),
-                    format!("`{}` is listed twice", it.sku),
-                ));
-            }
             if let Some(cur) = self.item(&it.sku)
                 && it.stock < cur.sold + cur.held
             {
@@ -395,7 +360,7 @@ impl State {
             }
         }
         for cur in self.items.iter().filter(|c| !c.retired) {
-            if !seen.contains(cur.sku.as_str()) && cur.sold + cur.held > 0 {
+            if !cfg.items.iter().any(|i| i.sku == cur.sku) && cur.sold + cur.held > 0 {
                 return Err(bad(
                     "items",
                     format!("`{}` has units sold or held and cannot be removed", cur.sku),

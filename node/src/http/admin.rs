@@ -60,9 +60,9 @@ pub async fn put_config(
     State(s): State<AppState>,
     Json(config): Json<SaleConfig>,
 ) -> Result<axum::Json<NodeStatus>, ApiError> {
-    crate::config::validate_sale(&config).map_err(|(field, reason)| {
-        ApiError::field(field.clone(), format!("field `{field}`: {reason}"))
-    })?;
+    config
+        .check()
+        .map_err(|e| ApiError::field(e.field.clone(), e.to_string()))?;
     s.engine.configure(config).await?;
     Ok(axum::Json(s.node_status()))
 }

@@ -10,16 +10,20 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use flashsale_core::rules::{
+    ITEMS_MAX, PER_CUSTOMER_LIMIT_MAX, SKU_BYTES_MAX, SKU_PATTERN, STOCK_MAX,
+};
+
 use super::status::FlashSaleStatus;
 
 /// Most stock nodes one sale may run (1 primary + secondaries). Bounds the StatefulSet
 /// and the admin calls the operator makes per reconcile.
 pub const NODES_REPLICAS_MAX: i32 = 15;
-/// Most items one sale may list. Bounds the node config and the CEL uniqueness check.
-pub const ITEMS_MAX: usize = 200;
 /// Longest sale name: leaves room for `-primary`, `-redis`, pod ordinals and the
 /// `controller-revision-hash` label within Kubernetes' 63-character limit.
 pub const NAME_LEN_MAX: usize = 40;
+// The sale's name is also the node's sale name: within the node's own limit.
+const _: () = assert!(NAME_LEN_MAX <= flashsale_core::rules::ID_BYTES_MAX);
 
 /// A flash sale: items with little stock, a short window, a primary stock node that
 /// sells and secondaries that hold a live copy.
@@ -53,7 +57,7 @@ pub const NAME_LEN_MAX: usize = 40;
 #[serde(rename_all = "camelCase")]
 pub struct FlashSaleSpec {
     /// What is on sale. SKUs are unique within the sale.
-    #[schemars(length(min = 1, max = 200))]
+    #[schemars(length(min = 1, max = ITEMS_MAX))]
     #[x_kube(validation = Rule::new("self.all(i, self.exists_one(j, j.sku == i.sku))")
         .message("items: every sku must be unique within the sale"))]
     pub items: Vec<SaleItem>,
@@ -107,18 +111,15 @@ pub struct FlashSaleSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SaleItem {
     /// Stock-keeping unit: letters, digits, `.`, `_`, `-`; starts with a letter or digit.
-    #[schemars(
-        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
-        length(min = 1, max = 64)
-    )]
+    #[schemars(regex(pattern = SKU_PATTERN), length(min = 1, max = SKU_BYTES_MAX))]
     pub sku: String,
     /// Units on sale. Raising it adds stock to a running sale; it can never drop below
     /// what is sold and held.
-    #[schemars(range(min = 0, max = 1_000_000_000))]
+    #[schemars(range(min = 0, max = STOCK_MAX))]
     pub stock: i64,
     /// Most units one customer may buy (0 = no limit).
     #[serde(default)]
-    #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(range(min = 0, max = PER_CUSTOMER_LIMIT_MAX))]
     pub per_customer_limit: i64,
 }
 
@@ -227,8 +228,8 @@ pub struct ReplicationSpec {
     #[serde(default = "default_max_lag_records")]
     #[x_kube(validation = Rule::new("self >= 0").message("replication.maxLagRecords: must be at least 0"))]
     pub max_lag_records: i64,
-    /// A secondary whose last applied batch was this many milliseconds old on arrival is
-    /// lagging; caught up again below half of it.
+    /// A secondary whose oldest record not yet applied has waited this many milliseconds
+    /// (on its own clock) is lagging; caught up again below half of it.
     #[serde(default = "default_max_lag_ms")]
     #[x_kube(validation = Rule::new("self >= 0").message("replication.maxLagMs: must be at least 0"))]
     pub max_lag_ms: i64,

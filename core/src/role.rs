@@ -1,0 +1,41 @@
+//! Who a node is in its sale: its role and fencing epoch. Both the admin API (the
+//! operator's word) and the WAL (a primary logs its own assignment) speak it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What part a node plays in its sale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Started but not told its role yet: answers reads, refuses purchases (503).
+    #[default]
+    Standby,
+    /// The one node that sells.
+    Primary,
+    /// Holds a live copy; answers reads, forwards or refuses purchases.
+    Secondary,
+}
+
+impl Role {
+    /// The role's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standby => "standby",
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+}
+
+/// The operator's word on a node's role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleAssignment {
+    pub role: Role,
+    /// Fencing epoch: a node refuses writes and replication from an older epoch.
+    pub epoch: u64,
+    /// The primary's base URL (`http://host:port`), for secondaries.
+    #[serde(default)]
+    pub primary_url: Option<String>,
+}

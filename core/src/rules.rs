@@ -1,0 +1,236 @@
+//! The rules and limits of a sale, in one place. The node checks them when it loads a
+//! sale file, takes `PUT /admin/v1/config` or a purchase, and again in its engine; the
+//! operator's CRD carries the same figures as schema bounds, and the operator checks a
+//! spec with [`SaleConfig::check`] before it gives it to a node. So a manifest the API
+//! server accepts is a sale every node accepts, and the other way round (the operator's
+//! tests compare the CRD's schema with these constants).
+
+use crate::{PurchaseRequest, SaleConfig};
+
+/// Longest SKU, in bytes.
+pub const SKU_BYTES_MAX: usize = 64;
+/// What a SKU looks like: letters, digits, `.`, `_`, `-`, starting with a letter or a
+/// digit, at most [`SKU_BYTES_MAX`] (the `63` is that limit less the first character).
+pub const SKU_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+/// Longest customer id, idempotency key or sale name, in bytes (each is kept per order
+/// or per sale, so one request cannot grow the node's memory without bound).
+pub const ID_BYTES_MAX: usize = 128;
+/// Most items one sale may list (bounds the node's config and the CRD's CEL uniqueness check).
+pub const ITEMS_MAX: usize = 200;
+/// Most units of one item.
+pub const STOCK_MAX: u64 = 1_000_000_000;
+/// Largest per-customer limit (0 = no limit).
+pub const PER_CUSTOMER_LIMIT_MAX: u32 = 1_000_000;
+/// Shortest and longest reservation TTL: a second and a day.
+pub const RESERVATION_TTL_MS_MIN: u64 = 1_000;
+pub const RESERVATION_TTL_MS_MAX: u64 = 86_400_000;
+
+/// A value that breaks a rule, and the field that holds it (a JSON path of the
+/// node's wire types: `items[1].sku`, `reservationTtlMs`, `customer`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct RuleError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn broken(field: impl Into<String>, reason: impl Into<String>) -> RuleError {
+    RuleError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Whether `sku` matches [`SKU_PATTERN`].
+pub fn sku_is_valid(sku: &str) -> bool {
+    let mut chars = sku.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && sku.len() <= SKU_BYTES_MAX
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A SKU, or why it is not one.
+pub fn check_sku(field: &str, sku: &str) -> Result<(), RuleError> {
+    if sku_is_valid(sku) {
+        return Ok(());
+    }
+    Err(broken(
+        field,
+        format!(
+            "must be 1 to {SKU_BYTES_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit (got {} bytes)",
+            sku.len()
+        ),
+    ))
+}
+
+/// A customer id, idempotency key or sale name: 1 to [`ID_BYTES_MAX`] bytes.
+pub fn check_id(field: &str, v: &str) -> Result<(), RuleError> {
+    if v.is_empty() || v.len() > ID_BYTES_MAX || v.trim().is_empty() {
+        return Err(broken(
+            field,
+            format!(
+                "must be 1 to {ID_BYTES_MAX} bytes, not blank (got {} bytes)",
+                v.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl SaleConfig {
+    /// Every rule a sale must keep on its own (what depends on the orders already taken,
+    /// such as stock never below what is sold, the engine checks against its state).
+    pub fn check(&self) -> Result<(), RuleError> {
+        check_id("name", &self.name)?;
+        if self.items.is_empty() || self.items.len() > ITEMS_MAX {
+            return Err(broken(
+                "items",
+                format!(
+                    "must list 1 to {ITEMS_MAX} items (got {})",
+                    self.items.len()
+                ),
+            ));
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            check_sku(&format!("items[{i}].sku"), &item.sku)?;
+            if self.items[..i].iter().any(|o| o.sku == item.sku) {
+                return Err(broken(
+                    format!("items[{i}].sku"),
+                    format!("`{}` is listed twice", item.sku),
+                ));
+            }
+            if item.stock > STOCK_MAX {
+                return Err(broken(
+                    format!("items[{i}].stock"),
+                    format!("must be 0 to {STOCK_MAX}"),
+                ));
+            }
+            if item.per_customer_limit > PER_CUSTOMER_LIMIT_MAX {
+                return Err(broken(
+                    format!("items[{i}].perCustomerLimit"),
+                    format!("must be 0 (no limit) to {PER_CUSTOMER_LIMIT_MAX}"),
+                ));
+            }
+        }
+        if let (Some(s), Some(e)) = (self.starts_at_ms, self.ends_at_ms)
+            && e <= s
+        {
+            return Err(broken("endsAtMs", "must be after startsAtMs"));
+        }
+        if !(RESERVATION_TTL_MS_MIN..=RESERVATION_TTL_MS_MAX).contains(&self.reservation_ttl_ms) {
+            return Err(broken(
+                "reservationTtlMs",
+                format!(
+                    "must be {RESERVATION_TTL_MS_MIN} to {RESERVATION_TTL_MS_MAX} (1 s to 24 h)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PurchaseRequest {
+    /// What can be said of a purchase without the sale: well-formed ids. (Quantity
+    /// depends on the item's limit; the engine checks it.)
+    pub fn check(&self) -> Result<(), RuleError> {
+        check_sku("sku", &self.sku)?;
+        check_id("customer", &self.customer)?;
+        check_id("idempotencyKey", &self.idempotency_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ItemSpec;
+
+    fn sale() -> SaleConfig {
+        SaleConfig {
+            name: "s".into(),
+            items: vec![ItemSpec {
+                sku: "a".into(),
+                stock: 1,
+                per_customer_limit: 0,
+            }],
+            starts_at_ms: None,
+            ends_at_ms: None,
+            reservation_ttl_ms: 60_000,
+            durability: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_pattern_says_what_sku_is_valid_checks() {
+        let max = "a".repeat(SKU_BYTES_MAX);
+        let over = "a".repeat(SKU_BYTES_MAX + 1);
+        for (sku, ok) in [
+            ("a", true),
+            ("A.b_c-9", true),
+            (max.as_str(), true),
+            (over.as_str(), false),
+            ("", false),
+            ("-a", false),
+            ("a b", false),
+            ("é", false),
+            ("a/b", false),
+        ] {
+            assert_eq!(sku_is_valid(sku), ok, "{sku:?}");
+        }
+        assert!(SKU_PATTERN.contains(&format!("{{0,{}}}", SKU_BYTES_MAX - 1)));
+    }
+
+    #[test]
+    fn each_limit_is_refused_one_past_it_naming_the_field() {
+        let mut c = sale();
+        assert_eq!(c.check(), Ok(()));
+        c.items[0].stock = STOCK_MAX;
+        c.items[0].per_customer_limit = PER_CUSTOMER_LIMIT_MAX;
+        assert_eq!(c.check(), Ok(()));
+        c.items[0].stock = STOCK_MAX + 1;
+        assert_eq!(c.check().unwrap_err().field, "items[0].stock");
+        c.items[0].stock = 1;
+        c.items[0].per_customer_limit = PER_CUSTOMER_LIMIT_MAX + 1;
+        assert_eq!(c.check().unwrap_err().field, "items[0].perCustomerLimit");
+        let mut c = sale();
+        c.reservation_ttl_ms = RESERVATION_TTL_MS_MIN - 1;
+        assert_eq!(c.check().unwrap_err().field, "reservationTtlMs");
+        c.reservation_ttl_ms = RESERVATION_TTL_MS_MAX + 1;
+        assert_eq!(c.check().unwrap_err().field, "reservationTtlMs");
+        let mut c = sale();
+        c.items = (0..=ITEMS_MAX)
+            .map(|i| ItemSpec {
+                sku: format!("i{i}"),
+                stock: 1,
+                per_customer_limit: 0,
+            })
+            .collect();
+        assert_eq!(c.check().unwrap_err().field, "items");
+        c.items.pop();
+        assert_eq!(c.check(), Ok(()));
+        let mut c = sale();
+        c.items.push(c.items[0].clone());
+        assert_eq!(c.check().unwrap_err().field, "items[1].sku");
+        c.name = "x".repeat(ID_BYTES_MAX + 1);
+        assert_eq!(c.check().unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn a_purchase_needs_well_formed_ids() {
+        let ok = PurchaseRequest {
+            sku: "a".into(),
+            quantity: 1,
+            customer: "c".repeat(ID_BYTES_MAX),
+            idempotency_key: "k".into(),
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let mut r = ok.clone();
+        r.customer.push('c');
+        assert_eq!(r.check().unwrap_err().field, "customer");
+        let mut r = ok.clone();
+        r.idempotency_key = " ".into();
+        assert_eq!(r.check().unwrap_err().field, "idempotencyKey");
+        let mut r = ok;
+        r.sku = "no such sku!".into();
+        assert_eq!(r.check().unwrap_err().field, "sku");
+    }
+}
