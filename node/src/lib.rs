@@ -7,5 +7,6 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod replication;
+pub mod serve;
 pub mod wal;
 pub mod walcli;

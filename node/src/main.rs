@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use stock_node::config::{LogFormat, ServeArgs};
-use stock_node::http::serve::{serve, serve_noop};
+use stock_node::http::noop::serve_noop;
+use stock_node::serve::serve;
 use stock_node::walcli::{self, WalCommand};
 
 /// glibc malloc took ~9% of the node's CPU under purchase load (many small, short-lived

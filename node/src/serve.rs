@@ -1,21 +1,17 @@
-//! `stock-node serve` from flags to a running node: read the config, open the engine,
-//! apply the sale file and the start role, bind, serve until told to stop, then let the
-//! engine make everything durable. Also the no-op server the benchmark's ceiling uses.
+//! `stock-node serve` from flags to a running node — the composition root: read the
+//! config, open the engine, apply the sale file and the start role, start replication,
+//! bind, serve HTTP until told to stop, then let the engine make everything durable.
 
 use std::future::Future;
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::post;
+use flashsale_core::SellError;
 use flashsale_core::admin::Role;
-use flashsale_core::{Order, OrderState, PurchaseRequest, SellError};
 use tokio::net::TcpListener;
 
-use super::json::Json;
-use super::{AppState, Limits, run};
-use crate::admission::{Admission, LimitedListener};
+use crate::admission::Admission;
 use crate::config::{ConfigError, ServeArgs, StartRole, load_sale_config};
 use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::http::{AppState, Limits, run};
 use crate::metrics::Metrics;
 
 /// Why the node could not start or stopped with an error.
@@ -104,31 +100,4 @@ pub async fn serve(
     engine.shutdown().await;
     tracing::info!("engine closed; bye");
     served.map_err(ServeError::Serve)
-}
-
-/// The benchmark's ceiling: the same listener, extractor and JSON answer as a purchase,
-/// with no engine behind it.
-pub async fn serve_noop(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new().route("/v1/purchases", post(noop_purchase));
-    let listener = LimitedListener::new(listener, Limits::default().connections_max);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::Json<Order>) {
-    let order = Order {
-        id: 1,
-        sku: req.sku,
-        quantity: req.quantity,
-        customer: req.customer,
-        idempotency_key: req.idempotency_key,
-        state: OrderState::Reserved,
-        created_at_ms: 0,
-        expires_at_ms: 0,
-    };
-    (StatusCode::CREATED, axum::Json(order))
 }

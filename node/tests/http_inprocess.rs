@@ -11,7 +11,7 @@ use flashsale_core::{ItemSpec, SaleConfig};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use stock_node::admission::Admission;
-use stock_node::engine::{Engine, EngineHandle, EngineOptions};
+use stock_node::engine::{Engine, EngineHandle, EngineOptions, ManualClock};
 use stock_node::http::{AppState, Limits, app, run};
 use stock_node::metrics::Metrics;
 use tower::ServiceExt;
@@ -157,4 +157,84 @@ async fn run_stops_on_its_shutdown_future_after_answering_what_was_in_flight() {
         "held units match the answered purchases"
     );
     engine.shutdown().await;
+}
+
+/// A retry of a purchase whose first attempt is still waiting for its sync gets that
+/// order, never "sold out" (the sold-out fast path knows what is in flight). Here the
+/// first attempt was let in while a unit was left, the item then read sold out, and
+/// the first attempt took a unit an expired hold gave back — in a batch still syncing
+/// when the retry came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_sold_out() {
+    const T0: i64 = 1_700_000_000_000;
+    let disk = stock_node::wal::MemDir::new();
+    let clock = std::sync::Arc::new(ManualClock::new(T0));
+    let engine = Engine::open(EngineOptions {
+        dir: Some(std::sync::Arc::new(disk.clone())),
+        initial_role: Some(Role::Primary),
+        clock: clock.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let sale = SaleConfig {
+        name: "s".into(),
+        items: vec![ItemSpec {
+            sku: "tee".into(),
+            stock: 2,
+            per_customer_limit: 0,
+        }],
+        starts_at_ms: None,
+        ends_at_ms: None,
+        reservation_ttl_ms: 1_000,
+        durability: Default::default(),
+    };
+    engine.configure(sale).await.unwrap();
+    let state = AppState::new(
+        engine.clone(),
+        Admission::new(0, 0, 64),
+        Metrics::new(engine.metrics()),
+        None,
+        Limits::default(),
+    );
+    let app = app(state);
+    let waiting_syncs = |n: usize| {
+        let disk = disk.clone();
+        async move {
+            let t0 = std::time::Instant::now();
+            while disk.syncs_waiting() != n {
+                assert!(t0.elapsed() < Duration::from_secs(5), "no sync waiting");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // k0 holds one unit for a second; one unit is left.
+    let (status, _) = answer(app.clone().oneshot(buy("k0")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    disk.hold_syncs(true);
+    // kx takes the last unit; its batch waits in its sync.
+    let kx = tokio::spawn(app.clone().oneshot(buy("kx")));
+    waiting_syncs(1).await;
+    // The first attempt of k1 is let in (the view still shows a unit) and queues.
+    let attempt = tokio::spawn(app.clone().oneshot(buy("k1")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // k0's hold runs out: when the sequencer takes k1, the expiry gives its unit back.
+    clock.advance(2_000);
+    disk.release_one();
+    let (status, _) = answer(kx.await.unwrap().unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // k1 is decided (expiry, then k1 takes the unit) and waits in the next sync; the
+    // view says sold out.
+    waiting_syncs(1).await;
+    assert_eq!(engine.item("tee").unwrap().remaining, 0);
+    let retry = tokio::spawn(app.clone().oneshot(buy("k1")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    disk.hold_syncs(false);
+    let (s1, o1) = answer(attempt.await.unwrap().unwrap()).await;
+    let (s2, o2) = answer(retry.await.unwrap().unwrap()).await;
+    assert_eq!(s1, StatusCode::CREATED, "{o1}");
+    assert_eq!(
+        (s2, &o2["id"]),
+        (StatusCode::CREATED, &o1["id"]),
+        "the retry must get the first attempt's order: {o2}"
+    );
 }

@@ -91,10 +91,15 @@ async fn redis_killed_and_restarted_mid_sale() {
         for (id, key) in &report.acked {
             assert_eq!(state.orders[id]["idempotencyKey"], key.as_str());
         }
-        // …and the secondaries reconnect to the restarted Redis and go back to live.
+        // …and the secondaries reconnect to the restarted Redis and go back to live,
+        // having counted what the stream missed meanwhile as repaired gaps.
         let r = repl(&http, s).await;
         assert_eq!(r["redisConnected"], true, "{r}");
         assert_eq!(r["state"], "live", "{r}");
+        assert!(
+            r["gaps"].as_u64().unwrap() >= 1,
+            "Redis outage not counted: {r}"
+        );
     }
     let p = repl(&http, &primary).await;
     assert!(

@@ -53,7 +53,7 @@ use crate::wal::{
 };
 use sequencer::{Job, Limits, Msg, Sequencer};
 use snapshotter::Snapshotter;
-use view::ReadView;
+use view::{KeyKnown, ReadView, key_hash};
 
 /// How to open an engine. Every limit has a default suited to one node on a small machine.
 #[derive(Clone, Debug)]
@@ -283,6 +283,7 @@ impl Engine {
         let inner = Inner {
             tx,
             view,
+            inflight_keys: Mutex::new(Default::default()),
             metrics,
             batches,
             dir,
@@ -301,6 +302,9 @@ impl Engine {
 struct Inner {
     tx: mpsc::Sender<Msg>,
     view: Arc<RwLock<ReadView>>,
+    /// Idempotency keys (hashed) of purchases submitted and not yet answered, with a
+    /// count (two retries of one key may be in flight at once).
+    inflight_keys: Mutex<foldhash::HashMap<u64, u32>>,
     metrics: EngineMetrics,
     batches: broadcast::Sender<Arc<CommittedBatch>>,
     dir: Arc<dyn WalDir>,
@@ -317,6 +321,31 @@ impl Drop for Inner {
         drop(std::mem::replace(&mut self.tx, closed));
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A purchase's key in [`Inner::inflight_keys`] while it is submitted and unanswered.
+struct InflightKey<'a> {
+    inner: &'a Inner,
+    hash: u64,
+}
+
+impl<'a> InflightKey<'a> {
+    fn enter(inner: &'a Inner, hash: u64) -> Self {
+        *inner.inflight_keys.lock().entry(hash).or_insert(0) += 1;
+        Self { inner, hash }
+    }
+}
+
+impl Drop for InflightKey<'_> {
+    fn drop(&mut self) {
+        let mut keys = self.inner.inflight_keys.lock();
+        if let Some(n) = keys.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(&self.hash);
+            }
         }
     }
 }
@@ -362,7 +391,34 @@ impl EngineHandle {
     /// idempotency key and body gets the first answer (the order as created); a
     /// refused purchase is not stored, so its key stays free.
     pub async fn purchase(&self, req: PurchaseRequest) -> Result<Order, SellError> {
+        let _inflight = InflightKey::enter(&self.inner, key_hash(&req.idempotency_key));
         self.order_of(Command::Purchase(req)).await
+    }
+
+    /// The sold-out fast path: `Some(SoldOut)` when the purchase can be refused from
+    /// the read view without a place in the queue — the item has nothing left, and no
+    /// order holds the key, durable or on its way (a retry of a purchase that is still
+    /// waiting for its sync must get that order, not "sold out"). The crowd that comes
+    /// after the last unit is answered here. `None`: ask the engine.
+    ///
+    /// Why the in-flight check makes this safe: a purchase is in the in-flight set from
+    /// before it is queued until its answer has been received, and the sequencer updates
+    /// the read view before it answers; so a key is always in one of the two.
+    pub fn sold_out_early(&self, req: &PurchaseRequest) -> Option<SellError> {
+        let hash = key_hash(&req.idempotency_key);
+        if self.inner.inflight_keys.lock().contains_key(&hash) {
+            return None;
+        }
+        let view = self.inner.view.read();
+        let remaining = view.item(&req.sku)?.remaining;
+        if remaining > 0 || view.knows_key(hash, &req.idempotency_key) == KeyKnown::Yes {
+            return None;
+        }
+        Some(SellError::SoldOut {
+            sku: req.sku.clone(),
+            remaining,
+            requested: req.quantity,
+        })
     }
 
     pub async fn confirm(&self, order_id: u64) -> Result<Order, SellError> {

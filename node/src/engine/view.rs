@@ -36,7 +36,22 @@ pub(crate) struct ReadView {
     live: Vec<bool>,
     index: HashMap<String, usize>,
     orders: HashMap<u64, Order>,
+    /// Hash of an idempotency key → the order that holds it ([`KEY_AMBIGUOUS`] when two
+    /// keys share a hash: then nobody may be told "sold out" from here).
+    keys: HashMap<u64, u64>,
     pub status: EngineStatus,
+}
+
+/// Marks a key hash shared by two orders in [`ReadView`]'s key index.
+const KEY_AMBIGUOUS: u64 = u64::MAX;
+
+/// What the read view knows of an idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyKnown {
+    /// No durable order has it.
+    No,
+    /// A durable order has it (or may: a hash shared by two keys).
+    Yes,
 }
 
 impl ReadView {
@@ -44,6 +59,9 @@ impl ReadView {
         let mut v = ReadView::default();
         v.reload_items(state);
         v.orders = state.orders.clone();
+        for o in v.orders.values() {
+            insert_key(&mut v.keys, key_hash(&o.idempotency_key), o.id);
+        }
         v.status.applied_seq = state.applied_seq;
         v.status.durable_seq = state.applied_seq;
         v
@@ -90,6 +108,7 @@ impl ReadView {
                 match self.orders.get_mut(id) {
                     Some(cur) => cur.state = o.state,
                     None => {
+                        insert_key(&mut self.keys, key_hash(&o.idempotency_key), o.id);
                         self.orders.insert(*id, o.clone());
                     }
                 }
@@ -115,4 +134,34 @@ impl ReadView {
     pub fn order(&self, id: u64) -> Option<&Order> {
         self.orders.get(&id)
     }
+
+    /// Whether a durable order holds idempotency key `key` (hash `hash`).
+    pub fn knows_key(&self, hash: u64, key: &str) -> KeyKnown {
+        match self.keys.get(&hash) {
+            None => KeyKnown::No,
+            Some(&KEY_AMBIGUOUS) => KeyKnown::Yes,
+            Some(id) => match self.orders.get(id) {
+                Some(o) if o.idempotency_key != key => KeyKnown::No,
+                _ => KeyKnown::Yes,
+            },
+        }
+    }
+}
+
+/// The hash the key index and the in-flight set use (seeded once per process).
+pub(crate) fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(foldhash::fast::RandomState::default)
+        .hash_one(key)
+}
+
+fn insert_key(keys: &mut HashMap<u64, u64>, hash: u64, id: u64) {
+    keys.entry(hash)
+        .and_modify(|cur| {
+            if *cur != id {
+                *cur = KEY_AMBIGUOUS;
+            }
+        })
+        .or_insert(id);
 }

@@ -5,11 +5,11 @@
 pub mod admin;
 pub mod error;
 pub mod json;
-pub mod known_keys;
+pub mod noop;
 pub mod openapi;
 pub mod ops;
 pub mod public;
-pub mod serve;
+pub mod replication;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,7 +54,6 @@ pub struct Shared {
     pub metrics: Metrics,
     pub admin_token: Option<String>,
     pub limits: Limits,
-    pub known_keys: known_keys::KnownKeys,
     shutting_down: AtomicBool,
     /// Replication, when the node runs it (see [`AppState::with_replication`]).
     pub replication: Option<crate::replication::runtime::Replication>,
@@ -85,7 +84,6 @@ impl AppState {
             metrics,
             admin_token,
             limits,
-            known_keys: Default::default(),
             shutting_down: AtomicBool::new(false),
             replication: None,
         }))
@@ -152,15 +150,13 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/role", put(admin::put_role))
         .route(
             flashsale_core::replication::WAL_ROUTE,
-            get(crate::replication::http::wal)
-                .post(crate::replication::http::post_wal)
-                .layer(DefaultBodyLimit::max(
-                    crate::replication::http::WAL_POST_BYTES_MAX,
-                )),
+            get(replication::wal)
+                .post(replication::post_wal)
+                .layer(DefaultBodyLimit::max(replication::WAL_POST_BYTES_MAX)),
         )
         .route(
             flashsale_core::replication::SNAPSHOT_ROUTE,
-            get(crate::replication::http::snapshot),
+            get(replication::snapshot),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -182,11 +178,11 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::replication::http::quorum_hold,
+            replication::quorum_hold,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::replication::http::applied_seq_header,
+            replication::applied_seq_header,
         ))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
         .layer(axum::middleware::from_fn_with_state(

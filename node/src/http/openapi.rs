@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, ops, public};
+use super::{admin, ops, public, replication};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,7 +13,7 @@ use super::{admin, ops, public};
         public::list_items, public::get_item, public::purchase, public::confirm, public::cancel, public::get_order,
         admin::status, admin::put_config, admin::put_role,
         ops::healthz, ops::readyz, ops::metrics,
-        crate::replication::http::wal, crate::replication::http::post_wal, crate::replication::http::snapshot,
+        replication::wal, replication::post_wal, replication::snapshot,
     ),
     components(schemas(flashsale_core::ErrorBody, flashsale_core::ErrorCode, flashsale_core::OrderState)),
     modifiers(&BearerAuth),

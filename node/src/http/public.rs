@@ -9,10 +9,6 @@ use flashsale_core::{ErrorBody, ItemView, Order, PurchaseRequest, SellError};
 use super::AppState;
 use super::error::ApiError;
 use super::json::Json;
-use crate::config::SKU_BYTES_MAX;
-
-/// Longest customer id and idempotency key accepted (they are kept per order).
-pub const ID_BYTES_MAX: usize = 128;
 
 /// Every item of the sale with its stock.
 #[utoipa::path(get, path = "/v1/items", tag = "items",
@@ -74,39 +70,20 @@ pub async fn purchase(
 async fn sell(s: &AppState, req: PurchaseRequest) -> Result<Order, ApiError> {
     s.admission.check_rate()?;
     check_purchase(&req)?;
-    // Sold-out fast path: the crowd that arrives after the last unit is answered from
-    // memory without a place in the engine's queue. A replay of a key the engine
-    // already knows still goes through, so it gets its stored order back.
-    if s.engine.remaining(&req.sku) == Some(0)
-        && !s.known_keys.contains(&s.engine, &req.idempotency_key)
-    {
-        return Err(SellError::SoldOut {
-            sku: req.sku,
-            remaining: 0,
-            requested: req.quantity,
-        }
-        .into());
+    // Sold-out fast path (the engine's): the crowd that arrives after the last unit is
+    // answered from memory without a place in the engine's queue.
+    if let Some(sold_out) = s.engine.sold_out_early(&req) {
+        return Err(sold_out.into());
     }
     let _place = s.admission.enter_engine()?;
     Ok(s.engine.purchase(req).await?)
 }
 
-/// Bounds what serde cannot, so no request can grow the node's maps without limit.
+/// Bounds what serde cannot (`flashsale_core::rules`), so no request can grow the
+/// node's maps without limit.
 fn check_purchase(req: &PurchaseRequest) -> Result<(), ApiError> {
-    let checks = [
-        ("sku", req.sku.len(), SKU_BYTES_MAX),
-        ("customer", req.customer.len(), ID_BYTES_MAX),
-        ("idempotencyKey", req.idempotency_key.len(), ID_BYTES_MAX),
-    ];
-    for (field, len, max) in checks {
-        if len == 0 || len > max {
-            return Err(ApiError::field(
-                field,
-                format!("field `{field}`: must be 1..={max} bytes, got {len}"),
-            ));
-        }
-    }
-    Ok(())
+    req.check()
+        .map_err(|e| ApiError::field(e.field.clone(), e.to_string()))
 }
 
 /// Turns a reservation into a sale.

@@ -15,24 +15,23 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::ErrorCode;
 use flashsale_core::replication::{
-    CATCHUP_BYTES_MAX, HEADER_APPLIED_SEQ, HEADER_DURABLE_SEQ, HEADER_EPOCH,
+    CATCHUP_BYTES_MAX, HEADER_APPLIED_SEQ, HEADER_DURABLE_SEQ, HEADER_EPOCH, ReplicationMode,
 };
+use flashsale_core::wal::{BATCH_HEADER_BYTES, WalError, decode_batch, peek_frame};
+use flashsale_core::{ErrorBody, ErrorCode};
 use serde::Deserialize;
 
-use flashsale_core::wal::{BATCH_HEADER_BYTES, WalError, decode_batch, peek_frame};
-
+use super::AppState;
+use super::error::ApiError;
 use crate::engine::EngineError;
+use crate::wal::WalDirError;
 
 /// The sequence a served snapshot covers.
 const HEADER_SNAPSHOT_SEQ: &str = "x-flashsale-snapshot-seq";
-use crate::http::AppState;
-use crate::http::error::ApiError;
-use crate::wal::WalDirError;
 
 /// `GET /admin/v1/wal` query.
 #[derive(Debug, Deserialize)]
@@ -226,11 +225,34 @@ pub async fn applied_seq_header(State(s): State<AppState>, req: Request, next: N
     resp
 }
 
-/// Quorum mode's hold on writes (see [`super::quorum::layer`]); a no-op without replication.
+/// Quorum mode's hold on writes (`crate::replication::quorum`): a 2xx answer to a
+/// `POST` waits for a secondary's ack of everything durable when it was made (which
+/// covers the write, or the original of an idempotent replay); else 503. A no-op
+/// without replication or in async mode.
 pub async fn quorum_hold(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    match s.replication.as_ref() {
-        Some(r) => super::quorum::hold(&r.gate, req, next).await,
-        None => next.run(req).await,
+    let Some(gate) = s.replication.as_ref().map(|r| &r.gate) else {
+        return next.run(req).await;
+    };
+    let write = req.method() == Method::POST;
+    let resp = next.run(req).await;
+    if gate.mode != ReplicationMode::Quorum || !write || !resp.status().is_success() {
+        return resp;
+    }
+    let seq = gate.durable_seq();
+    match gate.wait(seq).await {
+        Ok(()) => resp,
+        Err(e) => {
+            let body = ErrorBody {
+                code: ErrorCode::Unavailable,
+                message: format!(
+                    "{e}: not acknowledged; it may still complete, retry with the same idempotency key"
+                ),
+                field: None,
+                primary: None,
+                retry_after_s: Some(1),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
     }
 }
 

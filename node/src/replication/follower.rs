@@ -70,15 +70,26 @@ impl<R: Replica> Follower<R> {
         shutdown: CancellationToken,
     ) {
         let mut need_catchup = true;
+        // Whether this catch-up repairs what the live stream missed (a resubscribe, a
+        // full queue, a quiet stream) rather than starting up; a gap between two live
+        // batches is counted where it is seen.
+        let mut repairing = false;
+        // Records catch-up brought since it was last needed.
+        let mut fetched = 0u64;
         let mut retry_ms = RETRY_FIRST_MS;
         loop {
             if lost.swap(false, Relaxed) {
                 need_catchup = true;
+                repairing = true;
             }
             if need_catchup {
                 self.stats.set_state(FollowState::CatchingUp);
-                match self.catch_up().await {
+                match self.catch_up(&mut fetched).await {
                     Ok(true) => {
+                        if repairing && fetched > 0 {
+                            self.stats.gaps.inc();
+                        }
+                        (repairing, fetched) = (false, 0);
                         need_catchup = false;
                         retry_ms = RETRY_FIRST_MS;
                         self.ready.store(true, Relaxed);
@@ -100,12 +111,17 @@ impl<R: Replica> Follower<R> {
             let event = tokio::select! {
                 e = events.recv() => e,
                 // A quiet stream may have lost its last message: ask the primary.
-                _ = tokio::time::sleep(self.idle_poll) => { need_catchup = true; continue }
+                _ = tokio::time::sleep(self.idle_poll) => { (need_catchup, repairing) = (true, true); continue }
                 _ = shutdown.cancelled() => return,
             };
             match event {
                 None => return,
-                Some(Event::Subscribed) => need_catchup = true,
+                // The first subscription is part of starting up; a later one follows a
+                // lost connection, whose batches catch-up now repairs.
+                Some(Event::Subscribed) => {
+                    repairing |= self.ready.load(Relaxed);
+                    need_catchup = true;
+                }
                 Some(Event::Message(bytes)) => {
                     // A backlog is applied as one batch (one fsync here), like the
                     // primary's group commit.
@@ -118,6 +134,7 @@ impl<R: Replica> Follower<R> {
                                 messages.push(b);
                             }
                             Ok(Event::Subscribed) => {
+                                repairing = true;
                                 need_catchup = true;
                                 break;
                             }
@@ -193,9 +210,10 @@ impl<R: Replica> Follower<R> {
             let durable = self.replica.apply(batch).await?;
             self.durable.send_replace(durable);
             let now = now_us();
+            // Publish (primary's clock) to durable here (ours): meaningful where the two
+            // clocks agree; the status's `lagMs` uses this node's clock alone.
             for sent in sent_at_us {
                 let lag_us = (now - sent).max(0) as u64;
-                self.stats.last_lag_us.store(lag_us, Relaxed);
                 self.stats.lag_ms.observe(lag_us as f64 / 1000.0);
             }
         }
@@ -236,7 +254,7 @@ impl<R: Replica> Follower<R> {
 
     /// Reads the primary's WAL until up to date (`Ok(true)`) or for a bounded number of
     /// rounds (`Ok(false)`).
-    async fn catch_up(&self) -> Result<bool, ReplError> {
+    async fn catch_up(&self, fetched: &mut u64) -> Result<bool, ReplError> {
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let from = self.replica.applied_seq() + 1;
             match self.primary.fetch(from).await? {
@@ -248,8 +266,11 @@ impl<R: Replica> Follower<R> {
                     self.stats.saw_primary_seq(primary_seq);
                     let n = batch.records.len() as u64;
                     match self.apply_new(batch).await {
-                        Ok(_) => {
+                        Ok(applied) => {
                             self.stats.catchup_records.inc_by(n);
+                            if applied {
+                                *fetched += n;
+                            }
                         }
                         Err(ReplError::StaleEpoch { mine, theirs }) => {
                             self.stats.stale_epochs.inc();

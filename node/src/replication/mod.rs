@@ -3,7 +3,8 @@
 //! repairs every gap, reconnect or fresh start from the primary's WAL over HTTP
 //! ([`catchup`]); in quorum mode the primary answers a write only once a secondary
 //! acked it durable ([`quorum`]). [`stats`] is what `/admin/v1/status` and `/metrics`
-//! show of it.
+//! show of it. The HTTP side (catch-up, snapshot and tail routes, the quorum hold)
+//! lives with the rest of the node's HTTP surface, in `crate::http::replication`.
 //!
 //! Pub/sub delivers at most once, so nothing here trusts it for completeness: the live
 //! stream only makes a secondary fast; the primary's WAL makes it correct.
@@ -11,7 +12,6 @@
 pub mod catchup;
 pub mod config;
 pub mod follower;
-pub mod http;
 pub mod publisher;
 pub mod quorum;
 pub mod runtime;

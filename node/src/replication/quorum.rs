@@ -3,8 +3,8 @@
 //! Secondaries publish cumulative acks (`{node, epoch, durableSeq}`) to the channel
 //! `<wal channel>:ack` after each durable apply, and again every [`ACK_REPEAT_MS`] so
 //! a lost ack is made good. The primary subscribes to it and keeps the highest
-//! sequence acked in its own epoch; [`hold`] holds back a successful write's answer
-//! until that covers it, and answers 503 `unavailable` after the timeout instead of
+//! sequence acked in its own epoch; the HTTP layer holds back a successful write's answer
+//! until that covers it (`crate::http::replication::quorum_hold`), and answers 503 `unavailable` after the timeout instead of
 //! acknowledging a sale only one disk has. The write itself stays in the primary's
 //! WAL; a retry with the same idempotency key returns its outcome once acked.
 
@@ -12,12 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use flashsale_core::replication::{Ack, ReplicationMode};
-use flashsale_core::{ErrorBody, ErrorCode};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::watch;
@@ -90,6 +85,11 @@ impl QuorumGate {
         });
     }
 
+    /// The node's durable sequence now (what a write answered now is covered by).
+    pub fn durable_seq(&self) -> u64 {
+        (self.durable_seq)()
+    }
+
     /// Waits until a secondary acked `seq` durable in the current epoch.
     pub async fn wait(&self, seq: u64) -> Result<(), QuorumTimeout> {
         let epoch = (self.epoch)();
@@ -104,33 +104,6 @@ impl QuorumGate {
                     timeout_ms: self.timeout.as_millis() as u64,
                 })
             }
-        }
-    }
-}
-
-/// Middleware body for the write routes (`POST`): in quorum mode, a 2xx answer waits
-/// for a secondary's ack of everything durable when it was made (which covers the
-/// write, or the original of an idempotent replay); else 503.
-pub async fn hold(gate: &QuorumGate, req: Request, next: Next) -> Response {
-    let write = req.method() == Method::POST;
-    let resp = next.run(req).await;
-    if gate.mode != ReplicationMode::Quorum || !write || !resp.status().is_success() {
-        return resp;
-    }
-    let seq = (gate.durable_seq)();
-    match gate.wait(seq).await {
-        Ok(()) => resp,
-        Err(e) => {
-            let body = ErrorBody {
-                code: ErrorCode::Unavailable,
-                message: format!(
-                    "{e}: not acknowledged; it may still complete, retry with the same idempotency key"
-                ),
-                field: None,
-                primary: None,
-                retry_after_s: Some(1),
-            };
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Replication counters and gauges: one shared [`Stats`] that the publisher, the
 //! follower and the quorum gate update, read by `/admin/v1/status` and `/metrics`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use flashsale_core::replication::{FollowState, PeerAck, ReplicationMode, ReplicationStatus};
 use parking_lot::Mutex;
@@ -23,8 +25,10 @@ pub struct Stats {
     state: AtomicU8,
     /// Highest sequence the primary is known to have durable.
     pub primary_seq: AtomicU64,
-    /// Delivery time of the last live batch applied, in microseconds.
-    pub last_lag_us: AtomicU64,
+    /// Sequences heard of (live stream or catch-up) with when this node first heard of
+    /// them, oldest first, pruned as they are applied: `lagMs` is the age of the oldest
+    /// one not applied yet, on this node's own clock (no two clocks compared).
+    heard: Mutex<VecDeque<(u64, Instant)>>,
     pub gaps: Counter,
     pub duplicates: Counter,
     pub stale_epochs: Counter,
@@ -49,7 +53,7 @@ impl Stats {
             redis_connected: AtomicBool::new(false),
             state: AtomicU8::new(0),
             primary_seq: AtomicU64::new(0),
-            last_lag_us: AtomicU64::new(0),
+            heard: Mutex::new(VecDeque::with_capacity(HEARD_MARKS_MAX)),
             gaps: Counter::default(),
             duplicates: Counter::default(),
             stale_epochs: Counter::default(),
@@ -87,7 +91,24 @@ impl Stats {
 
     /// Raises the primary's known sequence (never lowers it).
     pub fn saw_primary_seq(&self, seq: u64) {
-        self.primary_seq.fetch_max(seq, Relaxed);
+        self.saw_primary_seq_at(seq, Instant::now());
+    }
+
+    /// [`Stats::saw_primary_seq`] at a given instant (tests).
+    pub fn saw_primary_seq_at(&self, seq: u64, now: Instant) {
+        if self.primary_seq.fetch_max(seq, Relaxed) >= seq {
+            return;
+        }
+        let mut heard = self.heard.lock();
+        if heard.len() >= HEARD_MARKS_MAX
+            && let Some(last) = heard.back_mut()
+        {
+            // Full: the newest mark takes the new sequence and keeps its older time, so
+            // the age shown can only be too high, never too low.
+            last.0 = seq;
+        } else {
+            heard.push_back((seq, now));
+        }
     }
 
     /// Records a secondary's durability ack (primary side).
@@ -105,14 +126,26 @@ impl Stats {
 
     /// The status block, given the node's applied sequence.
     pub fn status(&self, applied_seq: u64) -> ReplicationStatus {
+        self.status_at(applied_seq, Instant::now())
+    }
+
+    /// [`Stats::status`] at a given instant (tests).
+    pub fn status_at(&self, applied_seq: u64, now: Instant) -> ReplicationStatus {
         let primary_seq = self.primary_seq.load(Relaxed).max(applied_seq);
         let lag_records = primary_seq - applied_seq;
         self.applied_seq_gauge.set(applied_seq as i64);
         self.lag_records_gauge.set(lag_records as i64);
-        let lag_ms = if lag_records == 0 {
-            0
-        } else {
-            self.last_lag_us.load(Relaxed) / 1000
+        let lag_ms = {
+            let mut heard = self.heard.lock();
+            while heard.front().is_some_and(|(seq, _)| *seq <= applied_seq) {
+                heard.pop_front();
+            }
+            match heard.front() {
+                Some((_, since)) if lag_records > 0 => {
+                    now.saturating_duration_since(*since).as_millis() as u64
+                }
+                _ => 0,
+            }
         };
         ReplicationStatus {
             mode: self.mode,
@@ -211,3 +244,5 @@ impl Stats {
 
 /// Most secondaries the primary keeps acks of.
 const PEERS_MAX: usize = 64;
+/// Most "heard of" marks kept for `lagMs` (one per live batch or catch-up answer until applied).
+const HEARD_MARKS_MAX: usize = 1024;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// A flat directory of named files. Names are plain file names, never paths.
 pub trait WalDir: Send + Sync + 'static {
@@ -161,6 +161,17 @@ pub struct MemDir {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
     /// While set, every sync fails (a disk that went bad).
     fail_sync: Arc<AtomicBool>,
+    /// While `held`, every sync waits (a slow disk, frozen where a test wants it);
+    /// `waiting` counts syncs waiting there.
+    hold: Arc<(Mutex<SyncHold>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct SyncHold {
+    held: bool,
+    /// Syncs let through while held (`release_one`).
+    passes: usize,
+    waiting: usize,
 }
 
 impl MemDir {
@@ -182,6 +193,25 @@ impl MemDir {
     /// Makes every sync fail (`true`) or work again (`false`).
     pub fn set_fail_sync(&self, fail: bool) {
         self.fail_sync.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every sync wait (`true`) until released (`false`).
+    pub fn hold_syncs(&self, hold: bool) {
+        let (lock, cv) = &*self.hold;
+        lock.lock().held = hold;
+        cv.notify_all();
+    }
+
+    /// Lets one sync through while syncs are held (the next waits again).
+    pub fn release_one(&self) {
+        let (lock, cv) = &*self.hold;
+        lock.lock().passes += 1;
+        cv.notify_all();
+    }
+
+    /// Syncs waiting on [`MemDir::hold_syncs`] right now.
+    pub fn syncs_waiting(&self) -> usize {
+        self.hold.0.lock().waiting
     }
 
     /// Direct access to the files, to damage them.
@@ -270,6 +300,18 @@ impl WalFile for MemAppender {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        {
+            let (lock, cv) = &*self.dir.hold;
+            let mut h = lock.lock();
+            h.waiting += 1;
+            while h.held && h.passes == 0 {
+                cv.wait(&mut h);
+            }
+            if h.held {
+                h.passes -= 1;
+            }
+            h.waiting -= 1;
+        }
         if self.dir.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected sync failure"));
         }

@@ -1,0 +1,41 @@
+//! The benchmark's HTTP ceiling (`stock-node bench-noop`): the node's listener, JSON
+//! extractor and answer for a purchase, with no engine behind it.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use flashsale_core::{Order, OrderState, PurchaseRequest};
+use tokio::net::TcpListener;
+
+use super::Limits;
+use super::json::Json;
+use crate::admission::LimitedListener;
+
+/// The benchmark's ceiling: the same listener, extractor and JSON answer as a purchase,
+/// with no engine behind it.
+pub async fn serve_noop(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route("/v1/purchases", post(noop_purchase));
+    let listener = LimitedListener::new(listener, Limits::default().connections_max);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::Json<Order>) {
+    let order = Order {
+        id: 1,
+        sku: req.sku,
+        quantity: req.quantity,
+        customer: req.customer,
+        idempotency_key: req.idempotency_key,
+        state: OrderState::Reserved,
+        created_at_ms: 0,
+        expires_at_ms: 0,
+    };
+    (StatusCode::CREATED, axum::Json(order))
+}
