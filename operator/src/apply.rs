@@ -8,22 +8,22 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build::{self, BuildConfig, Owner};
-use crate::crd::FlashSale;
+use crate::build::{Desired, Existing, RedisObjects};
 use crate::labels;
 
 /// Length of the admin token in random bytes (hex-encoded: twice as many characters).
 const ADMIN_TOKEN_BYTES: usize = 32;
 
 /// What an apply pass changed that a person would want to hear about.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub statefulset_created: bool,
-    pub secret_created: bool,
+    /// The admin token, when this pass created the Secret (the caches do not have it yet).
+    pub secret_created: Option<String>,
     pub redis_removed: bool,
 }
 
@@ -53,65 +53,53 @@ pub fn new_admin_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Applies every object the sale should own, in dependency order.
-pub async fn apply_all(
+/// Makes the desired state so, whole, in dependency order: the Secret (created once),
+/// the Services, Redis (applied or removed), the PodDisruptionBudget, the StatefulSet.
+pub async fn apply(
     client: &kube::Client,
-    owner: &Owner,
-    sale: &FlashSale,
-    config: &BuildConfig,
-    have_secret: bool,
-    have_statefulset: bool,
-    have_redis: bool,
+    namespace: &str,
+    desired: &Desired,
+    existing: &Existing,
 ) -> Result<Applied, kube::Error> {
-    let ns = owner.namespace.as_str();
     let mut applied = Applied::default();
-
-    if !have_secret {
-        // Created once and never applied again: reconcile must not rotate the token.
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let secret = build::build_admin_secret(owner, &new_admin_token());
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => applied.secret_created = true,
+    if let Some(secret) = &desired.admin_secret {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        match secrets.create(&PostParams::default(), secret).await {
+            Ok(_) => {
+                applied.secret_created = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(labels::ADMIN_TOKEN_KEY))
+                    .and_then(|t| String::from_utf8(t.0.clone()).ok());
+            }
+            // Created by an earlier pass that the cache has not seen yet.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
     }
-
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for svc in [
-        build::build_headless_service(owner),
-        build::build_client_service(owner),
-        build::build_primary_service(owner),
-    ] {
-        ssa(&services, &svc).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for svc in &desired.services {
+        ssa(&services, svc).await?;
     }
-
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let redis_name = labels::redis_name(&owner.name);
-    if sale.spec.redis.managed {
-        ssa(
-            &deployments,
-            &build::build_redis_deployment(owner, sale, config),
-        )
-        .await?;
-        ssa(&services, &build::build_redis_service(owner)).await?;
-    } else if have_redis {
-        // Switched to an external Redis: the managed one goes.
-        delete_if_present(&deployments, &redis_name).await?;
-        delete_if_present(&services, &redis_name).await?;
-        applied.redis_removed = true;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    match &desired.redis {
+        RedisObjects::Managed(objects) => {
+            let (deployment, service) = &**objects;
+            ssa(&deployments, deployment).await?;
+            ssa(&services, service).await?;
+        }
+        RedisObjects::Remove { name } => {
+            delete_if_present(&deployments, name).await?;
+            delete_if_present(&services, name).await?;
+            applied.redis_removed = true;
+        }
+        RedisObjects::Absent => {}
     }
-
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-    ssa(&pdbs, &build::build_pdb(owner)).await?;
-
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    ssa(
-        &statefulsets,
-        &build::build_statefulset(owner, sale, config),
-    )
-    .await?;
-    applied.statefulset_created = !have_statefulset;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    ssa(&pdbs, &desired.pdb).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    ssa(&statefulsets, &desired.statefulset).await?;
+    applied.statefulset_created = !existing.statefulset;
     Ok(applied)
 }
 
@@ -142,16 +130,13 @@ pub async fn patch_pod(
 }
 
 /// Teardown on delete: removes the StatefulSet first so the nodes stop (SIGTERM, final
-/// WAL sync) while their Secret and Services still exist; returns the pods still left.
-pub async fn stop_nodes(client: &kube::Client, sale: &FlashSale) -> Result<usize, kube::Error> {
-    let ns = sale.namespace().unwrap_or_default();
-    let name = sale.name_any();
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    delete_if_present(&statefulsets, &labels::statefulset_name(&name)).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let selector = labels::selector_string(&labels::node_selector(&name));
-    let left = pods
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await?;
-    Ok(left.items.len())
+/// WAL sync) while their Secret and Services still exist.
+pub async fn delete_statefulset(
+    client: &kube::Client,
+    namespace: &str,
+    sale: &str,
+) -> Result<(), kube::Error> {
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    delete_if_present(&statefulsets, &labels::statefulset_name(sale)).await?;
+    Ok(())
 }

@@ -1,13 +1,21 @@
-//! The FlashSale controller: `observe → validate → build → apply → status` per sale,
-//! behind a finalizer, with Events for every decision and an `error_policy` that waits
-//! on an invalid spec and backs off on a transient error.
+//! The FlashSale controller. One pass over a sale ([`reconcile_sale`]) is a pipeline:
+//!
+//! ```text
+//! validate (pure) → observe (caches + node statuses) → desired (pure) → apply
+//!   → plan roles (pure) → execute (node calls) → status (pure) → notes (pure)
+//!   → write status (optimistic lock) → publish notes
+//! ```
+//!
+//! behind a finalizer, with an `error_policy` that waits on an invalid spec and backs off
+//! on a transient error. A pass is started by a spec change (generation), a deletion or
+//! annotation (finalizers, switchover requests), a change to an owned object or node pod,
+//! and a timed requeue that refreshes the live figures — not by its own status writes,
+//! which would otherwise wake it again on every purchase a crowd makes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flashsale_core::SaleConfig;
-use flashsale_core::admin::Role;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -15,41 +23,47 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 use crate::build::{BuildConfig, BuildError, Owner};
-use crate::crd::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, FlashSale, FlashSaleStatus,
-    PrimaryStatus,
-};
+use crate::conclude::{Pass, conclude};
+use crate::crd::{CONDITION_PROGRESSING, CONDITION_READY, FlashSale, FlashSaleStatus};
+use crate::events::{Note, Notifier, Seen};
+use crate::execute::execute;
 use crate::metrics::Metrics;
-use crate::nodes::{NodeClient, NodeError};
-use crate::observe::{Observed, PodView, observe};
-use crate::roles::{Step, assignment_note, plan};
-use crate::status::{Facts, Problem, condition_is, next_status};
-use crate::validate::{InvalidSpec, config_hash, validate};
-use crate::{apply, failover, labels, replication};
+use crate::nodes::NodeClient;
+use crate::observe::Stores;
+use crate::roles::plan;
+use crate::status::{Facts, condition_is, next_status};
+use crate::validate::{config_hash, validate};
+use crate::{apply, build, events, labels, observe};
 
 /// Longest wait between two retries of a failing sale.
 const BACKOFF_MAX_MS: u64 = 60_000;
 const BACKOFF_BASE_MS: u64 = 500;
 /// Requeue while a sale is still converging (pods starting, readiness pending).
 const CONVERGING_REQUEUE_MS: u64 = 2_000;
+/// Requeue after a status write lost a race (another writer, or our cache was behind).
+const CONFLICT_REQUEUE_MS: u64 = 200;
 /// Sales reconciled at once (bounds API and node calls).
 const CONCURRENCY_MAX: u16 = 4;
 
+/// Why a pass failed, by the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid spec: {0}")]
-    InvalidSpec(#[from] InvalidSpec),
-    #[error(transparent)]
+    #[error("build: {0}")]
     Build(#[from] BuildError),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("apply: {0}")]
+    Apply(#[source] kube::Error),
+    #[error("write status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("cleanup: {0}")]
+    Cleanup(#[source] kube::Error),
     #[error("teardown: {0} node pods still stopping")]
     TeardownPending(usize),
     #[error("finalizer: {0}")]
@@ -67,95 +81,142 @@ impl Error {
     }
 }
 
-/// What every reconcile shares.
-pub struct Context {
-    pub client: kube::Client,
+/// The operator's settings, from its flags.
+pub struct Settings {
     pub nodes: NodeClient,
     pub build: BuildConfig,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// How often a healthy sale is re-read (sold counts in status).
     pub resync_ms: u64,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub settings: Settings,
+    pub stores: Stores,
+    /// The one Event recorder (kube folds repeats into a series).
+    pub notifier: Notifier,
     /// Consecutive failures per sale, for backoff; an entry goes on the first success.
     failures: Mutex<HashMap<ObjectRef<FlashSale>, u32>>,
-    /// The status this replica last wrote per sale (by uid). The watch cache can lag
-    /// behind our own write; reading it back would re-announce a transition (a second
-    /// `Selling` Event). The operator is the only writer of status, so its own last
-    /// write is the truth until it restarts. One entry per sale, removed on delete.
-    written: Mutex<HashMap<ObjectRef<FlashSale>, (String, FlashSaleStatus)>>,
 }
 
 impl Context {
-    pub fn new(
-        client: kube::Client,
-        nodes: NodeClient,
-        build: BuildConfig,
-        reporter: Reporter,
-        metrics: Arc<Metrics>,
-        resync_ms: u64,
-    ) -> Self {
+    pub fn new(client: kube::Client, settings: Settings, stores: Stores) -> Self {
+        let notifier = Notifier::new(Recorder::new(client.clone(), settings.reporter.clone()));
         Self {
             client,
-            nodes,
-            build,
-            reporter,
-            metrics,
-            resync_ms,
+            settings,
+            stores,
+            notifier,
             failures: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
         }
     }
+}
+
+fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A watch of `K` reflected into a cache: the cache, and the stream of changed objects.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
+}
+
+/// What wakes a sale: its spec (generation), its finalizers (deletion, cleanup) and its
+/// annotations (requests such as a switchover) — not its status.
+pub fn sale_predicate() -> impl Predicate<FlashSale> {
+    predicates::generation
+        .combine(predicates::finalizers)
+        .combine(predicates::annotations)
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
-    ctx: Arc<Context>,
+    client: kube::Client,
+    settings: Settings,
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as Resource>::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::MANAGED_BY,
         labels::FIELD_MANAGER
     ));
-    let pods = watcher::Config::default().labels(&format!("{}={}", labels::NAME, labels::NODE_APP));
-    Controller::new(
+    let node_pods =
+        watcher::Config::default().labels(&format!("{}={}", labels::NAME, labels::NODE_APP));
+    let (statefulsets, sts_changes) =
+        cached(api::<StatefulSet>(&client, &namespace), owned.clone());
+    let (secrets, secret_changes) = cached(api::<Secret>(&client, &namespace), owned.clone());
+    let (deployments, deploy_changes) =
+        cached(api::<Deployment>(&client, &namespace), owned.clone());
+    let (pods, pod_changes) = cached(api::<Pod>(&client, &namespace), node_pods);
+    let stores = Stores {
+        statefulsets,
+        pods,
+        secrets,
+        deployments,
+    };
+
+    let (sales, sale_writer) = reflector::store();
+    let sale_changes = watcher(
         api::<FlashSale>(&client, &namespace),
         watcher::Config::default(),
     )
-    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
-    .owns(api::<Service>(&client, &namespace), owned.clone())
-    .owns(api::<Secret>(&client, &namespace), owned.clone())
-    .owns(
-        api::<PodDisruptionBudget>(&client, &namespace),
-        owned.clone(),
-    )
-    .owns(api::<Deployment>(&client, &namespace), owned)
-    // Pods belong to the StatefulSet, not the sale: map them back by label.
-    .watches(api::<Pod>(&client, &namespace), pods, |pod| {
-        let sale = pod.labels().get(labels::INSTANCE)?.clone();
-        Some(ObjectRef::new(&sale).within(&pod.namespace()?))
-    })
-    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY_MAX))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "reconcile round");
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(sale_writer)
+    .applied_objects()
+    .predicate_filter(sale_predicate(), Default::default());
+
+    let ctx = Arc::new(Context::new(client.clone(), settings, stores));
+    Controller::for_stream(sale_changes, sales)
+        .owns_stream(sts_changes)
+        .owns_stream(secret_changes)
+        .owns_stream(deploy_changes)
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
+        // Pods belong to the StatefulSet, not the sale: map them back by label.
+        .watches_stream(pod_changes, |pod: Pod| {
+            let sale = pod.labels().get(labels::INSTANCE)?.clone();
+            Some(ObjectRef::new(&sale).within(&pod.namespace()?))
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY_MAX))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile round");
+            }
+        })
+        .await;
 }
 
 async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -176,7 +237,9 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
         Ok(_) => true,
         Err(e) => e.is_teardown_pending(),
     };
-    ctx.metrics.observe_reconcile(ok, started.elapsed());
+    ctx.settings
+        .metrics
+        .observe_reconcile(ok, started.elapsed());
     if result.is_ok() {
         ctx.failures.lock().expect("not poisoned").remove(&key);
     }
@@ -198,68 +261,18 @@ fn error_policy(sale: Arc<FlashSale>, error: &Error, ctx: Arc<Context>) -> Actio
     Action::requeue(Duration::from_millis(delay_ms))
 }
 
-async fn publish(ctx: &Context, sale: &FlashSale, type_: EventType, reason: &str, note: String) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &sale.object_ref(&())).await {
-        // An Event lost is not worth failing the reconcile over.
-        tracing::warn!(error = %e, reason, "could not publish event");
-    }
-}
-
-async fn write_status(
-    ctx: &Context,
-    sale: &FlashSale,
-    prev: &FlashSaleStatus,
-    next: &FlashSaleStatus,
-) -> Result<(), kube::Error> {
-    if prev == next {
-        return Ok(());
-    }
-    let api: Api<FlashSale> =
-        Api::namespaced(ctx.client.clone(), &sale.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": next });
-    api.patch_status(
-        &sale.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    if let Some(uid) = sale.uid() {
-        ctx.written
-            .lock()
-            .expect("not poisoned")
-            .insert(ObjectRef::from_obj(sale), (uid, next.clone()));
-    }
-    Ok(())
-}
-
-/// The sale's current status: our own last write when the watch cache has not caught
-/// up with it yet, else what the API server returned.
-fn last_status(ctx: &Context, sale: &FlashSale) -> FlashSaleStatus {
-    let written = ctx.written.lock().expect("not poisoned");
-    match (written.get(&ObjectRef::from_obj(sale)), sale.uid()) {
-        (Some((uid, status)), Some(current)) if *uid == current => status.clone(),
-        _ => sale.status.clone().unwrap_or_default(),
-    }
-}
-
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
+/// One pass over a sale; see the module doc for the pipeline.
 async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
     let owner = Owner::of(sale)?;
-    let prev = last_status(ctx, sale);
+    let prev = sale.status.clone().unwrap_or_default();
     let selector = labels::selector_string(&labels::node_selector(&owner.name));
+    let now = now();
 
-    // validate
+    // validate (pure)
     let config = match validate(sale) {
         Ok(config) => config,
         Err(invalid) => {
@@ -269,448 +282,168 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
                 invalid: Some(invalid.to_string()),
                 ..Facts::default()
             };
-            let next = next_status(&prev, &facts, &now());
-            if next != prev {
-                publish(
-                    ctx,
-                    sale,
-                    EventType::Warning,
-                    "InvalidSpec",
-                    invalid.to_string(),
-                )
-                .await;
-            }
-            write_status(ctx, sale, &prev, &next).await?;
+            let next = next_status(&prev, &facts, &now);
+            let notes = events::notes(&prev, &next, &Seen::default());
+            finish(ctx, sale, &prev, &next, &notes).await?;
             // Nothing will change until the spec does.
             return Ok(Action::await_change());
         }
     };
     let hash = config_hash(&config);
 
-    // observe, build + apply
-    let mut observed = observe(&ctx.client, &ctx.nodes, &owner.namespace, &owner.name).await?;
-    let applied = apply::apply_all(
-        &ctx.client,
+    // observe: the caches, then the nodes
+    let mut observed = observe::from_caches(&ctx.stores, &owner.namespace, &owner.name);
+    observe::ask_nodes(&ctx.settings.nodes, &mut observed).await;
+
+    // desired (pure) and apply
+    let desired = build::desired(
         &owner,
         sale,
-        &ctx.build,
-        observed.admin_token.is_some(),
-        observed.statefulset.is_some(),
-        observed.redis_deployment_exists,
-    )
-    .await?;
-    if applied.statefulset_created {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "Created",
-            format!(
-                "created StatefulSet {} ({} nodes), Services, admin Secret, PodDisruptionBudget{}",
-                owner.name,
-                sale.spec.nodes.replicas,
-                if sale.spec.redis.managed {
-                    ", managed Redis"
-                } else {
-                    ""
-                }
-            ),
-        )
-        .await;
-    }
-    if applied.redis_removed {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "RedisRemoved",
-            "managed Redis deleted: the sale uses an external Redis".to_string(),
-        )
-        .await;
-    }
-    if applied.secret_created || observed.admin_token.is_none() {
-        observed = observe(&ctx.client, &ctx.nodes, &owner.namespace, &owner.name).await?;
+        &ctx.settings.build,
+        &observed.existing,
+        &apply::new_admin_token(),
+    );
+    let applied = apply::apply(&ctx.client, &owner.namespace, &desired, &observed.existing)
+        .await
+        .map_err(Error::Apply)?;
+    if let Some(token) = &applied.secret_created {
+        // The cache has not seen the Secret yet: the nodes can be asked with the new token.
+        observed.admin_token = Some(token.clone());
+        observe::ask_nodes(&ctx.settings.nodes, &mut observed).await;
     }
 
-    // roles and config, told to the nodes
+    // plan roles (pure) and tell the nodes
     let role_plan = plan(
         prev.primary.as_ref().map(|p| p.pod.as_str()),
         prev.epoch,
         &observed.pods,
         &hash,
     );
-    if role_plan.newly_chosen
-        && let Some(primary) = &role_plan.primary
-    {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "PrimaryChosen",
-            format!(
-                "{primary} is the first primary (lowest ordinal whose node answered), epoch {}",
-                role_plan.epoch
-            ),
-        )
-        .await;
-    }
-    let mut problems = Vec::new();
-    execute_steps(
-        ctx,
-        sale,
+    let outcomes = execute(
+        &ctx.client,
+        &ctx.settings.nodes,
         &owner,
         &config,
         &hash,
         &role_plan.steps,
         &mut observed,
-        &mut problems,
     )
     .await;
 
-    // status
-    let facts = facts(
-        sale, &observed, &role_plan, &config, &hash, selector, problems,
+    // status and notes (pure)
+    let done = conclude(&Pass {
+        sale,
+        prev: &prev,
+        observed: &observed,
+        role_plan: &role_plan,
+        config: &config,
+        hash: &hash,
+        selector,
+        applied,
+        outcomes: &outcomes,
+        now: &now,
+    });
+    ctx.settings.metrics.replication.record(
+        &owner.namespace,
+        &owner.name,
+        &observed.pods,
+        &done.assessment,
     );
-    let mut next = next_status(&prev, &facts, &now());
-    replication_report(ctx, sale, &owner, &observed, &role_plan, &mut next).await;
-    transition_events(ctx, sale, &prev, &next).await;
-    write_status(ctx, sale, &prev, &next).await?;
+    let (next, notes) = (done.status, done.notes);
 
+    // write the status, then tell what happened
+    if !finish(ctx, sale, &prev, &next, &notes).await? {
+        return Ok(Action::requeue(Duration::from_millis(CONFLICT_REQUEUE_MS)));
+    }
     let converging = !condition_is(&next, CONDITION_READY, "True")
         || condition_is(&next, CONDITION_PROGRESSING, "True");
     let requeue_ms = if converging {
         CONVERGING_REQUEUE_MS
     } else {
-        ctx.resync_ms
+        ctx.settings.resync_ms
     };
     Ok(Action::requeue(Duration::from_millis(requeue_ms)))
 }
 
-/// Tells each node what the plan says, in order; a failed step skips that pod's later steps.
-#[allow(clippy::too_many_arguments)]
-async fn execute_steps(
-    ctx: &Context,
-    sale: &FlashSale,
-    owner: &Owner,
-    config: &SaleConfig,
-    hash: &str,
-    steps: &[Step],
-    observed: &mut Observed,
-    problems: &mut Vec<Problem>,
-) {
-    let Some(token) = observed.admin_token.clone() else {
-        return;
-    };
-    let mut failed: Vec<String> = Vec::new();
-    for step in steps {
-        let pod_name = match step {
-            Step::PushConfig { pod } | Step::AssignRole { pod, .. } | Step::Label { pod, .. } => {
-                pod
-            }
-        };
-        if failed.contains(pod_name) {
-            continue;
-        }
-        let Some(view) = observed.pods.iter_mut().find(|p| &p.name == pod_name) else {
-            continue;
-        };
-        let Some(url) = view.url() else { continue };
-        let outcome: Result<(), (&'static str, String)> = match step {
-            Step::PushConfig { pod } => match ctx.nodes.put_config(&url, &token, config).await {
-                Ok(status) => {
-                    view.node = Some(Ok(status));
-                    view.config_hash = Some(hash.to_string());
-                    let stock: u64 = config.items.iter().map(|i| i.stock).sum();
-                    publish(
-                        ctx,
-                        sale,
-                        EventType::Normal,
-                        "ConfigPushed",
-                        format!(
-                            "{pod} runs config {hash}: {} items, {stock} units",
-                            config.items.len()
-                        ),
-                    )
-                    .await;
-                    record(ctx, owner, pod, None, &[(labels::CONFIG_HASH, hash)]).await
-                }
-                Err(e) => Err(node_problem("ConfigRejected", pod, &e)),
-            },
-            Step::AssignRole { pod, assignment } => {
-                match ctx.nodes.put_role(&url, &token, assignment).await {
-                    Ok(status) => {
-                        view.node = Some(Ok(status));
-                        let note = assignment_note(
-                            assignment.role,
-                            assignment.epoch,
-                            assignment.primary_url.as_deref(),
-                        );
-                        view.role_assignment = Some(note.clone());
-                        publish(
-                            ctx,
-                            sale,
-                            EventType::Normal,
-                            "RoleAssigned",
-                            format!("{pod} is {note}"),
-                        )
-                        .await;
-                        record(ctx, owner, pod, None, &[(labels::ROLE_ASSIGNMENT, &note)]).await
-                    }
-                    Err(e) => Err(node_problem("RoleRejected", pod, &e)),
-                }
-            }
-            Step::Label { pod, role } => {
-                let r = record(ctx, owner, pod, Some(role), &[]).await;
-                if r.is_ok() {
-                    view.role_label = Some(role.to_string());
-                }
-                r
-            }
-        };
-        if let Err((reason, message)) = outcome {
-            publish(ctx, sale, EventType::Warning, reason, message.clone()).await;
-            problems.push(Problem { reason, message });
-            failed.push(pod_name.clone());
-        }
-    }
-}
-
-async fn record(
-    ctx: &Context,
-    owner: &Owner,
-    pod: &str,
-    role: Option<&str>,
-    annotations: &[(&str, &str)],
-) -> Result<(), (&'static str, String)> {
-    apply::patch_pod(&ctx.client, &owner.namespace, pod, role, annotations)
-        .await
-        .map_err(|e| ("PodPatchFailed", format!("{pod}: {e}")))
-}
-
-fn node_problem(refused_reason: &'static str, pod: &str, e: &NodeError) -> (&'static str, String) {
-    let reason = match e {
-        NodeError::Refused { .. } => refused_reason,
-        NodeError::Unreachable(_) | NodeError::Contract(_) => "NodeUnreachable",
-    };
-    (reason, format!("{pod}: {e}"))
-}
-
-/// What the status says, from what was observed and done.
-fn facts(
-    sale: &FlashSale,
-    observed: &Observed,
-    role_plan: &crate::roles::RolePlan,
-    config: &SaleConfig,
-    hash: &str,
-    selector: String,
-    mut problems: Vec<Problem>,
-) -> Facts {
-    let desired = sale.spec.nodes.replicas;
-    let pods = &observed.pods;
-    let primary_view = role_plan
-        .primary
-        .as_ref()
-        .and_then(|p| pods.iter().find(|v| &v.name == p));
-    // The primary runs the config it was given (hash on its pod); a secondary runs what
-    // it replicated, so its items must match the spec's.
-    let node_is = |v: &PodView, role: Role| {
-        let Some(s) = v.node_status() else {
-            return false;
-        };
-        let config_current = match role {
-            Role::Primary => v.config_hash.as_deref() == Some(hash),
-            _ => items_match(&s.items, config),
-        };
-        s.role == role && s.epoch == role_plan.epoch && s.sale.is_some() && config_current
-    };
-    let primary_selling = primary_view.is_some_and(|v| v.ready && node_is(v, Role::Primary));
-    if let Some(primary) = &role_plan.primary
-        && let Some(why) = failover::primary_unavailable(primary, pods)
-    {
-        problems.insert(
-            0,
-            Problem {
-                reason: "PrimaryUnavailable",
-                message: why,
-            },
-        );
-    }
-    let every_node_current = pods.iter().all(|v| {
-        let role = if Some(&v.name) == role_plan.primary.as_ref() {
-            Role::Primary
-        } else {
-            Role::Secondary
-        };
-        node_is(v, role) && v.ready
-    });
-    let sts_current = observed
-        .statefulset
-        .as_ref()
-        .and_then(|s| s.status.as_ref())
-        .is_some_and(|s| {
-            s.updated_replicas.unwrap_or(0) >= desired && s.current_revision == s.update_revision
-        });
-    Facts {
-        generation: sale.metadata.generation,
-        selector,
-        desired_replicas: desired,
-        replicas: pods.len() as i32,
-        ready_replicas: pods.iter().filter(|p| p.ready).count() as i32,
-        primary: role_plan.primary.as_ref().map(|pod| PrimaryStatus {
-            pod: pod.clone(),
-            endpoint: primary_view.and_then(|v| v.url()),
-        }),
-        epoch: role_plan.epoch,
-        primary_selling,
-        items: primary_view
-            .and_then(|v| v.node_status())
-            .filter(|s| s.sale.is_some())
-            .map(|s| s.items.clone()),
-        rolled_out: every_node_current && sts_current && pods.len() as i32 == desired,
-        problems,
-        invalid: None,
-    }
-}
-
-/// A node's items are the spec's: same SKUs, stock and limits.
-fn items_match(items: &[flashsale_core::ItemView], config: &SaleConfig) -> bool {
-    items.len() == config.items.len()
-        && config.items.iter().all(|want| {
-            items.iter().any(|have| {
-                have.sku == want.sku
-                    && have.stock == want.stock
-                    && have.per_customer_limit == want.per_customer_limit
-            })
-        })
-}
-
-async fn transition_events(
+/// Writes the status if it changed, guarded by the resourceVersion the pass read, then
+/// publishes the notes (the transitions only if the status was written). `Ok(false)`:
+/// the write lost a race; the caller requeues and the next pass decides again.
+async fn finish(
     ctx: &Context,
     sale: &FlashSale,
     prev: &FlashSaleStatus,
     next: &FlashSaleStatus,
-) {
-    let flipped = |t: &str, to: &str| condition_is(next, t, to) && !condition_is(prev, t, to);
-    let message = |t: &str| {
-        next.conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .map(|c| c.message.clone())
-            .unwrap_or_default()
+    notes: &[Note],
+) -> Result<bool, Error> {
+    let (written, version) = match write_status(ctx, sale, prev, next).await {
+        Ok(version) => (true, version),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            ctx.settings.metrics.status_conflicts.inc();
+            tracing::debug!(sale = %sale.name_any(), "status write lost a race; reconciling again");
+            (false, sale.resource_version())
+        }
+        Err(e) => return Err(Error::Status(e)),
     };
-    if flipped(CONDITION_READY, "True") {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "Selling",
-            message(CONDITION_READY),
-        )
-        .await;
-    }
-    if flipped(CONDITION_PROGRESSING, "False") && prev.phase.is_some() {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "RolledOut",
-            format!(
-                "every node runs generation {}",
-                next.observed_generation.unwrap_or(0)
-            ),
-        )
-        .await;
-    }
-    if flipped(CONDITION_DEGRADED, "True") {
-        publish(
-            ctx,
-            sale,
-            EventType::Warning,
-            "Degraded",
-            message(CONDITION_DEGRADED),
-        )
-        .await;
-    }
-    if flipped(CONDITION_DEGRADED, "False") && prev.phase.is_some() {
-        publish(
-            ctx,
-            sale,
-            EventType::Normal,
-            "Recovered",
-            "no known problem".to_string(),
-        )
-        .await;
-    }
+    ctx.notifier.publish(sale, version, notes, written).await;
+    Ok(written)
 }
 
-/// Replication in the status (`status.nodes`, `ReplicationHealthy`), an Event per
-/// secondary that starts or stops lagging, and the live figures as metrics.
-async fn replication_report(
+/// Writes `next` as the status unless it equals `prev`, with the sale's resourceVersion
+/// as a precondition (a merge patch that names `metadata.resourceVersion` fails with 409
+/// when the object moved since it was read). Returns the resourceVersion now current.
+async fn write_status(
     ctx: &Context,
     sale: &FlashSale,
-    owner: &Owner,
-    observed: &Observed,
-    role_plan: &crate::roles::RolePlan,
-    next: &mut FlashSaleStatus,
-) {
-    let limits = replication::Thresholds::from(&sale.spec.replication);
-    let now = now();
-    let a = replication::assess(
-        &observed.pods,
-        role_plan.primary.as_deref(),
-        // `next` starts as a copy of the last status: these are the last verdicts.
-        &next.nodes,
-        limits,
-        &now,
-    );
-    replication::apply_to_status(next, &a, sale.metadata.generation, &now);
-    ctx.metrics
-        .replication
-        .record(&owner.namespace, &owner.name, &observed.pods, &a);
-    for c in &a.started_lagging {
-        let note = format!(
-            "{} is {} records / {} ms behind the primary (limits {} records, {} ms)",
-            c.node, c.lag_records, c.lag_ms, limits.max_lag_records, limits.max_lag_ms
-        );
-        publish(ctx, sale, EventType::Warning, "ReplicationLagging", note).await;
+    prev: &FlashSaleStatus,
+    next: &FlashSaleStatus,
+) -> Result<Option<String>, kube::Error> {
+    if prev == next {
+        return Ok(sale.resource_version());
     }
-    for c in &a.stopped_lagging {
-        let note = format!(
-            "{} caught up: {} records / {} ms behind",
-            c.node, c.lag_records, c.lag_ms
-        );
-        publish(ctx, sale, EventType::Normal, "ReplicationCaughtUp", note).await;
-    }
+    let api: Api<FlashSale> =
+        Api::namespaced(ctx.client.clone(), &sale.namespace().unwrap_or_default());
+    let patch = status_patch(sale, next);
+    let written = api
+        .patch_status(
+            &sale.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(written.resource_version())
+}
+
+/// The status write: a merge patch of the whole status that names the resourceVersion
+/// the pass read, which makes the API server refuse it (409) if the sale moved since.
+pub fn status_patch(sale: &FlashSale, next: &FlashSaleStatus) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": { "resourceVersion": sale.resource_version() },
+        "status": next,
+    })
 }
 
 /// The sale is being deleted: stop the nodes first, then let garbage collection take the rest.
 async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
-    ctx.written
-        .lock()
-        .expect("not poisoned")
-        .remove(&ObjectRef::from_obj(sale));
-    ctx.metrics
+    let owner = Owner::of(sale)?;
+    ctx.settings
+        .metrics
         .replication
-        .forget(&sale.namespace().unwrap_or_default(), &sale.name_any());
-    let left = apply::stop_nodes(&ctx.client, sale).await?;
+        .forget(&owner.namespace, &owner.name);
+    apply::delete_statefulset(&ctx.client, &owner.namespace, &owner.name)
+        .await
+        .map_err(Error::Cleanup)?;
+    let left = observe::from_caches(&ctx.stores, &owner.namespace, &owner.name)
+        .pods
+        .len();
     if left > 0 {
         return Err(Error::TeardownPending(left));
     }
-    let status = sale.status.clone().unwrap_or_default();
-    let volumes = match sale.spec.nodes.storage.reclaim_policy {
-        crate::crd::ReclaimPolicy::Retain => "WAL volumes retained (reclaimPolicy: Retain)",
-        crate::crd::ReclaimPolicy::Delete => "WAL volumes deleted (reclaimPolicy: Delete)",
-    };
-    publish(
-        ctx,
-        sale,
-        EventType::Normal,
-        "Deleted",
-        format!(
-            "nodes stopped; final tally {} sold of {} ({} held); {volumes}",
-            status.sold, status.stock, status.held
-        ),
-    )
-    .await;
+    let note = events::deleted(
+        &sale.status.clone().unwrap_or_default(),
+        sale.spec.nodes.storage.reclaim_policy,
+    );
+    ctx.notifier
+        .publish(sale, sale.resource_version(), &[note], false)
+        .await;
     Ok(Action::await_change())
 }

@@ -1,13 +1,17 @@
 //! The flashsale operator: turns `FlashSale` resources into running sales.
 //!
-//! A reconcile runs `observe → validate → build → apply → status`
-//! ([`controller::reconcile`]); validate and build are pure and unit tested from YAML
-//! fixtures, I/O lives in `observe`, `apply` and `nodes`.
+//! A reconcile pass is a pipeline (see [`controller`]): validate, observe, desired,
+//! apply, plan roles, execute, status, notes. The pure steps (`validate`, `build`,
+//! `roles`, `replication`, `status`, `events`) are unit tested from fixtures; I/O lives
+//! in `observe`, `apply`, `execute` and `nodes`.
 
 pub mod apply;
 pub mod build;
+pub mod conclude;
 pub mod controller;
 pub mod crd;
+pub mod events;
+pub mod execute;
 pub mod failover;
 pub mod http;
 pub mod labels;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use flashsale_operator::build::BuildConfig;
-use flashsale_operator::controller::{self, Context};
+use flashsale_operator::controller::{self, Settings};
 use flashsale_operator::http::{self, HttpState};
 use flashsale_operator::metrics::Metrics;
 use flashsale_operator::nodes::NodeClient;
@@ -185,15 +185,20 @@ async fn main() -> anyhow::Result<()> {
         controller: "flashsale-operator".into(),
         instance: Some(identity),
     };
-    let ctx = Arc::new(Context::new(
-        client,
+    let settings = Settings {
         nodes,
         build,
         reporter,
-        metrics.clone(),
-        args.resync_ms,
-    ));
-    controller::run(ctx, args.namespace.clone(), stopped(stop_rx.clone())).await;
+        metrics: metrics.clone(),
+        resync_ms: args.resync_ms,
+    };
+    controller::run(
+        client,
+        settings,
+        args.namespace.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .await;
     tracing::info!("controller stopped");
 
     if let Some((is_leader, watcher, task)) = lease {

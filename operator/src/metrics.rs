@@ -18,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     reconcile_seconds: Histogram,
+    /// Status writes that lost a race (resourceVersion precondition failed).
+    pub status_conflicts: Counter,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Per-node applied sequence and lag (`crate::replication`).
@@ -36,6 +38,12 @@ impl Default for Metrics {
             "Time one reconcile took",
             reconcile_seconds.clone(),
         );
+        let status_conflicts = Counter::default();
+        registry.register(
+            "status_conflicts",
+            "Status writes refused because the sale changed since it was read",
+            status_conflicts.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
         let replication = crate::replication::ReplicationMetrics::default();
@@ -44,6 +52,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             reconcile_seconds,
+            status_conflicts,
             leader,
             replication,
         }

@@ -1,13 +1,17 @@
 //! Observe: what exists for a sale right now — its StatefulSet, its node pods, the admin
-//! token, and each running node's own account of itself (`GET /admin/v1/status`).
+//! token (all from the controller's caches), and each running node's own account of
+//! itself (`GET /admin/v1/status`, the one thing observe asks over the network).
+
+use std::sync::Arc;
 
 use flashsale_core::admin::NodeStatus;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::build::Existing;
 use crate::labels;
 use crate::nodes::{NodeClient, NodeError, node_url};
 
@@ -68,49 +72,87 @@ impl PodView {
     }
 }
 
+/// The controller's caches of what the sales own (filled by the watches it runs anyway,
+/// so a reconcile reads them instead of asking the API server again).
+#[derive(Clone)]
+pub struct Stores {
+    pub statefulsets: Store<StatefulSet>,
+    pub pods: Store<Pod>,
+    pub secrets: Store<Secret>,
+    pub deployments: Store<Deployment>,
+}
+
 /// Everything observed for one sale.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
-    pub statefulset: Option<StatefulSet>,
+    /// Which of the sale's objects exist.
+    pub existing: Existing,
+    pub statefulset: Option<Arc<StatefulSet>>,
     /// Node pods, by ordinal then name.
     pub pods: Vec<PodView>,
     /// The admin token, when the Secret exists.
     pub admin_token: Option<String>,
-    pub redis_deployment_exists: bool,
 }
 
-/// Reads the sale's objects and asks every running node for its status (concurrently,
-/// each call bounded by the node client's timeout).
-pub async fn observe(
-    client: &kube::Client,
-    nodes: &NodeClient,
-    namespace: &str,
-    sale: &str,
-) -> Result<Observed, kube::Error> {
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+impl Observed {
+    /// A node pod by name.
+    pub fn pod(&self, name: &str) -> Option<&PodView> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+}
 
-    let statefulset = sts.get_opt(&labels::statefulset_name(sale)).await?;
-    let selector = labels::selector_string(&labels::node_selector(sale));
-    let pod_list = pods.list(&ListParams::default().labels(&selector)).await?;
-    let admin_token = secrets
-        .get_opt(&labels::admin_secret_name(sale))
-        .await?
-        .and_then(|s| s.data)
+/// What the caches hold of one sale: its StatefulSet, node pods, admin token and Redis.
+pub fn from_caches(stores: &Stores, namespace: &str, sale: &str) -> Observed {
+    fn key<K: kube::Resource<DynamicType = ()>>(name: String, ns: &str) -> ObjectRef<K> {
+        ObjectRef::new(&name).within(ns)
+    }
+    let statefulset = stores
+        .statefulsets
+        .get(&key(labels::statefulset_name(sale), namespace));
+    let admin_token = stores
+        .secrets
+        .get(&key(labels::admin_secret_name(sale), namespace))
+        .and_then(|s| s.data.clone())
         .and_then(|d| d.get(labels::ADMIN_TOKEN_KEY).cloned())
         .and_then(|b| String::from_utf8(b.0).ok())
         .map(|t| t.trim().to_string());
-    let redis_deployment_exists = deployments
-        .get_opt(&labels::redis_name(sale))
-        .await?
+    let redis = stores
+        .deployments
+        .get(&key(labels::redis_name(sale), namespace))
         .is_some();
+    let mut pods: Vec<PodView> = stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace)
+                && p.labels().get(labels::INSTANCE).map(String::as_str) == Some(sale)
+                && p.labels().get(labels::NAME).map(String::as_str) == Some(labels::NODE_APP)
+        })
+        .map(|p| PodView::from_pod(p))
+        .collect();
+    pods.sort_by(|a, b| (a.ordinal, &a.name).cmp(&(b.ordinal, &b.name)));
+    Observed {
+        existing: Existing {
+            admin_secret: admin_token.is_some(),
+            statefulset: statefulset.is_some(),
+            redis,
+        },
+        statefulset,
+        pods,
+        admin_token,
+    }
+}
 
-    let mut views: Vec<PodView> = pod_list.items.iter().map(PodView::from_pod).collect();
-    views.sort_by(|a, b| (a.ordinal, &a.name).cmp(&(b.ordinal, &b.name)));
-    if let Some(token) = &admin_token {
-        let asks = views.iter().map(|v| async move {
+/// Asks every running node for its own status (`GET /admin/v1/status`), concurrently,
+/// each call bounded by the node client's timeout.
+pub async fn ask_nodes(nodes: &NodeClient, observed: &mut Observed) {
+    let Some(token) = observed.admin_token.clone() else {
+        return;
+    };
+    let asks = observed.pods.iter().map(|v| {
+        let token = &token;
+        async move {
             match v.url() {
                 Some(url) if v.running => Some(
                     nodes
@@ -120,16 +162,10 @@ pub async fn observe(
                 ),
                 _ => None,
             }
-        });
-        let answers = join_all(asks).await;
-        for (view, answer) in views.iter_mut().zip(answers) {
-            view.node = answer;
         }
+    });
+    let answers = join_all(asks).await;
+    for (view, answer) in observed.pods.iter_mut().zip(answers) {
+        view.node = answer;
     }
-    Ok(Observed {
-        statefulset,
-        pods: views,
-        admin_token,
-        redis_deployment_exists,
-    })
 }

@@ -62,6 +62,9 @@ pub struct LagChange {
     pub node: String,
     pub lag_records: u64,
     pub lag_ms: u64,
+    /// The thresholds it was judged against.
+    pub max_lag_records: u64,
+    pub max_lag_ms: u64,
 }
 
 /// Everything decided from one observation.
@@ -123,6 +126,8 @@ pub fn assess(
                     node: pod.name.clone(),
                     lag_records: records,
                     lag_ms: ms,
+                    max_lag_records: limits.max_lag_records,
+                    max_lag_ms: limits.max_lag_ms,
                 };
                 if lagging && !was_lagging {
                     started_lagging.push(change);

@@ -25,6 +25,17 @@ pub enum Step {
     Label { pod: String, role: &'static str },
 }
 
+impl Step {
+    /// The pod the step is about.
+    pub fn pod(&self) -> &str {
+        match self {
+            Step::PushConfig { pod } | Step::AssignRole { pod, .. } | Step::Label { pod, .. } => {
+                pod
+            }
+        }
+    }
+}
+
 /// The outcome of planning.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RolePlan {
@@ -40,11 +51,7 @@ pub struct RolePlan {
 /// What the pod annotation records of the last role a node accepted: a secondary whose
 /// primary moved (re-created with a new IP) is told again even though role and epoch match.
 pub fn assignment_note(role: Role, epoch: u64, primary_url: Option<&str>) -> String {
-    let role = match role {
-        Role::Standby => "standby",
-        Role::Primary => "primary",
-        Role::Secondary => "secondary",
-    };
+    let role = role.as_str();
     match primary_url {
         Some(url) => format!("{role}@{epoch} {url}"),
         None => format!("{role}@{epoch}"),

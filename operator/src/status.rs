@@ -1,5 +1,5 @@
-//! Status: the next `FlashSale.status` as a pure function of what the reconcile saw and
-//! did, and the previous status (so a condition's `lastTransitionTime` moves only when
+//! Status: the next `FlashSale.status`, computed once per pass, as a pure function of
+//! what the reconcile saw and did (replication's verdict included), and the previous status (so a condition's `lastTransitionTime` moves only when
 //! its status flips, and an unchanged sale produces an identical status: no write).
 
 use flashsale_core::ItemView;
@@ -38,6 +38,8 @@ pub struct Facts {
     pub problems: Vec<Problem>,
     /// The spec was refused (`field: message`).
     pub invalid: Option<String>,
+    /// Replication's verdict (`status.nodes`, `ReplicationHealthy`), when the nodes were asked.
+    pub replication: Option<crate::replication::Assessment>,
 }
 
 /// The next status. `now` stamps only conditions whose status flips.
@@ -195,6 +197,9 @@ pub fn next_status(prev: &FlashSaleStatus, facts: &Facts, now: &Time) -> FlashSa
     } else {
         Phase::Pending
     });
+    if let Some(a) = &facts.replication {
+        crate::replication::apply_to_status(&mut next, a, facts.generation, now);
+    }
     next
 }
 

@@ -37,6 +37,7 @@ fn selling() -> Facts {
         rolled_out: true,
         problems: vec![],
         invalid: None,
+        replication: None,
     }
 }
 

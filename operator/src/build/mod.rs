@@ -13,6 +13,9 @@ pub use secret::build_admin_secret;
 pub use services::{build_client_service, build_headless_service, build_primary_service};
 pub use statefulset::build_statefulset;
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -77,5 +80,72 @@ impl Owner {
             owner_references: Some(vec![self.owner_ref.clone()]),
             ..ObjectMeta::default()
         }
+    }
+}
+
+/// What of the sale's objects exists already (read from the controller's caches).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Existing {
+    pub admin_secret: bool,
+    pub statefulset: bool,
+    pub redis: bool,
+}
+
+/// The managed Redis: run it, take it away (the sale switched to an external one), or
+/// leave things as they are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RedisObjects {
+    Managed(Box<(Deployment, Service)>),
+    /// Delete the Deployment and Service of this name.
+    Remove {
+        name: String,
+    },
+    Absent,
+}
+
+/// Everything a sale should own, as one value: `apply` makes it so, whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The admin Secret, only when it does not exist yet: it is created once and never
+    /// applied again (a reconcile must not rotate the token).
+    pub admin_secret: Option<Secret>,
+    /// Headless, client and primary Services.
+    pub services: Vec<Service>,
+    pub redis: RedisObjects,
+    pub pdb: PodDisruptionBudget,
+    pub statefulset: StatefulSet,
+}
+
+/// The whole desired state of a sale. Pure: `fresh_token` is drawn by the caller and
+/// used only if the admin Secret does not exist yet.
+pub fn desired(
+    owner: &Owner,
+    sale: &FlashSale,
+    config: &BuildConfig,
+    existing: &Existing,
+    fresh_token: &str,
+) -> Desired {
+    let redis = if sale.spec.redis.managed {
+        RedisObjects::Managed(Box::new((
+            build_redis_deployment(owner, sale, config),
+            build_redis_service(owner),
+        )))
+    } else if existing.redis {
+        RedisObjects::Remove {
+            name: crate::labels::redis_name(&owner.name),
+        }
+    } else {
+        RedisObjects::Absent
+    };
+    Desired {
+        admin_secret: (!existing.admin_secret).then(|| build_admin_secret(owner, fresh_token)),
+        services: vec![
+            build_headless_service(owner),
+            build_client_service(owner),
+            build_primary_service(owner),
+        ],
+        redis,
+        pdb: build_pdb(owner),
+        statefulset: build_statefulset(owner, sale, config),
     }
 }

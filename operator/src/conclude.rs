@@ -1,0 +1,157 @@
+//! The pure end of a reconcile pass: from what was observed, planned and done, the
+//! facts, replication's verdict, the next status (computed once) and the notes to publish.
+//! No client and no clock: the pass's `now` is given. Unit tested for the main
+//! transitions without a cluster (`tests/transitions.rs`).
+
+use flashsale_core::SaleConfig;
+use flashsale_core::admin::Role;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::apply::Applied;
+use crate::crd::{FlashSale, FlashSaleStatus, PrimaryStatus};
+use crate::events::{self, Note, Seen};
+use crate::execute::Outcome;
+use crate::failover;
+use crate::observe::{Observed, PodView};
+use crate::replication::{self, Assessment};
+use crate::roles::RolePlan;
+use crate::status::{Facts, Problem, next_status};
+
+/// What one pass saw and did, up to the node calls.
+pub struct Pass<'a> {
+    pub sale: &'a FlashSale,
+    pub prev: &'a FlashSaleStatus,
+    pub observed: &'a Observed,
+    pub role_plan: &'a RolePlan,
+    pub config: &'a SaleConfig,
+    pub hash: &'a str,
+    /// Label selector of the node pods (`status.selector`).
+    pub selector: String,
+    pub applied: Applied,
+    pub outcomes: &'a [Outcome],
+    pub now: &'a Time,
+}
+
+/// What the pass concludes.
+pub struct Concluded {
+    pub status: FlashSaleStatus,
+    pub notes: Vec<Note>,
+    /// Replication's verdict (its live figures go to the operator's metrics).
+    pub assessment: Assessment,
+}
+
+pub fn conclude(pass: &Pass) -> Concluded {
+    let thresholds = replication::Thresholds::from(&pass.sale.spec.replication);
+    let assessment = replication::assess(
+        &pass.observed.pods,
+        pass.role_plan.primary.as_deref(),
+        &pass.prev.nodes,
+        thresholds,
+        pass.now,
+    );
+    let facts = facts(pass, assessment.clone());
+    let status = next_status(pass.prev, &facts, pass.now);
+    let seen = Seen {
+        applied: pass.applied.clone(),
+        outcomes: pass.outcomes,
+        started_lagging: &assessment.started_lagging,
+        stopped_lagging: &assessment.stopped_lagging,
+        sale: kube::ResourceExt::name_any(pass.sale),
+        replicas: pass.sale.spec.nodes.replicas,
+        managed_redis: pass.sale.spec.redis.managed,
+    };
+    let notes = events::notes(pass.prev, &status, &seen);
+    Concluded {
+        status,
+        notes,
+        assessment,
+    }
+}
+
+/// What the status says, from what was observed and done.
+fn facts(pass: &Pass, assessment: Assessment) -> Facts {
+    let Pass {
+        sale,
+        observed,
+        role_plan,
+        config,
+        hash,
+        outcomes,
+        ..
+    } = pass;
+    let selector = pass.selector.clone();
+    let desired = sale.spec.nodes.replicas;
+    let pods = &observed.pods;
+    let primary_view = role_plan.primary.as_deref().and_then(|p| observed.pod(p));
+    let mut problems: Vec<Problem> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().cloned())
+        .collect();
+    if let Some(primary) = &role_plan.primary
+        && let Some(why) = failover::primary_unavailable(primary, pods)
+    {
+        problems.insert(
+            0,
+            Problem {
+                reason: "PrimaryUnavailable",
+                message: why,
+            },
+        );
+    }
+    let node_is = |v: &PodView, primary: bool| {
+        // The primary runs the config it was given (hash on its pod); a secondary runs
+        // what it replicated, so its items must match the spec's.
+        let Some(s) = v.node_status() else {
+            return false;
+        };
+        let (role, config_current) = if primary {
+            (Role::Primary, v.config_hash.as_deref() == Some(hash))
+        } else {
+            (Role::Secondary, items_match(&s.items, config))
+        };
+        s.role == role && s.epoch == role_plan.epoch && s.sale.is_some() && config_current
+    };
+    let is_primary = |v: &PodView| role_plan.primary.as_deref() == Some(v.name.as_str());
+    let primary_selling = primary_view.is_some_and(|v| v.ready && node_is(v, true));
+    let every_node_current = pods.iter().all(|v| node_is(v, is_primary(v)) && v.ready);
+    let sts_current = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .is_some_and(|s| {
+            s.updated_replicas.unwrap_or(0) >= desired && s.current_revision == s.update_revision
+        });
+    Facts {
+        generation: sale.metadata.generation,
+        selector,
+        desired_replicas: desired,
+        replicas: pods.len() as i32,
+        ready_replicas: pods.iter().filter(|p| p.ready).count() as i32,
+        primary: role_plan.primary.as_ref().map(|pod| PrimaryStatus {
+            pod: pod.clone(),
+            endpoint: primary_view.and_then(|v| v.url()),
+        }),
+        epoch: role_plan.epoch,
+        primary_selling,
+        items: primary_view
+            .and_then(|v| v.node_status())
+            .filter(|s| s.sale.is_some())
+            .map(|s| s.items.clone()),
+        rolled_out: every_node_current && sts_current && pods.len() as i32 == desired,
+        problems,
+        invalid: None,
+        replication: Some(assessment),
+    }
+}
+
+/// A node's items are the spec's: same SKUs, stock and limits.
+fn items_match(items: &[flashsale_core::ItemView], config: &SaleConfig) -> bool {
+    items.len() == config.items.len()
+        && config.items.iter().all(|want| {
+            items.iter().any(|have| {
+                have.sku == want.sku
+                    && have.stock == want.stock
+                    && have.per_customer_limit == want.per_customer_limit
+            })
+        })
+}
