@@ -7,6 +7,8 @@
 //! | `GET  /admin/v1/status`   | —               | [`NodeStatus`] |
 //! | `PUT  /admin/v1/config`   | [`crate::SaleConfig`] | [`NodeStatus`] |
 //! | `PUT  /admin/v1/role`     | [`RoleAssignment`] | [`NodeStatus`] |
+//! | `PUT  /admin/v1/lease`    | [`LeaseRenewal`] | [`LeaseStatus`] |
+//! | `DELETE /admin/v1/lease`  | —               | [`LeaseStatus`] |
 //!
 //! `PUT config` configures a fresh node or changes a running sale (stock added,
 //! window moved, items added); stock can never drop below what is sold and held
@@ -21,7 +23,8 @@ use crate::{ItemView, UnixMs};
 
 /// The flags the operator starts every stock-node pod with (`stock-node serve <these>`):
 /// API, admin and metrics on one port, the WAL on the pod's volume, the admin token from
-/// its Secret, and no role until the operator assigns one. One list for both sides, so
+/// its Secret, no role until the operator assigns one, and no write acknowledged
+/// without the operator's selling lease. One list for both sides, so
 /// the node's own test parses exactly what the operator sends.
 pub const POD_SERVE_FLAGS: &[&str] = &[
     "--listen",
@@ -30,6 +33,8 @@ pub const POD_SERVE_FLAGS: &[&str] = &[
     "/var/lib/flashsale/wal",
     "--role",
     "standby",
+    "--lease",
+    "required",
     "--admin-token-file",
     "/etc/flashsale/admin/token",
     "--log-format",
@@ -55,4 +60,56 @@ pub struct NodeStatus {
     /// Replication: mode, applied sequence, lag, repairs (absent when not configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::ReplicationStatus>,
+    /// The selling lease, with a fresh token to renew it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+    /// The log's epoch history: where each epoch's records start (see
+    /// [`crate::replication::common_prefix`]).
+    #[serde(default)]
+    pub epochs: Vec<crate::replication::EpochStart>,
+}
+
+/// `PUT /admin/v1/lease`: the operator renews the primary's selling lease.
+///
+/// The node issues tokens (`GET /admin/v1/status`, and every renewal's answer); a
+/// renewal carries the newest token the operator holds, and extends the lease to *that
+/// token's issue time* plus `durationMs`, on the node's own monotonic clock, never past
+/// what it already granted less. So a renewal that arrives late — buffered while the
+/// node was frozen — cannot extend the lease beyond `r + durationMs`, where `r` is when
+/// the operator received the token: the operator's fence needs no other node's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseRenewal {
+    /// The epoch the lease is for: the node's own (else 409 `fenced`).
+    pub epoch: u64,
+    /// A token this node issued (`instance:issuedMs`); one from an earlier run of the
+    /// node (it restarted) is refused with a fresh token in the answer.
+    pub token: String,
+    /// How long the lease lasts from the token's issue time.
+    pub duration_ms: u64,
+}
+
+/// The lease as the node holds it (answer of `PUT /admin/v1/lease`, and in `NodeStatus`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    /// `off` for a lone node (it sells without a lease), `required` under the operator.
+    pub mode: LeaseMode,
+    /// A fresh token, issued now: the next renewal carries it.
+    pub token: String,
+    /// The epoch the current lease was granted for (0: none yet).
+    pub epoch: u64,
+    /// Milliseconds of lease left (0: none, or it ended).
+    pub remaining_ms: u64,
+}
+
+/// Whether a node needs a lease to sell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LeaseMode {
+    /// Sells without one (a lone node).
+    #[default]
+    Off,
+    /// Acknowledges nothing without an unexpired lease for its epoch (pods the operator runs).
+    Required,
 }

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 410: catch-up asked for WAL records this node compacted into a snapshot.
     WalCompacted,
+    /// 409: two logs disagree at the same sequence (different epochs): the one that is
+    /// not the primary's must be reseeded.
+    Diverged,
 }
 
 impl ErrorCode {
@@ -67,6 +70,7 @@ impl ErrorCode {
             NotFound => 404,
             MethodNotAllowed => 405,
             WalCompacted => 410,
+            Diverged => 409,
         }
     }
 
@@ -93,6 +97,7 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             WalCompacted => "wal_compacted",
+            Diverged => "diverged",
         }
     }
 }
@@ -162,6 +167,8 @@ pub enum SellError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("diverged: {0}")]
+    Diverged(String),
 }
 
 impl From<crate::rules::RuleError> for SellError {
@@ -191,6 +198,7 @@ impl SellError {
             Fenced(_) => ErrorCode::Fenced,
             Unavailable(_) => ErrorCode::Unavailable,
             Internal(_) => ErrorCode::Internal,
+            Diverged(_) => ErrorCode::Diverged,
         }
     }
 

@@ -191,6 +191,83 @@ impl Ack {
     }
 }
 
+/// Where one epoch's records start in a log. A log's epochs never go down, so each
+/// epoch is one run of records; the list of runs (oldest first) is the log's epoch
+/// history, like PostgreSQL's timeline history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochStart {
+    pub epoch: u64,
+    pub first_seq: u64,
+}
+
+/// The epoch of record `seq` in a log with this history whose last record is `last`;
+/// `None` for a sequence the log does not hold (0, or past its end).
+pub fn epoch_at(history: &[EpochStart], last: u64, seq: u64) -> Option<u64> {
+    if seq == 0 || seq > last {
+        return None;
+    }
+    history
+        .iter()
+        .rev()
+        .find(|e| e.first_seq <= seq)
+        .map(|e| e.epoch)
+}
+
+/// The last sequence two logs share: the highest `s` that both hold at the same epoch.
+/// Records at one (seq, epoch) were written by that epoch's one primary, so two logs
+/// that agree there agree on everything before it; from `s + 1` on, they differ.
+pub fn common_prefix(
+    mine: &[EpochStart],
+    my_last: u64,
+    theirs: &[EpochStart],
+    their_last: u64,
+) -> u64 {
+    // The runs of a history: (epoch, first, last).
+    fn runs(h: &[EpochStart], last: u64) -> Vec<(u64, u64, u64)> {
+        h.iter()
+            .enumerate()
+            .filter(|(_, e)| e.first_seq <= last)
+            .map(|(i, e)| {
+                let end = h
+                    .get(i + 1)
+                    .map_or(last, |n| n.first_seq.saturating_sub(1).min(last));
+                (e.epoch, e.first_seq, end)
+            })
+            .filter(|(_, a, b)| a <= b)
+            .collect()
+    }
+    let theirs = runs(theirs, their_last);
+    runs(mine, my_last)
+        .into_iter()
+        .filter_map(|(e, a1, b1)| {
+            theirs
+                .iter()
+                .find(|(e2, a2, b2)| *e2 == e && a1.max(*a2) <= b1.min(*b2))
+                .map(|(_, _, b2)| b1.min(*b2))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A node whose log parted from its primary's: its old log was moved aside and it
+/// started again from the primary's. The dropped records were never acknowledged (a
+/// primary acknowledges only what its fence could not cut off).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reseed {
+    /// Unix ms.
+    pub at_ms: i64,
+    /// The last record the two logs shared.
+    pub common_seq: u64,
+    /// The records this node had after it, now dropped (`from..=to`, of these epochs).
+    pub dropped_from: u64,
+    pub dropped_to: u64,
+    pub dropped_epochs: Vec<u64>,
+    /// Where the old log was kept, inside the data directory.
+    pub kept_aside: String,
+}
+
 /// Where a secondary stands in following its primary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -249,6 +326,9 @@ pub struct ReplicationStatus {
     /// Primary: the secondaries' latest durability acks.
     #[serde(default)]
     pub peers: Vec<PeerAck>,
+    /// The last time this node's log was found to have parted from its primary's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseeded: Option<Reseed>,
 }
 
 #[cfg(test)]
@@ -326,6 +406,46 @@ mod tests {
             framed.extend_from_slice(&bytes);
             let _ = decode_message(&framed);
         }
+    }
+
+    fn h(runs: &[(u64, u64)]) -> Vec<EpochStart> {
+        runs.iter()
+            .map(|&(epoch, first_seq)| EpochStart { epoch, first_seq })
+            .collect()
+    }
+
+    #[test]
+    fn the_common_prefix_is_the_last_record_both_hold_at_one_epoch() {
+        // Same log: all of it.
+        assert_eq!(common_prefix(&h(&[(1, 1)]), 50, &h(&[(1, 1)]), 50), 50);
+        // A secondary behind: its end.
+        assert_eq!(
+            common_prefix(&h(&[(1, 1)]), 30, &h(&[(1, 1), (2, 41)]), 60),
+            30
+        );
+        // The old primary wrote 41..=44 at epoch 1 after the fence; the new one
+        // started epoch 2 at 41 (its tail ended at 40).
+        let old = h(&[(1, 1)]);
+        let new = h(&[(1, 1), (2, 41)]);
+        assert_eq!(common_prefix(&old, 44, &new, 90), 40);
+        assert_eq!(common_prefix(&new, 90, &old, 44), 40);
+        // Nothing in common (different first epochs).
+        assert_eq!(common_prefix(&h(&[(3, 1)]), 5, &h(&[(4, 1)]), 5), 0);
+        // Empty logs.
+        assert_eq!(common_prefix(&[], 0, &h(&[(1, 1)]), 9), 0);
+        // Several promotions.
+        let a = h(&[(1, 1), (2, 10), (5, 20)]);
+        let b = h(&[(1, 1), (2, 10), (4, 18)]);
+        assert_eq!(common_prefix(&a, 30, &b, 25), 17);
+    }
+
+    #[test]
+    fn epoch_at_reads_the_history() {
+        let x = h(&[(1, 1), (2, 41)]);
+        assert_eq!(epoch_at(&x, 90, 40), Some(1));
+        assert_eq!(epoch_at(&x, 90, 41), Some(2));
+        assert_eq!(epoch_at(&x, 90, 91), None);
+        assert_eq!(epoch_at(&x, 90, 0), None);
     }
 
     #[test]

@@ -71,6 +71,22 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
+/// Whether the node needs a selling lease (`crate::lease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LeaseArg {
+    Off,
+    Required,
+}
+
+impl From<LeaseArg> for flashsale_core::admin::LeaseMode {
+    fn from(l: LeaseArg) -> Self {
+        match l {
+            LeaseArg::Off => Self::Off,
+            LeaseArg::Required => Self::Required,
+        }
+    }
+}
+
 /// `stock-node serve`: every flag has a `STOCK_NODE_*` environment twin.
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
@@ -131,6 +147,10 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight requests may take to finish before the node exits.
     #[arg(long, env = "STOCK_NODE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
     pub shutdown_drain_ms: u64,
+    /// `required`: acknowledge no write without the operator's selling lease (pods the
+    /// operator runs); `off`: sell without one (a lone node).
+    #[arg(long, env = "STOCK_NODE_LEASE", value_enum, default_value = "off")]
+    pub lease: LeaseArg,
     /// Replication: `--redis-url`, `--redis-channel`, `--replication async|quorum`, … (see `replication::config`).
     #[command(flatten)]
     pub replication: crate::replication::ReplicationArgs,
@@ -282,10 +302,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.serve.role, StartRole::Standby);
+        assert_eq!(
+            c.serve.lease,
+            LeaseArg::Required,
+            "the operator's pods need a lease"
+        );
         assert_eq!(c.serve.log_format, LogFormat::Json);
         assert_eq!(c.serve.listen.port(), 8080);
         let lone = Cli::try_parse_from(["x", "--data-dir", "d"]).unwrap();
         assert_eq!(lone.serve.role, StartRole::Primary);
+        assert_eq!(lone.serve.lease, LeaseArg::Off);
         assert!(lone.serve.durability.is_none());
         assert!(Cli::try_parse_from(["x", "--data-dir", "d", "--role", "boss"]).is_err());
         assert!(

@@ -45,6 +45,10 @@ pub struct Metrics {
     held: Family<ItemLabels, Gauge>,
     remaining: Family<ItemLabels, Gauge>,
     oversold: Gauge,
+    /// Answers 503 `fenced` (no selling lease): purchases, confirms, cancels.
+    fenced: Counter,
+    /// Milliseconds of selling lease left (set at scrape time).
+    lease_remaining_ms: Gauge,
     purchases_answered: AtomicU64,
     rate: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -112,7 +116,21 @@ impl Metrics {
             "Units sold or held beyond stock, summed over items: must always be 0",
             oversold.clone(),
         );
+        let fenced = Counter::default();
+        registry.register(
+            "flashsale_fenced_answers",
+            "Writes answered 503 fenced: this node held no selling lease",
+            fenced.clone(),
+        );
+        let lease_remaining_ms = Gauge::default();
+        registry.register(
+            "flashsale_lease_remaining_ms",
+            "Milliseconds of selling lease left on this node (0: none)",
+            lease_remaining_ms.clone(),
+        );
         Metrics {
+            fenced,
+            lease_remaining_ms,
             registry,
             purchases,
             requests,
@@ -126,10 +144,23 @@ impl Metrics {
         }
     }
 
+    /// A write answered 503 `fenced`.
+    pub fn fenced(&self) {
+        self.fenced.inc();
+    }
+
+    /// The lease left, for the next scrape.
+    pub fn lease_remaining_ms(&self, ms: u64) {
+        self.lease_remaining_ms.set(clamp(ms));
+    }
+
     /// One purchase answered: `code` is `ok` or the error's stable code.
     pub fn purchase(&self, code: &'static str) {
         self.purchases.get_or_create(&OutcomeLabels { code }).inc();
         self.purchases_answered.fetch_add(1, Ordering::Relaxed);
+        if code == "fenced" {
+            self.fenced.inc();
+        }
     }
 
     pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {

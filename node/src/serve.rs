@@ -49,7 +49,12 @@ pub async fn serve(
     // A lone primary sells from the start; a standby waits for the operator's
     // `PUT /admin/v1/role`. Once a role is in the WAL, the WAL decides on restart.
     let initial_role = (args.role == StartRole::Primary).then_some(Role::Primary);
+    let lease = std::sync::Arc::new(crate::lease::Lease::new(
+        args.lease.into(),
+        std::sync::Arc::new(crate::lease::SystemMonotonic::default()),
+    ));
     let engine = Engine::open(EngineOptions {
+        lease,
         data_dir: args.data_dir.clone(),
         durability,
         queue_len_max: args.engine_inflight_max,

@@ -1,6 +1,7 @@
 //! `stock-node wal …`: offline, read-only tools for a WAL directory — verify it, dump
-//! its records as JSON lines, export records from a sequence in the WAL wire format
-//! (what the operator's recovery Job ships to the new primary).
+//! its records as JSON lines, export records from a sequence in the WAL wire format, and
+//! ship a tail to a node (what the operator's recovery Job runs against a dead
+//! primary's volume, `wal ship`).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,34 @@ pub enum WalCommand {
         #[arg(long, default_value = "-")]
         out: String,
     },
+    /// Post the log's records from SEQ on to a node (`POST /admin/v1/wal`, with the
+    /// epoch of the record before each chunk so the node checks the boundary), in
+    /// bounded chunks, until the node holds the whole log; a snapshot first where the
+    /// records were compacted. Idempotent: the node skips what it has, so a rerun is safe.
+    /// Exit codes: 0 done; 2 bad arguments; 3 the log cannot be read (damaged, or the
+    /// records are gone); 4 the node refused (a diverged log, a gap, it is a primary):
+    /// retrying will not help; 5 the node could not be reached: retrying may.
+    Ship {
+        dir: PathBuf,
+        /// First record to send; default: the node's last one (sent again so the node can
+        /// check that this log continues its own; it skips what it already holds).
+        #[arg(long)]
+        from: Option<u64>,
+        /// The node's base URL, e.g. `http://10.0.0.7:8080`.
+        #[arg(long)]
+        to: String,
+        /// The node's admin token, from a file (a mounted Secret).
+        #[arg(long, conflicts_with = "admin_token")]
+        admin_token_file: Option<PathBuf>,
+        #[arg(long, env = "STOCK_NODE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Most bytes of records per request.
+        #[arg(long, default_value_t = 1 << 20)]
+        chunk_bytes: usize,
+        /// Tries per request before giving up (exit 5).
+        #[arg(long, default_value_t = 5)]
+        attempts: u32,
+    },
 }
 
 pub fn run(cmd: WalCommand) -> anyhow::Result<()> {
@@ -47,8 +76,48 @@ pub fn run(cmd: WalCommand) -> anyhow::Result<()> {
         WalCommand::Verify { dir } => verify(dir),
         WalCommand::Dump { dir, from, json: _ } => dump(dir, from),
         WalCommand::Export { dir, from, out } => export(dir, from, &out),
+        WalCommand::Ship {
+            dir,
+            from,
+            to,
+            admin_token_file,
+            admin_token,
+            chunk_bytes,
+            attempts,
+        } => {
+            let token = match (admin_token, admin_token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))
+                    .map_err(|e| ShipError::Usage(format!("{e:#}")))
+                    .unwrap_or_else(|e| e.exit())
+                    .trim()
+                    .to_string(),
+                (None, None) => ShipError::Usage(
+                    "an admin token is needed: --admin-token-file or STOCK_NODE_ADMIN_TOKEN".into(),
+                )
+                .exit(),
+            };
+            let plan = ShipPlan {
+                dir,
+                from,
+                to: to.trim_end_matches('/').to_string(),
+                token,
+                chunk_bytes: chunk_bytes.max(1),
+                attempts: attempts.max(1),
+            };
+            match crate::walship::ship(&plan) {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string(&report)?);
+                    Ok(())
+                }
+                Err(e) => e.exit(),
+            }
+        }
     }
 }
+
+pub use crate::walship::{ShipError, ShipPlan};
 
 fn open(dir: &Path) -> anyhow::Result<FsDir> {
     FsDir::existing(dir).with_context(|| format!("open {}", dir.display()))

@@ -531,10 +531,44 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_error(&get(&node, "/readyz").await, 503, "unavailable");
-    // A standby node sells nothing.
+    // A standby with its sale is ready (to be promoted), but sells nothing.
+    let ready = get(&node, "/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), &ready.body["role"]),
+        (200, &json!("standby")),
+        "{}",
+        ready.body
+    );
     let refused = post(&node, "/v1/purchases", &purchase("tee", 1, "c", "s1")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
+    // … and closes the connection after saying so: a client that came through the
+    // primary Service reconnects (to the new primary) instead of asking it again.
+    let answer = tokio::task::spawn_blocking({
+        let addr = node.url("").trim_start_matches("http://").to_string();
+        move || {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let body = r#"{"sku":"tee","quantity":1,"customer":"c","idempotencyKey":"s2"}"#;
+            write!(
+                c,
+                "POST /v1/purchases HTTP/1.1\r\nHost: n\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut all = String::new();
+            c.read_to_string(&mut all).map(|_| all)
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the node closes the connection after a not_primary answer");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 
     let role = json!({"role": "primary", "epoch": 3});
     let a = admin(

@@ -83,6 +83,12 @@ impl Replica for Stuck {
     async fn install_snapshot(&self, _bytes: Vec<u8>) -> Result<u64, ReplError> {
         std::future::pending().await
     }
+    fn history(&self) -> Vec<flashsale_core::replication::EpochStart> {
+        Vec::new()
+    }
+    async fn reseed(&self, _aside: String) -> Result<(), ReplError> {
+        Ok(())
+    }
 }
 
 /// A primary with nothing to catch up on: `GET /admin/v1/wal` answers 204 at sequence 0.

@@ -48,6 +48,7 @@ pub use metrics::EngineMetrics;
 pub use state::{ApplyError, Command};
 pub use view::EngineStatus;
 
+use crate::lease::Lease;
 use crate::wal::{
     Frames, FsDir, ScanOptions, ScanReport, SegmentWriter, WalDir, WalDirError, list_segments,
 };
@@ -83,6 +84,9 @@ pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     /// Overrides `data_dir` with another directory implementation (tests: `MemDir`).
     pub dir: Option<Arc<dyn WalDir>>,
+    /// The selling lease a primary needs to acknowledge a write (`crate::lease`); off
+    /// by default (a lone node).
+    pub lease: Arc<Lease>,
 }
 
 impl std::fmt::Debug for dyn WalDir {
@@ -106,6 +110,7 @@ impl Default for EngineOptions {
             batch_channel_len: 1024,
             clock: Arc::new(SystemClock),
             dir: None,
+            lease: Arc::new(Lease::off()),
         }
     }
 }
@@ -263,6 +268,7 @@ impl Engine {
                 batch_records_max: opts.batch_records_max.max(1),
                 batch_bytes_max: opts.batch_bytes_max.max(1),
                 expiry_tick_ms: opts.expiry_tick_ms,
+                snapshot_every_records: opts.snapshot_every_records,
             },
             clock: opts.clock.clone(),
             view: view.clone(),
@@ -275,6 +281,8 @@ impl Engine {
             buf: Vec::with_capacity(opts.batch_bytes_max.min(4 << 20)),
             batch_first_seq: next_seq,
             pending: Vec::with_capacity(opts.batch_records_max.min(65_536)),
+            lease: opts.lease.clone(),
+            fenced_batch: false,
         };
         let thread = std::thread::Builder::new()
             .name("sequencer".into())
@@ -282,6 +290,7 @@ impl Engine {
             .map_err(EngineError::Spawn)?;
         let inner = Inner {
             tx,
+            lease: opts.lease.clone(),
             view,
             inflight_keys: Mutex::new(Default::default()),
             metrics,
@@ -301,6 +310,7 @@ impl Engine {
 
 struct Inner {
     tx: mpsc::Sender<Msg>,
+    lease: Arc<Lease>,
     view: Arc<RwLock<ReadView>>,
     /// Idempotency keys (hashed) of purchases submitted and not yet answered, with a
     /// count (two retries of one key may be in flight at once).
@@ -455,6 +465,17 @@ impl EngineHandle {
 
     pub fn status(&self) -> EngineStatus {
         self.inner.view.read().status.clone()
+    }
+
+    /// The selling lease the engine checks (renewed through the admin API).
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.inner.lease
+    }
+
+    /// Moves the whole log aside into `aside/` (inside the data dir) and starts again
+    /// empty: a secondary whose log parted from its primary's. Refused on a primary.
+    pub async fn reseed(&self, aside: String) -> Result<(), SellError> {
+        self.submit(Command::Reseed(aside)).await.map(|_| ())
     }
 
     /// The engine's prometheus metrics (register them with `EngineMetrics::register`).

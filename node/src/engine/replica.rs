@@ -11,6 +11,15 @@
 //!   held in memory (the operator re-sends it), and the primary's own `Role` records
 //!   are logged here as "secondary of this epoch, following this primary", so a
 //!   restarted secondary replays itself back into a secondary, not a second primary.
+//! - demoting a primary is held in memory too (FAILOVER.md I3): only epoch E's primary
+//!   writes epoch-E records, so a step-down leaves the log byte for byte as it was. A
+//!   demoted node that restarts replays itself into "primary of its old epoch", which
+//!   sells nothing: it has no lease, and the operator tells it its role again.
+//!
+//! A node whose log parted from its primary's (found by comparing epoch histories,
+//! `flashsale_core::replication::common_prefix`) is *reseeded*: its whole log and
+//! snapshots are moved aside into a subdirectory of the data directory, kept for audit,
+//! and it starts again empty, to catch up from the primary.
 //!
 //! Hold expiries are the primary's to log (they arrive here as records); the sequencer
 //! skips its own expiry check on any node that is not the primary.
@@ -123,8 +132,14 @@ impl Sequencer {
                 self.install(*state, job.reply);
                 None
             }
-            Command::SetRole(a) if a.role != Role::Primary && self.state.role != Role::Primary => {
+            // Demotion is never logged (FAILOVER.md I3): a primary told to step down
+            // stops selling at once and keeps its log exactly as it was.
+            Command::SetRole(a) if a.role != Role::Primary => {
                 self.assign_in_memory(a, job.reply);
+                None
+            }
+            Command::Reseed(aside) => {
+                self.reseed(aside, job.reply);
                 None
             }
             cmd => Some(Job {
@@ -159,7 +174,7 @@ impl Sequencer {
             None
         };
         if let Some(e) = refused {
-            self.pending.push((reply, Err(e), false));
+            self.pending.push((reply, Err(e), false, false));
             return;
         }
         let (role, epoch, primary_url) = (
@@ -200,7 +215,7 @@ impl Sequencer {
         self.state.role = role;
         self.state.epoch = self.state.epoch.max(epoch);
         self.state.primary_url = primary_url;
-        self.pending.push((reply, Ok(Answer::Done), true));
+        self.pending.push((reply, Ok(Answer::Done), true, false));
     }
 
     fn install(&mut self, mut state: State, reply: Reply) {
@@ -225,7 +240,7 @@ impl Sequencer {
             None
         };
         if let Some(e) = refused {
-            self.pending.push((reply, Err(e), false));
+            self.pending.push((reply, Err(e), false, false));
             return;
         }
         // Who this node is stays its own (the snapshot says "primary").
@@ -239,7 +254,7 @@ impl Sequencer {
         if let Err(e) = done {
             self.stop_writing(format!("installing snapshot {seq}: {e}"));
             self.pending
-                .push((reply, Err(SellError::Internal(e.to_string())), false));
+                .push((reply, Err(SellError::Internal(e.to_string())), false, false));
             return;
         }
         state.take_touched();
@@ -249,7 +264,70 @@ impl Sequencer {
         let mut view = ReadView::from_state(&self.state);
         view.status.oldest_seq = self.writer.oldest_seq();
         *self.view.write() = view;
-        self.pending.push((reply, Ok(Answer::Done), false));
+        self.pending.push((reply, Ok(Answer::Done), false, false));
+    }
+
+    /// Moves the whole log and its snapshots aside (into `aside/` in the data dir) and
+    /// starts again from an empty state, keeping role and epoch: catch-up then brings
+    /// the primary's log. Refused on a primary.
+    fn reseed(&mut self, aside: String, reply: Reply) {
+        let refused = if self.state.role == Role::Primary {
+            Some(SellError::Fenced(
+                "this node is the primary; it is not reseeded".into(),
+            ))
+        } else if !self.buf.is_empty() {
+            Some(SellError::Unavailable(
+                "a batch is being written; retry".into(),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.pending.push((reply, Err(e), false, false));
+            return;
+        }
+        // The snapshot thread must not write a snapshot of the old log into the
+        // directory once it is emptied: stop it first, start a new one after.
+        self.snapshotter.stop();
+        let moved = self.dir.list().and_then(|names| {
+            let ours: Vec<String> = names
+                .into_iter()
+                .filter(|n| {
+                    crate::wal::parse_segment_name(n).is_some()
+                        || snapshot::parse_snapshot_name(n).is_some()
+                })
+                .collect();
+            self.dir.move_aside(&ours, &aside)
+        });
+        let reset = moved
+            .map_err(|e| crate::wal::WalDirError::io(format!("moving the log aside to {aside}"), e))
+            .and_then(|()| self.writer.reset(1));
+        if let Err(e) = reset {
+            self.stop_writing(format!("reseeding: {e}"));
+            self.pending
+                .push((reply, Err(SellError::Internal(e.to_string())), false, false));
+            return;
+        }
+        let mut state = State::default();
+        state.role = self.state.role;
+        state.epoch = self.state.epoch;
+        state.primary_url = self.state.primary_url.clone();
+        state.rebuild_indexes();
+        state.take_touched();
+        self.snapshotter = super::snapshotter::Snapshotter::start(
+            self.dir.clone(),
+            state.clone(),
+            self.limits.snapshot_every_records,
+            self.metrics.clone(),
+        );
+        self.state = state;
+        self.next_seq = 1;
+        self.records_since_snapshot = 0;
+        let mut view = ReadView::from_state(&self.state);
+        view.status.oldest_seq = self.writer.oldest_seq();
+        *self.view.write() = view;
+        tracing::warn!(kept_aside = %aside, "log moved aside: starting again from the primary's");
+        self.pending.push((reply, Ok(Answer::Done), false, false));
     }
 
     /// Like a failed write: the engine refuses every write from now on.
@@ -267,8 +345,12 @@ impl Sequencer {
                 "epoch {} is older than this node's {}",
                 a.epoch, self.state.epoch
             ));
-            self.pending.push((reply, Err(e), false));
+            self.pending.push((reply, Err(e), false, false));
             return;
+        }
+        if self.state.role == Role::Primary {
+            // A clean step-down: the lease goes with the role, so it is over at once.
+            self.lease.release();
         }
         self.state.role = a.role;
         self.state.epoch = a.epoch;
@@ -279,6 +361,6 @@ impl Sequencer {
             view.status.epoch = a.epoch;
             view.status.primary_url = a.primary_url;
         }
-        self.pending.push((reply, Ok(Answer::Done), false));
+        self.pending.push((reply, Ok(Answer::Done), false, false));
     }
 }

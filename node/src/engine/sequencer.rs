@@ -18,6 +18,7 @@ use super::snapshotter::Snapshotter;
 use super::state::{Command, Decision, State};
 use super::view::ReadView;
 use super::{Answer, CommittedBatch};
+use crate::lease::Lease;
 use crate::wal::{SegmentWriter, WalDir};
 
 type Reply = oneshot::Sender<Result<Answer, SellError>>;
@@ -39,6 +40,7 @@ pub(crate) struct Limits {
     pub batch_records_max: usize,
     pub batch_bytes_max: usize,
     pub expiry_tick_ms: u64,
+    pub snapshot_every_records: u64,
 }
 
 pub(crate) struct Sequencer {
@@ -59,8 +61,23 @@ pub(crate) struct Sequencer {
     /// Frames of the batch being built.
     pub buf: Vec<u8>,
     pub batch_first_seq: u64,
-    /// Answers held until the batch is durable. `true` marks answers that carry a write.
-    pub pending: Vec<(Reply, Result<Answer, SellError>, bool)>,
+    /// Answers held until the batch is durable: (reply, answer, carries a write,
+    /// decided as a primary under its lease — checked again before it is sent).
+    pub pending: Vec<(Reply, Result<Answer, SellError>, bool, bool)>,
+    /// The selling lease (FAILOVER.md I1; `crate::lease`).
+    pub lease: Arc<Lease>,
+    /// The batch just made durable was made after the lease ended.
+    pub fenced_batch: bool,
+}
+
+/// Whether a command needs the selling lease on a primary: everything that answers a
+/// client as a success (a replay of a stored order too: the order may not survive a
+/// failover that fenced this node), and the sale's config.
+fn needs_lease(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Purchase(_) | Command::Confirm(_) | Command::Cancel(_) | Command::Configure(_)
+    )
 }
 
 impl Sequencer {
@@ -147,10 +164,17 @@ impl Sequencer {
         self.limits.durability == Durability::Fsync && sale == Durability::Fsync
     }
 
+    /// Whether this node is a primary that holds its lease now.
+    fn selling(&self) -> bool {
+        self.state.role == flashsale_core::admin::Role::Primary
+            && self.lease.holds(self.state.epoch)
+    }
+
     /// Logs an expiry for every hold that has run out (bounded per batch).
     fn expire_due(&mut self) {
-        // Only the primary logs expiries; a secondary gets them as records (engine::replica).
-        if self.failed.is_some() || self.state.role != flashsale_core::admin::Role::Primary {
+        // Only the primary logs expiries, under its lease (a fenced primary writes
+        // nothing a new primary would not have); a secondary gets them as records.
+        if self.failed.is_some() || !self.selling() {
             return;
         }
         let now = self.clock.now_ms();
@@ -172,6 +196,16 @@ impl Sequencer {
         let Some(job) = self.replica_intercept(job) else {
             return;
         };
+        let guarded =
+            self.state.role == flashsale_core::admin::Role::Primary && needs_lease(&job.cmd);
+        if guarded && !self.lease.holds(self.state.epoch) {
+            let e = SellError::Fenced(format!(
+                "this primary holds no selling lease for epoch {}: nothing is acknowledged; retry with the same idempotency key",
+                self.state.epoch
+            ));
+            let _ = job.reply.send(Err(e));
+            return;
+        }
         let now = self.clock.now_ms();
         let answer = match self.state.decide(&job.cmd, now) {
             Err(e) => Err(e),
@@ -187,12 +221,13 @@ impl Sequencer {
                     Command::Configure(_)
                     | Command::SetRole(_)
                     | Command::Replicate(_)
-                    | Command::InstallSnapshot(_) => Answer::Done,
+                    | Command::InstallSnapshot(_)
+                    | Command::Reseed(_) => Answer::Done,
                 }),
             },
         };
         let wrote = answer.is_ok();
-        self.pending.push((job.reply, answer, wrote));
+        self.pending.push((job.reply, answer, wrote, guarded));
     }
 
     /// Encodes and applies one record; returns its sequence.
@@ -243,6 +278,10 @@ impl Sequencer {
                 }
                 Ok(())
             });
+            // Checked again now that the batch is durable: what was decided under the
+            // lease but synced after it ended is not acknowledged, and not published.
+            let lapsed = self.state.role == flashsale_core::admin::Role::Primary
+                && !self.lease.holds(self.state.epoch);
             match result {
                 Err(e) => self.fail(e.to_string()),
                 Ok(()) => {
@@ -251,7 +290,10 @@ impl Sequencer {
                     self.metrics.batch_records.observe(records as f64);
                     self.metrics.batch_bytes.observe(self.buf.len() as f64);
                     self.publish();
-                    if self.batches.receiver_count() > 0 {
+                    if lapsed {
+                        self.fenced_batch = true;
+                    }
+                    if !lapsed && self.batches.receiver_count() > 0 {
                         let last = self.next_seq - 1;
                         let bytes =
                             encode_batch(self.state.epoch, self.batch_first_seq, last, &self.buf);
@@ -274,9 +316,15 @@ impl Sequencer {
             }
         }
         let failed = self.failed.clone();
-        for (reply, answer, wrote) in self.pending.drain(..) {
+        let fenced = std::mem::take(&mut self.fenced_batch)
+            || (self.state.role == flashsale_core::admin::Role::Primary
+                && !self.lease.holds(self.state.epoch));
+        for (reply, answer, wrote, guarded) in self.pending.drain(..) {
             let answer = match (&failed, wrote) {
                 (Some(why), true) => Err(SellError::Internal(format!("not durable: {why}"))),
+                _ if guarded && fenced && answer.is_ok() => Err(SellError::Fenced(
+                    "the selling lease ended before this was acknowledged: it is not; retry with the same idempotency key".into(),
+                )),
                 _ => answer,
             };
             let _ = reply.send(answer);

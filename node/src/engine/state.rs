@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use flashsale_core::admin::{Role, RoleAssignment};
+use flashsale_core::replication::EpochStart;
 use flashsale_core::wal::{Record, RecordBody};
 use flashsale_core::{ItemView, Order, OrderState, PurchaseRequest, SaleConfig, SellError, UnixMs};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,9 @@ pub enum Command {
     Replicate(flashsale_core::wal::Batch),
     /// A primary's snapshot, replacing a secondary's state (see `engine::replica`).
     InstallSnapshot(Box<State>),
+    /// Move the whole log aside into this subdirectory and start again empty (a
+    /// secondary whose log parted from its primary's; see `engine::replica`).
+    Reseed(String),
 }
 
 /// What `decide` concluded.
@@ -89,6 +93,10 @@ pub struct State {
     pub items: Vec<ItemState>,
     pub orders: HashMap<u64, Order>,
     pub applied_seq: u64,
+    /// The log's epoch history: where each epoch's records start (the compacted part
+    /// included), to find where two logs part (`flashsale_core::replication::common_prefix`).
+    #[serde(default)]
+    pub epochs: Vec<EpochStart>,
     #[serde(skip)]
     sku_index: HashMap<String, usize>,
     #[serde(skip)]
@@ -168,6 +176,11 @@ impl State {
             }
         }
         self.config_changed = true;
+    }
+
+    /// The epoch of record `seq` of this log (`None` past its end, or for 0).
+    pub fn epoch_at(&self, seq: u64) -> Option<u64> {
+        flashsale_core::replication::epoch_at(&self.epochs, self.applied_seq, seq)
     }
 
     pub fn item(&self, sku: &str) -> Option<&ItemState> {
@@ -253,9 +266,9 @@ impl State {
                 }))
             }
             // Taken by the sequencer before `decide` (engine::replica); never decided.
-            Command::Replicate(_) | Command::InstallSnapshot(_) => Err(SellError::Internal(
-                "a replicated batch reached decide".into(),
-            )),
+            Command::Replicate(_) | Command::InstallSnapshot(_) | Command::Reseed(_) => Err(
+                SellError::Internal("a replicated batch reached decide".into()),
+            ),
         }
     }
 
@@ -428,6 +441,12 @@ impl State {
             RecordBody::Expire { order_id } => self
                 .end_hold(*order_id, OrderState::Expired)
                 .map_err(fail)?,
+        }
+        if self.epochs.last().is_none_or(|e| e.epoch != rec.epoch) {
+            self.epochs.push(EpochStart {
+                epoch: rec.epoch,
+                first_seq: rec.seq,
+            });
         }
         self.applied_seq = rec.seq;
         Ok(())

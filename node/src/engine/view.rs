@@ -27,6 +27,8 @@ pub struct EngineStatus {
     pub config: Option<SaleConfig>,
     /// Set when a WAL write or sync failed: the engine refuses every write since.
     pub failed: Option<String>,
+    /// The log's epoch history (`State::epochs`).
+    pub epochs: Vec<flashsale_core::replication::EpochStart>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +66,7 @@ impl ReadView {
         }
         v.status.applied_seq = state.applied_seq;
         v.status.durable_seq = state.applied_seq;
+        v.status.epochs = state.epochs.clone();
         v
     }
 
@@ -116,6 +119,10 @@ impl ReadView {
         }
         self.status.applied_seq = state.applied_seq;
         self.status.durable_seq = durable_seq;
+        // Epochs only ever get added to a log (a reseed or install rebuilds the view).
+        if self.status.epochs.len() != state.epochs.len() {
+            self.status.epochs = state.epochs.clone();
+        }
     }
 
     pub fn items(&self) -> Vec<ItemView> {

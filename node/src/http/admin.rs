@@ -5,7 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::admin::{NodeStatus, RoleAssignment};
+use flashsale_core::admin::{LeaseRenewal, LeaseStatus, NodeStatus, RoleAssignment};
 use flashsale_core::{ErrorBody, ErrorCode, SaleConfig, SellError};
 
 use super::AppState;
@@ -98,4 +98,47 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
     }
+}
+
+/// Renews the selling lease (see `crate::lease`): 200 with the lease and a fresh token;
+/// 409 `fenced` for another epoch or a token of an earlier run (with a fresh token, to
+/// renew with at once).
+#[utoipa::path(put, path = "/admin/v1/lease", tag = "admin", security(("bearer" = [])),
+    request_body = LeaseRenewal,
+    responses((status = 200, body = LeaseStatus), (status = 401, body = ErrorBody),
+        (status = 409, body = LeaseRefused, description = "fenced: wrong epoch, or a token of an earlier run")))]
+pub async fn put_lease(
+    State(s): State<AppState>,
+    Json(renewal): Json<LeaseRenewal>,
+) -> Result<Response, ApiError> {
+    let lease = s.engine.lease();
+    let epoch = s.engine.positions().epoch;
+    match lease.renew(epoch, &renewal) {
+        Ok(status) => Ok(axum::Json(status).into_response()),
+        Err(e) => Ok((
+            StatusCode::CONFLICT,
+            axum::Json(LeaseRefused {
+                code: ErrorCode::Fenced,
+                message: e.to_string(),
+                lease: lease.status(),
+            }),
+        )
+            .into_response()),
+    }
+}
+
+/// Gives the lease up at once (a clean step-down also does, with the role).
+#[utoipa::path(delete, path = "/admin/v1/lease", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = LeaseStatus), (status = 401, body = ErrorBody)))]
+pub async fn delete_lease(State(s): State<AppState>) -> axum::Json<LeaseStatus> {
+    axum::Json(s.engine.lease().release())
+}
+
+/// A refused renewal: why, and the lease as it stands with a fresh token.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRefused {
+    pub code: ErrorCode,
+    pub message: String,
+    pub lease: LeaseStatus,
 }

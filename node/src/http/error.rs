@@ -75,6 +75,13 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        if matches!(self.0.code, ErrorCode::NotPrimary | ErrorCode::Fenced) {
+            // This node does not sell (any more): close the connection, so a client that
+            // reached it through the primary Service reconnects and lands on the new
+            // primary instead of asking this one again over its kept-alive connection.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }

@@ -116,6 +116,8 @@ impl AppState {
             purchases_per_s: self.metrics.purchases_per_s(),
             now_ms: now_ms(),
             replication: self.replication.as_ref().map(|r| r.status(st.applied_seq)),
+            lease: Some(self.engine.lease().status()),
+            epochs: st.epochs,
         }
     }
 
@@ -123,11 +125,16 @@ impl AppState {
     pub fn not_ready(&self) -> Vec<String> {
         let st = self.engine.status();
         let mut why = Vec::new();
+        // A standby with a sale (a secondary the operator parked while it replaces the
+        // primary) still answers reads and sold-out; without a sale it has nothing to say.
         if st.sale.is_none() {
             why.push("no sale configured (PUT /admin/v1/config)".to_string());
         }
-        if st.role == flashsale_core::admin::Role::Standby {
-            why.push("no role assigned (PUT /admin/v1/role)".to_string());
+        if st.role == flashsale_core::admin::Role::Primary && !self.engine.lease().holds(st.epoch) {
+            why.push(format!(
+                "a primary without a selling lease for epoch {} (the operator renews it)",
+                st.epoch
+            ));
         }
         if let Some(e) = st.failed {
             why.push(format!("the WAL failed: {e}"));
@@ -149,6 +156,10 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/config", put(admin::put_config))
         .route("/admin/v1/role", put(admin::put_role))
         .route(
+            "/admin/v1/lease",
+            put(admin::put_lease).delete(admin::delete_lease),
+        )
+        .route(
             flashsale_core::replication::WAL_ROUTE,
             get(replication::wal)
                 .post(replication::post_wal)
@@ -156,7 +167,11 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             flashsale_core::replication::SNAPSHOT_ROUTE,
-            get(replication::snapshot),
+            get(replication::snapshot)
+                .put(replication::put_snapshot)
+                .layer(DefaultBodyLimit::max(
+                    crate::engine::replica::SNAPSHOT_BYTES_MAX,
+                )),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -11,9 +11,9 @@ use super::{admin, ops, public, replication};
     info(title = "flashsale stock node", description = "Sells a flash sale's items durably, without overselling. Every error is an ErrorBody with a stable `code`."),
     paths(
         public::list_items, public::get_item, public::purchase, public::confirm, public::cancel, public::get_order,
-        admin::status, admin::put_config, admin::put_role,
+        admin::status, admin::put_config, admin::put_role, admin::put_lease, admin::delete_lease,
         ops::healthz, ops::readyz, ops::metrics,
-        replication::wal, replication::post_wal, replication::snapshot,
+        replication::wal, replication::post_wal, replication::snapshot, replication::put_snapshot,
     ),
     components(schemas(flashsale_core::ErrorBody, flashsale_core::ErrorCode, flashsale_core::OrderState)),
     modifiers(&BearerAuth),

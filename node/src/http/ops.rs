@@ -62,6 +62,8 @@ pub async fn readyz(State(s): State<AppState>) -> Result<axum::Json<Ready>, ApiE
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    s.metrics
+        .lease_remaining_ms(s.engine.lease().remaining_ms());
     let text = s
         .metrics
         .encode(&s.engine.items())
@@ -78,7 +80,7 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let res = if declared_too_large(&req, s.limits.body_bytes_max) {
+    let res = if declared_too_large(&req, body_limit(route.as_deref(), s.limits.body_bytes_max)) {
         // Refused before reading: a client announcing a huge body is not waited for.
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -115,6 +117,18 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
 
 /// A `Content-Length` over the limit (the body limit itself applies while reading, for
 /// chunked bodies and for clients that send more than they announced).
+/// The largest body `route` takes: the admin routes that carry WAL records or a snapshot
+/// have their own (much larger) limits; everything else `--body-bytes-max`.
+fn body_limit(route: Option<&str>, body_bytes_max: usize) -> usize {
+    match route {
+        Some(flashsale_core::replication::WAL_ROUTE) => super::replication::WAL_POST_BYTES_MAX,
+        Some(flashsale_core::replication::SNAPSHOT_ROUTE) => {
+            crate::engine::replica::SNAPSHOT_BYTES_MAX
+        }
+        _ => body_bytes_max,
+    }
+}
+
 fn declared_too_large(req: &Request, body_bytes_max: usize) -> bool {
     req.headers()
         .get(header::CONTENT_LENGTH)

@@ -98,7 +98,7 @@ pub async fn confirm(
     let id = order_id(id)?;
     s.admission.check_rate()?;
     let _place = s.admission.enter_engine()?;
-    Ok(axum::Json(s.engine.confirm(id).await?))
+    Ok(axum::Json(counted(&s, s.engine.confirm(id).await)?))
 }
 
 /// Gives a reservation's stock back.
@@ -113,7 +113,15 @@ pub async fn cancel(
     let id = order_id(id)?;
     s.admission.check_rate()?;
     let _place = s.admission.enter_engine()?;
-    Ok(axum::Json(s.engine.cancel(id).await?))
+    Ok(axum::Json(counted(&s, s.engine.cancel(id).await)?))
+}
+
+/// Counts a confirm or cancel answered `fenced` (purchases count by code).
+fn counted(s: &AppState, r: Result<Order, SellError>) -> Result<Order, SellError> {
+    if let Err(SellError::Fenced(_)) = &r {
+        s.metrics.fenced();
+    }
+    r
 }
 
 /// One order.

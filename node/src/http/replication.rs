@@ -41,16 +41,44 @@ pub struct WalQuery {
     pub from: u64,
     /// Most bytes of records in the answer (capped at 4 MiB; at least one record is sent).
     pub max_bytes: Option<usize>,
+    /// The epoch of the asker's record `from - 1`: if this node's differs, the two logs
+    /// parted and the answer is 409 `diverged` (the asker must be reseeded).
+    pub prev_epoch: Option<u64>,
+}
+
+/// Whether a log that holds `prev_epoch` at `seq` is a prefix of this node's
+/// (`Err` says why not): the boundary check of catch-up and of `POST /admin/v1/wal`.
+fn check_boundary(
+    epochs: &[flashsale_core::replication::EpochStart],
+    last: u64,
+    seq: u64,
+    prev_epoch: u64,
+) -> Result<(), ApiError> {
+    match flashsale_core::replication::epoch_at(epochs, last, seq) {
+        Some(e) if e == prev_epoch => Ok(()),
+        Some(e) => Err(ApiError::new(
+            ErrorCode::Diverged,
+            format!(
+                "record {seq} is of epoch {e} here, of epoch {prev_epoch} there: the logs parted"
+            ),
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::Diverged,
+            format!("record {seq} (epoch {prev_epoch} there) is past this log's end at {last}"),
+        )),
+    }
 }
 
 /// Durable WAL records from `from` on, as one encoded batch (`application/octet-stream`);
 /// 204 when there is none; 410 `wal_compacted` below the oldest record kept.
 #[utoipa::path(get, path = "/admin/v1/wal", tag = "admin", security(("bearer" = [])),
     params(("from" = u64, Query, description = "first sequence wanted"),
-           ("max_bytes" = Option<usize>, Query, description = "most bytes of records (≤ 4 MiB)")),
+           ("max_bytes" = Option<usize>, Query, description = "most bytes of records (≤ 4 MiB)"),
+           ("prev_epoch" = Option<u64>, Query, description = "the asker's epoch of record from-1 (boundary check)")),
     responses((status = 200, description = "an encoded WAL batch, records from..", content_type = "application/octet-stream"),
               (status = 204, description = "nothing durable from `from` on"),
               (status = 400, body = flashsale_core::ErrorBody), (status = 401, body = flashsale_core::ErrorBody),
+              (status = 409, body = flashsale_core::ErrorBody, description = "diverged: the asker's record from-1 is of another epoch"),
               (status = 410, body = flashsale_core::ErrorBody, description = "wal_compacted: bootstrap from a snapshot")))]
 pub async fn wal(
     State(s): State<AppState>,
@@ -69,6 +97,12 @@ pub async fn wal(
         (HEADER_DURABLE_SEQ, st.durable_seq.to_string()),
         (HEADER_EPOCH, st.epoch.to_string()),
     ];
+    if let Some(prev) = q.prev_epoch
+        && q.from > 1
+        && let Err(e) = check_boundary(&st.epochs, st.durable_seq, q.from - 1, prev)
+    {
+        return Ok((headers, e).into_response());
+    }
     if q.from > st.durable_seq {
         return Ok((StatusCode::NO_CONTENT, headers).into_response());
     }
@@ -128,6 +162,21 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
     }
 }
 
+/// Installs a snapshot (`crc32c u32 LE | JSON`, as `GET /admin/v1/snapshot` serves it)
+/// on a node that is not the primary and whose log ends before it: the start of a tail
+/// that `stock-node wal ship` found compacted in the source log.
+#[utoipa::path(put, path = "/admin/v1/snapshot", tag = "admin", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a snapshot file"),
+    responses((status = 200, body = flashsale_core::admin::NodeStatus), (status = 401, body = flashsale_core::ErrorBody),
+              (status = 503, body = flashsale_core::ErrorBody, description = "fenced (a primary), or not newer than this node's log")))]
+pub async fn put_snapshot(
+    State(s): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<flashsale_core::admin::NodeStatus>, ApiError> {
+    s.engine.install_snapshot(body.to_vec()).await?;
+    Ok(axum::Json(s.node_status()))
+}
+
 /// Largest body `POST /admin/v1/wal` takes (an exported tail; send more in parts).
 pub const WAL_POST_BYTES_MAX: usize = 64 << 20;
 
@@ -135,20 +184,27 @@ pub const WAL_POST_BYTES_MAX: usize = 64 << 20;
 /// encoded batches, exactly what `stock-node wal export --from SEQ DIR` writes. This is
 /// the operator's failover seam: export the tail of the old primary's volume, post it
 /// to the secondary about to be promoted, then promote it. Records this node already
-/// has are skipped; a gap is 409 `order_state` naming the sequence needed. The records
-/// keep their own epochs; the request itself is trusted as the operator's (admin token),
-/// so an older epoch than the node's is accepted here, unlike on the live stream.
+/// has are skipped once their epochs are checked against this node's (another epoch at
+/// the same sequence is 409 `diverged`); a tail that starts right after this node's last
+/// record must say that record's epoch in the sender's log (`?prev_epoch=E`); a gap is
+/// 409 `order_state` naming the sequence needed. The records keep their own epochs; the
+/// request itself is trusted as the operator's (admin token), so an older epoch than the
+/// node's is accepted here, unlike on the live stream.
 #[utoipa::path(post, path = "/admin/v1/wal", tag = "admin", security(("bearer" = [])),
+    params(("prev_epoch" = Option<u64>, Query, description = "the sender's epoch of the record before the first one sent")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "encoded WAL batches"),
     responses((status = 200, body = AppliedAnswer), (status = 400, body = flashsale_core::ErrorBody),
               (status = 401, body = flashsale_core::ErrorBody), (status = 409, body = flashsale_core::ErrorBody),
               (status = 503, body = flashsale_core::ErrorBody, description = "fenced: the node is the primary")))]
 pub async fn post_wal(
     State(s): State<AppState>,
+    q: Result<Query<PostWalQuery>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<AppliedAnswer>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("query: {e}")))?;
     let mut rest = &body[..];
     let mut applied_records = 0u64;
+    let mut first = true;
     while !rest.is_empty() {
         let len = batch_len(rest)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body: {e}")))?;
@@ -156,6 +212,28 @@ pub async fn post_wal(
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body: {e}")))?;
         rest = &rest[len..];
         let pos = s.engine.positions();
+        // The boundary: the records this node already holds must be of the same
+        // epochs here; a tail that starts right after them names the epoch of the
+        // record before it (`prev_epoch`).
+        if first {
+            first = false;
+            let st = s.engine.status();
+            for r in batch.records.iter().filter(|r| r.seq <= pos.applied_seq) {
+                check_boundary(&st.epochs, st.applied_seq, r.seq, r.epoch)?;
+            }
+            if batch.first_seq == pos.applied_seq + 1 && pos.applied_seq > 0 {
+                let Some(prev) = q.prev_epoch else {
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "records from {} follow this node's {}: say the epoch of record {} (`prev_epoch`), or send from {}",
+                            batch.first_seq, pos.applied_seq, pos.applied_seq, pos.applied_seq
+                        ),
+                    ));
+                };
+                check_boundary(&st.epochs, st.applied_seq, pos.applied_seq, prev)?;
+            }
+        }
         if batch.last_seq <= pos.applied_seq {
             continue;
         }
@@ -181,6 +259,14 @@ pub async fn post_wal(
         applied_seq: pos.applied_seq,
         durable_seq: pos.durable_seq,
     }))
+}
+
+/// `POST /admin/v1/wal` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostWalQuery {
+    /// The epoch of the record just before the body's first one, in the sender's log.
+    pub prev_epoch: Option<u64>,
 }
 
 /// What `POST /admin/v1/wal` did.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use flashsale_core::admin::NodeStatus;
 use flashsale_core::replication::{
     CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, SNAPSHOT_ROUTE, WAL_ROUTE,
 };
@@ -65,12 +66,16 @@ impl PrimaryClient {
         }
     }
 
-    /// Records from `from` on, at most about `CATCHUP_BYTES_MAX` of them.
-    pub async fn fetch(&self, from: u64) -> Result<Fetched, ReplError> {
-        let url = format!(
+    /// Records from `from` on, at most about `CATCHUP_BYTES_MAX` of them; `prev_epoch`
+    /// is this node's epoch of record `from - 1`, which the primary checks against its own.
+    pub async fn fetch(&self, from: u64, prev_epoch: Option<u64>) -> Result<Fetched, ReplError> {
+        let mut url = format!(
             "{}{WAL_ROUTE}?from={from}&max_bytes={CATCHUP_BYTES_MAX}",
             self.base_url
         );
+        if let Some(e) = prev_epoch {
+            url.push_str(&format!("&prev_epoch={e}"));
+        }
         let resp = self
             .http
             .get(&url)
@@ -106,6 +111,10 @@ impl PrimaryClient {
                     .ok_or_else(|| self.err(format!("no {HEADER_DURABLE_SEQ} header")))?,
             }),
             410 => Ok(Fetched::Compacted),
+            409 => {
+                let text = resp.text().await.unwrap_or_default();
+                Err(ReplError::Diverged(text.chars().take(300).collect()))
+            }
             s => {
                 let text = resp.text().await.unwrap_or_default();
                 Err(self.err(format!(
@@ -114,6 +123,21 @@ impl PrimaryClient {
                 )))
             }
         }
+    }
+
+    /// The primary's own account of itself (its epoch history and durable sequence).
+    pub async fn status(&self) -> Result<NodeStatus, ReplError> {
+        let resp = self
+            .http
+            .get(format!("{}/admin/v1/status", self.base_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        if !resp.status().is_success() {
+            return Err(self.err(format!("status: HTTP {}", resp.status())));
+        }
+        resp.json().await.map_err(|e| self.err(e))
     }
 
     /// The primary's newest snapshot, `None` if it has none (404).

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use flashsale_core::replication::{FollowState, decode_message};
+use flashsale_core::replication::{
+    EpochStart, FollowState, Reseed, common_prefix, decode_message, epoch_at,
+};
 use flashsale_core::wal::Batch;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,10 @@ pub trait Replica: Send + Sync + 'static {
         &self,
         bytes: Vec<u8>,
     ) -> impl Future<Output = Result<u64, ReplError>> + Send;
+    /// This node's epoch history.
+    fn history(&self) -> Vec<EpochStart>;
+    /// Moves the whole log aside into `aside/` and starts again empty.
+    fn reseed(&self, aside: String) -> impl Future<Output = Result<(), ReplError>> + Send;
 }
 
 /// Most live messages merged into one apply (one fsync) when a backlog built up.
@@ -77,7 +83,23 @@ impl<R: Replica> Follower<R> {
         // Records catch-up brought since it was last needed.
         let mut fetched = 0u64;
         let mut retry_ms = RETRY_FIRST_MS;
+        // Before following, make sure this node's log is a prefix of the primary's.
+        let mut check_history = true;
         loop {
+            if check_history {
+                match self.check_history().await {
+                    Ok(()) => check_history = false,
+                    Err(e) => {
+                        tracing::warn!(primary = self.primary.base_url(), error = %e, "cannot compare logs with the primary; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(retry_ms)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        retry_ms = (retry_ms * 2).min(RETRY_MAX_MS);
+                        continue;
+                    }
+                }
+            }
             if lost.swap(false, Relaxed) {
                 need_catchup = true;
                 repairing = true;
@@ -97,6 +119,11 @@ impl<R: Replica> Follower<R> {
                     }
                     // Not done yet: give the queue a turn, then go on reading.
                     Ok(false) => {}
+                    Err(ReplError::Diverged(why)) => {
+                        tracing::warn!(primary = self.primary.base_url(), %why, "the primary's log parted from this node's");
+                        check_history = true;
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(primary = self.primary.base_url(), error = %e, "catch-up failed; retrying");
                         tokio::select! {
@@ -252,12 +279,51 @@ impl<R: Replica> Follower<R> {
         Ok(true)
     }
 
+    /// Compares this node's epoch history with the primary's: if this node holds records
+    /// the primary's log does not (an old primary's unacknowledged tail, or what it
+    /// replicated from one), the log is moved aside and the node starts again from the
+    /// primary's (FAILOVER.md I4). The dropped records are named in the status and logs.
+    async fn check_history(&self) -> Result<(), ReplError> {
+        let my_last = self.replica.applied_seq();
+        if my_last == 0 {
+            return Ok(());
+        }
+        let theirs = self.primary.status().await?;
+        let mine = self.replica.history();
+        let common = common_prefix(&mine, my_last, &theirs.epochs, theirs.durable_seq);
+        if common >= my_last {
+            return Ok(());
+        }
+        let mut dropped_epochs: Vec<u64> = (common + 1..=my_last)
+            .filter_map(|seq| epoch_at(&mine, my_last, seq))
+            .collect();
+        dropped_epochs.dedup();
+        let at_ms = now_us() / 1000;
+        let kept_aside = format!("diverged-{at_ms}");
+        tracing::warn!(
+            common, dropped_from = common + 1, dropped_to = my_last, ?dropped_epochs, %kept_aside,
+            "this node's log parted from the primary's: moving it aside and starting again from the primary's"
+        );
+        self.replica.reseed(kept_aside.clone()).await?;
+        self.stats.reseeded(Reseed {
+            at_ms,
+            common_seq: common,
+            dropped_from: common + 1,
+            dropped_to: my_last,
+            dropped_epochs,
+            kept_aside,
+        });
+        Ok(())
+    }
+
     /// Reads the primary's WAL until up to date (`Ok(true)`) or for a bounded number of
     /// rounds (`Ok(false)`).
     async fn catch_up(&self, fetched: &mut u64) -> Result<bool, ReplError> {
         for _ in 0..CATCHUP_ROUNDS_MAX {
-            let from = self.replica.applied_seq() + 1;
-            match self.primary.fetch(from).await? {
+            let applied = self.replica.applied_seq();
+            let from = applied + 1;
+            let prev_epoch = epoch_at(&self.replica.history(), applied, applied);
+            match self.primary.fetch(from, prev_epoch).await? {
                 Fetched::UpToDate { primary_seq } => {
                     self.stats.saw_primary_seq(primary_seq);
                     return Ok(true);

@@ -49,6 +49,8 @@ pub enum ReplError {
     StaleEpoch { mine: u64, theirs: u64 },
     #[error("applying a batch: {0}")]
     Apply(String),
+    #[error("this node's log parted from the primary's: {0}")]
+    Diverged(String),
 }
 
 /// Microseconds since the Unix epoch, the unit of `sent_at_us`.

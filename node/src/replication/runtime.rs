@@ -37,6 +37,14 @@ impl Replica for EngineHandle {
             .await
             .map_err(|e| ReplError::Apply(format!("snapshot: {e}")))
     }
+    fn history(&self) -> Vec<flashsale_core::replication::EpochStart> {
+        self.status().epochs
+    }
+    async fn reseed(&self, aside: String) -> Result<(), ReplError> {
+        EngineHandle::reseed(self, aside)
+            .await
+            .map_err(|e| ReplError::Apply(format!("reseed: {e}")))
+    }
     async fn apply(&self, batch: Batch) -> Result<u64, ReplError> {
         let (first, last) = (batch.first_seq, batch.last_seq);
         self.apply_replicated(batch).await.map_err(|e| match e {

@@ -41,6 +41,9 @@ pub struct Stats {
     pub lag_ms: Histogram,
     pub quorum_timeouts: Counter,
     pub peers: Mutex<Vec<(String, u64, std::time::Instant)>>,
+    /// The last reseed of this node's log, and how many there were.
+    last_reseed: Mutex<Option<flashsale_core::replication::Reseed>>,
+    pub reseeds: Counter,
     applied_seq_gauge: Gauge,
     lag_records_gauge: Gauge,
 }
@@ -65,6 +68,8 @@ impl Stats {
             lag_ms: Histogram::new(LAG_BUCKETS_MS),
             quorum_timeouts: Counter::default(),
             peers: Mutex::new(Vec::new()),
+            last_reseed: Mutex::new(None),
+            reseeds: Counter::default(),
             applied_seq_gauge: Gauge::default(),
             lag_records_gauge: Gauge::default(),
         }
@@ -109,6 +114,12 @@ impl Stats {
         } else {
             heard.push_back((seq, now));
         }
+    }
+
+    /// Records that this node's log was moved aside and started again.
+    pub fn reseeded(&self, r: flashsale_core::replication::Reseed) {
+        self.reseeds.inc();
+        *self.last_reseed.lock() = Some(r);
     }
 
     /// Records a secondary's durability ack (primary side).
@@ -171,6 +182,7 @@ impl Stats {
                     age_ms: at.elapsed().as_millis() as u64,
                 })
                 .collect(),
+            reseeded: self.last_reseed.lock().clone(),
         }
     }
 
@@ -233,6 +245,11 @@ impl Stats {
             "snapshots_installed",
             "Primary snapshots installed because catch-up needed compacted records",
             self.snapshots_installed.clone(),
+        );
+        r.register(
+            "reseeds",
+            "Times this node's log parted from its primary's and was moved aside",
+            self.reseeds.clone(),
         );
         r.register(
             "quorum_timeouts",

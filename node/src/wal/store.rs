@@ -25,6 +25,8 @@ pub trait WalDir: Send + Sync + 'static {
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// A human name for messages (the directory path).
     fn describe(&self) -> String;
+    /// Moves `names` into the subdirectory `into` (created), keeping their names.
+    fn move_aside(&self, names: &[String], into: &str) -> io::Result<()>;
 }
 
 /// An open segment: appends, and a sync that makes them durable.
@@ -123,6 +125,16 @@ impl WalDir for FsDir {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn move_aside(&self, names: &[String], into: &str) -> io::Result<()> {
+        let dest = self.path.join(into);
+        fs::create_dir_all(&dest)?;
+        for name in names {
+            fs::rename(self.path.join(name), dest.join(name))?;
+        }
+        File::open(&dest)?.sync_all()?;
+        self.sync_dir()
     }
 }
 
@@ -275,6 +287,15 @@ impl WalDir for MemDir {
 
     fn describe(&self) -> String {
         "memory".to_owned()
+    }
+
+    fn move_aside(&self, names: &[String], into: &str) -> io::Result<()> {
+        let mut files = self.files.lock();
+        for name in names {
+            let f = files.remove(name).ok_or_else(|| not_found(name))?;
+            files.insert(format!("{into}/{name}"), f);
+        }
+        Ok(())
     }
 }
 
