@@ -9,7 +9,7 @@
 #   testbed/cluster.sh down   [--name dev] [--keep-data]
 #   testbed/cluster.sh status [--name dev]
 #   testbed/cluster.sh env    [--name dev]    print the exports for kubectl/helm
-#   testbed/cluster.sh fault  [--name dev] {kill|freeze|thaw|cut|restore} NS/POD [--container C]
+#   testbed/cluster.sh fault  [--name dev] {kill|freeze|thaw|cut|restore|hold|release} NS/POD [--container C]
 #   testbed/cluster.sh logs   [--name dev] NS/POD   where a pod's logs are, and their tail
 set -euo pipefail
 

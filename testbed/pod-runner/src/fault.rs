@@ -1,6 +1,8 @@
 //! `pod-runner fault`: chaos for tests, from any process — kill or freeze a pod's
-//! containers (their process groups), or cut its network (veth link down). Reads
-//! only the state dir, so it works while the runner runs.
+//! containers (their process groups), cut its network (veth link down), or hold a pod
+//! down: kill it and keep it (and a pod re-created under its name) from starting again,
+//! as if its node never came back, until `release`. Reads and writes only the state
+//! dir, so it works while the runner runs.
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -20,6 +22,10 @@ pub enum Fault {
     Cut,
     /// Bring the veth back up.
     Restore,
+    /// SIGKILL, and no restart (also of a pod re-created with this name) until `release`.
+    Hold,
+    /// Let a held pod start again.
+    Release,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,25 @@ pub fn apply(
     let (ns, name) = target
         .split_once('/')
         .ok_or_else(|| FaultError::Target(target.to_string()))?;
+    match fault {
+        Fault::Hold => {
+            state.hold(ns, name)?;
+            // Then kill what runs (nothing may run: a pod that is not there yet is held too).
+            return match apply(state, Fault::Kill, target, container) {
+                Ok(mut done) => {
+                    done.push("held".into());
+                    Ok(done)
+                }
+                Err(FaultError::State(_)) => Ok(vec!["held (nothing running)".into()]),
+                Err(e) => Err(e),
+            };
+        }
+        Fault::Release => {
+            state.release(ns, name)?;
+            return Ok(vec!["released".into()]);
+        }
+        _ => {}
+    }
     let rec = state.find_record(ns, name)?;
     let signal = match fault {
         Fault::Cut | Fault::Restore => {
@@ -53,6 +78,7 @@ pub fn apply(
         Fault::Kill => Signal::SIGKILL,
         Fault::Freeze => Signal::SIGSTOP,
         Fault::Thaw => Signal::SIGCONT,
+        Fault::Hold | Fault::Release => unreachable!("handled above"),
     };
     let pids: Vec<(String, i32)> = state
         .pids(&rec.uid)

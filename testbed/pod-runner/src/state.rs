@@ -84,6 +84,33 @@ impl StateDir {
         std::fs::write(&resolv, RESOLV_CONF).map_err(io_err(&resolv))
     }
 
+    fn hold_file(&self, ns: &str, pod: &str) -> PathBuf {
+        self.root.join("holds").join(format!("{ns}_{pod}"))
+    }
+
+    /// Keeps the pod `ns/pod` from starting (`fault hold`).
+    pub fn hold(&self, ns: &str, pod: &str) -> Result<(), StateError> {
+        let f = self.hold_file(ns, pod);
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        std::fs::write(&f, "").map_err(io_err(&f))
+    }
+
+    /// Lets it start again.
+    pub fn release(&self, ns: &str, pod: &str) -> Result<(), StateError> {
+        let f = self.hold_file(ns, pod);
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&f)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `ns/pod` is held.
+    pub fn is_held(&self, ns: &str, pod: &str) -> bool {
+        self.hold_file(ns, pod).exists()
+    }
+
     pub fn resolv_conf(&self) -> PathBuf {
         self.root.join("resolv.conf")
     }

@@ -19,6 +19,8 @@ use super::{Ctx, PodShared, now_s};
 /// Restart back-off: doubles from 1 s up to 30 s (the kubelet uses 10 s → 5 min;
 /// shorter here so chaos tests see restarts quickly).
 const BACKOFF_BASE_MS: u64 = 1_000;
+/// How often a held container looks whether it was released.
+const HOLD_POLL_MS: u64 = 200;
 const BACKOFF_MAX_MS: u64 = 30_000;
 /// A container that ran this long resets its back-off.
 const BACKOFF_RESET_S: u64 = 60;
@@ -95,9 +97,27 @@ impl Supervised {
         let mut restarts: u32 = 0;
         let mut backoff_step: u32 = 0;
         let mut last_exit = None;
+        let (ns, pod_name) = (
+            self.pod.metadata.namespace.clone().unwrap_or_default(),
+            self.pod.metadata.name.clone().unwrap_or_default(),
+        );
         loop {
             if stop.borrow().is_some() {
                 break;
+            }
+            // `fault hold`: not started again until released (a node that never returns).
+            if self.ctx.cfg.state.is_held(&ns, &pod_name) {
+                self.update(|s| {
+                    s.state = CState::Waiting {
+                        reason: "Held".into(),
+                        message: Some("held by `fault hold`: not started until released".into()),
+                    };
+                    s.ready = false;
+                });
+                if sleep_or_stop(&mut stop, Duration::from_millis(HOLD_POLL_MS)).await {
+                    break;
+                }
+                continue;
             }
             let launched = async {
                 let sources = Sources::fetch(&self.ctx.client, &self.pod)
