@@ -140,3 +140,44 @@ pub async fn delete_statefulset(
     delete_if_present(&statefulsets, &labels::statefulset_name(sale)).await?;
     Ok(())
 }
+
+/// Takes the role label off a pod (the primary Service stops selecting it at once).
+pub async fn unlabel_pod(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "metadata": { "labels": { labels::ROLE: null } } });
+    pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Creates the recovery Job (once: an existing one of the same name is kept).
+pub async fn create_job(
+    client: &kube::Client,
+    namespace: &str,
+    job: &k8s_openapi::api::batch::v1::Job,
+) -> Result<(), kube::Error> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), namespace);
+    match jobs.create(&PostParams::default(), job).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes an annotation from the sale (a switchover request, once handled).
+pub async fn remove_sale_annotation(
+    client: &kube::Client,
+    namespace: &str,
+    sale: &str,
+    key: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<crate::crd::FlashSale> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "metadata": { "annotations": { key: null } } });
+    api.patch(sale, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}

@@ -30,6 +30,21 @@ pub struct Pass<'a> {
     pub applied: Applied,
     pub outcomes: &'a [Outcome],
     pub now: &'a Time,
+    /// The failover part of the status as this pass leaves it (the last status's, or
+    /// what the failover decided this pass).
+    pub failover: FailoverPart<'a>,
+}
+
+/// The failover part of a pass: the state machine's status, the lease keeper's view of
+/// the primary's lease, and the switchover requests refused.
+#[derive(Clone, Debug, Default)]
+pub struct FailoverPart<'a> {
+    pub state: Option<crate::crd::FailoverState>,
+    pub last: Option<crate::crd::FailoverRecord>,
+    pub lease: failover::keeper::LeaseView,
+    pub refused: &'a [String],
+    /// Problems of the failover's own actions this pass.
+    pub problems: &'a [Problem],
 }
 
 /// What the pass concludes.
@@ -59,6 +74,8 @@ pub fn conclude(pass: &Pass) -> Concluded {
         sale: kube::ResourceExt::name_any(pass.sale),
         replicas: pass.sale.spec.nodes.replicas,
         managed_redis: pass.sale.spec.redis.managed,
+        refused: pass.failover.refused,
+        unhealthy_after_ms: duration_ms(&pass.sale.spec.failover.unhealthy_after),
     };
     let notes = events::notes(pass.prev, &status, &seen);
     Concluded {
@@ -86,6 +103,7 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
     let mut problems: Vec<Problem> = outcomes
         .iter()
         .filter_map(|o| o.result.as_ref().err().cloned())
+        .chain(pass.failover.problems.iter().cloned())
         .collect();
     if let Some(primary) = &role_plan.primary
         && let Some(why) = failover::primary_unavailable(primary, pods)
@@ -141,7 +159,42 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
         problems,
         invalid: None,
         replication: Some(assessment),
+        primary_problem: match (&pass.failover.state, &role_plan.primary) {
+            (Some(f), _) => Some(format!("{} is being replaced: {}", f.from, f.reason)),
+            (None, Some(p)) => {
+                failover::primary_problem(p, role_plan.epoch, pods, &pass.failover.lease)
+            }
+            (None, None) => None,
+        },
+        failover: pass.failover.state.clone(),
+        last_failover: rejoined(pass.failover.last.clone(), role_plan, pods),
     }
+}
+
+/// The last failover, marked once its old primary follows the new one.
+fn rejoined(
+    last: Option<crate::crd::FailoverRecord>,
+    role_plan: &RolePlan,
+    pods: &[PodView],
+) -> Option<crate::crd::FailoverRecord> {
+    let mut last = last?;
+    if !last.old_primary_rejoined
+        && pods.iter().any(|p| {
+            p.name == last.from_pod
+                && p.ready
+                && p.node_status().is_some_and(|s| {
+                    s.role == Role::Secondary && s.epoch == role_plan.epoch && s.epoch >= last.epoch
+                })
+        })
+    {
+        last.old_primary_rejoined = true;
+    }
+    Some(last)
+}
+
+fn duration_ms(d: &kube::core::Duration) -> u64 {
+    let d: std::time::Duration = (*d).into();
+    d.as_millis() as u64
 }
 
 /// A node's items are the spec's: same SKUs, stock and limits.

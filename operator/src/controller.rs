@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -31,15 +32,20 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::build::{BuildConfig, BuildError, Owner};
-use crate::conclude::{Pass, conclude};
-use crate::crd::{CONDITION_PROGRESSING, CONDITION_READY, FlashSale, FlashSaleStatus};
+use crate::conclude::{FailoverPart, Pass, conclude};
+use crate::crd::{
+    CONDITION_PROGRESSING, CONDITION_READY, FlashSale, FlashSaleStatus, ReplicationMode,
+};
 use crate::events::{Note, Notifier, Seen};
-use crate::execute::execute;
+use crate::execute::{Leases, execute};
+use crate::failover::act::Actor;
+use crate::failover::keeper::Keeper;
+use crate::failover::{self, World};
 use crate::metrics::Metrics;
 use crate::nodes::NodeClient;
-use crate::observe::Stores;
-use crate::roles::plan;
-use crate::status::{Facts, condition_is, next_status};
+use crate::observe::{Observed, Stores};
+use crate::roles::{Known, RolePlan, plan};
+use crate::status::{Facts, Problem, condition_is, next_status};
 use crate::validate::{config_hash, validate};
 use crate::{apply, build, events, labels, observe};
 
@@ -98,18 +104,31 @@ pub struct Context {
     pub stores: Stores,
     /// The one Event recorder (kube folds repeats into a series).
     pub notifier: Notifier,
+    /// Renews the primaries' selling leases.
+    pub keeper: Arc<Keeper>,
+    /// When this replica became the leader: any lease an earlier leader granted is over
+    /// `leaseDuration + margin` after it.
+    pub leader_since: Time,
     /// Consecutive failures per sale, for backoff; an entry goes on the first success.
     failures: Mutex<HashMap<ObjectRef<FlashSale>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, settings: Settings, stores: Stores) -> Self {
+    pub fn new(
+        client: kube::Client,
+        settings: Settings,
+        stores: Stores,
+        keeper: Arc<Keeper>,
+        leader_since: Time,
+    ) -> Self {
         let notifier = Notifier::new(Recorder::new(client.clone(), settings.reporter.clone()));
         Self {
             client,
             settings,
             stores,
             notifier,
+            keeper,
+            leader_since,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -164,6 +183,7 @@ pub async fn run(
     client: kube::Client,
     settings: Settings,
     namespace: Option<String>,
+    leader_since: Time,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let owned = watcher::Config::default().labels(&format!(
@@ -171,19 +191,27 @@ pub async fn run(
         labels::MANAGED_BY,
         labels::FIELD_MANAGER
     ));
-    let node_pods =
-        watcher::Config::default().labels(&format!("{}={}", labels::NAME, labels::NODE_APP));
+    // The node pods, and the recovery Jobs' pods (a finished one ends the recovery
+    // before the Job controller marks its Job complete).
+    let node_pods = watcher::Config::default().labels(&format!(
+        "{} in ({},{})",
+        labels::NAME,
+        labels::NODE_APP,
+        labels::RECOVERY_APP
+    ));
     let (statefulsets, sts_changes) =
         cached(api::<StatefulSet>(&client, &namespace), owned.clone());
     let (secrets, secret_changes) = cached(api::<Secret>(&client, &namespace), owned.clone());
     let (deployments, deploy_changes) =
         cached(api::<Deployment>(&client, &namespace), owned.clone());
     let (pods, pod_changes) = cached(api::<Pod>(&client, &namespace), node_pods);
+    let (jobs, job_changes) = cached(api::<Job>(&client, &namespace), owned.clone());
     let stores = Stores {
         statefulsets,
         pods,
         secrets,
         deployments,
+        jobs,
     };
 
     let (sales, sale_writer) = reflector::store();
@@ -196,11 +224,36 @@ pub async fn run(
     .applied_objects()
     .predicate_filter(sale_predicate(), Default::default());
 
-    let ctx = Arc::new(Context::new(client.clone(), settings, stores));
+    // The lease keeper renews leases off the reconcile loop, and wakes a sale's
+    // reconcile the moment its primary's renewals start failing.
+    let keeper = Keeper::new(
+        settings
+            .nodes
+            .with_timeout(failover::timing::renew_every(failover::timing::LEASE_MIN)),
+        settings.metrics.clone(),
+    );
+    let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(64);
+    let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
+    let keeper_task = tokio::spawn(keeper.clone().run(wake_tx, async {
+        let _ = keeper_stopped.await;
+    }));
+    let wakes = tokio_stream_from(wake_rx).filter_map(|key| async move {
+        let (ns, name) = key.split_once('/')?;
+        Some(ObjectRef::<FlashSale>::new(name).within(ns))
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        stores,
+        keeper,
+        leader_since,
+    ));
     Controller::for_stream(sale_changes, sales)
         .owns_stream(sts_changes)
         .owns_stream(secret_changes)
         .owns_stream(deploy_changes)
+        .owns_stream(job_changes)
+        .reconcile_on(wakes)
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
         // Pods belong to the StatefulSet, not the sale: map them back by label.
@@ -217,6 +270,15 @@ pub async fn run(
             }
         })
         .await;
+    let _ = stop_keeper.send(());
+    let _ = keeper_task.await;
+}
+
+/// An mpsc receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -296,12 +358,18 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     observe::ask_nodes(&ctx.settings.nodes, &mut observed).await;
 
     // desired (pure) and apply
+    let primary_ordinal = prev
+        .primary
+        .as_ref()
+        .and_then(|p| observed.pod(&p.pod))
+        .and_then(|p| p.ordinal);
     let desired = build::desired(
         &owner,
         sale,
         &ctx.settings.build,
         &observed.existing,
         &apply::new_admin_token(),
+        primary_ordinal,
     );
     let applied = apply::apply(&ctx.client, &owner.namespace, &desired, &observed.existing)
         .await
@@ -312,16 +380,63 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         observe::ask_nodes(&ctx.settings.nodes, &mut observed).await;
     }
 
-    // plan roles (pure) and tell the nodes
-    let role_plan = plan(
-        prev.primary.as_ref().map(|p| p.pod.as_str()),
-        prev.epoch,
-        &observed.pods,
-        &hash,
-    );
+    // failover (pure decisions, their actions, to a fixpoint; at most one transition)
+    let key = format!("{}/{}", owner.namespace, owner.name);
+    let lease_duration: Duration = sale.spec.failover.lease_duration.into();
+    // The clock read after the nodes answered: a deadline is judged by when the
+    // decision is made, not by when the pass began (safe: a later reading only says
+    // less time is left).
+    let fo = failover_pass(
+        ctx,
+        sale,
+        &owner,
+        &prev,
+        &mut observed,
+        &key,
+        lease_duration,
+    )
+    .await;
+    let (epoch_now, primary_now) = match &fo.next {
+        Some(n) => (n.epoch, n.primary.clone()),
+        None => (prev.epoch, prev.primary.as_ref().map(|p| p.pod.clone())),
+    };
+    let in_failover = prev.failover.is_some() || fo.next.is_some();
+
+    // plan roles (pure) and tell the nodes: not while a failover moves the primary
+    let leases = Leases {
+        keeper: &ctx.keeper,
+        key: &key,
+        duration: lease_duration,
+    };
+    let role_plan = if in_failover {
+        RolePlan {
+            primary: primary_now,
+            epoch: epoch_now,
+            ..RolePlan::default()
+        }
+    } else {
+        let lease = ctx.keeper.view(&key);
+        let primary = prev.primary.as_ref().map(|p| p.pod.as_str());
+        let primary_url = primary.and_then(|p| observed.pod(p)).and_then(|p| p.url());
+        plan(
+            Known {
+                primary,
+                epoch: prev.epoch,
+                config_hash: &hash,
+                lease_held: lease.held
+                    && lease.granted
+                    && lease.pod.as_deref() == primary
+                    && lease.url == primary_url
+                    && lease.epoch == prev.epoch.max(1),
+                first_assignment: prev.items.is_empty() && prev.last_failover.is_none(),
+            },
+            &observed.pods,
+        )
+    };
     let outcomes = execute(
         &ctx.client,
         &ctx.settings.nodes,
+        &leases,
         &owner,
         &config,
         &hash,
@@ -331,6 +446,10 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     .await;
 
     // status and notes (pure)
+    let (state, last) = match &fo.next {
+        Some(n) => (n.failover.clone(), n.last_failover.clone()),
+        None => (prev.failover.clone(), prev.last_failover.clone()),
+    };
     let done = conclude(&Pass {
         sale,
         prev: &prev,
@@ -342,6 +461,13 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         applied,
         outcomes: &outcomes,
         now: &now,
+        failover: FailoverPart {
+            state,
+            last,
+            lease: ctx.keeper.view(&key),
+            refused: &fo.refused,
+            problems: &fo.problems,
+        },
     });
     ctx.settings.metrics.replication.record(
         &owner.namespace,
@@ -355,14 +481,164 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     if !finish(ctx, sale, &prev, &next, &notes).await? {
         return Ok(Action::requeue(Duration::from_millis(CONFLICT_REQUEUE_MS)));
     }
+    ctx.settings.metrics.failover_transition(&prev, &next);
+    let token = observed.admin_token.clone();
+    for action in &fo.deferred {
+        let actor = actor(ctx, sale, &owner, token.as_deref(), &key, lease_duration);
+        if let Some(actor) = actor
+            && let Err(e) = actor.run(action, &mut observed).await
+        {
+            tracing::warn!(sale = %owner.name, error = %e, "failover action after the status write failed");
+        }
+    }
     let converging = !condition_is(&next, CONDITION_READY, "True")
         || condition_is(&next, CONDITION_PROGRESSING, "True");
-    let requeue_ms = if converging {
+    let mut requeue_ms = if converging {
         CONVERGING_REQUEUE_MS
     } else {
         ctx.settings.resync_ms
     };
+    if let Some(ms) = fo.requeue_ms {
+        // Not quite at once: the cache should hold the status just written first.
+        requeue_ms = requeue_ms.min(ms.max(50));
+    }
     Ok(Action::requeue(Duration::from_millis(requeue_ms)))
+}
+
+/// Passes within one reconcile in which the failover acts and decides again.
+const FIXPOINT_ROUNDS: usize = 4;
+
+/// What the failover did in a pass.
+#[derive(Default)]
+struct FailoverPass {
+    /// The failover part of the status to write (at most one transition per pass).
+    next: Option<failover::step::Next>,
+    refused: Vec<String>,
+    problems: Vec<Problem>,
+    /// Done once the status is written (removing the switchover annotation moves the
+    /// sale's resourceVersion, which the status write is guarded by).
+    deferred: Vec<failover::Action>,
+    requeue_ms: Option<u64>,
+}
+
+fn actor<'a>(
+    ctx: &'a Context,
+    sale: &'a FlashSale,
+    owner: &'a Owner,
+    token: Option<&'a str>,
+    key: &'a str,
+    lease: Duration,
+) -> Option<Actor<'a>> {
+    let token = token?;
+    Some(Actor {
+        client: &ctx.client,
+        nodes: &ctx.settings.nodes,
+        keeper: &ctx.keeper,
+        owner,
+        sale,
+        build: &ctx.settings.build,
+        admin_token: token,
+        lease,
+        key,
+    })
+}
+
+/// Runs the failover state machine: decide, act, look again, decide again — until a
+/// transition is due (it is written with the status), nothing is left to do, or the
+/// rounds are spent. No node hears of a new epoch before it is written: a `Begin` has
+/// no node action.
+#[allow(clippy::too_many_arguments)]
+async fn failover_pass(
+    ctx: &Context,
+    sale: &FlashSale,
+    owner: &Owner,
+    prev: &FlashSaleStatus,
+    observed: &mut Observed,
+    key: &str,
+    lease: Duration,
+) -> FailoverPass {
+    let mut out = FailoverPass::default();
+    let Some(token) = observed.admin_token.clone() else {
+        return out;
+    };
+    let switchover_to = sale.annotations().get(labels::SWITCHOVER_TO).cloned();
+    let lagging: Vec<String> = prev
+        .nodes
+        .iter()
+        .filter(|n| n.lagging)
+        .map(|n| n.name.clone())
+        .collect();
+    let job_name = build::recovery_job_name(&owner.name, prev.epoch);
+    for _ in 0..FIXPOINT_ROUNDS {
+        let job = ctx
+            .stores
+            .jobs
+            .get(&ObjectRef::new(&job_name).within(&owner.namespace))
+            .map(|j| {
+                let pods = ctx.stores.pods.state();
+                let pods = pods.iter().filter(|p| {
+                    p.namespace().as_deref() == Some(owner.namespace.as_str())
+                        && p.labels().get(labels::JOB_NAME).map(String::as_str)
+                            == Some(job_name.as_str())
+                });
+                failover::recover::job_state(&j, pods.map(|p| &**p))
+            });
+        let world = World {
+            status: prev,
+            pods: &observed.pods,
+            lease: ctx.keeper.view(key),
+            job,
+            switchover_to: switchover_to.clone(),
+            replicas: sale.spec.nodes.replicas,
+            unhealthy_after_ms: Duration::from(sale.spec.failover.unhealthy_after).as_millis()
+                as u64,
+            lease_ms: lease.as_millis() as u64,
+            tail_policy: sale.spec.failover.tail_policy,
+            quorum: sale.spec.replication.mode == ReplicationMode::Quorum,
+            max_lag_records: sale.spec.replication.max_lag_records.max(0) as u64,
+            lagging: lagging.clone(),
+            now: now(),
+            leader_since: ctx.leader_since.clone(),
+            job_name: job_name.clone(),
+        };
+        let d = failover::decide(&world);
+        out.refused.extend(d.refused);
+        if let Some(ms) = d.requeue_ms {
+            out.requeue_ms = Some(out.requeue_ms.map_or(ms, |m: u64| m.min(ms)));
+        }
+        let (later, now_actions): (Vec<_>, Vec<_>) = d
+            .actions
+            .into_iter()
+            .partition(|a| *a == failover::Action::ClearSwitchoverRequest);
+        for a in later {
+            if !out.deferred.contains(&a) {
+                out.deferred.push(a);
+            }
+        }
+        let Some(actor) = actor(ctx, sale, owner, Some(token.as_str()), key, lease) else {
+            return out;
+        };
+        let mut failed = false;
+        for a in &now_actions {
+            if let Err(e) = actor.run(a, observed).await {
+                tracing::info!(sale = %owner.name, action = ?a, error = %e, "failover action failed; retried next pass");
+                out.problems.push(Problem {
+                    reason: "FailoverActionFailed",
+                    message: e,
+                });
+                failed = true;
+                break;
+            }
+        }
+        if let Some(next) = d.next {
+            out.next = Some(next);
+            return out;
+        }
+        if now_actions.is_empty() || failed {
+            return out;
+        }
+    }
+    out
 }
 
 /// Writes the status if it changed, guarded by the resourceVersion the pass read, then
@@ -402,7 +678,7 @@ async fn write_status(
     }
     let api: Api<FlashSale> =
         Api::namespaced(ctx.client.clone(), &sale.namespace().unwrap_or_default());
-    let patch = status_patch(sale, next);
+    let patch = status_patch(sale, prev, next);
     let written = api
         .patch_status(
             &sale.name_any(),
@@ -415,11 +691,34 @@ async fn write_status(
 
 /// The status write: a merge patch of the whole status that names the resourceVersion
 /// the pass read, which makes the API server refuse it (409) if the sale moved since.
-pub fn status_patch(sale: &FlashSale, next: &FlashSaleStatus) -> serde_json::Value {
+/// A field `prev` had and `next` drops is written as `null` (a merge patch leaves out
+/// what it does not name, so a finished failover would otherwise stay in the status).
+pub fn status_patch(
+    sale: &FlashSale,
+    prev: &FlashSaleStatus,
+    next: &FlashSaleStatus,
+) -> serde_json::Value {
+    let mut status = serde_json::to_value(next).unwrap_or_default();
+    null_what_was_dropped(&serde_json::to_value(prev).unwrap_or_default(), &mut status);
     serde_json::json!({
         "metadata": { "resourceVersion": sale.resource_version() },
-        "status": next,
+        "status": status,
     })
+}
+
+/// Marks with `null` every object key `old` has and `new` lacks, into nested objects.
+fn null_what_was_dropped(old: &serde_json::Value, new: &mut serde_json::Value) {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object_mut()) else {
+        return;
+    };
+    for (key, was) in old {
+        match new.get_mut(key) {
+            None => {
+                new.insert(key.clone(), serde_json::Value::Null);
+            }
+            Some(now) => null_what_was_dropped(was, now),
+        }
+    }
 }
 
 /// The sale is being deleted: stop the nodes first, then let garbage collection take the rest.
@@ -429,6 +728,8 @@ async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
         .metrics
         .replication
         .forget(&owner.namespace, &owner.name);
+    ctx.keeper
+        .forget(&format!("{}/{}", owner.namespace, owner.name));
     apply::delete_statefulset(&ctx.client, &owner.namespace, &owner.name)
         .await
         .map_err(Error::Cleanup)?;

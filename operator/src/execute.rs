@@ -6,6 +6,7 @@ use flashsale_core::SaleConfig;
 
 use crate::apply;
 use crate::build::Owner;
+use crate::failover::keeper::{Keeper, Target};
 use crate::labels;
 use crate::nodes::{NodeClient, NodeError};
 use crate::observe::Observed;
@@ -21,9 +22,19 @@ pub struct Outcome {
 
 /// Runs the steps in order; a failed step skips that pod's later steps. The observed
 /// views are updated with what the nodes answered, so the status reads the new facts.
+/// The lease keeper a `GrantLease` step hands the primary to: the keeper, the sale's key
+/// in it, and the lease duration.
+pub struct Leases<'a> {
+    pub keeper: &'a Keeper,
+    pub key: &'a str,
+    pub duration: std::time::Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     client: &kube::Client,
     nodes: &NodeClient,
+    leases: &Leases<'_>,
     owner: &Owner,
     config: &SaleConfig,
     hash: &str,
@@ -82,6 +93,29 @@ pub async fn execute(
                         .map(|()| note)
                     }
                     Err(e) => Err(node_problem("RoleRejected", pod, &e)),
+                }
+            }
+            Step::GrantLease { epoch, .. } => {
+                leases.keeper.hold(
+                    leases.key,
+                    Target {
+                        pod: pod.to_string(),
+                        url: url.clone(),
+                        admin_token: token.clone(),
+                        epoch: *epoch,
+                        lease: leases.duration,
+                    },
+                );
+                match leases.keeper.renew_now(leases.key).await {
+                    Ok(()) => Ok(format!(
+                        "holds the selling lease for epoch {epoch} ({} s, renewed every {} ms)",
+                        leases.duration.as_secs(),
+                        crate::failover::timing::renew_every(leases.duration).as_millis()
+                    )),
+                    Err(why) => Err(Problem {
+                        reason: "LeaseRefused",
+                        message: format!("{pod}: {why}"),
+                    }),
                 }
             }
             Step::Label { role, .. } => {

@@ -19,10 +19,18 @@ pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_SECONDARY: &str = "secondary";
 /// Pod annotation: hash of the sale config last accepted by that node.
 pub const CONFIG_HASH: &str = "flashsale.dev/config-hash";
+/// Label of a recovery Job: the epoch of the failover it serves.
+pub const FAILOVER_EPOCH: &str = "flashsale.dev/failover-epoch";
+/// Annotation on a FlashSale: a person asks for this pod to become the primary.
+pub const SWITCHOVER_TO: &str = "flashsale.dev/switchover-to";
 /// Pod annotation: the role assignment last accepted by that node (`secondary@1 http://…`).
 pub const ROLE_ASSIGNMENT: &str = "flashsale.dev/role-assignment";
 
 pub const NODE_APP: &str = "stock-node";
+/// `app.kubernetes.io/name` of a failover's recovery Job and its pod.
+pub const RECOVERY_APP: &str = "recovery";
+/// The label the Job controller puts on a Job's pods.
+pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 pub const REDIS_APP: &str = "redis";
 
 /// Port of the node's HTTP API, admin API and metrics.

@@ -51,8 +51,8 @@ struct Args {
     /// Image of the managed Redis for sales that name none.
     #[arg(long, env = "FLASHSALE_REDIS_IMAGE", default_value = "redis:7.2")]
     redis_image: String,
-    /// Timeout of one admin call to a node.
-    #[arg(long, default_value_t = 2_000)]
+    /// Timeout of one admin call that changes a node (a status read gets half of it).
+    #[arg(long, default_value_t = 1_000)]
     node_timeout_ms: u64,
     /// How often a healthy sale is re-read (status figures).
     #[arg(long, default_value_t = 5_000)]
@@ -65,7 +65,10 @@ struct Args {
     /// Namespace of the Lease (default: the pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    #[arg(long, default_value_t = 15)]
+    /// The leader Lease's duration: a hand-over takes up to this plus about 2 s, which
+    /// must be shorter than what a node's selling lease can have left (checked at start).
+    #[arg(long, env = "FLASHSALE_LEADER_LEASE_DURATION_S", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(2..=60))]
     lease_duration_s: u64,
     /// This replica's name in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
@@ -96,6 +99,12 @@ async fn terminated() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
+    // A leader crash must not let a primary's lease run out (README, "Failover: timings").
+    flashsale_operator::failover::timing::check_handover(
+        std::time::Duration::from_secs(args.lease_duration_s),
+        flashsale_operator::failover::timing::LEASE_MIN,
+    )
+    .map_err(|e| anyhow::anyhow!("--lease-duration-s: {e}"))?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: neither in-cluster nor a kubeconfig")?;
@@ -148,7 +157,8 @@ async fn main() -> anyhow::Result<()> {
             .with_namespace(&namespace)
             .with_identity(&identity)
             .with_duration(args.lease_duration_s)
-            .with_grace(args.lease_duration_s / 3)
+            // Renewed halfway through: a slow API server call does not lose the Lease.
+            .with_grace((args.lease_duration_s / 2).max(1))
             .build()
             .await
             .context("lease manager")?;
@@ -192,10 +202,12 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         resync_ms: args.resync_ms,
     };
+    let leader_since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
     controller::run(
         client,
         settings,
         args.namespace.clone(),
+        leader_since,
         stopped(stop_rx.clone()),
     )
     .await;

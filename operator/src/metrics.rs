@@ -14,6 +14,21 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// `failover` or `switchover`.
+    pub kind: &'static str,
+    /// `started`, `completed`, `blocked`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// `detect` (first failure to the fence), `fence` (to proof), `recover` (to the tail
+    /// in the candidate), `promote` (to the new primary).
+    pub step: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
@@ -24,6 +39,14 @@ pub struct Metrics {
     pub leader: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Per-node applied sequence and lag (`crate::replication`).
     pub replication: crate::replication::ReplicationMetrics,
+    failovers: Family<FailoverLabels, Counter>,
+    failover_step_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
+    lease_renewals: Family<ResultLabel, Counter>,
+}
+
+fn step_histogram() -> Histogram {
+    // 10 ms .. ~160 s.
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
 }
 
 impl Default for Metrics {
@@ -48,6 +71,27 @@ impl Default for Metrics {
         registry.register("leader", "1 while this replica leads", leader.clone());
         let replication = crate::replication::ReplicationMetrics::default();
         replication.register(&mut registry);
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Failovers and switchovers, by kind and outcome",
+            failovers.clone(),
+        );
+        let failover_step_seconds =
+            Family::<StepLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                step_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "failover_step_seconds",
+            "How long each step of a failover took",
+            failover_step_seconds.clone(),
+        );
+        let lease_renewals = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "lease_renewals",
+            "Selling lease renewals sent to primaries, by result",
+            lease_renewals.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -55,6 +99,9 @@ impl Default for Metrics {
             status_conflicts,
             leader,
             replication,
+            failovers,
+            failover_step_seconds,
+            lease_renewals,
         }
     }
 }
@@ -66,10 +113,87 @@ impl Metrics {
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
+    pub fn lease_renewal(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.lease_renewals
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts and times what a status write changed of a failover.
+    pub fn failover_transition(
+        &self,
+        prev: &crate::crd::FlashSaleStatus,
+        next: &crate::crd::FlashSaleStatus,
+    ) {
+        use crate::crd::{FailoverKind, FailoverStep};
+        let kind_of = |k: FailoverKind| match k {
+            FailoverKind::Failover => "failover",
+            FailoverKind::Switchover => "switchover",
+        };
+        let secs = |a: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+                    b: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+            ((b.0.as_millisecond() - a.0.as_millisecond()).max(0) as f64) / 1000.0
+        };
+        let step = |name: &'static str, s: f64| {
+            self.failover_step_seconds
+                .get_or_create(&StepLabel { step: name })
+                .observe(s)
+        };
+        match (&prev.failover, &next.failover) {
+            (None, Some(f)) => {
+                self.failovers
+                    .get_or_create(&FailoverLabels {
+                        kind: kind_of(f.kind),
+                        outcome: "started",
+                    })
+                    .inc();
+                step("detect", secs(&f.detected_at, &f.fence_started_at));
+            }
+            (Some(a), Some(b)) => {
+                if a.fenced_at.is_none()
+                    && let Some(at) = &b.fenced_at
+                {
+                    step("fence", secs(&b.fence_started_at, at));
+                }
+                if a.step != FailoverStep::Promoting
+                    && b.step == FailoverStep::Promoting
+                    && let Some(at) = &b.fenced_at
+                {
+                    step("recover", secs(at, &chrono_now()));
+                }
+                if a.blocked.is_none() && b.blocked.is_some() {
+                    self.failovers
+                        .get_or_create(&FailoverLabels {
+                            kind: kind_of(b.kind),
+                            outcome: "blocked",
+                        })
+                        .inc();
+                }
+            }
+            (Some(_), None) => {
+                if let Some(last) = &next.last_failover {
+                    self.failovers
+                        .get_or_create(&FailoverLabels {
+                            kind: kind_of(last.kind),
+                            outcome: "completed",
+                        })
+                        .inc();
+                    step("promote", secs(&last.fenced_at, &last.promoted_at));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+fn chrono_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
 }

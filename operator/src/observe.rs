@@ -26,6 +26,9 @@ pub struct PodView {
     pub running: bool,
     /// Its readiness probe passes (role and config known to the node).
     pub ready: bool,
+    /// The node's container runs (the kubelet's word; `false` also while it waits to be
+    /// restarted): a failover's proof that the old process is gone.
+    pub container_running: bool,
     /// The `flashsale.dev/role` label.
     pub role_label: Option<String>,
     /// Hash of the config this node last accepted (pod annotation).
@@ -47,7 +50,13 @@ impl PodView {
             && status
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let container_running = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == labels::NODE_APP))
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|st| st.running.is_some());
         Self {
+            container_running: running && container_running,
             ordinal,
             ip: status
                 .and_then(|s| s.pod_ip.clone())
@@ -80,6 +89,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub secrets: Store<Secret>,
     pub deployments: Store<Deployment>,
+    /// Recovery Jobs.
+    pub jobs: Store<k8s_openapi::api::batch::v1::Job>,
 }
 
 /// Everything observed for one sale.
@@ -141,6 +152,22 @@ pub fn from_caches(stores: &Stores, namespace: &str, sale: &str) -> Observed {
         statefulset,
         pods,
         admin_token,
+    }
+}
+
+/// Asks the named pods' nodes again (after a failover action changed them).
+pub async fn ask_some(nodes: &NodeClient, observed: &mut Observed, names: &[&str]) {
+    let Some(token) = observed.admin_token.clone() else {
+        return;
+    };
+    for view in observed
+        .pods
+        .iter_mut()
+        .filter(|p| names.contains(&p.name.as_str()))
+    {
+        if let Some(url) = view.url().filter(|_| view.running) {
+            view.node = Some(nodes.status(&url, &token).await.map_err(|e| e.to_string()));
+        }
     }
 }
 

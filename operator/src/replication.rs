@@ -153,6 +153,16 @@ pub fn assess(
                 .and_then(|s| s.replication.as_ref())
                 .map(|r| r.redis_connected),
             lagging,
+            reseeded: status
+                .and_then(|s| s.replication.as_ref())
+                .and_then(|r| r.reseeded.as_ref())
+                .map(|r| {
+                    format!(
+                        "its log parted from the primary's after record {}: records {}..{} of epoch(s) {:?} dropped (never acknowledged), the old log kept in {}",
+                        r.common_seq, r.dropped_from, r.dropped_to, r.dropped_epochs, r.kept_aside
+                    )
+                })
+                .or_else(|| prev_node.and_then(|p| p.reseeded.clone())),
             lagging_since: match (lagging, was_lagging) {
                 (true, true) => prev_node.and_then(|p| p.lagging_since.clone()),
                 (true, false) => Some(now.clone()),

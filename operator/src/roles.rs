@@ -23,15 +23,19 @@ pub enum Step {
     },
     /// Set the pod's `flashsale.dev/role` label (the primary Service selects on it).
     Label { pod: String, role: &'static str },
+    /// Start renewing the primary's selling lease (and renew it once, now): without it
+    /// the primary sells nothing and is not ready.
+    GrantLease { pod: String, epoch: u64 },
 }
 
 impl Step {
     /// The pod the step is about.
     pub fn pod(&self) -> &str {
         match self {
-            Step::PushConfig { pod } | Step::AssignRole { pod, .. } | Step::Label { pod, .. } => {
-                pod
-            }
+            Step::PushConfig { pod }
+            | Step::AssignRole { pod, .. }
+            | Step::Label { pod, .. }
+            | Step::GrantLease { pod, .. } => pod,
         }
     }
 }
@@ -58,17 +62,27 @@ pub fn assignment_note(role: Role, epoch: u64, primary_url: Option<&str>) -> Str
     }
 }
 
-/// Plans roles for a sale.
-///
-/// * `status_primary`/`status_epoch`: what the last status recorded.
-/// * `pods`: node pods by ordinal, with their nodes' answers.
-/// * `config_hash`: hash of the config every node must have.
-pub fn plan(
-    status_primary: Option<&str>,
-    status_epoch: u64,
-    pods: &[PodView],
-    config_hash: &str,
-) -> RolePlan {
+/// What the plan needs besides the pods.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Known<'a> {
+    /// What the last status recorded.
+    pub primary: Option<&'a str>,
+    pub epoch: u64,
+    /// Hash of the config the primary must run.
+    pub config_hash: &'a str,
+    /// The lease keeper renews the primary's lease at this epoch.
+    pub lease_held: bool,
+    /// The sale has never had a primary that sold (no figures yet, no failover): the
+    /// primary may still be *given* its role. Once it has sold, a primary that is not
+    /// primary any more (a new, empty volume) is the failover's to replace, never to
+    /// re-assert — that would start the sale again from an empty log.
+    pub first_assignment: bool,
+}
+
+/// Plans roles for a sale: `pods` by ordinal, with their nodes' answers.
+pub fn plan(known: Known, pods: &[PodView]) -> RolePlan {
+    let (status_primary, status_epoch, config_hash) =
+        (known.primary, known.epoch, known.config_hash);
     let answering = |p: &&PodView| p.running && p.ip.is_some() && p.node_status().is_some();
     // A label survives operator restarts; status survives pod re-creation (labels do not).
     let labelled = pods
@@ -117,23 +131,20 @@ pub fn plan(
             continue;
         }
         let node = pod.node_status().expect("answering");
-        // Only the primary is configured: a secondary's WAL must stay a copy of the
-        // primary's, so it gets the sale (and every change to it) through replication.
-        if is_primary && (node.sale.is_none() || pod.config_hash.as_deref() != Some(config_hash)) {
-            plan.steps.push(Step::PushConfig {
-                pod: pod.name.clone(),
-            });
-        }
         let (role, label, url) = if is_primary {
             (Role::Primary, labels::ROLE_PRIMARY, None)
         } else {
             (Role::Secondary, labels::ROLE_SECONDARY, primary_url.clone())
         };
+        let is_role = node.role == role && node.epoch == epoch;
+        if is_primary && !is_role && !(newly_chosen || known.first_assignment) {
+            // A primary that is not the primary any more is replaced by the failover
+            // (crate::failover), never re-asserted here.
+            continue;
+        }
         let wanted = assignment_note(role, epoch, url.as_deref());
-        if node.role != role
-            || node.epoch != epoch
-            || pod.role_assignment.as_deref() != Some(&*wanted)
-        {
+        // The role first: a node takes the sale's config only as the primary.
+        if !is_role || pod.role_assignment.as_deref() != Some(&*wanted) {
             plan.steps.push(Step::AssignRole {
                 pod: pod.name.clone(),
                 assignment: RoleAssignment {
@@ -142,6 +153,21 @@ pub fn plan(
                     primary_url: url,
                 },
             });
+        }
+        if is_primary {
+            if !known.lease_held {
+                plan.steps.push(Step::GrantLease {
+                    pod: pod.name.clone(),
+                    epoch,
+                });
+            }
+            // Only the primary is configured: a secondary's WAL must stay a copy of the
+            // primary's, so it gets the sale (and every change to it) through replication.
+            if node.sale.is_none() || pod.config_hash.as_deref() != Some(config_hash) {
+                plan.steps.push(Step::PushConfig {
+                    pod: pod.name.clone(),
+                });
+            }
         }
         if pod.role_label.as_deref() != Some(label) {
             plan.steps.push(Step::Label {

@@ -6,8 +6,8 @@ use flashsale_core::ItemView;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, FlashSaleStatus, ItemStatus, Phase,
-    PrimaryStatus,
+    CONDITION_DEGRADED, CONDITION_PRIMARY_AVAILABLE, CONDITION_PROGRESSING, CONDITION_READY,
+    FailoverKind, FlashSaleStatus, ItemStatus, Phase, PrimaryStatus,
 };
 
 /// A problem worth a Degraded condition: a reason (PascalCase) and a message.
@@ -40,6 +40,11 @@ pub struct Facts {
     pub invalid: Option<String>,
     /// Replication's verdict (`status.nodes`, `ReplicationHealthy`), when the nodes were asked.
     pub replication: Option<crate::replication::Assessment>,
+    /// Why the primary fails its checks (`PrimaryAvailable` False), if it does.
+    pub primary_problem: Option<String>,
+    /// The failover under way, and the last one completed.
+    pub failover: Option<crate::crd::FailoverState>,
+    pub last_failover: Option<crate::crd::FailoverRecord>,
 }
 
 /// The next status. `now` stamps only conditions whose status flips.
@@ -190,12 +195,47 @@ pub fn next_status(prev: &FlashSaleStatus, facts: &Facts, now: &Time) -> FlashSa
         ),
     }
 
-    next.phase = Some(if degraded.is_some() {
-        Phase::Degraded
-    } else if facts.primary_selling {
-        Phase::Running
-    } else {
-        Phase::Pending
+    match (&facts.primary, &facts.primary_problem) {
+        (None, _) => set(
+            &mut next,
+            now,
+            facts,
+            CONDITION_PRIMARY_AVAILABLE,
+            false,
+            "NoPrimary",
+            "no primary chosen yet",
+        ),
+        (Some(_), Some(why)) => set(
+            &mut next,
+            now,
+            facts,
+            CONDITION_PRIMARY_AVAILABLE,
+            false,
+            if facts.failover.is_some() {
+                "BeingReplaced"
+            } else {
+                "PrimaryFailing"
+            },
+            why,
+        ),
+        (Some(p), None) => set(
+            &mut next,
+            now,
+            facts,
+            CONDITION_PRIMARY_AVAILABLE,
+            true,
+            "Available",
+            &format!("{} passes its checks at epoch {}", p.pod, facts.epoch),
+        ),
+    }
+    next.failover = facts.failover.clone();
+    next.last_failover = facts.last_failover.clone();
+    next.phase = Some(match &facts.failover {
+        Some(f) if f.kind == FailoverKind::Switchover => Phase::SwitchingOver,
+        Some(_) => Phase::FailingOver,
+        None if degraded.is_some() => Phase::Degraded,
+        None if facts.primary_selling => Phase::Running,
+        None => Phase::Pending,
     });
     if let Some(a) = &facts.replication {
         crate::replication::apply_to_status(&mut next, a, facts.generation, now);

@@ -18,7 +18,12 @@ fn fixture(name: &str) -> FlashSale {
 fn built(name: &str) -> (FlashSale, Owner, StatefulSet) {
     let sale = fixture(name);
     let owner = Owner::of(&sale).expect("fixture has namespace and uid");
-    let sts = build::build_statefulset(&owner, &sale, &BuildConfig::default());
+    let sts = build::build_statefulset(
+        &owner,
+        &sale,
+        &BuildConfig::default(),
+        sale.spec.nodes.replicas,
+    );
     (sale, owner, sts)
 }
 
@@ -53,7 +58,7 @@ fn statefulset_runs_the_node_with_the_contract_flags_on_a_wal_volume() {
     assert_eq!(
         c.args.as_ref().unwrap().join(" "),
         "serve --listen 0.0.0.0:8080 --data-dir /var/lib/flashsale/wal --role standby \
-         --admin-token-file /etc/flashsale/admin/token --log-format json"
+         --lease required --admin-token-file /etc/flashsale/admin/token --log-format json"
     );
     assert_eq!(
         c.image.as_deref(),
@@ -366,4 +371,54 @@ fn owner_needs_a_uid_and_namespace() {
     let mut sale = fixture("basic.yaml");
     sale.metadata.uid = None;
     assert!(Owner::of(&sale).is_err());
+}
+
+/// The failover's recovery Job: the old primary's WAL volume, read-only, shipped into
+/// the candidate by the node binary's own `wal ship`; 3 and 4 fail it at once.
+#[test]
+fn the_recovery_job_ships_the_old_primarys_volume_into_the_candidate() {
+    let (sale, owner, _) = built("basic.yaml");
+    let job = build::build_recovery_job(
+        &owner,
+        &sale,
+        &BuildConfig::default(),
+        4,
+        "spring-0",
+        "http://10.0.0.11:8080",
+    );
+    assert_eq!(job.metadata.name.as_deref(), Some("spring-recover-e4"));
+    assert_eq!(
+        job.metadata.owner_references.as_ref().unwrap()[0].name,
+        "spring"
+    );
+    let spec = job.spec.as_ref().unwrap();
+    let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+    assert_eq!(rules[0].action, "FailJob");
+    assert_eq!(rules[0].on_exit_codes.as_ref().unwrap().values, [3, 4]);
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.args.as_ref().unwrap().join(" "),
+        "wal ship /var/lib/flashsale/wal --to http://10.0.0.11:8080 --admin-token-file /etc/flashsale/admin/token"
+    );
+    let wal = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "wal")
+        .unwrap();
+    let claim = wal.persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("wal-spring-0", Some(true))
+    );
+    assert!(
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|m| m.read_only == Some(true))
+    );
 }

@@ -58,6 +58,7 @@ fn crd_has_names_subresources_and_columns() {
         [
             "Phase",
             "Primary",
+            "Epoch",
             "Ready",
             "Sold",
             "Remaining",

@@ -37,6 +37,7 @@ fn pod(name: &str, status: Option<NodeStatus>) -> PodView {
         ip: Some("10.0.0.1".into()),
         running: status.is_some(),
         ready: status.is_some(),
+        container_running: true,
         role_label: None,
         config_hash: None,
         role_assignment: None,
@@ -117,6 +118,7 @@ fn three_nodes_in_sync_are_healthy_and_say_who_is_who() {
             redis_connected: Some(true),
             lagging: false,
             lagging_since: None,
+            reseeded: None,
         }
     );
     assert!(

@@ -2,7 +2,7 @@
 
 use flashsale_core::admin::{NodeStatus, Role};
 use flashsale_operator::observe::PodView;
-use flashsale_operator::roles::{Step, assignment_note, plan};
+use flashsale_operator::roles::{Known, RolePlan, Step, assignment_note};
 
 const HASH: &str = "cafebabe";
 
@@ -17,6 +17,8 @@ fn node(role: Role, epoch: u64, configured: bool) -> NodeStatus {
         purchases_per_s: 0.0,
         now_ms: 0,
         replication: None,
+        lease: None,
+        epochs: vec![],
     }
 }
 
@@ -27,6 +29,7 @@ fn pod(ordinal: u32) -> PodView {
         ip: Some(format!("10.0.0.{}", ordinal + 10)),
         running: true,
         ready: false,
+        container_running: true,
         role_label: None,
         config_hash: None,
         role_assignment: None,
@@ -52,13 +55,29 @@ fn settled(ordinal: u32, role: Role, epoch: u64, primary_url: Option<&str>) -> P
     p
 }
 
+/// The plan as the controller asks for it: the primary's lease held, and the primary
+/// may be given its role only while the sale has none.
+fn plan(primary: Option<&str>, epoch: u64, pods: &[PodView], hash: &str) -> RolePlan {
+    flashsale_operator::roles::plan(
+        Known {
+            primary,
+            epoch,
+            config_hash: hash,
+            lease_held: true,
+            first_assignment: primary.is_none(),
+        },
+        pods,
+    )
+}
+
 fn steps_for<'a>(steps: &'a [Step], pod: &str) -> Vec<&'a Step> {
     steps
         .iter()
         .filter(|s| match s {
             Step::PushConfig { pod: p }
             | Step::AssignRole { pod: p, .. }
-            | Step::Label { pod: p, .. } => p == pod,
+            | Step::Label { pod: p, .. }
+            | Step::GrantLease { pod: p, .. } => p == pod,
         })
         .collect()
 }
@@ -71,15 +90,16 @@ fn first_primary_is_the_lowest_ordinal_node_that_answers_at_epoch_one() {
     assert_eq!(plan.primary.as_deref(), Some("spring-1"));
     assert!(plan.newly_chosen);
     assert_eq!(plan.epoch, 1);
-    // The primary is configured, told its role, labelled — before anyone else.
+    // The primary is told its role, then configured (a node takes the sale's config
+    // only as the primary), then labelled — before anyone else.
     let first: Vec<_> = plan.steps.iter().take(3).cloned().collect();
     assert_eq!(
-        first[0],
+        first[1],
         Step::PushConfig {
             pod: "spring-1".into()
         }
     );
-    match &first[1] {
+    match &first[0] {
         Step::AssignRole { pod, assignment } => {
             assert_eq!(pod, "spring-1");
             assert_eq!(
@@ -161,11 +181,12 @@ fn the_role_label_not_the_ordinal_says_who_is_primary() {
 }
 
 #[test]
-fn a_recreated_primary_pod_is_given_back_its_role_and_label() {
+fn a_recreated_primary_pod_is_given_back_its_label() {
     let url = "http://10.0.0.11:8080";
-    // spring-1 was primary; its pod was re-created: no label, node replayed its WAL (configured) in standby.
-    let mut recreated = pod(1);
-    recreated.node = Some(Ok(node(Role::Standby, 1, true)));
+    // spring-1 was primary; its pod was re-created (no label); its node replayed its WAL
+    // and is the primary of epoch 1 again.
+    let mut recreated = settled(1, Role::Primary, 1, None);
+    recreated.role_label = None;
     let pods = vec![
         settled(0, Role::Secondary, 1, Some(url)),
         recreated,
@@ -177,13 +198,60 @@ fn a_recreated_primary_pod_is_given_back_its_role_and_label() {
         !plan.newly_chosen,
         "no new primary is chosen: that would be failover"
     );
-    let own = steps_for(&plan.steps, "spring-1");
-    assert!(own.iter().any(|s| matches!(s, Step::AssignRole { assignment, .. } if assignment.role == Role::Primary && assignment.epoch == 1)));
-    assert!(own.contains(&&Step::Label {
-        pod: "spring-1".into(),
-        role: "primary"
-    }));
+    assert_eq!(
+        steps_for(&plan.steps, "spring-1"),
+        [&Step::Label {
+            pod: "spring-1".into(),
+            role: "primary"
+        }]
+    );
     assert!(steps_for(&plan.steps, "spring-0").is_empty());
+}
+
+#[test]
+fn a_primary_that_lost_its_role_is_never_re_asserted() {
+    let url = "http://10.0.0.11:8080";
+    // spring-1 was primary and has sold; it now says standby (a new, empty volume): giving
+    // it the role back would start the sale again from an empty log. Replacing it is the
+    // failover's job.
+    let mut lost = pod(1);
+    lost.node = Some(Ok(node(Role::Standby, 0, false)));
+    let pods = vec![
+        settled(0, Role::Secondary, 1, Some(url)),
+        lost,
+        settled(2, Role::Secondary, 1, Some(url)),
+    ];
+    let plan = plan(Some("spring-1"), 1, &pods, HASH);
+    assert!(
+        steps_for(&plan.steps, "spring-1").is_empty(),
+        "{:?}",
+        plan.steps
+    );
+}
+
+#[test]
+fn the_primary_gets_its_lease_before_its_config() {
+    let pods = vec![pod(0), pod(1)];
+    let plan = flashsale_operator::roles::plan(
+        Known {
+            primary: None,
+            epoch: 0,
+            config_hash: HASH,
+            lease_held: false,
+            first_assignment: true,
+        },
+        &pods,
+    );
+    let kinds: Vec<&str> = steps_for(&plan.steps, "spring-0")
+        .iter()
+        .map(|s| match s {
+            Step::AssignRole { .. } => "role",
+            Step::GrantLease { .. } => "lease",
+            Step::PushConfig { .. } => "config",
+            Step::Label { .. } => "label",
+        })
+        .collect();
+    assert_eq!(kinds, ["role", "lease", "config", "label"]);
 }
 
 #[test]

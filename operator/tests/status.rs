@@ -38,6 +38,9 @@ fn selling() -> Facts {
         problems: vec![],
         invalid: None,
         replication: None,
+        primary_problem: None,
+        failover: None,
+        last_failover: None,
     }
 }
 

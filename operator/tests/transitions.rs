@@ -5,12 +5,12 @@
 use flashsale_core::admin::{NodeStatus, Role};
 use flashsale_core::{ItemView, SaleConfig};
 use flashsale_operator::apply::Applied;
-use flashsale_operator::conclude::{Concluded, Pass, conclude};
+use flashsale_operator::conclude::{Concluded, FailoverPart, Pass, conclude};
 use flashsale_operator::crd::{FlashSale, FlashSaleStatus, Phase, ReclaimPolicy};
 use flashsale_operator::events::{self, Kind, Note};
 use flashsale_operator::execute::Outcome;
 use flashsale_operator::observe::{Observed, PodView};
-use flashsale_operator::roles::{RolePlan, Step, assignment_note, plan};
+use flashsale_operator::roles::{Known, RolePlan, Step, assignment_note, plan};
 use flashsale_operator::status::{Problem, condition_is};
 use flashsale_operator::validate::{config_hash, validate};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
@@ -53,6 +53,8 @@ fn node(role: Role, epoch: u64, config: Option<&SaleConfig>, sold: u64) -> NodeS
         purchases_per_s: 0.0,
         now_ms: 0,
         replication: None,
+        lease: None,
+        epochs: vec![],
     }
 }
 
@@ -63,6 +65,7 @@ fn pod(ordinal: u32, node: Option<Result<NodeStatus, String>>, ready: bool) -> P
         ip: Some(format!("10.0.0.{}", ordinal + 10)),
         running: true,
         ready,
+        container_running: true,
         role_label: None,
         config_hash: None,
         role_assignment: None,
@@ -111,10 +114,14 @@ fn pass(
     let config = validate(sale).unwrap();
     let hash = config_hash(&config);
     let role_plan = plan(
-        prev.primary.as_ref().map(|p| p.pod.as_str()),
-        prev.epoch,
+        Known {
+            primary: prev.primary.as_ref().map(|p| p.pod.as_str()),
+            epoch: prev.epoch,
+            config_hash: &hash,
+            lease_held: true,
+            first_assignment: prev.items.is_empty(),
+        },
         &seen.pods,
-        &hash,
     );
     let mut outcomes = Vec::new();
     for step in &role_plan.steps {
@@ -145,6 +152,7 @@ fn pass(
                 view.role_label = Some(role.to_string());
                 format!("labelled {role}")
             }
+            Step::GrantLease { epoch, .. } => format!("holds the selling lease for epoch {epoch}"),
         };
         outcomes.push(Outcome {
             step: step.clone(),
@@ -163,6 +171,7 @@ fn pass(
         applied: Applied::default(),
         outcomes: &outcomes,
         now: &now,
+        failover: FailoverPart::default(),
     });
     (role_plan, done)
 }
@@ -380,7 +389,16 @@ fn a_failed_node_call_is_a_warning_and_a_problem() {
         Some(Ok(node(Role::Standby, 0, None, 0))),
         false,
     )]);
-    let role_plan = plan(None, 0, &seen.pods, &config_hash(&config));
+    let role_plan = plan(
+        Known {
+            primary: None,
+            epoch: 0,
+            config_hash: &config_hash(&config),
+            lease_held: true,
+            first_assignment: true,
+        },
+        &seen.pods,
+    );
     let outcomes = vec![Outcome {
         step: role_plan.steps[0].clone(),
         result: Err(Problem {
@@ -403,6 +421,7 @@ fn a_failed_node_call_is_a_warning_and_a_problem() {
         },
         outcomes: &outcomes,
         now: &now,
+        failover: FailoverPart::default(),
     });
     assert_eq!(reasons(&done.notes)[..2], ["Created", "ConfigRejected"]);
     assert!(note(&done.notes, "ConfigRejected").warning);

@@ -4,6 +4,7 @@
 
 use flashsale_operator::controller::{sale_predicate, status_patch};
 use flashsale_operator::crd::FlashSale;
+use flashsale_operator::crd::FlashSaleStatus;
 use kube::runtime::Predicate;
 
 fn sale() -> FlashSale {
@@ -51,7 +52,35 @@ fn status_writes_do_not_wake_the_controller_spec_deletion_and_annotations_do() {
 #[test]
 fn a_status_write_names_the_resource_version_it_read() {
     let s = sale();
-    let patch = status_patch(&s, &Default::default());
+    let patch = status_patch(&s, &Default::default(), &Default::default());
     assert_eq!(patch["metadata"]["resourceVersion"], "41");
     assert!(patch["status"].is_object());
+}
+
+#[test]
+fn a_status_write_removes_what_the_new_status_dropped() {
+    let s = sale();
+    let prev: FlashSaleStatus = serde_json::from_value(serde_json::json!({
+        "epoch": 2,
+        "failover": {"kind": "Failover", "step": "Promoting", "epoch": 3, "from": "s-0",
+                     "reason": "primary node s-0 does not answer", "detectedAt": "2026-11-30T02:12:31Z",
+                     "fenceStartedAt": "2026-11-30T02:12:35Z"},
+        "primary": {"pod": "s-0", "epoch": 2, "since": "2026-11-30T02:00:00Z"},
+    }))
+    .unwrap();
+    let next = FlashSaleStatus {
+        epoch: 3,
+        ..Default::default()
+    };
+    let patch = status_patch(&s, &prev, &next);
+    // Without the null, a merge patch would leave the finished failover in the status.
+    assert_eq!(patch["status"]["failover"], serde_json::Value::Null);
+    assert!(
+        patch["status"]
+            .as_object()
+            .unwrap()
+            .contains_key("failover")
+    );
+    assert!(patch["status"].as_object().unwrap().contains_key("primary"));
+    assert_eq!(patch["status"]["epoch"], 3);
 }

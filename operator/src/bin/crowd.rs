@@ -1,12 +1,22 @@
-//! `crowd`: a crowd of buyers for the demo and the e2e test. Sends many more purchases
-//! than there is stock at one stock node (the primary), confirms every order it gets,
-//! and prints what happened: sold, rejected by reason, and oversold (must be 0: no item
-//! acknowledged more times than it was in stock).
+//! `crowd`: a crowd of buyers for the demo and the e2e tests. Sends many more purchases
+//! than there is stock, and prints what happened: sold, rejected by reason, and oversold
+//! (must be 0: no item acknowledged more times than it was in stock).
+//!
+//! Two shapes:
+//! - the default: every buyer purchases, then confirms what it got (the demo);
+//! - `--retry`, for failover tests: a buyer that gets an answer a retry can cure (503,
+//!   429, a timeout, a refused connection) retries **with the same idempotency key**
+//!   until it gets a definitive one, as a shop must; with `--url` a Service that follows
+//!   the primary, it follows the primary across a failover. `--acks FILE` writes every
+//!   acknowledged order (key, id, sku, quantity, the epoch that answered, when) as JSON
+//!   lines, and `--timeline FILE` the acknowledgements per second by epoch: the record
+//!   the chaos tests check against the new primary.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -16,10 +26,10 @@ use tokio::sync::Mutex;
 #[derive(Parser, Debug)]
 #[command(about = "Send a crowd of buyers at a stock node and report the outcome")]
 struct Args {
-    /// Base URL of the node that sells (the primary), e.g. http://10.213.1.5:8080.
+    /// Base URL of the node (or Service) that sells, e.g. http://10.213.1.5:8080.
     #[arg(long)]
     url: String,
-    /// Purchase attempts in all.
+    /// Purchase attempts in all (each with its own key; retries of a key not counted).
     #[arg(long, default_value_t = 5_000)]
     buyers: u64,
     /// Purchases in flight at once.
@@ -34,6 +44,25 @@ struct Args {
     /// Timeout of one request.
     #[arg(long, default_value_t = 5_000)]
     request_timeout_ms: u64,
+    /// Retry a purchase with the same key on answers a retry can cure; do not confirm.
+    #[arg(long)]
+    retry: bool,
+    /// How long one buyer keeps retrying its key (with `--retry`).
+    #[arg(long, default_value_t = 60_000)]
+    retry_for_ms: u64,
+    /// Every acknowledged order, as JSON lines.
+    #[arg(long)]
+    acks: Option<std::path::PathBuf>,
+    /// Acknowledgements per second by epoch, as JSON lines.
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
+    /// Stop when this file appears (tests end an open-ended crowd this way).
+    #[arg(long)]
+    stop_file: Option<std::path::PathBuf>,
+    /// Instead of buying: check every order of this acks file (`--acks` of an earlier
+    /// run) on the node at `--url` — present, with the same id, key, sku and quantity.
+    #[arg(long)]
+    verify_acks: Option<std::path::PathBuf>,
     /// Print the outcome as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -48,68 +77,120 @@ struct Tally {
     unconfirmed: u64,
     /// Rejections by the node's stable error code (or a transport error).
     rejected: BTreeMap<String, u64>,
+    /// Retries sent (with `--retry`), by what they answered.
+    retried: BTreeMap<String, u64>,
+    /// Per second since the start: acknowledgements by the epoch that answered.
+    timeline: BTreeMap<u64, BTreeMap<u64, u64>>,
+}
+
+/// One acknowledged order, as the crowd saw it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ack {
+    key: String,
+    id: u64,
+    sku: String,
+    quantity: u32,
+    customer: String,
+    epoch: u64,
+    /// Unix ms when the acknowledgement came.
+    t_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Arc::new(Args::parse());
     if args.concurrency == 0 || args.concurrency > 1_024 {
         bail!("--concurrency must be between 1 and 1024");
     }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(args.request_timeout_ms))
+        .connect_timeout(Duration::from_millis(args.request_timeout_ms.min(1_000)))
         .pool_max_idle_per_host(args.concurrency as usize)
         .build()?;
     let base = args.url.trim_end_matches('/').to_string();
-    let before: Vec<ItemView> = http
-        .get(format!("{base}/v1/items"))
-        .send()
-        .await
-        .context("listing items")?
-        .error_for_status()?
-        .json()
-        .await?;
+    if let Some(file) = &args.verify_acks {
+        return verify(&http, &base, file, args.concurrency as usize).await;
+    }
+    let before = items(&http, &base).await.context("listing items")?;
     if before.is_empty() {
         bail!("the node sells nothing (not configured?)");
     }
     let skus: Arc<Vec<String>> = Arc::new(before.iter().map(|i| i.sku.clone()).collect());
     let next = Arc::new(AtomicU64::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let deadline = Instant::now() + Duration::from_secs(args.duration_max_s);
-    let run = format!("{:08x}", rand::random::<u32>());
+    let acks = match &args.acks {
+        Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        )))),
+        None => None,
+    };
     let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_max_s);
+    let run = format!("{:08x}", rand::random::<u32>());
 
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (http, base, skus, next, tally, run) = (
+        let (http, base, skus, next, tally, run, args, acks) = (
             http.clone(),
             base.clone(),
             skus.clone(),
             next.clone(),
             tally.clone(),
             run.clone(),
+            args.clone(),
+            acks.clone(),
         );
-        let (buyers, customers) = (args.buyers, args.customers.max(1));
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= buyers || Instant::now() > deadline {
+                let stopped = args.stop_file.as_ref().is_some_and(|f| f.exists());
+                if n >= args.buyers || Instant::now() > deadline || stopped {
                     return;
                 }
                 let sku = skus[(n % skus.len() as u64) as usize].clone();
                 let req = PurchaseRequest {
                     sku: sku.clone(),
                     quantity: 1,
-                    customer: format!("customer-{}", rand::random::<u64>() % customers),
+                    customer: format!("customer-{}", rand::random::<u64>() % args.customers.max(1)),
                     idempotency_key: format!("crowd-{run}-{n}"),
                 };
-                let outcome = buy(&http, &base, &req).await;
+                let outcome = if args.retry {
+                    buy_retrying(&http, &base, &req, &args, &tally, deadline).await
+                } else {
+                    buy(&http, &base, &req).await
+                };
                 let mut t = tally.lock().await;
                 t.attempts += 1;
                 match outcome {
-                    Ok(true) => *t.sold_units.entry(sku).or_default() += 1,
-                    Ok(false) => t.unconfirmed += 1,
-                    Err(code) => *t.rejected.entry(code).or_default() += 1,
+                    Outcome::Sold { order, epoch } => {
+                        *t.sold_units.entry(sku).or_default() += order.quantity as u64;
+                        let sec = started.elapsed().as_secs();
+                        *t.timeline.entry(sec).or_default().entry(epoch).or_default() += 1;
+                        drop(t);
+                        if let Some(a) = &acks {
+                            let ack = Ack {
+                                key: order.idempotency_key,
+                                id: order.id,
+                                sku: order.sku,
+                                quantity: order.quantity,
+                                customer: order.customer,
+                                epoch,
+                                t_ms: unix_ms(),
+                            };
+                            let mut w = a.lock().await;
+                            let _ = serde_json::to_writer(&mut *w, &ack);
+                            let _ = w.write_all(b"\n");
+                        }
+                    }
+                    Outcome::Unconfirmed => t.unconfirmed += 1,
+                    Outcome::Rejected(code) => *t.rejected.entry(code).or_default() += 1,
                 }
             }
         }));
@@ -117,50 +198,213 @@ async fn main() -> anyhow::Result<()> {
     for w in workers {
         w.await?;
     }
+    if let Some(a) = &acks {
+        a.lock().await.flush()?;
+    }
     let elapsed = started.elapsed();
-    let after: Vec<ItemView> = http
+    let after = items(&http, &base).await.unwrap_or_default();
+    let tally = tally.lock().await;
+    if let Some(p) = &args.timeline {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(p)?);
+        for (sec, by_epoch) in &tally.timeline {
+            serde_json::to_writer(
+                &mut w,
+                &serde_json::json!({"second": sec, "acks": by_epoch}),
+            )?;
+            w.write_all(b"\n")?;
+        }
+    }
+    report(&args, &tally, &after, elapsed)
+}
+
+/// Checks an acks file against a node: every acknowledged order is there, the same.
+async fn verify(
+    http: &reqwest::Client,
+    base: &str,
+    file: &std::path::Path,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let acks: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("acks file")?;
+    let results: Vec<Result<(), String>> = futures::stream::iter(acks.iter())
+        .map(|a| async move {
+            let id = a["id"].as_u64().unwrap_or(0);
+            let mut last = String::new();
+            for _ in 0..3 {
+                match http.get(format!("{base}/v1/orders/{id}")).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let o: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+                        return if o["idempotencyKey"] == a["key"]
+                            && o["sku"] == a["sku"]
+                            && o["quantity"] == a["quantity"]
+                            && o["customer"] == a["customer"]
+                        {
+                            Ok(())
+                        } else {
+                            Err(format!("order {id}: acknowledged {a}, the node has {o}"))
+                        };
+                    }
+                    Ok(r) if r.status() == 404 => {
+                        return Err(format!("order {id} ({}) acknowledged, missing", a["key"]));
+                    }
+                    Ok(r) => last = format!("order {id}: HTTP {}", r.status()),
+                    Err(e) => last = format!("order {id}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(last)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let bad: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    println!(
+        "{}",
+        serde_json::json!({"checked": acks.len(), "bad": bad.len(), "first": bad.iter().take(5).collect::<Vec<_>>()})
+    );
+    if !bad.is_empty() {
+        bail!(
+            "{} of {} acknowledged orders missing or different",
+            bad.len(),
+            acks.len()
+        );
+    }
+    Ok(())
+}
+
+async fn items(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<ItemView>> {
+    Ok(http
         .get(format!("{base}/v1/items"))
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
-    let tally = tally.lock().await;
-    report(&args, &tally, &after, elapsed)
+        .await?)
 }
 
-/// One buyer: purchase, then confirm. `Ok(true)` sold, `Ok(false)` held but unconfirmed,
-/// `Err(code)` rejected.
-async fn buy(http: &reqwest::Client, base: &str, req: &PurchaseRequest) -> Result<bool, String> {
-    let resp = http
+enum Outcome {
+    Sold { order: Order, epoch: u64 },
+    Unconfirmed,
+    Rejected(String),
+}
+
+/// What one purchase request answered.
+enum Answer {
+    Ok(Order, u64),
+    /// A refusal that stands (sold out, limit, bad input …).
+    No(String),
+    /// A retry can cure it (503, 429, a timeout, no connection); wait this long.
+    Again(String, Duration),
+}
+
+async fn purchase(http: &reqwest::Client, base: &str, req: &PurchaseRequest) -> Answer {
+    let sent = http
         .post(format!("{base}/v1/purchases"))
         .json(req)
         .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                "timeout".to_string()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            let what = if e.is_timeout() {
+                "timeout"
             } else {
-                "transport".to_string()
-            }
-        })?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        return Err(match resp.json::<ErrorBody>().await {
-            Ok(body) => serde_json::to_value(body.code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("http_{status}")),
-            Err(_) => format!("http_{status}"),
-        });
+                "transport"
+            };
+            return Answer::Again(what.into(), Duration::from_millis(100));
+        }
+    };
+    let status = resp.status().as_u16();
+    let epoch = resp
+        .headers()
+        .get(flashsale_core::replication::HEADER_EPOCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| Duration::from_millis((s * 1000).min(1_000)));
+    if (200..300).contains(&status) {
+        return match resp.json::<Order>().await {
+            Ok(o) => Answer::Ok(o, epoch),
+            Err(_) => Answer::Again("bad_body".into(), Duration::from_millis(100)),
+        };
     }
-    let order: Order = resp.json().await.map_err(|_| "bad_body".to_string())?;
-    let confirmed = http
-        .post(format!("{base}/v1/orders/{}/confirm", order.id))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success());
-    Ok(confirmed)
+    let code = match resp.json::<ErrorBody>().await {
+        Ok(body) => serde_json::to_value(body.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("http_{status}")),
+        Err(_) => format!("http_{status}"),
+    };
+    if status == 503 || status == 429 {
+        Answer::Again(code, retry_after.unwrap_or(Duration::from_millis(100)))
+    } else {
+        Answer::No(code)
+    }
+}
+
+/// One buyer: purchase, then confirm.
+async fn buy(http: &reqwest::Client, base: &str, req: &PurchaseRequest) -> Outcome {
+    match purchase(http, base, req).await {
+        Answer::Ok(order, epoch) => {
+            let confirmed = http
+                .post(format!("{base}/v1/orders/{}/confirm", order.id))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if confirmed {
+                Outcome::Sold { order, epoch }
+            } else {
+                Outcome::Unconfirmed
+            }
+        }
+        Answer::No(code) | Answer::Again(code, _) => Outcome::Rejected(code),
+    }
+}
+
+/// One buyer who retries its key until a definitive answer (or `--retry-for-ms`).
+async fn buy_retrying(
+    http: &reqwest::Client,
+    base: &str,
+    req: &PurchaseRequest,
+    args: &Args,
+    tally: &Mutex<Tally>,
+    deadline: Instant,
+) -> Outcome {
+    let give_up = Instant::now() + Duration::from_millis(args.retry_for_ms);
+    let mut first = true;
+    loop {
+        let answer = purchase(http, base, req).await;
+        if !first {
+            let what = match &answer {
+                Answer::Ok(..) => "ok".to_string(),
+                Answer::No(c) | Answer::Again(c, _) => c.clone(),
+            };
+            *tally.lock().await.retried.entry(what).or_default() += 1;
+        }
+        first = false;
+        match answer {
+            Answer::Ok(order, epoch) => return Outcome::Sold { order, epoch },
+            Answer::No(code) => return Outcome::Rejected(code),
+            Answer::Again(code, wait) => {
+                let now = Instant::now();
+                if now + wait > give_up || now + wait > deadline + Duration::from_secs(30) {
+                    return Outcome::Rejected(format!("gave_up_{code}"));
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 fn report(args: &Args, tally: &Tally, after: &[ItemView], elapsed: Duration) -> anyhow::Result<()> {
@@ -177,8 +421,8 @@ fn report(args: &Args, tally: &Tally, after: &[ItemView], elapsed: Duration) -> 
     if args.json {
         let out = serde_json::json!({
             "attempts": tally.attempts, "sold": sold, "unconfirmed": tally.unconfirmed,
-            "rejected": tally.rejected, "oversold": oversold, "items": after,
-            "elapsedMs": elapsed.as_millis() as u64,
+            "rejected": tally.rejected, "retried": tally.retried, "oversold": oversold,
+            "items": after, "elapsedMs": elapsed.as_millis() as u64,
         });
         println!("{out}");
     } else {
@@ -189,7 +433,10 @@ fn report(args: &Args, tally: &Tally, after: &[ItemView], elapsed: Duration) -> 
             tally.attempts as f64 / elapsed.as_secs_f64().max(0.001),
             args.url
         );
-        println!("  sold (acknowledged and confirmed): {sold}");
+        println!(
+            "  sold (acknowledged{}): {sold}",
+            if args.retry { "" } else { " and confirmed" }
+        );
         if tally.unconfirmed > 0 {
             println!("  acknowledged, confirm failed:      {}", tally.unconfirmed);
         }

@@ -2,12 +2,14 @@
 //! operator's settings (no client, no clock), each unit tested from YAML fixtures.
 
 mod pdb;
+mod recovery;
 mod redis;
 mod secret;
 mod services;
 mod statefulset;
 
 pub use pdb::build_pdb;
+pub use recovery::{build_recovery_job, recovery_job_name, recovery_selector, wal_claim_name};
 pub use redis::{build_redis_deployment, build_redis_service, redis_url_env};
 pub use secret::build_admin_secret;
 pub use services::{build_client_service, build_headless_service, build_primary_service};
@@ -117,14 +119,22 @@ pub struct Desired {
 }
 
 /// The whole desired state of a sale. Pure: `fresh_token` is drawn by the caller and
-/// used only if the admin Secret does not exist yet.
+/// used only if the admin Secret does not exist yet. `primary_ordinal`: the primary's
+/// pod ordinal — the StatefulSet never shrinks below it (a StatefulSet removes the
+/// highest ordinals; a scale-down that would remove the primary switches over first).
 pub fn desired(
     owner: &Owner,
     sale: &FlashSale,
     config: &BuildConfig,
     existing: &Existing,
     fresh_token: &str,
+    primary_ordinal: Option<u32>,
 ) -> Desired {
+    let replicas = sale
+        .spec
+        .nodes
+        .replicas
+        .max(primary_ordinal.map_or(0, |o| o as i32 + 1));
     let redis = if sale.spec.redis.managed {
         RedisObjects::Managed(Box::new((
             build_redis_deployment(owner, sale, config),
@@ -146,6 +156,6 @@ pub fn desired(
         ],
         redis,
         pdb: build_pdb(owner),
-        statefulset: build_statefulset(owner, sale, config),
+        statefulset: build_statefulset(owner, sale, config, replicas),
     }
 }

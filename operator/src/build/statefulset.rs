@@ -125,8 +125,9 @@ fn container(owner: &Owner, sale: &FlashSale, config: &BuildConfig) -> Container
             ..ContainerPort::default()
         }]),
         env: Some(env(owner, sale)),
-        // Ready = has a role and a config: the operator configures pods before they are ready.
-        readiness_probe: Some(http_probe("/readyz", 2, 3)),
+        // Ready = has a role and a config (a primary: and its lease). Probed every second,
+        // so the Services follow a failover within about a second.
+        readiness_probe: Some(http_probe("/readyz", 1, 2)),
         // Generous: WAL replay after a crash must not be mistaken for a hang.
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: Some(
@@ -208,7 +209,14 @@ fn anti_affinity(sale_name: &str) -> Affinity {
     }
 }
 
-pub fn build_statefulset(owner: &Owner, sale: &FlashSale, config: &BuildConfig) -> StatefulSet {
+/// The StatefulSet of `replicas` nodes (the spec's, or more while a scale-down waits
+/// for the primary to move off the highest ordinals: see [`super::desired`]).
+pub fn build_statefulset(
+    owner: &Owner,
+    sale: &FlashSale,
+    config: &BuildConfig,
+    replicas: i32,
+) -> StatefulSet {
     let mut pod_labels = labels::component_labels(&owner.name, labels::NODE_APP);
     pod_labels.extend(labels::node_selector(&owner.name));
     let when_deleted = match sale.spec.nodes.storage.reclaim_policy {
@@ -221,7 +229,7 @@ pub fn build_statefulset(owner: &Owner, sale: &FlashSale, config: &BuildConfig) 
             labels::component_labels(&owner.name, labels::NODE_APP),
         ),
         spec: Some(StatefulSetSpec {
-            replicas: Some(sale.spec.nodes.replicas),
+            replicas: Some(replicas),
             service_name: Some(labels::headless_service_name(&owner.name)),
             // Nodes start in standby and wait for the operator: no reason to start them one by one.
             pod_management_policy: Some("Parallel".to_string()),

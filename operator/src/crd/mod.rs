@@ -1,6 +1,7 @@
 //! The `FlashSale` custom resource (group `flashsale.dev`, version `v1alpha1`): the
 //! Rust types are the source of the CRD YAML in `crds/` (`cargo run --bin crdgen`).
 
+mod millis;
 mod reference;
 mod replication;
 mod spec;

@@ -47,6 +47,11 @@ pub struct NodeReplicationStatus {
     /// twice a hold, whatever the thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lagging_since: Option<Time>,
+    /// The last time this node's log was found to have parted from its primary's and
+    /// was started again: which records it dropped (never acknowledged) and where the
+    /// old log is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseeded: Option<String>,
 }
 
 /// A node's role, as the node reports it.

@@ -46,6 +46,7 @@ const _: () = assert!(NAME_LEN_MAX <= flashsale_core::rules::ID_BYTES_MAX);
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary.pod"),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
     printcolumn(name = "Sold", type_ = "integer", json_path = ".status.sold"),
     printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
@@ -89,8 +90,9 @@ pub struct FlashSaleSpec {
     #[serde(default)]
     pub replication: ReplicationSpec,
 
-    /// When and how the operator replaces a failed primary (reserved: automatic failover
-    /// is not implemented yet).
+    /// When the operator replaces a primary that cannot sell, and the selling lease that
+    /// fences it. A manual switchover: annotate the sale with
+    /// `flashsale.dev/switchover-to: <pod>`.
     #[serde(default)]
     pub failover: FailoverSpec,
 
@@ -244,21 +246,41 @@ pub enum ReplicationMode {
     Quorum,
 }
 
-/// Failover timings. Reserved: automatic failover is not implemented yet (see the
-/// operator's `failover` module); the fields are accepted and defaulted now.
+/// Failover: when the operator replaces a primary that cannot sell, and the selling
+/// lease that fences it. Timings and what each guarantees: README, "Failover".
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverSpec {
-    /// A primary failing its health checks this long is replaced.
+    /// A primary that fails its checks (pod gone or not running, node not answering or
+    /// not primary at the sale's epoch, lease renewals failing) this long is replaced;
+    /// one that comes back sooner (a crash the pod restarts) is given its lease again.
     #[serde(default = "default_unhealthy_after")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
         .message("failover.unhealthyAfter: must be between 1s and 10m"))]
     pub unhealthy_after: Duration,
-    /// How long the primary's selling lease lasts without renewal.
+    /// How long the primary's selling lease lasts without a renewal (renewed every
+    /// eighth of it). A fenced primary stops selling when it ends; a failover waits it
+    /// out unless the old primary stepped down or its process is gone. At least 6s, so
+    /// the operator's own leader hand-over never lets a lease lapse.
     #[serde(default = "default_lease_duration")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('10m')")
-        .message("failover.leaseDuration: must be between 1s and 10m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('6s') && duration(self) <= duration('10m')")
+        .message("failover.leaseDuration: must be between 6s and 10m"))]
     pub lease_duration: Duration,
+    /// When the old primary's WAL tail cannot be read (its node and its volume are
+    /// gone): `Required` (default) keeps the sale blocked rather than lose an
+    /// acknowledged sale — in quorum mode it promotes once every secondary has reported,
+    /// since each acknowledged sale is on one of them; `AllowLoss` promotes the most
+    /// advanced secondary and says, in a Warning, that sales may be lost.
+    #[serde(default)]
+    pub tail_policy: TailPolicy,
+}
+
+/// What a failover may do without the old primary's tail.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TailPolicy {
+    #[default]
+    Required,
+    AllowLoss,
 }
 
 /// Load-based scaling bounds. Reserved: the scaler is not implemented yet.
@@ -298,10 +320,10 @@ fn default_storage_size() -> Quantity {
     Quantity("1Gi".into())
 }
 fn default_unhealthy_after() -> Duration {
-    std::time::Duration::from_secs(5).into()
+    std::time::Duration::from_secs(4).into()
 }
 fn default_lease_duration() -> Duration {
-    std::time::Duration::from_secs(10).into()
+    std::time::Duration::from_secs(6).into()
 }
 fn default_max_lag_records() -> i64 {
     1000
@@ -365,6 +387,7 @@ impl Default for FailoverSpec {
         Self {
             unhealthy_after: default_unhealthy_after(),
             lease_duration: default_lease_duration(),
+            tail_policy: TailPolicy::default(),
         }
     }
 }

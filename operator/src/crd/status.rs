@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
+/// The primary passes its checks (its `lastTransitionTime` to False is when it started failing).
+pub const CONDITION_PRIMARY_AVAILABLE: &str = "PrimaryAvailable";
 
 /// The observed state of a sale.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -65,7 +67,11 @@ pub struct FlashSaleStatus {
     /// Label selector of the node pods (the scale subresource and HPAs read this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Reserved for the failover work: the last promotion and what it reconciled.
+    /// A failover or switchover under way: its state machine (a new leader resumes it
+    /// from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverState>,
+    /// The last completed failover or switchover, with its times and what it recovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
     /// Each node pod's part in replication: stable facts only (live lag figures are
@@ -84,6 +90,10 @@ pub enum Phase {
     Running,
     /// Selling is impaired: no reachable primary, or a node refuses its config or role.
     Degraded,
+    /// The primary failed; a secondary is being made primary.
+    FailingOver,
+    /// A switchover (asked for, or before a scale-down) is moving the primary.
+    SwitchingOver,
     /// The spec cannot be run; the operator waits for a change.
     Invalid,
 }
@@ -114,17 +124,159 @@ pub struct ItemStatus {
     pub remaining: u64,
 }
 
-/// Reserved for the failover work: one promotion.
+/// Why a failover runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailoverKind {
+    /// The primary failed.
+    Failover,
+    /// A person (or a scale-down) asked for another primary.
+    Switchover,
+}
+
+/// Where a failover stands (`status.failover.step`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailoverStep {
+    /// The new epoch is written; the old primary's lease must provably be over.
+    Fencing,
+    /// The candidate is chosen; the old primary's WAL tail goes into it.
+    Recovering,
+    /// The candidate holds the whole tail and is made primary.
+    Promoting,
+}
+
+/// A failover under way (`status.failover`). Every step is idempotent, and each
+/// transition is written with the sale's resourceVersion as a precondition, so a new
+/// operator leader resumes it and two leaders can never both take an epoch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverState {
+    pub kind: FailoverKind,
+    /// The primary being replaced.
+    pub from: String,
+    /// The epoch the new primary takes (already in `status.epoch`).
+    #[schemars(with = "i64")]
+    pub epoch: u64,
+    pub step: FailoverStep,
+    /// Why it started.
+    pub reason: String,
+    /// When the primary started failing (or the switchover was asked for).
+    #[serde(with = "super::millis")]
+    #[schemars(with = "Time")]
+    pub detected_at: Time,
+    /// When the new epoch was written.
+    #[serde(with = "super::millis")]
+    #[schemars(with = "Time")]
+    pub fence_started_at: Time,
+    /// The old lease is over by then at the latest (the operator's clock, with margin).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::millis::opt"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub fence_until: Option<Time>,
+    /// Whether the old primary could still hold a lease for its epoch (false for a
+    /// candidate that was never granted one).
+    #[serde(default = "yes")]
+    pub from_leased: bool,
+    /// How the old lease was proven over: `stepped down`, `process gone`, `lease expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::millis::opt"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub fenced_at: Option<Time>,
+    /// The old primary's last durable record, when it answered its step-down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub from_durable_seq: Option<u64>,
+    /// The node being made primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// Why it was chosen: the ranking of the eligible nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<String>,
+    /// The candidate's last record before the tail was recovered into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub candidate_start_seq: Option<u64>,
+    /// Where the tail came from: the old pod, or a recovery Job on its volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_source: Option<String>,
+    /// The last record of the recovered tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub tail_end: Option<u64>,
+    /// When the candidate held the whole tail (the promotion began).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::millis::opt"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub recovered_at: Option<Time>,
+    /// Why it cannot go on right now (`NoCandidate: …`, `TailUnavailable: …`,
+    /// `QuorumUnsafe: …`); retried on every pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One completed failover or switchover (`status.lastFailover`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverRecord {
+    pub kind: FailoverKind,
     pub from_pod: String,
     pub to_pod: String,
     #[schemars(with = "i64")]
     pub epoch: u64,
-    pub at: Time,
-    /// WAL records recovered from the old primary before promotion.
+    pub reason: String,
+    #[serde(with = "super::millis")]
+    #[schemars(with = "Time")]
+    pub detected_at: Time,
+    /// When the old lease was proven over, and how.
+    #[serde(with = "super::millis")]
+    #[schemars(with = "Time")]
+    pub fenced_at: Time,
+    pub fenced: String,
+    /// When the failover began (the new epoch was written) and when the candidate held
+    /// the whole tail: with the times around them, how long each step took.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::millis::opt"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub fence_started_at: Option<Time>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::millis::opt"
+    )]
+    #[schemars(with = "Option<Time>")]
+    pub recovered_at: Option<Time>,
+    #[serde(with = "super::millis")]
+    #[schemars(with = "Time")]
+    pub promoted_at: Time,
+    /// Detection to promotion, in milliseconds (the sale's outage, less the clients'
+    /// retry delay).
+    #[schemars(with = "i64")]
+    pub outage_ms: u64,
+    /// WAL records of the old primary recovered into the new one before it sold.
     #[serde(default)]
     #[schemars(with = "i64")]
     pub reconciled_records: u64,
+    /// From where: `pod <name>`, `Job <name> (PVC <claim>)`, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled_from: Option<String>,
+    /// The old primary came back as a secondary of the new one.
+    #[serde(default)]
+    pub old_primary_rejoined: bool,
 }

@@ -1,23 +1,39 @@
-//! Failover — NOT IMPLEMENTED YET (its own issue). This module is the seam.
+//! Failover and switchover: replace a primary that cannot sell without selling an item
+//! twice or losing a sale it acknowledged (FAILOVER.md; the README, "Failover").
 //!
-//! Today, when the primary pod is gone or its node stops answering, the reconcile does
-//! not promote anyone: it keeps `status.primary`, sets `Degraded=True` with reason
-//! `PrimaryUnavailable`, emits a Warning Event, and re-asserts the same pod as primary
-//! (same epoch) when it comes back with its WAL volume. No acknowledged sale is lost by
-//! waiting; selling stops until the pod returns.
+//! ```text
+//! steady ─primary failing ≥ unhealthyAfter, or a switchover asked─▶ Fencing(epoch N+1)
+//!   ─old lease provably over─▶ Recovering(candidate) ─candidate holds the tail─▶
+//!   Promoting ─candidate is primary at N+1, leased, labelled─▶ steady
+//! ```
 //!
-//! What belongs here (DESIGN.md, Failover): detect (health checks, pod and node state,
-//! `spec.failover.unhealthyAfter`), fence (raise `status.epoch`, wait out
-//! `spec.failover.leaseDuration`, take the primary label away), rank secondaries by
-//! (healthy, durable sequence, applied sequence, name), reconcile the old primary's WAL
-//! tail (through the old pod, or a recovery Job that mounts its PVC and runs
-//! `stock-node wal export`), promote, and record it in `status.lastFailover`.
-//! `roles::plan` already never lowers an epoch and follows `status.primary`, so a
-//! promotion only has to change those two.
+//! - [`detect`]: is the primary failing, and why (pure).
+//! - [`rank`]: the candidates, best first (pure, a sort).
+//! - [`step`]: the state machine, `decide(world) -> Decision` (pure): what to do next
+//!   and which status to write; every step idempotent, state kept in `status.failover`.
+//! - [`keeper`]: renews each primary's selling lease (the operator's leader only) and
+//!   says when renewals started failing and when the last lease it could have extended
+//!   ends.
+//! - [`recover`]: the I/O of a tail recovery (from the old pod, or its Job's result).
+//! - [`timing`]: the lease, renewal and hand-over timings, and the check that the
+//!   operator's own leader election hands over faster than a node's lease runs out.
+
+pub mod act;
+pub mod detect;
+pub mod keeper;
+pub mod rank;
+pub mod recover;
+pub mod step;
+pub mod timing;
+
+pub use detect::primary_problem;
+pub use rank::rank;
+pub use step::{Action, Decision, World, decide};
 
 use crate::observe::PodView;
 
-/// Why the current primary cannot sell, if it cannot: the input a failover would act on.
+/// Why the current primary cannot sell, from the pods alone (no lease knowledge): for
+/// the Degraded condition.
 pub fn primary_unavailable(primary: &str, pods: &[PodView]) -> Option<String> {
     match pods.iter().find(|p| p.name == primary) {
         None => Some(format!("primary pod {primary} does not exist")),

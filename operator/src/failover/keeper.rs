@@ -1,0 +1,313 @@
+//! The lease keeper: the leading operator renews each sale's primary's selling lease
+//! every `leaseDuration / 8` (`super::timing`), off the reconcile loop, and says what it
+//! knows: since when renewals fail (the failure detector of a frozen or cut-off
+//! primary), and when the last lease it could have extended ends at the latest — the
+//! fence's deadline, on the operator's own clock.
+//!
+//! A renewal carries the newest token the node gave; the node extends its lease to that
+//! token's issue time + the duration. So what bounds the lease is when the operator
+//! *received* the newest token it ever *sent*: that instant is kept per sale, and
+//! `lease_end` is it + duration + margin. Stopping (the fence) freezes it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use flashsale_core::admin::LeaseRenewal;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::mpsc;
+
+use super::timing::{FENCE_MARGIN, renew_every};
+use crate::nodes::{NodeClient, NodeError};
+
+/// What to renew: a sale's primary at its epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pod: String,
+    pub url: String,
+    pub admin_token: String,
+    pub epoch: u64,
+    pub lease: Duration,
+}
+
+/// The keeper's account of one sale's lease.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeaseView {
+    /// The pod, its address and the epoch renewed (or last renewed).
+    pub pod: Option<String>,
+    pub url: Option<String>,
+    pub epoch: u64,
+    /// Renewing now (false once stopped for a fence).
+    pub held: bool,
+    /// Renewals have failed since the last one that succeeded (then), and the last error.
+    pub failing_since: Option<Time>,
+    pub failing: Option<String>,
+    /// Any lease this operator could have granted is over by then (wall clock).
+    pub lease_end: Option<Time>,
+    /// The node run (`instance` part of its tokens) that holds the lease.
+    pub instance: Option<String>,
+    /// A renewal has succeeded for this target.
+    pub granted: bool,
+}
+
+struct Entry {
+    target: Target,
+    held: bool,
+    /// The newest token received, and when.
+    token: Option<(String, Instant)>,
+    /// When the newest token sent was received (what bounds the lease).
+    sent: Option<Instant>,
+    failing: Option<(Instant, SystemTime, String)>,
+    /// When the last renewal succeeded: renewals have failed since then, once they fail.
+    last_ok: Option<SystemTime>,
+    granted: bool,
+    next_at: Instant,
+    busy: bool,
+}
+
+/// Renews leases; shared by the controller (hold, stop, view) and its own task.
+pub struct Keeper {
+    nodes: NodeClient,
+    entries: Mutex<HashMap<String, Entry>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+fn wall(at: Instant) -> Time {
+    let ago = Instant::now().saturating_duration_since(at);
+    Time(
+        jiff::Timestamp::try_from(SystemTime::now() - ago)
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+    )
+}
+
+impl Keeper {
+    pub fn new(nodes: NodeClient, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            nodes,
+            entries: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Renews `target` for `sale` from now on (a new target starts afresh).
+    pub fn hold(&self, sale: &str, target: Target) {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        match entries.get_mut(sale) {
+            Some(e) if e.target == target => e.held = true,
+            _ => {
+                entries.insert(
+                    sale.to_string(),
+                    Entry {
+                        target,
+                        held: true,
+                        token: None,
+                        sent: None,
+                        failing: None,
+                        last_ok: None,
+                        granted: false,
+                        next_at: Instant::now(),
+                        busy: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Stops renewing `sale`'s lease (the fence): from now on its lease only runs out.
+    pub fn stop(&self, sale: &str) {
+        if let Some(e) = self.entries.lock().expect("not poisoned").get_mut(sale) {
+            e.held = false;
+        }
+    }
+
+    /// The sale is gone.
+    pub fn forget(&self, sale: &str) {
+        self.entries.lock().expect("not poisoned").remove(sale);
+    }
+
+    pub fn view(&self, sale: &str) -> LeaseView {
+        let entries = self.entries.lock().expect("not poisoned");
+        let Some(e) = entries.get(sale) else {
+            return LeaseView::default();
+        };
+        LeaseView {
+            pod: Some(e.target.pod.clone()),
+            url: Some(e.target.url.clone()),
+            epoch: e.target.epoch,
+            held: e.held,
+            failing_since: e.failing.as_ref().map(|(_, at, _)| {
+                Time(jiff::Timestamp::try_from(*at).unwrap_or_else(|_| jiff::Timestamp::now()))
+            }),
+            failing: e.failing.as_ref().map(|(_, _, why)| why.clone()),
+            lease_end: e.sent.map(|r| {
+                let end = wall(r);
+                Time(end.0 + e.target.lease + FENCE_MARGIN)
+            }),
+            instance: e
+                .token
+                .as_ref()
+                .and_then(|(t, _)| t.split_once(':').map(|(i, _)| i.to_string())),
+            granted: e.granted,
+        }
+    }
+
+    /// Renews `sale`'s lease now, once, and says whether the node took it.
+    pub async fn renew_now(&self, sale: &str) -> Result<(), String> {
+        self.renew(sale).await;
+        let view = self.view(sale);
+        match view.failing {
+            None if view.granted => Ok(()),
+            None => Err("no renewal made".into()),
+            Some(why) => Err(why),
+        }
+    }
+
+    /// One renewal of `sale`'s lease (skipped while one is in flight or when stopped).
+    async fn renew(&self, sale: &str) {
+        let (target, mut token) = {
+            let mut entries = self.entries.lock().expect("not poisoned");
+            let Some(e) = entries.get_mut(sale) else {
+                return;
+            };
+            if !e.held || e.busy {
+                return;
+            }
+            e.busy = true;
+            (e.target.clone(), e.token.clone())
+        };
+        let mut outcome = Err(String::new());
+        // Two tries: a node that restarted refuses its former run's token and hands a
+        // fresh one, to be used at once.
+        for _ in 0..2 {
+            let (t, received) = match token.take() {
+                Some(t) => t,
+                None => match self.nodes.status(&target.url, &target.admin_token).await {
+                    Ok(s) => match s.lease {
+                        Some(l) => (l.token, Instant::now()),
+                        None => {
+                            outcome = Err(format!("{} has no lease to renew", target.pod));
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        outcome = Err(format!("{}: {e}", target.pod));
+                        break;
+                    }
+                },
+            };
+            {
+                let mut entries = self.entries.lock().expect("not poisoned");
+                let Some(e) = entries.get_mut(sale) else {
+                    return;
+                };
+                if !e.held {
+                    // Stopped meanwhile: nothing more is sent.
+                    e.busy = false;
+                    return;
+                }
+                e.sent = Some(e.sent.map_or(received, |s| s.max(received)));
+            }
+            let renewal = LeaseRenewal {
+                epoch: target.epoch,
+                token: t,
+                duration_ms: target.lease.as_millis() as u64,
+            };
+            match self
+                .nodes
+                .put_lease(&target.url, &target.admin_token, &renewal)
+                .await
+            {
+                Ok(l) => {
+                    token = Some((l.token, Instant::now()));
+                    outcome = Ok(());
+                    break;
+                }
+                Err(NodeError::Refused { status: 409, body }) => {
+                    outcome = Err(format!("{} refused the lease: {body}", target.pod));
+                    token = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["lease"]["token"].as_str().map(str::to_owned))
+                        .map(|t| (t, Instant::now()));
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(format!("{}: {e}", target.pod));
+                    break;
+                }
+            }
+        }
+        let mut entries = self.entries.lock().expect("not poisoned");
+        let Some(e) = entries.get_mut(sale) else {
+            return;
+        };
+        e.busy = false;
+        if e.target != target {
+            return;
+        }
+        let period = renew_every(target.lease);
+        match outcome {
+            Ok(()) => {
+                e.token = token;
+                e.failing = None;
+                e.last_ok = Some(SystemTime::now());
+                e.granted = true;
+                e.next_at = Instant::now() + period;
+                self.metrics.lease_renewal(true);
+            }
+            Err(why) => {
+                e.token = token;
+                if e.failing.is_none() {
+                    // Failing since the node last proved it was well, not since the
+                    // failure was noticed (a renewal may take its whole timeout to fail).
+                    let since = e.last_ok.unwrap_or_else(SystemTime::now);
+                    e.failing = Some((Instant::now(), since, why));
+                } else if let Some(f) = e.failing.as_mut() {
+                    f.2 = why;
+                }
+                // Try again sooner: the lease is running out.
+                e.next_at = Instant::now() + period / 2;
+                self.metrics.lease_renewal(false);
+            }
+        }
+    }
+
+    /// Renews every held lease when due, until `shutdown`; sends a sale's key to `wake`
+    /// when its renewals start failing (so its reconcile runs at once).
+    pub async fn run(
+        self: Arc<Self>,
+        wake: mpsc::Sender<String>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut shutdown => return,
+            }
+            let due: Vec<String> = {
+                let now = Instant::now();
+                let entries = self.entries.lock().expect("not poisoned");
+                entries
+                    .iter()
+                    .filter(|(_, e)| e.held && !e.busy && e.next_at <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for sale in due {
+                let me = self.clone();
+                let wake = wake.clone();
+                tokio::spawn(async move {
+                    let was_failing = me.view(&sale).failing.is_some();
+                    me.renew(&sale).await;
+                    if !was_failing && me.view(&sale).failing.is_some() {
+                        let _ = wake.try_send(sale);
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Tail recovery, the I/O: copy the old primary's log into the candidate from the old
+//! pod (`GET /admin/v1/wal` → `POST /admin/v1/wal`, in bounded chunks, each checked by
+//! the candidate at its boundary), and read the recovery Job's state.
+
+use std::time::Duration;
+
+use flashsale_core::replication::{HEADER_DURABLE_SEQ, WAL_ROUTE};
+use flashsale_core::wal::decode_batch;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+
+use super::step::JobState;
+
+/// Most bytes of records per request.
+const CHUNK_BYTES: usize = 1 << 20;
+/// A tail copy gives up after this long (the next pass tries again).
+const COPY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Copies `from`'s log from `from_seq` (the candidate's last record, sent again so the
+/// candidate checks the boundary) to its end into `to`. Returns the records the
+/// candidate applied.
+pub async fn copy_tail(
+    http: &reqwest::Client,
+    from_url: &str,
+    to_url: &str,
+    admin_token: &str,
+    from_seq: u64,
+) -> Result<u64, String> {
+    let work = async {
+        let mut next = from_seq.max(1);
+        let mut prev_epoch: Option<u64> = None;
+        let mut applied = 0u64;
+        loop {
+            let resp = http
+                .get(format!(
+                    "{from_url}{WAL_ROUTE}?from={next}&max_bytes={CHUNK_BYTES}"
+                ))
+                .bearer_auth(admin_token)
+                .send()
+                .await
+                .map_err(|e| format!("reading the tail from the old primary: {e}"))?;
+            let end = resp
+                .headers()
+                .get(HEADER_DURABLE_SEQ)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match resp.status().as_u16() {
+                204 => return Ok(applied),
+                200 => {}
+                s => {
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(format!("the old primary answered {s}: {body}"));
+                }
+            }
+            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            let batch = decode_batch(&bytes).map_err(|e| format!("the tail is damaged: {e}"))?;
+            let last = batch.last_seq;
+            let last_epoch = batch.records.last().map(|r| r.epoch);
+            let mut url = format!("{to_url}{WAL_ROUTE}");
+            if let Some(e) = prev_epoch {
+                url.push_str(&format!("?prev_epoch={e}"));
+            }
+            let posted = http
+                .post(url)
+                .bearer_auth(admin_token)
+                .header("content-type", "application/octet-stream")
+                .body(bytes.to_vec())
+                .send()
+                .await
+                .map_err(|e| format!("posting the tail to the candidate: {e}"))?;
+            if !posted.status().is_success() {
+                let s = posted.status();
+                let body = posted.text().await.unwrap_or_default();
+                return Err(format!("the candidate refused the tail: {s}: {body}"));
+            }
+            let answer: serde_json::Value = posted.json().await.map_err(|e| e.to_string())?;
+            applied += answer["appliedRecords"].as_u64().unwrap_or(0);
+            if end.is_some_and(|e| last >= e) {
+                return Ok(applied);
+            }
+            next = last + 1;
+            prev_epoch = last_epoch;
+        }
+    };
+    tokio::time::timeout(COPY_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("copying the tail took over {COPY_TIMEOUT:?}"))?
+}
+
+/// A recovery Job's state, from its status conditions, or from its pods: one that
+/// exited 0 shipped the whole tail, which the operator can act on before the Job
+/// controller (which batches pod updates for a second) marks the Job complete.
+pub fn job_state<'a>(job: &Job, pods: impl IntoIterator<Item = &'a Pod>) -> JobState {
+    let shipped = pods
+        .into_iter()
+        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+    if shipped {
+        return JobState::Succeeded;
+    }
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let is = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
+    if is("Complete") || is("SuccessCriteriaMet") {
+        JobState::Succeeded
+    } else if is("Failed") || is("FailureTarget") {
+        let why = conditions
+            .iter()
+            .find(|c| c.type_ == "Failed" || c.type_ == "FailureTarget")
+            .and_then(|c| c.message.clone().or(c.reason.clone()))
+            .unwrap_or_else(|| "the Job failed".into());
+        JobState::Failed(why)
+    } else {
+        JobState::Running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str) -> Pod {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": phase}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_job_whose_pod_exited_0_has_shipped_before_it_is_marked_complete() {
+        let job: Job =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}})).unwrap();
+        assert_eq!(job_state(&job, [&pod("Running")]), JobState::Running);
+        assert_eq!(job_state(&job, [&pod("Failed")]), JobState::Running);
+        assert_eq!(
+            job_state(&job, [&pod("Failed"), &pod("Succeeded")]),
+            JobState::Succeeded
+        );
+        let failed: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j"},
+            "status": {"conditions": [{"type": "Failed", "status": "True", "message": "exit 3"}]}
+        }))
+        .unwrap();
+        assert_eq!(job_state(&failed, []), JobState::Failed("exit 3".into()));
+    }
+}

@@ -1,0 +1,672 @@
+//! The failover state machine, pure: [`decide`] reads the world (the last status, the
+//! pods and what their nodes answered, the lease keeper's view, the recovery Job) and
+//! says what to do — the actions to take, and the failover part of the status to write
+//! once they are done. The controller runs it to a fixpoint within a pass: act, look
+//! again, decide again, until a status must be written or nothing is left to do.
+//!
+//! Invariants it keeps (FAILOVER.md):
+//! - the new epoch is written to the status before any node hears of it (I5: a `Begin`
+//!   has no node action; the controller writes it with the resourceVersion it read, so
+//!   two operators can never both take an epoch);
+//! - no node is promoted before the old primary's lease is provably over: it stepped
+//!   down, its process is gone (the kubelet says so, or another run of the node answers:
+//!   a lease never survives a restart), or the fence deadline passed (I2);
+//! - the candidate holds the old primary's whole durable log before it is promoted (I4).
+
+use flashsale_core::admin::Role;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::keeper::LeaseView;
+use super::rank::{self, Candidate};
+use super::timing::FENCE_MARGIN;
+use crate::crd::{
+    CONDITION_PRIMARY_AVAILABLE, FailoverKind, FailoverRecord, FailoverState, FailoverStep,
+    FlashSaleStatus, TailPolicy,
+};
+use crate::observe::PodView;
+
+/// The recovery Job of the failover under way, as Kubernetes reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+/// Everything a decision is made from.
+#[derive(Clone, Debug)]
+pub struct World<'a> {
+    /// The status as last written.
+    pub status: &'a FlashSaleStatus,
+    pub pods: &'a [PodView],
+    /// The keeper's view of the primary's lease.
+    pub lease: LeaseView,
+    /// The recovery Job of `status.failover.epoch`, if one exists.
+    pub job: Option<JobState>,
+    /// A switchover asked for with the `flashsale.dev/switchover-to` annotation.
+    pub switchover_to: Option<String>,
+    /// `spec.nodes.replicas`: a scale-down below the primary's ordinal switches over first.
+    pub replicas: i32,
+    pub unhealthy_after_ms: u64,
+    pub lease_ms: u64,
+    pub tail_policy: TailPolicy,
+    pub quorum: bool,
+    /// A switchover target may be at most this many records behind the primary.
+    pub max_lag_records: u64,
+    /// Secondaries replication judged lagging.
+    pub lagging: Vec<String>,
+    pub now: Time,
+    /// When this operator became the leader: a lease granted by an earlier leader is over
+    /// by `leader_since + leaseDuration + margin`.
+    pub leader_since: Time,
+    /// The name of the recovery Job and the PVC it reads, for `from` (built by the caller).
+    pub job_name: String,
+}
+
+/// Something to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Stop renewing the old primary's lease.
+    StopLease,
+    /// Take the primary label off a pod (the primary Service stops sending it purchases).
+    Unlabel { pod: String },
+    /// Tell a node it is a standby at `epoch`: the old primary steps down (its lease goes
+    /// with its role), a secondary stops following the old primary.
+    Park { pod: String, epoch: u64 },
+    /// Copy the old primary's log from `from_seq` on into the candidate, from the old pod.
+    CopyTail {
+        from: String,
+        to: String,
+        from_seq: u64,
+    },
+    /// Start the recovery Job: `stock-node wal ship` of `from`'s volume into `to`.
+    CreateJob { from: String, to: String },
+    /// Make `pod` the primary at `epoch`, grant its lease, label it.
+    Promote { pod: String, epoch: u64 },
+    /// Remove the switchover annotation (done, or refused).
+    ClearSwitchoverRequest,
+}
+
+/// What [`decide`] concluded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// The failover part of the status to write once the actions are done.
+    pub next: Option<Next>,
+    /// A switchover request refused, and why (a Warning).
+    pub refused: Option<String>,
+    /// Look again this soon (ms), whatever else happens.
+    pub requeue_ms: Option<u64>,
+}
+
+/// The failover part of the next status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Next {
+    pub epoch: u64,
+    pub primary: Option<String>,
+    pub failover: Option<FailoverState>,
+    pub last_failover: Option<FailoverRecord>,
+}
+
+const POLL_MS: u64 = 250;
+
+fn ms_between(a: &Time, b: &Time) -> i64 {
+    b.0.as_millisecond() - a.0.as_millisecond()
+}
+
+fn plus_ms(t: &Time, ms: u64) -> Time {
+    Time(t.0 + std::time::Duration::from_millis(ms))
+}
+
+fn pod<'a>(w: &'a World, name: &str) -> Option<&'a PodView> {
+    w.pods.iter().find(|p| p.name == name)
+}
+
+fn answering<'a>(w: &'a World, name: &str) -> Option<&'a flashsale_core::admin::NodeStatus> {
+    pod(w, name)
+        .filter(|p| p.running)
+        .and_then(|p| p.node_status())
+}
+
+/// When the primary started failing its checks, if it is failing now: the earlier of
+/// the keeper's last renewal before they failed and the `PrimaryAvailable` condition's flip.
+pub fn failing_since(w: &World) -> Option<Time> {
+    let condition = w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_PRIMARY_AVAILABLE && c.status == "False")
+        .map(|c| c.last_transition_time.clone());
+    match (condition, w.lease.failing_since.clone()) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b).or_else(|| Some(w.now.clone())),
+    }
+}
+
+pub fn decide(w: &World) -> Decision {
+    let Some(primary) = w.status.primary.as_ref().map(|p| p.pod.clone()) else {
+        // No primary yet: choosing the first is the role plan's.
+        return Decision::default();
+    };
+    match &w.status.failover {
+        None => steady(w, &primary),
+        Some(f) => match f.step {
+            FailoverStep::Fencing => fencing(w, f),
+            FailoverStep::Recovering => recovering(w, f),
+            FailoverStep::Promoting => promoting(w, f),
+        },
+    }
+}
+
+fn begin(
+    w: &World,
+    kind: FailoverKind,
+    from: &str,
+    reason: String,
+    detected_at: Time,
+    candidate: Option<String>,
+) -> Decision {
+    let epoch = w.status.epoch + 1;
+    Decision {
+        actions: vec![Action::StopLease],
+        next: Some(Next {
+            epoch,
+            primary: Some(from.to_string()),
+            failover: Some(FailoverState {
+                kind,
+                from: from.to_string(),
+                epoch,
+                step: FailoverStep::Fencing,
+                reason,
+                detected_at,
+                fence_started_at: w.now.clone(),
+                fence_until: None,
+                from_leased: true,
+                fenced: None,
+                fenced_at: None,
+                from_durable_seq: None,
+                candidate,
+                ranking: None,
+                candidate_start_seq: None,
+                tail_source: None,
+                tail_end: None,
+                recovered_at: None,
+                blocked: None,
+            }),
+            last_failover: w.status.last_failover.clone(),
+        }),
+        refused: None,
+        requeue_ms: Some(0),
+    }
+}
+
+fn steady(w: &World, primary: &str) -> Decision {
+    let p_status = answering(w, primary);
+    if let Some(target) = &w.switchover_to {
+        return match switchover_refusal(w, primary, target) {
+            Some(why) => Decision {
+                actions: vec![Action::ClearSwitchoverRequest],
+                refused: Some(why),
+                ..Decision::default()
+            },
+            None => begin(
+                w,
+                FailoverKind::Switchover,
+                primary,
+                format!("switchover to {target} asked (flashsale.dev/switchover-to)"),
+                w.now.clone(),
+                Some(target.clone()),
+            ),
+        };
+    }
+    let problem = super::primary_problem(primary, w.status.epoch, w.pods, &w.lease);
+    if let Some(problem) = problem {
+        let since = failing_since(w).unwrap_or_else(|| w.now.clone());
+        let failing_ms = ms_between(&since, &w.now).max(0) as u64;
+        if failing_ms >= w.unhealthy_after_ms {
+            return begin(w, FailoverKind::Failover, primary, problem, since, None);
+        }
+        return Decision {
+            requeue_ms: Some((w.unhealthy_after_ms - failing_ms).min(POLL_MS)),
+            ..Decision::default()
+        };
+    }
+    // A scale-down that would remove the primary's pod moves the primary first.
+    let ordinal = pod(w, primary).and_then(|p| p.ordinal);
+    if let (Some(o), Some(_)) = (ordinal, p_status)
+        && w.replicas <= o as i32
+    {
+        let best = rank::rank(w.pods, primary, w.status.epoch, &w.lagging)
+            .into_iter()
+            .find(|c| c.ordinal.is_some_and(|co| (co as i32) < w.replicas));
+        if let Some(c) = best
+            && switchover_refusal(w, primary, &c.name).is_none()
+        {
+            return begin(
+                w,
+                FailoverKind::Switchover,
+                primary,
+                format!(
+                    "scale-down to {} nodes would remove the primary {primary} (ordinal {o})",
+                    w.replicas
+                ),
+                w.now.clone(),
+                Some(c.name),
+            );
+        }
+    }
+    Decision::default()
+}
+
+/// Why `target` cannot take over from `primary` now, if it cannot.
+pub fn switchover_refusal(w: &World, primary: &str, target: &str) -> Option<String> {
+    if target == primary {
+        return Some(format!("{target} is the primary already"));
+    }
+    let Some(p) = pod(w, target) else {
+        return Some(format!("no node pod {target} in this sale"));
+    };
+    let Some(s) = p.node_status().filter(|_| p.running) else {
+        return Some(format!("{target} does not answer"));
+    };
+    if s.role != Role::Secondary || s.epoch != w.status.epoch || !p.ready {
+        return Some(format!(
+            "{target} is not a ready secondary at epoch {} (it is {}@{}, ready: {})",
+            w.status.epoch,
+            s.role.as_str(),
+            s.epoch,
+            p.ready
+        ));
+    }
+    let primary_seq = answering(w, primary).map_or(0, |ps| ps.durable_seq);
+    let behind = primary_seq.saturating_sub(s.durable_seq);
+    if behind > w.max_lag_records {
+        return Some(format!(
+            "{target} lags {behind} records behind the primary (the limit is spec.replication.maxLagRecords = {})",
+            w.max_lag_records
+        ));
+    }
+    None
+}
+
+/// The fence deadline: any lease the old primary could hold is over by then.
+fn fence_deadline(w: &World, f: &FailoverState) -> Time {
+    let by_leader = plus_ms(
+        &w.leader_since,
+        w.lease_ms + FENCE_MARGIN.as_millis() as u64,
+    );
+    let mut end = by_leader;
+    for t in [w.lease.lease_end.clone(), f.fence_until.clone()]
+        .into_iter()
+        .flatten()
+    {
+        if t.0 > end.0 {
+            end = t;
+        }
+    }
+    end
+}
+
+fn fencing(w: &World, f: &FailoverState) -> Decision {
+    let mut d = Decision {
+        requeue_ms: Some(POLL_MS),
+        ..Decision::default()
+    };
+    if f.kind == FailoverKind::Switchover && w.switchover_to.is_some() {
+        d.actions.push(Action::ClearSwitchoverRequest);
+    }
+    if pod(w, &f.from).is_some_and(|p| p.role_label.as_deref() == Some(crate::labels::ROLE_PRIMARY))
+    {
+        d.actions.push(Action::Unlabel {
+            pod: f.from.clone(),
+        });
+    }
+    let from = answering(w, &f.from);
+    if let Some(s) = from
+        && (s.role == Role::Primary || s.epoch < f.epoch)
+    {
+        d.actions.push(Action::Park {
+            pod: f.from.clone(),
+            epoch: f.epoch,
+        });
+    }
+    for p in w.pods.iter().filter(|p| p.name != f.from && p.running) {
+        if let Some(s) = p.node_status()
+            && s.epoch < f.epoch
+            && s.role != Role::Primary
+        {
+            d.actions.push(Action::Park {
+                pod: p.name.clone(),
+                epoch: f.epoch,
+            });
+        }
+    }
+    let deadline = fence_deadline(w, f);
+    let proof = if from.is_some_and(|s| s.role != Role::Primary && s.epoch >= f.epoch) {
+        Some("stepped down")
+    } else if !f.from_leased {
+        Some("never leased at this epoch")
+    } else if process_gone(w, &f.from) {
+        Some("process gone")
+    } else if w.now.0 >= deadline.0 {
+        Some("lease expired")
+    } else {
+        None
+    };
+    let Some(proof) = proof else {
+        // Write the deadline once it is known, for a person and a resuming leader.
+        if f.fence_until.as_ref() != Some(&deadline) && d.actions.is_empty() {
+            let mut next = f.clone();
+            next.fence_until = Some(deadline.clone());
+            d.next = Some(same(w, next));
+        }
+        let left = ms_between(&w.now, &deadline).max(0) as u64;
+        d.requeue_ms = Some(left.clamp(50, POLL_MS));
+        return d;
+    };
+    if !d.actions.is_empty() {
+        // Act first (the step-down's answer may be the proof); then decide again.
+        return d;
+    }
+    let ranked = rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging);
+    let chosen = match &f.candidate {
+        Some(c) => ranked.iter().find(|r| &r.name == c).cloned(),
+        None => ranked.first().cloned(),
+    };
+    let mut next = f.clone();
+    next.fenced = Some(proof.to_string());
+    next.fenced_at = Some(w.now.clone());
+    next.fence_until = Some(deadline);
+    next.from_durable_seq = from.map(|s| s.durable_seq);
+    match chosen {
+        None => {
+            next.blocked = Some(match &f.candidate {
+                Some(c) => format!("NoCandidate: the switchover target {c} is no longer eligible"),
+                None => "NoCandidate: no node answers as a secondary with the sale".to_string(),
+            });
+            if next.blocked == f.blocked && next.fenced == f.fenced {
+                return Decision {
+                    requeue_ms: Some(1_000),
+                    ..Decision::default()
+                };
+            }
+        }
+        Some(c) => {
+            next.step = FailoverStep::Recovering;
+            next.ranking = Some(rank::describe(&ranked));
+            next.candidate_start_seq = Some(c.applied_seq);
+            next.blocked = None;
+            if from.is_none() && w.job.is_none() {
+                // The old pod cannot be asked: start the recovery Job now (the fence
+                // holds), not a pass later.
+                d.actions.push(Action::CreateJob {
+                    from: f.from.clone(),
+                    to: c.name.clone(),
+                });
+                next.tail_source = Some(job_source(w, &f.from));
+            }
+            next.candidate = Some(c.name);
+        }
+    }
+    d.next = Some(same(w, next));
+    d.requeue_ms = Some(0);
+    d
+}
+
+/// The old primary's process is gone: its pod is missing or not running (the kubelet
+/// reports it), or a run of the node other than the one the lease was granted to answers.
+fn process_gone(w: &World, from: &str) -> bool {
+    let Some(p) = pod(w, from) else { return true };
+    if !p.running || !p.container_running {
+        return true;
+    }
+    let instance = p
+        .node_status()
+        .and_then(|s| s.lease.as_ref())
+        .and_then(|l| l.token.split_once(':').map(|(i, _)| i.to_string()));
+    match (instance, &w.lease.instance) {
+        (Some(now), Some(leased)) => now != *leased,
+        _ => false,
+    }
+}
+
+/// `Job <name> (PVC <claim>)`: where a tail recovered by the Job comes from.
+fn job_source(w: &World, from: &str) -> String {
+    format!("Job {} (PVC wal-{from})", w.job_name)
+}
+
+fn same(w: &World, failover: FailoverState) -> Next {
+    Next {
+        epoch: w.status.epoch.max(failover.epoch),
+        primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
+        failover: Some(failover),
+        last_failover: w.status.last_failover.clone(),
+    }
+}
+
+fn recovering(w: &World, f: &FailoverState) -> Decision {
+    let Some(candidate) = f.candidate.clone() else {
+        let mut next = f.clone();
+        next.step = FailoverStep::Fencing;
+        return Decision {
+            next: Some(same(w, next)),
+            requeue_ms: Some(0),
+            ..Decision::default()
+        };
+    };
+    let Some(c) = answering(w, &candidate) else {
+        // The candidate went away before it sold: choose again (nobody was promoted).
+        let mut next = f.clone();
+        next.step = FailoverStep::Fencing;
+        next.candidate = None;
+        next.tail_source = None;
+        next.blocked = Some(format!(
+            "CandidateLost: {candidate} stopped answering; choosing again"
+        ));
+        return Decision {
+            next: Some(same(w, next)),
+            requeue_ms: Some(0),
+            ..Decision::default()
+        };
+    };
+    let promote = |tail_end: u64, source: String, blocked: Option<String>| {
+        let mut next = f.clone();
+        next.step = FailoverStep::Promoting;
+        next.tail_end = Some(tail_end);
+        next.tail_source = Some(source);
+        next.recovered_at = Some(w.now.clone());
+        next.blocked = blocked;
+        Decision {
+            next: Some(same(w, next)),
+            requeue_ms: Some(0),
+            ..Decision::default()
+        }
+    };
+    if let Some(old) = answering(w, &f.from) {
+        // From the old pod: its log is final (it is fenced).
+        if c.applied_seq >= old.durable_seq {
+            return promote(old.durable_seq, format!("pod {}", f.from), None);
+        }
+        return Decision {
+            actions: vec![Action::CopyTail {
+                from: f.from.clone(),
+                to: candidate,
+                from_seq: c.applied_seq,
+            }],
+            requeue_ms: Some(0),
+            ..Decision::default()
+        };
+    }
+    let by_job = job_source(w, &f.from);
+    match &w.job {
+        None => {
+            let mut next = f.clone();
+            next.tail_source = Some(by_job);
+            Decision {
+                actions: vec![Action::CreateJob {
+                    from: f.from.clone(),
+                    to: candidate,
+                }],
+                next: (f.tail_source != next.tail_source).then(|| same(w, next)),
+                requeue_ms: Some(POLL_MS),
+                ..Decision::default()
+            }
+        }
+        Some(JobState::Running) => Decision {
+            requeue_ms: Some(POLL_MS),
+            ..Decision::default()
+        },
+        Some(JobState::Succeeded) => promote(c.applied_seq, by_job, None),
+        Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
+    }
+}
+
+/// The tail cannot be read: quorum mode promotes once every other node reported (each
+/// acknowledged sale is durable on one of them); async mode waits, unless the spec
+/// allows losing what only the old primary had.
+fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
+    let others: Vec<&PodView> = w.pods.iter().filter(|p| p.name != f.from).collect();
+    let blocked = |reason: String| {
+        let mut next = f.clone();
+        next.blocked = Some(reason);
+        Decision {
+            next: (next.blocked != f.blocked).then(|| same(w, next)),
+            requeue_ms: Some(1_000),
+            ..Decision::default()
+        }
+    };
+    let best: Option<Candidate> =
+        rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging)
+            .into_iter()
+            .next();
+    let go = |c: Candidate, source: &str| {
+        let mut next = f.clone();
+        next.step = FailoverStep::Promoting;
+        next.ranking = Some(rank::describe(&rank::rank(
+            w.pods,
+            &f.from,
+            f.epoch.saturating_sub(1),
+            &w.lagging,
+        )));
+        next.candidate = Some(c.name);
+        next.tail_end = Some(c.applied_seq);
+        next.tail_source = Some(source.to_string());
+        next.recovered_at = Some(w.now.clone());
+        next.blocked = None;
+        Decision {
+            next: Some(same(w, next)),
+            requeue_ms: Some(0),
+            ..Decision::default()
+        }
+    };
+    if w.quorum {
+        let silent: Vec<&str> = others
+            .iter()
+            .filter(|p| !(p.running && p.node_status().is_some()))
+            .map(|p| p.name.as_str())
+            .collect();
+        return match (silent.is_empty(), best) {
+            (true, Some(c)) => go(
+                c,
+                "none: the tail is unreadable; quorum mode, every secondary reported",
+            ),
+            (_, _) => blocked(format!(
+                "QuorumUnsafe: the old primary's tail is unreadable ({why}); waiting for every secondary to report (silent: {})",
+                if silent.is_empty() {
+                    "none".to_string()
+                } else {
+                    silent.join(", ")
+                }
+            )),
+        };
+    }
+    match (w.tail_policy, best) {
+        (TailPolicy::AllowLoss, Some(c)) => go(
+            c,
+            "none: the tail is unreadable; tailPolicy AllowLoss (sales only the old primary had may be lost)",
+        ),
+        _ => blocked(format!(
+            "TailUnavailable: the old primary's tail cannot be read ({why}); async mode keeps the sale stopped rather than lose acknowledged sales (spec.failover.tailPolicy: AllowLoss promotes anyway)"
+        )),
+    }
+}
+
+fn promoting(w: &World, f: &FailoverState) -> Decision {
+    let candidate = f.candidate.clone().unwrap_or_default();
+    match answering(w, &candidate) {
+        Some(s) if s.role == Role::Primary && s.epoch == f.epoch => {
+            let outage_ms = ms_between(&f.detected_at, &w.now).max(0) as u64;
+            let record = FailoverRecord {
+                kind: f.kind,
+                from_pod: f.from.clone(),
+                to_pod: candidate.clone(),
+                epoch: f.epoch,
+                reason: f.reason.clone(),
+                detected_at: f.detected_at.clone(),
+                fenced_at: f.fenced_at.clone().unwrap_or_else(|| w.now.clone()),
+                fenced: f.fenced.clone().unwrap_or_default(),
+                fence_started_at: Some(f.fence_started_at.clone()),
+                recovered_at: f.recovered_at.clone(),
+                promoted_at: w.now.clone(),
+                outage_ms,
+                reconciled_records: f
+                    .tail_end
+                    .unwrap_or(0)
+                    .saturating_sub(f.candidate_start_seq.unwrap_or(0)),
+                reconciled_from: f.tail_source.clone(),
+                old_primary_rejoined: false,
+            };
+            Decision {
+                next: Some(Next {
+                    epoch: f.epoch,
+                    primary: Some(candidate),
+                    failover: None,
+                    last_failover: Some(record),
+                }),
+                requeue_ms: Some(0),
+                ..Decision::default()
+            }
+        }
+        Some(_) => Decision {
+            actions: vec![Action::Promote {
+                pod: candidate,
+                epoch: f.epoch,
+            }],
+            requeue_ms: Some(0),
+            ..Decision::default()
+        },
+        None => {
+            // The candidate died mid-promotion: a new attempt takes a new epoch, from it
+            // (it may have been promoted, and its log is the most complete).
+            let epoch = f.epoch + 1;
+            let mut next = f.clone();
+            next.from = candidate.clone();
+            next.epoch = epoch;
+            next.step = FailoverStep::Fencing;
+            next.reason = format!(
+                "{candidate} stopped answering while being promoted at epoch {}",
+                f.epoch
+            );
+            next.fence_started_at = w.now.clone();
+            next.fence_until = None;
+            next.fenced = None;
+            next.fenced_at = None;
+            next.candidate = None;
+            next.candidate_start_seq = None;
+            next.tail_source = None;
+            next.tail_end = None;
+            next.recovered_at = None;
+            next.blocked = None;
+            Decision {
+                next: Some(Next {
+                    epoch,
+                    primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
+                    failover: Some(next),
+                    last_failover: w.status.last_failover.clone(),
+                }),
+                requeue_ms: Some(0),
+                ..Decision::default()
+            }
+        }
+    }
+}

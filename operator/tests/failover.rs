@@ -1,0 +1,669 @@
+//! The failover's pure decisions (FAILOVER.md, "Tests"): the ranking, detection with
+//! `unhealthyAfter`, the fence's timing and proofs, and the step function as a table —
+//! every step against an old pod that answers, is gone, or is silent, a Job running,
+//! done or failed — including that a resumed decision is the same one and that a new
+//! epoch is written before any node hears of it.
+
+use flashsale_core::admin::{LeaseMode, LeaseStatus, NodeStatus, Role};
+use flashsale_operator::crd::{
+    FailoverKind, FailoverState, FailoverStep, FlashSaleStatus, PrimaryStatus, TailPolicy,
+};
+use flashsale_operator::failover::keeper::LeaseView;
+use flashsale_operator::failover::rank::rank;
+use flashsale_operator::failover::step::{Action, Decision, JobState, World, decide};
+use flashsale_operator::observe::PodView;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+const T0: &str = "2026-11-30T10:00:00Z";
+
+fn at(offset_ms: i64) -> Time {
+    let t0: jiff::Timestamp = T0.parse().unwrap();
+    Time(t0 + jiff::SignedDuration::from_millis(offset_ms))
+}
+
+fn node(role: Role, epoch: u64, durable: u64, instance: &str) -> NodeStatus {
+    NodeStatus {
+        role,
+        epoch,
+        sale: Some("s".into()),
+        applied_seq: durable,
+        durable_seq: durable,
+        items: vec![],
+        purchases_per_s: 0.0,
+        now_ms: 0,
+        replication: None,
+        lease: Some(LeaseStatus {
+            mode: LeaseMode::Required,
+            token: format!("{instance}:5"),
+            epoch,
+            remaining_ms: 0,
+        }),
+        epochs: vec![],
+    }
+}
+
+fn pod(ordinal: u32, node: Option<NodeStatus>) -> PodView {
+    PodView {
+        name: format!("s-{ordinal}"),
+        ordinal: Some(ordinal),
+        ip: Some(format!("10.0.0.{}", 10 + ordinal)),
+        running: true,
+        ready: node.is_some(),
+        container_running: true,
+        role_label: (ordinal == 0).then(|| "primary".to_string()),
+        config_hash: None,
+        role_assignment: None,
+        node: Some(node.ok_or_else(|| "unreachable: connection refused".to_string())),
+    }
+}
+
+/// s-0 primary at epoch 3 (durable 100), s-1 and s-2 secondaries at 98 and 95.
+fn pods() -> Vec<PodView> {
+    vec![
+        pod(0, Some(node(Role::Primary, 3, 100, "aa"))),
+        pod(1, Some(node(Role::Secondary, 3, 98, "bb"))),
+        pod(2, Some(node(Role::Secondary, 3, 95, "cc"))),
+    ]
+}
+
+fn status() -> FlashSaleStatus {
+    FlashSaleStatus {
+        primary: Some(PrimaryStatus {
+            pod: "s-0".into(),
+            endpoint: None,
+        }),
+        epoch: 3,
+        conditions: vec![Condition {
+            type_: "PrimaryAvailable".into(),
+            status: "True".into(),
+            reason: "Available".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: at(-60_000),
+        }],
+        ..FlashSaleStatus::default()
+    }
+}
+
+/// The keeper renewing s-0 at epoch 3, the last token it sent received at `r` (ms).
+fn leased(r_ms: i64) -> LeaseView {
+    LeaseView {
+        pod: Some("s-0".into()),
+        url: Some("http://10.0.0.10:8080".into()),
+        epoch: 3,
+        held: true,
+        failing_since: None,
+        failing: None,
+        lease_end: Some(at(r_ms + 6_000 + 500)),
+        instance: Some("aa".into()),
+        granted: true,
+    }
+}
+
+fn world<'a>(status: &'a FlashSaleStatus, pods: &'a [PodView], now_ms: i64) -> World<'a> {
+    World {
+        status,
+        pods,
+        lease: leased(-1_000),
+        job: None,
+        switchover_to: None,
+        replicas: 3,
+        unhealthy_after_ms: 4_000,
+        lease_ms: 6_000,
+        tail_policy: TailPolicy::Required,
+        quorum: false,
+        max_lag_records: 1_000,
+        lagging: vec![],
+        now: at(now_ms),
+        leader_since: at(-3_600_000),
+        job_name: "s-recover-e4".into(),
+    }
+}
+
+fn failover(step: FailoverStep) -> FailoverState {
+    FailoverState {
+        kind: FailoverKind::Failover,
+        from: "s-0".into(),
+        epoch: 4,
+        step,
+        reason: "test".into(),
+        detected_at: at(-4_000),
+        fence_started_at: at(0),
+        fence_until: None,
+        from_leased: true,
+        fenced: None,
+        fenced_at: None,
+        from_durable_seq: None,
+        candidate: None,
+        ranking: None,
+        candidate_start_seq: None,
+        tail_source: None,
+        tail_end: None,
+        recovered_at: None,
+        blocked: None,
+    }
+}
+
+fn in_failover(f: FailoverState) -> FlashSaleStatus {
+    FlashSaleStatus {
+        epoch: 4,
+        failover: Some(f),
+        ..status()
+    }
+}
+
+fn next_failover(d: &Decision) -> FailoverState {
+    d.next
+        .as_ref()
+        .and_then(|n| n.failover.clone())
+        .expect("a failover state to write")
+}
+
+// --- ranking
+
+#[test]
+fn the_ranking_is_durable_then_applied_then_not_lagging_then_ordinal_then_name() {
+    let mut p = vec![
+        pod(0, Some(node(Role::Primary, 3, 100, "aa"))),
+        pod(1, Some(node(Role::Secondary, 3, 98, "bb"))),
+        pod(2, Some(node(Role::Secondary, 3, 99, "cc"))),
+        pod(3, Some(node(Role::Secondary, 3, 99, "dd"))),
+        pod(4, Some(node(Role::Standby, 4, 99, "ee"))),
+        pod(5, Some(node(Role::Secondary, 2, 120, "ff"))),
+        pod(6, None),
+    ];
+    if let Some(Ok(s)) = p[3].node.as_mut() {
+        s.applied_seq = 99;
+        s.durable_seq = 99;
+    }
+    if let Some(Ok(s)) = p[2].node.as_mut() {
+        s.applied_seq = 99;
+    }
+    let names = |r: Vec<flashsale_operator::failover::rank::Candidate>| {
+        r.into_iter().map(|c| c.name).collect::<Vec<_>>()
+    };
+    // s-0 excluded (the old primary), s-5 at an older epoch, s-6 silent.
+    assert_eq!(names(rank(&p, "s-0", 3, &[])), ["s-2", "s-3", "s-4", "s-1"]);
+    // Lagging breaks a tie between equals.
+    assert_eq!(
+        names(rank(&p, "s-0", 3, &["s-2".to_string()])),
+        ["s-3", "s-4", "s-2", "s-1"]
+    );
+    // A node without the sale is never a candidate.
+    let mut nosale = pods();
+    if let Some(Ok(s)) = nosale[1].node.as_mut() {
+        s.sale = None;
+    }
+    assert_eq!(names(rank(&nosale, "s-0", 3, &[])), ["s-2"]);
+}
+
+// --- detection
+
+#[test]
+fn a_healthy_primary_is_left_alone() {
+    let (s, p) = (status(), pods());
+    assert_eq!(decide(&world(&s, &p, 0)), Decision::default());
+}
+
+#[test]
+fn a_primary_back_before_unhealthy_after_is_not_failed_over() {
+    let mut s = status();
+    s.conditions[0].status = "False".into();
+    s.conditions[0].reason = "PrimaryFailing".into();
+    s.conditions[0].last_transition_time = at(-3_000);
+    let mut p = pods();
+    p[0].node = Some(Err("unreachable".into()));
+    // Failing for 3 s of 4: look again soon, nothing else.
+    let d = decide(&world(&s, &p, 0));
+    assert!(d.next.is_none() && d.actions.is_empty(), "{d:?}");
+    assert!(d.requeue_ms.unwrap() <= 1_000);
+    // Back (a kill -9 the pod restarted): nothing at all.
+    let healthy = pods();
+    assert!(decide(&world(&s, &healthy, 3_500)).next.is_none());
+}
+
+#[test]
+fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_call() {
+    for broken in [
+        |p: &mut Vec<PodView>| p[0].node = Some(Err("unreachable".into())),
+        |p: &mut Vec<PodView>| p[0].running = false,
+        |p: &mut Vec<PodView>| {
+            p.remove(0);
+        },
+        |p: &mut Vec<PodView>| {
+            if let Some(Ok(s)) = p[0].node.as_mut() {
+                s.role = Role::Standby;
+                s.epoch = 0;
+            }
+        },
+    ] {
+        let mut s = status();
+        s.conditions[0].status = "False".into();
+        s.conditions[0].last_transition_time = at(-4_000);
+        let mut p = pods();
+        broken(&mut p);
+        let d = decide(&world(&s, &p, 0));
+        assert_eq!(d.actions, [Action::StopLease], "only the keeper is told");
+        let next = d.next.expect("begin");
+        assert_eq!(next.epoch, 4, "the epoch moves first");
+        let f = next.failover.unwrap();
+        assert_eq!(
+            (f.step, f.epoch, f.from.as_str()),
+            (FailoverStep::Fencing, 4, "s-0")
+        );
+        assert_eq!(f.detected_at, at(-4_000));
+    }
+}
+
+#[test]
+fn failing_lease_renewals_are_a_failure_too_counted_from_the_first() {
+    let s = status();
+    let p = pods();
+    let mut w = world(&s, &p, 0);
+    w.lease.failing = Some("s-0: operation timed out".into());
+    w.lease.failing_since = Some(at(-4_200));
+    let d = decide(&w);
+    let f = next_failover(&d);
+    assert!(f.reason.contains("lease renewals fail"), "{}", f.reason);
+    assert_eq!(f.detected_at, at(-4_200));
+}
+
+// --- the fence
+
+#[test]
+fn a_silent_old_primary_is_fenced_only_once_its_lease_is_provably_over() {
+    let s = in_failover(failover(FailoverStep::Fencing));
+    let mut p = pods();
+    p[0].node = Some(Err("timed out".into()));
+    // The last token sent was received at -1000: the lease ends at most at 5500 (+margin).
+    let mut w = world(&s, &p, 1_000);
+    w.lease.held = false;
+    let d = decide(&w);
+    assert!(
+        d.next.is_none() || next_failover(&d).fenced.is_none(),
+        "{d:?}"
+    );
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Park { pod, .. } if pod == "s-0"))
+    );
+    let w = World {
+        now: at(5_499),
+        ..w.clone()
+    };
+    let d = decide(&w);
+    assert!(
+        d.next
+            .as_ref()
+            .and_then(|n| n.failover.as_ref())
+            .is_none_or(|f| f.fenced.is_none()),
+        "fenced before the lease ended: {d:?}"
+    );
+    let w = World {
+        now: at(5_500),
+        ..w.clone()
+    };
+    // The secondaries are parked at the new epoch first …
+    let d = decide(&w);
+    assert!(
+        d.actions
+            .iter()
+            .all(|a| matches!(a, Action::Park { epoch: 4, .. } | Action::Unlabel { .. }))
+    );
+    // … then, once they are, the fence holds and a candidate is chosen.
+    let mut parked = p.clone();
+    for v in parked.iter_mut().skip(1) {
+        if let Some(Ok(n)) = v.node.as_mut() {
+            (n.role, n.epoch) = (Role::Standby, 4);
+        }
+    }
+    parked[0].role_label = None;
+    let w = World { pods: &parked, ..w };
+    let d = decide(&w);
+    let f = next_failover(&d);
+    assert_eq!(f.fenced.as_deref(), Some("lease expired"));
+    assert_eq!(f.step, FailoverStep::Recovering);
+    assert_eq!(f.candidate.as_deref(), Some("s-1"), "the most durable");
+    assert_eq!(f.candidate_start_seq, Some(98));
+    assert!(f.ranking.unwrap().starts_with("s-1 (durable 98"));
+    // The old pod cannot be asked: its recovery Job starts with the fence's conclusion.
+    assert_eq!(
+        d.actions,
+        [Action::CreateJob {
+            from: "s-0".into(),
+            to: "s-1".into()
+        }]
+    );
+    assert!(f.tail_source.unwrap().starts_with("Job "));
+}
+
+#[test]
+fn after_an_operator_restart_the_fence_waits_a_lease_from_when_it_became_leader() {
+    let s = in_failover(failover(FailoverStep::Fencing));
+    let mut p = pods();
+    p[0].node = Some(Err("timed out".into()));
+    for v in p.iter_mut().skip(1) {
+        if let Some(Ok(n)) = v.node.as_mut() {
+            (n.role, n.epoch) = (Role::Standby, 4);
+        }
+    }
+    p[0].role_label = None;
+    let mut w = world(&s, &p, 10_000);
+    w.lease = LeaseView::default(); // a new leader's keeper knows nothing
+    w.leader_since = at(5_000);
+    let d = decide(&w);
+    assert!(
+        d.next
+            .as_ref()
+            .and_then(|n| n.failover.as_ref())
+            .is_none_or(|f| f.fenced.is_none())
+    );
+    let d = decide(&World {
+        now: at(5_000 + 6_500),
+        ..w
+    });
+    assert_eq!(next_failover(&d).fenced.as_deref(), Some("lease expired"));
+}
+
+#[test]
+fn a_stepped_down_or_dead_old_primary_needs_no_lease_wait() {
+    // It answers: it is told to step down, and its answer is the proof.
+    let s = in_failover(failover(FailoverStep::Fencing));
+    let p = pods();
+    let d = decide(&world(&s, &p, 100));
+    assert!(d.actions.contains(&Action::Park {
+        pod: "s-0".into(),
+        epoch: 4
+    }));
+    let mut down = p.clone();
+    for v in down.iter_mut() {
+        if let Some(Ok(n)) = v.node.as_mut() {
+            (n.role, n.epoch) = (Role::Standby, 4);
+        }
+    }
+    down[0].role_label = None;
+    let f = next_failover(&decide(&world(&s, &down, 100)));
+    assert_eq!(f.fenced.as_deref(), Some("stepped down"));
+    assert_eq!(f.from_durable_seq, Some(100));
+    // Its process is gone: the pod is not running, or another run of it answers.
+    for gone in [
+        |p: &mut Vec<PodView>| p[0].container_running = false,
+        |p: &mut Vec<PodView>| p[0].running = false,
+        |p: &mut Vec<PodView>| {
+            p.remove(0);
+        },
+    ] {
+        let mut v = down.clone();
+        if let Some(Ok(n)) = v[0].node.as_mut() {
+            n.role = Role::Primary;
+            n.epoch = 3;
+        }
+        gone(&mut v);
+        if let Some(first) = v.first_mut()
+            && first.name == "s-0"
+        {
+            first.node = Some(Err("refused".into()));
+        }
+        let f = next_failover(&decide(&world(&s, &v, 100)));
+        assert_eq!(f.fenced.as_deref(), Some("process gone"), "{v:?}");
+    }
+    let mut restarted = down.clone();
+    restarted[0].node = Some(Ok(node(Role::Primary, 3, 100, "ab"))); // a new run
+    let d = decide(&world(&s, &restarted, 100));
+    assert!(d.actions.contains(&Action::Park {
+        pod: "s-0".into(),
+        epoch: 4
+    }));
+}
+
+// --- the tail
+
+fn recovering() -> FlashSaleStatus {
+    let mut f = failover(FailoverStep::Recovering);
+    f.candidate = Some("s-1".into());
+    f.candidate_start_seq = Some(98);
+    f.fenced = Some("lease expired".into());
+    f.fenced_at = Some(at(6_000));
+    in_failover(f)
+}
+
+fn parked(mut p: Vec<PodView>) -> Vec<PodView> {
+    for v in p.iter_mut() {
+        if let Some(Ok(n)) = v.node.as_mut() {
+            (n.role, n.epoch) = (Role::Standby, 4);
+        }
+    }
+    p
+}
+
+#[test]
+fn the_tail_comes_from_the_old_pod_when_it_answers() {
+    let s = recovering();
+    let p = parked(pods());
+    let d = decide(&world(&s, &p, 7_000));
+    assert_eq!(
+        d.actions,
+        [Action::CopyTail {
+            from: "s-0".into(),
+            to: "s-1".into(),
+            from_seq: 98
+        }]
+    );
+    assert!(d.next.is_none(), "nothing is written before the tail is in");
+    let mut copied = p.clone();
+    if let Some(Ok(n)) = copied[1].node.as_mut() {
+        (n.applied_seq, n.durable_seq) = (100, 100);
+    }
+    let f = next_failover(&decide(&world(&s, &copied, 7_000)));
+    assert_eq!(f.step, FailoverStep::Promoting);
+    assert_eq!(
+        (f.tail_end, f.tail_source.as_deref()),
+        (Some(100), Some("pod s-0"))
+    );
+}
+
+#[test]
+fn a_silent_old_pod_is_read_by_a_recovery_job() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    let d = decide(&world(&s, &p, 7_000));
+    assert_eq!(
+        d.actions,
+        [Action::CreateJob {
+            from: "s-0".into(),
+            to: "s-1".into()
+        }]
+    );
+    assert!(
+        next_failover(&d)
+            .tail_source
+            .unwrap()
+            .contains("PVC wal-s-0")
+    );
+    let mut w = world(&s, &p, 7_100);
+    w.job = Some(JobState::Running);
+    assert!(decide(&w).actions.is_empty());
+    let mut shipped = p.clone();
+    if let Some(Ok(n)) = shipped[1].node.as_mut() {
+        n.applied_seq = 101;
+    }
+    let w = World {
+        pods: &shipped,
+        job: Some(JobState::Succeeded),
+        ..w
+    };
+    let f = next_failover(&decide(&w));
+    assert_eq!((f.step, f.tail_end), (FailoverStep::Promoting, Some(101)));
+}
+
+#[test]
+fn an_unreadable_tail_blocks_async_mode_unless_loss_is_allowed() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    let mut w = world(&s, &p, 8_000);
+    w.job = Some(JobState::Failed("the log cannot be read".into()));
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.step, FailoverStep::Recovering);
+    assert!(f.blocked.unwrap().starts_with("TailUnavailable"));
+    w.tail_policy = TailPolicy::AllowLoss;
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.step, FailoverStep::Promoting);
+    assert!(f.tail_source.unwrap().contains("AllowLoss"));
+}
+
+#[test]
+fn quorum_mode_promotes_without_the_tail_once_every_secondary_reported() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    p[2].node = Some(Err("timed out".into()));
+    let mut w = world(&s, &p, 8_000);
+    w.quorum = true;
+    w.job = Some(JobState::Failed("unreadable".into()));
+    let f = next_failover(&decide(&w));
+    assert!(
+        f.blocked.unwrap().starts_with("QuorumUnsafe"),
+        "s-2 is silent"
+    );
+    let mut all = parked(pods());
+    all[0].node = Some(Err("timed out".into()));
+    if let Some(Ok(n)) = all[2].node.as_mut() {
+        (n.applied_seq, n.durable_seq) = (99, 99); // s-2 now holds the most
+    }
+    let w = World { pods: &all, ..w };
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.step, FailoverStep::Promoting);
+    assert_eq!(
+        f.candidate.as_deref(),
+        Some("s-2"),
+        "the most durable of all"
+    );
+}
+
+// --- promotion
+
+#[test]
+fn promotion_then_the_record() {
+    let mut f = failover(FailoverStep::Promoting);
+    f.candidate = Some("s-1".into());
+    f.candidate_start_seq = Some(98);
+    f.tail_end = Some(100);
+    f.tail_source = Some("pod s-0".into());
+    f.fenced = Some("stepped down".into());
+    f.fenced_at = Some(at(200));
+    let s = in_failover(f);
+    let p = parked(pods());
+    let d = decide(&world(&s, &p, 300));
+    assert_eq!(
+        d.actions,
+        [Action::Promote {
+            pod: "s-1".into(),
+            epoch: 4
+        }]
+    );
+    let mut done = p.clone();
+    if let Some(Ok(n)) = done[1].node.as_mut() {
+        n.role = Role::Primary;
+    }
+    let d = decide(&world(&s, &done, 400));
+    let next = d.next.unwrap();
+    assert_eq!(next.primary.as_deref(), Some("s-1"));
+    assert!(next.failover.is_none());
+    let r = next.last_failover.unwrap();
+    assert_eq!((r.reconciled_records, r.outage_ms), (2, 4_400));
+    assert_eq!(
+        (r.from_pod.as_str(), r.to_pod.as_str(), r.epoch),
+        ("s-0", "s-1", 4)
+    );
+}
+
+#[test]
+fn a_candidate_lost_while_promoted_takes_the_next_epoch_from_it() {
+    let mut f = failover(FailoverStep::Promoting);
+    f.candidate = Some("s-1".into());
+    let s = in_failover(f);
+    let mut p = parked(pods());
+    p[1].node = Some(Err("refused".into()));
+    let next = decide(&world(&s, &p, 300)).next.unwrap();
+    assert_eq!(next.epoch, 5);
+    let f = next.failover.unwrap();
+    assert_eq!(
+        (f.from.as_str(), f.epoch, f.step),
+        ("s-1", 5, FailoverStep::Fencing)
+    );
+}
+
+#[test]
+fn a_resumed_decision_is_the_same_decision() {
+    for s in [
+        in_failover(failover(FailoverStep::Fencing)),
+        recovering(),
+        status(),
+    ] {
+        let p = parked(pods());
+        let w = world(&s, &p, 9_000);
+        assert_eq!(decide(&w), decide(&w.clone()));
+    }
+}
+
+// --- switchover and scale-down
+
+#[test]
+fn a_switchover_is_refused_with_a_reason_when_the_target_cannot_take_over() {
+    let s = status();
+    let mut p = pods();
+    let mut w = world(&s, &p, 0);
+    for (target, why) in [
+        ("s-0", "is the primary already"),
+        ("s-9", "no node pod s-9"),
+    ] {
+        w.switchover_to = Some(target.into());
+        let d = decide(&w);
+        assert!(d.refused.as_deref().unwrap().contains(why), "{d:?}");
+        assert_eq!(d.actions, [Action::ClearSwitchoverRequest]);
+        assert!(d.next.is_none());
+    }
+    if let Some(Ok(n)) = p[2].node.as_mut() {
+        n.durable_seq = 10;
+    }
+    let mut w = world(&s, &p, 0);
+    w.max_lag_records = 50;
+    w.switchover_to = Some("s-2".into());
+    let d = decide(&w);
+    assert!(d.refused.unwrap().contains("lags 90 records"));
+    w.switchover_to = Some("s-1".into());
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        (f.kind, f.candidate.as_deref(), f.epoch),
+        (FailoverKind::Switchover, Some("s-1"), 4)
+    );
+}
+
+#[test]
+fn a_scale_down_that_would_remove_the_primary_switches_over_first() {
+    let mut s = status();
+    s.primary = Some(PrimaryStatus {
+        pod: "s-2".into(),
+        endpoint: None,
+    });
+    let mut p = pods();
+    if let Some(Ok(n)) = p[0].node.as_mut() {
+        n.role = Role::Secondary;
+    }
+    if let Some(Ok(n)) = p[2].node.as_mut() {
+        n.role = Role::Primary;
+        n.durable_seq = 100;
+    }
+    let mut w = world(&s, &p, 0);
+    w.lease.pod = Some("s-2".into());
+    w.replicas = 2;
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.kind, FailoverKind::Switchover);
+    assert_eq!(f.from, "s-2");
+    assert!(f.candidate.is_some_and(|c| c == "s-0" || c == "s-1"));
+    w.replicas = 3;
+    assert!(decide(&w).next.is_none());
+}
