@@ -43,3 +43,15 @@ e2e_cluster_up() {
   had_release=false
   if helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1; then had_release=true; fi
 }
+
+# e2e_python_venv: a Python with matplotlib (the chaos suite draws its timelines), in a
+# venv cached under $FLASHSALE_CACHE; E2E_PYTHON is its python.
+e2e_python_venv() {
+  local venv=$FLASHSALE_CACHE/venv-plots
+  E2E_PYTHON=$venv/bin/python
+  if ! "$E2E_PYTHON" -c 'import matplotlib' >/dev/null 2>&1; then
+    log "installing matplotlib into $venv (once)"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check 'matplotlib==3.9.*' >&2
+  fi
+}

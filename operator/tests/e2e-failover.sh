@@ -1,0 +1,384 @@
+#!/usr/bin/env bash
+# Failover chaos suite on the local cluster (FAILOVER.md, cases A1–J), through the
+# operator. Each case runs a crowd that follows the primary (through the sale's primary
+# Service) and retries every purchase with the same key, injects its fault, and checks
+# from the crowd's own record of acknowledgements: every acknowledged order is on the
+# new primary with the same id, key, sku and quantity; nothing is oversold; a monitor
+# sampling every node every 250 ms never saw two nodes holding a live selling lease; the
+# nodes converge (the old primary included). It prints the measured fault → first
+# acknowledgement at the new epoch, and draws each case's timeline as a PNG beside its
+# log ($E2E_OUT, default $FLASHSALE_CACHE/e2e-failover).
+#
+#   bash operator/tests/e2e-failover.sh          # cluster FLASHSALE_E2E_CLUSTER (default e2e)
+#   FAILOVER_CASES="A1 G" bash operator/tests/e2e-failover.sh   # some cases only
+set -euo pipefail
+E2E_TAG=e2e-failover
+# shellcheck source=operator/tests/e2e-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/e2e-lib.sh"
+NS=fs-e2e-failover
+SALE=fo
+QSALE=foq
+CASES=${FAILOVER_CASES:-"J A1 B C A2 D E F G H I"}
+OUT=${E2E_OUT:-$FLASHSALE_CACHE/e2e-failover}
+CHAOS=$ROOT/operator/tests/chaos
+CROWD=$CARGO_TARGET_DIR/release/crowd
+mkdir -p "$OUT"
+rm -f "$OUT"/*.png "$OUT"/*.log "$OUT"/*.jsonl "$OUT"/*.json 2>/dev/null || true
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
+
+e2e_cluster_up
+e2e_python_venv # matplotlib for the timelines (cached)
+crowd_pid=
+monitor_pid=
+cleanup() {
+  local rc=$?
+  [ -n "$crowd_pid" ] && kill "$crowd_pid" 2>/dev/null
+  [ -n "$monitor_pid" ] && kill "$monitor_pid" 2>/dev/null
+  if [ $rc -ne 0 ]; then
+    log "--- state at failure"
+    kubectl get fsale,pods,jobs -n "$NS" -o wide 2>&1 | sed 's/^/  /' >&2 || true
+    kubectl get fsale -n "$NS" -o jsonpath='{range .items[*]}{.metadata.name}{": "}{.status.failover}{"\n"}{end}' 2>&1 | sed 's/^/  /' >&2 || true
+    kubectl get events -n "$NS" --sort-by=.lastTimestamp 2>&1 | tail -30 | sed 's/^/  /' >&2 || true
+    for p in $(kubectl get pods -n "$OP_NS" -o name 2>/dev/null); do
+      kubectl logs -n "$OP_NS" "$p" --tail=25 2>&1 | sed "s|^|  $p: |" >&2 || true
+    done
+  fi
+  for p in "${held[@]}"; do bash testbed/cluster.sh fault --name "$CLUSTER" release "$NS/$p" >/dev/null 2>&1 || true; done
+  kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+  $had_release || helm uninstall "$RELEASE" -n "$OP_NS" >/dev/null 2>&1 || true
+  if $started_cluster && [ "${FLASHSALE_E2E_KEEP:-0}" != 1 ]; then
+    bash testbed/cluster.sh down --name "$CLUSTER" >/dev/null 2>&1 || true
+  fi
+  [ -s "$SUMMARY" ] && { log "--- summary"; sed 's/^/  /' "$SUMMARY" >&2; }
+  exit $rc
+}
+held=()
+trap cleanup EXIT
+
+log "helm install the operator, two replicas (the binary just built)"
+kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --set replicaCount=2 --wait --timeout 180s >/dev/null
+kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
+wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
+$had_release && kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null
+wait_for 120 "operator ready" kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=5s
+
+kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
+kubectl create namespace "$NS" >/dev/null
+sale_yaml() { # name mode
+  cat <<EOF
+apiVersion: flashsale.dev/v1alpha1
+kind: FlashSale
+metadata: {name: $1}
+spec:
+  items:
+    - {sku: tee, stock: 100000000}
+    - {sku: cap, stock: 100000000}
+  nodes: {replicas: 3, storage: {size: 128Mi, reclaimPolicy: Delete}}
+  replication: {mode: $2}
+EOF
+}
+log "two sales of 3 nodes: $SALE (async), $QSALE (quorum), default failover timings"
+sale_yaml "$SALE" async | kubectl apply -n "$NS" -f - >/dev/null
+case " $CASES " in *" I "*) sale_yaml "$QSALE" quorum | kubectl apply -n "$NS" -f - >/dev/null ;; esac
+wait_for 240 "flashsale/$SALE Ready" kubectl wait -n "$NS" --for=condition=Ready "flashsale/$SALE" --timeout=5s
+
+jp() { kubectl get -n "$NS" "$1" -o jsonpath="$2"; }
+TOKEN() { jp "secret/$1-admin" '{.data.token}' | base64 -d; }
+ip_of() { jp "pod/$1" '{.status.podIP}'; }
+primary_of() { jp "flashsale/$1" '{.status.primary.pod}'; }
+epoch_of() { jp "flashsale/$1" '{.status.epoch}'; }
+pods_of() {
+  kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$1",app.kubernetes.io/name=stock-node \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}'
+}
+# The first node pod of SALE other than PRIMARY.
+a_secondary() { # sale primary
+  local p
+  for p in $(pods_of "$1"); do
+    if [ "$p" != "$2" ]; then echo "$p"; return 0; fi
+  done
+  fail "$1 has no node pod besides $2"
+}
+node_status() { curl -sf --max-time 2 -H "Authorization: Bearer $(TOKEN "$1")" "http://$(ip_of "$2"):8080/admin/v1/status"; }
+now_ms() { date +%s%3N; }
+
+# healthy SALE: Ready, no failover under way, one primary labelled, every node answering
+# at the sale's epoch in its role, the secondaries at the primary's applied sequence.
+healthy() {
+  local sale=$1 st
+  st=$(kubectl get -n "$NS" "flashsale/$sale" -o json) || return 1
+  python3 - "$st" <<'PY' || return 1
+import json, sys
+s = json.loads(sys.argv[1])["status"]
+assert "failover" not in s, s.get("failover")
+assert any(c["type"] == "Ready" and c["status"] == "True" for c in s["conditions"]), "not ready"
+assert s.get("ready", "").split("/")[0] == s.get("ready", "").split("/")[1], s.get("ready")
+PY
+  local primary epoch p want seq pseq out
+  primary=$(primary_of "$sale"); epoch=$(epoch_of "$sale")
+  [ "$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$sale,flashsale.dev/role=primary" -o name | wc -l)" = 1 ] || return 1
+  pseq=$(node_status "$sale" "$primary" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["appliedSeq"])') || return 1
+  for p in $(pods_of "$sale"); do
+    want=secondary; [ "$p" = "$primary" ] && want=primary
+    out=$(node_status "$sale" "$p") || return 1
+    python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["role"]==sys.argv[1] and d["epoch"]==int(sys.argv[2]), (d["role"], d["epoch"]); assert d["appliedSeq"] >= int(sys.argv[3]) or sys.argv[1]=="primary", (d["appliedSeq"], sys.argv[3])' \
+      "$want" "$epoch" "$pseq" <<<"$out" || return 1
+  done
+}
+
+# The crowd that follows the primary: through the primary Service's ClusterIP, every
+# purchase retried with its key until a definitive answer.
+crowd_start() { # case sale
+  local svc
+  svc=$(jp "svc/$2-primary" '{.spec.clusterIP}')
+  rm -f "$OUT/$1.stop"
+  "$CROWD" --url "http://$svc:8080" --retry --buyers 100000000 --concurrency 8 --customers 100000 \
+    --duration-max-s 240 --request-timeout-ms 1500 --retry-for-ms 60000 \
+    --acks "$OUT/$1.acks.jsonl" --timeline "$OUT/$1.timeline.jsonl" --stop-file "$OUT/$1.stop" \
+    --json >"$OUT/$1.crowd.json" 2>"$OUT/$1.crowd.log" &
+  crowd_pid=$!
+}
+crowd_stop() { # case
+  touch "$OUT/$1.stop"
+  wait "$crowd_pid" || fail "$1: the crowd failed: $(cat "$OUT/$1.crowd.json" "$OUT/$1.crowd.log")"
+  crowd_pid=
+  # Nothing oversold, and no buyer gave up: every one retrying its key got its answer.
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["oversold"]==0, d; gave=[k for k in d["rejected"] if k.startswith("gave_up")]; assert not gave, ("buyers gave up", {k: d["rejected"][k] for k in gave}); print(d["attempts"], "buyers,", d["sold"], "acknowledged, oversold", d["oversold"], "retried", d["retried"])' \
+    "$OUT/$1.crowd.json" || fail "$1: oversold or buyers gave up: $(cat "$OUT/$1.crowd.json")"
+}
+monitor_start() { # case sale
+  local pods="" p
+  for p in $(pods_of "$2"); do pods+="$p=$(ip_of "$p"),"; done
+  rm -f "$OUT/$1.monitor.stop"
+  python3 "$CHAOS/splitbrain.py" --token "$(TOKEN "$2")" --pods "$pods" \
+    --out "$OUT/$1.leases.jsonl" --stop "$OUT/$1.monitor.stop" >"$OUT/$1.monitor.json" &
+  monitor_pid=$!
+}
+monitor_stop() { # case
+  touch "$OUT/$1.monitor.stop"
+  wait "$monitor_pid" || fail "$1: two nodes held a live lease at once: $(cat "$OUT/$1.monitor.json"; grep -m3 '"live": \["[^]]*",' "$OUT/$1.leases.jsonl")"
+  monitor_pid=
+}
+# Every acknowledged order is on the sale's primary, the same.
+check_acks() { # case sale
+  local out
+  out=$("$CROWD" --url "http://$(ip_of "$(primary_of "$2")"):8080" --verify-acks "$OUT/$1.acks.jsonl" --concurrency 16) ||
+    fail "$1: acknowledged orders lost: $out"
+  log "ok: $1: every acknowledged order is on the new primary ($out)"
+}
+# fault → first acknowledgement at an epoch above OLD, and the longest gap between two
+# acknowledgements in the 60 s after the fault, in ms (from the crowd's own record).
+first_ack_after() { # case fault_ms old_epoch → "FIRST GAP"
+  python3 - "$OUT/$1.acks.jsonl" "$2" "$3" <<'PY'
+import json, sys
+acks = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+fault, old = int(sys.argv[2]), int(sys.argv[3])
+later = [a["tMs"] for a in acks if a["epoch"] > old and a["tMs"] >= fault]
+times = sorted([fault] + [a["tMs"] for a in acks if fault <= a["tMs"] <= fault + 60000])
+gap = max((b - a for a, b in zip(times, times[1:])), default=-1)
+print(min(later) - fault if later else -1, gap)
+PY
+}
+draw() { # case fault_ms title
+  "$E2E_PYTHON" "$CHAOS/timeline.py" "$OUT/$1.acks.jsonl" "$2" "$3" "$OUT/$1.png" 2>>"$OUT/$1.crowd.log" ||
+    log "warning: $1: no timeline drawn"
+}
+event_count() { # sale reason
+  kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,involvedObject.name=$1,reason=$2" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | grep -c . || true
+}
+event_note() { # sale reason → the newest note
+  kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,involvedObject.name=$1,reason=$2" \
+    --sort-by=.metadata.creationTimestamp -o jsonpath='{range .items[*]}{.note}{.message}{"\n"}{end}' | tail -1
+}
+fault() { bash testbed/cluster.sh fault --name "$CLUSTER" "$1" "$NS/$2" >/dev/null; }
+hold() { fault hold "$1"; held+=("$1"); }
+release() { fault release "$1"; }
+
+# One case: crowd + monitor, the fault (the function named by $3), then the checks.
+# The fault function prints nothing; it may set after_fault to a command run once the
+# failover is done (thaw, restore, release).
+run_case() { # case sale faultfn expect(failover|none) title
+  local c=$1 sale=$2 fn=$3 expect=$4 title=$5 old_epoch old_primary t_fault t_start
+  declare -A events_before=()
+  wait_for 120 "$c: $sale healthy before the fault" healthy "$sale"
+  old_epoch=$(epoch_of "$sale"); old_primary=$(primary_of "$sale")
+  local r
+  for r in Fenced CandidateChosen TailRecovered Promoted; do events_before[$r]=$(event_count "$sale" "$r"); done
+  log "$c: $title (primary $old_primary, epoch $old_epoch)"
+  t_start=$SECONDS
+  crowd_start "$c" "$sale"; monitor_start "$c" "$sale"
+  sleep 3
+  after_fault=:
+  t_fault=$(now_ms)
+  "$fn" "$old_primary" "$sale"
+  if [ "$expect" = failover ]; then
+    wait_for 90 "$c: a new primary at epoch > $old_epoch" bash -c "[ \"\$(kubectl get -n $NS flashsale/$sale -o jsonpath='{.status.epoch}')\" -gt $old_epoch ] && [ -z \"\$(kubectl get -n $NS flashsale/$sale -o jsonpath='{.status.failover}')\" ]"
+  fi
+  sleep 3
+  eval "$after_fault"
+  wait_for 120 "$c: $sale healthy again (the old primary rejoined)" healthy "$sale"
+  sleep 1
+  crowd_stop "$c"; monitor_stop "$c"
+  local new_epoch new_primary
+  new_epoch=$(epoch_of "$sale"); new_primary=$(primary_of "$sale")
+  if [ "$expect" = failover ]; then
+    [ "$new_epoch" -gt "$old_epoch" ] || fail "$c: no failover (epoch $new_epoch)"
+    # One Event per step, with its facts.
+    local r
+    for r in Fenced CandidateChosen TailRecovered Promoted; do
+      [ "$(event_count "$sale" "$r")" -gt "${events_before[$r]:-0}" ] || fail "$c: no new $r Event"
+      log "$c: $r: $(event_note "$sale" "$r")"
+    done
+    log "$c: $(event_note "$sale" FailoverCompleted)$(event_note "$sale" SwitchoverCompleted)"
+  else
+    [ "$new_epoch" = "$old_epoch" ] || fail "$c: a failover happened (epoch $old_epoch → $new_epoch)"
+  fi
+  check_acks "$c" "$sale"
+  local first gap
+  read -r first gap < <(first_ack_after "$c" "$t_fault" "$old_epoch")
+  draw "$c" "$t_fault" "$c: $title — fault at the dashed line; no acks for ${gap} ms"
+  local last
+  last=$(jp "flashsale/$sale" '{.status.lastFailover}')
+  printf '%-3s %-50s epoch %s→%s %s→%s  first ack at new epoch %6s ms  longest gap %6s ms  (case %ss)\n' \
+    "$c" "$title" "$old_epoch" "$new_epoch" "$old_primary" "$new_primary" "$first" "$gap" "$((SECONDS - t_start))" | tee -a "$SUMMARY" >&2
+  [ "$expect" = failover ] && log "$c: lastFailover: $last"
+  return 0
+}
+
+# --- the faults
+f_kill() { fault kill "$1"; }
+# B also sends purchases straight to the frozen primary: once thawed, it must answer
+# every one 503 (fenced, or not the primary any more), never 201.
+inflight=()
+f_freeze() {
+  fault freeze "$1"
+  local ip i
+  ip=$(ip_of "$1")
+  : >"$OUT/B.inflight"
+  for i in 1 2 3 4 5; do
+    curl -s -o /dev/null -w '%{http_code}\n' --max-time 90 -X POST "http://$ip:8080/v1/purchases" \
+      -d "{\"sku\":\"tee\",\"quantity\":1,\"customer\":\"frozen-$i\",\"idempotencyKey\":\"frozen-$i\"}" >>"$OUT/B.inflight" &
+    inflight+=($!)
+  done
+  after_fault="fault thaw $1; thawed_answers"
+}
+thawed_answers() {
+  local p
+  for p in "${inflight[@]}"; do wait "$p" || true; done
+  inflight=()
+  grep -q '^201$' "$OUT/B.inflight" && fail "B: the thawed primary acknowledged a purchase: $(tr '\n' ' ' <"$OUT/B.inflight")"
+  log "ok: B: the thawed primary answered its in-flight purchases $(sort "$OUT/B.inflight" | uniq -c | tr '\n' ' ')"
+}
+f_cut() { fault cut "$1"; after_fault="fault restore $1"; }
+f_hold() { hold "$1"; after_fault="release $1"; }
+f_delete() {
+  hold "$1"
+  kubectl delete pod -n "$NS" "$1" --wait=false >/dev/null
+  after_fault="release $1"
+}
+f_switchover() {
+  local target
+  target=$(a_secondary "$2" "$1")
+  kubectl annotate -n "$NS" "flashsale/$2" "flashsale.dev/switchover-to=$target" --overwrite >/dev/null
+}
+f_redis_then_kill() {
+  local r
+  r=$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$2,app.kubernetes.io/name=redis" -o jsonpath='{.items[0].metadata.name}')
+  hold "$r"; sleep 2; hold "$1"
+  after_fault="release $1; release $r"
+}
+f_secondary_frozen_then_kill() {
+  frozen=$(a_secondary "$2" "$1")
+  fault freeze "$frozen"; sleep 1; hold "$1"
+  after_fault="fault thaw $frozen; release $1"
+}
+# E: the leading operator killed while the failover fences (a frozen primary: the fence
+# waits out its lease), and the new leader killed while it recovers the tail (a Job).
+f_kill_leader_twice() {
+  fault freeze "$1"
+  local step leader
+  for want in Fencing Recovering; do
+    for _ in $(seq 1 100); do
+      step=$(jp "flashsale/$2" '{.status.failover.step}' 2>/dev/null || true)
+      [ "$step" = "$want" ] && break
+      sleep 0.1
+    done
+    leader=$(kubectl get lease -n "$OP_NS" "$RELEASE-flashsale-operator" -o jsonpath='{.spec.holderIdentity}')
+    log "E: killing the leading operator $leader during $step"
+    bash testbed/cluster.sh fault --name "$CLUSTER" kill "$OP_NS/$leader" >/dev/null || true
+  done
+  after_fault="fault thaw $1"
+}
+
+# I: quorum mode, the old primary's volume unreadable (its recovery Job fails), one
+# secondary frozen: the failover is blocked until every secondary reports, then the most
+# advanced secondary is promoted (each acknowledged sale is durable on a secondary).
+case_I() {
+  local c=I sale=$QSALE old_epoch old_primary frozen pvdir t_fault t_start
+  wait_for 240 "I: $QSALE healthy" healthy "$QSALE"
+  old_epoch=$(epoch_of "$sale"); old_primary=$(primary_of "$sale")
+  log "I: quorum mode, unreadable volume, a secondary frozen (primary $old_primary)"
+  t_start=$SECONDS
+  crowd_start I "$sale"; monitor_start I "$sale"
+  sleep 3
+  frozen=$(a_secondary "$sale" "$old_primary")
+  pvdir=$(kubectl get pv "$(jp "pvc/wal-$old_primary" '{.spec.volumeName}')" -o jsonpath='{.spec.hostPath.path}')
+  t_fault=$(now_ms)
+  fault freeze "$frozen"
+  hold "$old_primary"
+  mv "$pvdir/wal" "$pvdir/wal.hidden"
+  wait_for 60 "I: the failover blocked, waiting for every secondary (QuorumUnsafe)" \
+    bash -c "kubectl get -n $NS flashsale/$sale -o jsonpath='{.status.failover.blocked}' | grep -q QuorumUnsafe"
+  log "I: $(jp "flashsale/$sale" '{.status.failover.blocked}')"
+  fault thaw "$frozen"
+  wait_for 60 "I: promoted once every secondary reported" bash -c "[ \"\$(kubectl get -n $NS flashsale/$sale -o jsonpath='{.status.epoch}')\" -gt $old_epoch ] && [ -z \"\$(kubectl get -n $NS flashsale/$sale -o jsonpath='{.status.failover}')\" ]"
+  mv "$pvdir/wal.hidden" "$pvdir/wal"
+  release "$old_primary"
+  wait_for 120 "I: $sale healthy again" healthy "$sale"
+  crowd_stop I; monitor_stop I
+  check_acks I "$sale"
+  local first gap
+  read -r first gap < <(first_ack_after I "$t_fault" "$old_epoch")
+  draw I "$t_fault" "I: quorum, volume unreadable, a secondary frozen — no acks for ${gap} ms"
+  printf '%-3s %-50s epoch %s→%s %s→%s  first ack at new epoch %6s ms  longest gap %6s ms  (case %ss)\n' \
+    I "quorum, volume unreadable, a secondary frozen" "$old_epoch" "$(epoch_of "$sale")" "$old_primary" "$(primary_of "$sale")" "$first" "$gap" "$((SECONDS - t_start))" | tee -a "$SUMMARY" >&2
+}
+
+for c in $CASES; do
+  case $c in
+    J)
+      # A minute at full load, no fault: not one failover.
+      wait_for 120 "J: healthy" healthy "$SALE"
+      before=$(event_count "$SALE" FailingOver); e0=$(epoch_of "$SALE")
+      crowd_start J "$SALE"; monitor_start J "$SALE"
+      CROWD_J=1 sleep 60
+      crowd_stop J; monitor_stop J
+      [ "$(epoch_of "$SALE")" = "$e0" ] || fail "J: the epoch moved without a fault"
+      [ "$(event_count "$SALE" FailingOver)" = "$before" ] || fail "J: a spurious failover"
+      [ "$(event_count "$SALE" PrimaryUnhealthy)" = 0 ] || log "warning: J: PrimaryUnhealthy Events: $(event_note "$SALE" PrimaryUnhealthy)"
+      check_acks J "$SALE"
+      draw J 0 "J: 60 s at full load, no fault"
+      printf '%-3s %-52s %s failovers in 60 s\n' J "no fault, full load" 0 | tee -a "$SUMMARY" >&2
+      ;;
+    A1) run_case A1 "$SALE" f_kill none "kill -9 the primary (restarted)" ;;
+    A2) run_case A2 "$SALE" f_hold failover "kill the primary, keep it down (recovery Job)" ;;
+    B) run_case B "$SALE" f_freeze failover "freeze the primary (SIGSTOP), then thaw" ;;
+    C) run_case C "$SALE" f_cut failover "cut the primary's network, then restore" ;;
+    D) run_case D "$SALE" f_delete failover "delete the primary's pod, its node gone" ;;
+    E) run_case E "$SALE" f_kill_leader_twice failover "kill the operator leader mid-fence, mid-recovery" ;;
+    F) run_case F "$SALE" f_redis_then_kill failover "Redis down, then the primary killed" ;;
+    G) run_case G "$SALE" f_switchover failover "switchover under load (annotation)" ;;
+    H) run_case H "$SALE" f_secondary_frozen_then_kill failover "a secondary frozen, the primary killed" ;;
+    I) case_I ;;
+    *) fail "unknown case $c" ;;
+  esac
+  # Every case leaves one new primary: never two at once.
+  n=$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$SALE,flashsale.dev/role=primary" -o name | wc -l)
+  [ "$n" = 1 ] || fail "$c: $n pods labelled primary"
+done
+log "Events of $SALE: $(kubectl get events -n "$NS" --field-selector involvedObject.kind=FlashSale,involvedObject.name=$SALE -o jsonpath='{range .items[*]}{.reason}{"\n"}{end}' | sort | uniq -c | tr '\n' ';')"
+log "timelines: $OUT/*.png"
+log "PASS"
