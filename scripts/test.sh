@@ -11,6 +11,8 @@ export FLASHSALE_CLUSTER=test
 trap 'bash testbed/cluster.sh down --name test' EXIT
 bash testbed/cluster.sh up --name test >/dev/null
 cargo test --workspace
+# The node's OpenAPI document against the node (schemathesis, 3 runs of 20 s).
+bash node/tests/openapi/run.sh 20
 # The operator end to end on the same cluster, after the workspace tests: helm install,
 # bad manifests refused, a sale bought from, changed, scaled and deleted (operator/tests/e2e.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e.sh

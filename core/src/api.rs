@@ -9,11 +9,24 @@ use crate::UnixMs;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurchaseRequest {
+    /// The item (`rules::SKU_PATTERN`).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     pub sku: String,
+    /// Units wanted: at least 1, at most the item's per-customer limit (else 422
+    /// `bad_quantity`).
+    #[schema(format = Int64, minimum = 1, maximum = 4294967295u64)]
     pub quantity: u32,
-    /// The buyer; the per-customer limit counts per this id.
+    /// The buyer; the per-customer limit counts per this id. 1 to 128 characters, not
+    /// blank.
+    #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
     pub customer: String,
     /// Client-chosen key: the same key with the same body returns the first answer.
+    /// 1 to 128 characters, not blank.
+    #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
     pub idempotency_key: String,
 }
 

@@ -50,6 +50,11 @@ pub enum ErrorCode {
     /// 409: two logs disagree at the same sequence (different epochs): the one that is
     /// not the primary's must be reseeded.
     Diverged,
+    /// 431: too many request headers, or too many bytes of them.
+    HeadersTooLarge,
+    /// 409: WAL records sent to the primary, which writes its own log and takes none
+    /// from outside (`POST /admin/v1/wal`).
+    IsPrimary,
 }
 
 impl ErrorCode {
@@ -71,6 +76,8 @@ impl ErrorCode {
             MethodNotAllowed => 405,
             WalCompacted => 410,
             Diverged => 409,
+            HeadersTooLarge => 431,
+            IsPrimary => 409,
         }
     }
 
@@ -98,6 +105,8 @@ impl ErrorCode {
             MethodNotAllowed => "method_not_allowed",
             WalCompacted => "wal_compacted",
             Diverged => "diverged",
+            HeadersTooLarge => "headers_too_large",
+            IsPrimary => "is_primary",
         }
     }
 }

@@ -33,9 +33,13 @@ impl Role {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleAssignment {
     pub role: Role,
-    /// Fencing epoch: a node refuses writes and replication from an older epoch.
+    /// Fencing epoch, 1 to 2⁵³−1: a node refuses writes and replication from an older
+    /// epoch.
+    #[schema(minimum = 1, maximum = 9007199254740991u64)]
     pub epoch: u64,
-    /// The primary's base URL (`http://host:port`), for secondaries.
+    /// The primary's base URL (`http://host:port`, at most 512 bytes); a secondary must
+    /// have one.
     #[serde(default)]
+    #[schema(max_length = 512)]
     pub primary_url: Option<String>,
 }

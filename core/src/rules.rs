@@ -5,6 +5,7 @@
 //! server accepts is a sale every node accepts, and the other way round (the operator's
 //! tests compare the CRD's schema with these constants).
 
+use crate::role::{Role, RoleAssignment};
 use crate::{PurchaseRequest, SaleConfig};
 
 /// Longest SKU, in bytes.
@@ -12,9 +13,9 @@ pub const SKU_BYTES_MAX: usize = 64;
 /// What a SKU looks like: letters, digits, `.`, `_`, `-`, starting with a letter or a
 /// digit, at most [`SKU_BYTES_MAX`] (the `63` is that limit less the first character).
 pub const SKU_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
-/// Longest customer id, idempotency key or sale name, in bytes (each is kept per order
+/// Longest customer id, idempotency key or sale name, in characters (each is kept per order
 /// or per sale, so one request cannot grow the node's memory without bound).
-pub const ID_BYTES_MAX: usize = 128;
+pub const ID_CHARS_MAX: usize = 128;
 /// Most items one sale may list (bounds the node's config and the CRD's CEL uniqueness check).
 pub const ITEMS_MAX: usize = 200;
 /// Most units of one item.
@@ -24,6 +25,12 @@ pub const PER_CUSTOMER_LIMIT_MAX: u32 = 1_000_000;
 /// Shortest and longest reservation TTL: a second and a day.
 pub const RESERVATION_TTL_MS_MIN: u64 = 1_000;
 pub const RESERVATION_TTL_MS_MAX: u64 = 86_400_000;
+
+/// Largest fencing epoch: 2^53 − 1, a JSON number every client reads exactly, and far
+/// enough from `u64::MAX` that a node can always be fenced by a higher epoch.
+pub const EPOCH_MAX: u64 = (1 << 53) - 1;
+/// Longest primary URL, in bytes.
+pub const URL_BYTES_MAX: usize = 512;
 
 /// A value that breaks a rule, and the field that holds it (a JSON path of the
 /// node's wire types: `items[1].sku`, `reservationTtlMs`, `customer`).
@@ -63,15 +70,14 @@ pub fn check_sku(field: &str, sku: &str) -> Result<(), RuleError> {
     ))
 }
 
-/// A customer id, idempotency key or sale name: 1 to [`ID_BYTES_MAX`] bytes.
+/// A customer id, idempotency key or sale name: 1 to [`ID_CHARS_MAX`] characters (as
+/// JSON Schema's `maxLength` and the CRD count them), not blank.
 pub fn check_id(field: &str, v: &str) -> Result<(), RuleError> {
-    if v.is_empty() || v.len() > ID_BYTES_MAX || v.trim().is_empty() {
+    let chars = v.chars().count();
+    if chars == 0 || chars > ID_CHARS_MAX || v.trim().is_empty() {
         return Err(broken(
             field,
-            format!(
-                "must be 1 to {ID_BYTES_MAX} bytes, not blank (got {} bytes)",
-                v.len()
-            ),
+            format!("must be 1 to {ID_CHARS_MAX} characters, not blank (got {chars})"),
         ));
     }
     Ok(())
@@ -136,6 +142,65 @@ impl PurchaseRequest {
         check_sku("sku", &self.sku)?;
         check_id("customer", &self.customer)?;
         check_id("idempotencyKey", &self.idempotency_key)
+    }
+}
+
+impl RoleAssignment {
+    /// An epoch a node can be fenced past, and a primary URL that is one (`http(s)://`
+    /// with a host), which a secondary must have.
+    pub fn check(&self) -> Result<(), RuleError> {
+        if self.epoch == 0 || self.epoch > EPOCH_MAX {
+            return Err(broken(
+                "epoch",
+                format!("must be 1 to {EPOCH_MAX} (got {})", self.epoch),
+            ));
+        }
+        match (&self.primary_url, self.role) {
+            (None, Role::Secondary) => {
+                return Err(broken(
+                    "primaryUrl",
+                    "a secondary needs the primary's URL to follow",
+                ));
+            }
+            (Some(u), _) => check_url("primaryUrl", u)?,
+            (None, _) => {}
+        }
+        Ok(())
+    }
+}
+
+/// What a node URL (`primaryUrl`) is: `http://` or `https://`, a host that is a DNS
+/// name (its last label starting with a letter) or a dotted IPv4 address, an optional
+/// port 1–65535, an optional path of visible ASCII. No IPv6 literals, user info or
+/// international names: the operator names pods by IP or Service name. The OpenAPI
+/// document states this same pattern.
+pub const URL_PATTERN: &str = concat!(
+    r"^https?://",
+    r"(((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    r"|([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)",
+    r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    r"(/[!-~]*)?$"
+);
+
+/// A node URL ([`URL_PATTERN`]), at most [`URL_BYTES_MAX`] bytes.
+pub fn check_url(field: &str, v: &str) -> Result<(), RuleError> {
+    static URL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    if v.len() > URL_BYTES_MAX {
+        return Err(broken(
+            field,
+            format!("must be at most {URL_BYTES_MAX} bytes"),
+        ));
+    }
+    let url = URL.get_or_init(|| regex::Regex::new(URL_PATTERN).expect("URL_PATTERN compiles"));
+    if url.is_match(v) {
+        Ok(())
+    } else {
+        Err(broken(
+            field,
+            format!(
+                "`{v}` is not a node URL: http(s)://, a DNS name or an IPv4 address, an optional port, an optional path"
+            ),
+        ))
     }
 }
 
@@ -210,7 +275,7 @@ mod tests {
         let mut c = sale();
         c.items.push(c.items[0].clone());
         assert_eq!(c.check().unwrap_err().field, "items[1].sku");
-        c.name = "x".repeat(ID_BYTES_MAX + 1);
+        c.name = "x".repeat(ID_CHARS_MAX + 1);
         assert_eq!(c.check().unwrap_err().field, "name");
     }
 
@@ -219,7 +284,7 @@ mod tests {
         let ok = PurchaseRequest {
             sku: "a".into(),
             quantity: 1,
-            customer: "c".repeat(ID_BYTES_MAX),
+            customer: "c".repeat(ID_CHARS_MAX),
             idempotency_key: "k".into(),
         };
         assert_eq!(ok.check(), Ok(()));
@@ -232,5 +297,33 @@ mod tests {
         let mut r = ok;
         r.sku = "no such sku!".into();
         assert_eq!(r.check().unwrap_err().field, "sku");
+    }
+
+    #[test]
+    fn a_role_assignment_names_what_is_wrong() {
+        let a = |role, epoch, url: Option<&str>| RoleAssignment {
+            role,
+            epoch,
+            primary_url: url.map(str::to_owned),
+        };
+        assert!(a(Role::Primary, 1, None).check().is_ok());
+        assert!(
+            a(Role::Secondary, 2, Some("http://10.0.0.7:8080"))
+                .check()
+                .is_ok()
+        );
+        assert!(a(Role::Standby, EPOCH_MAX, None).check().is_ok());
+        for (bad, field) in [
+            (a(Role::Primary, 0, None), "epoch"),
+            (a(Role::Primary, u64::MAX, None), "epoch"),
+            (a(Role::Primary, EPOCH_MAX + 1, None), "epoch"),
+            (a(Role::Secondary, 2, None), "primaryUrl"),
+            (a(Role::Secondary, 2, Some("not a url")), "primaryUrl"),
+            (a(Role::Secondary, 2, Some("ftp://h/")), "primaryUrl"),
+            (a(Role::Secondary, 2, Some("http://")), "primaryUrl"),
+            (a(Role::Primary, 2, Some("x")), "primaryUrl"),
+        ] {
+            assert_eq!(bad.check().unwrap_err().field, field, "{bad:?}");
+        }
     }
 }

@@ -135,9 +135,15 @@ pub struct ServeArgs {
     /// A WAL segment past this size is closed and a new one started.
     #[arg(long, env = "STOCK_NODE_SEGMENT_BYTES_MAX", default_value_t = 16 << 20)]
     pub segment_bytes_max: u64,
-    /// Open client connections at once; further connections wait in the kernel backlog.
+    /// Open client connections at once. At the limit, a new connection closes the one
+    /// idle the longest (no request in progress); only when every connection is in a
+    /// request does it wait in the kernel backlog.
     #[arg(long, env = "STOCK_NODE_CONNECTIONS_MAX", default_value_t = 4096)]
     pub connections_max: usize,
+    /// A connection with no request in progress this long — before its first request,
+    /// between requests, or still sending a request head — is closed.
+    #[arg(long, env = "STOCK_NODE_IDLE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub idle_timeout_ms: u64,
     /// Largest request body accepted (413 above).
     #[arg(long, env = "STOCK_NODE_BODY_BYTES_MAX", default_value_t = 16 * 1024)]
     pub body_bytes_max: usize,

@@ -71,6 +71,7 @@ pub async fn serve(
         body_bytes_max: args.body_bytes_max,
         request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
         connections_max: args.connections_max,
+        idle_timeout: std::time::Duration::from_millis(args.idle_timeout_ms),
         shutdown_drain: std::time::Duration::from_millis(args.shutdown_drain_ms),
     };
     let admission = Admission::new(

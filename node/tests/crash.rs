@@ -130,7 +130,11 @@ async fn buyer(
             } else {
                 "cancel"
             };
-            let answer = call(c.post(format!("{node}/v1/orders/{}/{verb}", pick.1))).await;
+            let answer = call(
+                c.post(format!("{node}/v1/orders/{}/{verb}", pick.1))
+                    .bearer_auth(common::ADMIN_TOKEN),
+            )
+            .await;
             let mut l = ledger.lock().unwrap();
             let sale = l.acked.get_mut(&pick.0).unwrap();
             match answer {
@@ -193,9 +197,12 @@ async fn verify(node: &Node, ledger: &Mutex<Ledger>) {
         .collect();
     let mut resolved = Vec::new();
     for (key, sale) in &acked {
-        let (status, order) = call(c.get(node.url(&format!("/v1/orders/{}", sale.id))))
-            .await
-            .unwrap();
+        let (status, order) = call(
+            c.get(node.url(&format!("/v1/orders/{}", sale.id)))
+                .bearer_auth(common::ADMIN_TOKEN),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             status, 200,
             "acknowledged order {} ({key}) lost: {order}",
@@ -247,7 +254,11 @@ async fn verify(node: &Node, ledger: &Mutex<Ledger>) {
         .map(|id| {
             let c = c.clone();
             let url = node.url(&format!("/v1/orders/{id}"));
-            async move { call(c.get(url)).await.unwrap() }
+            async move {
+                call(c.get(url).bearer_auth(common::ADMIN_TOKEN))
+                    .await
+                    .unwrap()
+            }
         })
         .buffer_unordered(16)
         .filter_map(|(s, o)| async move { (s == 200).then_some(o) })

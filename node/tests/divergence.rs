@@ -60,6 +60,7 @@ async fn orders(http: &reqwest::Client, n: &Node) -> Vec<(u64, String)> {
     for id in 1..=last {
         let r = http
             .get(n.url(&format!("/v1/orders/{id}")))
+            .bearer_auth(common::ADMIN_TOKEN)
             .send()
             .await
             .unwrap();

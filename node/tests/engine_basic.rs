@@ -100,12 +100,23 @@ async fn sells_refuses_and_survives_restart() {
     ));
     assert_eq!(e.remaining("shoe"), Some(0));
 
-    assert_eq!(e.confirm(o1.id).await.unwrap().state, OrderState::Confirmed);
+    let first = e.confirm(o1.id).await.unwrap();
+    assert_eq!(
+        (first.order.state, first.replayed),
+        (OrderState::Confirmed, false)
+    );
+    // A retried confirm is an idempotent success that says it is a replay.
+    let again = e.confirm(o1.id).await.unwrap();
+    assert_eq!((again.order, again.replayed), (first.order, true));
+    // Cancelling a confirmed order is still refused.
     assert!(matches!(
-        e.confirm(o1.id).await,
+        e.cancel(o1.id).await,
         Err(SellError::OrderState { .. })
     ));
-    assert_eq!(e.cancel(o2.id).await.unwrap().state, OrderState::Cancelled);
+    let cancelled = e.cancel(o2.id).await.unwrap();
+    assert_eq!(cancelled.order.state, OrderState::Cancelled);
+    let again = e.cancel(o2.id).await.unwrap();
+    assert_eq!((again.order, again.replayed), (cancelled.order, true));
     assert_eq!(e.remaining("shoe"), Some(2));
 
     // o3 expires: its unit comes back, confirming it now fails.
@@ -114,6 +125,10 @@ async fn sells_refuses_and_survives_restart() {
     assert_eq!(e.order(o3.id).unwrap().state, OrderState::Expired);
     assert!(matches!(
         e.confirm(o3.id).await,
+        Err(SellError::OrderState { .. })
+    ));
+    assert!(matches!(
+        e.cancel(o3.id).await,
         Err(SellError::OrderState { .. })
     ));
     let shoe = e.item("shoe").unwrap();

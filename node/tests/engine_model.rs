@@ -201,10 +201,15 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
                     let id = ids[i % ids.len()];
                     let was = e.order(id).unwrap();
                     match e.confirm(id).await {
-                        Ok(o) => {
+                        Ok(a) if a.replayed => {
+                            // A retried confirm: the order was confirmed and stays so.
+                            prop_assert_eq!(was.state, OrderState::Confirmed);
+                            prop_assert_eq!(a.order.state, OrderState::Confirmed);
+                        }
+                        Ok(a) => {
                             prop_assert_eq!(was.state, OrderState::Reserved);
-                            prop_assert!(clock.now_ms() < o.expires_at_ms);
-                            acked.insert(id, o);
+                            prop_assert!(clock.now_ms() < a.order.expires_at_ms);
+                            acked.insert(id, a.order);
                         }
                         Err(SellError::OrderState { .. }) => {
                             prop_assert!(
@@ -217,10 +222,15 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
                 }
                 Op::Cancel(i) => {
                     let id = ids[i % ids.len()];
+                    let was = e.order(id).unwrap();
                     match e.cancel(id).await {
-                        Ok(o) => {
-                            prop_assert_eq!(o.state, OrderState::Cancelled);
-                            acked.insert(id, o);
+                        Ok(a) if a.replayed => {
+                            prop_assert_eq!(was.state, OrderState::Cancelled);
+                            prop_assert_eq!(a.order.state, OrderState::Cancelled);
+                        }
+                        Ok(a) => {
+                            prop_assert_eq!(a.order.state, OrderState::Cancelled);
+                            acked.insert(id, a.order);
                         }
                         Err(SellError::OrderState { .. }) => {
                             prop_assert!(e.order(id).unwrap().state != OrderState::Reserved)

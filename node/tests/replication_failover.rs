@@ -93,6 +93,7 @@ async fn a_secondary_takes_the_old_primarys_tail_and_is_promoted() {
     for o in &acked {
         let r = http
             .get(s.url(&format!("/v1/orders/{}", o["id"])))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap();

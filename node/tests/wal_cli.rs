@@ -192,7 +192,10 @@ async fn ship_posts_the_tail_in_bounded_chunks_and_a_rerun_changes_nothing() {
     // 21 records of ~50-120 bytes in chunks of 200 bytes: one group commit per chunk.
     assert!(metric(&node, "flashsale_engine_batches_total").await >= 8.0);
     for i in 0..20u64 {
-        let o: serde_json::Value = reqwest::get(node.url(&format!("/v1/orders/{}", i + 2)))
+        let o: serde_json::Value = reqwest::Client::new()
+            .get(node.url(&format!("/v1/orders/{}", i + 2)))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .send()
             .await
             .unwrap()
             .json()
@@ -382,7 +385,10 @@ async fn ship_sends_a_snapshot_first_where_the_log_was_compacted() {
     assert_eq!(code, 0, "{err}");
     assert!(report["snapshotSeq"].as_u64().is_some(), "{report}");
     assert_eq!(report["targetAppliedSeq"], 81, "{report}");
-    let o: serde_json::Value = reqwest::get(node.url("/v1/orders/2"))
+    let o: serde_json::Value = reqwest::Client::new()
+        .get(node.url("/v1/orders/2"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
         .await
         .unwrap()
         .json()

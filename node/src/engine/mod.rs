@@ -155,7 +155,18 @@ fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, EngineError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     Order(Order),
+    /// The answer to a retry of something already done: a purchase's first answer (the
+    /// order as created), or the order a repeated confirm or cancel already made so.
+    Replayed(Order),
     Done,
+}
+
+/// An order as a command answered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderAnswer {
+    pub order: Order,
+    /// A retry of what was already done (see [`Answer::Replayed`]).
+    pub replayed: bool,
 }
 
 /// One durable group commit, as replication will publish it.
@@ -385,9 +396,16 @@ impl EngineHandle {
             .map_err(|_| SellError::Unavailable("the engine stopped before answering".into()))?
     }
 
-    async fn order_of(&self, cmd: Command) -> Result<Order, SellError> {
+    async fn answer_of(&self, cmd: Command) -> Result<OrderAnswer, SellError> {
         match self.submit(cmd).await? {
-            Answer::Order(o) => Ok(o),
+            Answer::Order(order) => Ok(OrderAnswer {
+                order,
+                replayed: false,
+            }),
+            Answer::Replayed(order) => Ok(OrderAnswer {
+                order,
+                replayed: true,
+            }),
             Answer::Done => Err(SellError::Internal("no order in the answer".into())),
         }
     }
@@ -401,8 +419,14 @@ impl EngineHandle {
     /// idempotency key and body gets the first answer (the order as created); a
     /// refused purchase is not stored, so its key stays free.
     pub async fn purchase(&self, req: PurchaseRequest) -> Result<Order, SellError> {
+        self.purchase_answer(req).await.map(|a| a.order)
+    }
+
+    /// [`Self::purchase`], saying whether the answer is a replay (the HTTP layer marks
+    /// it `Idempotent-Replayed: true`).
+    pub async fn purchase_answer(&self, req: PurchaseRequest) -> Result<OrderAnswer, SellError> {
         let _inflight = InflightKey::enter(&self.inner, key_hash(&req.idempotency_key));
-        self.order_of(Command::Purchase(req)).await
+        self.answer_of(Command::Purchase(req)).await
     }
 
     /// The sold-out fast path: `Some(SoldOut)` when the purchase can be refused from
@@ -431,12 +455,16 @@ impl EngineHandle {
         })
     }
 
-    pub async fn confirm(&self, order_id: u64) -> Result<Order, SellError> {
-        self.order_of(Command::Confirm(order_id)).await
+    /// Turns a reservation into a sale; confirming a confirmed order is an idempotent
+    /// success (`replayed`).
+    pub async fn confirm(&self, order_id: u64) -> Result<OrderAnswer, SellError> {
+        self.answer_of(Command::Confirm(order_id)).await
     }
 
-    pub async fn cancel(&self, order_id: u64) -> Result<Order, SellError> {
-        self.order_of(Command::Cancel(order_id)).await
+    /// Gives a reservation's units back; cancelling a cancelled order is an idempotent
+    /// success (`replayed`).
+    pub async fn cancel(&self, order_id: u64) -> Result<OrderAnswer, SellError> {
+        self.answer_of(Command::Cancel(order_id)).await
     }
 
     /// An older epoch than the node's → `SellError::Fenced`. A primary assignment is

@@ -99,7 +99,10 @@ impl EngineHandle {
         let state = tokio::task::spawn_blocking(move || decode_snapshot(&bytes))
             .await
             .map_err(|e| SellError::Internal(e.to_string()))?
-            .ok_or_else(|| SellError::Unavailable("the snapshot is damaged".into()))?;
+            .ok_or_else(|| SellError::BadRequest {
+                field: "body".into(),
+                reason: "not a snapshot as GET /admin/v1/snapshot serves it (crc32c u32 LE | JSON), or a damaged one".into(),
+            })?;
         self.submit(Command::InstallSnapshot(Box::new(state)))
             .await?;
         Ok(self.positions().applied_seq)

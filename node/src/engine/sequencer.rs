@@ -209,7 +209,7 @@ impl Sequencer {
         let now = self.clock.now_ms();
         let answer = match self.state.decide(&job.cmd, now) {
             Err(e) => Err(e),
-            Ok(Decision::Replay(order)) => Ok(Answer::Order(order)),
+            Ok(Decision::Replay(order)) => Ok(Answer::Replayed(order)),
             Ok(Decision::Nothing) => Ok(Answer::Done),
             Ok(Decision::Write(body)) => match self.write(body, now) {
                 Err(e) => Err(e),

@@ -222,6 +222,9 @@ impl State {
             Command::Purchase(req) => self.decide_purchase(req, now),
             Command::Confirm(id) => {
                 let o = self.live_order(*id)?;
+                if o.state == OrderState::Confirmed {
+                    return Ok(Decision::Replay(o.clone()));
+                }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "confirm"));
                 }
@@ -233,6 +236,9 @@ impl State {
             }
             Command::Cancel(id) => {
                 let o = self.live_order(*id)?;
+                if o.state == OrderState::Cancelled {
+                    return Ok(Decision::Replay(o.clone()));
+                }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "cancel"));
                 }

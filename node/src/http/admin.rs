@@ -25,18 +25,50 @@ pub async fn require_token(
             "the admin API is disabled: the node has no admin token",
         ));
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token")),
-        None => Err(ApiError::new(
+    match bearer(req.headers()) {
+        Bearer::Token(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
+            Ok(next.run(req).await)
+        }
+        Bearer::Token(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token")),
+        Bearer::OtherScheme => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the Authorization header must be `Bearer <admin token>` (another scheme was given)",
+        )),
+        Bearer::Missing => Err(ApiError::new(
             ErrorCode::Unauthorized,
             "missing `Authorization: Bearer <admin token>`",
         )),
+    }
+}
+
+/// What a request's `Authorization` header holds.
+pub enum Bearer<'a> {
+    Missing,
+    OtherScheme,
+    Token(&'a str),
+}
+
+/// The bearer token of `Authorization` (the scheme is case-insensitive, RFC 9110 §11.1).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Bearer<'_> {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Bearer::Missing;
+    };
+    match v.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Bearer::Token(token.trim_start_matches(' '))
+        }
+        _ => Bearer::OtherScheme,
+    }
+}
+
+/// Whether the request carries this node's admin token.
+pub fn is_admin(s: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    match (s.admin_token.as_deref(), bearer(headers)) {
+        (Some(expected), Bearer::Token(t)) => constant_time_eq(t.as_bytes(), expected.as_bytes()),
+        _ => false,
     }
 }
 
@@ -70,12 +102,16 @@ pub async fn put_config(
 /// Tells the node its role and fencing epoch.
 #[utoipa::path(put, path = "/admin/v1/role", tag = "admin", security(("bearer" = [])),
     request_body = RoleAssignment,
-    responses((status = 200, body = NodeStatus), (status = 401, body = ErrorBody),
+    responses((status = 200, body = NodeStatus),
+        (status = 400, body = ErrorBody, description = "bad_request: an epoch outside 1..=2^53-1, a primaryUrl that is not an http(s) URL, a secondary without one"),
+        (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "fenced: an epoch older than the node's")))]
 pub async fn put_role(
     State(s): State<AppState>,
     Json(role): Json<RoleAssignment>,
 ) -> Result<Response, ApiError> {
+    role.check()
+        .map_err(|e| ApiError::field(e.field.clone(), e.to_string()))?;
     match s.engine.set_role(role).await {
         Ok(_) => Ok(axum::Json(s.node_status()).into_response()),
         // The admin contract answers a stale epoch with 409: the caller is out of date,

@@ -36,13 +36,62 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-/// Parses `bytes` as one JSON value of type `T`, nothing before or after it.
+/// Parses `bytes` as one JSON object of type `T`, nothing before or after it. Every
+/// body the API takes is an object: a positional array (which serde would otherwise
+/// read into a struct, field by field in order) is refused.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "body: must be a JSON object (`{…}` with named fields)",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(rejection)?;
+    let value = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => v,
+        // `1.0` is an integer to JSON Schema (and to JavaScript): read it as one. Only
+        // when the fast path met such a number, so a plain body is parsed once.
+        Err(e)
+            if e.inner()
+                .to_string()
+                .starts_with("invalid type: floating point") =>
+        {
+            return parse_with_integral_floats(bytes).unwrap_or_else(|| Err(rejection(e)));
+        }
+        Err(e) => return Err(rejection(e)),
+    };
     de.end()
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// Parses `bytes` with every number that has no fractional part (`136.0`, `1e3`) read
+/// as an integer; None if the body is not JSON at all.
+fn parse_with_integral_floats<T: DeserializeOwned>(bytes: &[u8]) -> Option<Result<T, ApiError>> {
+    fn integral(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                // Only below 2^53, where every integer is a float exactly: beyond it
+                // `-9223372036854775809` (out of i64, so read as a float) would
+                // round into range.
+                const EXACT: f64 = 9_007_199_254_740_992.0;
+                if f.fract() == 0.0 && f.abs() < EXACT {
+                    *n = if f >= 0.0 {
+                        serde_json::Number::from(f as u64)
+                    } else {
+                        serde_json::Number::from(f as i64)
+                    };
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(integral),
+            serde_json::Value::Object(o) => o.values_mut().for_each(integral),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    integral(&mut v);
+    Some(serde_path_to_error::deserialize(v).map_err(rejection))
 }
 
 fn rejection(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -54,7 +103,7 @@ fn rejection(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let message = inner.to_string();
     // serde reports a missing or unknown field at the path of the object holding it,
     // naming the field only in its message: put the two together.
-    let named = ["missing field `", "unknown field `"]
+    let named = ["missing field `", "unknown field `", "duplicate field `"]
         .iter()
         .find_map(|p| message.strip_prefix(p))
         .and_then(|rest| rest.split('`').next());
@@ -71,6 +120,30 @@ fn rejection(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_without_a_fraction_is_an_integer_and_one_with_is_refused() {
+        let ok: PurchaseRequest =
+            parse(br#"{"sku":"tee","quantity":2.0,"customer":"c","idempotencyKey":"k"}"#).unwrap();
+        assert_eq!(ok.quantity, 2);
+        let e = parse::<PurchaseRequest>(
+            br#"{"sku":"tee","quantity":2.5,"customer":"c","idempotencyKey":"k"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0.field.as_deref(), Some("quantity"));
+        // Beyond the type's range stays refused, never saturated.
+        let e = parse::<PurchaseRequest>(
+            br#"{"sku":"tee","quantity":1e10,"customer":"c","idempotencyKey":"k"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0.field.as_deref(), Some("quantity"));
+        // Past 2^53 a float is not read as an integer (it may have been rounded).
+        let e = parse::<SaleConfig>(
+            br#"{"name":"s","items":[{"sku":"a","stock":1}],"reservationTtlMs":1000,"startsAtMs":-9223372036854775809}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0.field.as_deref(), Some("startsAtMs"));
+    }
     use flashsale_core::{PurchaseRequest, SaleConfig};
 
     fn field_of<T: DeserializeOwned>(body: &str) -> (ErrorCode, Option<String>, String) {
@@ -124,5 +197,25 @@ mod tests {
     fn deep_nesting_is_refused_not_a_stack_overflow() {
         let body = "[".repeat(100_000);
         assert!(parse::<serde_json::Value>(body.as_bytes()).is_err());
+        let body = format!("{{\"a\":{}", "[".repeat(100_000));
+        assert!(parse::<serde_json::Value>(body.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_positional_array_is_not_an_object() {
+        // serde reads a struct from a sequence, field by field: refused here.
+        let (c, f, m) = field_of::<PurchaseRequest>(r#"["a", 1, "c", "k"]"#);
+        assert_eq!((c, f), (ErrorCode::BadRequest, None));
+        assert!(m.contains("JSON object"), "{m}");
+        assert!(parse::<SaleConfig>(br#"["s", [], null, null, 60000]"#).is_err());
+    }
+
+    #[test]
+    fn a_duplicate_key_names_its_field() {
+        let (c, f, m) = field_of::<PurchaseRequest>(
+            r#"{"sku":"a","sku":"b","quantity":1,"customer":"c","idempotencyKey":"k"}"#,
+        );
+        assert_eq!((c, f.as_deref()), (ErrorCode::BadRequest, Some("sku")));
+        assert!(m.contains("duplicate field"), "{m}");
     }
 }

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod public;
 pub mod replication;
+pub mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use axum::routing::{get, post, put};
 use flashsale_core::admin::NodeStatus;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::admission::{Admission, LimitedListener};
+use crate::admission::Admission;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
 
@@ -32,6 +33,8 @@ pub struct Limits {
     pub body_bytes_max: usize,
     pub request_timeout: Duration,
     pub connections_max: usize,
+    /// A connection with no request in progress this long is closed (see `server`).
+    pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_drain: Duration,
 }
@@ -42,6 +45,7 @@ impl Default for Limits {
             body_bytes_max: 16 * 1024,
             request_timeout: Duration::from_secs(10),
             connections_max: 4096,
+            idle_timeout: Duration::from_secs(10),
             shutdown_drain: Duration::from_secs(10),
         }
     }
@@ -216,26 +220,14 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain = state.limits.shutdown_drain;
-    let listener = LimitedListener::new(listener, state.limits.connections_max);
+    let limits = server::ConnectionLimits::from(&state.limits);
     let ticker = tokio::spawn(tick_rate(state.clone()));
     let flag = state.clone();
-    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let result = server::serve(listener, app(state), limits, async move {
         shutdown.await;
         flag.shutting_down.store(true, Ordering::Relaxed);
-        tracing::info!("shutdown: no new connections, draining in-flight requests");
-        let _ = begun_tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    let result = tokio::select! {
-        r = &mut server => r,
-        // Drain is bounded: a client that never finishes must not hold the node up.
-        _ = async { if begun_rx.await.is_ok() { tokio::time::sleep(drain).await } else { std::future::pending().await } } => {
-            tracing::warn!(drain_ms = drain.as_millis() as u64, "shutdown: drain time over, closing remaining connections");
-            Ok(())
-        }
-    };
+    })
+    .await;
     ticker.abort();
     result
 }

@@ -11,19 +11,16 @@ use tokio::net::TcpListener;
 
 use super::Limits;
 use super::json::Json;
-use crate::admission::LimitedListener;
 
-/// The benchmark's ceiling: the same listener, extractor and JSON answer as a purchase,
+/// The benchmark's ceiling: the same server, extractor and JSON answer as a purchase,
 /// with no engine behind it.
 pub async fn serve_noop(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().route("/v1/purchases", post(noop_purchase));
-    let listener = LimitedListener::new(listener, Limits::default().connections_max);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = super::server::ConnectionLimits::from(&Limits::default());
+    super::server::serve(listener, app, limits, shutdown).await
 }
 
 async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::Json<Order>) {

@@ -16,7 +16,7 @@ use super::{admin, ops, public, replication};
         replication::wal, replication::post_wal, replication::snapshot, replication::put_snapshot,
     ),
     components(schemas(flashsale_core::ErrorBody, flashsale_core::ErrorCode, flashsale_core::OrderState)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
 )]
 pub struct ApiDoc;
 
@@ -32,7 +32,113 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as served.
-pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// The answers every route of a kind can give, whatever the handler does, because the
+/// layers around it give them: 431 for too many or too large headers (every route); 400
+/// and 413 where there is a body; 401 on the admin routes; 429 and 503 on the public
+/// ones (the admission rate, a full engine queue, `not_primary`, `fenced`). A handler's
+/// own description of a status wins.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                add(
+                    "431",
+                    "headers_too_large: more than 100 headers or 16 KiB of them",
+                );
+                if op.request_body.is_some() {
+                    add(
+                        "400",
+                        "bad_request: the body is not what the route takes (`field` names the field)",
+                    );
+                    add(
+                        "413",
+                        "payload_too_large: the body is over the route's limit",
+                    );
+                }
+                if path.starts_with("/admin/") {
+                    add(
+                        "401",
+                        "unauthorized: no `Authorization: Bearer` with the node's admin token",
+                    );
+                }
+                if path.starts_with("/v1/") {
+                    add(
+                        "429",
+                        "rate_limited: over the admission rate (`Retry-After`)",
+                    );
+                    add(
+                        "503",
+                        "not_primary (`primary` says who is), fenced, or unavailable (queue full, not configured, shutting down)",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The document as served: the generated one, with what the generator cannot say.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    // A role assignment is one of two shapes: a secondary must name the primary it
+    // follows (`RoleAssignment::check`); a JSON Schema `oneOf` says so.
+    if let Some(role) = doc.pointer_mut("/components/schemas/RoleAssignment") {
+        let generated = role.clone();
+        let props = &generated["properties"];
+        let shape = |roles: serde_json::Value, required: &[&str], url: serde_json::Value| {
+            serde_json::json!({
+                "type": "object",
+                "required": required,
+                "properties": {
+                    "role": {"type": "string", "enum": roles},
+                    "epoch": props["epoch"],
+                    "primaryUrl": url,
+                },
+                "additionalProperties": false,
+            })
+        };
+        let mut url = props["primaryUrl"].clone();
+        url["pattern"] = flashsale_core::rules::URL_PATTERN.into();
+        let mut url_string = url.clone();
+        url_string["type"] = "string".into();
+        *role = serde_json::json!({
+            "description": generated["description"],
+            "oneOf": [
+                shape(serde_json::json!(["primary", "standby"]), &["role", "epoch"], url),
+                shape(serde_json::json!(["secondary"]), &["role", "epoch", "primaryUrl"], url_string),
+            ],
+        });
+    }
+    doc
+}
+
+pub async fn openapi_json() -> axum::Json<serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(document).clone())
 }

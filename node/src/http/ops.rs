@@ -60,7 +60,7 @@ pub async fn readyz(State(s): State<AppState>) -> Result<axum::Json<Ready>, ApiE
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", description = "OpenMetrics text")))]
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     s.metrics
         .lease_remaining_ms(s.engine.lease().remaining_ms());
@@ -80,7 +80,9 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let res = if declared_too_large(&req, body_limit(route.as_deref(), s.limits.body_bytes_max)) {
+    let res = if let Some(why) = headers_too_large(&req) {
+        ApiError::new(ErrorCode::HeadersTooLarge, why).into_response()
+    } else if declared_too_large(&req, body_limit(route.as_deref(), s.limits.body_bytes_max)) {
         // Refused before reading: a client announcing a huge body is not waited for.
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -117,6 +119,25 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
 
 /// A `Content-Length` over the limit (the body limit itself applies while reading, for
 /// chunked bodies and for clients that send more than they announced).
+/// Most request headers, and bytes of them (names and values), a request may carry.
+/// The HTTP server lets up to [`super::server::HEADERS_HARD_MAX`] through, so that what
+/// lies between is refused here with a JSON body (beyond that, and for a head that is
+/// not HTTP, hyper answers on its own, with an empty body).
+pub const HEADERS_MAX: usize = 100;
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+
+fn headers_too_large(req: &Request) -> Option<String> {
+    let h = req.headers();
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if h.len() > HEADERS_MAX || bytes > HEADER_BYTES_MAX {
+        return Some(format!(
+            "{} headers of {bytes} bytes: at most {HEADERS_MAX} headers and {HEADER_BYTES_MAX} bytes",
+            h.len()
+        ));
+    }
+    None
+}
+
 /// The largest body `route` takes: the admin routes that carry WAL records or a snapshot
 /// have their own (much larger) limits; everything else `--body-bytes-max`.
 fn body_limit(route: Option<&str>, body_bytes_max: usize) -> usize {

@@ -72,9 +72,9 @@ fn check_boundary(
 /// Durable WAL records from `from` on, as one encoded batch (`application/octet-stream`);
 /// 204 when there is none; 410 `wal_compacted` below the oldest record kept.
 #[utoipa::path(get, path = "/admin/v1/wal", tag = "admin", security(("bearer" = [])),
-    params(("from" = u64, Query, description = "first sequence wanted"),
-           ("max_bytes" = Option<usize>, Query, description = "most bytes of records (≤ 4 MiB)"),
-           ("prev_epoch" = Option<u64>, Query, description = "the asker's epoch of record from-1 (boundary check)")),
+    params(("from" = u64, Query, description = "first sequence wanted", minimum = 1, maximum = 9223372036854775807u64),
+           ("max_bytes" = Option<u64>, Query, description = "most bytes of records (more than 4 MiB is read as 4 MiB; at least one record is sent)", maximum = 9223372036854775807u64),
+           ("prev_epoch" = Option<u64>, Query, description = "the asker's epoch of record from-1 (boundary check)", maximum = 9007199254740991u64)),
     responses((status = 200, description = "an encoded WAL batch, records from..", content_type = "application/octet-stream"),
               (status = 204, description = "nothing durable from `from` on"),
               (status = 400, body = flashsale_core::ErrorBody), (status = 401, body = flashsale_core::ErrorBody),
@@ -85,8 +85,25 @@ pub async fn wal(
     q: Result<Query<WalQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("query: {e}")))?;
-    if q.from == 0 {
-        return Err(ApiError::new(ErrorCode::BadRequest, "`from` starts at 1"));
+    if q.from == 0 || q.from > i64::MAX as u64 {
+        return Err(ApiError::field(
+            "from",
+            "field `from`: a sequence, 1 to 2^63-1",
+        ));
+    }
+    if q.prev_epoch
+        .is_some_and(|e| e > flashsale_core::rules::EPOCH_MAX)
+    {
+        return Err(ApiError::field(
+            "prev_epoch",
+            "field `prev_epoch`: an epoch, 0 to 2^53-1",
+        ));
+    }
+    if q.max_bytes.is_some_and(|m| m as u64 > i64::MAX as u64) {
+        return Err(ApiError::field(
+            "max_bytes",
+            "field `max_bytes`: 0 to 2^63-1 (more than 4 MiB is read as 4 MiB)",
+        ));
     }
     let bytes_max = q
         .max_bytes
@@ -167,12 +184,22 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
 /// that `stock-node wal ship` found compacted in the source log.
 #[utoipa::path(put, path = "/admin/v1/snapshot", tag = "admin", security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a snapshot file"),
-    responses((status = 200, body = flashsale_core::admin::NodeStatus), (status = 401, body = flashsale_core::ErrorBody),
-              (status = 503, body = flashsale_core::ErrorBody, description = "fenced (a primary), or not newer than this node's log")))]
+    responses((status = 200, body = flashsale_core::admin::NodeStatus),
+              (status = 400, body = flashsale_core::ErrorBody, description = "bad_request (`field` = body): not a snapshot, or a damaged one"),
+              (status = 401, body = flashsale_core::ErrorBody),
+              (status = 409, body = flashsale_core::ErrorBody, description = "is_primary: the node is the primary"),
+              (status = 413, body = flashsale_core::ErrorBody, description = "payload_too_large: over SNAPSHOT_BYTES_MAX"),
+              (status = 503, body = flashsale_core::ErrorBody, description = "unavailable: not newer than this node's log, a batch being written, or a failed WAL")))]
 pub async fn put_snapshot(
     State(s): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<flashsale_core::admin::NodeStatus>, ApiError> {
+    if s.engine.status().role == flashsale_core::admin::Role::Primary {
+        return Err(ApiError::new(
+            ErrorCode::IsPrimary,
+            "this node is the primary: it installs no snapshot",
+        ));
+    }
     s.engine.install_snapshot(body.to_vec()).await?;
     Ok(axum::Json(s.node_status()))
 }
@@ -191,17 +218,42 @@ pub const WAL_POST_BYTES_MAX: usize = 64 << 20;
 /// request itself is trusted as the operator's (admin token), so an older epoch than the
 /// node's is accepted here, unlike on the live stream.
 #[utoipa::path(post, path = "/admin/v1/wal", tag = "admin", security(("bearer" = [])),
-    params(("prev_epoch" = Option<u64>, Query, description = "the sender's epoch of the record before the first one sent")),
+    params(("prev_epoch" = Option<u64>, Query, description = "the sender's epoch of the record before the first one sent", maximum = 9007199254740991u64)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "encoded WAL batches"),
-    responses((status = 200, body = AppliedAnswer), (status = 400, body = flashsale_core::ErrorBody),
-              (status = 401, body = flashsale_core::ErrorBody), (status = 409, body = flashsale_core::ErrorBody),
-              (status = 503, body = flashsale_core::ErrorBody, description = "fenced: the node is the primary")))]
+    responses((status = 200, body = AppliedAnswer),
+              (status = 400, body = flashsale_core::ErrorBody, description = "bad_request: an empty body (`field` = body), a damaged batch, a boundary without `prev_epoch`"),
+              (status = 401, body = flashsale_core::ErrorBody),
+              (status = 409, body = flashsale_core::ErrorBody, description = "diverged: the logs disagree at the boundary; order_state: a gap after this node's log; is_primary: the node is the primary"),
+              (status = 503, body = flashsale_core::ErrorBody, description = "unavailable: the engine is busy or its WAL failed"),
+              (status = 413, body = flashsale_core::ErrorBody, description = "payload_too_large: over WAL_POST_BYTES_MAX (64 MiB)")))]
 pub async fn post_wal(
     State(s): State<AppState>,
     q: Result<Query<PostWalQuery>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<AppliedAnswer>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("query: {e}")))?;
+    if q.prev_epoch
+        .is_some_and(|e| e > flashsale_core::rules::EPOCH_MAX)
+    {
+        return Err(ApiError::field(
+            "prev_epoch",
+            "field `prev_epoch`: an epoch, 0 to 2^53-1",
+        ));
+    }
+    if s.engine.status().role == flashsale_core::admin::Role::Primary {
+        // A primary writes its own log; nothing is appended to it from outside (an empty
+        // body included: there is no "nothing to do" for a primary here).
+        return Err(ApiError::new(
+            ErrorCode::IsPrimary,
+            "this node is the primary: it writes its own log and takes no WAL records from outside (send them to a secondary or a stopped node's directory)",
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::field(
+            "body",
+            "field `body`: no WAL batch (an encoded batch from GET /admin/v1/wal or `stock-node wal export`)",
+        ));
+    }
     let mut rest = &body[..];
     let mut applied_records = 0u64;
     let mut first = true;

@@ -37,6 +37,12 @@ pub fn sale_file(dir: &Path, items: &[(&str, u64, u32)]) -> PathBuf {
     path
 }
 
+/// The node binary the tests run: this build's, or `STOCK_NODE_BIN` (to show that a test
+/// fails against an older build, before the fix it checks).
+pub fn node_bin() -> String {
+    std::env::var("STOCK_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stock-node").into())
+}
+
 impl Node {
     /// Starts `stock-node serve --listen 127.0.0.1:0 --data-dir <data_dir> <extra…>`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
@@ -51,7 +57,7 @@ impl Node {
     }
 
     fn spawn(&mut self, listen: &str) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stock-node"))
+        let mut child = Command::new(node_bin())
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
             .args(["--admin-token", ADMIN_TOKEN])

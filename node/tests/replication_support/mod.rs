@@ -92,6 +92,7 @@ pub async fn sale_state(http: &reqwest::Client, node: &Node) -> SaleState {
     for id in 1..=applied_seq {
         let r = http
             .get(node.url(&format!("/v1/orders/{id}")))
+            .bearer_auth(common::ADMIN_TOKEN)
             .send()
             .await
             .unwrap();
@@ -205,6 +206,7 @@ pub async fn purchase_load(
                 if let Some(action) = then {
                     let r = http
                         .post(format!("{base}/v1/orders/{id}/{action}"))
+                        .header("Flashsale-Customer", o["customer"].as_str().unwrap_or(""))
                         .send()
                         .await;
                     if r.is_ok_and(|r| r.status().is_success()) {

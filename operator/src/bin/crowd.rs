@@ -237,7 +237,11 @@ async fn verify(
             let id = a["id"].as_u64().unwrap_or(0);
             let mut last = String::new();
             for _ in 0..3 {
-                match http.get(format!("{base}/v1/orders/{id}")).send().await {
+                let customer = a["customer"].as_str().unwrap_or_default();
+                let read = http
+                    .get(format!("{base}/v1/orders/{id}"))
+                    .header("Flashsale-Customer", customer);
+                match read.send().await {
                     Ok(r) if r.status().is_success() => {
                         let o: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
                         return if o["idempotencyKey"] == a["key"]
@@ -359,6 +363,7 @@ async fn buy(http: &reqwest::Client, base: &str, req: &PurchaseRequest) -> Outco
         Answer::Ok(order, epoch) => {
             let confirmed = http
                 .post(format!("{base}/v1/orders/{}/confirm", order.id))
+                .header("Flashsale-Customer", &order.customer)
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());

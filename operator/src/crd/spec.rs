@@ -23,7 +23,7 @@ pub const NODES_REPLICAS_MAX: i32 = 15;
 /// `controller-revision-hash` label within Kubernetes' 63-character limit.
 pub const NAME_LEN_MAX: usize = 40;
 // The sale's name is also the node's sale name: within the node's own limit.
-const _: () = assert!(NAME_LEN_MAX <= flashsale_core::rules::ID_BYTES_MAX);
+const _: () = assert!(NAME_LEN_MAX <= flashsale_core::rules::ID_CHARS_MAX);
 
 /// A flash sale: items with little stock, a short window, a primary stock node that
 /// sells and secondaries that hold a live copy.

@@ -1,0 +1,265 @@
+//! The node's HTTP server: accepts connections and serves the router on them, so that
+//! no client can lock others out by holding connections.
+//!
+//! - At most `connections_max` connections are open. When a new one arrives at the
+//!   limit, the connection idle the longest — no request in progress: before its first
+//!   request, between requests, or still trickling a request head — is closed to make
+//!   room. Only when every open connection is in a request does a newcomer wait (it is
+//!   accepted and held unserved, and the ones after it wait in the kernel's backlog).
+//! - A connection with no request in progress for `idle_timeout` is closed (hyper's
+//!   header-read timeout, which runs from when a connection is ready for its next
+//!   request until that request's head is complete).
+//! - On shutdown it stops accepting, lets requests in progress finish for at most
+//!   `drain`, then closes what is left.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+/// Most headers hyper parses in a request (its default is 100): the routes' own limit
+/// (`ops::HEADERS_MAX`) is lower, so a request over it gets a JSON 431 from the node
+/// rather than hyper's empty one.
+pub const HEADERS_HARD_MAX: usize = 1000;
+
+/// How the server treats connections.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    pub connections_max: usize,
+    pub idle_timeout: Duration,
+    pub drain: Duration,
+}
+
+impl From<&super::Limits> for ConnectionLimits {
+    fn from(l: &super::Limits) -> Self {
+        ConnectionLimits {
+            connections_max: l.connections_max,
+            idle_timeout: l.idle_timeout,
+            drain: l.shutdown_drain,
+        }
+    }
+}
+
+struct Conn {
+    /// Requests in progress on it.
+    busy: u32,
+    /// When it last had none (or was accepted).
+    idle_since: Instant,
+    close: Arc<Notify>,
+}
+
+/// The open connections, shared by the accept loop and the connections' tasks.
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, Conn>>,
+    /// A connection closed or went idle: the accept loop may find room.
+    changed: Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes room for one more connection: true if there is (after closing the one idle
+    /// the longest, if the limit is reached), false if every connection is busy.
+    fn make_room(&self, max: usize) -> bool {
+        let mut conns = self.lock();
+        if conns.len() < max {
+            return true;
+        }
+        let oldest = conns
+            .iter()
+            .filter(|(_, c)| c.busy == 0)
+            .min_by_key(|(_, c)| c.idle_since)
+            .map(|(id, _)| *id);
+        match oldest {
+            Some(id) => {
+                if let Some(c) = conns.remove(&id) {
+                    c.close.notify_one();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_busy(&self, id: u64, delta: i32) {
+        let mut conns = self.lock();
+        if let Some(c) = conns.get_mut(&id) {
+            c.busy = c.busy.saturating_add_signed(delta);
+            if c.busy == 0 {
+                c.idle_since = Instant::now();
+                drop(conns);
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+        self.changed.notify_one();
+    }
+}
+
+/// Marks its connection idle again when the request it was made for is answered (or
+/// dropped).
+struct InRequest {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        self.registry.set_busy(self.id, -1);
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; see the module doc.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let registry = Arc::new(Registry::default());
+    let graceful = GracefulShutdown::new();
+    // HTTP/1.1 only (the node's clients and axum's defaults): hyper's HTTP/1 connection
+    // starts its header-read timer as soon as it is served, so a connection that never
+    // sends a byte times out too (the auto builder waits for a first byte to pick a
+    // protocol, and would hold a silent connection for ever).
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_headers(HEADERS_HARD_MAX);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut next_id = 0u64;
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors and the like: back off instead of spinning.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return drain(graceful, limits.drain).await,
+        };
+        // Room for it: at the limit, the connection idle longest goes; with every
+        // connection in a request, the newcomer waits until one is done.
+        loop {
+            let changed = registry.changed.notified();
+            if registry.make_room(limits.connections_max.max(1)) {
+                break;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = &mut shutdown => return drain(graceful, limits.drain).await,
+            }
+        }
+        // Small JSON answers must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        let close = Arc::new(Notify::new());
+        registry.lock().insert(
+            id,
+            Conn {
+                busy: 0,
+                idle_since: Instant::now(),
+                close: close.clone(),
+            },
+        );
+        let service = {
+            let registry = registry.clone();
+            let app = app.clone();
+            hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                registry.set_busy(id, 1);
+                let guard = InRequest {
+                    registry: registry.clone(),
+                    id,
+                };
+                let app = app.clone();
+                async move {
+                    let res = app.oneshot(req.map(Body::new)).await;
+                    drop(guard);
+                    res.map_err(|e: Infallible| match e {})
+                }
+            })
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                // Errors are the client's (reset, a malformed request, the header
+                // timeout): nothing to do but let the connection go.
+                _ = conn => {}
+                _ = close.notified() => {}
+            }
+            registry.remove(id);
+        });
+    }
+}
+
+/// Waits for requests in progress, at most `drain`.
+async fn drain(graceful: GracefulShutdown, drain: Duration) -> std::io::Result<()> {
+    tracing::info!("shutdown: no new connections, draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "shutdown: drain time over, closing remaining connections"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(busy: u32, idle_for_ms: u64) -> Conn {
+        Conn {
+            busy,
+            idle_since: Instant::now() - Duration::from_millis(idle_for_ms),
+            close: Arc::new(Notify::new()),
+        }
+    }
+
+    #[test]
+    fn at_the_limit_the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
+        let r = Registry::default();
+        r.lock().insert(1, conn(1, 900));
+        r.lock().insert(2, conn(0, 500));
+        r.lock().insert(3, conn(0, 800));
+        assert!(r.make_room(4), "under the limit");
+        assert_eq!(r.lock().len(), 3);
+        assert!(r.make_room(3));
+        assert!(!r.lock().contains_key(&3), "the one idle longest went");
+        assert!(r.make_room(2));
+        assert_eq!(r.lock().keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(
+            !r.make_room(1),
+            "a busy connection is never closed for room"
+        );
+        r.set_busy(1, -1);
+        assert!(r.make_room(1));
+    }
+}

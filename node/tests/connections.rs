@@ -1,0 +1,164 @@
+//! A crowd that holds connections cannot lock other clients out: idle and trickling
+//! connections beyond the limit are closed to make room, and every connection with no
+//! request in progress is closed after the idle timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{Node, sale_file};
+
+/// Waits for the server to close `c` (a read returns 0 or fails); false if it stays open.
+async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 or other answer before the close: keep reading to the end.
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_beyond_the_limit_lock_nobody_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let sale = sale_file(dir.path(), &[("tee", 10, 0)]);
+    let node = Node::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            sale.to_str().unwrap(),
+            "--connections-max",
+            "32",
+            "--idle-timeout-ms",
+            "1500",
+        ],
+    );
+    // 40 connections that send nothing, and 20 that trickle a request head a byte at a
+    // time: more than the node's 32 slots.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(&node.addr).await.unwrap());
+    }
+    let mut tricklers = Vec::new();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(&node.addr).await.unwrap();
+        c.write_all(b"POST /v1/purchases HTTP/1.1\r\nHost: n\r\n")
+            .await
+            .unwrap();
+        tricklers.push(tokio::spawn(async move {
+            for b in b"X-Slow: yes".iter().cycle().take(200) {
+                if c.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            c
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A new client is served at once.
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/v1/items/tee"] {
+        let started = Instant::now();
+        let r = http
+            .get(format!("http://{}{path}", node.addr))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: a new client was locked out: {e}"));
+        let took = started.elapsed();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(
+            took < Duration::from_millis(100),
+            "{path} answered in {took:?}, not within 100 ms"
+        );
+    }
+
+    // And every held connection is closed: the oldest to make room, the rest after the
+    // idle timeout (the tricklers never finish their head).
+    for (i, c) in held.iter_mut().enumerate() {
+        assert!(
+            closed_within(c, Duration::from_secs(5)).await,
+            "idle connection {i} still open"
+        );
+    }
+    for t in tricklers {
+        let mut c = t.await.unwrap();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(5)).await,
+            "a trickling connection is still open"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_a_request_is_never_closed_to_make_room() {
+    // Every slot busy with a purchase that waits (the engine queue is held by a slow
+    // client body): a newcomer waits in the backlog, and none of the busy ones is cut.
+    let dir = tempfile::tempdir().unwrap();
+    let sale = sale_file(dir.path(), &[("tee", 10, 0)]);
+    let node = Node::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            sale.to_str().unwrap(),
+            "--connections-max",
+            "4",
+            "--idle-timeout-ms",
+            "10000",
+        ],
+    );
+    let body = |i: usize| {
+        format!(r#"{{"sku":"tee","quantity":1,"customer":"c","idempotencyKey":"k{i}"}}"#)
+    };
+    let mut busy = Vec::new();
+    for i in 0..4 {
+        let mut c = TcpStream::connect(&node.addr).await.unwrap();
+        // The head is complete (a request is in progress); the body is not yet sent.
+        c.write_all(
+            format!(
+                "POST /v1/purchases HTTP/1.1\r\nHost: n\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body(i).len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        busy.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = tokio::spawn({
+        let addr = node.addr.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("http://{addr}/healthz"))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !late.is_finished(),
+        "served while every slot was in a request"
+    );
+    // The busy ones finish their requests, and are answered.
+    for (i, c) in busy.iter_mut().enumerate() {
+        c.write_all(body(i).as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    }
+    assert_eq!(late.await.unwrap().unwrap(), 200);
+}
