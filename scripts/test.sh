@@ -8,6 +8,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The local-cluster e2e tests (testbed/pod-runner/tests/cluster, ...) share one cluster,
 # `test`, started here and taken down even when a test fails.
 export FLASHSALE_CLUSTER=test
+# The cluster's binaries are the debug build `cargo test` makes anyway (testbed/cluster.sh).
+export FLASHSALE_PROFILE=dev
 trap 'bash testbed/cluster.sh down --name test' EXIT
 bash testbed/cluster.sh up --name test >/dev/null
 cargo test --workspace

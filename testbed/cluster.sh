@@ -25,6 +25,23 @@ STOP_GRACE_S=10
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
+# The cargo profile of the cluster's own binaries (the pod runner, and the stock-node
+# and operator images): `release` by default (make demo, a developer's cluster), `dev`
+# for make test (FLASHSALE_PROFILE=dev: the debug build `cargo test` makes anyway, so a
+# cold run does not compile every crate a second time, optimised). A running cluster
+# keeps the profile it was started with (recorded in cluster.env).
+set_profile() {
+  PROFILE=$1
+  case $PROFILE in
+    release) FLASHSALE_BIN_DIR=$CARGO_TARGET_DIR/release ;;
+    dev) FLASHSALE_BIN_DIR=$CARGO_TARGET_DIR/debug ;;
+    *) die "FLASHSALE_PROFILE must be release or dev, not '$PROFILE'" ;;
+  esac
+  export FLASHSALE_PROFILE=$PROFILE FLASHSALE_BIN_DIR
+}
+REQUESTED_PROFILE=${FLASHSALE_PROFILE:-release}
+set_profile "$REQUESTED_PROFILE"
+
 usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---------------------------------------------------------------- arguments
@@ -142,12 +159,15 @@ load_env() {
   # shellcheck disable=SC1091
   . "$DIR/cluster.env"
   derive "$INDEX"
+  set_profile "${PROFILE:-release}"
 }
 
 print_env() {
   echo "export KUBECONFIG=$DIR/admin.kubeconfig"
   echo "export PATH=$BIN:\$PATH"
   echo "export FLASHSALE_CLUSTER=$NAME"
+  echo "export FLASHSALE_PROFILE=$FLASHSALE_PROFILE"
+  echo "export FLASHSALE_BIN_DIR=$FLASHSALE_BIN_DIR"
 }
 
 # ---------------------------------------------------------------- network
@@ -242,7 +262,7 @@ procs_down() {
 }
 
 runner_cleanup() {
-  local runner=$CARGO_TARGET_DIR/release/pod-runner
+  local runner=$FLASHSALE_BIN_DIR/pod-runner
   if [ -x "$runner" ] && [ -d "$DIR/runner" ]; then
     "$runner" cleanup --state-dir "$DIR/runner" --cluster-index "$N" >>"$DIR/logs/cleanup.log" 2>&1 ||
       log "pod-runner cleanup failed (see $DIR/logs/cleanup.log); removing what is left by name"
@@ -259,12 +279,12 @@ teardown() { # stop everything, keep the dir
 # ---------------------------------------------------------------- up
 build_binaries() {
   [ "${FLASHSALE_SKIP_BUILD:-0}" = 1 ] && return 0
-  log "cargo build --release -p pod-runner"
-  cargo build --release -q -p pod-runner --manifest-path "$ROOT/Cargo.toml"
+  log "cargo build --profile $PROFILE -p pod-runner"
+  cargo build --profile "$PROFILE" -q -p pod-runner --manifest-path "$ROOT/Cargo.toml"
   # The images the runner maps: best effort, a broken crate elsewhere must not stop the cluster.
   local p
   for p in stock-node flashsale-operator; do
-    cargo build --release -q -p "$p" --manifest-path "$ROOT/Cargo.toml" ||
+    cargo build --profile "$PROFILE" -q -p "$p" --manifest-path "$ROOT/Cargo.toml" ||
       log "warning: $p did not build; pods with its image will fail to start"
   done
 }
@@ -280,6 +300,7 @@ cmd_up() {
   fi
   BIN=$(tools_bin)
   [ -x "$BIN/kube-apiserver" ] || die "tools missing in $BIN"
+  set_profile "$REQUESTED_PROFILE"
   build_binaries
 
   exec 9>"$CLUSTERS/.lock"
@@ -304,8 +325,10 @@ cmd_up() {
   fi
   flock -u 9
   exec 9>&- # or every component started below would hold the lock file open
-  sed -i '/^BIN=/d' "$DIR/cluster.env"
+  set_profile "$REQUESTED_PROFILE"
+  sed -i '/^BIN=/d; /^PROFILE=/d' "$DIR/cluster.env"
   echo "BIN=$BIN" >>"$DIR/cluster.env"
+  echo "PROFILE=$PROFILE" >>"$DIR/cluster.env"
   mkdir -p "$DIR/pki" "$DIR/logs" "$DIR/pids" "$DIR/etcd" "$DIR/runner"
   bash "$ROOT/testbed/pki.sh" "$DIR/pki" "$HOST_IP" "$FIRST_SERVICE_IP" "$NODE_NAME"
   local u
@@ -354,7 +377,7 @@ cmd_up() {
     --kubeconfig "$DIR/scheduler.kubeconfig" \
     --leader-elect=false --secure-port=0 --profiling=false
   PATH="$BIN:$PATH" KUBECTL_BIN="$BIN/kubectl" \
-    start pod-runner "$CARGO_TARGET_DIR/release/pod-runner" run \
+    start pod-runner "$FLASHSALE_BIN_DIR/pod-runner" run \
     --kubeconfig "$DIR/admin.kubeconfig" \
     --node-name "$NODE_NAME" \
     --state-dir "$DIR/runner" \
@@ -416,7 +439,7 @@ cmd_env() { load_env || die "no cluster '$NAME'"; print_env; }
 
 cmd_fault() {
   load_env || die "no cluster '$NAME'"
-  exec "$CARGO_TARGET_DIR/release/pod-runner" fault --state-dir "$DIR/runner" "${REST[@]}"
+  exec "$FLASHSALE_BIN_DIR/pod-runner" fault --state-dir "$DIR/runner" "${REST[@]}"
 }
 
 cmd_logs() {

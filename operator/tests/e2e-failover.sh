@@ -21,13 +21,13 @@ QSALE=foq
 CASES=${FAILOVER_CASES:-"J A1 B C A2 D E F G H I"}
 OUT=${E2E_OUT:-$FLASHSALE_CACHE/e2e-failover}
 CHAOS=$ROOT/operator/tests/chaos
-CROWD=$CARGO_TARGET_DIR/release/crowd
 mkdir -p "$OUT"
 rm -f "$OUT"/*.png "$OUT"/*.log "$OUT"/*.jsonl "$OUT"/*.json 2>/dev/null || true
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
 e2e_cluster_up
+CROWD=$FLASHSALE_BIN_DIR/crowd
 e2e_python_venv # matplotlib for the timelines (cached)
 crowd_pid=
 monitor_pid=

@@ -36,9 +36,11 @@ e2e_cluster_up() {
   bash testbed/cluster.sh up --name "$CLUSTER" >&2
   eval "$(bash testbed/cluster.sh env --name "$CLUSTER")"
   # The cluster may have been up before the last change: make sure the images are current.
-  cargo build --release -q -p flashsale-operator
+  # Built with the cluster's profile (FLASHSALE_PROFILE from its env), into
+  # $FLASHSALE_BIN_DIR, where the cluster's images and the crowd are.
+  cargo build --profile "$FLASHSALE_PROFILE" -q -p flashsale-operator
   # Best effort, like testbed/cluster.sh: a node mid-edit must not hide the last good binary.
-  cargo build --release -q -p stock-node 2>/dev/null ||
+  cargo build --profile "$FLASHSALE_PROFILE" -q -p stock-node 2>/dev/null ||
     echo "warning: stock-node did not build; using the last built binary" >&2
   had_release=false
   if helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1; then had_release=true; fi

@@ -141,7 +141,7 @@ PY
 }
 
 endpoint="http://$(ip_of "$primary"):8080"
-crowd() { "$CARGO_TARGET_DIR/release/crowd" --url "$endpoint" --json --concurrency "${CROWD_CONCURRENCY:-8}" --customers 500 "$@"; }
+crowd() { "$FLASHSALE_BIN_DIR/crowd" --url "$endpoint" --json --concurrency "${CROWD_CONCURRENCY:-8}" --customers 500 "$@"; }
 check_crowd() {
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["oversold"]==0, d; assert d["sold"]>0, d; print(d["sold"])' "$1"
 }

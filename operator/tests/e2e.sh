@@ -88,7 +88,7 @@ has_slice() { [ -n "$(slice_ip)" ]; }
 wait_for 60 "primary Service has a ready endpoint" has_slice
 ip=$(slice_ip)
 [ "$ip" = "$(jp "pod/$primary" '{.status.podIP}')" ] || fail "primary Service endpoint $ip is not $primary"
-out=$("$CARGO_TARGET_DIR/release/crowd" --url "http://$ip:8080" --buyers 400 --concurrency 16 --customers 150 --json)
+out=$("$FLASHSALE_BIN_DIR/crowd" --url "http://$ip:8080" --buyers 400 --concurrency 16 --customers 150 --json)
 log "crowd: $out"
 sold=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["oversold"]==0; print(d["sold"])' "$out")
 (( sold > 0 )) || fail "nothing sold"

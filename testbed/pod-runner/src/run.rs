@@ -20,8 +20,12 @@ fn image_vars() -> std::collections::HashMap<String, String> {
         .entry("FLASHSALE_CACHE".into())
         .or_insert_with(|| format!("{home}/.cache/flashsale"))
         .clone();
-    vars.entry("CARGO_TARGET_DIR".into())
-        .or_insert_with(|| format!("{cache}/target"));
+    let target = vars
+        .entry("CARGO_TARGET_DIR".into())
+        .or_insert_with(|| format!("{cache}/target"))
+        .clone();
+    vars.entry("FLASHSALE_BIN_DIR".into())
+        .or_insert_with(|| format!("{target}/release"));
     if !vars.contains_key("KUBECTL_BIN") {
         // The newest cached tool set's kubectl (scripts/build-tools.sh layout).
         let mut found: Vec<_> = std::fs::read_dir(format!("{cache}/tools"))
