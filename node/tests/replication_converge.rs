@@ -126,6 +126,65 @@ async fn secondaries_converge_to_the_primary_under_load() {
     );
 }
 
+/// A secondary that joins far behind a primary under steady load becomes ready: catch-up
+/// ends once it holds what the primary had durable when it answered (the live stream
+/// brings the rest), not only when the primary has nothing newer at all — under a
+/// crowd that moment never comes, and the secondary stayed "catching up" for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_joining_behind_a_busy_primary_becomes_ready_under_load() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    let (primary, _) = cluster(&http, dir.path(), &redis.url(), &[], &[]).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(purchase_load(
+        http.clone(),
+        primary.url(""),
+        16,
+        &["a", "b"],
+        stop_rx,
+    ));
+    // A backlog first, then a secondary joins while the crowd goes on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = node::start(
+        &dir.path().join("late"),
+        &redis.url(),
+        &["--role", "standby", "--node-name", "late"],
+    );
+    set_role(&http, &s, "secondary", 1, Some(&primary.url(""))).await;
+    let joined = std::time::Instant::now();
+    let deadline = joined + Duration::from_secs(20);
+    loop {
+        let r = http.get(s.url("/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        let why = r.text().await.unwrap_or_default();
+        if std::time::Instant::now() > deadline {
+            stop_tx.send(true).unwrap();
+            let st = status(&http, &s).await;
+            panic!(
+                "the late secondary is not ready 20 s after joining, under load: {why}; {}",
+                st["replication"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("ready {:?} after joining, under load", joined.elapsed());
+    stop_tx.send(true).unwrap();
+    let report = load.await.unwrap();
+    assert!(
+        report.acked.len() > 1000,
+        "too little load: {}",
+        report.acked.len()
+    );
+    let state = assert_converged(&http, &primary, &s).await;
+    for (id, key) in &report.acked {
+        assert_eq!(state.orders[id]["idempotencyKey"], key.as_str());
+    }
+}
+
 /// A batch from an older epoch (a deposed primary still publishing) is refused and
 /// counted; damaged bytes on the channel are dropped and counted; neither changes the
 /// secondary's sale.

@@ -331,11 +331,21 @@ impl<R: Replica> Follower<R> {
                 Fetched::Records { batch, primary_seq } => {
                     self.stats.saw_primary_seq(primary_seq);
                     let n = batch.records.len() as u64;
+                    let last = batch.last_seq;
                     match self.apply_new(batch).await {
                         Ok(applied) => {
                             self.stats.catchup_records.inc_by(n);
                             if applied {
                                 *fetched += n;
+                            }
+                            // This node now holds all the primary had durable when it
+                            // answered; what came after is on the live stream, which
+                            // was subscribed before catch-up began (a gap in it is
+                            // repaired). Waiting for an answer with nothing newer
+                            // instead never ends under a steady crowd: a rejoining
+                            // node stayed "catching up" (not ready) for minutes.
+                            if last >= primary_seq {
+                                return Ok(true);
                             }
                         }
                         Err(ReplError::StaleEpoch { mine, theirs }) => {
