@@ -118,7 +118,21 @@ async fn main() -> anyhow::Result<()> {
     if let Some(file) = &args.verify_acks {
         return verify(&http, &base, file, args.concurrency as usize).await;
     }
-    let before = items(&http, &base).await.context("listing items")?;
+    // Like its purchases, the crowd's first look at the sale retries through a
+    // transient refusal (a Service whose endpoint is still moving), for at most 20 s.
+    let before = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match items(&http, &base).await {
+                Ok(v) => break v,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("listing items: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.context("listing items (20 s of retries)")),
+            }
+        }
+    };
     if before.is_empty() {
         bail!("the node sells nothing (not configured?)");
     }
