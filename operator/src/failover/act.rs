@@ -27,6 +27,32 @@ pub struct Actor<'a> {
 }
 
 impl Actor<'_> {
+    /// Tells `pod` its role (no primary to follow) and records the node's answer in
+    /// `observed`; returns the pod's URL.
+    async fn assign(
+        &self,
+        observed: &mut Observed,
+        pod: &str,
+        role: Role,
+        epoch: u64,
+    ) -> Result<String, String> {
+        let url = self.url(observed, pod)?;
+        let a = RoleAssignment {
+            role,
+            epoch,
+            primary_url: None,
+        };
+        let status = self
+            .nodes
+            .put_role(&url, self.admin_token, &a)
+            .await
+            .map_err(|e| format!("{pod}: {e}"))?;
+        if let Some(v) = observed.pods.iter_mut().find(|p| p.name == pod) {
+            v.node = Some(Ok(status));
+        }
+        Ok(url)
+    }
+
     fn url(&self, observed: &Observed, pod: &str) -> Result<String, String> {
         observed
             .pod(pod)
@@ -51,20 +77,7 @@ impl Actor<'_> {
                 Ok(())
             }
             Action::Park { pod, epoch } => {
-                let url = self.url(observed, pod)?;
-                let a = RoleAssignment {
-                    role: Role::Standby,
-                    epoch: *epoch,
-                    primary_url: None,
-                };
-                let status = self
-                    .nodes
-                    .put_role(&url, self.admin_token, &a)
-                    .await
-                    .map_err(|e| format!("{pod}: {e}"))?;
-                if let Some(v) = observed.pods.iter_mut().find(|p| &p.name == pod) {
-                    v.node = Some(Ok(status));
-                }
+                self.assign(observed, pod, Role::Standby, *epoch).await?;
                 Ok(())
             }
             Action::CopyTail { from, to, from_seq } => {
@@ -92,20 +105,7 @@ impl Actor<'_> {
                     .map_err(|e| format!("creating the recovery Job: {e}"))
             }
             Action::Promote { pod, epoch } => {
-                let url = self.url(observed, pod)?;
-                let a = RoleAssignment {
-                    role: Role::Primary,
-                    epoch: *epoch,
-                    primary_url: None,
-                };
-                let status = self
-                    .nodes
-                    .put_role(&url, self.admin_token, &a)
-                    .await
-                    .map_err(|e| format!("{pod}: {e}"))?;
-                if let Some(v) = observed.pods.iter_mut().find(|p| &p.name == pod) {
-                    v.node = Some(Ok(status));
-                }
+                let url = self.assign(observed, pod, Role::Primary, *epoch).await?;
                 // The lease at once: a primary without one is not ready and sells nothing.
                 self.keeper.hold(
                     self.key,
