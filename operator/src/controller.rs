@@ -58,6 +58,9 @@ const CONVERGING_REQUEUE_MS: u64 = 2_000;
 const CONFLICT_REQUEUE_MS: u64 = 200;
 /// Sales reconciled at once (bounds API and node calls).
 const CONCURRENCY_MAX: u16 = 4;
+/// How long a reconcile waits for the caches' first lists before it gives up and
+/// backs off (they list in well under a second on a healthy API server).
+const CACHES_READY_MAX_MS: u64 = 30_000;
 
 /// Why a pass failed, by the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,8 @@ pub enum Error {
     Cleanup(#[source] kube::Error),
     #[error("teardown: {0} node pods still stopping")]
     TeardownPending(usize),
+    #[error("the operator's caches have not listed the sale's objects yet")]
+    CachesNotReady,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -286,6 +291,18 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     let ns = sale.namespace().unwrap_or_default();
     let api: Api<FlashSale> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::from_obj(&*sale);
+    // Nothing is decided from a cache that has not listed yet (see `Stores::ready`).
+    let ready = tokio::time::timeout(
+        Duration::from_millis(CACHES_READY_MAX_MS),
+        ctx.stores.ready(),
+    )
+    .await;
+    if !matches!(ready, Ok(true)) {
+        ctx.settings
+            .metrics
+            .observe_reconcile(false, started.elapsed());
+        return Err(Error::CachesNotReady);
+    }
     let result = finalizer(&api, labels::FINALIZER, sale, |event| async {
         match event {
             Finalizer::Apply(sale) => reconcile_sale(&sale, &ctx).await,
@@ -418,6 +435,18 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         let lease = ctx.keeper.view(&key);
         let primary = prev.primary.as_ref().map(|p| p.pod.as_str());
         let primary_url = primary.and_then(|p| observed.pod(p)).and_then(|p| p.url());
+        // A pod the StatefulSet is about to remove (scaled away) gets no role: it would
+        // be told its role as it stops, and read as unreachable.
+        let replicas = desired.statefulset.spec.as_ref().and_then(|s| s.replicas);
+        let staying: Vec<_> = observed
+            .pods
+            .iter()
+            .filter(|p| match (p.ordinal, replicas) {
+                (Some(o), Some(r)) => i64::from(o) < i64::from(r),
+                _ => true,
+            })
+            .cloned()
+            .collect();
         plan(
             Known {
                 primary,
@@ -430,7 +459,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
                     && lease.epoch == prev.epoch.max(1),
                 first_assignment: prev.items.is_empty() && prev.last_failover.is_none(),
             },
-            &observed.pods,
+            &staying,
         )
     };
     let outcomes = execute(

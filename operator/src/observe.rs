@@ -93,6 +93,24 @@ pub struct Stores {
     pub jobs: Store<k8s_openapi::api::batch::v1::Job>,
 }
 
+impl Stores {
+    /// Resolves once every cache holds its first full list. Until then a cache that
+    /// has not listed yet reads as empty, and an empty pod cache looks like a sale
+    /// whose primary pod is gone: a new leader's first pass would shrink the
+    /// StatefulSet below the primary (its ordinal unknown) or see a failure that is
+    /// not there. `false` when a cache's watch has stopped.
+    pub async fn ready(&self) -> bool {
+        let (a, b, c, d, e) = futures::join!(
+            self.statefulsets.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.jobs.wait_until_ready(),
+        );
+        a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok() && e.is_ok()
+    }
+}
+
 /// Everything observed for one sale.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {

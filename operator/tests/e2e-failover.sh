@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Failover chaos suite on the local cluster (FAILOVER.md, cases A1–J), through the
+# Failover chaos suite on the local cluster (FAILOVER.md, cases A1–J, and K: a scale-down below the primary), through the
 # operator. Each case runs a crowd that follows the primary (through the sale's primary
 # Service) and retries every purchase with the same key, injects its fault, and checks
 # from the crowd's own record of acknowledgements: every acknowledged order is on the
@@ -18,7 +18,7 @@ E2E_TAG=e2e-failover
 NS=fs-e2e-failover
 SALE=fo
 QSALE=foq
-CASES=${FAILOVER_CASES:-"J A1 B C A2 D E F G H I"}
+CASES=${FAILOVER_CASES:-"J A1 B C A2 D E F G H K I"}
 OUT=${E2E_OUT:-$FLASHSALE_CACHE/e2e-failover}
 CHAOS=$ROOT/operator/tests/chaos
 mkdir -p "$OUT"
@@ -31,10 +31,12 @@ CROWD=$FLASHSALE_BIN_DIR/crowd
 e2e_python_venv # matplotlib for the timelines (cached)
 crowd_pid=
 monitor_pid=
+removal_pid=
 cleanup() {
   local rc=$?
   [ -n "$crowd_pid" ] && kill "$crowd_pid" 2>/dev/null
   [ -n "$monitor_pid" ] && kill "$monitor_pid" 2>/dev/null
+  [ -n "$removal_pid" ] && kill "$removal_pid" 2>/dev/null
   if [ $rc -ne 0 ]; then
     log "--- state at failure"
     kubectl get fsale,pods,jobs -n "$NS" -o wide 2>&1 | sed 's/^/  /' >&2 || true
@@ -295,6 +297,51 @@ f_secondary_frozen_then_kill() {
   fault freeze "$frozen"; sleep 1; hold "$1"
   after_fault="fault thaw $frozen; release $1"
 }
+# K: a scale-down that would remove the primary (on the top ordinal). The operator
+# switches over first; a watcher sampling every 250 ms fails the case if the pod the
+# status names as primary is ever being deleted (seen deleted, and still named after).
+f_scale_down() { # primary sale
+  local n
+  n=$(jp "flashsale/$2" '{.spec.nodes.replicas}')
+  removal_watch "$2" &
+  removal_pid=$!
+  kubectl scale -n "$NS" "flashsale/$2" --replicas=$((n - 1)) >/dev/null
+  after_fault="removal_checked $2 $n"
+}
+removal_watch() { # sale
+  local p d
+  : >"$OUT/K.removed"
+  while :; do
+    p=$(primary_of "$1")
+    d=$(kubectl get pod -n "$NS" "$p" -o jsonpath='{.metadata.deletionTimestamp}' 2>&1) || d="absent ($d)"
+    if [ -n "$d" ] && [ "$(primary_of "$1")" = "$p" ]; then
+      echo "$(now_ms) the primary $p is being removed: $d" >>"$OUT/K.removed"
+    fi
+    sleep 0.25
+  done
+}
+removal_checked() { # sale replicas
+  local top="$1-$(($2 - 1))"
+  gone() { [ "$(jp "statefulset/$1" '{.spec.replicas}')" = "$(($2 - 1))" ] && ! kubectl get pod -n "$NS" "$top" >/dev/null 2>&1; }
+  wait_for 60 "K: StatefulSet at $(($2 - 1)) nodes, $top gone" gone "$1" "$2"
+  kill "$removal_pid" 2>/dev/null; wait "$removal_pid" 2>/dev/null || true
+  removal_pid=
+  [ -s "$OUT/K.removed" ] && fail "K: $(head -3 "$OUT/K.removed" | tr '\n' ' ')"
+  log "ok: K: $top left only after it was no longer the primary; scaling back to $2"
+  kubectl scale -n "$NS" "flashsale/$1" --replicas="$2" >/dev/null
+}
+case_K() {
+  local top
+  top="$SALE-$(($(jp "flashsale/$SALE" '{.spec.nodes.replicas}') - 1))"
+  wait_for 120 "K: healthy" healthy "$SALE"
+  if [ "$(primary_of "$SALE")" != "$top" ]; then
+    kubectl annotate -n "$NS" "flashsale/$SALE" "flashsale.dev/switchover-to=$top" --overwrite >/dev/null
+    is_top() { [ "$(primary_of "$SALE")" = "$top" ]; }
+    wait_for 60 "K: the primary moved to the top ordinal ($top) first" is_top
+  fi
+  run_case K "$SALE" f_scale_down failover "scale-down below the primary (switchover first)"
+}
+
 # E: the leading operator killed while the failover fences (a frozen primary: the fence
 # waits out its lease), and the new leader killed while it recovers the tail (a Job).
 f_kill_leader_twice() {
@@ -373,6 +420,7 @@ for c in $CASES; do
     G) run_case G "$SALE" f_switchover failover "switchover under load (annotation)" ;;
     H) run_case H "$SALE" f_secondary_frozen_then_kill failover "a secondary frozen, the primary killed" ;;
     I) case_I ;;
+    K) case_K ;;
     *) fail "unknown case $c" ;;
   esac
   # Every case leaves one new primary: never two at once.
