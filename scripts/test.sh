@@ -15,6 +15,9 @@ bash testbed/cluster.sh up --name test >/dev/null
 cargo test --workspace
 # The node's OpenAPI document against the node (schemathesis, 3 runs of 20 s).
 bash node/tests/openapi/run.sh 20
+# The checked-in document linted, a TypeScript client generated from it, a shop's test
+# through that client against a node (clients/typescript/run.sh).
+bash clients/typescript/run.sh
 # The operator end to end on the same cluster, after the workspace tests: helm install,
 # bad manifests refused, a sale bought from, changed, scaled and deleted (operator/tests/e2e.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e.sh

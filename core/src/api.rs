@@ -25,7 +25,9 @@ pub struct PurchaseRequest {
     #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
     pub customer: String,
     /// Client-chosen key: the same key with the same body returns the first answer.
-    /// 1 to 128 characters, not blank.
+    /// 1 to 128 characters, not blank. May instead (or also, the same) be sent as the
+    /// `Idempotency-Key` header; one of the two is required.
+    #[serde(default)]
     #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
     pub idempotency_key: String,
 }

@@ -1,4 +1,5 @@
-//! Errors a client can see, each with a stable `code` string and HTTP status.
+//! Errors a client can see, each with a stable `code` string and HTTP status, answered
+//! as RFC 9457 problem details (`application/problem+json`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -25,7 +26,8 @@ pub enum ErrorCode {
     LimitExceeded,
     /// 422: quantity is zero or larger than any customer may buy.
     BadQuantity,
-    /// 425: the sale has not opened yet.
+    /// 409: the sale has not opened yet (`Retry-After`: seconds until it opens). Not 425,
+    /// which RFC 8470 reserves for TLS early data and which clients retry on their own.
     NotOpen,
     /// 410: the sale has ended.
     Ended,
@@ -66,7 +68,7 @@ impl ErrorCode {
             SoldOut | IdempotencyConflict | OrderState => 409,
             PayloadTooLarge => 413,
             LimitExceeded | BadQuantity => 422,
-            NotOpen => 425,
+            NotOpen => 409,
             Ended => 410,
             RateLimited => 429,
             NotPrimary | Fenced | Unavailable => 503,
@@ -111,22 +113,99 @@ impl ErrorCode {
     }
 }
 
-/// The JSON body of every error response.
+impl ErrorCode {
+    /// The problem type's short summary (RFC 9457 `title`): the same for every
+    /// occurrence of the code.
+    pub fn title(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadRequest => "Bad request",
+            UnknownItem => "Unknown item",
+            UnknownOrder => "Unknown order",
+            SoldOut => "Sold out",
+            IdempotencyConflict => "Idempotency key reused with a different request",
+            OrderState => "Order state does not allow this",
+            PayloadTooLarge => "Body too large",
+            LimitExceeded => "Over the per-customer limit",
+            BadQuantity => "Bad quantity",
+            NotOpen => "Sale not open yet",
+            Ended => "Sale ended",
+            RateLimited => "Rate limited",
+            NotPrimary => "Not the primary",
+            Fenced => "Fenced",
+            Unavailable => "Unavailable",
+            Internal => "Internal error",
+            Unauthorized => "Unauthorized",
+            NotFound => "No such route",
+            MethodNotAllowed => "Method not allowed",
+            WalCompacted => "WAL compacted",
+            Diverged => "Logs diverged",
+            HeadersTooLarge => "Request headers too large",
+            IsPrimary => "This node is the primary",
+        }
+    }
+
+    /// The problem type URI (RFC 9457 `type`): a `tag:` URI (RFC 4151) naming the code;
+    /// an identifier, not a page to fetch.
+    pub fn type_uri(self) -> String {
+        format!("{PROBLEM_TYPE_PREFIX}{}", self.code())
+    }
+}
+
+/// The prefix of every problem type URI: `tag:flashsale.dev,2026:problem/<code>`.
+pub const PROBLEM_TYPE_PREFIX: &str = "tag:flashsale.dev,2026:problem/";
+
+/// The media type of every error answer (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The body of every error response: an RFC 9457 problem details object whose
+/// extension members keep the stable `code` and the facts a client acts on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
+    /// The problem type: `tag:flashsale.dev,2026:problem/<code>`.
+    #[serde(rename = "type", default)]
+    #[schema(required = true)]
+    pub type_uri: String,
+    /// The problem type's short summary (the same for every occurrence of a code).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub title: String,
+    /// The HTTP status of the answer (the code's, except where a route documents
+    /// another: `fenced` is 409 on the admin role route).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub status: u16,
+    /// What was wrong with this request, for a person.
+    pub detail: String,
+    /// The stable machine-readable code (extension member): act on this.
     pub code: ErrorCode,
-    /// What was wrong, for a person.
-    pub message: String,
     /// The request field at fault, for 400/422.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// The primary's address, for `not_primary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
-    /// Seconds to wait, for `rate_limited` (also in `Retry-After`).
+    /// Seconds to wait before the same request may succeed (also in `Retry-After`):
+    /// on `rate_limited`, `not_open` and every 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
+}
+
+impl ErrorBody {
+    /// A problem of this code with its type, title and status filled in.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            type_uri: code.type_uri(),
+            title: code.title().to_string(),
+            status: code.http_status(),
+            detail: detail.into(),
+            code,
+            field: None,
+            primary: None,
+            retry_after_s: None,
+        }
+    }
 }
 
 /// Why the selling engine refused a command. Maps 1:1 onto an [`ErrorCode`].
@@ -222,12 +301,9 @@ impl SellError {
             SellError::NotPrimary { primary } => primary.clone(),
             _ => None,
         };
-        ErrorBody {
-            code: self.code(),
-            message: self.to_string(),
-            field,
-            primary,
-            retry_after_s: None,
-        }
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        body.field = field;
+        body.primary = primary;
+        body
     }
 }

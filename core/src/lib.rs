@@ -11,7 +11,7 @@ pub mod sale;
 pub mod wal;
 
 pub use api::{ItemView, Order, OrderState, PurchaseRequest};
-pub use error::{ErrorBody, ErrorCode, SellError};
+pub use error::{ErrorBody, ErrorCode, PROBLEM_JSON, SellError};
 pub use sale::{Durability, ItemSpec, SaleConfig};
 
 /// Milliseconds since the Unix epoch: the only clock unit on the wire and in the WAL.

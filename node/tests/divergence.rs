@@ -218,7 +218,7 @@ async fn a_posted_tail_must_continue_the_log_it_is_posted_to() {
         (400, Some("bad_request")),
         "{e}"
     );
-    assert!(e["message"].as_str().unwrap().contains("prev_epoch"), "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("prev_epoch"), "{e}");
     // …and it must be this log's.
     let (code, e) = post(&http, &target, "?prev_epoch=3", tail).await;
     assert_eq!((code, e["code"].as_str()), (409, Some("diverged")), "{e}");

@@ -12,6 +12,7 @@ struct Answer {
     retry_after: Option<String>,
     /// `Idempotent-Replayed: true`: the answer repeats what an earlier request did.
     replayed: bool,
+    content_type: Option<String>,
     body: Value,
 }
 
@@ -46,6 +47,10 @@ async fn send_as(
         .headers()
         .get("idempotent-replayed")
         .is_some_and(|v| v == "true");
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
     let text = res.text().await.unwrap();
     let body = serde_json::from_str(&text)
         .unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}"));
@@ -53,6 +58,7 @@ async fn send_as(
         status,
         retry_after,
         replayed,
+        content_type,
         body,
     }
 }
@@ -113,14 +119,41 @@ async fn admin(
     .await
 }
 
+/// An error answer: this status and code, as an RFC 9457 problem, with `Retry-After`
+/// exactly when a later retry can cure it (429, 503, `not_open`).
 fn assert_error(a: &Answer, status: u16, code: &str) {
     assert_eq!(a.status.as_u16(), status, "{}", a.body);
     assert_eq!(a.body["code"], code, "{}", a.body);
     assert!(
-        a.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        a.body["detail"].as_str().is_some_and(|m| !m.is_empty()),
         "{}",
         a.body
     );
+    assert_eq!(
+        a.content_type.as_deref(),
+        Some("application/problem+json"),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.body["status"], status, "{}", a.body);
+    assert_eq!(
+        a.body["type"],
+        format!("tag:flashsale.dev,2026:problem/{code}"),
+        "{}",
+        a.body
+    );
+    assert!(a.body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let retryable = status == 429 || status == 503 || code == "not_open";
+    assert_eq!(
+        a.retry_after.is_some(),
+        retryable,
+        "{code}: Retry-After {:?}",
+        a.retry_after
+    );
+    if let Some(r) = &a.retry_after {
+        assert!(r.parse::<u64>().is_ok_and(|s| s >= 1), "Retry-After {r}");
+        assert_eq!(a.body["retryAfterS"], r.parse::<u64>().unwrap());
+    }
 }
 
 fn lone_node(dir: &tempfile::TempDir, items: &[(&str, u64, u32)], extra: &[&str]) -> Node {
@@ -192,6 +225,68 @@ async fn purchase_confirm_cancel_and_read_back() {
         409,
         "order_state",
     );
+}
+
+/// A purchase with an `Idempotency-Key` header (and maybe a body without the key).
+async fn post_keyed(node: &Node, key: &str, body: &Value) -> Answer {
+    let res = client()
+        .post(node.url("/v1/purchases"))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status();
+    let replayed = res.headers().get("idempotent-replayed").is_some();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    Answer {
+        status,
+        retry_after,
+        replayed,
+        content_type,
+        body: res.json().await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn the_idempotency_key_header_is_the_body_field_and_they_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 5, 0)], &[]);
+    let bare = json!({"sku": "tee", "quantity": 1, "customer": "alice"});
+    // The header alone (the draft's structured-field string) makes the key.
+    let first = post_keyed(&node, r#""h-1""#, &bare).await;
+    assert_eq!(first.status.as_u16(), 201, "{}", first.body);
+    assert_eq!(first.body["idempotencyKey"], "h-1");
+    // The same key as a bare header, or in the body, is the same purchase: a replay.
+    let again = post_keyed(&node, "h-1", &bare).await;
+    assert_eq!((again.status.as_u16(), again.replayed), (201, true));
+    assert_eq!(again.body["id"], first.body["id"]);
+    let by_body = post(&node, "/v1/purchases", &purchase("tee", 1, "alice", "h-1")).await;
+    assert_eq!((by_body.status.as_u16(), by_body.replayed), (201, true));
+    // Header and body both, the same: fine.
+    let both = post_keyed(&node, "h-2", &purchase("tee", 1, "alice", "h-2")).await;
+    assert_eq!((both.status.as_u16(), both.replayed), (201, false));
+
+    // Header and body differ, a malformed header, no key at all: 400 naming the key's
+    // place, and nothing sold.
+    let differ = post_keyed(&node, "h-3", &purchase("tee", 1, "alice", "other")).await;
+    assert_error(&differ, 400, "bad_request");
+    assert_eq!(differ.body["field"], "Idempotency-Key");
+    let open = post_keyed(&node, r#""h-4"#, &bare).await;
+    assert_error(&open, 400, "bad_request");
+    assert_eq!(open.body["field"], "Idempotency-Key");
+    let none = post(&node, "/v1/purchases", &bare).await;
+    assert_error(&none, 400, "bad_request");
+    assert_eq!(none.body["field"], "idempotencyKey");
+    let tee = get(&node, "/v1/items/tee").await;
+    assert_eq!(tee.body["remaining"], 3, "{}", tee.body);
 }
 
 #[tokio::test]
@@ -377,7 +472,7 @@ async fn bad_requests_are_json_400s_naming_the_field() {
         assert_error(&a, 400, "bad_request");
         assert_eq!(a.body["field"], field, "{body}");
         assert!(
-            a.body["message"].as_str().unwrap().contains(field),
+            a.body["detail"].as_str().unwrap().contains(field),
             "{}",
             a.body
         );
@@ -544,7 +639,10 @@ async fn the_sale_window_and_the_admission_rate() {
         200
     );
     let early = post(&node, "/v1/purchases", &purchase("tee", 1, "c", "w1")).await;
-    assert_error(&early, 425, "not_open");
+    assert_error(&early, 409, "not_open");
+    // Retry-After: the seconds until the window opens (an hour away).
+    let wait: u64 = early.retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((3_590..=3_600).contains(&wait), "Retry-After {wait}");
     assert_eq!(
         put(window(now_ms - 7_200_000, now_ms - 3_600_000))
             .await
@@ -907,7 +1005,7 @@ async fn loose_ends_of_the_api_answer_a_clear_json_error_and_change_nothing() {
     assert_eq!(basic.status(), 401);
     let body: Value = basic.json().await.unwrap();
     assert!(
-        body["message"].as_str().unwrap().contains("another scheme"),
+        body["detail"].as_str().unwrap().contains("another scheme"),
         "{body}"
     );
 

@@ -116,9 +116,7 @@ pub async fn put_role(
         Ok(_) => Ok(axum::Json(s.node_status()).into_response()),
         // The admin contract answers a stale epoch with 409: the caller is out of date,
         // this node is fine (elsewhere `fenced` is a 503: this node may not sell).
-        Err(e @ SellError::Fenced(_)) => {
-            Ok((StatusCode::CONFLICT, axum::Json(e.body())).into_response())
-        }
+        Err(e @ SellError::Fenced(_)) => Err(ApiError::from(e).with_status(StatusCode::CONFLICT)),
         Err(e) => Err(e.into()),
     }
 }
@@ -151,15 +149,23 @@ pub async fn put_lease(
     let epoch = s.engine.positions().epoch;
     match lease.renew(epoch, &renewal) {
         Ok(status) => Ok(axum::Json(status).into_response()),
-        Err(e) => Ok((
-            StatusCode::CONFLICT,
-            axum::Json(LeaseRefused {
-                code: ErrorCode::Fenced,
-                message: e.to_string(),
+        Err(e) => {
+            let mut problem = ErrorBody::new(ErrorCode::Fenced, e.to_string());
+            problem.status = StatusCode::CONFLICT.as_u16();
+            let refused = LeaseRefused {
+                problem,
                 lease: lease.status(),
-            }),
-        )
-            .into_response()),
+            };
+            Ok((
+                StatusCode::CONFLICT,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    flashsale_core::PROBLEM_JSON,
+                )],
+                axum::Json(refused),
+            )
+                .into_response())
+        }
     }
 }
 
@@ -174,7 +180,8 @@ pub async fn delete_lease(State(s): State<AppState>) -> axum::Json<LeaseStatus> 
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseRefused {
-    pub code: ErrorCode,
-    pub message: String,
+    /// Why (code `fenced`, status 409), as every error: an RFC 9457 problem.
+    #[serde(flatten)]
+    pub problem: ErrorBody,
     pub lease: LeaseStatus,
 }

@@ -1,25 +1,20 @@
-//! Every answer that is not a success: one JSON [`ErrorBody`] with a stable `code`,
-//! the HTTP status that code maps to, and `Retry-After` where a client should wait.
+//! Every answer that is not a success: one RFC 9457 problem ([`ErrorBody`],
+//! `application/problem+json`) with a stable `code`, the HTTP status that code maps
+//! to, and `Retry-After` on every answer a later retry can cure (429, `not_open`, 503).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flashsale_core::{ErrorBody, ErrorCode, SellError};
+use flashsale_core::{ErrorBody, ErrorCode, PROBLEM_JSON, SellError};
 
 use crate::admission::Refusal;
 
 /// An error as the HTTP layer answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError(pub ErrorBody);
+pub struct ApiError(pub Box<ErrorBody>);
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError(ErrorBody {
-            code,
-            message: message.into(),
-            field: None,
-            primary: None,
-            retry_after_s: None,
-        })
+        ApiError(Box::new(ErrorBody::new(code, message)))
     }
 
     /// 400 naming the request field at fault (a JSON path such as `quantity` or `items[2].sku`).
@@ -32,12 +27,39 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         self.0.code
     }
+
+    /// The same problem answered with another status than its code's (the admin
+    /// contract answers a stale epoch 409 `fenced`: the caller is out of date).
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.0.status = status.as_u16();
+        self
+    }
 }
+
+/// `Retry-After` of a retryable answer that names no wait of its own: a failover or a
+/// busy engine is over in about this long; a client retrying sooner only adds load.
+pub const RETRY_AFTER_DEFAULT_S: u64 = 1;
 
 impl From<SellError> for ApiError {
     fn from(e: SellError) -> ApiError {
-        ApiError(e.body())
+        let mut body = e.body();
+        if let SellError::NotOpen { starts_at_ms } = e {
+            body.retry_after_s = Some(seconds_until(starts_at_ms, now_ms()));
+        }
+        ApiError(Box::new(body))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whole seconds from `now_ms` until `at_ms`, rounded up, at least 1.
+fn seconds_until(at_ms: i64, now_ms: i64) -> u64 {
+    let ms = at_ms.saturating_sub(now_ms).max(1) as u64;
+    ms.div_ceil(1000)
 }
 
 impl From<Refusal> for ApiError {
@@ -55,19 +77,26 @@ impl From<Refusal> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
+        let mut problem = *self.0;
+        // The code's status, unless the route says otherwise (`ApiError::with_status`).
+        let status = StatusCode::from_u16(problem.status)
+            .or_else(|_| StatusCode::from_u16(problem.code.http_status()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let retry = self.0.retry_after_s;
+        problem.status = status.as_u16();
+        let retryable = matches!(status.as_u16(), 429 | 503) || problem.code == ErrorCode::NotOpen;
+        if !retryable {
+            problem.retry_after_s = None;
+        } else if problem.retry_after_s.is_none() {
+            problem.retry_after_s = Some(RETRY_AFTER_DEFAULT_S);
+        }
+        let retry = problem.retry_after_s;
         // ErrorBody is plain data; serialising it cannot fail, but never panic on a path
         // every client can reach.
-        let body = serde_json::to_vec(&self.0)
-            .unwrap_or_else(|_| br#"{"code":"internal","message":"?"}"#.to_vec());
+        let body = serde_json::to_vec(&problem)
+            .unwrap_or_else(|_| br#"{"code":"internal","detail":"?"}"#.to_vec());
         let mut res = (
             status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
             body,
         )
             .into_response();
@@ -75,7 +104,7 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        if matches!(self.0.code, ErrorCode::NotPrimary | ErrorCode::Fenced) {
+        if matches!(problem.code, ErrorCode::NotPrimary | ErrorCode::Fenced) {
             // This node does not sell (any more): close the connection, so a client that
             // reached it through the primary Service reconnects and lands on the new
             // primary instead of asking this one again over its kept-alive connection.
@@ -140,7 +169,7 @@ mod tests {
                 422,
                 "bad_quantity",
             ),
-            (SellError::NotOpen { starts_at_ms: 5 }, 425, "not_open"),
+            (SellError::NotOpen { starts_at_ms: 5 }, 409, "not_open"),
             (SellError::Ended { ends_at_ms: 5 }, 410, "ended"),
             (
                 SellError::NotPrimary {
@@ -156,7 +185,13 @@ mod tests {
             let (s, _, body) = answer(e).await;
             assert_eq!(s, status, "{code}");
             assert_eq!(body["code"], code);
-            assert_eq!(body["message"], msg);
+            assert_eq!(body["detail"], msg);
+            assert_eq!(body["status"], status);
+            assert_eq!(
+                body["type"],
+                format!("tag:flashsale.dev,2026:problem/{code}")
+            );
+            assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
         }
         let (_, _, body) = answer(SellError::NotPrimary {
             primary: Some("http://p:8080".into()),
@@ -183,8 +218,51 @@ mod tests {
         assert_eq!(body["retryAfterS"], 2);
         let (s, retry, body) = answer(Refusal::Busy { inflight_max: 3 }).await;
         assert_eq!(
-            (s, retry, body["code"].as_str()),
-            (503, None, Some("unavailable"))
+            (s, retry.as_deref(), body["code"].as_str()),
+            (503, Some("1"), Some("unavailable"))
+        );
+    }
+
+    #[tokio::test]
+    async fn every_answer_a_retry_can_cure_says_when_and_no_other_does() {
+        for e in [
+            SellError::NotPrimary { primary: None },
+            SellError::Fenced("lease lapsed".into()),
+            SellError::Unavailable("shutting down".into()),
+        ] {
+            let (s, retry, body) = answer(e).await;
+            assert_eq!((s, retry.as_deref()), (503, Some("1")));
+            assert_eq!(body["retryAfterS"], 1);
+        }
+        // not_open: the seconds until the window opens, rounded up.
+        let opens = now_ms() + 42_500;
+        let (s, retry, body) = answer(SellError::NotOpen {
+            starts_at_ms: opens,
+        })
+        .await;
+        let secs: u64 = retry.as_deref().unwrap().parse().unwrap();
+        assert_eq!(s, 409);
+        assert!((42..=43).contains(&secs), "{secs}");
+        assert_eq!(body["retryAfterS"], secs);
+        assert_eq!(seconds_until(1_000, 1_000), 1, "at least one second");
+        assert_eq!(seconds_until(2_001, 1_000), 2);
+        for e in [
+            SellError::UnknownItem("x".into()),
+            SellError::Ended { ends_at_ms: 1 },
+            SellError::Internal("disk".into()),
+        ] {
+            let (_, retry, body) = answer(e).await;
+            assert_eq!(retry, None);
+            assert!(body.get("retryAfterS").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_are_problem_json() {
+        let res = ApiError::from(SellError::UnknownItem("x".into())).into_response();
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
         );
     }
 }

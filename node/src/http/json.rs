@@ -148,7 +148,7 @@ mod tests {
 
     fn field_of<T: DeserializeOwned>(body: &str) -> (ErrorCode, Option<String>, String) {
         let e = parse::<T>(body.as_bytes()).err().expect("must be refused");
-        (e.0.code, e.0.field, e.0.message)
+        (e.0.code, e.0.field, e.0.detail)
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{admin, ops, public, replication};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "flashsale stock node", description = "Sells a flash sale's items durably, without overselling. Every error is an ErrorBody with a stable `code`."),
+    info(title = "flashsale stock node", description = "Sells a flash sale's items durably, without overselling. Every error is an RFC 9457 problem (`application/problem+json`, schema ErrorBody) with a stable `code`; every answer a later retry can cure (429, 503, and 409 `not_open`) carries `Retry-After`."),
     paths(
         public::list_items, public::get_item, public::purchase, public::confirm, public::cancel, public::get_order,
         admin::status, admin::put_config, admin::put_role, admin::put_lease, admin::delete_lease,
@@ -135,7 +135,76 @@ pub fn document() -> serde_json::Value {
             ],
         });
     }
+    problems_and_retry_after(&mut doc);
+    public_security(&mut doc);
     doc
+}
+
+/// The routes without a token say so (`security: []`, not silence): the probes, the
+/// metrics, the shop's `/v1` routes; the order routes take the admin token as an
+/// alternative to `Flashsale-Customer` (`[{}, {bearer}]`: none, or the bearer).
+fn public_security(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (_, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            if op.contains_key("security") {
+                continue;
+            }
+            let security = if path.starts_with("/v1/orders/") {
+                serde_json::json!([{}, {"bearer": []}])
+            } else {
+                serde_json::json!([])
+            };
+            op.insert("security".to_string(), security);
+        }
+    }
+}
+
+/// Every error answer is `application/problem+json` (the handlers' annotations say
+/// `body = ErrorBody`, which the generator files under `application/json`), and every
+/// 429 and 503 — and the purchase's 409, which may be `not_open` — says `Retry-After`.
+fn problems_and_retry_after(doc: &mut serde_json::Value) {
+    let retry_after = serde_json::json!({
+        "description": "seconds to wait before the same request may succeed (also `retryAfterS` in the body); on a 409 only for `not_open`",
+        "schema": {"type": "integer", "minimum": 1},
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (_, op) in item.iter_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                if !status.starts_with('4') && !status.starts_with('5') {
+                    continue;
+                }
+                if let Some(content) = response.get_mut("content").and_then(|c| c.as_object_mut())
+                    && let Some(json) = content.remove("application/json")
+                {
+                    content.insert(flashsale_core::PROBLEM_JSON.to_string(), json);
+                }
+                let retryable = matches!(status.as_str(), "429" | "503")
+                    || (status == "409" && path == "/v1/purchases");
+                if retryable && let Some(r) = response.as_object_mut() {
+                    let headers = r.entry("headers").or_insert_with(|| serde_json::json!({}));
+                    headers["Retry-After"] = retry_after.clone();
+                }
+            }
+        }
+    }
 }
 
 pub async fn openapi_json() -> axum::Json<serde_json::Value> {

@@ -47,23 +47,24 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// cancelled or expired since — `GET /v1/orders/{id}` tells the state now), marked
 /// `Idempotent-Replayed: true`.
 #[utoipa::path(post, path = "/v1/purchases", tag = "orders", request_body = PurchaseRequest,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 258, pattern = "^[!-~]([ -~]*[!-~])?$", description = "the purchase's idempotency key (IETF draft-ietf-httpapi-idempotency-key-header: a structured-field string, `\"key\"`; a bare token is accepted too). Required unless the body has `idempotencyKey`; when both are sent they must be the same")),
     responses(
         (status = 201, body = Order, description = "reserved; an idempotent replay answers the first answer again, with `Idempotent-Replayed: true`"),
         (status = 400, body = ErrorBody, description = "bad_request, `field` names the field"),
         (status = 404, body = ErrorBody, description = "unknown_item"),
-        (status = 409, body = ErrorBody, description = "sold_out or idempotency_conflict"),
+        (status = 409, body = ErrorBody, description = "sold_out, idempotency_conflict, or not_open (with `Retry-After`: seconds until the sale opens)"),
         (status = 410, body = ErrorBody, description = "ended"),
         (status = 413, body = ErrorBody, description = "payload_too_large"),
         (status = 422, body = ErrorBody, description = "limit_exceeded or bad_quantity"),
-        (status = 425, body = ErrorBody, description = "not_open"),
         (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
         (status = 503, body = ErrorBody, description = "not_primary, fenced or unavailable")))]
 pub async fn purchase(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<PurchaseRequest>, ApiError>,
 ) -> Response {
-    let answer = match body {
-        Ok(Json(req)) => sell(&s, req).await,
+    let answer = match body.and_then(|Json(req)| with_header_key(&headers, req)) {
+        Ok(req) => sell(&s, req).await,
         Err(e) => Err(e),
     };
     s.metrics.purchase(match &answer {
@@ -74,6 +75,79 @@ pub async fn purchase(
         Ok(a) => answered(StatusCode::CREATED, a),
         Err(e) => e.into_response(),
     }
+}
+
+/// The header that may carry a purchase's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// The purchase with its idempotency key from the `Idempotency-Key` header or the body's
+/// `idempotencyKey` (one is required; both must agree).
+fn with_header_key(
+    headers: &HeaderMap,
+    mut req: PurchaseRequest,
+) -> Result<PurchaseRequest, ApiError> {
+    const H: &str = "Idempotency-Key";
+    let mut values = headers.get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else {
+        if req.idempotency_key.is_empty() {
+            return Err(ApiError::field(
+                "idempotencyKey",
+                "an idempotency key is required: send the Idempotency-Key header or the body's idempotencyKey",
+            ));
+        }
+        return Ok(req);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::field(H, "Idempotency-Key is sent more than once"));
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(header_key)
+        .ok_or_else(|| {
+            ApiError::field(
+                H,
+                "Idempotency-Key must be a structured-field string (\"key\", printable ASCII) or a bare token",
+            )
+        })?;
+    if req.idempotency_key.is_empty() {
+        req.idempotency_key = key;
+    } else if req.idempotency_key != key {
+        return Err(ApiError::field(
+            H,
+            format!(
+                "Idempotency-Key `{key}` and the body's idempotencyKey `{}` differ: they must be the same",
+                req.idempotency_key
+            ),
+        ));
+    }
+    Ok(req)
+}
+
+/// The key in an `Idempotency-Key` value: an RFC 8941 string (`"..."`, with `\"` and
+/// `\\` escapes) as the IETF draft has it, or the bare value many clients send.
+fn header_key(raw: &str) -> Option<String> {
+    let Some(inner) = raw.strip_prefix('"') else {
+        return (!raw.is_empty()
+            && !raw.contains('"')
+            && raw.bytes().all(|b| (0x21..0x7f).contains(&b)))
+        .then(|| raw.to_string());
+    };
+    let inner = inner.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                e @ ('"' | '\\') => out.push(e),
+                _ => return None,
+            },
+            '"' => return None,
+            c if (' '..='~').contains(&c) => out.push(c),
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// An order answer, marked when it is a replay.
@@ -240,4 +314,21 @@ fn order_id(raw: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
 fn path_param(name: &str, raw: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     raw.map(|Path(p)| p)
         .map_err(|e| ApiError::field(name, format!("field `{name}`: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_key;
+
+    #[test]
+    fn idempotency_key_header_values() {
+        assert_eq!(header_key(r#""k-1""#).as_deref(), Some("k-1"));
+        assert_eq!(header_key("k-1").as_deref(), Some("k-1"));
+        assert_eq!(header_key(r#""a \"b\" \\""#).as_deref(), Some(r#"a "b" \"#));
+        assert_eq!(header_key(r#""open"#), None);
+        assert_eq!(header_key(r#""bad \x""#), None);
+        assert_eq!(header_key("two words"), None);
+        assert_eq!(header_key(""), None);
+        assert_eq!(header_key(r#"a"b"#), None);
+    }
 }

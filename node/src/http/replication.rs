@@ -18,11 +18,11 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use flashsale_core::ErrorCode;
 use flashsale_core::replication::{
     CATCHUP_BYTES_MAX, HEADER_APPLIED_SEQ, HEADER_DURABLE_SEQ, HEADER_EPOCH, ReplicationMode,
 };
 use flashsale_core::wal::{BATCH_HEADER_BYTES, WalError, decode_batch, peek_frame};
-use flashsale_core::{ErrorBody, ErrorCode};
 use serde::Deserialize;
 
 use super::AppState;
@@ -379,18 +379,13 @@ pub async fn quorum_hold(State(s): State<AppState>, req: Request, next: Next) ->
     let seq = gate.durable_seq();
     match gate.wait(seq).await {
         Ok(()) => resp,
-        Err(e) => {
-            let body = ErrorBody {
-                code: ErrorCode::Unavailable,
-                message: format!(
-                    "{e}: not acknowledged; it may still complete, retry with the same idempotency key"
-                ),
-                field: None,
-                primary: None,
-                retry_after_s: Some(1),
-            };
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-        }
+        Err(e) => super::error::ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "{e}: not acknowledged; it may still complete, retry with the same idempotency key"
+            ),
+        )
+        .into_response(),
     }
 }
 
