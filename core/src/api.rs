@@ -60,6 +60,10 @@ pub struct Order {
     pub created_at_ms: UnixMs,
     /// When an unconfirmed hold returns to stock.
     pub expires_at_ms: UnixMs,
+    /// When it was confirmed (the primary's clock, from the confirm's WAL record);
+    /// absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at_ms: Option<UnixMs>,
 }
 
 /// One item's stock as the node sees it. Always `sold + held + remaining == stock`.

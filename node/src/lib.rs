@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod lease;
+pub mod ledger;
 pub mod metrics;
 pub mod replication;
 pub mod serve;

@@ -32,6 +32,14 @@ pub enum WalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the order ledger: every confirmed order (id, sku, quantity, customer,
+    /// idempotency key, reserved and confirmed times, the epoch that sold it), by id,
+    /// as JSON lines or CSV — from the newest snapshot and the log after it.
+    Ledger {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: crate::ledger::Format,
+    },
     /// Write records from SEQ on as WAL batches (`flashsale_core::wal::encode_batch`,
     /// one or more back to back) to a file or `-` for stdout.
     Export {
@@ -76,6 +84,7 @@ pub fn run(cmd: WalCommand) -> anyhow::Result<()> {
         WalCommand::Verify { dir } => verify(dir),
         WalCommand::Dump { dir, from, json: _ } => dump(dir, from),
         WalCommand::Export { dir, from, out } => export(dir, from, &out),
+        WalCommand::Ledger { dir, format } => ledger(dir, format),
         WalCommand::Ship {
             dir,
             from,
@@ -121,6 +130,16 @@ pub use crate::walship::{ShipError, ShipPlan};
 
 fn open(dir: &Path) -> anyhow::Result<FsDir> {
     FsDir::existing(dir).with_context(|| format!("open {}", dir.display()))
+}
+
+fn ledger(dir: PathBuf, format: crate::ledger::Format) -> anyhow::Result<()> {
+    let entries = crate::ledger::from_dir(&dir)?;
+    let stdout = io::stdout();
+    let mut w = io::BufWriter::new(stdout.lock());
+    match crate::ledger::write(&entries, format, &mut w).and_then(|()| w.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn verify(dir: PathBuf) -> anyhow::Result<()> {

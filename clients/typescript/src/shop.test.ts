@@ -32,6 +32,7 @@ test("a shop sells through the generated client: buy, replay, confirm, sold out"
   const confirmed = await node.confirm(first.order.id, "ada");
   assert.equal(confirmed.status, 200);
   assert.equal(confirmed.order?.state, "confirmed");
+  assert.ok((confirmed.order?.confirmedAtMs ?? 0) >= first.order.createdAtMs, "confirmedAtMs");
   const other = await node.order(first.order.id, "mallory");
   assert.equal(other.status, 404);
   assert.equal(other.problem?.code, "unknown_order");

@@ -25,6 +25,9 @@
 //! Memory: every order ever taken stays in memory (state, read view, snapshot copy);
 //! a flash sale's orders are bounded by its stock plus re-sold cancellations.
 
+/// Orders copied per read-lock hold by [`Engine::ledger`].
+const LEDGER_CHUNK: usize = 4096;
+
 mod clock;
 pub mod metrics;
 pub mod replica;
@@ -484,6 +487,33 @@ impl EngineHandle {
 
     pub fn order(&self, id: u64) -> Option<Order> {
         self.inner.view.read().order(id).cloned()
+    }
+
+    /// The order ledger of the durable state the reads show (`crate::ledger`): every
+    /// confirmed order, by id. The read lock is taken once to list the confirmed ids,
+    /// then per chunk of [`LEDGER_CHUNK`] orders, so a large export never holds up the
+    /// sequencer's view updates for long (a confirmed order stays confirmed).
+    pub fn ledger(&self) -> Vec<crate::ledger::LedgerEntry> {
+        let (mut ids, epochs, last) = {
+            let v = self.inner.view.read();
+            (
+                v.confirmed_ids(),
+                v.status.epochs.clone(),
+                v.status.applied_seq,
+            )
+        };
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LEDGER_CHUNK) {
+            let v = self.inner.view.read();
+            out.extend(
+                chunk
+                    .iter()
+                    .filter_map(|id| v.order(*id))
+                    .filter_map(|o| crate::ledger::entry(o, &epochs, last)),
+            );
+        }
+        out
     }
 
     /// Units still for sale; the HTTP fast path answers `sold_out` on 0 without queueing.

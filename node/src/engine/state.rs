@@ -137,6 +137,7 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> SellError {
 fn first_answer(o: &Order) -> Order {
     Order {
         state: OrderState::Reserved,
+        confirmed_at_ms: None,
         ..o.clone()
     }
 }
@@ -435,17 +436,18 @@ impl State {
                     state: OrderState::Reserved,
                     created_at_ms: rec.at_ms,
                     expires_at_ms: *expires_at_ms,
+                    confirmed_at_ms: None,
                 };
                 self.orders.insert(rec.seq, order);
             }
             RecordBody::Confirm { order_id } => self
-                .end_hold(*order_id, OrderState::Confirmed)
+                .end_hold(*order_id, OrderState::Confirmed, rec.at_ms)
                 .map_err(fail)?,
             RecordBody::Cancel { order_id } => self
-                .end_hold(*order_id, OrderState::Cancelled)
+                .end_hold(*order_id, OrderState::Cancelled, rec.at_ms)
                 .map_err(fail)?,
             RecordBody::Expire { order_id } => self
-                .end_hold(*order_id, OrderState::Expired)
+                .end_hold(*order_id, OrderState::Expired, rec.at_ms)
                 .map_err(fail)?,
         }
         if self.epochs.last().is_none_or(|e| e.epoch != rec.epoch) {
@@ -491,7 +493,7 @@ impl State {
         self.config_changed = true;
     }
 
-    fn end_hold(&mut self, id: u64, to: OrderState) -> Result<(), String> {
+    fn end_hold(&mut self, id: u64, to: OrderState, at_ms: UnixMs) -> Result<(), String> {
         let o = self
             .orders
             .get_mut(&id)
@@ -511,6 +513,7 @@ impl State {
             .ok_or_else(|| format!("order {id}: held below zero"))?;
         if to == OrderState::Confirmed {
             item.sold += q;
+            o.confirmed_at_ms = Some(at_ms);
         }
         o.state = to;
         if !self.lean {

@@ -109,7 +109,10 @@ impl ReadView {
         for id in orders {
             if let Some(o) = state.orders.get(id) {
                 match self.orders.get_mut(id) {
-                    Some(cur) => cur.state = o.state,
+                    Some(cur) => {
+                        cur.state = o.state;
+                        cur.confirmed_at_ms = o.confirmed_at_ms;
+                    }
                     None => {
                         insert_key(&mut self.keys, key_hash(&o.idempotency_key), o.id);
                         self.orders.insert(*id, o.clone());
@@ -140,6 +143,15 @@ impl ReadView {
 
     pub fn order(&self, id: u64) -> Option<&Order> {
         self.orders.get(&id)
+    }
+
+    /// The ids of every confirmed order, in no order.
+    pub fn confirmed_ids(&self) -> Vec<u64> {
+        self.orders
+            .values()
+            .filter(|o| o.state == flashsale_core::OrderState::Confirmed)
+            .map(|o| o.id)
+            .collect()
     }
 
     /// Whether a durable order holds idempotency key `key` (hash `hash`).

@@ -185,3 +185,43 @@ pub struct LeaseRefused {
     pub problem: ErrorBody,
     pub lease: LeaseStatus,
 }
+
+/// The order ledger of this node's durable state (`crate::ledger`): every confirmed
+/// order by id — id, sku, quantity, customer, idempotency key, reserved and confirmed
+/// times, the epoch that sold it — as JSON lines (`format=jsonl`, the default) or CSV
+/// (`format=csv`). Ask the primary: after a failover its ledger is the sale's. The rows
+/// are those `stock-node wal ledger` reads offline from the same data directory.
+#[utoipa::path(get, path = "/admin/v1/ledger", tag = "admin", security(("bearer" = [])),
+    params(("format" = Option<String>, Query, nullable = false, pattern = "^(jsonl|json|csv)$", description = "`jsonl` (default) or `csv`")),
+    responses(
+        (status = 200, description = "the ledger: one LedgerEntry a line (jsonl), or CSV with a header row", content(
+            (crate::ledger::LedgerEntry = "application/jsonl"),
+            (String = "text/csv"))),
+        (status = 400, body = ErrorBody, description = "bad_request: a format other than jsonl or csv"),
+        (status = 401, body = ErrorBody)))]
+pub async fn ledger(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    use crate::ledger::Format;
+    let mut format = Format::Jsonl;
+    for pair in query.as_deref().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("format=") {
+            format = Format::parse(v)
+                .ok_or_else(|| ApiError::field("format", format!("format `{v}`: jsonl or csv")))?;
+        }
+    }
+    let engine = s.engine.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        crate::ledger::write(&engine.ledger(), format, &mut out).map(|()| out)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("ledger: {e}")))?
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("ledger: {e}")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response())
+}

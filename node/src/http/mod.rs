@@ -159,6 +159,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/config", put(admin::put_config))
         .route("/admin/v1/role", put(admin::put_role))
+        .route("/admin/v1/ledger", get(admin::ledger))
         .route(
             "/admin/v1/lease",
             put(admin::put_lease).delete(admin::delete_lease),

@@ -33,6 +33,7 @@ async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::J
         state: OrderState::Reserved,
         created_at_ms: 0,
         expires_at_ms: 0,
+        confirmed_at_ms: None,
     };
     (StatusCode::CREATED, axum::Json(order))
 }
