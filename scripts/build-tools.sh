@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real upstream control-plane binaries, etcd, kubectl and helm from the
+# Builds the real upstream control-plane binaries, etcd, kubectl, helm and promtool from the
 # Go module proxy (no release downloads are reachable here) into a cache keyed by
 # version, outside the checkout. A second run finds them and returns at once.
 #
@@ -11,6 +11,8 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+# Prometheus 3.16's Go module version (its promtool unit-tests the chart's alerts).
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 CACHE=${FLASHSALE_CACHE:-$HOME/.cache/flashsale}
 BIN="$CACHE/tools/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 
@@ -91,6 +93,21 @@ if need helm; then
     go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
       -o "$work/helm" helm.sh/helm/v3/cmd/helm)
   mv "$work/helm" "$BIN/helm"
+  rm -rf "$work"; trap - EXIT
+fi
+
+# -- promtool (Prometheus' rule checker and rule unit tests), without the service
+# discovery plugins it does not need for that (the `remove_all_sd` build tag).
+if need promtool; then
+  work=$(mktemp -d "$CACHE/promtool-build.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  log "building promtool (Prometheus module $PROMETHEUS_VERSION)"
+  printf 'module flashsale.local/promtool-build\n\ngo 1.26.0\n\nrequire github.com/prometheus/prometheus %s\n' \
+    "$PROMETHEUS_VERSION" > "$work/go.mod"
+  (cd "$work" && go mod download github.com/prometheus/prometheus && \
+    go build -tags remove_all_sd -trimpath -ldflags "-s -w" \
+      -o "$work/promtool" github.com/prometheus/prometheus/cmd/promtool)
+  mv "$work/promtool" "$BIN/promtool"
   rm -rf "$work"; trap - EXIT
 fi
 

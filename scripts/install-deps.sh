@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project's scripts and tests use (idempotent).
 set -euo pipefail
-pkgs=(redis-server wrk iproute2 iptables procps util-linux curl jq openssl python3 python3-venv)
+pkgs=(redis-server wrk iproute2 iptables procps util-linux curl jq openssl python3 python3-venv python3-yaml)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
