@@ -19,8 +19,12 @@ bash node/tests/openapi/run.sh 20
 # through that client against a node (clients/typescript/run.sh).
 bash clients/typescript/run.sh
 # The operator end to end on the same cluster, after the workspace tests: helm install,
-# bad manifests refused, a sale bought from, changed, scaled and deleted (operator/tests/e2e.sh).
+# bad manifests refused, a sale bought from, the kubectl plugin (status, ledger, promote),
+# changed, scaled and deleted (operator/tests/e2e.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e.sh
+# The chart alone: helm lint --strict and template with monitoring off and on, promtool
+# test rules on its alerts, a server-side dry run of what it renders on the same cluster.
+FLASHSALE_E2E_CLUSTER=test bash charts/flashsale-operator/test.sh
 # Replication through the operator on the same cluster: convergence, Redis deleted and a
 # secondary killed mid-sale, status.nodes and the lag Events (operator/tests/e2e-replication.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e-replication.sh

@@ -1,21 +1,48 @@
 //! The operator's own HTTP port: `/metrics`, `/healthz` (the process serves), `/readyz`
 //! (the Kubernetes client works; a standby replica waiting for the Lease is ready too, so
-//! a rollout of two replicas can proceed).
+//! a rollout of two replicas can proceed), and two read-only views of a sale for the
+//! `kubectl flashsale` plugin, reached through the API server's service proxy so that no
+//! user's machine ever holds a node's admin token:
+//!
+//! - `GET /v1/sales/{namespace}/{name}/nodes`: each node pod's own admin status (role,
+//!   epoch, applied and durable sequence, purchases/s, lease), or why it did not answer;
+//! - `GET /v1/sales/{namespace}/{name}/ledger?format=jsonl|csv`: the primary's order
+//!   ledger (the node's `GET /admin/v1/ledger`), passed through.
+//!
+//! Who may call them is who may proxy to this Service (`services/proxy` on the
+//! operator's namespace, an administrator's right); any replica answers (they read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Api;
+use kube::api::ListParams;
 
+use crate::crd::FlashSale;
+use crate::labels;
 use crate::metrics::Metrics;
+use crate::nodes::{NodeClient, node_url};
+use crate::observe::PodView;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// What the sale views need; `None`: they answer 503.
+    pub sales: Option<SalesAccess>,
+}
+
+/// The API and node clients the sale views read with.
+#[derive(Clone)]
+pub struct SalesAccess {
+    pub client: kube::Client,
+    pub nodes: NodeClient,
 }
 
 pub fn app(state: HttpState) -> Router {
@@ -23,8 +50,190 @@ pub fn app(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/v1/sales/{namespace}/{name}/nodes", get(sale_nodes))
+        .route("/v1/sales/{namespace}/{name}/ledger", get(sale_ledger))
         .with_state(state)
 }
+
+/// A refusal of a sale view: its status and a JSON `{"code","detail"}`.
+fn refuse(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"code": code, "detail": detail.into()})),
+    )
+        .into_response()
+}
+
+/// The sale, its node pods (by name) and its admin token.
+async fn sale_parts(
+    access: &SalesAccess,
+    namespace: &str,
+    name: &str,
+) -> Result<(FlashSale, Vec<Pod>, String), Response> {
+    let api_err = |what: &str, e: kube::Error| {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            format!("reading {what}: {e}"),
+        )
+    };
+    let sale = Api::<FlashSale>::namespaced(access.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| api_err("the FlashSale", e))?
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "no_sale",
+                format!("no FlashSale {name} in namespace {namespace}"),
+            )
+        })?;
+    let token = Api::<Secret>::namespaced(access.client.clone(), namespace)
+        .get_opt(&labels::admin_secret_name(name))
+        .await
+        .map_err(|e| api_err("the admin Secret", e))?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(labels::ADMIN_TOKEN_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .map(|t| t.trim().to_string())
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_token",
+                format!("the sale {namespace}/{name} has no admin Secret yet"),
+            )
+        })?;
+    let selector = labels::selector_string(&labels::node_selector(name));
+    let mut pods = Api::<Pod>::namespaced(access.client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| api_err("the node pods", e))?
+        .items;
+    pods.sort_by_key(|p| p.metadata.name.clone());
+    Ok((sale, pods, token))
+}
+
+/// Each node pod's own admin status, or why it did not answer.
+async fn sale_nodes(
+    State(state): State<HttpState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let Some(access) = &state.sales else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "not ready");
+    };
+    let (sale, pods, token) = match sale_parts(access, &namespace, &name).await {
+        Ok(parts) => parts,
+        Err(refusal) => return refusal,
+    };
+    let mut nodes = Vec::with_capacity(pods.len());
+    for pod in &pods {
+        let view = PodView::from_pod(pod);
+        let answer = match view.url() {
+            Some(url) if view.running => match access.nodes.status(&url, &token).await {
+                Ok(status) => serde_json::json!({"status": status}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
+            _ => serde_json::json!({"error": "not running"}),
+        };
+        let mut node = serde_json::json!({
+            "pod": view.name,
+            "ready": view.ready,
+            "roleLabel": view.role_label,
+        });
+        if let (Some(n), Some(a)) = (node.as_object_mut(), answer.as_object()) {
+            n.extend(a.clone());
+        }
+        nodes.push(node);
+    }
+    let status = sale.status.unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "namespace": namespace,
+        "sale": name,
+        "primary": status.primary.map(|p| p.pod),
+        "epoch": status.epoch,
+        "nodes": nodes,
+    }))
+    .into_response()
+}
+
+/// The primary's order ledger, passed through (`format=jsonl|csv`).
+async fn sale_ledger(
+    State(state): State<HttpState>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(access) = &state.sales else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "not ready");
+    };
+    let (sale, pods, token) = match sale_parts(access, &namespace, &name).await {
+        Ok(parts) => parts,
+        Err(refusal) => return refusal,
+    };
+    let status = sale.status.unwrap_or_default();
+    if status.failover.is_some() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failing_over",
+            format!("{namespace}/{name} is failing over: ask again once it has a primary"),
+        );
+    }
+    let Some(primary) = status.primary.map(|p| p.pod) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_primary",
+            format!("{namespace}/{name} has no primary yet"),
+        );
+    };
+    let Some(url) = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(primary.as_str()))
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        .map(|ip| node_url(&ip))
+    else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_primary",
+            format!("the primary {primary} has no address"),
+        );
+    };
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let answer = access
+        .nodes
+        .http()
+        .get(format!("{url}/admin/v1/ledger{query}"))
+        .bearer_auth(&token)
+        .timeout(LEDGER_TIMEOUT)
+        .send()
+        .await;
+    match answer {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let content_type = res
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            match res.bytes().await {
+                Ok(body) => (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    [(header::CONTENT_TYPE, content_type)],
+                    body,
+                )
+                    .into_response(),
+                Err(e) => refuse(StatusCode::BAD_GATEWAY, "node_error", e.to_string()),
+            }
+        }
+        Err(e) => refuse(
+            StatusCode::BAD_GATEWAY,
+            "node_error",
+            format!("{primary}: {e}"),
+        ),
+    }
+}
+
+/// How long a ledger export may take (a large sale's ledger is megabytes).
+const LEDGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn metrics(State(state): State<HttpState>) -> String {
     state.metrics.encode()

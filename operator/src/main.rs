@@ -138,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
         HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            sales: Some(http::SalesAccess {
+                client: client.clone(),
+                nodes: NodeClient::new(args.node_timeout_ms).context("node admin client")?,
+            }),
         },
         stopped(stop_rx.clone()),
     ));

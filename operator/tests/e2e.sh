@@ -109,6 +109,44 @@ for reason in Created PrimaryChosen ConfigPushed RoleAssigned Selling; do
 done
 log "ok: Events Created, PrimaryChosen, ConfigPushed, RoleAssigned, Selling"
 
+log "kubectl flashsale (plugins/kubectl-flashsale), through the API server"
+export PATH="$PWD/plugins:$PATH"
+out=$(kubectl flashsale status "$SALE" -n "$NS") || fail "kubectl flashsale status failed"
+sed 's/^/  /' <<<"$out" >&2
+[ "$(grep -cE "^$SALE-[0-9] " <<<"$out")" = 3 ] || fail "status does not list 3 nodes"
+grep -qE "^$primary +primary +1 +true +[0-9]+ +[0-9]+ +- " <<<"$out" || fail "status does not show $primary as the ready primary at epoch 1"
+[ "$(grep -cE " secondary +1 +true " <<<"$out")" = 2 ] || fail "status does not show 2 ready secondaries"
+ledger=$(kubectl flashsale ledger "$SALE" -n "$NS") || fail "kubectl flashsale ledger failed"
+sold_now=$(jp "flashsale/$SALE" '{.status.sold}')
+LEDGER=$ledger python3 - "$sold_now" <<'PY' || fail "the ledger is not the sale's confirmed orders"
+import json, os, sys
+rows = [json.loads(l) for l in os.environ["LEDGER"].splitlines() if l.strip()]
+ids = [r["id"] for r in rows]
+assert len(ids) == len(set(ids)), "an order twice"
+units = sum(r["quantity"] for r in rows)
+assert units == int(sys.argv[1]), f"ledger units {units} != status.sold {sys.argv[1]}"
+assert all(r["epoch"] == 1 and r["confirmedAtMs"] >= r["createdAtMs"] for r in rows)
+print(f"e2e: ok: ledger: {len(rows)} confirmed orders, {units} units = status.sold", file=sys.stderr)
+PY
+csv=$(kubectl flashsale ledger "$SALE" -n "$NS" --format csv)
+[ "$(head -1 <<<"$csv")" = "id,sku,quantity,customer,idempotencyKey,createdAtMs,confirmedAtMs,epoch" ] || fail "CSV header: $(head -1 <<<"$csv")"
+[ "$(($(wc -l <<<"$csv") - 1))" = "$(grep -c . <<<"$ledger")" ] || fail "CSV and JSON lines ledgers differ in length"
+for bad in "status nope" "promote $SALE nope-9" "promote $SALE $primary"; do
+  # shellcheck disable=SC2086
+  if err=$(kubectl flashsale $bad -n "$NS" 2>&1); then fail "kubectl flashsale $bad succeeded"; fi
+  grep -qE "^error: (no FlashSale 'nope'|no pod 'nope-9'|$primary is the primary)" <<<"$err" || fail "kubectl flashsale $bad: unclear error: $err"
+  log "ok: kubectl flashsale $bad: $err"
+done
+target=$(kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$SALE",flashsale.dev/role=secondary -o jsonpath='{.items[0].metadata.name}')
+out=$(kubectl flashsale promote "$SALE" "$target" -n "$NS" --timeout 60) || fail "kubectl flashsale promote $target failed"
+log "ok: kubectl flashsale promote: $out"
+[ "$(jp "flashsale/$SALE" '{.status.primary.pod}')" = "$target" ] || fail "promote did not make $target the primary"
+[ "$(jp "flashsale/$SALE" '{.status.epoch}')" = 2 ] || fail "promote did not move the epoch to 2"
+# The new primary's ledger is the sale's: the same orders, each once, sold at epoch 1.
+after=$(kubectl flashsale ledger "$SALE" -n "$NS") || fail "kubectl flashsale ledger after the switchover failed"
+[ "$after" = "$ledger" ] || fail "the ledger changed across the switchover: $(diff <(echo "$ledger") <(echo "$after") | head -5)"
+log "ok: the ledger of the new primary $target is the old one's, row for row"
+
 log "operator HA: one of two replicas holds the Lease; killing it hands over"
 LEASE="$RELEASE-flashsale-operator"
 holder() { kubectl get lease -n "$OP_NS" "$LEASE" -o jsonpath='{.spec.holderIdentity}'; }
