@@ -170,6 +170,59 @@ check_acks() { # case sale
     fail "$1: acknowledged orders lost: $out"
   log "ok: $1: every acknowledged order is on the new primary ($out)"
 }
+# The order ledger across failovers: before each fault a few orders are bought and
+# confirmed (through the primary Service, retried with the same key); after it the new
+# primary's ledger — through `kubectl flashsale ledger` — holds every order confirmed
+# so far in this sale, each once, with the same id, sku, quantity and customer.
+export PATH="$ROOT/plugins:$PATH"
+confirm_some() { # case sale
+  local svc
+  svc=$(jp "svc/$2-primary" '{.spec.clusterIP}')
+  python3 - "http://$svc:8080" "$1" "$OUT/$2.confirmed.jsonl" <<'PY' || fail "$1: could not buy and confirm orders before the fault"
+import json, sys, time, urllib.request, urllib.error
+base, case, path = sys.argv[1:4]
+def call(method, url, body=None, headers={}):
+    for _ in range(40):
+        req = urllib.request.Request(url, method=method, data=body and json.dumps(body).encode(),
+                                     headers={"content-type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=3) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code != 503:
+                raise RuntimeError(f"{method} {url}: {e.code} {e.read()[:200]}")
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{method} {url}: no answer")
+with open(path, "a") as out:
+    for i in range(10):
+        who = f"ledger-{case}-{i}"
+        o = call("POST", f"{base}/v1/purchases", {"sku": "cap", "quantity": 1 + i % 2, "customer": who, "idempotencyKey": who})
+        c = call("POST", f"{base}/v1/orders/{o['id']}/confirm", {}, {"Flashsale-Customer": who})
+        assert c["state"] == "confirmed", c
+        out.write(json.dumps({k: o[k] for k in ("id", "sku", "quantity", "customer")}) + "\n")
+PY
+}
+check_ledger() { # case sale
+  local ledger
+  ledger=$(kubectl flashsale ledger "$2" -n "$NS") || fail "$1: kubectl flashsale ledger failed"
+  LEDGER=$ledger python3 - "$OUT/$2.confirmed.jsonl" "$1" <<'PY' || fail "$1: the ledger after the failover is not the confirmed orders"
+import json, os, sys
+rows = [json.loads(l) for l in os.environ["LEDGER"].splitlines() if l.strip()]
+ids = [r["id"] for r in rows]
+assert len(ids) == len(set(ids)), "an order twice in the ledger"
+mine = [json.loads(l) for l in open(sys.argv[1])]
+by_id = {r["id"]: r for r in rows}
+for m in mine:
+    r = by_id.get(m["id"])
+    assert r is not None, f"confirmed order {m} missing from the ledger"
+    assert {k: r[k] for k in m} == m, (m, r)
+assert len(rows) == len(mine), f"{len(rows)} ledger rows, {len(mine)} orders confirmed"
+print(f"e2e-failover: ok: {sys.argv[2]}: the new primary's ledger holds the {len(mine)} orders confirmed so far, each once, unchanged", file=sys.stderr)
+PY
+}
+
 # fault → first acknowledgement at an epoch above OLD, and the longest gap between two
 # acknowledgements in the 60 s after the fault, in ms (from the crowd's own record).
 first_ack_after() { # case fault_ms old_epoch → "FIRST GAP"
@@ -209,6 +262,7 @@ run_case() { # case sale faultfn expect(failover|none) title
   old_epoch=$(epoch_of "$sale"); old_primary=$(primary_of "$sale")
   local r
   for r in Fenced CandidateChosen TailRecovered Promoted; do events_before[$r]=$(event_count "$sale" "$r"); done
+  confirm_some "$c" "$sale"
   log "$c: $title (primary $old_primary, epoch $old_epoch)"
   t_start=$SECONDS
   crowd_start "$c" "$sale"; monitor_start "$c" "$sale"
@@ -239,6 +293,7 @@ run_case() { # case sale faultfn expect(failover|none) title
     [ "$new_epoch" = "$old_epoch" ] || fail "$c: a failover happened (epoch $old_epoch → $new_epoch)"
   fi
   check_acks "$c" "$sale"
+  check_ledger "$c" "$sale"
   local first gap
   read -r first gap < <(first_ack_after "$c" "$t_fault" "$old_epoch")
   draw "$c" "$t_fault" "$c: $title — fault at the dashed line; no acks for ${gap} ms"
