@@ -67,6 +67,32 @@ pub struct NodeStatus {
     /// [`crate::replication::common_prefix`]).
     #[serde(default)]
     pub epochs: Vec<crate::replication::EpochStart>,
+    /// What the node is asked to do and how it copes (an autoscaler's, KEDA's or
+    /// prometheus-adapter's input; the same figures are in `/metrics`).
+    #[serde(default)]
+    pub load: LoadStatus,
+}
+
+/// A node's load: what it answered, what it refused for load, its engine queue and its
+/// CPU. Counts are since the process started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadStatus {
+    /// Requests answered per second on the public API (`/v1/*`), over the last few
+    /// seconds.
+    pub requests_per_s: f64,
+    /// Answers by kind of request: `purchase`, `confirm`, `cancel`, `read` (items and
+    /// orders), `admin`, `ops` (probes, metrics, the OpenAPI document), `other`.
+    pub answered: std::collections::BTreeMap<String, u64>,
+    /// Requests refused for load: `rate` (429, over the admission rate) and `busy`
+    /// (503, the engine's queue full).
+    pub refused_for_load: std::collections::BTreeMap<String, u64>,
+    /// Purchases, confirms and cancels holding a place in the engine's queue now.
+    pub engine_inflight: u64,
+    /// The most that may (`--engine-inflight-max`); past it, 503 at once.
+    pub engine_inflight_max: u64,
+    /// CPU seconds this process has used (user + system).
+    pub process_cpu_seconds: f64,
 }
 
 /// `PUT /admin/v1/lease`: the operator renews the primary's selling lease.

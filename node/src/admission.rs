@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -24,6 +25,19 @@ pub struct Admission {
     bucket: Option<(DefaultDirectRateLimiter, u32)>,
     inflight: Arc<Semaphore>,
     inflight_max: usize,
+    /// Requests refused over the admission rate (429), since start.
+    refused_rate: AtomicU64,
+    /// Requests refused for a full engine queue (503), since start.
+    refused_busy: AtomicU64,
+}
+
+/// The admission's load figures at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdmissionLoad {
+    pub inflight: u64,
+    pub inflight_max: u64,
+    pub refused_rate: u64,
+    pub refused_busy: u64,
 }
 
 impl Admission {
@@ -41,6 +55,8 @@ impl Admission {
             bucket,
             inflight: Arc::new(Semaphore::new(inflight_max)),
             inflight_max,
+            refused_rate: AtomicU64::new(0),
+            refused_busy: AtomicU64::new(0),
         }
     }
 
@@ -50,6 +66,7 @@ impl Admission {
             return Ok(());
         };
         bucket.check().map_err(|not_until| {
+            self.refused_rate.fetch_add(1, Ordering::Relaxed);
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             Refusal::Rate {
                 rate_per_s: *rate_per_s,
@@ -61,12 +78,24 @@ impl Admission {
     /// A place in the engine's queue, held until the answer; none left → refuse at once
     /// rather than let waiters pile up without bound.
     pub fn enter_engine(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        self.inflight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::Busy {
+        self.inflight.clone().try_acquire_owned().map_err(|_| {
+            self.refused_busy.fetch_add(1, Ordering::Relaxed);
+            Refusal::Busy {
                 inflight_max: self.inflight_max,
-            })
+            }
+        })
+    }
+
+    /// Places taken in the engine's queue now, the limit, and the refusals so far.
+    pub fn load(&self) -> AdmissionLoad {
+        AdmissionLoad {
+            inflight: self
+                .inflight_max
+                .saturating_sub(self.inflight.available_permits()) as u64,
+            inflight_max: self.inflight_max as u64,
+            refused_rate: self.refused_rate.load(Ordering::Relaxed),
+            refused_busy: self.refused_busy.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -34,6 +34,52 @@ struct ItemLabels {
     sku: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The kinds of request `flashsale_requests_answered_total` and the status's
+/// `load.answered` count.
+pub const REQUEST_KINDS: [&str; 7] = [
+    "purchase", "confirm", "cancel", "read", "admin", "ops", "other",
+];
+
+/// The kind of a request, from its method and matched route.
+pub fn request_kind(method: &str, route: &str) -> &'static str {
+    match (method, route) {
+        ("POST", "/v1/purchases") => "purchase",
+        ("POST", "/v1/orders/{id}/confirm") => "confirm",
+        ("POST", "/v1/orders/{id}/cancel") => "cancel",
+        ("GET", "/v1/items" | "/v1/items/{sku}" | "/v1/orders/{id}") => "read",
+        (_, r) if r.starts_with("/admin/") => "admin",
+        (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => "ops",
+        _ => "other",
+    }
+}
+
+/// CPU seconds this process has used (user + system), from `getrusage`.
+pub fn process_cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// Raises a counter to `total` (a count kept elsewhere, read at scrape time).
+fn raise_to(counter: &Counter, total: u64) {
+    let have = counter.get();
+    if total > have {
+        counter.inc_by(total - have);
+    }
+}
+
 /// Every metric the node exports. Per-item gauges are refreshed at scrape time from
 /// the engine's state, so they cannot drift from it.
 pub struct Metrics {
@@ -50,7 +96,16 @@ pub struct Metrics {
     /// Milliseconds of selling lease left (set at scrape time).
     lease_remaining_ms: Gauge,
     purchases_answered: AtomicU64,
-    rate: Mutex<VecDeque<(Instant, u64)>>,
+    /// Answers to `/v1/*` requests (the requests-per-second gauge's count).
+    public_answered: AtomicU64,
+    /// (when, purchases answered, `/v1` requests answered), one sample a tick.
+    rate: Mutex<VecDeque<(Instant, u64, u64)>>,
+    answered: Family<KindLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    requests_per_s: Gauge<f64, std::sync::atomic::AtomicU64>,
+    engine_inflight: Gauge,
+    engine_inflight_max: Gauge,
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Samples kept for `purchases_per_s`: the rate is averaged over this many ticks.
@@ -128,7 +183,50 @@ impl Metrics {
             "Milliseconds of selling lease left on this node (0: none)",
             lease_remaining_ms.clone(),
         );
+        let answered = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "flashsale_requests_answered",
+            "Requests answered, by kind: purchase, confirm, cancel, read, admin, ops, other",
+            answered.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "flashsale_refused_for_load",
+            "Requests refused for load: rate (429, over the admission rate), busy (503, the engine queue full)",
+            refused.clone(),
+        );
+        let requests_per_s = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "flashsale_requests_per_second",
+            "Public API (/v1) requests answered per second over the last few seconds (for KEDA or prometheus-adapter)",
+            requests_per_s.clone(),
+        );
+        let engine_inflight = Gauge::default();
+        registry.register(
+            "flashsale_engine_inflight",
+            "Purchases, confirms and cancels holding a place in the engine queue",
+            engine_inflight.clone(),
+        );
+        let engine_inflight_max = Gauge::default();
+        registry.register(
+            "flashsale_engine_inflight_max",
+            "Places in the engine queue (--engine-inflight-max); past them, 503 at once",
+            engine_inflight_max.clone(),
+        );
+        let cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU seconds this process has used, user and system",
+            cpu_seconds.clone(),
+        );
         Metrics {
+            answered,
+            refused,
+            requests_per_s,
+            engine_inflight,
+            engine_inflight_max,
+            cpu_seconds,
+            public_answered: AtomicU64::new(0),
             fenced,
             lease_remaining_ms,
             registry,
@@ -180,6 +278,63 @@ impl Metrics {
                 status,
             })
             .observe(seconds);
+        self.answered
+            .get_or_create(&KindLabels {
+                kind: request_kind(method, route),
+            })
+            .inc();
+        if route.starts_with("/v1/") {
+            self.public_answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The load figures: answered by kind, refused for load, the engine queue, CPU.
+    pub fn load(
+        &self,
+        admission: &crate::admission::AdmissionLoad,
+    ) -> flashsale_core::admin::LoadStatus {
+        let answered = REQUEST_KINDS
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    self.answered.get_or_create(&KindLabels { kind: k }).get(),
+                )
+            })
+            .collect();
+        flashsale_core::admin::LoadStatus {
+            requests_per_s: self.requests_per_s(),
+            answered,
+            refused_for_load: [
+                ("rate".to_string(), admission.refused_rate),
+                ("busy".to_string(), admission.refused_busy),
+            ]
+            .into_iter()
+            .collect(),
+            engine_inflight: admission.inflight,
+            engine_inflight_max: admission.inflight_max,
+            process_cpu_seconds: process_cpu_seconds(),
+        }
+    }
+
+    /// Sets what is read at scrape time: the admission's figures and the CPU.
+    pub fn observe_load(&self, admission: &crate::admission::AdmissionLoad) {
+        raise_to(
+            &self.refused.get_or_create(&ReasonLabels { reason: "rate" }),
+            admission.refused_rate,
+        );
+        raise_to(
+            &self.refused.get_or_create(&ReasonLabels { reason: "busy" }),
+            admission.refused_busy,
+        );
+        self.engine_inflight.set(clamp(admission.inflight));
+        self.engine_inflight_max.set(clamp(admission.inflight_max));
+        self.requests_per_s.set(self.requests_per_s());
+        let cpu = process_cpu_seconds();
+        let have = self.cpu_seconds.get();
+        if cpu > have {
+            self.cpu_seconds.inc_by(cpu - have);
+        }
     }
 
     /// Takes one rate sample; called about once a second.
@@ -188,6 +343,7 @@ impl Metrics {
         samples.push_back((
             Instant::now(),
             self.purchases_answered.load(Ordering::Relaxed),
+            self.public_answered.load(Ordering::Relaxed),
         ));
         while samples.len() > RATE_SAMPLES_MAX {
             samples.pop_front();
@@ -196,10 +352,19 @@ impl Metrics {
 
     /// Purchases answered per second over the last few ticks.
     pub fn purchases_per_s(&self) -> f64 {
+        self.per_s(|(_, p, _)| *p)
+    }
+
+    /// Public API (`/v1`) requests answered per second over the last few ticks.
+    pub fn requests_per_s(&self) -> f64 {
+        self.per_s(|(_, _, r)| *r)
+    }
+
+    fn per_s(&self, count: impl Fn(&(Instant, u64, u64)) -> u64) -> f64 {
         let samples = self.rate.lock();
         match (samples.front(), samples.back()) {
-            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
-                (n1 - n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                count(b).saturating_sub(count(a)) as f64 / b.0.duration_since(a.0).as_secs_f64()
             }
             _ => 0.0,
         }

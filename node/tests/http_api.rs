@@ -1082,3 +1082,72 @@ async fn loose_ends_of_the_api_answer_a_clear_json_error_and_change_nothing() {
     .await;
     assert_eq!(st.body["role"], "primary");
 }
+
+/// The load counters an autoscaler (or KEDA, or prometheus-adapter) reads: what the
+/// node answered by kind, what it refused for load, its engine queue, its CPU — in
+/// `/admin/v1/status` and in `/metrics`, the same figures.
+#[tokio::test]
+async fn load_counters_say_what_the_node_answered_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(
+        &dir,
+        &[("tee", 5, 0)],
+        &["--admission-rate-per-s", "1", "--admission-burst", "4"],
+    );
+    let mut refused = 0;
+    for _ in 0..10 {
+        let a = get(&node, "/v1/items").await;
+        if a.status == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "only {refused} of 10 refused at 1/s, burst 4");
+    let st = admin(
+        &node,
+        Method::GET,
+        "/admin/v1/status",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    let load = &st.body["load"];
+    assert_eq!(load["answered"]["read"], 10, "{load}");
+    assert_eq!(load["answered"]["purchase"], 0, "{load}");
+    assert_eq!(load["refusedForLoad"]["rate"], refused, "{load}");
+    assert_eq!(load["refusedForLoad"]["busy"], 0, "{load}");
+    assert_eq!(load["engineInflight"], 0, "{load}");
+    assert_eq!(load["engineInflightMax"], 4096, "{load}");
+    assert!(load["processCpuSeconds"].as_f64().unwrap() > 0.0, "{load}");
+    assert!(load["requestsPerS"].as_f64().is_some(), "{load}");
+
+    let text = client()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"flashsale_refused_for_load_total{reason="rate"}"#),
+        refused as f64
+    );
+    assert_eq!(
+        value(r#"flashsale_requests_answered_total{kind="read"}"#),
+        10.0
+    );
+    assert_eq!(value("flashsale_engine_inflight_max "), 4096.0);
+    assert_eq!(value("flashsale_engine_inflight "), 0.0);
+    assert!(value("process_cpu_seconds_total ") > 0.0);
+    value("flashsale_requests_per_second ");
+}

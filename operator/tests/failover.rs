@@ -39,6 +39,7 @@ fn node(role: Role, epoch: u64, durable: u64, instance: &str) -> NodeStatus {
             remaining_ms: 0,
         }),
         epochs: vec![],
+        load: Default::default(),
     }
 }
 

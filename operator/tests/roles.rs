@@ -19,6 +19,7 @@ fn node(role: Role, epoch: u64, configured: bool) -> NodeStatus {
         replication: None,
         lease: None,
         epochs: vec![],
+        load: Default::default(),
     }
 }
 

@@ -55,6 +55,7 @@ fn node(role: Role, epoch: u64, config: Option<&SaleConfig>, sold: u64) -> NodeS
         replication: None,
         lease: None,
         epochs: vec![],
+        load: Default::default(),
     }
 }
 

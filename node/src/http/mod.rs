@@ -122,6 +122,7 @@ impl AppState {
             replication: self.replication.as_ref().map(|r| r.status(st.applied_seq)),
             lease: Some(self.engine.lease().status()),
             epochs: st.epochs,
+            load: self.metrics.load(&self.admission.load()),
         }
     }
 

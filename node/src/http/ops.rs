@@ -64,6 +64,7 @@ pub async fn readyz(State(s): State<AppState>) -> Result<axum::Json<Ready>, ApiE
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     s.metrics
         .lease_remaining_ms(s.engine.lease().remaining_ms());
+    s.metrics.observe_load(&s.admission.load());
     let text = s
         .metrics
         .encode(&s.engine.items())
