@@ -132,7 +132,7 @@ pub fn from_dir(dir: &std::path::Path) -> anyhow::Result<Vec<LedgerEntry>> {
         &d,
         &ScanOptions {
             repair: false,
-            tail_window_bytes: 1 << 20,
+            tail_window_bytes: crate::engine::EngineOptions::default().tail_window_bytes(),
             from_seq: state.applied_seq + 1,
         },
         |rec| {

@@ -148,7 +148,7 @@ fn verify(dir: PathBuf) -> anyhow::Result<()> {
         &d,
         &ScanOptions {
             repair: false,
-            tail_window_bytes: 1 << 20,
+            tail_window_bytes: crate::engine::EngineOptions::default().tail_window_bytes(),
             from_seq: u64::MAX,
         },
         |_| Ok(()),
@@ -179,7 +179,7 @@ fn dump(dir: PathBuf, from: u64) -> anyhow::Result<()> {
         &d,
         &ScanOptions {
             repair: false,
-            tail_window_bytes: 1 << 20,
+            tail_window_bytes: crate::engine::EngineOptions::default().tail_window_bytes(),
             from_seq: from,
         },
         |rec| {
@@ -216,7 +216,7 @@ fn export(dir: PathBuf, from: u64, out: &str) -> anyhow::Result<()> {
         &d,
         &ScanOptions {
             repair: false,
-            tail_window_bytes: 1 << 20,
+            tail_window_bytes: crate::engine::EngineOptions::default().tail_window_bytes(),
             from_seq: u64::MAX,
         },
         |_| Ok(()),

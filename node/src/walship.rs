@@ -110,7 +110,7 @@ fn read_source(path: &std::path::Path) -> Result<Source, ShipError> {
         &dir,
         &ScanOptions {
             repair: false,
-            tail_window_bytes: 1 << 20,
+            tail_window_bytes: crate::engine::EngineOptions::default().tail_window_bytes(),
             from_seq: snap_seq + 1,
         },
         |rec| {

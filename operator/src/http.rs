@@ -9,15 +9,18 @@
 //! - `GET /v1/sales/{namespace}/{name}/ledger?format=jsonl|csv`: the primary's order
 //!   ledger (the node's `GET /admin/v1/ledger`), passed through.
 //!
-//! Who may call them is who may proxy to this Service (`services/proxy` on the
-//! operator's namespace, an administrator's right); any replica answers (they read).
+//! Every call must carry `Flashsale-Viewer-Token`: a token of the viewer ServiceAccount
+//! (`--viewer-service-account`) minted for the audience [`VIEWER_AUDIENCE`], which the
+//! operator checks with a TokenReview. The port is reachable from inside the cluster
+//! (it serves `/metrics`), so the token — not the network — is the guard; the right to
+//! read a ledger is the RBAC right to mint that token. Any replica answers (they read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -43,6 +46,107 @@ pub struct HttpState {
 pub struct SalesAccess {
     pub client: kube::Client,
     pub nodes: NodeClient,
+    /// The username a viewer token must authenticate as
+    /// (`system:serviceaccount:NS:NAME`); `None`: the views are closed.
+    pub viewer: Option<String>,
+}
+
+/// The audience a viewer token must be minted for.
+pub const VIEWER_AUDIENCE: &str = "flashsale-operator";
+/// The header that carries it (the API server's proxy strips `Authorization`).
+pub const VIEWER_HEADER: &str = "flashsale-viewer-token";
+
+/// `NAMESPACE/NAME` → the ServiceAccount's username.
+pub fn viewer_username(sa: &str) -> Result<String, String> {
+    match sa.split_once('/') {
+        Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {
+            Ok(format!("system:serviceaccount:{ns}:{name}"))
+        }
+        _ => Err(format!("`{sa}` is not NAMESPACE/NAME")),
+    }
+}
+
+/// An RFC 1123 label (a namespace's name).
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain (an object's name).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Lets a call in if it carries a viewer token the API server vouches for.
+async fn authorize(access: &SalesAccess, headers: &HeaderMap) -> Result<(), Response> {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let Some(viewer) = &access.viewer else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "views_closed",
+            "the sale views are closed: the operator runs without --viewer-service-account",
+        ));
+    };
+    let Some(token) = headers.get(VIEWER_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "no_token",
+            format!(
+                "send a token of {viewer} for the audience {VIEWER_AUDIENCE} in Flashsale-Viewer-Token"
+            ),
+        ));
+    };
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_string(),
+            audiences: Some(vec![VIEWER_AUDIENCE.to_string()]),
+        },
+        ..TokenReview::default()
+    };
+    let answer = Api::<TokenReview>::all(access.client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .map_err(|e| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!("TokenReview: {e}"),
+            )
+        })?;
+    let status = answer.status.unwrap_or_default();
+    let who = status.user.and_then(|u| u.username);
+    let audience_ok = status
+        .audiences
+        .is_some_and(|a| a.iter().any(|x| x == VIEWER_AUDIENCE));
+    if status.authenticated == Some(true) && audience_ok && who.as_deref() == Some(viewer.as_str())
+    {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the token is not {viewer}'s for the audience {VIEWER_AUDIENCE} ({})",
+                who.or(status.error)
+                    .unwrap_or_else(|| "not authenticated".into())
+            ),
+        ))
+    }
+}
+
+/// The refusal of a URL whose namespace or name is not one, checked before any API call.
+fn bad_sale_ref(namespace: &str, name: &str) -> Option<Response> {
+    (!(is_dns_label(namespace) && is_dns_subdomain(name))).then(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("`{namespace}/{name}` is not a namespace and a FlashSale name"),
+        )
+    })
 }
 
 pub fn app(state: HttpState) -> Router {
@@ -117,10 +221,17 @@ async fn sale_parts(
 async fn sale_nodes(
     State(state): State<HttpState>,
     Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     let Some(access) = &state.sales else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "not ready");
     };
+    if let Some(refusal) = bad_sale_ref(&namespace, &name) {
+        return refusal;
+    }
+    if let Err(refusal) = authorize(access, &headers).await {
+        return refusal;
+    }
     let (sale, pods, token) = match sale_parts(access, &namespace, &name).await {
         Ok(parts) => parts,
         Err(refusal) => return refusal,
@@ -161,10 +272,17 @@ async fn sale_ledger(
     State(state): State<HttpState>,
     Path((namespace, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let Some(access) = &state.sales else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "not ready");
     };
+    if let Some(refusal) = bad_sale_ref(&namespace, &name) {
+        return refusal;
+    }
+    if let Err(refusal) = authorize(access, &headers).await {
+        return refusal;
+    }
     let (sale, pods, token) = match sale_parts(access, &namespace, &name).await {
         Ok(parts) => parts,
         Err(refusal) => return refusal,
@@ -196,6 +314,30 @@ async fn sale_ledger(
             format!("the primary {primary} has no address"),
         );
     };
+    // The pod status names must be the primary at the sale's epoch now (a pod that
+    // restarted on an empty volume would answer an empty ledger).
+    match access.nodes.status(&url, &token).await {
+        Ok(s) if s.role == flashsale_core::admin::Role::Primary && s.epoch == status.epoch => {}
+        Ok(s) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_primary",
+                format!(
+                    "{primary} is {}@{}, not the primary at epoch {}: ask again shortly",
+                    s.role.as_str(),
+                    s.epoch,
+                    status.epoch
+                ),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "node_error",
+                format!("{primary}: {e}"),
+            );
+        }
+    }
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     let answer = access
         .nodes
@@ -256,4 +398,31 @@ pub async fn run(
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_url_are_checked_before_any_api_call() {
+        assert!(bad_sale_ref("shop", "launch").is_none());
+        assert!(bad_sale_ref("shop", "launch.v2").is_none());
+        for (ns, name) in [
+            ("shop", "a/b"),
+            ("shop", "../x"),
+            ("Shop", "x"),
+            ("shop", "x?y"),
+            ("", "x"),
+            ("shop", ""),
+            ("-a", "x"),
+        ] {
+            assert!(bad_sale_ref(ns, name).is_some(), "{ns}/{name}");
+        }
+        assert_eq!(
+            viewer_username("ops/flashsale-viewer").unwrap(),
+            "system:serviceaccount:ops:flashsale-viewer"
+        );
+        assert!(viewer_username("flashsale-viewer").is_err());
+    }
 }

@@ -73,6 +73,10 @@ struct Args {
     /// This replica's name in the Lease and in Events.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// `NAMESPACE/NAME` of the ServiceAccount whose tokens (audience
+    /// `flashsale-operator`) open the read-only sale views; without it they are closed.
+    #[arg(long)]
+    viewer_service_account: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -141,6 +145,12 @@ async fn main() -> anyhow::Result<()> {
             sales: Some(http::SalesAccess {
                 client: client.clone(),
                 nodes: NodeClient::new(args.node_timeout_ms).context("node admin client")?,
+                viewer: args
+                    .viewer_service_account
+                    .as_deref()
+                    .map(http::viewer_username)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--viewer-service-account: {e}"))?,
             }),
         },
         stopped(stop_rx.clone()),

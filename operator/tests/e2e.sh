@@ -137,6 +137,22 @@ for bad in "status nope" "promote $SALE nope-9" "promote $SALE $primary"; do
   grep -qE "^error: (no FlashSale 'nope'|no pod 'nope-9'|$primary is the primary)" <<<"$err" || fail "kubectl flashsale $bad: unclear error: $err"
   log "ok: kubectl flashsale $bad: $err"
 done
+# The operator's sale views let in only a token of its viewer ServiceAccount (checked
+# with a TokenReview): reached straight from inside the cluster, without one, with
+# another ServiceAccount's, or with a name that is not one, they refuse.
+op_ip=$(kubectl get pods -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator -o jsonpath='{.items[0].status.podIP}')
+views="http://$op_ip:8081/v1/sales/$NS/$SALE/ledger"
+code=$(curl -s -o /dev/null -w '%{http_code}' "$views")
+[ "$code" = 401 ] || fail "the ledger view answered $code without a token"
+other=$(kubectl create token default -n "$NS" --audience flashsale-operator --duration 10m)
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Flashsale-Viewer-Token: $other" "$views")
+[ "$code" = 403 ] || fail "the ledger view answered $code to another ServiceAccount's token"
+viewer=$(kubectl create token "$RELEASE-flashsale-operator-viewer" -n "$OP_NS" --audience flashsale-operator --duration 10m)
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Flashsale-Viewer-Token: $viewer" "http://$op_ip:8081/v1/sales/$NS/..%2Fx/ledger")
+[ "$code" = 400 ] || fail "the ledger view answered $code to a name that is not one"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Flashsale-Viewer-Token: $viewer" "$views")
+[ "$code" = 200 ] || fail "the ledger view answered $code to the viewer's token"
+log "ok: the sale views: no token 401, another ServiceAccount's 403, a bad name 400, the viewer's 200"
 target=$(kubectl get pods -n "$NS" -l app.kubernetes.io/instance="$SALE",flashsale.dev/role=secondary -o jsonpath='{.items[0].metadata.name}')
 out=$(kubectl flashsale promote "$SALE" "$target" -n "$NS" --timeout 60) || fail "kubectl flashsale promote $target failed"
 log "ok: kubectl flashsale promote: $out"

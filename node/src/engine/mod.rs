@@ -98,6 +98,16 @@ impl std::fmt::Debug for dyn WalDir {
     }
 }
 
+impl EngineOptions {
+    /// How far from a log's end damage counts as a torn tail: the unsynced end is at
+    /// most one batch — its byte limit, plus the one record that may cross it and the
+    /// expiries a batch starts with. The offline tools use the defaults' window.
+    pub fn tail_window_bytes(&self) -> u64 {
+        (self.batch_bytes_max + flashsale_core::wal::RECORD_BYTES_MAX + self.batch_records_max * 64)
+            as u64
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
@@ -223,9 +233,7 @@ impl Engine {
             repair: true,
             // The unsynced end is at most one batch: its byte limit, plus the one record
             // that may cross it and the expiries a batch starts with.
-            tail_window_bytes: (opts.batch_bytes_max
-                + flashsale_core::wal::RECORD_BYTES_MAX
-                + opts.batch_records_max * 64) as u64,
+            tail_window_bytes: opts.tail_window_bytes(),
             from_seq: state.applied_seq + 1,
         };
         let metrics = EngineMetrics::default();
@@ -493,27 +501,38 @@ impl EngineHandle {
     /// confirmed order, by id. The read lock is taken once to list the confirmed ids,
     /// then per chunk of [`LEDGER_CHUNK`] orders, so a large export never holds up the
     /// sequencer's view updates for long (a confirmed order stays confirmed).
+    ///
+    /// A secondary's view can be replaced between two chunks (a reseed, a snapshot
+    /// install: another log's history); then the export starts again, so no ledger mixes
+    /// two histories.
     pub fn ledger(&self) -> Vec<crate::ledger::LedgerEntry> {
-        let (mut ids, epochs, last) = {
-            let v = self.inner.view.read();
-            (
-                v.confirmed_ids(),
-                v.status.epochs.clone(),
-                v.status.applied_seq,
-            )
-        };
-        ids.sort_unstable();
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(LEDGER_CHUNK) {
-            let v = self.inner.view.read();
-            out.extend(
-                chunk
-                    .iter()
-                    .filter_map(|id| v.order(*id))
-                    .filter_map(|o| crate::ledger::entry(o, &epochs, last)),
-            );
+        'again: loop {
+            let (mut ids, epochs, last) = {
+                let v = self.inner.view.read();
+                (
+                    v.confirmed_ids(),
+                    v.status.epochs.clone(),
+                    v.status.applied_seq,
+                )
+            };
+            ids.sort_unstable();
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(LEDGER_CHUNK) {
+                let v = self.inner.view.read();
+                // The same log grows (its history only gains epochs after `last`);
+                // another log does not keep the history up to `last`.
+                if v.status.applied_seq < last || !v.status.epochs.starts_with(&epochs) {
+                    continue 'again;
+                }
+                out.extend(
+                    chunk
+                        .iter()
+                        .filter_map(|id| v.order(*id))
+                        .filter_map(|o| crate::ledger::entry(o, &epochs, last)),
+                );
+            }
+            return out;
         }
-        out
     }
 
     /// Units still for sale; the HTTP fast path answers `sold_out` on 0 without queueing.
