@@ -59,8 +59,10 @@ const CONFLICT_REQUEUE_MS: u64 = 200;
 /// Sales reconciled at once (bounds API and node calls).
 const CONCURRENCY_MAX: u16 = 4;
 /// How long a reconcile waits for the caches' first lists before it gives up and
-/// backs off (they list in well under a second on a healthy API server).
-const CACHES_READY_MAX_MS: u64 = 30_000;
+/// backs off (they list in well under a second on a healthy API server). Short: a pass
+/// that waits holds a reconcile slot, and a failover a new leader resumes is waiting on
+/// it — the retry (backoff from 1 s) finds the caches listed.
+const CACHES_READY_MAX_MS: u64 = 3_000;
 
 /// Why a pass failed, by the step that failed.
 #[derive(Debug, thiserror::Error)]
