@@ -37,20 +37,20 @@ async fn send_as(
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b);
     }
-    let res = req.send().await.expect("request");
+    answer(req.send().await.expect("request")).await
+}
+
+/// What a test reads of a response: status, the headers it checks, the JSON body.
+async fn answer(res: reqwest::Response) -> Answer {
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let retry_after = header("retry-after");
+    let replayed = header("idempotent-replayed").is_some_and(|v| v == "true");
+    let content_type = header("content-type");
     let status = res.status();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let replayed = res
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true");
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string());
     let text = res.text().await.unwrap();
     let body = serde_json::from_str(&text)
         .unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}"));
@@ -229,30 +229,16 @@ async fn purchase_confirm_cancel_and_read_back() {
 
 /// A purchase with an `Idempotency-Key` header (and maybe a body without the key).
 async fn post_keyed(node: &Node, key: &str, body: &Value) -> Answer {
-    let res = client()
-        .post(node.url("/v1/purchases"))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .expect("request");
-    let status = res.status();
-    let replayed = res.headers().get("idempotent-replayed").is_some();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string());
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    Answer {
-        status,
-        retry_after,
-        replayed,
-        content_type,
-        body: res.json().await.unwrap(),
-    }
+    answer(
+        client()
+            .post(node.url("/v1/purchases"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
 }
 
 #[tokio::test]

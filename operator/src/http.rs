@@ -168,6 +168,29 @@ fn refuse(status: StatusCode, code: &str, detail: impl Into<String>) -> Response
         .into_response()
 }
 
+/// A sale view's way in: the views open, the names checked, the caller's viewer token
+/// vouched for, then the sale, its node pods and its admin token.
+async fn open_sale<'a>(
+    state: &'a HttpState,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<(&'a SalesAccess, FlashSale, Vec<Pod>, String), Response> {
+    let Some(access) = &state.sales else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "not ready",
+        ));
+    };
+    if let Some(refusal) = bad_sale_ref(namespace, name) {
+        return Err(refusal);
+    }
+    authorize(access, headers).await?;
+    let (sale, pods, token) = sale_parts(access, namespace, name).await?;
+    Ok((access, sale, pods, token))
+}
+
 /// The sale, its node pods (by name) and its admin token.
 async fn sale_parts(
     access: &SalesAccess,
@@ -223,16 +246,7 @@ async fn sale_nodes(
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(access) = &state.sales else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "not ready");
-    };
-    if let Some(refusal) = bad_sale_ref(&namespace, &name) {
-        return refusal;
-    }
-    if let Err(refusal) = authorize(access, &headers).await {
-        return refusal;
-    }
-    let (sale, pods, token) = match sale_parts(access, &namespace, &name).await {
+    let (access, sale, pods, token) = match open_sale(&state, &namespace, &name, &headers).await {
         Ok(parts) => parts,
         Err(refusal) => return refusal,
     };
@@ -274,16 +288,7 @@ async fn sale_ledger(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let Some(access) = &state.sales else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "starting", "not ready");
-    };
-    if let Some(refusal) = bad_sale_ref(&namespace, &name) {
-        return refusal;
-    }
-    if let Err(refusal) = authorize(access, &headers).await {
-        return refusal;
-    }
-    let (sale, pods, token) = match sale_parts(access, &namespace, &name).await {
+    let (access, sale, pods, token) = match open_sale(&state, &namespace, &name, &headers).await {
         Ok(parts) => parts,
         Err(refusal) => return refusal,
     };

@@ -140,10 +140,11 @@ pub fn document() -> serde_json::Value {
     doc
 }
 
-/// The routes without a token say so (`security: []`, not silence): the probes, the
-/// metrics, the shop's `/v1` routes; the order routes take the admin token as an
-/// alternative to `Flashsale-Customer` (`[{}, {bearer}]`: none, or the bearer).
-fn public_security(doc: &mut serde_json::Value) {
+/// Calls `f(path, operation)` for every operation of the document.
+fn each_operation(
+    doc: &mut serde_json::Value,
+    mut f: impl FnMut(&str, &mut serde_json::Map<String, serde_json::Value>),
+) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
     };
@@ -151,13 +152,18 @@ fn public_security(doc: &mut serde_json::Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        for (_, op) in item.iter_mut() {
-            let Some(op) = op.as_object_mut() else {
-                continue;
-            };
-            if op.contains_key("security") {
-                continue;
-            }
+        for op in item.values_mut().filter_map(|op| op.as_object_mut()) {
+            f(path, op);
+        }
+    }
+}
+
+/// The routes without a token say so (`security: []`, not silence): the probes, the
+/// metrics, the shop's `/v1` routes; the order routes take the admin token as an
+/// alternative to `Flashsale-Customer` (`[{}, {bearer}]`: none, or the bearer).
+fn public_security(doc: &mut serde_json::Value) {
+    each_operation(doc, |path, op| {
+        if !op.contains_key("security") {
             let security = if path.starts_with("/v1/orders/") {
                 serde_json::json!([{}, {"bearer": []}])
             } else {
@@ -165,7 +171,7 @@ fn public_security(doc: &mut serde_json::Value) {
             };
             op.insert("security".to_string(), security);
         }
-    }
+    });
 }
 
 /// Every error answer is `application/problem+json` (the handlers' annotations say
@@ -176,35 +182,27 @@ fn problems_and_retry_after(doc: &mut serde_json::Value) {
         "description": "seconds to wait before the same request may succeed (also `retryAfterS` in the body); on a 409 only for `not_open`",
         "schema": {"type": "integer", "minimum": 1},
     });
-    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
-        return;
-    };
-    for (path, item) in paths.iter_mut() {
-        let Some(item) = item.as_object_mut() else {
-            continue;
+    each_operation(doc, |path, op| {
+        let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+            return;
         };
-        for (_, op) in item.iter_mut() {
-            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+        for (status, response) in responses.iter_mut() {
+            if !status.starts_with('4') && !status.starts_with('5') {
                 continue;
-            };
-            for (status, response) in responses.iter_mut() {
-                if !status.starts_with('4') && !status.starts_with('5') {
-                    continue;
-                }
-                if let Some(content) = response.get_mut("content").and_then(|c| c.as_object_mut())
-                    && let Some(json) = content.remove("application/json")
-                {
-                    content.insert(flashsale_core::PROBLEM_JSON.to_string(), json);
-                }
-                let retryable = matches!(status.as_str(), "429" | "503")
-                    || (status == "409" && path == "/v1/purchases");
-                if retryable && let Some(r) = response.as_object_mut() {
-                    let headers = r.entry("headers").or_insert_with(|| serde_json::json!({}));
-                    headers["Retry-After"] = retry_after.clone();
-                }
+            }
+            if let Some(content) = response.get_mut("content").and_then(|c| c.as_object_mut())
+                && let Some(json) = content.remove("application/json")
+            {
+                content.insert(flashsale_core::PROBLEM_JSON.to_string(), json);
+            }
+            let retryable = matches!(status.as_str(), "429" | "503")
+                || (status == "409" && path == "/v1/purchases");
+            if retryable && let Some(r) = response.as_object_mut() {
+                let headers = r.entry("headers").or_insert_with(|| serde_json::json!({}));
+                headers["Retry-After"] = retry_after.clone();
             }
         }
-    }
+    });
 }
 
 pub async fn openapi_json() -> axum::Json<serde_json::Value> {
