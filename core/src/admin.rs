@@ -82,7 +82,7 @@ pub struct LoadStatus {
     /// seconds.
     pub requests_per_s: f64,
     /// Answers by kind of request: `purchase`, `confirm`, `cancel`, `read` (items and
-    /// orders), `admin`, `ops` (probes, metrics, the OpenAPI document), `other`.
+    /// orders), `forward` (a batch from a secondary, on the primary), `admin`, `ops` (probes, metrics, the OpenAPI document), `other`.
     pub answered: std::collections::BTreeMap<String, u64>,
     /// Requests refused for load: `rate` (429, over the admission rate) and `busy`
     /// (503, the engine's queue full).
@@ -93,6 +93,16 @@ pub struct LoadStatus {
     pub engine_inflight_max: u64,
     /// CPU seconds this process has used (user + system).
     pub process_cpu_seconds: f64,
+    /// Purchases, confirms and cancels this node (a secondary) forwarded to its primary.
+    #[serde(default)]
+    pub forwarded: u64,
+    /// The batches they went in (`forwarded / forwardBatches` is the mean batch size).
+    #[serde(default)]
+    pub forward_batches: u64,
+    /// Forwarded operations answered 503 here: the queue full, no answer in time, or
+    /// the primary unreachable (a failover).
+    #[serde(default)]
+    pub forward_failed: u64,
 }
 
 /// `PUT /admin/v1/lease`: the operator renews the primary's selling lease.

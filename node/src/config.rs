@@ -124,6 +124,24 @@ pub struct ServeArgs {
     /// Purchases, confirms and cancels waiting for the engine at once; more answer 503.
     #[arg(long, env = "STOCK_NODE_ENGINE_INFLIGHT_MAX", default_value_t = 4096)]
     pub engine_inflight_max: usize,
+    /// A secondary forwards the purchases, confirms and cancels its copy cannot answer
+    /// to its primary over this many connections, one batch on each at a time
+    /// (`crate::forward`); 0: no forwarding, it answers them 503 `not_primary`.
+    #[arg(long, env = "STOCK_NODE_FORWARD_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub forward_connections: u64,
+    /// Operations in one forwarded batch, at most.
+    #[arg(long, env = "STOCK_NODE_FORWARD_BATCH_MAX", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub forward_batch_max: u64,
+    /// How long a forwarded batch that is not full waits for more operations, in µs.
+    #[arg(long, env = "STOCK_NODE_FORWARD_BATCH_WAIT_US", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub forward_batch_wait_us: u64,
+    /// Operations waiting to be forwarded, at most; past it 503 `unavailable` at once.
+    #[arg(long, env = "STOCK_NODE_FORWARD_QUEUE_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub forward_queue_max: u64,
+    /// From a forwarded operation's arrival to the primary's answer, at most; past it
+    /// 503 `unavailable` (retry with the same key).
+    #[arg(long, env = "STOCK_NODE_FORWARD_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub forward_timeout_ms: u64,
     /// Records between snapshots (bounds replay time; older WAL segments are then
     /// removed, and a secondary that needs them bootstraps from the snapshot).
     #[arg(
@@ -171,6 +189,17 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Forwarding's bounds, or `None` when it is off (`--forward-connections 0`).
+    pub fn forward_limits(&self) -> Option<crate::forward::ForwardLimits> {
+        (self.forward_connections > 0).then(|| crate::forward::ForwardLimits {
+            batch_max: self.forward_batch_max as usize,
+            batch_wait: std::time::Duration::from_micros(self.forward_batch_wait_us),
+            queue_max: self.forward_queue_max as usize,
+            inflight_max: self.forward_connections as usize,
+            timeout: std::time::Duration::from_millis(self.forward_timeout_ms),
+        })
+    }
+
     /// The admin token, from the flag or the file; `None` disables the admin API.
     pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
         if let Some(t) = &self.admin_token {

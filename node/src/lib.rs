@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod config;
 pub mod engine;
+pub mod forward;
 pub mod http;
 pub mod lease;
 pub mod ledger;

@@ -40,14 +40,19 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
 
 /// The kinds of request `flashsale_requests_answered_total` and the status's
 /// `load.answered` count.
-pub const REQUEST_KINDS: [&str; 7] = [
-    "purchase", "confirm", "cancel", "read", "admin", "ops", "other",
+pub const REQUEST_KINDS: [&str; 8] = [
+    "purchase", "confirm", "cancel", "read", "forward", "admin", "ops", "other",
 ];
 
 /// The kind of a request, from its method and matched route.
@@ -57,6 +62,7 @@ pub fn request_kind(method: &str, route: &str) -> &'static str {
         ("POST", "/v1/orders/{id}/confirm") => "confirm",
         ("POST", "/v1/orders/{id}/cancel") => "cancel",
         ("GET", "/v1/items" | "/v1/items/{sku}" | "/v1/orders/{id}") => "read",
+        ("POST", crate::forward::FORWARD_ROUTE) => "forward",
         (_, r) if r.starts_with("/admin/") => "admin",
         (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => "ops",
         _ => "other",
@@ -106,6 +112,7 @@ pub struct Metrics {
     engine_inflight: Gauge,
     engine_inflight_max: Gauge,
     cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    forwarded: Family<ForwardLabels, Counter>,
 }
 
 /// Samples kept for `purchases_per_s`: the rate is averaged over this many ticks.
@@ -186,7 +193,7 @@ impl Metrics {
         let answered = Family::<KindLabels, Counter>::default();
         registry.register(
             "flashsale_requests_answered",
-            "Requests answered, by kind: purchase, confirm, cancel, read, admin, ops, other",
+            "Requests answered, by kind: purchase, confirm, cancel, read, forward (a batch from a secondary), admin, ops, other",
             answered.clone(),
         );
         let refused = Family::<ReasonLabels, Counter>::default();
@@ -219,7 +226,14 @@ impl Metrics {
             "CPU seconds this process has used, user and system",
             cpu_seconds.clone(),
         );
+        let forwarded = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "flashsale_forwarded",
+            "Forwarding to the primary (a secondary's): ops sent, batches sent, failed (ops answered 503 here: queue full, timeout, primary unreachable)",
+            forwarded.clone(),
+        );
         Metrics {
+            forwarded,
             answered,
             refused,
             requests_per_s,
@@ -292,7 +306,12 @@ impl Metrics {
     pub fn load(
         &self,
         admission: &crate::admission::AdmissionLoad,
+        forward: Option<&crate::forward::ForwardCounters>,
     ) -> flashsale_core::admin::LoadStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fwd = |f: fn(&crate::forward::ForwardCounters) -> &AtomicU64| {
+            forward.map_or(0, |c| f(c).load(Relaxed))
+        };
         let answered = REQUEST_KINDS
             .iter()
             .map(|k| {
@@ -314,11 +333,28 @@ impl Metrics {
             engine_inflight: admission.inflight,
             engine_inflight_max: admission.inflight_max,
             process_cpu_seconds: process_cpu_seconds(),
+            forwarded: fwd(|c| &c.ops),
+            forward_batches: fwd(|c| &c.batches),
+            forward_failed: fwd(|c| &c.failed),
         }
     }
 
     /// Sets what is read at scrape time: the admission's figures and the CPU.
-    pub fn observe_load(&self, admission: &crate::admission::AdmissionLoad) {
+    pub fn observe_load(
+        &self,
+        admission: &crate::admission::AdmissionLoad,
+        forward: Option<&crate::forward::ForwardCounters>,
+    ) {
+        if let Some(c) = forward {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (what, n) in [
+                ("ops", c.ops.load(Relaxed)),
+                ("batches", c.batches.load(Relaxed)),
+                ("failed", c.failed.load(Relaxed)),
+            ] {
+                raise_to(&self.forwarded.get_or_create(&ForwardLabels { what }), n);
+            }
+        }
         raise_to(
             &self.refused.get_or_create(&ReasonLabels { reason: "rate" }),
             admission.refused_rate,

@@ -89,8 +89,14 @@ pub async fn serve(
     )?;
     let mut metrics = Metrics::new(engine.metrics());
     replication.stats.register(metrics.registry_mut());
-    let state = AppState::new(engine.clone(), admission, metrics, admin_token, limits)
+    let forwarder = args
+        .forward_limits()
+        .map(|l| crate::forward::Forwarder::start(l, admin_token.clone()));
+    let mut state = AppState::new(engine.clone(), admission, metrics, admin_token, limits)
         .with_replication(replication);
+    if let Some(f) = forwarder {
+        state = state.with_forwarder(f);
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| ServeError::Bind {

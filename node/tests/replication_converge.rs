@@ -79,7 +79,7 @@ async fn secondaries_converge_to_the_primary_under_load() {
             .parse()
             .unwrap();
         assert_eq!(seq, state.applied_seq);
-        // …refuses a sold-out item locally (409), and sends other purchases to the primary.
+        // …refuses a sold-out item locally (409), and forwards other purchases to the primary.
         let body = serde_json::json!({"sku": "d", "quantity": 1, "customer": "y", "idempotencyKey": "d-2"});
         let r = http
             .post(s.url("/v1/purchases"))
@@ -97,10 +97,21 @@ async fn secondaries_converge_to_the_primary_under_load() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 503);
-        let e: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(e["code"], "not_primary");
-        assert_eq!(e["primary"], primary.url(""));
+        // Forwarded (`stock_node::forward`): the primary's order, durable there.
+        assert_eq!(r.status(), 201);
+        let o: serde_json::Value = r.json().await.unwrap();
+        let id = o["id"].as_u64().unwrap();
+        let there = http
+            .get(primary.url(&format!("/v1/orders/{id}")))
+            .header("Flashsale-Customer", "x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(there.status(), 200);
+        assert_eq!(
+            there.json::<serde_json::Value>().await.unwrap()["idempotencyKey"],
+            "on-secondary"
+        );
     }
     // Catch-up is an admin route: no token, no WAL.
     let r = http

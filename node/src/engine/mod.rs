@@ -57,7 +57,7 @@ use crate::wal::{
 };
 use sequencer::{Job, Limits, Msg, Sequencer};
 use snapshotter::Snapshotter;
-use view::{KeyKnown, ReadView, key_hash};
+use view::{KeyKnown, KeyOrder, ReadView, key_hash};
 
 /// How to open an engine. Every limit has a default suited to one node on a small machine.
 #[derive(Clone, Debug)]
@@ -180,6 +180,19 @@ pub struct OrderAnswer {
     pub order: Order,
     /// A retry of what was already done (see [`Answer::Replayed`]).
     pub replayed: bool,
+}
+
+/// Where [`EngineHandle::front`] sends a purchase.
+#[derive(Debug)]
+pub enum Front {
+    /// Answer this refusal at once.
+    Refuse(SellError),
+    /// Answer this stored order (an idempotent replay) at once.
+    Replay(Order),
+    /// Forward it to the primary at this base URL.
+    Forward(String),
+    /// Queue it in this node's engine.
+    Engine,
 }
 
 /// One durable group commit, as replication will publish it.
@@ -464,6 +477,89 @@ impl EngineHandle {
             remaining,
             requested: req.quantity,
         })
+    }
+
+    /// Where a purchase that passed the HTTP checks goes (see `crate::forward`). On the
+    /// primary (and a standby, which refuses it in the engine): the sold-out fast path,
+    /// else the engine. On a secondary that knows its primary: what its copy answers
+    /// correctly — an unknown item, a quantity over the item's limit, the sale window,
+    /// sold out, the replay of a key one of its orders holds (or a conflict with it) —
+    /// else forward. A copy behind its primary can only under-count what was sold, so
+    /// none of these answers can be wrong for being late, except a sold out whose units
+    /// a cancel or expiry has since given back (the next retry sees them).
+    pub fn front(&self, req: &PurchaseRequest, now: flashsale_core::UnixMs) -> Front {
+        let view = self.inner.view.read();
+        let (Role::Secondary, Some(primary)) = (view.status.role, &view.status.primary_url) else {
+            drop(view);
+            return match self.sold_out_early(req) {
+                Some(e) => Front::Refuse(e),
+                None => Front::Engine,
+            };
+        };
+        let hash = key_hash(&req.idempotency_key);
+        match view.order_with_key(hash, &req.idempotency_key) {
+            KeyOrder::Ambiguous => return Front::Forward(primary.clone()),
+            KeyOrder::Order(o) => {
+                return if o.sku == req.sku
+                    && o.quantity == req.quantity
+                    && o.customer == req.customer
+                {
+                    Front::Replay(state::first_answer(o))
+                } else {
+                    Front::Refuse(SellError::IdempotencyConflict(req.idempotency_key.clone()))
+                };
+            }
+            KeyOrder::None => {}
+        }
+        let Some(item) = view.item(&req.sku) else {
+            return Front::Refuse(SellError::UnknownItem(req.sku.clone()));
+        };
+        let limit = item.per_customer_limit;
+        if req.quantity == 0 || (limit > 0 && req.quantity > limit) {
+            // The engine words these; forwarding them costs the primary nothing it
+            // would not spend on a refusal anyway, but a crowd should not reach it.
+            return Front::Refuse(SellError::BadQuantity {
+                quantity: req.quantity,
+                reason: if req.quantity == 0 {
+                    "must be at least 1".into()
+                } else {
+                    format!("no customer may have more than {limit}")
+                },
+            });
+        }
+        if let Some(cfg) = &view.status.config {
+            if let Some(starts) = cfg.starts_at_ms
+                && now < starts
+            {
+                return Front::Refuse(SellError::NotOpen {
+                    starts_at_ms: starts,
+                });
+            }
+            if let Some(ends) = cfg.ends_at_ms
+                && now >= ends
+            {
+                return Front::Refuse(SellError::Ended { ends_at_ms: ends });
+            }
+        }
+        if item.remaining < req.quantity as u64 {
+            return Front::Refuse(SellError::SoldOut {
+                sku: req.sku.clone(),
+                remaining: item.remaining,
+                requested: req.quantity,
+            });
+        }
+        Front::Forward(primary.clone())
+    }
+
+    /// The primary's base URL when this node is a secondary that forwards (confirms
+    /// and cancels go there without looking at the local copy, which may not have the
+    /// order yet).
+    pub fn forward_target(&self) -> Option<String> {
+        let view = self.inner.view.read();
+        match view.status.role {
+            Role::Secondary => view.status.primary_url.clone(),
+            _ => None,
+        }
     }
 
     /// Turns a reservation into a sale; confirming a confirmed order is an idempotent

@@ -134,7 +134,7 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> SellError {
 }
 
 /// The order as first answered: what an idempotent retry gets back.
-fn first_answer(o: &Order) -> Order {
+pub(crate) fn first_answer(o: &Order) -> Order {
     Order {
         state: OrderState::Reserved,
         confirmed_at_ms: None,

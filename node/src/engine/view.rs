@@ -44,6 +44,15 @@ pub(crate) struct ReadView {
     pub status: EngineStatus,
 }
 
+/// What the read view holds for an idempotency key ([`ReadView::order_with_key`]).
+#[derive(Debug)]
+pub(crate) enum KeyOrder<'a> {
+    None,
+    Order(&'a Order),
+    /// Two keys share the hash: ask the primary.
+    Ambiguous,
+}
+
 /// Marks a key hash shared by two orders in [`ReadView`]'s key index.
 const KEY_AMBIGUOUS: u64 = u64::MAX;
 
@@ -152,6 +161,19 @@ impl ReadView {
             .filter(|o| o.state == flashsale_core::OrderState::Confirmed)
             .map(|o| o.id)
             .collect()
+    }
+
+    /// The durable order holding idempotency key `key`, if one does.
+    pub fn order_with_key(&self, hash: u64, key: &str) -> KeyOrder<'_> {
+        match self.keys.get(&hash) {
+            None => KeyOrder::None,
+            Some(&KEY_AMBIGUOUS) => KeyOrder::Ambiguous,
+            Some(id) => match self.orders.get(id) {
+                Some(o) if o.idempotency_key == key => KeyOrder::Order(o),
+                Some(_) => KeyOrder::None,
+                None => KeyOrder::Ambiguous,
+            },
+        }
     }
 
     /// Whether a durable order holds idempotency key `key` (hash `hash`).

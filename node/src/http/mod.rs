@@ -51,6 +51,10 @@ impl Default for Limits {
     }
 }
 
+/// The largest forwarded batch the primary reads: `forward::BATCH_ACCEPT_MAX`
+/// operations of at most the public body limit's default each.
+pub const FORWARD_BODY_BYTES_MAX: usize = 8 << 20;
+
 /// What every handler shares.
 pub struct Shared {
     pub engine: EngineHandle,
@@ -61,6 +65,9 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Replication, when the node runs it (see [`AppState::with_replication`]).
     pub replication: Option<crate::replication::runtime::Replication>,
+    /// Forwarding to the primary, when this node forwards (see
+    /// [`AppState::with_forwarder`]); without it a secondary answers `not_primary`.
+    pub forwarder: Option<crate::forward::Forwarder>,
 }
 
 /// Cheap to clone: one `Arc`.
@@ -90,6 +97,7 @@ impl AppState {
             limits,
             shutting_down: AtomicBool::new(false),
             replication: None,
+            forwarder: None,
         }))
     }
 
@@ -101,6 +109,23 @@ impl AppState {
             None => tracing::error!("replication added after the state was shared; ignored"),
         }
         self
+    }
+
+    /// Adds forwarding: a secondary sends the purchases, confirms and cancels it cannot
+    /// answer to its primary (`crate::forward`). Call before the state is cloned.
+    pub fn with_forwarder(mut self, f: crate::forward::Forwarder) -> AppState {
+        match Arc::get_mut(&mut self.0) {
+            Some(s) => s.forwarder = Some(f),
+            None => tracing::error!("forwarding added after the state was shared; ignored"),
+        }
+        self
+    }
+
+    /// Where this node forwards confirms and cancels: its primary, when it is a
+    /// secondary with forwarding on.
+    pub fn forward_target(&self) -> Option<(&crate::forward::Forwarder, String)> {
+        let f = self.forwarder.as_ref()?;
+        Some((f, self.engine.forward_target()?))
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -122,7 +147,10 @@ impl AppState {
             replication: self.replication.as_ref().map(|r| r.status(st.applied_seq)),
             lease: Some(self.engine.lease().status()),
             epochs: st.epochs,
-            load: self.metrics.load(&self.admission.load()),
+            load: self.metrics.load(
+                &self.admission.load(),
+                self.forwarder.as_ref().map(|f| f.counters()),
+            ),
         }
     }
 
@@ -161,6 +189,10 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/config", put(admin::put_config))
         .route("/admin/v1/role", put(admin::put_role))
         .route("/admin/v1/ledger", get(admin::ledger))
+        .route(
+            crate::forward::FORWARD_ROUTE,
+            post(public::forwarded).layer(DefaultBodyLimit::max(FORWARD_BODY_BYTES_MAX)),
+        )
         .route(
             "/admin/v1/lease",
             put(admin::put_lease).delete(admin::delete_lease),

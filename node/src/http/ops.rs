@@ -64,7 +64,10 @@ pub async fn readyz(State(s): State<AppState>) -> Result<axum::Json<Ready>, ApiE
 pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     s.metrics
         .lease_remaining_ms(s.engine.lease().remaining_ms());
-    s.metrics.observe_load(&s.admission.load());
+    s.metrics.observe_load(
+        &s.admission.load(),
+        s.forwarder.as_ref().map(|f| f.counters()),
+    );
     let text = s
         .metrics
         .encode(&s.engine.items())
@@ -139,14 +142,15 @@ fn headers_too_large(req: &Request) -> Option<String> {
     None
 }
 
-/// The largest body `route` takes: the admin routes that carry WAL records or a snapshot
-/// have their own (much larger) limits; everything else `--body-bytes-max`.
+/// The largest body `route` takes: the admin routes that carry WAL records, a snapshot
+/// or a forwarded batch have their own (much larger) limits; everything else `--body-bytes-max`.
 fn body_limit(route: Option<&str>, body_bytes_max: usize) -> usize {
     match route {
         Some(flashsale_core::replication::WAL_ROUTE) => super::replication::WAL_POST_BYTES_MAX,
         Some(flashsale_core::replication::SNAPSHOT_ROUTE) => {
             crate::engine::replica::SNAPSHOT_BYTES_MAX
         }
+        Some(crate::forward::FORWARD_ROUTE) => super::FORWARD_BODY_BYTES_MAX,
         _ => body_bytes_max,
     }
 }

@@ -6,7 +6,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::{ErrorBody, ItemView, Order, PurchaseRequest, SellError};
 
-use crate::engine::OrderAnswer;
+use crate::engine::{Front, OrderAnswer};
+use crate::forward::{BATCH_ACCEPT_MAX, ForwardAnswer, ForwardAnswers, ForwardBatch, ForwardOp};
 
 use super::AppState;
 use super::error::ApiError;
@@ -165,13 +166,138 @@ fn answered(status: StatusCode, a: OrderAnswer) -> Response {
 async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiError> {
     s.admission.check_rate()?;
     check_purchase(&req)?;
-    // Sold-out fast path (the engine's): the crowd that arrives after the last unit is
-    // answered from memory without a place in the engine's queue.
-    if let Some(sold_out) = s.engine.sold_out_early(&req) {
-        return Err(sold_out.into());
+    // The sold-out fast path (the crowd that arrives after the last unit is answered
+    // from memory without a place in the engine's queue) and, on a secondary, what its
+    // copy can answer; the rest to the engine or, forwarded, the primary's.
+    match (s.engine.front(&req, now_ms()), &s.forwarder) {
+        (Front::Refuse(e), _) => Err(e.into()),
+        (Front::Replay(order), _) => Ok(OrderAnswer {
+            order,
+            replayed: true,
+        }),
+        (Front::Forward(primary), Some(f)) => {
+            f.forward(primary, ForwardOp::Purchase { request: req })
+                .await
+        }
+        // Without forwarding, the engine refuses it (`not_primary`, naming the primary).
+        (Front::Forward(_) | Front::Engine, _) => take_purchase(s, req).await,
     }
+}
+
+/// A purchase into this node's engine, holding a place in its queue.
+async fn take_purchase(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiError> {
     let _place = s.admission.enter_engine()?;
     Ok(s.engine.purchase_answer(req).await?)
+}
+
+fn now_ms() -> flashsale_core::UnixMs {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `POST /admin/v1/forward` (admin token): a secondary's batch of purchases, confirms
+/// and cancels (`crate::forward`), answered in order. They enter the engine together,
+/// so they share its group commits; each holds a place in the engine's queue like a
+/// direct request (a full queue answers that operation 503). No admission rate: the
+/// secondary applied its own. The answer is sent once every purchase in it is durable
+/// (and, in quorum mode, replicated: `quorum_hold` wraps this route).
+pub async fn forwarded(
+    State(s): State<AppState>,
+    body: Result<Json<ForwardBatch>, ApiError>,
+) -> Response {
+    let batch = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return e.into_response(),
+    };
+    if batch.ops.len() > BATCH_ACCEPT_MAX {
+        return ApiError::field(
+            "ops",
+            format!(
+                "field `ops`: {} operations in one batch, at most {BATCH_ACCEPT_MAX}",
+                batch.ops.len()
+            ),
+        )
+        .into_response();
+    }
+    let answers = futures::future::join_all(
+        batch
+            .ops
+            .into_iter()
+            .map(|op| async { ForwardAnswer::of(forwarded_op(&s, op).await) }),
+    )
+    .await;
+    axum::Json(ForwardAnswers { answers }).into_response()
+}
+
+async fn forwarded_op(s: &AppState, op: ForwardOp) -> Result<OrderAnswer, ApiError> {
+    match op {
+        ForwardOp::Purchase { request } => {
+            let r = async {
+                check_purchase(&request)?;
+                if let Some(sold_out) = s.engine.sold_out_early(&request) {
+                    return Err(sold_out.into());
+                }
+                take_purchase(s, request).await
+            }
+            .await;
+            s.metrics.purchase(match &r {
+                Ok(_) => "ok",
+                Err(e) => e.code().code(),
+            });
+            r
+        }
+        ForwardOp::Confirm { id, customer } => {
+            owns(s, id, customer.as_deref())?;
+            let _place = s.admission.enter_engine()?;
+            Ok(counted(s, s.engine.confirm(id).await)?)
+        }
+        ForwardOp::Cancel { id, customer } => {
+            owns(s, id, customer.as_deref())?;
+            let _place = s.admission.enter_engine()?;
+            Ok(counted(s, s.engine.cancel(id).await)?)
+        }
+    }
+}
+
+/// `customer`'s order `id` (any order when `None`: the caller held the admin token).
+fn owns(s: &AppState, id: u64, customer: Option<&str>) -> Result<(), ApiError> {
+    let Some(customer) = customer else {
+        return Ok(());
+    };
+    match s.engine.order(id) {
+        Some(o) if o.customer == customer => Ok(()),
+        _ => Err(SellError::UnknownOrder(id).into()),
+    }
+}
+
+/// A confirm or cancel on a secondary that forwards: to the primary, with the caller's
+/// customer, without looking at the local copy (which may not have the order yet).
+/// `None`: this node acts itself.
+async fn forward_order_action(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: Result<u64, ApiError>,
+    confirm: bool,
+) -> Option<Result<Response, ApiError>> {
+    let (f, primary) = s.forward_target()?;
+    let answer = async {
+        let id = id?;
+        let customer = if super::admin::is_admin(s, headers) {
+            None
+        } else {
+            Some(customer_of(headers)?.to_string())
+        };
+        s.admission.check_rate()?;
+        let op = if confirm {
+            ForwardOp::Confirm { id, customer }
+        } else {
+            ForwardOp::Cancel { id, customer }
+        };
+        Ok(answered(StatusCode::OK, f.forward(primary, op).await?))
+    };
+    Some(answer.await)
 }
 
 /// Bounds what serde cannot (`flashsale_core::rules`), so no request can grow the
@@ -197,7 +323,11 @@ pub async fn confirm(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = owned_order(&s, &headers, id)?;
+    let id = order_id(id);
+    if let Some(forwarded) = forward_order_action(&s, &headers, id.clone(), true).await {
+        return forwarded;
+    }
+    let id = owned_order(&s, &headers, id?)?;
     s.admission.check_rate()?;
     let _place = s.admission.enter_engine()?;
     Ok(answered(
@@ -222,7 +352,11 @@ pub async fn cancel(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = owned_order(&s, &headers, id)?;
+    let id = order_id(id);
+    if let Some(forwarded) = forward_order_action(&s, &headers, id.clone(), false).await {
+        return forwarded;
+    }
+    let id = owned_order(&s, &headers, id?)?;
     s.admission.check_rate()?;
     let _place = s.admission.enter_engine()?;
     Ok(answered(
@@ -252,7 +386,7 @@ pub async fn get_order(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<Order>, ApiError> {
-    let id = owned_order(&s, &headers, id)?;
+    let id = owned_order(&s, &headers, order_id(id)?)?;
     s.admission.check_rate()?;
     s.engine
         .order(id)
@@ -265,12 +399,7 @@ pub async fn get_order(
 /// for, and a caller that knows only its id can neither read, confirm nor cancel it.
 /// Another customer's order answers exactly like an order that does not exist (404
 /// `unknown_order`), so ids reveal nothing.
-fn owned_order(
-    s: &AppState,
-    headers: &HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<u64, ApiError> {
-    let id = order_id(id)?;
+fn owned_order(s: &AppState, headers: &HeaderMap, id: u64) -> Result<u64, ApiError> {
     if super::admin::is_admin(s, headers) {
         // The operator (or whoever holds the node's admin token) may act on any order.
         return Ok(id);
