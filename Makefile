@@ -5,7 +5,7 @@ export FLASHSALE_CACHE
 # Build artefacts live in the cache too, so a fresh clone (CI) reuses compiled deps.
 export CARGO_TARGET_DIR ?= $(FLASHSALE_CACHE)/target
 
-.PHONY: test demo bench-node bench-replication lint
+.PHONY: test demo bench-node bench-replication bench-forward lint
 
 ## make test: every test (unit, property, HTTP, crash, local-cluster e2e).
 test:
@@ -22,6 +22,10 @@ bench-node:
 ## make bench-replication: replication lag and the throughput cost of async/quorum replication.
 bench-replication:
 	bash scripts/bench-replication.sh
+
+## make bench-forward: what secondaries that forward purchases in batches take off the primary.
+bench-forward:
+	bash scripts/bench-forward.sh
 
 lint:
 	cargo fmt --all --check

@@ -132,8 +132,10 @@ pub struct ServeArgs {
     /// Operations in one forwarded batch, at most.
     #[arg(long, env = "STOCK_NODE_FORWARD_BATCH_MAX", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub forward_batch_max: u64,
-    /// How long a forwarded batch that is not full waits for more operations, in µs.
-    #[arg(long, env = "STOCK_NODE_FORWARD_BATCH_WAIT_US", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    /// How long a forwarded batch that is not full waits for more operations, in µs (0:
+    /// not at all — under load, operations pile up while every connection is busy, so
+    /// batches fill without a wait; Tokio's timers tick in milliseconds).
+    #[arg(long, env = "STOCK_NODE_FORWARD_BATCH_WAIT_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub forward_batch_wait_us: u64,
     /// Operations waiting to be forwarded, at most; past it 503 `unavailable` at once.
     #[arg(long, env = "STOCK_NODE_FORWARD_QUEUE_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

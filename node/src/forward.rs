@@ -8,9 +8,10 @@
 //! The batcher ([`Forwarder`]) queues operations (at most `queue_max`; past it 503
 //! `unavailable` at once), and sends what is waiting as one `POST /admin/v1/forward`
 //! whenever one of its `inflight_max` connection slots is free: at most `batch_max`
-//! operations, after waiting at most `batch_wait` for more. Under load the queue fills
-//! while every slot is busy, so batches grow by themselves; at rest an operation goes
-//! alone, at once. A batch that has no answer within `timeout`, or whose primary cannot
+//! operations, after waiting at most `batch_wait` for more (0 by default: Tokio's timers
+//! tick in milliseconds, so any wait costs a light load about a millisecond). Under load
+//! the queue fills while every slot is busy, so batches grow by themselves; at rest an
+//! operation goes alone, at once. A batch that has no answer within `timeout`, or whose primary cannot
 //! be reached, answers each of its operations 503 `unavailable` with `Retry-After`:
 //! the client retries with the same idempotency key, and whichever node is primary by
 //! then answers the retry idempotently (after a failover the new primary has recovered
@@ -145,7 +146,7 @@ impl Default for ForwardLimits {
     fn default() -> Self {
         ForwardLimits {
             batch_max: 128,
-            batch_wait: Duration::from_micros(200),
+            batch_wait: Duration::ZERO,
             queue_max: 4096,
             inflight_max: 4,
             timeout: Duration::from_secs(5),
@@ -256,18 +257,20 @@ async fn batcher(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Let the handlers that are running now queue theirs (a yield, not a timer).
+        tokio::task::yield_now().await;
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + limits.batch_wait;
         while batch.len() < limits.batch_max {
             let next = match rx.try_recv() {
                 Ok(p) => p,
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
+                Err(mpsc::error::TryRecvError::Empty) if !limits.batch_wait.is_zero() => {
                     match tokio::time::timeout_at(until, rx.recv()).await {
                         Ok(Some(p)) => p,
                         _ => break,
                     }
                 }
+                Err(_) => break,
             };
             // One batch goes to one primary; an operation for another waits for the next.
             if next.primary != batch[0].primary {

@@ -44,8 +44,9 @@ wait_http() { # url [any]: until it answers 2xx (or anything at all with "any"),
   return 1
 }
 
-# The load (purchases with distinct idempotency keys and customers; an optional per-
-# connection pause in ms as the script's argument) and a sale with stock never to sell out.
+# The load (purchases with distinct idempotency keys and customers; the script's
+# arguments: an optional per-connection pause in ms, and a key prefix for runs that
+# share a node) and a sale with stock never to sell out.
 bench_files() {
   cat >"$WORK/purchase.lua" <<'LUA'
 local threads = 0
@@ -55,21 +56,24 @@ function setup(thread)
 end
 local n = 0
 local pause_ms = 0
+local prefix = ""
 function init(args)
   if args[1] then pause_ms = tonumber(args[1]) end
+  -- Runs against the same node need keys of their own (else they replay each other's).
+  if args[2] then prefix = args[2] .. "-" end
 end
 function delay()
   return pause_ms
 end
 function request()
   n = n + 1
-  local key = tid .. "-" .. n
+  local key = prefix .. tid .. "-" .. n
   local body = '{"sku":"bench","quantity":1,"customer":"c' .. key .. '","idempotencyKey":"k' .. key .. '"}'
   return wrk.format("POST", "/v1/purchases", { ["Content-Type"] = "application/json" }, body)
 end
 LUA
   cat >"$WORK/sale.json" <<'JSON'
-{"name":"bench","items":[{"sku":"bench","stock":1000000000000}],"reservationTtlMs":3600000}
+{"name":"bench","items":[{"sku":"bench","stock":1000000000}],"reservationTtlMs":3600000}
 JSON
   : >"$WORK/results"
 }
