@@ -102,6 +102,26 @@ remaining=$(jp "flashsale/$SALE" '{.status.remaining}')
 held=$(jp "flashsale/$SALE" '{.status.held}')
 (( sold + held + remaining == stock )) || fail "sold $sold + held $held + remaining $remaining != stock $stock"
 
+log "buy through a secondary: every ready node behind the client Service is a front door"
+client_ips() {
+  kubectl get endpointslices -n "$NS" -l kubernetes.io/service-name="$SALE" \
+    -o jsonpath='{.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}'
+}
+sip=$(tr ' ' '\n' <<<"$(client_ips)" | grep -vx "$ip" | head -1 || true)
+[ -n "$sip" ] || fail "the client Service has no ready secondary"
+out=$("$FLASHSALE_BIN_DIR/crowd" --url "http://$sip:8080" --buyers 200 --concurrency 16 --customers 150 --json)
+log "crowd through the secondary at $sip: $out"
+python3 - "$out" <<'PY' || fail "buying through a secondary"
+import json, sys
+d = json.loads(sys.argv[1])
+assert d["oversold"] == 0, "oversold"
+assert d["sold"] > 0, "nothing sold through the secondary"
+assert d["unconfirmed"] == 0, "a confirm through the secondary failed"
+assert "not_primary" not in d["rejected"], f"a front door answered not_primary: {d['rejected']}"
+PY
+sold=$((sold + $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["sold"])' "$out")))
+wait_for 30 "status.sold = $sold after both crowds" status_sold
+
 log "kubectl describe shows the decisions"
 events=$(kubectl describe -n "$NS" "flashsale/$SALE")
 for reason in Created PrimaryChosen ConfigPushed RoleAssigned Selling; do
@@ -116,6 +136,7 @@ sed 's/^/  /' <<<"$out" >&2
 [ "$(grep -cE "^$SALE-[0-9] " <<<"$out")" = 3 ] || fail "status does not list 3 nodes"
 grep -qE "^$primary +primary +1 +true +[0-9]+ +[0-9]+ +- " <<<"$out" || fail "status does not show $primary as the ready primary at epoch 1"
 [ "$(grep -cE " secondary +1 +true " <<<"$out")" = 2 ] || fail "status does not show 2 ready secondaries"
+grep -qE " secondary +1 +true .* [1-9][0-9]*/[1-9][0-9]*b$" <<<"$out" || fail "status shows no secondary that forwarded"
 ledger=$(kubectl flashsale ledger "$SALE" -n "$NS") || fail "kubectl flashsale ledger failed"
 sold_now=$(jp "flashsale/$SALE" '{.status.sold}')
 LEDGER=$ledger python3 - "$sold_now" <<'PY' || fail "the ledger is not the sale's confirmed orders"
