@@ -118,6 +118,8 @@ pub struct Context {
     pub leader_since: Time,
     /// Consecutive failures per sale, for backoff; an entry goes on the first success.
     failures: Mutex<HashMap<ObjectRef<FlashSale>, u32>>,
+    /// The autoscaler's memory of each sale (`crate::scale`).
+    pub autoscalers: crate::scale::Autoscalers,
 }
 
 impl Context {
@@ -137,6 +139,7 @@ impl Context {
             keeper,
             leader_since,
             failures: Mutex::new(HashMap::new()),
+            autoscalers: crate::scale::Autoscalers::default(),
         }
     }
 }
@@ -429,7 +432,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     };
     let role_plan = if in_failover {
         RolePlan {
-            primary: primary_now,
+            primary: primary_now.clone(),
             epoch: epoch_now,
             ..RolePlan::default()
         }
@@ -506,7 +509,41 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         &observed.pods,
         &done.assessment,
     );
-    let (next, notes) = (done.status, done.notes);
+    let (mut next, mut notes) = (done.status, done.notes);
+
+    // autoscale (leader only: only the leader reconciles)
+    let primary_ordinal_now = primary_now
+        .as_deref()
+        .and_then(|p| observed.pod(p))
+        .and_then(|p| p.ordinal);
+    let scaled = ctx
+        .autoscalers
+        .pass(
+            &ctx.client,
+            sale,
+            &key,
+            &prev,
+            &observed,
+            primary_now.as_deref(),
+            primary_ordinal_now,
+            in_failover,
+        )
+        .await;
+    if let Some(a) = &scaled.status {
+        let labels = crate::metrics::SaleLabels {
+            namespace: owner.namespace.clone(),
+            sale: owner.name.clone(),
+        };
+        let m = &ctx.settings.metrics;
+        m.autoscaler_demand
+            .get_or_create(&labels)
+            .set(scaled.demand_per_s);
+        m.autoscaler_desired
+            .get_or_create(&labels)
+            .set(i64::from(a.desired_replicas));
+    }
+    next.autoscaler = scaled.status;
+    notes.extend(scaled.notes);
 
     // write the status, then tell what happened
     if !finish(ctx, sale, &prev, &next, &notes).await? {
@@ -532,6 +569,10 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     if let Some(ms) = fo.requeue_ms {
         // Not quite at once: the cache should hold the status just written first.
         requeue_ms = requeue_ms.min(ms.max(50));
+    }
+    if sale.spec.autoscaling.enabled {
+        // One sample and one decision about every second.
+        requeue_ms = requeue_ms.min(crate::scale::AUTOSCALE_REQUEUE_MS);
     }
     Ok(Action::requeue(Duration::from_millis(requeue_ms)))
 }
@@ -760,6 +801,8 @@ async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
         .replication
         .forget(&owner.namespace, &owner.name);
     ctx.keeper
+        .forget(&format!("{}/{}", owner.namespace, owner.name));
+    ctx.autoscalers
         .forget(&format!("{}/{}", owner.namespace, owner.name));
     apply::delete_statefulset(&ctx.client, &owner.namespace, &owner.name)
         .await

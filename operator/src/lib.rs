@@ -6,6 +6,7 @@
 //! in `observe`, `apply`, `execute` and `nodes`.
 
 pub mod apply;
+pub mod autoscale;
 pub mod build;
 pub mod conclude;
 pub mod controller;
@@ -20,5 +21,6 @@ pub mod nodes;
 pub mod observe;
 pub mod replication;
 pub mod roles;
+pub mod scale;
 pub mod status;
 pub mod validate;

@@ -29,8 +29,17 @@ pub struct StepLabel {
     pub step: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaleLabels {
+    pub namespace: String,
+    pub sale: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// The autoscaler's input and output, per sale (`crate::scale`).
+    pub autoscaler_demand: Family<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub autoscaler_desired: Family<SaleLabels, Gauge>,
     reconciles: Family<ResultLabel, Counter>,
     reconcile_seconds: Histogram,
     /// Status writes that lost a race (resourceVersion precondition failed).
@@ -92,8 +101,23 @@ impl Default for Metrics {
             "Selling lease renewals sent to primaries, by result",
             lease_renewals.clone(),
         );
+        let autoscaler_demand =
+            Family::<SaleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "autoscaler_demand_per_second",
+            "Public requests per second over a sale's nodes, as the autoscaler last sampled them",
+            autoscaler_demand.clone(),
+        );
+        let autoscaler_desired = Family::<SaleLabels, Gauge>::default();
+        registry.register(
+            "autoscaler_desired_replicas",
+            "The node count the autoscaler wants for a sale",
+            autoscaler_desired.clone(),
+        );
         Self {
             registry,
+            autoscaler_demand,
+            autoscaler_desired,
             reconciles,
             reconcile_seconds,
             status_conflicts,

@@ -82,10 +82,27 @@ pub fn validate(sale: &FlashSale) -> Result<SaleConfig, InvalidSpec> {
             "set managed: true, or managed: false with externalUrlSecretRef (not both)",
         ));
     }
-    if spec.autoscaling.min_replicas > spec.autoscaling.max_replicas {
+    let a = &spec.autoscaling;
+    if a.min_replicas > a.max_replicas {
         return Err(invalid(
             "spec.autoscaling.minReplicas",
             "must not exceed maxReplicas",
+        ));
+    }
+    let (stable, panic): (std::time::Duration, std::time::Duration) =
+        (a.stable_window.into(), a.panic_window.into());
+    if panic >= stable {
+        return Err(invalid(
+            "spec.autoscaling.panicWindow",
+            "must be shorter than stableWindow",
+        ));
+    }
+    if let Some(n) = a.pre_scale_replicas
+        && !(a.min_replicas..=a.max_replicas).contains(&n)
+    {
+        return Err(invalid(
+            "spec.autoscaling.preScaleReplicas",
+            "must be between minReplicas and maxReplicas",
         ));
     }
     Ok(config)

@@ -120,6 +120,8 @@ fn the_crd_cel_rules_refuse_the_cross_field_mistakes_and_pass_good_sales() {
         "end-before-start.yaml",
         "duplicate-sku.yaml",
         "autoscaling-min-over-max.yaml",
+        "autoscaling-panic-window.yaml",
+        "autoscaling-prescale-over-max.yaml",
         "redis-both.yaml",
         "ttl-too-long.yaml",
     ];

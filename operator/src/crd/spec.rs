@@ -283,12 +283,20 @@ pub enum TailPolicy {
     AllowLoss,
 }
 
-/// Load-based scaling bounds. Reserved: the scaler is not implemented yet.
+/// The operator's autoscaler (`crate::autoscale`; README, "Autoscaling"): a stable and
+/// a panic window over the nodes' demand, a tolerance, scale-up in steps, scale-down one
+/// node at a time after a stabilisation window, pre-scaling before the window opens.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
-    .message("autoscaling: minReplicas must not exceed maxReplicas")
+    .message("autoscaling.minReplicas: must not exceed maxReplicas")
     .field_path(".minReplicas"))]
+#[x_kube(validation = Rule::new("duration(self.panicWindow) < duration(self.stableWindow)")
+    .message("autoscaling.panicWindow: must be shorter than stableWindow")
+    .field_path(".panicWindow"))]
+#[x_kube(validation = Rule::new("!has(self.preScaleReplicas) || (self.preScaleReplicas >= self.minReplicas && self.preScaleReplicas <= self.maxReplicas)")
+    .message("autoscaling.preScaleReplicas: must be between minReplicas and maxReplicas")
+    .field_path(".preScaleReplicas"))]
 pub struct AutoscalingSpec {
     /// Let the operator scale the secondaries from the nodes' load.
     #[serde(default)]
@@ -301,10 +309,51 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_max_replicas")]
     #[schemars(range(min = 1, max = 15))]
     pub max_replicas: i32,
-    /// Purchases per second per node the scaler aims for.
+    /// Public requests per second per node the scaler aims for (purchases, reads,
+    /// confirms: what the nodes answer on `/v1`).
     #[serde(default = "default_target_purchases_per_s")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub target_purchases_per_s: i32,
+    /// Demand is averaged over this window for the stable decision; it is also how long
+    /// a panic lasts after its last cause.
+    #[serde(default = "default_stable_window")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('6s') && duration(self) <= duration('10m')")
+        .message("autoscaling.stableWindow: must be between 6s and 10m"))]
+    pub stable_window: Duration,
+    /// The short window: panic when demand over it reaches `panicThresholdPercent` of
+    /// the ready nodes' capacity.
+    #[serde(default = "default_panic_window")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1m')")
+        .message("autoscaling.panicWindow: must be between 1s and 1m"))]
+    pub panic_window: Duration,
+    /// Demand over the panic window, in percent of the ready capacity, that starts a
+    /// panic (never scale down; scale up from the short window).
+    #[serde(default = "default_panic_threshold")]
+    #[schemars(range(min = 110, max = 1000))]
+    pub panic_threshold_percent: i32,
+    /// No change while demand is within this percentage of the current capacity.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0, max = 50))]
+    pub tolerance_percent: i32,
+    /// The most nodes one scale-up adds.
+    #[serde(default = "default_scale_up_step")]
+    #[schemars(range(min = 1, max = 15))]
+    pub scale_up_step_max: i32,
+    /// A scale-down (one node) waits until no decision in this window asked for more.
+    #[serde(default = "default_stable_window")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('1h')")
+        .message("autoscaling.scaleDownStabilization: must be between 0s and 1h"))]
+    pub scale_down_stabilization: Duration,
+    /// How long before `window.startsAt` to pre-scale (a crowd arrives as a step at the
+    /// open; reaction alone cannot beat a step).
+    #[serde(default = "default_prescale_lead")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('24h')")
+        .message("autoscaling.preScaleLead: must be between 0s and 24h"))]
+    pub pre_scale_lead: Duration,
+    /// Nodes to run from `preScaleLead` before the open (default `maxReplicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 15))]
+    pub pre_scale_replicas: Option<i32>,
 }
 
 fn default_true() -> bool {
@@ -339,6 +388,24 @@ fn default_max_replicas() -> i32 {
 }
 fn default_target_purchases_per_s() -> i32 {
     2000
+}
+fn default_stable_window() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+fn default_panic_window() -> Duration {
+    std::time::Duration::from_secs(3).into()
+}
+fn default_panic_threshold() -> i32 {
+    200
+}
+fn default_tolerance() -> i32 {
+    10
+}
+fn default_scale_up_step() -> i32 {
+    4
+}
+fn default_prescale_lead() -> Duration {
+    std::time::Duration::from_secs(60).into()
 }
 
 impl Default for NodesSpec {
@@ -399,6 +466,14 @@ impl Default for AutoscalingSpec {
             min_replicas: default_min_replicas(),
             max_replicas: default_max_replicas(),
             target_purchases_per_s: default_target_purchases_per_s(),
+            stable_window: default_stable_window(),
+            panic_window: default_panic_window(),
+            panic_threshold_percent: default_panic_threshold(),
+            tolerance_percent: default_tolerance(),
+            scale_up_step_max: default_scale_up_step(),
+            scale_down_stabilization: default_stable_window(),
+            pre_scale_lead: default_prescale_lead(),
+            pre_scale_replicas: None,
         }
     }
 }

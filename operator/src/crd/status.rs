@@ -79,6 +79,29 @@ pub struct FlashSaleStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub nodes: Vec<super::NodeReplicationStatus>,
+    /// The operator's autoscaler (absent while `spec.autoscaling.enabled` is false):
+    /// stable facts only; the live demand is an operator metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// What the autoscaler is doing and the last change it made.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// `Stable`, `Panic` (demand past the panic threshold or the primary refusing for
+    /// load: no scale-down), `PreScale` (before the window opens), `Ended` (after it:
+    /// back to the minimum), `Blind` (too few nodes answered: holding), `External` (an
+    /// HPA targets the sale: the operator stands down), `Holding` (a failover runs).
+    pub mode: String,
+    /// The node count the autoscaler wants now.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// When it last changed `spec.nodes.replicas`, and why (the numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
 }
 
 /// One-word summary of a sale.

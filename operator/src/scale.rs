@@ -1,0 +1,345 @@
+//! The autoscaler's I/O (the decision is `crate::autoscale`, pure): a [`Sample`] from
+//! the nodes the pass just asked, the decision, `spec.nodes.replicas` written through
+//! the scale subresource (field manager `flashsale-autoscaler`, as an HPA writes it —
+//! the next pass applies the StatefulSet), the Events with the numbers that decided, and
+//! `status.autoscaler`. Leader only: it runs inside the reconcile, which only the
+//! leading operator runs. Stands down with a Warning while an HPA targets the sale.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::autoscale::{Decision, Memory, Mode, Params, Sample, decide};
+use crate::crd::{AutoscalerStatus, FlashSale, FlashSaleStatus, ReplicationMode};
+use crate::events::{Kind, Note};
+use crate::observe::Observed;
+
+/// The field manager of the autoscaler's writes to `spec.nodes.replicas`.
+pub const FIELD_MANAGER: &str = "flashsale-autoscaler";
+/// How often a sale with autoscaling on is reconciled (a sample and a decision each).
+pub const AUTOSCALE_REQUEUE_MS: u64 = 1_000;
+/// Samples kept: the longest window the spec allows, and some.
+const KEEP_MS: i64 = 11 * 60 * 1000;
+
+#[derive(Default)]
+struct SaleScaler {
+    mem: Memory,
+    /// The primary's refused-for-load total at the last sample (a rise = refusing now).
+    primary_refused: Option<(String, u64)>,
+    mode: Option<&'static str>,
+    limited: bool,
+    conflict: bool,
+}
+
+/// Every sale's autoscaler memory, in the leader (a new leader starts empty).
+#[derive(Default)]
+pub struct Autoscalers {
+    sales: Mutex<HashMap<String, SaleScaler>>,
+}
+
+/// What one pass of the autoscaler did.
+pub struct Pass {
+    pub status: Option<AutoscalerStatus>,
+    pub notes: Vec<Note>,
+    /// Demand and desired count for the operator's metrics.
+    pub demand_per_s: f64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The sample the nodes' statuses give (pure).
+pub fn sample(
+    observed: &Observed,
+    primary: Option<&str>,
+    prev_refused: Option<u64>,
+    at_ms: i64,
+) -> (Sample, Option<u64>) {
+    let mut s = Sample {
+        at_ms,
+        demand_per_s: 0.0,
+        answered: 0,
+        ready: 0,
+        primary_refused: false,
+        primary_inflight_ratio: 0.0,
+    };
+    let mut refused_now = None;
+    for p in &observed.pods {
+        let Some(Ok(st)) = &p.node else { continue };
+        s.answered += 1;
+        s.demand_per_s += st.load.requests_per_s.max(0.0);
+        if p.ready {
+            s.ready += 1;
+        }
+        if Some(p.name.as_str()) == primary {
+            let refused: u64 = st.load.refused_for_load.values().sum();
+            s.primary_refused = prev_refused.is_some_and(|was| refused > was);
+            refused_now = Some(refused);
+            if st.load.engine_inflight_max > 0 {
+                s.primary_inflight_ratio =
+                    st.load.engine_inflight as f64 / st.load.engine_inflight_max as f64;
+            }
+        }
+    }
+    (s, refused_now)
+}
+
+/// The decision's knobs from the spec and the floors of the moment (pure).
+pub fn params(sale: &FlashSale, primary_ordinal: Option<u32>) -> Params {
+    let a = &sale.spec.autoscaling;
+    let ms = |d: &kube::core::Duration| {
+        let d: std::time::Duration = (*d).into();
+        d.as_millis() as i64
+    };
+    let mut floor = primary_ordinal.map_or(1, |o| o + 1);
+    if sale.spec.replication.mode == ReplicationMode::Quorum {
+        floor = floor.max(2);
+    }
+    let at = |t: &Option<Time>| t.as_ref().map(|t| t.0.as_millisecond());
+    Params {
+        min: a.min_replicas.max(1) as u32,
+        max: a.max_replicas.max(1) as u32,
+        target_per_node: f64::from(a.target_purchases_per_s.max(1)),
+        stable_window_ms: ms(&a.stable_window),
+        panic_window_ms: ms(&a.panic_window),
+        panic_threshold: f64::from(a.panic_threshold_percent) / 100.0,
+        tolerance: f64::from(a.tolerance_percent) / 100.0,
+        scale_up_step_max: a.scale_up_step_max.max(1) as u32,
+        scale_down_stabilization_ms: ms(&a.scale_down_stabilization),
+        floor,
+        starts_at_ms: at(&sale.spec.window.starts_at),
+        prescale_lead_ms: ms(&a.pre_scale_lead),
+        prescale_replicas: a.pre_scale_replicas.unwrap_or(a.max_replicas).max(1) as u32,
+        ends_at_ms: at(&sale.spec.window.ends_at),
+    }
+}
+
+/// Why a scale happened, in words with its numbers (the Event's message).
+pub fn reason(d: &Decision, from: u32, p: &Params, ready: u32) -> String {
+    format!(
+        "{from} → {} nodes ({}): demand {:.0}/s over the stable window, {:.0}/s over the panic window; target {:.0}/s per node, {ready} ready; wanted {}{}",
+        d.desired,
+        d.mode.as_str(),
+        d.stable_demand,
+        d.panic_demand,
+        p.target_per_node,
+        d.wanted,
+        if d.limited {
+            format!(", held at maxReplicas {}", p.max)
+        } else {
+            String::new()
+        }
+    )
+}
+
+impl Autoscalers {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, SaleScaler>> {
+        // A panic while holding it leaves plain data behind: use it.
+        self.sales.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets a sale (deleted, or autoscaling turned off).
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// One pass for `sale`: sample, decide, write, and say so.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pass(
+        &self,
+        client: &kube::Client,
+        sale: &FlashSale,
+        key: &str,
+        prev: &FlashSaleStatus,
+        observed: &Observed,
+        primary: Option<&str>,
+        primary_ordinal: Option<u32>,
+        in_failover: bool,
+    ) -> Pass {
+        let mut out = Pass {
+            status: None,
+            notes: Vec::new(),
+            demand_per_s: 0.0,
+        };
+        if !sale.spec.autoscaling.enabled {
+            self.forget(key);
+            return out;
+        }
+        let ns = sale.namespace().unwrap_or_default();
+        let name = sale.name_any();
+        let current = sale.spec.nodes.replicas.max(1) as u32;
+        let kept = prev.autoscaler.clone().unwrap_or_default();
+        let mut status = AutoscalerStatus {
+            desired_replicas: current as i32,
+            last_scale_time: kept.last_scale_time,
+            last_scale_reason: kept.last_scale_reason,
+            mode: String::new(),
+        };
+
+        // An HPA on the sale owns the count: stand down.
+        let hpa = targeting_hpa(client, &ns, &name).await;
+        let (prev_refused, was_conflict) = {
+            let sales = self.lock();
+            let s = sales.get(key);
+            (
+                s.and_then(|s| s.primary_refused.clone())
+                    .filter(|(pod, _)| Some(pod.as_str()) == primary)
+                    .map(|(_, n)| n),
+                s.is_some_and(|s| s.conflict),
+            )
+        };
+        if let Some(hpa) = hpa {
+            if !was_conflict {
+                out.notes.push(Note::warning(
+                    "AutoscalingConflict",
+                    format!("HorizontalPodAutoscaler {hpa} targets this sale: the operator's autoscaler stands down while it does (spec.autoscaling.enabled is ignored)"),
+                    Kind::Action,
+                ));
+            }
+            let mut sales = self.lock();
+            let s = sales.entry(key.to_string()).or_default();
+            s.conflict = true;
+            s.mode = Some("External");
+            status.mode = "External".into();
+            out.status = Some(status);
+            return out;
+        }
+
+        let now = now_ms();
+        let (sample, refused_now) = sample(observed, primary, prev_refused, now);
+        out.demand_per_s = sample.demand_per_s;
+        let p = params(sale, primary_ordinal);
+        let decision = {
+            let mut sales = self.lock();
+            let s = sales.entry(key.to_string()).or_default();
+            s.conflict = false;
+            s.primary_refused = primary.zip(refused_now).map(|(p, n)| (p.to_string(), n));
+            s.mem.record(sample, KEEP_MS);
+            if in_failover {
+                // The primary moves: hold the count (samples still count).
+                s.mode = Some("Holding");
+                status.mode = "Holding".into();
+                out.status = Some(status);
+                return out;
+            }
+            let d = decide(&mut s.mem, &p, current, now);
+            if d.panic_started {
+                out.notes.push(Note::warning(
+                    "AutoscalerPanic",
+                    format!(
+                        "panic: demand {:.0}/s over the panic window against {} ready nodes × {:.0}/s{}; no scale-down until it has been calm for the stable window",
+                        d.panic_demand,
+                        sample.ready,
+                        p.target_per_node,
+                        if sample.primary_refused { ", and the primary refuses for load" } else { "" }
+                    ),
+                    Kind::Action,
+                ));
+            }
+            if sample.primary_refused && s.mode != Some("Panic") {
+                out.notes.push(Note::warning(
+                    "PrimarySaturated",
+                    format!(
+                        "the primary {} refuses requests for load (429/503), its engine queue {:.0}% full",
+                        primary.unwrap_or("?"),
+                        sample.primary_inflight_ratio * 100.0
+                    ),
+                    Kind::Action,
+                ));
+            }
+            if d.limited && !s.limited {
+                out.notes.push(Note::warning(
+                    "ScaleLimited",
+                    format!(
+                        "the load asks for {} nodes; held at maxReplicas {} (demand {:.0}/s, target {:.0}/s per node)",
+                        d.wanted, p.max, d.stable_demand.max(d.panic_demand), p.target_per_node
+                    ),
+                    Kind::Action,
+                ));
+            }
+            s.limited = d.limited;
+            s.mode = Some(d.mode.as_str());
+            d
+        };
+        status.mode = decision.mode.as_str().into();
+        status.desired_replicas = decision.desired as i32;
+        if decision.desired != current {
+            let why = reason(&decision, current, &p, sample.ready);
+            match write_replicas(client, &ns, &name, decision.desired).await {
+                Ok(()) => {
+                    let reason_word = match (decision.desired > current, decision.mode) {
+                        (true, Mode::PreScale) => "PreScaled",
+                        (true, _) => "ScaledUp",
+                        (false, _) => "ScaledDown",
+                    };
+                    out.notes
+                        .push(Note::normal(reason_word, why.clone(), Kind::Action));
+                    status.last_scale_time = Some(Time(jiff::Timestamp::now()));
+                    status.last_scale_reason = Some(why);
+                }
+                Err(e) => {
+                    tracing::warn!(sale = %name, error = %e, "autoscaler: writing replicas failed");
+                    out.notes.push(Note::warning(
+                        "ScaleFailed",
+                        format!(
+                            "could not write spec.nodes.replicas = {}: {e}",
+                            decision.desired
+                        ),
+                        Kind::Action,
+                    ));
+                }
+            }
+        }
+        out.status = Some(status);
+        out
+    }
+}
+
+/// `spec.nodes.replicas = n` through the scale subresource, as an HPA writes it.
+async fn write_replicas(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    n: u32,
+) -> Result<(), kube::Error> {
+    let api: Api<FlashSale> = Api::namespaced(client.clone(), ns);
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch_scale(
+        name,
+        &pp,
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": n}})),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The name of an HPA whose scale target is this FlashSale, if any. A failed list reads
+/// as none (logged): the internal autoscaler keeps working rather than stall.
+async fn targeting_hpa(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list.items.into_iter().find_map(|h| {
+            let t = &h.spec.scale_target_ref;
+            (t.kind == "FlashSale"
+                && t.name == name
+                && t.api_version
+                    .as_deref()
+                    .is_none_or(|v| v.starts_with("flashsale.dev/")))
+            .then(|| h.name_any())
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "autoscaler: listing HorizontalPodAutoscalers failed");
+            None
+        }
+    }
+}
