@@ -28,6 +28,9 @@ FLASHSALE_E2E_CLUSTER=test bash charts/flashsale-operator/test.sh
 # Replication through the operator on the same cluster: convergence, Redis deleted and a
 # secondary killed mid-sale, status.nodes and the lag Events (operator/tests/e2e-replication.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e-replication.sh
+# The autoscaler on the same cluster: an open-loop ramp through the client Service's
+# endpoints, a control without it, an HPA it stands down for (operator/tests/e2e-autoscale.sh).
+FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e-autoscale.sh
 # Failover chaos on the same cluster: cases A1–J of FAILOVER.md and K (a scale-down below the primary), each under a crowd that
 # follows the primary and retries with the same key (operator/tests/e2e-failover.sh).
 FLASHSALE_E2E_CLUSTER=test bash operator/tests/e2e-failover.sh

@@ -105,6 +105,9 @@ pub struct Memory {
     recommendations: VecDeque<(i64, u32)>,
     panic_until_ms: Option<i64>,
     started_ms: Option<i64>,
+    /// When the count last changed (a scale-down waits the stabilisation window after
+    /// any change: one node at a time, spaced).
+    changed_ms: Option<i64>,
 }
 
 impl Memory {
@@ -256,7 +259,11 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         } else if new_leader {
             d.down_blocked = Some("a new leader's first window");
             current
-        } else if highest >= current {
+        } else if highest >= current
+            || mem
+                .changed_ms
+                .is_some_and(|c| now_ms - c < p.scale_down_stabilization_ms)
+        {
             d.down_blocked = Some("stabilisation window");
             current
         } else {
@@ -269,6 +276,9 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         current
     };
     d.desired = clamp(d.desired);
+    if d.desired != current {
+        mem.changed_ms = Some(now_ms);
+    }
     d
 }
 
@@ -411,8 +421,18 @@ mod tests {
             first_down >= 130,
             "scaled down at {first_down}s, inside the window"
         );
+        let mut last_down = None;
         for s in first_down..239 {
             assert!(at(s) + 1 >= at(s - 1), "more than one node removed at {s}s");
+            if at(s) < at(s - 1) {
+                if let Some(l) = last_down {
+                    assert!(
+                        s - l >= 30,
+                        "scale-downs at {l}s and {s}s: closer than the window"
+                    );
+                }
+                last_down = Some(s);
+            }
         }
         assert_eq!(at(239), 1, "back to one node at 50/s");
     }
@@ -502,8 +522,8 @@ mod tests {
         ) {
             let p = params();
             let ds = run(&p, start, 300, |_| demand);
-            // After the first window, every decision is the same count.
-            let settled: Vec<u32> = ds[90..].iter().map(|d| d.desired).collect();
+            // Once the steps down (one per window) are done, every decision is the same.
+            let settled: Vec<u32> = ds[240..].iter().map(|d| d.desired).collect();
             prop_assert!(settled.windows(2).all(|w| w[0] == w[1]), "still moving: {settled:?}");
             // And it never flaps: the count moves in one direction only.
             let counts: Vec<u32> = ds.iter().map(|d| d.desired).collect();

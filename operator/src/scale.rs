@@ -28,6 +28,7 @@ const KEEP_MS: i64 = 11 * 60 * 1000;
 #[derive(Default)]
 struct SaleScaler {
     mem: Memory,
+    counts: Counts,
     /// The primary's refused-for-load total at the last sample (a rise = refusing now).
     primary_refused: Option<(String, u64)>,
     mode: Option<&'static str>,
@@ -55,11 +56,25 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The sample the nodes' statuses give (pure).
+/// The public requests a node has answered since it started (`load.answered`).
+fn public_answered(st: &flashsale_core::admin::NodeStatus) -> u64 {
+    ["purchase", "confirm", "cancel", "read"]
+        .iter()
+        .filter_map(|k| st.load.answered.get(*k))
+        .sum()
+}
+
+/// Per node: (when, public requests answered so far) at the last sample — demand is
+/// the counters' rise over the time between two samples, a 1 s bucket (the node's own
+/// per-second gauge averages several seconds and would lag the crowd).
+pub type Counts = HashMap<String, (i64, u64)>;
+
+/// The sample the nodes' statuses give (pure). `counts` is updated to this sample.
 pub fn sample(
     observed: &Observed,
     primary: Option<&str>,
     prev_refused: Option<u64>,
+    counts: &mut Counts,
     at_ms: i64,
 ) -> (Sample, Option<u64>) {
     let mut s = Sample {
@@ -74,7 +89,16 @@ pub fn sample(
     for p in &observed.pods {
         let Some(Ok(st)) = &p.node else { continue };
         s.answered += 1;
-        s.demand_per_s += st.load.requests_per_s.max(0.0);
+        let total = public_answered(st);
+        s.demand_per_s += match counts.get(&p.name) {
+            Some(&(then, was)) if total >= was && at_ms > then => {
+                (total - was) as f64 * 1000.0 / (at_ms - then) as f64
+            }
+            // First sight of the node, or it restarted: no bucket yet (its own gauge
+            // averages seconds that may predate the autoscaler's interest).
+            _ => 0.0,
+        };
+        counts.insert(p.name.clone(), (at_ms, total));
         if p.ready {
             s.ready += 1;
         }
@@ -213,12 +237,12 @@ impl Autoscalers {
         }
 
         let now = now_ms();
-        let (sample, refused_now) = sample(observed, primary, prev_refused, now);
-        out.demand_per_s = sample.demand_per_s;
         let p = params(sale, primary_ordinal);
         let decision = {
             let mut sales = self.lock();
             let s = sales.entry(key.to_string()).or_default();
+            let (sample, refused_now) = sample(observed, primary, prev_refused, &mut s.counts, now);
+            out.demand_per_s = sample.demand_per_s;
             s.conflict = false;
             s.primary_refused = primary.zip(refused_now).map(|(p, n)| (p.to_string(), n));
             s.mem.record(sample, KEEP_MS);
@@ -266,12 +290,13 @@ impl Autoscalers {
             }
             s.limited = d.limited;
             s.mode = Some(d.mode.as_str());
-            d
+            (d, sample.ready)
         };
+        let (decision, ready) = decision;
         status.mode = decision.mode.as_str().into();
         status.desired_replicas = decision.desired as i32;
         if decision.desired != current {
-            let why = reason(&decision, current, &p, sample.ready);
+            let why = reason(&decision, current, &p, ready);
             match write_replicas(client, &ns, &name, decision.desired).await {
                 Ok(()) => {
                     let reason_word = match (decision.desired > current, decision.mode) {

@@ -387,7 +387,11 @@ pub async fn get_order(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<Order>, ApiError> {
     let id = owned_order(&s, &headers, order_id(id)?)?;
-    s.admission.check_rate()?;
+    // The admission rate bounds the crowd; whoever holds the admin token (the operator,
+    // a support tool reading orders back) is not it.
+    if !super::admin::is_admin(&s, &headers) {
+        s.admission.check_rate()?;
+    }
     s.engine
         .order(id)
         .map(axum::Json)

@@ -66,6 +66,21 @@ struct Args {
     /// Print the outcome as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Open loop: send purchases at a rate that follows this schedule whatever the
+    /// nodes do — `second:rate` points, linear in between, ending at the last point
+    /// (e.g. `0:20,15:150,45:150,46:10,90:10`). A closed loop (the default) slows down
+    /// as the nodes saturate and hides it; this does not. No retries, no confirms; with
+    /// `--timeline`, one line per second: rate, sent, ok, codes, p99.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Open loop: a file of base URLs, one per line, re-read every second (what a
+    /// Service spreads over; the test keeps it to the ready endpoints). Else `--url`.
+    #[arg(long)]
+    urls_file: Option<std::path::PathBuf>,
+    /// Open loop: requests in flight at most; a request due past it is counted as
+    /// `skipped` (the crowd's own limit, never a wait).
+    #[arg(long, default_value_t = 512)]
+    inflight_max: u64,
 }
 
 #[derive(Default, Debug, serde::Serialize)]
@@ -117,6 +132,10 @@ async fn main() -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/').to_string();
     if let Some(file) = &args.verify_acks {
         return verify(&http, &base, file, args.concurrency as usize).await;
+    }
+    if let Some(schedule) = &args.schedule {
+        let points = parse_schedule(schedule)?;
+        return open_loop(&http, &base, &args, &points).await;
     }
     // Like its purchases, the crowd's first look at the sale retries through a
     // transient refusal (a Service whose endpoint is still moving), for at most 20 s.
@@ -252,9 +271,14 @@ async fn verify(
             let mut last = String::new();
             for _ in 0..3 {
                 let customer = a["customer"].as_str().unwrap_or_default();
-                let read = http
+                let mut read = http
                     .get(format!("{base}/v1/orders/{id}"))
                     .header("Flashsale-Customer", customer);
+                // With the node's admin token the reads are not the crowd's: the
+                // admission rate does not apply to them.
+                if let Ok(t) = std::env::var("FLASHSALE_ADMIN_TOKEN") {
+                    read = read.bearer_auth(t);
+                }
                 match read.send().await {
                     Ok(r) if r.status().is_success() => {
                         let o: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
@@ -479,4 +503,224 @@ fn report(args: &Args, tally: &Tally, after: &[ItemView], elapsed: Duration) -> 
         bail!("OVERSOLD by {oversold} units");
     }
     Ok(())
+}
+
+/// `second:rate` points, in order of time.
+fn parse_schedule(text: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut points = Vec::new();
+    for part in text.split(',') {
+        let (t, r) = part
+            .split_once(':')
+            .with_context(|| format!("--schedule: `{part}` is not second:rate"))?;
+        let (t, r): (f64, f64) = (
+            t.trim()
+                .parse()
+                .with_context(|| format!("--schedule: bad second `{t}`"))?,
+            r.trim()
+                .parse()
+                .with_context(|| format!("--schedule: bad rate `{r}`"))?,
+        );
+        if r < 0.0 || points.last().is_some_and(|(pt, _)| *pt >= t) {
+            bail!("--schedule: times must rise and rates be at least 0 (at `{part}`)");
+        }
+        points.push((t, r));
+    }
+    if points.len() < 2 {
+        bail!("--schedule: at least two points");
+    }
+    Ok(points)
+}
+
+/// The rate at `t` seconds, and the requests due from 0 to `t` (the integral).
+fn due_by(points: &[(f64, f64)], t: f64) -> f64 {
+    let mut total = 0.0;
+    for w in points.windows(2) {
+        let ((t0, r0), (t1, r1)) = (w[0], w[1]);
+        if t <= t0 {
+            break;
+        }
+        let end = t.min(t1);
+        let r_end = r0 + (r1 - r0) * (end - t0) / (t1 - t0);
+        total += (r0 + r_end) / 2.0 * (end - t0);
+    }
+    total
+}
+
+#[derive(Default)]
+struct Second {
+    sent: u64,
+    ok: u64,
+    codes: BTreeMap<String, u64>,
+    latencies_ms: Vec<f64>,
+}
+
+/// The open-loop crowd (`--schedule`).
+async fn open_loop(
+    http: &reqwest::Client,
+    base: &str,
+    args: &Args,
+    points: &[(f64, f64)],
+) -> anyhow::Result<()> {
+    let read_urls = || -> Vec<String> {
+        args.urls_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|t| {
+                t.lines()
+                    .map(|l| l.trim().trim_end_matches('/').to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| vec![base.to_string()])
+    };
+    let before = items(http, &read_urls()[0]).await?;
+    let skus: Vec<String> = before.iter().map(|i| i.sku.clone()).collect();
+    if skus.is_empty() {
+        bail!("the node sells nothing (not configured?)");
+    }
+    let seconds: Arc<std::sync::Mutex<BTreeMap<u64, Second>>> = Arc::default();
+    let acks = match &args.acks {
+        Some(p) => Some(Arc::new(std::sync::Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        )))),
+        None => None,
+    };
+    let inflight = Arc::new(AtomicU64::new(0));
+    let run = format!("{:08x}", rand::random::<u32>());
+    let end = points.last().map_or(0.0, |p| p.0);
+    let started = Instant::now();
+    let mut urls = read_urls();
+    let mut urls_read = started;
+    let (mut sent, mut skipped) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tick.tick().await;
+        let t = started.elapsed().as_secs_f64();
+        if t >= end || args.stop_file.as_ref().is_some_and(|f| f.exists()) {
+            break;
+        }
+        if urls_read.elapsed() >= Duration::from_secs(1) {
+            urls = read_urls();
+            urls_read = Instant::now();
+        }
+        let due = due_by(points, t).floor() as u64;
+        while sent + skipped < due {
+            let n = sent + skipped;
+            let sec = t as u64;
+            if inflight.load(Ordering::Relaxed) >= args.inflight_max {
+                skipped += 1;
+                continue;
+            }
+            sent += 1;
+            inflight.fetch_add(1, Ordering::Relaxed);
+            let url = urls[(n % urls.len() as u64) as usize].clone();
+            let req = PurchaseRequest {
+                sku: skus[(n % skus.len() as u64) as usize].clone(),
+                quantity: 1,
+                customer: format!("customer-{}", rand::random::<u64>() % args.customers.max(1)),
+                idempotency_key: format!("open-{run}-{n}"),
+            };
+            let (http, seconds, inflight, acks) = (
+                http.clone(),
+                seconds.clone(),
+                inflight.clone(),
+                acks.clone(),
+            );
+            tasks.spawn(async move {
+                let t0 = Instant::now();
+                let answer = purchase(&http, &url, &req).await;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                inflight.fetch_sub(1, Ordering::Relaxed);
+                let mut all = seconds.lock().unwrap_or_else(|e| e.into_inner());
+                let s = all.entry(sec).or_default();
+                s.sent += 1;
+                s.latencies_ms.push(ms);
+                match answer {
+                    Answer::Ok(order, epoch) => {
+                        s.ok += 1;
+                        drop(all);
+                        if let Some(a) = &acks {
+                            let ack = Ack {
+                                key: order.idempotency_key,
+                                id: order.id,
+                                sku: order.sku,
+                                quantity: order.quantity,
+                                customer: order.customer,
+                                epoch,
+                                t_ms: unix_ms(),
+                            };
+                            let mut w = a.lock().unwrap_or_else(|e| e.into_inner());
+                            let _ = serde_json::to_writer(&mut *w, &ack);
+                            let _ = w.write_all(b"\n");
+                        }
+                    }
+                    Answer::No(code) | Answer::Again(code, _) => {
+                        *s.codes.entry(code).or_default() += 1;
+                    }
+                }
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Some(a) = &acks {
+        a.lock().unwrap_or_else(|e| e.into_inner()).flush()?;
+    }
+    let all = seconds.lock().unwrap_or_else(|e| e.into_inner());
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ok = 0;
+    let mut lines = Vec::new();
+    for (sec, s) in all.iter() {
+        ok += s.ok;
+        for (c, n) in &s.codes {
+            *codes.entry(c.clone()).or_default() += n;
+        }
+        let mut l = s.latencies_ms.clone();
+        l.sort_by(f64::total_cmp);
+        let p99 = l
+            .get((l.len() * 99 / 100).min(l.len().saturating_sub(1)))
+            .copied();
+        let rate = due_by(points, *sec as f64 + 1.0) - due_by(points, *sec as f64);
+        lines.push(serde_json::json!({
+            "second": sec, "rate": rate.round(), "sent": s.sent, "ok": s.ok,
+            "codes": s.codes, "p99Ms": p99.map(|v| (v * 10.0).round() / 10.0),
+        }));
+    }
+    if let Some(p) = &args.timeline {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(p)?);
+        for l in &lines {
+            serde_json::to_writer(&mut w, l)?;
+            w.write_all(b"\n")?;
+        }
+    }
+    let after = items(http, &read_urls()[0]).await.unwrap_or_default();
+    let oversold: u64 = after
+        .iter()
+        .map(|i| (i.sold + i.held).saturating_sub(i.stock))
+        .sum();
+    let out = serde_json::json!({
+        "sent": sent, "ok": ok, "skipped": skipped, "codes": codes,
+        "oversold": oversold, "elapsedMs": started.elapsed().as_millis() as u64,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_is_a_rate_integrated_over_time() {
+        let p = parse_schedule("0:10,10:10,20:30").unwrap();
+        assert_eq!(due_by(&p, 0.0), 0.0);
+        assert_eq!(due_by(&p, 10.0), 100.0);
+        assert_eq!(due_by(&p, 20.0), 300.0, "the ramp averages 20/s");
+        assert_eq!(due_by(&p, 99.0), 300.0, "nothing past the end");
+        assert!(parse_schedule("0:10").is_err());
+        assert!(parse_schedule("5:10,2:3").is_err());
+        assert!(parse_schedule("0:x,1:2").is_err());
+    }
 }
