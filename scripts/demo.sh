@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: a flash sale end to end on a fresh machine. Installs what it needs, builds,
 # brings up the local Kubernetes cluster, installs the operator with helm, applies the
-# example FlashSale, sends a crowd of buyers (many times the stock) at the primary, and
-# prints the outcome and what kubectl says. The cluster stays up to explore.
+# example FlashSale, turns its autoscaler on, sends a crowd of buyers (many times the
+# stock) through the client Service — every ready node takes purchases, secondaries
+# forward them to the primary in batches — and prints the outcome, how the load spread
+# over the nodes, what the autoscaler did, and what kubectl says. The cluster stays up to explore.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -53,20 +55,41 @@ kubectl apply -n "$NS" -f examples/flashsale.yaml
 kubectl wait -n "$NS" --for=condition=Ready "flashsale/$SALE" --timeout=300s
 kubectl get -n "$NS" flashsale "$SALE"
 
-say "5/6 the crowd"
-ip=""
+say "5/6 the crowd, through the client Service (every ready node is a front door)"
+# The local cluster has no kube-proxy: the crowd spreads over the client Service's ready
+# endpoints itself, re-read every second (a file this script keeps current).
+endpoints() {
+  kubectl get endpointslices -n "$NS" -l kubernetes.io/service-name="$SALE" \
+    -o jsonpath='{.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}' |
+    tr ' ' '\n' | sed -n 's|^\(..*\)$|http://\1:8080|p'
+}
+urls=$(mktemp)
 for _ in $(seq 60); do
-  ip=$(kubectl get endpointslices -n "$NS" -l kubernetes.io/service-name="$SALE-primary" \
-    -o jsonpath='{.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}')
-  [ -n "$ip" ] && break
+  endpoints >"$urls" 2>/dev/null || true
+  [ -s "$urls" ] && break
   sleep 1
 done
-[ -n "$ip" ] || die "the primary Service has no ready endpoint"
+[ -s "$urls" ] || die "the client Service has no ready endpoint"
+( while sleep 1; do endpoints >"$urls.new" 2>/dev/null && [ -s "$urls.new" ] && mv "$urls.new" "$urls"; done ) &
+refresher=$!
+trap 'kill $refresher 2>/dev/null || true; rm -f "$urls" "$urls.new"' EXIT
+# The autoscaler on, with a demo-sized target, so the crowd makes it act.
+kubectl patch -n "$NS" flashsale "$SALE" --type merge -p \
+  '{"spec":{"autoscaling":{"enabled":true,"minReplicas":3,"maxReplicas":5,"targetPurchasesPerS":100,"stableWindow":"10s","panicWindow":"2s","scaleDownStabilization":"10s"}}}' >/dev/null
 stock=$(kubectl get -n "$NS" flashsale "$SALE" -o jsonpath='{.status.stock}')
 buyers=$((stock * CROWD_FACTOR))
-echo "primary Service $SALE-primary -> $ip; $stock units on sale; sending $buyers buyers"
-"$CARGO_TARGET_DIR/release/crowd" --url "http://$ip:8080" --buyers "$buyers" \
+first=$(head -1 "$urls")
+echo "client Service $SALE -> $(tr '\n' ' ' <"$urls"); $stock units on sale; sending $buyers buyers"
+"$CARGO_TARGET_DIR/release/crowd" --url "$first" --urls-file "$urls" --buyers "$buyers" \
   --concurrency 64 --customers $((buyers / 3))
+echo
+echo "how the crowd spread over the nodes (FORWARDED: a secondary's purchases, confirms and"
+echo "cancels sent to the primary / the batches they went in), and what the autoscaler did:"
+PATH="$ROOT/plugins:$PATH" kubectl flashsale status "$SALE" -n "$NS" || true
+kubectl get events.events.k8s.io -n "$NS" --sort-by=.metadata.creationTimestamp \
+  -o custom-columns=REASON:.reason,NOTE:.note 2>/dev/null |
+  grep -E "^(REASON|ScaledUp|ScaledDown|AutoscalerPanic|ScaleLimited|PrimarySaturated)" || true
+ip=$(kubectl get -n "$NS" pod "$(kubectl get -n "$NS" flashsale "$SALE" -o jsonpath='{.status.primary.pod}')" -o jsonpath='{.status.podIP}')
 
 say "6/6 what kubectl says (status refreshes every few seconds)"
 sleep 6

@@ -35,41 +35,50 @@ pub const FORWARD_ROUTE: &str = "/admin/v1/forward";
 pub const BATCH_ACCEPT_MAX: usize = 1024;
 
 /// A batch of operations, as a secondary sends it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForwardBatch {
+    #[schema(max_items = 1024)]
     pub ops: Vec<ForwardOp>,
 }
 
 /// One operation of a batch. `customer` is the caller's `Flashsale-Customer` (the
 /// primary checks the order is theirs); `None` when the caller held the admin token.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
+/// (Fields it does not know are ignored: a newer secondary may send more.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "op", rename_all = "camelCase")]
 pub enum ForwardOp {
     Purchase {
         request: PurchaseRequest,
     },
     Confirm {
+        #[schema(maximum = 9007199254740991u64)]
         id: u64,
         #[serde(default)]
+        #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
         customer: Option<String>,
     },
     Cancel {
+        #[schema(maximum = 9007199254740991u64)]
         id: u64,
         #[serde(default)]
+        #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
         customer: Option<String>,
     },
 }
 
+/// The largest order id (2⁵³−1: every JSON client reads it exactly).
+pub const ORDER_ID_MAX: u64 = (1 << 53) - 1;
+
 /// The primary's answers, one per operation, in the batch's order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForwardAnswers {
     pub answers: Vec<ForwardAnswer>,
 }
 
 /// What the primary answered one operation: an order, or a problem.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForwardAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]

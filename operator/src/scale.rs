@@ -34,6 +34,9 @@ struct SaleScaler {
     mode: Option<&'static str>,
     limited: bool,
     conflict: bool,
+    /// The last scale this leader made: the status write of the pass that made it loses
+    /// its race (the scale moved the resourceVersion), so it is kept here for the next.
+    last_scale: Option<(Time, String)>,
 }
 
 /// Every sale's autoscaler memory, in the leader (a new leader starts empty).
@@ -200,10 +203,15 @@ impl Autoscalers {
         let name = sale.name_any();
         let current = sale.spec.nodes.replicas.max(1) as u32;
         let kept = prev.autoscaler.clone().unwrap_or_default();
+        let remembered = self.lock().get(key).and_then(|s| s.last_scale.clone());
+        let (last_scale_time, last_scale_reason) = match remembered {
+            Some((t, why)) => (Some(t), Some(why)),
+            None => (kept.last_scale_time, kept.last_scale_reason),
+        };
         let mut status = AutoscalerStatus {
             desired_replicas: current as i32,
-            last_scale_time: kept.last_scale_time,
-            last_scale_reason: kept.last_scale_reason,
+            last_scale_time,
+            last_scale_reason,
             mode: String::new(),
         };
 
@@ -306,7 +314,11 @@ impl Autoscalers {
                     };
                     out.notes
                         .push(Note::normal(reason_word, why.clone(), Kind::Action));
-                    status.last_scale_time = Some(Time(jiff::Timestamp::now()));
+                    let at = Time(jiff::Timestamp::now());
+                    if let Some(s) = self.lock().get_mut(key) {
+                        s.last_scale = Some((at.clone(), why.clone()));
+                    }
+                    status.last_scale_time = Some(at);
                     status.last_scale_reason = Some(why);
                 }
                 Err(e) => {

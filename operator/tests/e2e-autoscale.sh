@@ -177,6 +177,9 @@ grep -E "ScaledUp|ScaledDown|ScaleLimited|AutoscalerPanic" <<<"$events" | sed 's
 awk -v p="$primary" -v e="$epoch" '$3 != "" && ($3 != p || $4 != e) { bad = bad " t=" $1 ":" $3 "@" $4 } END { if (bad) { print bad; exit 1 } }' "$WORK/watch" \
   || fail "the primary changed during scaling: $(awk '{ print $3 "@" $4 }' "$WORK/watch" | sort -u | tr '\n' ' ')"
 log "ok: the primary stayed $primary at epoch $epoch throughout"
+last=$(jp "flashsale/$SALE" '{.status.autoscaler.lastScaleTime} {.status.autoscaler.lastScaleReason}')
+grep -q "→ 1 nodes" <<<"$last" || fail "status.autoscaler does not show the last scale-down: $last"
+log "ok: status.autoscaler: $(jp "flashsale/$SALE" '{.status.autoscaler}')"
 
 owner=$(kubectl get -n "$NS" "flashsale/$SALE" --show-managed-fields -o json | python3 -c '
 import json, sys

@@ -131,10 +131,15 @@ PY
 }
 
 # The crowd that follows the primary: through the primary Service's ClusterIP, every
-# purchase retried with its key until a definitive answer.
+# purchase retried with its key until a definitive answer. In A2 and G it goes through
+# the client Service instead (every ready node; secondaries forward to the primary): a
+# forwarded purchase whose primary dies is a 503, and its same-key retry is answered
+# by the new primary, through whichever node the connection lands on.
 crowd_start() { # case sale
-  local svc
-  svc=$(jp "svc/$2-primary" '{.spec.clusterIP}')
+  local svc service="$2-primary"
+  case $1 in A2 | G) service=$2 ;; esac
+  svc=$(jp "svc/$service" '{.spec.clusterIP}')
+  log "$1: the crowd buys through Service $service ($svc)"
   rm -f "$OUT/$1.stop"
   "$CROWD" --url "http://$svc:8080" --retry --buyers 100000000 --concurrency 8 --customers 100000 \
     --duration-max-s 240 --request-timeout-ms 1500 --retry-for-ms 60000 \

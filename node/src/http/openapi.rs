@@ -11,7 +11,7 @@ use super::{admin, ops, public, replication};
     info(title = "flashsale stock node", description = "Sells a flash sale's items durably, without overselling. Every error is an RFC 9457 problem (`application/problem+json`, schema ErrorBody) with a stable `code`; every answer a later retry can cure (429, 503, and 409 `not_open`) carries `Retry-After`."),
     paths(
         public::list_items, public::get_item, public::purchase, public::confirm, public::cancel, public::get_order,
-        admin::status, admin::put_config, admin::put_role, admin::put_lease, admin::delete_lease, admin::ledger,
+        admin::status, admin::put_config, admin::put_role, admin::put_lease, admin::delete_lease, admin::ledger, public::forwarded,
         ops::healthz, ops::readyz, ops::metrics,
         replication::wal, replication::post_wal, replication::snapshot, replication::put_snapshot,
     ),

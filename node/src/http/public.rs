@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use flashsale_core::{ErrorBody, ItemView, Order, PurchaseRequest, SellError};
 
 use crate::engine::{Front, OrderAnswer};
-use crate::forward::{BATCH_ACCEPT_MAX, ForwardAnswer, ForwardAnswers, ForwardBatch, ForwardOp};
+use crate::forward::{
+    BATCH_ACCEPT_MAX, ForwardAnswer, ForwardAnswers, ForwardBatch, ForwardOp, ORDER_ID_MAX,
+};
 
 use super::AppState;
 use super::error::ApiError;
@@ -203,6 +205,13 @@ fn now_ms() -> flashsale_core::UnixMs {
 /// direct request (a full queue answers that operation 503). No admission rate: the
 /// secondary applied its own. The answer is sent once every purchase in it is durable
 /// (and, in quorum mode, replicated: `quorum_hold` wraps this route).
+#[utoipa::path(post, path = "/admin/v1/forward", tag = "admin", security(("bearer" = [])),
+    request_body = ForwardBatch,
+    responses((status = 200, body = ForwardAnswers, description = "one answer per operation, in order: an order (with `replayed`) or a problem"),
+        (status = 400, body = ErrorBody, description = "bad_request: not a batch, or more than 1024 operations (`field` = ops)"),
+        (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "payload_too_large: over 8 MiB"),
+        (status = 503, body = ErrorBody, description = "unavailable: in quorum mode, no secondary acknowledged the batch in time (every purchase in it may still complete: retry with the same keys)")))]
 pub async fn forwarded(
     State(s): State<AppState>,
     body: Result<Json<ForwardBatch>, ApiError>,
@@ -211,15 +220,8 @@ pub async fn forwarded(
         Ok(Json(b)) => b,
         Err(e) => return e.into_response(),
     };
-    if batch.ops.len() > BATCH_ACCEPT_MAX {
-        return ApiError::field(
-            "ops",
-            format!(
-                "field `ops`: {} operations in one batch, at most {BATCH_ACCEPT_MAX}",
-                batch.ops.len()
-            ),
-        )
-        .into_response();
+    if let Err(e) = check_batch(&batch) {
+        return e.into_response();
     }
     let answers = futures::future::join_all(
         batch
@@ -231,11 +233,61 @@ pub async fn forwarded(
     axum::Json(ForwardAnswers { answers }).into_response()
 }
 
+/// A batch's shape: a secondary checks every purchase before it forwards one, so an
+/// operation that breaks the rules means a broken sender, and the whole batch is refused
+/// (400 naming `ops[i].<field>`) before anything in it runs. What only the sale can say
+/// (sold out, an unknown item, a limit) is answered per operation.
+fn check_batch(batch: &ForwardBatch) -> Result<(), ApiError> {
+    if batch.ops.len() > BATCH_ACCEPT_MAX {
+        return Err(ApiError::field(
+            "ops",
+            format!(
+                "field `ops`: {} operations in one batch, at most {BATCH_ACCEPT_MAX}",
+                batch.ops.len()
+            ),
+        ));
+    }
+    for (i, op) in batch.ops.iter().enumerate() {
+        match op {
+            ForwardOp::Purchase { request } => {
+                if request.idempotency_key.is_empty() {
+                    return Err(ApiError::field(
+                        format!("ops[{i}].request.idempotencyKey"),
+                        "a forwarded purchase carries its idempotency key",
+                    ));
+                }
+                request.check().map_err(|e| {
+                    ApiError::field(format!("ops[{i}].request.{}", e.field), e.to_string())
+                })?;
+                if request.quantity == 0 {
+                    return Err(ApiError::field(
+                        format!("ops[{i}].request.quantity"),
+                        "at least 1",
+                    ));
+                }
+            }
+            ForwardOp::Confirm { id, .. } | ForwardOp::Cancel { id, .. } if *id > ORDER_ID_MAX => {
+                return Err(ApiError::field(
+                    format!("ops[{i}].id"),
+                    format!("field `ops[{i}].id`: at most {ORDER_ID_MAX}"),
+                ));
+            }
+            ForwardOp::Confirm { customer, .. } | ForwardOp::Cancel { customer, .. } => {
+                if let Some(c) = customer {
+                    flashsale_core::rules::check_id("customer", c).map_err(|e| {
+                        ApiError::field(format!("ops[{i}].customer"), e.to_string())
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn forwarded_op(s: &AppState, op: ForwardOp) -> Result<OrderAnswer, ApiError> {
     match op {
         ForwardOp::Purchase { request } => {
             let r = async {
-                check_purchase(&request)?;
                 if let Some(sold_out) = s.engine.sold_out_early(&request) {
                     return Err(sold_out.into());
                 }

@@ -73,8 +73,9 @@ struct Args {
     /// `--timeline`, one line per second: rate, sent, ok, codes, p99.
     #[arg(long)]
     schedule: Option<String>,
-    /// Open loop: a file of base URLs, one per line, re-read every second (what a
-    /// Service spreads over; the test keeps it to the ready endpoints). Else `--url`.
+    /// A file of base URLs, one per line, re-read every second: purchases spread over
+    /// them (what a Service does; the caller keeps it to the ready endpoints). `--url`
+    /// still names where the sale's items are read first.
     #[arg(long)]
     urls_file: Option<std::path::PathBuf>,
     /// Open loop: requests in flight at most; a request due past it is counted as
@@ -168,8 +169,41 @@ async fn main() -> anyhow::Result<()> {
     let deadline = started + Duration::from_secs(args.duration_max_s);
     let run = format!("{:08x}", rand::random::<u32>());
 
+    // --urls-file: the endpoints to spread over, re-read every second.
+    let urls: Option<Arc<std::sync::RwLock<Vec<String>>>> = match &args.urls_file {
+        Some(f) => {
+            let read = {
+                let f = f.clone();
+                move || {
+                    std::fs::read_to_string(&f)
+                        .ok()
+                        .map(|t| {
+                            t.lines()
+                                .map(|l| l.trim().trim_end_matches('/').to_string())
+                                .filter(|l| !l.is_empty())
+                                .collect::<Vec<_>>()
+                        })
+                        .filter(|v| !v.is_empty())
+                }
+            };
+            let first = read().with_context(|| format!("{}: no URLs", f.display()))?;
+            let shared = Arc::new(std::sync::RwLock::new(first));
+            let refresh = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Some(v) = read() {
+                        *refresh.write().unwrap_or_else(|e| e.into_inner()) = v;
+                    }
+                }
+            });
+            Some(shared)
+        }
+        None => None,
+    };
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
+        let urls = urls.clone();
         let (http, base, skus, next, tally, run, args, acks) = (
             http.clone(),
             base.clone(),
@@ -194,6 +228,14 @@ async fn main() -> anyhow::Result<()> {
                     customer: format!("customer-{}", rand::random::<u64>() % args.customers.max(1)),
                     idempotency_key: format!("crowd-{run}-{n}"),
                 };
+                // With --urls-file, buyers spread over the endpoints (as a Service does).
+                let base = urls
+                    .as_ref()
+                    .map(|u| {
+                        let u = u.read().unwrap_or_else(|e| e.into_inner());
+                        u[(n % u.len() as u64) as usize].clone()
+                    })
+                    .unwrap_or_else(|| base.clone());
                 let outcome = if args.retry {
                     buy_retrying(&http, &base, &req, &args, &tally, deadline).await
                 } else {
@@ -668,7 +710,7 @@ async fn open_loop(
     if let Some(a) = &acks {
         a.lock().unwrap_or_else(|e| e.into_inner()).flush()?;
     }
-    let all = seconds.lock().unwrap_or_else(|e| e.into_inner());
+    let all = std::mem::take(&mut *seconds.lock().unwrap_or_else(|e| e.into_inner()));
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
     let mut ok = 0;
     let mut lines = Vec::new();

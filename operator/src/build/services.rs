@@ -1,6 +1,7 @@
 //! The three Services of a sale: headless (stable pod DNS, not-ready pods included, for
-//! the nodes among themselves), client (every ready node: reads), primary (only the pod
-//! labelled `flashsale.dev/role=primary`: purchases).
+//! the nodes among themselves), client (every ready node: the sale's front door — a
+//! secondary forwards what its copy cannot answer to the primary), primary (only the pod
+//! labelled `flashsale.dev/role=primary`: the shortest path to the primary).
 
 use std::collections::BTreeMap;
 

@@ -96,8 +96,9 @@ pub struct FlashSaleSpec {
     #[serde(default)]
     pub failover: FailoverSpec,
 
-    /// Load-based scaling of the secondaries (reserved: the scaler is not implemented yet;
-    /// `kubectl scale` and HorizontalPodAutoscalers work through the scale subresource).
+    /// The operator's autoscaler (README, "Autoscaling"). Off by default; `kubectl
+    /// scale`, HorizontalPodAutoscalers and KEDA work through the scale subresource
+    /// either way (while an HPA targets the sale, the autoscaler stands down).
     #[serde(default)]
     pub autoscaling: AutoscalingSpec,
 
@@ -298,7 +299,7 @@ pub enum TailPolicy {
     .message("autoscaling.preScaleReplicas: must be between minReplicas and maxReplicas")
     .field_path(".preScaleReplicas"))]
 pub struct AutoscalingSpec {
-    /// Let the operator scale the secondaries from the nodes' load.
+    /// Let the operator scale the sale's nodes from their load.
     #[serde(default)]
     pub enabled: bool,
     /// Fewest nodes, primary included.
