@@ -70,16 +70,17 @@ pub enum ForwardOp {
 /// The largest order id (2⁵³−1: every JSON client reads it exactly).
 pub const ORDER_ID_MAX: u64 = (1 << 53) - 1;
 
-/// The primary's answers, one per operation, in the batch's order.
+/// The primary's answers, one per operation, in the batch's order (fields a secondary
+/// does not know are ignored: a newer primary may send more during a rolling upgrade).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ForwardAnswers {
     pub answers: Vec<ForwardAnswer>,
 }
 
 /// What the primary answered one operation: an order, or a problem.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ForwardAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Order>,

@@ -89,8 +89,11 @@ pub async fn serve(
     )?;
     let mut metrics = Metrics::new(engine.metrics());
     replication.stats.register(metrics.registry_mut());
+    // Forwarding calls the primary's admin route: without a token it could only fail,
+    // so a node without one answers `not_primary` as before.
     let forwarder = args
         .forward_limits()
+        .filter(|_| admin_token.is_some())
         .map(|l| crate::forward::Forwarder::start(l, admin_token.clone()));
     let mut state = AppState::new(engine.clone(), admission, metrics, admin_token, limits)
         .with_replication(replication);

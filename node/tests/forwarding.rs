@@ -181,6 +181,23 @@ async fn secondaries_are_front_doors_that_forward_in_batches() {
         "{items}"
     );
 
+    // `d` (1 unit) sold and confirmed: nothing held, so a copy's sold out is final.
+    let r = http
+        .post(primary.url("/v1/purchases"))
+        .json(&buy("d", 1, "dee", "d-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let d_id = r.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let r = http
+        .post(primary.url(&format!("/v1/orders/{d_id}/confirm")))
+        .header("Flashsale-Customer", "dee")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     // What a secondary's copy answers itself: nothing more is forwarded for these.
     let s = &secondaries[1];
     assert_converged(&http, &primary, s).await;
@@ -207,7 +224,7 @@ async fn secondaries_are_front_doors_that_forward_in_batches() {
             "idempotency_conflict",
         ),
         (buy("zz", 1, "x", "zz-1"), 404, "unknown_item"),
-        (buy("c", 1, "x", "c-late"), 409, "sold_out"),
+        (buy("d", 1, "x", "d-late"), 409, "sold_out"),
     ];
     for (body, code, what) in refusals {
         let r = http
@@ -219,11 +236,43 @@ async fn secondaries_are_front_doors_that_forward_in_batches() {
         assert_eq!(r.status(), code, "{body}");
         assert_eq!(r.json::<Value>().await.unwrap()["code"], what);
     }
+    // An id no order can have, a customer id no purchase could have: answered here too
+    // (in a batch the primary would refuse it whole, and the purchases with it).
+    let r = http
+        .post(s.url("/v1/orders/9007199254740992/confirm"))
+        .header("Flashsale-Customer", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .post(s.url(&format!("/v1/orders/{id}/cancel")))
+        .header("Flashsale-Customer", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     assert_eq!(
         load_of(&status(&http, s).await).0,
         before,
         "answered locally, not forwarded"
     );
+    // `c` is sold out with units held (unconfirmed: an expiry or a cancel may free one
+    // the copy has not seen): the primary decides.
+    let r = http
+        .post(s.url("/v1/purchases"))
+        .json(&buy("c", 1, "x", "c-late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "sold_out");
+    assert_eq!(
+        load_of(&status(&http, s).await).0,
+        before + 1,
+        "sold out with holds: forwarded"
+    );
+    let before = before + 1;
 
     // Confirm and cancel through a secondary: forwarded, as the order's customer.
     let owner = format!("cust-{n}");
@@ -391,6 +440,23 @@ async fn forwarding_is_bounded_and_a_lost_primary_is_a_retry() {
         answers.push(t.await.unwrap());
     }
     primary.signal("-CONT");
+    // Retried with the same keys once the primary is back: each answered, once — the
+    // ones the frozen primary still took (their bytes were on the wire) come back as
+    // the same orders.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..6 {
+        let key = format!("frozen-{i}");
+        let (status, v, _) =
+            buy_until_answered(&http, &s.url(""), &buy("a", 1, "f", &key), deadline).await;
+        assert_eq!(status, 201, "{key}: {v}");
+    }
+    let state = sale_state(&http, &primary).await;
+    let frozen = state
+        .orders
+        .values()
+        .filter(|o| o["idempotencyKey"].as_str().unwrap().starts_with("frozen-"))
+        .count();
+    assert_eq!(frozen, 6, "six keys, six orders");
     let fast = answers
         .iter()
         .filter(|(_, _, _, after)| *after < Duration::from_millis(600))
@@ -466,13 +532,28 @@ async fn a_primary_killed_mid_batch_is_a_retry_answered_idempotently() {
     );
     assert!(failed > 0, "the kill was not felt by the crowd");
     assert_acks_present(&http, &primary, &acked).await;
-    // Nothing sold twice: `a`'s units are the purchases that went through, once each.
+    // Nothing sold twice: `a`'s sold + held are exactly the units of its live orders,
+    // and every acknowledged key has one order.
     let state = sale_state(&http, &primary).await;
-    let mut keys = std::collections::BTreeSet::new();
-    for o in state.orders.values() {
-        assert!(
-            keys.insert(o["idempotencyKey"].as_str().unwrap().to_string()),
-            "two orders for one key: {o}"
-        );
-    }
+    let live: u64 = state
+        .orders
+        .values()
+        .filter(|o| {
+            o["sku"] == "a" && matches!(o["state"].as_str(), Some("reserved" | "confirmed"))
+        })
+        .map(|o| o["quantity"].as_u64().unwrap())
+        .sum();
+    let a = state
+        .items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sku"] == "a")
+        .unwrap();
+    assert_eq!(
+        a["sold"].as_u64().unwrap() + a["held"].as_u64().unwrap(),
+        live,
+        "{a}"
+    );
+    assert!(live >= acked.len() as u64);
 }

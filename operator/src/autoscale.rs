@@ -167,7 +167,17 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
     if p.ends_at_ms.is_some_and(|e| now_ms >= e) {
         d.mode = Mode::Ended;
         d.wanted = floor;
-        d.desired = if current > floor { current - 1 } else { floor };
+        let spaced = mem
+            .changed_ms
+            .is_none_or(|c| now_ms - c >= p.scale_down_stabilization_ms);
+        d.desired = if current > floor && spaced {
+            current - 1
+        } else {
+            clamp(current)
+        };
+        if d.desired != current {
+            mem.changed_ms = Some(now_ms);
+        }
         return d;
     }
 
@@ -199,8 +209,13 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
     let panic_wanted = nodes_for(panic_demand, p.target_per_node);
     let mut wanted = if panic {
         // In panic: the short window, and a saturated primary asks for one more node
-        // than it has whatever the demand figure says.
-        let more = if saturated { current + 1 } else { 0 };
+        // than are ready whatever the demand figure says — once the last one asked for
+        // is ready (nodes take longer than a pass to start: no runaway to the maximum).
+        let more = if saturated && last.ready >= current {
+            last.ready + 1
+        } else {
+            0
+        };
         stable_wanted.max(panic_wanted).max(more)
     } else {
         stable_wanted
@@ -480,6 +495,39 @@ mod tests {
         assert_eq!(ds[199].desired, 3, "never below the primary's ordinal + 1");
     }
 
+    #[test]
+    fn a_saturated_primary_adds_one_node_as_the_last_becomes_ready() {
+        let p = params();
+        let mut mem = Memory::default();
+        let mut current = 1;
+        for t in 0..10 {
+            // The new node takes longer than these passes to start: ready stays 1.
+            let mut s = sample(t * 1000, 50.0, 1);
+            s.primary_refused = true;
+            mem.record(s, 120_000);
+            current = decide(&mut mem, &p, current, t * 1000).desired;
+        }
+        assert_eq!(
+            current, 2,
+            "one more than ready, not a climb to the maximum"
+        );
+    }
+
+    #[test]
+    fn after_the_window_down_to_the_minimum_one_node_per_stabilisation_window() {
+        let mut p = params();
+        p.ends_at_ms = Some(10_000);
+        let ds = run(&p, 5, 200, |_| 0.0);
+        let downs: Vec<usize> = (1..200)
+            .filter(|&s| ds[s].desired < ds[s - 1].desired)
+            .collect();
+        assert_eq!(ds[199].desired, 1);
+        assert!(
+            downs.windows(2).all(|w| w[1] - w[0] >= 30),
+            "downs at {downs:?}"
+        );
+    }
+
     proptest! {
         #[test]
         fn always_within_bounds_and_floors(
@@ -495,7 +543,6 @@ mod tests {
             p.floor = floor;
             let mut mem = Memory::default();
             let mut current = start;
-            let mut panic_prev = false;
             // Steps of load, 20 s each: ramps, drops, calm.
             let demands: Vec<f64> = levels.iter().flat_map(|l| [*l; 20]).collect();
             for (t, dmd) in demands.iter().enumerate() {
@@ -510,10 +557,8 @@ mod tests {
                     prop_assert!(current > p.max.max(lo), "scaled down in panic: {d:?}");
                 }
                 prop_assert!(d.desired <= current.max(lo) + 4, "a step larger than 4: {d:?}");
-                panic_prev |= d.mode == Mode::Panic;
                 current = d.desired;
             }
-            let _ = panic_prev;
         }
 
         #[test]

@@ -512,10 +512,14 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     let (mut next, mut notes) = (done.status, done.notes);
 
     // autoscale (leader only: only the leader reconciles)
-    let primary_ordinal_now = primary_now
-        .as_deref()
-        .and_then(|p| observed.pod(p))
-        .and_then(|p| p.ordinal);
+    // From the pod, or from the name (`<sale>-<n>`) while the pod cache misses it: the
+    // floor must not fall to 1 because a cache is late.
+    let primary_ordinal_now = primary_now.as_deref().and_then(|name| {
+        observed
+            .pod(name)
+            .and_then(|p| p.ordinal)
+            .or_else(|| name.rsplit('-').next()?.parse().ok())
+    });
     let scaled = ctx
         .autoscalers
         .pass(

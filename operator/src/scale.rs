@@ -215,8 +215,15 @@ impl Autoscalers {
             mode: String::new(),
         };
 
-        // An HPA on the sale owns the count: stand down.
-        let hpa = targeting_hpa(client, &ns, &name).await;
+        // An HPA on the sale owns the count: stand down. A list that fails while an HPA
+        // was there reads as "still there": the autoscaler must not write over it.
+        let hpa = match targeting_hpa(client, &ns, &name).await {
+            Ok(h) => h,
+            Err(()) if self.lock().get(key).is_some_and(|s| s.conflict) => {
+                Some("(unknown: the list failed)".to_string())
+            }
+            Err(()) => None,
+        };
         let (prev_refused, was_conflict) = {
             let sales = self.lock();
             let s = sales.get(key);
@@ -249,9 +256,13 @@ impl Autoscalers {
         let decision = {
             let mut sales = self.lock();
             let s = sales.entry(key.to_string()).or_default();
+            if s.conflict {
+                // The HPA is gone: start afresh (its samples are stale, and a new
+                // history waits a window before any scale-down).
+                *s = SaleScaler::default();
+            }
             let (sample, refused_now) = sample(observed, primary, prev_refused, &mut s.counts, now);
             out.demand_per_s = sample.demand_per_s;
-            s.conflict = false;
             s.primary_refused = primary.zip(refused_now).map(|(p, n)| (p.to_string(), n));
             s.mem.record(sample, KEEP_MS);
             if in_failover {
@@ -292,6 +303,16 @@ impl Autoscalers {
                     format!(
                         "the load asks for {} nodes; held at maxReplicas {} (demand {:.0}/s, target {:.0}/s per node)",
                         d.wanted, p.max, d.stable_demand.max(d.panic_demand), p.target_per_node
+                    ),
+                    Kind::Action,
+                ));
+            }
+            if d.mode == Mode::Blind && s.mode != Some("Blind") {
+                out.notes.push(Note::warning(
+                    "MetricsUnavailable",
+                    format!(
+                        "only {} of {current} nodes answered with their load: holding at {current} nodes until at least half answer",
+                        sample.answered
                     ),
                     Kind::Action,
                 ));
@@ -360,12 +381,12 @@ async fn write_replicas(
     .map(|_| ())
 }
 
-/// The name of an HPA whose scale target is this FlashSale, if any. A failed list reads
-/// as none (logged): the internal autoscaler keeps working rather than stall.
-async fn targeting_hpa(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+/// The name of an HPA whose scale target is this FlashSale, if any; `Err` when the list
+/// failed (logged).
+async fn targeting_hpa(client: &kube::Client, ns: &str, name: &str) -> Result<Option<String>, ()> {
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     match api.list(&ListParams::default()).await {
-        Ok(list) => list.items.into_iter().find_map(|h| {
+        Ok(list) => Ok(list.items.into_iter().find_map(|h| {
             let t = &h.spec.scale_target_ref;
             (t.kind == "FlashSale"
                 && t.name == name
@@ -373,10 +394,10 @@ async fn targeting_hpa(client: &kube::Client, ns: &str, name: &str) -> Option<St
                     .as_deref()
                     .is_none_or(|v| v.starts_with("flashsale.dev/")))
             .then(|| h.name_any())
-        }),
+        })),
         Err(e) => {
             tracing::warn!(error = %e, "autoscaler: listing HorizontalPodAutoscalers failed");
-            None
+            Err(())
         }
     }
 }

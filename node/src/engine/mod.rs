@@ -483,11 +483,18 @@ impl EngineHandle {
     /// primary (and a standby, which refuses it in the engine): the sold-out fast path,
     /// else the engine. On a secondary that knows its primary: what its copy answers
     /// correctly — an unknown item, a quantity over the item's limit, the sale window,
-    /// sold out, the replay of a key one of its orders holds (or a conflict with it) —
-    /// else forward. A copy behind its primary can only under-count what was sold, so
-    /// none of these answers can be wrong for being late, except a sold out whose units
-    /// a cancel or expiry has since given back (the next retry sees them).
-    pub fn front(&self, req: &PurchaseRequest, now: flashsale_core::UnixMs) -> Front {
+    /// sold out with nothing held, the replay of a key one of its orders holds (or a
+    /// conflict with it) — else forward; a copy not `caught_up` forwards everything. A
+    /// copy behind its primary can only under-count what was sold, and with nothing
+    /// held no unit can come back, so a late copy's sold out is still true (short of a
+    /// stock increase it has not applied yet). Its config may be late too: an item just
+    /// added or a window just moved reads as the old config until it applies.
+    pub fn front(
+        &self,
+        req: &PurchaseRequest,
+        now: flashsale_core::UnixMs,
+        caught_up: bool,
+    ) -> Front {
         let view = self.inner.view.read();
         let (Role::Secondary, Some(primary)) = (view.status.role, &view.status.primary_url) else {
             drop(view);
@@ -496,6 +503,10 @@ impl EngineHandle {
                 None => Front::Engine,
             };
         };
+        if !caught_up {
+            // A copy still catching up (or about to be reseeded) answers nothing itself.
+            return Front::Forward(primary.clone());
+        }
         let hash = key_hash(&req.idempotency_key);
         match view.order_with_key(hash, &req.idempotency_key) {
             KeyOrder::Ambiguous => return Front::Forward(primary.clone()),
@@ -541,7 +552,10 @@ impl EngineHandle {
                 return Front::Refuse(SellError::Ended { ends_at_ms: ends });
             }
         }
-        if item.remaining < req.quantity as u64 {
+        // Sold out only when no unit can come back: with units held, an expiry or a
+        // cancel the copy has not seen yet may have freed one — and this very key may
+        // have bought it (a retry whose first answer was lost) — so ask the primary.
+        if item.remaining < req.quantity as u64 && item.held == 0 {
             return Front::Refuse(SellError::SoldOut {
                 sku: req.sku.clone(),
                 remaining: item.remaining,
@@ -549,6 +563,11 @@ impl EngineHandle {
             });
         }
         Front::Forward(primary.clone())
+    }
+
+    /// Whether this node is the primary (as of its read view).
+    pub fn is_primary(&self) -> bool {
+        self.inner.view.read().status.role == Role::Primary
     }
 
     /// The primary's base URL when this node is a secondary that forwards (confirms

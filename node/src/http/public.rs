@@ -171,7 +171,8 @@ async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiErro
     // The sold-out fast path (the crowd that arrives after the last unit is answered
     // from memory without a place in the engine's queue) and, on a secondary, what its
     // copy can answer; the rest to the engine or, forwarded, the primary's.
-    match (s.engine.front(&req, now_ms()), &s.forwarder) {
+    let caught_up = s.replication.as_ref().is_none_or(|r| r.caught_up());
+    match (s.engine.front(&req, now_ms(), caught_up), &s.forwarder) {
         (Front::Refuse(e), _) => Err(e.into()),
         (Front::Replay(order), _) => Ok(OrderAnswer {
             order,
@@ -301,16 +302,28 @@ async fn forwarded_op(s: &AppState, op: ForwardOp) -> Result<OrderAnswer, ApiErr
             r
         }
         ForwardOp::Confirm { id, customer } => {
+            not_primary_first(s)?;
             owns(s, id, customer.as_deref())?;
             let _place = s.admission.enter_engine()?;
             Ok(counted(s, s.engine.confirm(id).await)?)
         }
         ForwardOp::Cancel { id, customer } => {
+            not_primary_first(s)?;
             owns(s, id, customer.as_deref())?;
             let _place = s.admission.enter_engine()?;
             Ok(counted(s, s.engine.cancel(id).await)?)
         }
     }
+}
+
+/// A node that is not the primary (demoted since the secondary chose it) says so before
+/// it looks for the order: its copy may lack an order the new primary made, and "no such
+/// order" would be a final answer where the client must retry.
+fn not_primary_first(s: &AppState) -> Result<(), ApiError> {
+    if s.engine.is_primary() {
+        return Ok(());
+    }
+    Err(SellError::NotPrimary { primary: None }.into())
 }
 
 /// `customer`'s order `id` (any order when `None`: the caller held the admin token).
@@ -341,6 +354,16 @@ async fn forward_order_action(
         } else {
             Some(customer_of(headers)?.to_string())
         };
+        // What cannot name an order (an id past the largest, a customer id no purchase
+        // could have) is answered here as the primary would: it never joins a batch,
+        // which the primary would refuse whole.
+        if id > ORDER_ID_MAX
+            || customer
+                .as_deref()
+                .is_some_and(|c| flashsale_core::rules::check_id("customer", c).is_err())
+        {
+            return Err(SellError::UnknownOrder(id).into());
+        }
         s.admission.check_rate()?;
         let op = if confirm {
             ForwardOp::Confirm { id, customer }

@@ -372,8 +372,11 @@ pub async fn quorum_hold(State(s): State<AppState>, req: Request, next: Next) ->
         return next.run(req).await;
     };
     let write = req.method() == Method::POST;
+    // A secondary's public answers are forwarded ones the primary already held for its
+    // quorum: they do not wait again.
+    let forwarded = req.uri().path().starts_with("/v1/") && !s.engine.is_primary();
     let resp = next.run(req).await;
-    if gate.mode != ReplicationMode::Quorum || !write || !resp.status().is_success() {
+    if gate.mode != ReplicationMode::Quorum || !write || forwarded || !resp.status().is_success() {
         return resp;
     }
     let seq = gate.durable_seq();

@@ -149,6 +149,11 @@ impl Replication {
     }
 
     /// Why `/readyz` should say no, if it should.
+    /// The follower has caught up with its primary (meaningful on a secondary).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Relaxed)
+    }
+
     pub fn not_ready(&self) -> Option<String> {
         let st = self.engine.status();
         (st.role == Role::Secondary && !self.caught_up.load(Relaxed))
