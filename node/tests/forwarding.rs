@@ -166,6 +166,29 @@ async fn secondaries_are_front_doors_that_forward_in_batches() {
         p["load"]["answered"]["forward"].as_u64().unwrap() > 0,
         "the primary counts the batches it answered: {p}"
     );
+    // Each purchase counted once, where the client got its answer: summed over the
+    // sale's nodes (as a dashboard does), the 201s are the crowd's acknowledgements.
+    let mut ok = 0;
+    for n in std::iter::once(&primary).chain(secondaries.iter()) {
+        let text = http
+            .get(n.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        ok += text
+            .lines()
+            .find(|l| l.starts_with("flashsale_purchases_total{code=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        ok,
+        acked.len() as u64,
+        "purchases_total{{ok}} over the nodes"
+    );
     assert_acks_present(&http, &primary, &acked).await;
     let items: Value = http
         .get(primary.url("/v1/items/c"))

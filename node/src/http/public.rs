@@ -295,10 +295,12 @@ async fn forwarded_op(s: &AppState, op: ForwardOp) -> Result<OrderAnswer, ApiErr
                 take_purchase(s, request).await
             }
             .await;
-            s.metrics.purchase(match &r {
-                Ok(_) => "ok",
-                Err(e) => e.code().code(),
-            });
+            // Counted once, by the node that answers the client (the secondary):
+            // `flashsale_purchases_total` summed over a sale's nodes is the crowd's
+            // purchases. Only a fenced answer is counted here too: it is this node's.
+            if matches!(&r, Err(e) if e.code() == flashsale_core::ErrorCode::Fenced) {
+                s.metrics.fenced();
+            }
             r
         }
         ForwardOp::Confirm { id, customer } => {
