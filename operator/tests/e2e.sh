@@ -249,8 +249,9 @@ kubectl patch -n "$NS" "flashsale/$SALE" --type=merge \
   -p '{"spec":{"redis":{"managed":false,"externalUrlSecretRef":{"name":"ext-redis","key":"url"}}}}' >/dev/null
 redis_gone() { [ -z "$(kubectl get -n "$NS" deployment,service "$SALE-redis" -o name 2>/dev/null)" ]; }
 wait_for 60 "managed Redis Deployment and Service deleted" redis_gone
-describe_out=$(kubectl describe -n "$NS" "flashsale/$SALE")
-grep -q RedisRemoved <<<"$describe_out" || fail "no RedisRemoved Event"
+# The Event follows the deletion (published after the pass that deleted): wait for it.
+has_redis_removed() { kubectl describe -n "$NS" "flashsale/$SALE" | grep -q RedisRemoved; }
+wait_for 15 "a RedisRemoved Event" has_redis_removed
 
 log "delete the sale: what it owned goes, the WAL volumes stay (Retain)"
 kubectl delete -n "$NS" "flashsale/$SALE" --timeout=120s >/dev/null
