@@ -7,9 +7,13 @@
 #   3. nosync    `stock-node serve --durability no-sync`
 #   4. redis     redis-server `appendfsync always`, the classic Lua check-and-decrement
 #                through `redis-benchmark … EVALSHA` (same connection count)
-# then the durable node again at 80% of its peak rate, for its p99 (wrk with a per-
-# connection delay: wrk2 is not in Debian; see the README for what that measures).
-# Prints a table: purchases/s, p50, p99, and the ratios node/ceiling and node/redis.
+# then the durable node under an open-loop load (oha, a fixed rate with latency
+# correction; built once with cargo and cached) at 50% and 80% of its peak, and at 80%
+# with frequent snapshots. Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
+# per purchase, the ratios node/ceiling and node/redis, the node's resident memory per
+# million orders held, and its group commits.
+# PROFILE_RUN=<run> [PROFILE_OUT=file] records the server's CPU profile during that run
+# with perf (`perf report --no-children --sort symbol`, into profile-<run>.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +25,7 @@ BENCH=bench-node
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 bench_setup redis-server redis-benchmark redis-cli
+bench_oha
 
 stop_server() { # pid: SIGTERM, wait for the drain and the final sync
   kill -TERM "$1" 2>/dev/null || true
@@ -55,8 +60,12 @@ stop_server "$PID"
 
 # 2. and 3. The node, durable then without fsync.
 start_node durable
+rss_before=$(rss_kb "$PID")
 run_wrk durable "http://127.0.0.1:$PORT" "$CONNS" "$PID"
 curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/durable.metrics"
+# Resident memory per million orders held: every durable run's purchase is an order kept.
+orders=$(metric "$WORK/durable.metrics" flashsale_engine_records_total)
+echo "memory $(rss_kb "$PID") $rss_before $orders" >"$WORK/memory"
 stop_server "$PID"
 start_node nosync --durability no-sync
 run_wrk nosync "http://127.0.0.1:$PORT" "$CONNS" "$PID"
@@ -86,34 +95,54 @@ echo "$line" | awk -F'"' -v cpu="$(cpu_us_per_req $((t1 - t0)) "$n")" '{ printf 
 echo "  redis: $(tail -1 "$WORK/results")" >&2
 stop_server "$RPID"
 
-# 5. The durable node at 80% of its peak: each connection pauses between requests.
+# 5. Open loop: oha sends at a fixed rate whatever the node does, and with
+# --latency-correction times each request from when it was due, not from when a
+# connection was free (no coordinated omission). 50% and 80% of the durable peak, each
+# on a fresh node; then 80% again with a snapshot every SNAP_EVERY records (the runs
+# before keep the default, 200 000: at most one in a run), for the snapshot's effect.
 peak=$(awk '$1 == "durable" { print $2 }' "$WORK/results")
-target=$(( peak * 8 / 10 ))
-pause_ms=20
-conns80=$(( (target * pause_ms + 999) / 1000 ))
-[ "$conns80" -ge 1 ] || conns80=1
-start_node durable80
-run_wrk durable@80% "http://127.0.0.1:$PORT" "$conns80" "$PID" "$pause_ms"
-curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/durable80.metrics"
-stop_server "$PID"
+SNAP_EVERY="${SNAP_EVERY:-50000}"
+open_loop() { # name percent extra-args…
+  local name=$1 pct=$2 rate
+  shift 2
+  rate=$(( peak * pct / 100 ))
+  start_node "$name" "$@"
+  run_oha "$name" "http://127.0.0.1:$PORT" "$rate" "$PID"
+  curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/$name.metrics"
+  stop_server "$PID"
+}
+open_loop open@50% 50
+open_loop open@80% 80
+open_loop open@80%+snap 80 --snapshot-every-records "$SNAP_EVERY"
 
 echo
 echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
-echo "load: $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
+echo "closed loop: wrk, $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
+echo "open loop: oha -q <rate> --latency-correction, $CONNS connections, ${DURATION_S}s, bodies drawn at random from $OHA_LINES distinct purchases"
 echo "CPU pressure (PSI some, avg60) before: $PRESSURE_BEFORE, after: $(cpu_pressure) — near 0% is a quiet machine"
-printf '%-14s %12s %10s %10s %8s %16s\n' run purchases/s p50_ms p99_ms errors server_cpu_us/req
-while read -r name rps p50 p99 errs cpu; do
-  printf '%-14s %12s %10s %10s %8s %16s\n' "$name" "$rps" "$p50" "$p99" "$errs" "$cpu"
+printf '%-15s %12s %9s %9s %9s %8s %16s\n' run purchases/s p50_ms p99_ms p99.9_ms errors server_cpu_us/req
+while read -r name rps p50 p99 errs cpu p999; do
+  printf '%-15s %12s %9s %9s %9s %8s %16s\n' "$name" "$rps" "$p50" "$p99" "${p999:--}" "$errs" "$cpu"
 done <"$WORK/results"
-awk -v target="$target" -v conns="$conns80" -v pause="$pause_ms" '
-  { rps[$1] = $2; p99[$1] = $4 }
+awk '
+  { rps[$1] = $2; p99[$1] = $4; p999[$1] = $7 }
   END {
-    printf "\ndurable / ceiling: %.0f%%   (target >= 75%%)\n", 100 * rps["durable"] / rps["ceiling"]
-    printf "nosync  / ceiling: %.0f%%\n", 100 * rps["nosync"] / rps["ceiling"]
+    printf "\ndurable / ceiling: %.2f   (target >= 0.75)\n", rps["durable"] / rps["ceiling"]
+    printf "nosync  / ceiling: %.2f\n", rps["nosync"] / rps["ceiling"]
     printf "durable / redis appendfsync always: %.2fx   (target >= 1)\n", rps["durable"] / rps["redis"]
-    printf "durable at 80%% of peak (asked %d/s via %d conns pausing %d ms): got %d/s, p99 %s ms   (target <= 5 ms)\n",
-      target, conns, pause, rps["durable@80%"], p99["durable@80%"]
+    printf "durable p99 at peak / ceiling p99: %.1fx   (target <= 5)\n", p99["durable"] / p99["ceiling"]
+    printf "open loop at 80%% of the durable peak: %d/s, p99 %s ms, p99.9 %s ms   (target p99 <= 5 ms)\n",
+      rps["open@80%"], p99["open@80%"], p999["open@80%"]
+    printf "with a snapshot every '"$SNAP_EVERY"' records: p99 %s ms, p99.9 %s ms\n", p99["open@80%+snap"], p999["open@80%+snap"]
   }' "$WORK/results"
+read -r _ rss_after rss_before orders <"$WORK/memory"
+awk -v a="$rss_after" -v b="$rss_before" -v n="$orders" 'BEGIN {
+  printf "memory: %.0f MB resident after %d orders (%.0f MB at start): %.0f MB per million orders held   (target <= 200)\n",
+    a / 1024, n, b / 1024, (a - b) / 1024 * 1e6 / n }'
+for run in open@50% open@80% open@80%+snap; do
+  printf '%s: %d distinct purchases, %d snapshots\n' "$run" \
+    "$(metric "$WORK/$run.metrics" flashsale_engine_records_total)" "$(metric "$WORK/$run.metrics" flashsale_engine_snapshots_total)"
+done
 echo
 echo "group commit (durable run): $(awk '/^flashsale_engine_batch_records_sum/ { s = $2 } /^flashsale_engine_batch_records_count/ { c = $2 } END { if (c) printf "%.1f records/batch over %d batches", s / c, c }' "$WORK/durable.metrics"), $(awk '/^flashsale_engine_fsync_us_sum/ { s = $2 } /^flashsale_engine_fsync_us_count/ { c = $2 } END { if (c) printf "mean fdatasync %.0f us", s / c }' "$WORK/durable.metrics")"
 
@@ -125,5 +154,4 @@ hist_q() { # file metric q
     index($0, m "_count") == 1 { total = $NF }
     END { for (i = 1; i <= n; i++) if (c[i] >= q * total) { print le[i]; exit } }' "$1"
 }
-echo "fdatasync at 80% of peak: p50 <= $(hist_q "$WORK/durable80.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/durable80.metrics" flashsale_engine_fsync_us 0.99) us; batch p50 <= $(hist_q "$WORK/durable80.metrics" flashsale_engine_batch_records 0.5) records"
-
+echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.99) us; batch p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_records 0.5) records"

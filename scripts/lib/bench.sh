@@ -101,8 +101,10 @@ run_wrk() {
   local name=$1 url=$2 conns=$3 spid=${4:-} pause=${5:-0} out t0=0 t1=0 reqs
   out="$WORK/$name.wrk"
   [ -n "$spid" ] && t0=$(cpu_ticks "$spid")
+  perf_start "$name" "$spid"
   taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION_S}s" --timeout 5s --latency \
     -s "$WORK/purchase.lua" "$url" -- "$pause" >"$out"
+  perf_stop
   [ -n "$spid" ] && t1=$(cpu_ticks "$spid")
   local rps p50 p99 errs cpu=-
   reqs=$(awk '/requests in/ { print $1 }' "$out")
@@ -113,4 +115,81 @@ run_wrk() {
   errs=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { for (i = 4; i <= NF; i += 2) n += $i } END { print n + 0 }' "$out")
   echo "$name $rps $p50 $p99 $errs $cpu" >>"$WORK/results"
   echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs, server CPU ${cpu} us/req" >&2
+}
+
+# The open-loop load generator: oha (crates.io), built once into the cache. Sets OHA.
+OHA_VERSION=1.15.0
+bench_oha() {
+  local root="${FLASHSALE_CACHE:-$HOME/.cache/flashsale}/tools/oha-$OHA_VERSION"
+  OHA="$root/bin/oha"
+  if [ ! -x "$OHA" ]; then
+    command -v cmake >/dev/null || apt-get install -y -qq cmake >/dev/null
+    echo "$BENCH: building oha $OHA_VERSION (once, ~7 min)" >&2
+    cargo install oha --version "$OHA_VERSION" --locked --root "$root" --target-dir "$WORK/oha-build" >&2
+    rm -rf "$WORK/oha-build"
+  fi
+}
+
+# Resident memory of a process, in KiB.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# A counter's value in a /metrics dump (0 when absent).
+metric() { awk -v m="$2" '$1 == m { v = $2 } END { printf "%d", v + 0 }' "$1"; }
+
+# perf_start name pid / perf_stop: the server's CPU profile during run `name` when
+# PROFILE_RUN=name (`perf report --no-children --sort symbol`, into profile-<name>.txt
+# or PROFILE_OUT).
+perf_start() {
+  PERF=
+  if [ "${PROFILE_RUN:-}" = "$1" ] && [ -n "${2:-}" ]; then
+    perf record -q -F 499 -g -p "$2" -o "$WORK/perf.data" 2>/dev/null &
+    PERF=$!
+    PERF_NAME=$1
+  fi
+}
+perf_stop() {
+  [ -n "${PERF:-}" ] || return 0
+  kill -INT "$PERF"
+  wait "$PERF" || true
+  perf report -i "$WORK/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio 2>/dev/null \
+    | grep -v '^$' >"${PROFILE_OUT:-profile-$PERF_NAME.txt}"
+  echo "  the server's CPU profile during $PERF_NAME: ${PROFILE_OUT:-profile-$PERF_NAME.txt}" >&2
+  PERF=
+}
+
+# run_oha name url rate [server-pid]: oha at a fixed rate for $DURATION_S s with latency
+# correction; appends "name rps p50 p99 errors cpu_us p99.9" to $WORK/results. The bodies
+# are OHA_LINES distinct purchases (8 × the requests, so about 6% of the draws repeat a
+# key and are answered as idempotent replays; the summary counts the distinct ones).
+run_oha() {
+  local name=$1 url=$2 rate=$3 spid=${4:-} t0=0 t1=0 out cpu=-
+  out="$WORK/$name.oha.json"
+  OHA_LINES=$(( rate * DURATION_S * 8 ))
+  python3 - "$OHA_LINES" "$name" >"$WORK/bodies" <<'PY'
+import sys
+n, prefix = int(sys.argv[1]), sys.argv[2]
+w = sys.stdout.write
+for i in range(n):
+    w('{"sku":"bench","quantity":1,"customer":"c%s-%d","idempotencyKey":"k%s-%d"}\n' % (prefix, i, prefix, i))
+PY
+  [ -n "$spid" ] && t0=$(cpu_ticks "$spid")
+  perf_start "$name" "$spid"
+  taskset -c "$LOAD_CPU" "$OHA" -z "${DURATION_S}s" -w -q "$rate" --latency-correction -c "$CONNS" \
+    --no-tui --output-format json -m POST -T application/json -Z "$WORK/bodies" -t 5s \
+    "$url/v1/purchases" >"$out"
+  perf_stop
+  [ -n "$spid" ] && t1=$(cpu_ticks "$spid")
+  python3 - "$out" "$name" "$spid" "$((t1 - t0))" "$TICKS_PER_S" >>"$WORK/results" <<'PY'
+import json, sys
+out, name, spid, ticks, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+r = json.load(open(out))
+codes = r["statusCodeDistribution"]
+total = sum(codes.values()) + sum(r["errorDistribution"].values())
+errs = total - codes.get("201", 0)
+p = r["latencyPercentiles"]
+ms = lambda k: "%.3f" % (p[k] * 1000) if p.get(k) is not None else "-"
+cpu = "%.1f" % (ticks * 1e6 / hz / total) if spid and total else "-"
+print(name, int(r["summary"]["requestsPerSec"]), ms("p50"), ms("p99"), errs, cpu, ms("p99.9"))
+PY
+  echo "  $name (asked $rate/s): $(tail -1 "$WORK/results")" >&2
 }
