@@ -136,11 +136,12 @@ pub fn from_dir(dir: &std::path::Path) -> anyhow::Result<Vec<LedgerEntry>> {
             from_seq: state.applied_seq + 1,
         },
         |rec| {
+            let seq = rec.seq;
             if apply_err.is_none()
-                && rec.seq > state.applied_seq
-                && let Err(e) = state.apply(&rec)
+                && seq > state.applied_seq
+                && let Err(e) = state.apply(rec)
             {
-                apply_err = Some(format!("record {}: {e:?}", rec.seq));
+                apply_err = Some(format!("record {seq}: {e:?}"));
             }
             Ok(())
         },

@@ -264,3 +264,41 @@ async fn sold_out_costs_no_write_and_committed_batches_are_published() {
     assert_eq!(from_disk, seen);
     e.shutdown().await;
 }
+
+/// The per-customer counts are kept only for items with a limit; a limit set later
+/// counts what each customer already holds or bought (and so does a restart).
+#[tokio::test]
+async fn a_limit_set_later_counts_what_was_bought_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0 + 1000));
+    let e = open(tmp.path(), clock.clone()).await;
+    e.configure(sale(100, 0)).await.unwrap();
+    let first = e.purchase(buy("shoe", 2, "ann", "a1")).await.unwrap();
+    e.confirm(first.id).await.unwrap();
+    e.purchase(buy("shoe", 1, "ann", "a2")).await.unwrap();
+    let cancelled = e.purchase(buy("shoe", 4, "ann", "a3")).await.unwrap();
+    e.cancel(cancelled.id).await.unwrap();
+    e.purchase(buy("shoe", 1, "bob", "b1")).await.unwrap();
+    // Ann has 3 (2 bought, 1 held; the cancelled 4 do not count): a limit of 4 leaves her 1.
+    e.configure(sale(100, 4)).await.unwrap();
+    let refused = e.purchase(buy("shoe", 2, "ann", "a4")).await;
+    assert!(
+        matches!(refused, Err(SellError::LimitExceeded { held: 3, .. })),
+        "{refused:?}"
+    );
+    e.purchase(buy("shoe", 1, "ann", "a5")).await.unwrap();
+    e.purchase(buy("shoe", 3, "bob", "b2")).await.unwrap();
+    e.shutdown().await;
+    drop(e);
+    let e = open(tmp.path(), clock).await;
+    let refused = e.purchase(buy("shoe", 1, "ann", "a6")).await;
+    assert!(
+        matches!(refused, Err(SellError::LimitExceeded { held: 4, .. })),
+        "{refused:?}"
+    );
+    let refused = e.purchase(buy("shoe", 1, "bob", "b3")).await;
+    assert!(
+        matches!(refused, Err(SellError::LimitExceeded { held: 4, .. })),
+        "{refused:?}"
+    );
+}

@@ -14,16 +14,19 @@
 //! config says `NoSync` (either one suffices).
 //!
 //! Threads: the sequencer (state, WAL appends and syncs, answers) and a snapshot
-//! thread (`engine::snapshotter`) that keeps its own copy from committed batches, so
-//! selling never pauses for a snapshot. Applying batch N+1 while batch N syncs is not
+//! thread (`engine::snapshotter`) that serializes and writes a copy the sequencer hands
+//! it (the orders shared, not copied), so selling pauses only to copy a pointer per
+//! order. Applying batch N+1 while batch N syncs is not
 //! done: requests arriving during a sync queue up and form the next batch.
 //!
 //! Retention: segments are removed once both kept snapshots cover them; the open
 //! segment is never removed. `read_from` below the oldest kept record is a gap
 //! error (a secondary then needs a snapshot).
 //!
-//! Memory: every order ever taken stays in memory (state, read view, snapshot copy);
-//! a flash sale's orders are bounded by its stock plus re-sold cancellations.
+//! Memory: every order ever taken stays in memory, held once (`Arc<Order>`, shared by
+//! the state, the read view and a snapshot being written); the indexes point at it by
+//! id rather than copy its strings. A flash sale's orders are bounded by its stock plus
+//! re-sold cancellations.
 
 /// Orders copied per read-lock hold by [`Engine::ledger`].
 const LEDGER_CHUNK: usize = 4096;
@@ -167,17 +170,18 @@ fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, EngineError> {
 /// A successful command's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    Order(Order),
+    Order(Arc<Order>),
     /// The answer to a retry of something already done: a purchase's first answer (the
     /// order as created), or the order a repeated confirm or cancel already made so.
-    Replayed(Order),
+    Replayed(Arc<Order>),
     Done,
 }
 
 /// An order as a command answered it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderAnswer {
-    pub order: Order,
+    /// Shared with the engine's state (answering does not copy it).
+    pub order: Arc<Order>,
     /// A retry of what was already done (see [`Answer::Replayed`]).
     pub replayed: bool,
 }
@@ -253,7 +257,7 @@ impl Engine {
         let mut replay_err = None;
         report.scan = crate::wal::scan(&*dir, &scan_opts, |rec| {
             if replay_err.is_none()
-                && let Err(e) = state.apply(&rec)
+                && let Err(e) = state.apply(rec)
             {
                 replay_err = Some(e);
             }
@@ -273,10 +277,9 @@ impl Engine {
             }
         }
         let writer = SegmentWriter::open(dir.clone(), segments, next_seq, opts.segment_bytes_max)?;
-        // The snapshot thread's copy is the log's state, before the unlogged initial role.
         let snapshotter = Snapshotter::start(
             dir.clone(),
-            state.clone(),
+            state.applied_seq,
             opts.snapshot_every_records,
             metrics.clone(),
         );
@@ -443,7 +446,9 @@ impl EngineHandle {
     /// idempotency key and body gets the first answer (the order as created); a
     /// refused purchase is not stored, so its key stays free.
     pub async fn purchase(&self, req: PurchaseRequest) -> Result<Order, SellError> {
-        self.purchase_answer(req).await.map(|a| a.order)
+        self.purchase_answer(req)
+            .await
+            .map(|a| Arc::unwrap_or_clone(a.order))
     }
 
     /// [`Self::purchase`], saying whether the answer is a replay (the HTTP layer marks

@@ -207,12 +207,13 @@ impl Sequencer {
                 self.stop_writing(format!("replicated record {}: {e}", rec.seq));
                 break;
             }
-            if let Err(e) = self.state.apply(&rec) {
+            let seq = rec.seq;
+            if let Err(e) = self.state.apply(rec) {
                 // The primary's log does not apply to ours: stop rather than diverge.
                 self.stop_writing(format!("replicated {e}"));
                 break;
             }
-            self.next_seq = rec.seq + 1;
+            self.next_seq = seq + 1;
         }
         // A `Role` record from the primary must not change who this node is.
         self.state.role = role;
@@ -319,7 +320,7 @@ impl Sequencer {
         state.take_touched();
         self.snapshotter = super::snapshotter::Snapshotter::start(
             self.dir.clone(),
-            state.clone(),
+            state.applied_seq,
             self.limits.snapshot_every_records,
             self.metrics.clone(),
         );

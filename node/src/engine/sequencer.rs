@@ -214,9 +214,9 @@ impl Sequencer {
             Ok(Decision::Write(body)) => match self.write(body, now) {
                 Err(e) => Err(e),
                 Ok(seq) => Ok(match job.cmd {
-                    Command::Purchase(_) => Answer::Order(self.state.orders[&seq].clone()),
+                    Command::Purchase(_) => Answer::Order(Arc::clone(&self.state.orders[&seq])),
                     Command::Confirm(id) | Command::Cancel(id) => {
-                        Answer::Order(self.state.orders[&id].clone())
+                        Answer::Order(Arc::clone(&self.state.orders[&id]))
                     }
                     Command::Configure(_)
                     | Command::SetRole(_)
@@ -249,13 +249,14 @@ impl Sequencer {
             field: "body".into(),
             reason: e.to_string(),
         })?;
-        if let Err(e) = self.state.apply(&rec) {
+        let seq = rec.seq;
+        if let Err(e) = self.state.apply(rec) {
             // decide() approved it, so this is a bug; stop writing rather than diverge.
             self.fail(e.to_string());
             return Err(SellError::Internal(e.to_string()));
         }
         self.next_seq += 1;
-        Ok(rec.seq)
+        Ok(seq)
     }
 
     fn fail(&mut self, why: String) {
@@ -306,12 +307,7 @@ impl Sequencer {
                         let _ = self.batches.send(Arc::new(batch));
                     }
                     self.records_since_snapshot += records;
-                    self.snapshotter.committed(
-                        self.batch_first_seq,
-                        &self.buf,
-                        self.next_seq,
-                        &self.state,
-                    );
+                    self.snapshotter.committed(&self.state);
                 }
             }
         }

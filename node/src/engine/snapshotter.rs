@@ -1,61 +1,53 @@
-//! Snapshots off the sequencer's path: a thread keeps its own copy of the state by
-//! applying every committed batch (the same frames the WAL got), and writes a
-//! snapshot from that copy every N records, or every as many records as it holds
-//! orders if that is more. Selling never pauses for a snapshot,
-//! whose cost grows with the number of orders; the copy costs a decode and an apply
-//! per record on another core. What it snapshots is exactly what replaying the log
-//! gives, which is what a snapshot must be.
+//! Snapshots off the sequencer's path. When one is due — every N records, or every as
+//! many records as the state holds orders if that is more — the sequencer, right after
+//! a durable batch, takes a copy of what a snapshot holds ([`State::snapshot_copy`]):
+//! the orders are shared (`Arc`), so the copy is a pointer per order, not a copy of
+//! each. This thread serializes and writes it; the sequencer goes on selling. An order
+//! changed meanwhile is copied on its change (`Arc::make_mut`), so the snapshot stays
+//! exactly the state after its record, which is what replaying the log gives.
 //!
-//! Once a snapshot is durable, the oldest snapshot kept is published in
-//! `compact_to`; the sequencer (which owns the segments) removes the segments it covers.
+//! At most one snapshot is in the works: a due one waits for the next batch after it.
+//! Once a snapshot is durable, the oldest snapshot kept is published in `compact_to`;
+//! the sequencer (which owns the segments) removes the segments it covers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-
-use flashsale_core::wal::decode_record;
 
 use super::metrics::EngineMetrics;
 use super::snapshot;
 use super::state::State;
 use crate::wal::WalDir;
 
-/// Committed batches waiting for the snapshot thread; beyond this the sequencer
-/// stops feeding it and resynchronises it with a copy of the state later.
-const QUEUE_LEN_MAX: usize = 4096;
-
-enum Msg {
-    /// Encoded frames of one committed batch, contiguous with the last.
-    Frames(Vec<u8>),
-    /// Start over from this state (after a snapshot install or a dropped batch).
-    Reset(Box<State>),
-}
-
-/// The sequencer's end of the snapshot thread.
 pub(crate) struct Snapshotter {
-    tx: Option<mpsc::SyncSender<Msg>>,
+    tx: Option<mpsc::SyncSender<Box<State>>>,
     thread: Option<JoinHandle<()>>,
-    /// The sequence the next batch sent must start at; anything else resets the copy.
-    next_seq: u64,
-    /// Segments wholly at or below this may go (0 = nothing yet).
+    /// A snapshot is being written.
+    busy: Arc<AtomicBool>,
+    /// The record the last snapshot handed over was taken after.
+    last_seq: u64,
+    every_records: u64,
+    /// The oldest snapshot kept once the last one is durable (0: none yet).
     pub compact_to: Arc<AtomicU64>,
 }
 
 impl Snapshotter {
+    /// Starts the thread; `applied_seq` is where the state stands (nothing is due
+    /// before `every_records` more).
     pub fn start(
         dir: Arc<dyn WalDir>,
-        state: State,
+        applied_seq: u64,
         every_records: u64,
         metrics: EngineMetrics,
     ) -> Self {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_LEN_MAX);
+        let (tx, rx) = mpsc::sync_channel(1);
         let compact_to = Arc::new(AtomicU64::new(0));
-        let next_seq = state.applied_seq + 1;
-        let published = compact_to.clone();
+        let busy = Arc::new(AtomicBool::new(false));
+        let (published, done) = (compact_to.clone(), busy.clone());
         let thread = std::thread::Builder::new()
             .name("snapshotter".into())
-            .spawn(move || run(rx, dir, state, every_records.max(1), metrics, published))
+            .spawn(move || run(rx, dir, metrics, published, done))
             .map_err(
                 |e| tracing::warn!(error = %e, "no snapshot thread: snapshots only at shutdown"),
             )
@@ -63,29 +55,30 @@ impl Snapshotter {
         Self {
             tx: thread.is_some().then_some(tx),
             thread,
-            next_seq,
+            busy,
+            last_seq: applied_seq,
+            every_records: every_records.max(1),
             compact_to,
         }
     }
 
-    /// Hands over a committed batch `first_seq..` ; `state` is the sequencer's state
-    /// after it, copied only if the snapshot thread must be resynchronised.
-    pub fn committed(&mut self, first_seq: u64, frames: &[u8], next_seq: u64, state: &State) {
+    /// After a durable batch: hands a copy of `state` over when a snapshot is due and
+    /// none is being written.
+    pub fn committed(&mut self, state: &State) {
         let Some(tx) = &self.tx else { return };
-        let msg = if first_seq == self.next_seq {
-            Msg::Frames(frames.to_vec())
-        } else {
-            Msg::Reset(Box::new(state.clone()))
-        };
-        match tx.try_send(msg) {
-            Ok(()) => self.next_seq = next_seq,
-            // Behind: skip this batch; the next one sees the gap and sends a copy.
-            Err(mpsc::TrySendError::Full(_)) => self.next_seq = 0,
+        let due = self.every_records.max(state.orders.len() as u64);
+        if state.applied_seq < self.last_seq + due || self.busy.load(Ordering::Acquire) {
+            return;
+        }
+        self.busy.store(true, Ordering::Release);
+        match tx.try_send(Box::new(state.snapshot_copy())) {
+            Ok(()) => self.last_seq = state.applied_seq,
+            Err(mpsc::TrySendError::Full(_)) => self.busy.store(false, Ordering::Release),
             Err(mpsc::TrySendError::Disconnected(_)) => self.tx = None,
         }
     }
 
-    /// Stops the thread after it has applied what it was sent (no snapshot for the rest).
+    /// Lets the snapshot being written finish, then stops the thread.
     pub fn stop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -101,57 +94,22 @@ impl Drop for Snapshotter {
 }
 
 fn run(
-    rx: mpsc::Receiver<Msg>,
+    rx: mpsc::Receiver<Box<State>>,
     dir: Arc<dyn WalDir>,
-    state: State,
-    every_records: u64,
     metrics: EngineMetrics,
     compact_to: Arc<AtomicU64>,
+    busy: Arc<AtomicBool>,
 ) {
-    let mut state = state.into_lean();
-    let mut last_snapshot = state.applied_seq;
-    let mut in_sync = true;
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Reset(s) => {
-                state = s.into_lean();
-                in_sync = true;
+    while let Ok(state) = rx.recv() {
+        match snapshot::write(&*dir, &state) {
+            Ok(oldest_kept) => {
+                metrics.snapshots.inc();
+                compact_to.fetch_max(oldest_kept, Ordering::SeqCst);
             }
-            Msg::Frames(frames) if in_sync => {
-                let mut rest = &frames[..];
-                while !rest.is_empty() {
-                    let applied =
-                        decode_record(rest)
-                            .map_err(|e| e.to_string())
-                            .and_then(|(rec, used)| {
-                                rest = &rest[used..];
-                                state.apply(&rec).map_err(|e| e.to_string())
-                            });
-                    if let Err(e) = applied {
-                        // Cannot happen for frames the sequencer applied; wait for a reset.
-                        tracing::warn!(error = %e, "snapshot copy out of step");
-                        in_sync = false;
-                        break;
-                    }
-                }
-            }
-            Msg::Frames(_) => continue,
+            Err(e) => tracing::warn!(error = %e, "snapshot failed; the log keeps everything"),
         }
-        // The copy's change lists are for a read view, which it has none of.
-        state.take_touched();
-        // A snapshot costs in proportion to the orders it holds; waiting at least as
-        // many records as there are orders keeps its cost per record constant while
-        // replay stays within twice the snapshot's own load time.
-        let due = every_records.max(state.orders.len() as u64);
-        if in_sync && state.applied_seq >= last_snapshot + due {
-            match snapshot::write(&*dir, &state) {
-                Ok(oldest_kept) => {
-                    last_snapshot = state.applied_seq;
-                    metrics.snapshots.inc();
-                    compact_to.fetch_max(oldest_kept, Ordering::SeqCst);
-                }
-                Err(e) => tracing::warn!(error = %e, "snapshot failed; the log keeps everything"),
-            }
-        }
+        // The copy's orders are let go here, off the sequencer.
+        drop(state);
+        busy.store(false, Ordering::Release);
     }
 }

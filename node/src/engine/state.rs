@@ -3,7 +3,9 @@
 //! sequencer calls both; replay calls only `apply`, so a restart rebuilds exactly
 //! what was acknowledged.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use flashsale_core::admin::{Role, RoleAssignment};
 use flashsale_core::replication::EpochStart;
@@ -34,7 +36,7 @@ pub enum Decision {
     /// Log this record, apply it, then answer.
     Write(RecordBody),
     /// Answer with this order without logging anything (an idempotent retry).
-    Replay(Order),
+    Replay(Arc<Order>),
     /// Nothing to change (e.g. the same role again).
     Nothing,
 }
@@ -81,6 +83,22 @@ pub struct ApplyError {
     pub reason: String,
 }
 
+/// A map with the process's fast seeded hash (keys come from clients).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Every order by id. An order is held once: the state, the read view and a snapshot
+/// being written share it (`Arc`); a change to a shared order copies it
+/// (`Arc::make_mut`), which the read view then picks up.
+pub type Orders = FastMap<u64, Arc<Order>>;
+
+/// A customer's units of each item that has a per-customer limit. The customer's id is
+/// not copied: `order` is one of their orders, whose `customer` is the key.
+#[derive(Clone, Debug)]
+struct CustomerUnits {
+    order: u64,
+    units: Vec<(usize, u64)>,
+}
+
 /// The whole sale as of `applied_seq`. The serialized fields are the snapshot; the
 /// `#[serde(skip)]` ones are indexes rebuilt by [`State::rebuild_indexes`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -91,19 +109,24 @@ pub struct State {
     pub epoch: u64,
     pub primary_url: Option<String>,
     pub items: Vec<ItemState>,
-    pub orders: HashMap<u64, Order>,
+    pub orders: Orders,
     pub applied_seq: u64,
     /// The log's epoch history: where each epoch's records start (the compacted part
     /// included), to find where two logs part (`flashsale_core::replication::common_prefix`).
     #[serde(default)]
     pub epochs: Vec<EpochStart>,
     #[serde(skip)]
-    sku_index: HashMap<String, usize>,
+    sku_index: FastMap<String, usize>,
+    /// The order holding each idempotency key, by the key's hash (`hasher`): the key
+    /// itself is read from the order, not copied.
     #[serde(skip)]
-    idempotency: HashMap<String, u64>,
-    /// customer → (item index, units reserved or confirmed); a short list per customer.
+    idempotency: hashbrown::HashTable<u64>,
+    /// customer → (item index, units reserved or confirmed), kept only for items with a
+    /// per-customer limit (the only ones it is asked about); by the customer's hash.
     #[serde(skip)]
-    per_customer: HashMap<String, Vec<(usize, u64)>>,
+    per_customer: hashbrown::HashTable<CustomerUnits>,
+    #[serde(skip)]
+    hasher: foldhash::fast::RandomState,
     /// (expires at, order id) of every reserved order.
     #[serde(skip)]
     expiry: BTreeSet<(UnixMs, u64)>,
@@ -114,10 +137,6 @@ pub struct State {
     touched_orders: Vec<u64>,
     #[serde(skip)]
     config_changed: bool,
-    /// A copy kept only to be snapshotted (engine::snapshotter): the indexes and change
-    /// lists above are not kept, which halves the cost of applying a record.
-    #[serde(skip)]
-    lean: bool,
 }
 
 fn not_primary(s: &State) -> SellError {
@@ -155,7 +174,6 @@ fn state_name(s: OrderState) -> String {
 impl State {
     /// Rebuilds the indexes after loading a snapshot.
     pub fn rebuild_indexes(&mut self) {
-        self.lean = false;
         self.sku_index = self
             .items
             .iter()
@@ -164,19 +182,91 @@ impl State {
             .map(|(n, i)| (i.sku.clone(), n))
             .collect();
         self.idempotency.clear();
-        self.per_customer.clear();
         self.expiry.clear();
+        let hasher = &self.hasher;
+        let orders = &self.orders;
+        self.idempotency.reserve(orders.len(), |id| {
+            hasher.hash_one(&orders[id].idempotency_key)
+        });
         for o in self.orders.values() {
-            self.idempotency.insert(o.idempotency_key.clone(), o.id);
-            let live = matches!(o.state, OrderState::Reserved | OrderState::Confirmed);
-            if let (true, Some(&idx)) = (live, self.sku_index.get(&o.sku)) {
-                add_units(&mut self.per_customer, &o.customer, idx, o.quantity as u64);
-            }
+            let h = self.hasher.hash_one(&o.idempotency_key);
+            let orders = &self.orders;
+            self.idempotency
+                .insert_unique(h, o.id, |id| hasher.hash_one(&orders[id].idempotency_key));
             if o.state == OrderState::Reserved {
                 self.expiry.insert((o.expires_at_ms, o.id));
             }
         }
+        self.rebuild_per_customer();
         self.config_changed = true;
+    }
+
+    /// Counts every live order's units per customer, for the items with a limit.
+    fn rebuild_per_customer(&mut self) {
+        self.per_customer.clear();
+        let limited: Vec<bool> = self
+            .items
+            .iter()
+            .map(|i| i.per_customer_limit > 0)
+            .collect();
+        let mut ids: Vec<u64> = self.orders.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let o = &self.orders[&id];
+            let live = matches!(o.state, OrderState::Reserved | OrderState::Confirmed);
+            if let (true, Some(&idx)) = (live, self.sku_index.get(&o.sku))
+                && limited[idx]
+            {
+                self.add_units(id, idx, o.quantity as u64);
+            }
+        }
+    }
+
+    /// The order holding idempotency key `key`.
+    fn order_with_key(&self, key: &str) -> Option<&Arc<Order>> {
+        let h = self.hasher.hash_one(key);
+        let id = self
+            .idempotency
+            .find(h, |id| self.orders[id].idempotency_key == key)?;
+        self.orders.get(id)
+    }
+
+    /// Adds units of item `idx` to the customer of order `order` (which exists).
+    fn add_units(&mut self, order: u64, idx: usize, q: u64) {
+        let orders = &self.orders;
+        let customer = &orders[&order].customer;
+        let hasher = &self.hasher;
+        let h = hasher.hash_one(customer);
+        let entry = self.per_customer.entry(
+            h,
+            |e| orders[&e.order].customer == *customer,
+            |e| hasher.hash_one(&orders[&e.order].customer),
+        );
+        let list = &mut entry
+            .or_insert(CustomerUnits {
+                order,
+                units: Vec::new(),
+            })
+            .into_mut()
+            .units;
+        match list.iter_mut().find(|(i, _)| *i == idx) {
+            Some((_, u)) => *u += q,
+            None => list.push((idx, q)),
+        }
+    }
+
+    /// Takes units of item `idx` from the customer of order `order`.
+    fn sub_units(&mut self, order: u64, idx: usize, q: u64) {
+        let orders = &self.orders;
+        let customer = &orders[&order].customer;
+        let h = self.hasher.hash_one(customer);
+        if let Some(e) = self
+            .per_customer
+            .find_mut(h, |e| orders[&e.order].customer == *customer)
+            && let Some((_, u)) = e.units.iter_mut().find(|(i, _)| *i == idx)
+        {
+            *u = u.saturating_sub(q);
+        }
     }
 
     /// The epoch of record `seq` of this log (`None` past its end, or for 0).
@@ -190,9 +280,10 @@ impl State {
 
     /// Units `customer` holds or bought of item `idx`.
     pub fn customer_units(&self, customer: &str, idx: usize) -> u64 {
+        let h = self.hasher.hash_one(customer);
         self.per_customer
-            .get(customer)
-            .and_then(|v| v.iter().find(|(i, _)| *i == idx))
+            .find(h, |e| self.orders[&e.order].customer == customer)
+            .and_then(|e| e.units.iter().find(|(i, _)| *i == idx))
             .map_or(0, |(_, u)| *u)
     }
 
@@ -224,7 +315,7 @@ impl State {
             Command::Confirm(id) => {
                 let o = self.live_order(*id)?;
                 if o.state == OrderState::Confirmed {
-                    return Ok(Decision::Replay(o.clone()));
+                    return Ok(Decision::Replay(Arc::clone(o)));
                 }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "confirm"));
@@ -238,7 +329,7 @@ impl State {
             Command::Cancel(id) => {
                 let o = self.live_order(*id)?;
                 if o.state == OrderState::Cancelled {
-                    return Ok(Decision::Replay(o.clone()));
+                    return Ok(Decision::Replay(Arc::clone(o)));
                 }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "cancel"));
@@ -279,7 +370,7 @@ impl State {
         }
     }
 
-    fn live_order(&self, id: u64) -> Result<&Order, SellError> {
+    fn live_order(&self, id: u64) -> Result<&Arc<Order>, SellError> {
         if self.role != Role::Primary {
             return Err(not_primary(self));
         }
@@ -296,10 +387,9 @@ impl State {
             ));
         };
         req.check()?;
-        if let Some(id) = self.idempotency.get(&req.idempotency_key) {
-            let o = &self.orders[id];
+        if let Some(o) = self.order_with_key(&req.idempotency_key) {
             if o.sku == req.sku && o.quantity == req.quantity && o.customer == req.customer {
-                return Ok(Decision::Replay(first_answer(o)));
+                return Ok(Decision::Replay(Arc::new(first_answer(o))));
             }
             return Err(SellError::IdempotencyConflict(req.idempotency_key.clone()));
         }
@@ -390,8 +480,9 @@ impl State {
         Ok(())
     }
 
-    /// Makes a record's change. Fails only if the log contradicts itself.
-    pub fn apply(&mut self, rec: &Record) -> Result<(), ApplyError> {
+    /// Makes a record's change (its strings move into the order). Fails only if the
+    /// log contradicts itself.
+    pub fn apply(&mut self, rec: Record) -> Result<(), ApplyError> {
         let fail = |reason: String| ApplyError {
             seq: rec.seq,
             reason,
@@ -399,12 +490,12 @@ impl State {
         if rec.seq != self.applied_seq + 1 {
             return Err(fail(format!("expected record {}", self.applied_seq + 1)));
         }
-        match &rec.body {
+        match rec.body {
             RecordBody::Configure { config } => self.apply_config(config),
             RecordBody::Role { assignment } => {
                 self.role = assignment.role;
                 self.epoch = assignment.epoch;
-                self.primary_url = assignment.primary_url.clone();
+                self.primary_url = assignment.primary_url;
                 self.config_changed = true;
             }
             RecordBody::Purchase {
@@ -416,38 +507,45 @@ impl State {
             } => {
                 let idx = *self
                     .sku_index
-                    .get(sku)
+                    .get(&sku)
                     .ok_or_else(|| fail(format!("unknown sku `{sku}`")))?;
                 let item = &mut self.items[idx];
-                item.held += *quantity as u64;
-                if !self.lean {
-                    add_units(&mut self.per_customer, customer, idx, *quantity as u64);
-                    self.idempotency.insert(idempotency_key.clone(), rec.seq);
-                    self.expiry.insert((*expires_at_ms, rec.seq));
-                    self.touched_items.push(idx);
-                    self.touched_orders.push(rec.seq);
+                item.held += quantity as u64;
+                let limited = item.per_customer_limit > 0;
+                let key_hash = self.hasher.hash_one(&idempotency_key);
+                self.orders.insert(
+                    rec.seq,
+                    Arc::new(Order {
+                        id: rec.seq,
+                        sku,
+                        quantity,
+                        customer,
+                        idempotency_key,
+                        state: OrderState::Reserved,
+                        created_at_ms: rec.at_ms,
+                        expires_at_ms,
+                        confirmed_at_ms: None,
+                    }),
+                );
+                let (orders, hasher) = (&self.orders, &self.hasher);
+                self.idempotency.insert_unique(key_hash, rec.seq, |id| {
+                    hasher.hash_one(&orders[id].idempotency_key)
+                });
+                if limited {
+                    self.add_units(rec.seq, idx, quantity as u64);
                 }
-                let order = Order {
-                    id: rec.seq,
-                    sku: sku.clone(),
-                    quantity: *quantity,
-                    customer: customer.clone(),
-                    idempotency_key: idempotency_key.clone(),
-                    state: OrderState::Reserved,
-                    created_at_ms: rec.at_ms,
-                    expires_at_ms: *expires_at_ms,
-                    confirmed_at_ms: None,
-                };
-                self.orders.insert(rec.seq, order);
+                self.expiry.insert((expires_at_ms, rec.seq));
+                self.touched_items.push(idx);
+                self.touched_orders.push(rec.seq);
             }
             RecordBody::Confirm { order_id } => self
-                .end_hold(*order_id, OrderState::Confirmed, rec.at_ms)
+                .end_hold(order_id, OrderState::Confirmed, rec.at_ms)
                 .map_err(fail)?,
             RecordBody::Cancel { order_id } => self
-                .end_hold(*order_id, OrderState::Cancelled, rec.at_ms)
+                .end_hold(order_id, OrderState::Cancelled, rec.at_ms)
                 .map_err(fail)?,
             RecordBody::Expire { order_id } => self
-                .end_hold(*order_id, OrderState::Expired, rec.at_ms)
+                .end_hold(order_id, OrderState::Expired, rec.at_ms)
                 .map_err(fail)?,
         }
         if self.epochs.last().is_none_or(|e| e.epoch != rec.epoch) {
@@ -460,7 +558,12 @@ impl State {
         Ok(())
     }
 
-    fn apply_config(&mut self, cfg: &SaleConfig) {
+    fn apply_config(&mut self, cfg: SaleConfig) {
+        let limited_before: Vec<bool> = self
+            .items
+            .iter()
+            .map(|i| !i.retired && i.per_customer_limit > 0)
+            .collect();
         let keep: std::collections::HashSet<&str> =
             cfg.items.iter().map(|i| i.sku.as_str()).collect();
         for it in self.items.iter_mut() {
@@ -489,8 +592,16 @@ impl State {
             .filter(|(_, i)| !i.retired)
             .map(|(n, i)| (i.sku.clone(), n))
             .collect();
-        self.config = Some(cfg.clone());
+        self.config = Some(cfg);
         self.config_changed = true;
+        // The per-customer counts are kept for limited items only: count again when
+        // the set of limited items changed.
+        let was_limited = |n: usize| limited_before.get(n).copied().unwrap_or(false);
+        if (self.items.iter().enumerate())
+            .any(|(n, i)| (!i.retired && i.per_customer_limit > 0) != was_limited(n))
+        {
+            self.rebuild_per_customer();
+        }
     }
 
     fn end_hold(&mut self, id: u64, to: OrderState, at_ms: UnixMs) -> Result<(), String> {
@@ -501,6 +612,8 @@ impl State {
         if o.state != OrderState::Reserved {
             return Err(format!("order {id} is {}", state_name(o.state)));
         }
+        // A copy when the read view or a snapshot still holds the order as it was.
+        let o = Arc::make_mut(o);
         let idx = *self
             .sku_index
             .get(&o.sku)
@@ -516,27 +629,30 @@ impl State {
             o.confirmed_at_ms = Some(at_ms);
         }
         o.state = to;
-        if !self.lean {
-            if to != OrderState::Confirmed {
-                sub_units(&mut self.per_customer, &o.customer, idx, q);
-            }
-            self.expiry.remove(&(o.expires_at_ms, id));
-            self.touched_items.push(idx);
-            self.touched_orders.push(id);
+        let expires_at_ms = o.expires_at_ms;
+        if to != OrderState::Confirmed && item.per_customer_limit > 0 {
+            self.sub_units(id, idx, q);
         }
+        self.expiry.remove(&(expires_at_ms, id));
+        self.touched_items.push(idx);
+        self.touched_orders.push(id);
         Ok(())
     }
 
-    /// This state as a copy that is only ever snapshotted: indexes dropped and no
-    /// longer kept (loading a snapshot rebuilds them).
-    pub fn into_lean(mut self) -> Self {
-        self.lean = true;
-        self.idempotency = HashMap::new();
-        self.per_customer = HashMap::new();
-        self.expiry = BTreeSet::new();
-        self.touched_items = Vec::new();
-        self.touched_orders = Vec::new();
-        self
+    /// What a snapshot holds (the serialized fields), without the indexes: the orders
+    /// are shared, so this costs a pointer per order, not a copy of each.
+    pub fn snapshot_copy(&self) -> State {
+        State {
+            config: self.config.clone(),
+            role: self.role,
+            epoch: self.epoch,
+            primary_url: self.primary_url.clone(),
+            items: self.items.clone(),
+            orders: self.orders.clone(),
+            applied_seq: self.applied_seq,
+            epochs: self.epochs.clone(),
+            ..State::default()
+        }
     }
 
     /// Items and orders changed since the last call, and whether config or role changed.
@@ -565,24 +681,5 @@ fn order_state(o: &Order, state: OrderState, action: &str) -> SellError {
         id: o.id,
         state: state_name(state),
         action: action.into(),
-    }
-}
-
-fn add_units(map: &mut HashMap<String, Vec<(usize, u64)>>, customer: &str, idx: usize, q: u64) {
-    let list = match map.get_mut(customer) {
-        Some(l) => l,
-        None => map.entry(customer.to_owned()).or_default(),
-    };
-    match list.iter_mut().find(|(i, _)| *i == idx) {
-        Some((_, u)) => *u += q,
-        None => list.push((idx, q)),
-    }
-}
-
-fn sub_units(map: &mut HashMap<String, Vec<(usize, u64)>>, customer: &str, idx: usize, q: u64) {
-    if let Some(list) = map.get_mut(customer)
-        && let Some((_, u)) = list.iter_mut().find(|(i, _)| *i == idx)
-    {
-        *u = u.saturating_sub(q);
     }
 }

@@ -2,12 +2,12 @@
 //! after the batch is durable, so a read never shows a change a crash could undo.
 //! Readers take a short read lock; the writer holds the lock only to copy in changes.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use flashsale_core::admin::Role;
 use flashsale_core::{ItemView, Order, SaleConfig};
 
-use super::state::State;
+use super::state::{FastMap, Orders, State};
 
 /// The engine's account of itself.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,11 +36,12 @@ pub(crate) struct ReadView {
     /// Aligned with `State::items` (retired ones included, flagged in `live`).
     items: Vec<ItemView>,
     live: Vec<bool>,
-    index: HashMap<String, usize>,
-    orders: HashMap<u64, Order>,
+    index: FastMap<String, usize>,
+    /// The orders as of the last durable batch, shared with the state (`State::orders`).
+    orders: Orders,
     /// Hash of an idempotency key → the order that holds it ([`KEY_AMBIGUOUS`] when two
     /// keys share a hash: then nobody may be told "sold out" from here).
-    keys: HashMap<u64, u64>,
+    keys: FastMap<u64, u64>,
     pub status: EngineStatus,
 }
 
@@ -118,13 +119,10 @@ impl ReadView {
         for id in orders {
             if let Some(o) = state.orders.get(id) {
                 match self.orders.get_mut(id) {
-                    Some(cur) => {
-                        cur.state = o.state;
-                        cur.confirmed_at_ms = o.confirmed_at_ms;
-                    }
+                    Some(cur) => *cur = Arc::clone(o),
                     None => {
                         insert_key(&mut self.keys, key_hash(&o.idempotency_key), o.id);
-                        self.orders.insert(*id, o.clone());
+                        self.orders.insert(*id, Arc::clone(o));
                     }
                 }
             }
@@ -151,7 +149,7 @@ impl ReadView {
     }
 
     pub fn order(&self, id: u64) -> Option<&Order> {
-        self.orders.get(&id)
+        self.orders.get(&id).map(|o| &**o)
     }
 
     /// The ids of every confirmed order, in no order.
@@ -197,7 +195,7 @@ pub(crate) fn key_hash(key: &str) -> u64 {
         .hash_one(key)
 }
 
-fn insert_key(keys: &mut HashMap<u64, u64>, hash: u64, id: u64) {
+fn insert_key(keys: &mut FastMap<u64, u64>, hash: u64, id: u64) {
     keys.entry(hash)
         .and_modify(|cur| {
             if *cur != id {

@@ -175,7 +175,7 @@ async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiErro
     match (s.engine.front(&req, now_ms(), caught_up), &s.forwarder) {
         (Front::Refuse(e), _) => Err(e.into()),
         (Front::Replay(order), _) => Ok(OrderAnswer {
-            order,
+            order: order.into(),
             replayed: true,
         }),
         (Front::Forward(primary), Some(f)) => {
