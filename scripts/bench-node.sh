@@ -9,7 +9,8 @@
 #                through `redis-benchmark … EVALSHA` (same connection count)
 # then the durable node under an open-loop load (oha, a fixed rate with latency
 # correction; built once with cargo and cached) at 50% and 80% of its peak, and at 80%
-# with frequent snapshots. Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
+# with frequent snapshots, and the no-op ceiling at that 80% rate (the latency floor of
+# the machine and the load generator). Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
 # per purchase, the ratios node/ceiling and node/redis, the node's resident memory per
 # million orders held, and its group commits.
 # PROFILE_RUN=<run> [PROFILE_OUT=file] records the server's CPU profile during that run
@@ -114,6 +115,14 @@ open_loop() { # name percent extra-args…
 open_loop open@50% 50
 open_loop open@80% 80
 open_loop open@80%+snap 80 --snapshot-every-records "$SNAP_EVERY"
+# The floor this machine sets: the no-op at the same rate as open@80%.
+port=$(free_port)
+taskset -c "$SERVER_CPU" "$BIN" bench-noop --listen "127.0.0.1:$port" 2>"$WORK/noop.log" &
+PID=$!
+PIDS+=("$PID")
+wait_http "http://127.0.0.1:$port/v1/purchases" any
+run_oha ceiling@80% "http://127.0.0.1:$port" $(( peak * 80 / 100 )) "$PID"
+stop_server "$PID"
 
 echo
 echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
@@ -134,6 +143,7 @@ awk '
     printf "open loop at 80%% of the durable peak: %d/s, p99 %s ms, p99.9 %s ms   (target p99 <= 5 ms)\n",
       rps["open@80%"], p99["open@80%"], p999["open@80%"]
     printf "with a snapshot every '"$SNAP_EVERY"' records: p99 %s ms, p99.9 %s ms\n", p99["open@80%+snap"], p999["open@80%+snap"]
+    printf "the no-op at the same rate (what this machine and oha allow): p99 %s ms, p99.9 %s ms\n", p99["ceiling@80%"], p999["ceiling@80%"]
   }' "$WORK/results"
 read -r _ rss_after rss_before orders <"$WORK/memory"
 awk -v a="$rss_after" -v b="$rss_before" -v n="$orders" 'BEGIN {
