@@ -13,8 +13,8 @@ export FLASHSALE_PROFILE=dev
 trap 'bash testbed/cluster.sh down --name test' EXIT
 bash testbed/cluster.sh up --name test >/dev/null
 cargo test --workspace
-# The node's OpenAPI document against the node (schemathesis, 3 runs of 20 s).
-bash node/tests/openapi/run.sh 20
+# The node's OpenAPI document against the node (schemathesis, 3 runs of 15 s).
+bash node/tests/openapi/run.sh 15
 # The checked-in document linted, a TypeScript client generated from it, a shop's test
 # through that client against a node (clients/typescript/run.sh).
 bash clients/typescript/run.sh
