@@ -80,25 +80,27 @@ fn needs_lease(cmd: &Command) -> bool {
     )
 }
 
-/// Makes the calling thread a batch thread (Linux `SCHED_BATCH`): a command queued by an
-/// HTTP worker wakes the sequencer without preempting that worker, so the worker goes on
-/// reading and queueing requests until it has none left, and the sequencer then takes
-/// them all in one batch. Under the default policy the woken sequencer ran at once,
-/// took the one command queued, and the two threads switched per request when they
-/// share a core (`make bench-node`: 4–5 records per batch and twice the CPU per
-/// purchase). A thread that is running is not slowed: the policy only changes who
-/// yields on a wakeup.
-fn batch_scheduling() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler(0, …) changes only the calling thread; `param` is a
-        // valid sched_param that outlives the call.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-        if rc != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "the sequencer stays under the default scheduling policy");
-        }
+/// Puts the calling thread under a Linux scheduling policy (`SCHED_BATCH`,
+/// `SCHED_IDLE`); elsewhere, or if refused, it keeps the default (logged).
+pub(crate) fn thread_policy(name: &str, policy: libc::c_int) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(0, …) changes only the calling thread; `param` is a
+    // valid sched_param that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if rc != 0 {
+        tracing::warn!(thread = name, error = %std::io::Error::last_os_error(), "the thread stays under the default scheduling policy");
     }
+}
+
+/// The sequencer is a batch thread (`SCHED_BATCH`): a command queued by an HTTP worker
+/// wakes it without preempting that worker, so the worker goes on reading and queueing
+/// requests until it has none left, and the sequencer then takes them all in one
+/// batch. Under the default policy the woken sequencer ran at once, took the one
+/// command queued, and the two threads switched per request when they share a core
+/// (`make bench-node`: 4–5 records per batch and twice the CPU per purchase). A thread
+/// that is running is not slowed: the policy only changes who yields on a wakeup.
+fn batch_scheduling() {
+    thread_policy("sequencer", libc::SCHED_BATCH);
 }
 
 impl Sequencer {

@@ -6,6 +6,11 @@
 //! changed meanwhile is copied on its change (`Arc::make_mut`), so the snapshot stays
 //! exactly the state after its record, which is what replaying the log gives.
 //!
+//! The thread runs under `SCHED_IDLE`: a snapshot takes only CPU time the sale leaves
+//! idle, so on a busy core it waits rather than delays answers (its serialization is
+//! linear in the orders held). A snapshot that waits keeps the log longer; nothing
+//! else waits for it.
+//!
 //! At most one snapshot is in the works: a due one waits for the next batch after it.
 //! Once a snapshot is durable, the oldest snapshot kept is published in `compact_to`;
 //! the sequencer (which owns the segments) removes the segments it covers.
@@ -100,6 +105,7 @@ fn run(
     compact_to: Arc<AtomicU64>,
     busy: Arc<AtomicBool>,
 ) {
+    super::sequencer::thread_policy("snapshotter", libc::SCHED_IDLE);
     while let Ok(state) = rx.recv() {
         match snapshot::write(&*dir, &state) {
             Ok(oldest_kept) => {
