@@ -24,9 +24,30 @@ struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
+}
+
+/// A route's label as a `&'static str`, so recording a request allocates nothing: the
+/// routes are the router's patterns (and "unmatched"), a fixed set, each leaked once.
+fn route_label(route: &str) -> &'static str {
+    static ROUTES: std::sync::OnceLock<
+        parking_lot::RwLock<std::collections::HashSet<&'static str>>,
+    > = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(Default::default);
+    if let Some(r) = routes.read().get(route) {
+        return r;
+    }
+    let mut w = routes.write();
+    match w.get(route) {
+        Some(r) => r,
+        None => {
+            let r: &'static str = Box::leak(route.into());
+            w.insert(r);
+            r
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -287,8 +308,8 @@ impl Metrics {
             .unwrap_or("other");
         self.requests
             .get_or_create(&RouteLabels {
-                method: method.to_string(),
-                route: route.to_string(),
+                method,
+                route: route_label(route),
                 status,
             })
             .observe(seconds);

@@ -964,9 +964,9 @@ async fn loose_ends_of_the_api_answer_a_clear_json_error_and_change_nothing() {
     assert_error(&dup, 400, "bad_request");
     assert_eq!(dup.body["field"], "sku");
 
-    // Too many headers: a JSON 431, not an empty body.
+    // Too many headers (over 100; hyper itself stops at 128): a JSON 431, not an empty body.
     let mut req = c.get(node.url("/v1/items"));
-    for i in 0..150 {
+    for i in 0..120 {
         req = req.header(format!("x-h{i}"), "v");
     }
     let r = req.send().await.unwrap();

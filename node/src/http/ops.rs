@@ -80,13 +80,13 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
 pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let res = if let Some(why) = headers_too_large(&req) {
         ApiError::new(ErrorCode::HeadersTooLarge, why).into_response()
-    } else if declared_too_large(&req, body_limit(route.as_deref(), s.limits.body_bytes_max)) {
+    } else if declared_too_large(
+        &req,
+        body_limit(route.as_ref().map(|m| m.as_str()), s.limits.body_bytes_max),
+    ) {
         // Refused before reading: a client announcing a huge body is not waited for.
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -107,7 +107,7 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
             .into_response(),
         }
     };
-    let route = route.as_deref().unwrap_or("unmatched");
+    let route = route.as_ref().map_or("unmatched", |m| m.as_str());
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
     s.metrics
