@@ -61,20 +61,10 @@ run_doors() {
     pids+=($!)
     i=$((i + 1))
   done
-  local perf=
-  if [ "${PROFILE_RUN:-}" = "$name" ]; then
-    perf record -q -F 499 -g -p "$P_PID" -o "$WORK/perf.data" 2>/dev/null &
-    perf=$!
-  fi
+  perf_start "$name" "$P_PID"
   wait "${pids[@]}"
   t1=$(cpu_ticks "$P_PID")
-  if [ -n "$perf" ]; then
-    kill -INT "$perf"
-    wait "$perf" || true
-    perf report -i "$WORK/perf.data" --no-children --sort symbol --percent-limit 1 --stdio 2>/dev/null \
-      | grep -v '^$' >"${PROFILE_OUT:-profile-$name.txt}"
-    echo "  the primary's CPU profile during $name: ${PROFILE_OUT:-profile-$name.txt}" >&2
-  fi
+  perf_stop
   python3 - "$name" "$((t1 - t0))" "$TICKS_PER_S" "$WORK/$name".*.wrk >>"$WORK/results" <<'PY'
 import re, sys
 name, ticks, hz, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
