@@ -70,7 +70,7 @@ fn sale() -> SaleConfig {
         items: (0..16)
             .map(|i| ItemSpec {
                 sku: format!("sku-{i}"),
-                stock: u64::MAX / 64,
+                stock: flashsale_core::rules::STOCK_MAX,
                 per_customer_limit: 0,
             })
             .collect(),

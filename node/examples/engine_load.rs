@@ -45,7 +45,7 @@ async fn run(durability: Durability, submitters: u64) {
         items: (0..16)
             .map(|i| ItemSpec {
                 sku: format!("sku-{i}"),
-                stock: 1 << 40,
+                stock: flashsale_core::rules::STOCK_MAX,
                 per_customer_limit: 0,
             })
             .collect(),
