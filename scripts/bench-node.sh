@@ -100,7 +100,8 @@ stop_server "$RPID"
 # --latency-correction times each request from when it was due, not from when a
 # connection was free (no coordinated omission). 50% and 80% of the durable peak, each
 # on a fresh node; then 80% again with a snapshot every SNAP_EVERY records (the runs
-# before keep the default, 200 000: at most one in a run), for the snapshot's effect.
+# before keep the default, 200 000: none in a run; the script prints how many), for the
+# snapshot's effect.
 peak=$(awk '$1 == "durable" { print $2 }' "$WORK/results")
 SNAP_EVERY="${SNAP_EVERY:-50000}"
 open_loop() { # name percent extra-args…

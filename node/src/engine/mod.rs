@@ -9,6 +9,8 @@
 //! `Standby` until `set_role`). This default is not logged. A primary assignment
 //! through [`EngineHandle::set_role`] is logged, and from then on the log decides; a
 //! secondary or standby assignment is held in memory only (see `engine::replica`).
+//! Neither is in the log, but a snapshot records the role the node has when it is
+//! taken, so a restart from that snapshot starts with it (`engine::snapshotter`).
 //!
 //! Durability: a batch is synced unless `EngineOptions::durability` or the sale's
 //! config says `NoSync` (either one suffices).

@@ -80,16 +80,34 @@ fn needs_lease(cmd: &Command) -> bool {
     )
 }
 
-/// Puts the calling thread under a Linux scheduling policy (`SCHED_BATCH`,
-/// `SCHED_IDLE`); elsewhere, or if refused, it keeps the default (logged).
-pub(crate) fn thread_policy(name: &str, policy: libc::c_int) {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(0, …) changes only the calling thread; `param` is a
-    // valid sched_param that outlives the call.
-    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
-    if rc != 0 {
-        tracing::warn!(thread = name, error = %std::io::Error::last_os_error(), "the thread stays under the default scheduling policy");
+/// A Linux scheduling policy for one of the engine's threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Policy {
+    /// `SCHED_BATCH`: a wakeup does not preempt the running thread.
+    Batch,
+    /// `SCHED_IDLE`: runs only on CPU time nothing else wants.
+    Idle,
+}
+
+/// Puts the calling thread under `policy` on Linux; elsewhere it keeps the default, as
+/// it does (logged) if the kernel refuses.
+pub(crate) fn thread_policy(name: &str, policy: Policy) {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = match policy {
+            Policy::Batch => libc::SCHED_BATCH,
+            Policy::Idle => libc::SCHED_IDLE,
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(0, …) changes only the calling thread; `param` is a
+        // valid sched_param that outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+        if rc != 0 {
+            tracing::warn!(thread = name, error = %std::io::Error::last_os_error(), "the thread stays under the default scheduling policy");
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (name, policy);
 }
 
 /// The sequencer is a batch thread (`SCHED_BATCH`): a command queued by an HTTP worker
@@ -100,7 +118,7 @@ pub(crate) fn thread_policy(name: &str, policy: libc::c_int) {
 /// (`make bench-node`: 4–5 records per batch and twice the CPU per purchase). A thread
 /// that is running is not slowed: the policy only changes who yields on a wakeup.
 fn batch_scheduling() {
-    thread_policy("sequencer", libc::SCHED_BATCH);
+    thread_policy("sequencer", Policy::Batch);
 }
 
 impl Sequencer {

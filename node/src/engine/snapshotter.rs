@@ -4,12 +4,16 @@
 //! the orders are shared (`Arc`), so the copy is a pointer per order, not a copy of
 //! each. This thread serializes and writes it; the sequencer goes on selling. An order
 //! changed meanwhile is copied on its change (`Arc::make_mut`), so the snapshot stays
-//! exactly the state after its record, which is what replaying the log gives.
+//! exactly the orders and items after its record, which is what replaying the log
+//! gives. Its role, epoch and primary URL are the node's at that moment, as in the
+//! snapshot written at shutdown — including a role held only in memory (the initial
+//! role, a secondary's assignment), which a restart from it then starts with.
 //!
 //! The thread runs under `SCHED_IDLE`: a snapshot takes only CPU time the sale leaves
 //! idle, so on a busy core it waits rather than delays answers (its serialization is
-//! linear in the orders held). A snapshot that waits keeps the log longer; nothing
-//! else waits for it.
+//! linear in the orders held). A snapshot that waits keeps the log longer; selling
+//! does not wait for it, but a shutdown or a reseed lets one being written finish
+//! first (`Snapshotter::stop`).
 //!
 //! At most one snapshot is in the works: a due one waits for the next batch after it.
 //! Once a snapshot is durable, the oldest snapshot kept is published in `compact_to`;
@@ -105,7 +109,7 @@ fn run(
     compact_to: Arc<AtomicU64>,
     busy: Arc<AtomicBool>,
 ) {
-    super::sequencer::thread_policy("snapshotter", libc::SCHED_IDLE);
+    super::sequencer::thread_policy("snapshotter", super::sequencer::Policy::Idle);
     while let Ok(state) = rx.recv() {
         match snapshot::write(&*dir, &state) {
             Ok(oldest_kept) => {
