@@ -44,6 +44,14 @@ start_node() { # name extra-args…: a node on a fresh data dir; sets PORT and P
   wait_http "http://127.0.0.1:$PORT/readyz"
 }
 
+start_noop() { # the no-op ceiling server; sets PORT and PID
+  PORT=$(free_port)
+  taskset -c "$SERVER_CPU" "$BIN" bench-noop --listen "127.0.0.1:$PORT" 2>"$WORK/noop.log" &
+  PID=$!
+  PIDS+=("$PID")
+  wait_http "http://127.0.0.1:$PORT/v1/purchases" any
+}
+
 # How busy the machine was, so a reader can tell a quiet run from a contended one:
 # the share of time some runnable task waited for a CPU (Linux PSI), over the last minute.
 cpu_pressure() { awk '/^some/ { sub("avg60=", "", $3); print $3 "%" }' /proc/pressure/cpu 2>/dev/null || echo "n/a"; }
@@ -51,12 +59,8 @@ PRESSURE_BEFORE=$(cpu_pressure)
 echo "bench-node: $CONNS connections, ${DURATION_S}s per run, server on CPU $SERVER_CPU, load on CPU $LOAD_CPU" >&2
 
 # 1. The HTTP ceiling.
-port=$(free_port)
-taskset -c "$SERVER_CPU" "$BIN" bench-noop --listen "127.0.0.1:$port" 2>"$WORK/noop.log" &
-PID=$!
-PIDS+=("$PID")
-wait_http "http://127.0.0.1:$port/v1/purchases" any
-run_wrk ceiling "http://127.0.0.1:$port" "$CONNS" "$PID"
+start_noop
+run_wrk ceiling "http://127.0.0.1:$PORT" "$CONNS" "$PID"
 stop_server "$PID"
 
 # 2. and 3. The node, durable then without fsync.
@@ -117,12 +121,8 @@ open_loop open@50% 50
 open_loop open@80% 80
 open_loop open@80%+snap 80 --snapshot-every-records "$SNAP_EVERY"
 # The floor this machine sets: the no-op at the same rate as open@80%.
-port=$(free_port)
-taskset -c "$SERVER_CPU" "$BIN" bench-noop --listen "127.0.0.1:$port" 2>"$WORK/noop.log" &
-PID=$!
-PIDS+=("$PID")
-wait_http "http://127.0.0.1:$port/v1/purchases" any
-run_oha ceiling@80% "http://127.0.0.1:$port" $(( peak * 80 / 100 )) "$PID"
+start_noop
+run_oha ceiling@80% "http://127.0.0.1:$PORT" $(( peak * 80 / 100 )) "$PID"
 stop_server "$PID"
 
 echo

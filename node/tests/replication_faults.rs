@@ -35,23 +35,6 @@ async fn repl(http: &reqwest::Client, node: &Node) -> serde_json::Value {
     status(http, node).await["replication"].clone()
 }
 
-/// A counter from the node's `/metrics` text.
-async fn metric(http: &reqwest::Client, node: &Node, name: &str) -> f64 {
-    let text = http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_sale() {
     let _serial = SERIAL.lock().await;

@@ -172,7 +172,10 @@ async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiErro
     // from memory without a place in the engine's queue) and, on a secondary, what its
     // copy can answer; the rest to the engine or, forwarded, the primary's.
     let caught_up = s.replication.as_ref().is_none_or(|r| r.caught_up());
-    match (s.engine.front(&req, now_ms(), caught_up), &s.forwarder) {
+    match (
+        s.engine.front(&req, super::now_ms(), caught_up),
+        &s.forwarder,
+    ) {
         (Front::Refuse(e), _) => Err(e.into()),
         (Front::Replay(order), _) => Ok(OrderAnswer {
             order: order.into(),
@@ -191,13 +194,6 @@ async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiErro
 async fn take_purchase(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiError> {
     let _place = s.admission.enter_engine()?;
     Ok(s.engine.purchase_answer(req).await?)
-}
-
-fn now_ms() -> flashsale_core::UnixMs {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `POST /admin/v1/forward` (admin token): a secondary's batch of purchases, confirms

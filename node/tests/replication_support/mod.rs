@@ -33,6 +33,30 @@ pub fn client() -> reqwest::Client {
 }
 
 /// `GET /admin/v1/status`.
+/// A counter or gauge from the node's `/metrics` text (`name` may carry its labels:
+/// `flashsale_purchases_total{code="ok"}`); `None` when the node has no such series.
+pub async fn metric_opt(http: &reqwest::Client, node: &Node, name: &str) -> Option<f64> {
+    let text = http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// [`metric_opt`] for a series the node must have.
+pub async fn metric(http: &reqwest::Client, node: &Node, name: &str) -> f64 {
+    metric_opt(http, node, name)
+        .await
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
 pub async fn status(http: &reqwest::Client, node: &Node) -> Value {
     http.get(node.url("/admin/v1/status"))
         .bearer_auth(ADMIN_TOKEN)
