@@ -281,6 +281,7 @@ impl Engine {
         let writer = SegmentWriter::open(dir.clone(), segments, next_seq, opts.segment_bytes_max)?;
         let snapshotter = Snapshotter::start(
             dir.clone(),
+            report.snapshot_seq,
             state.applied_seq,
             opts.snapshot_every_records,
             metrics.clone(),

@@ -320,6 +320,7 @@ impl Sequencer {
         state.take_touched();
         self.snapshotter = super::snapshotter::Snapshotter::start(
             self.dir.clone(),
+            None,
             state.applied_seq,
             self.limits.snapshot_every_records,
             self.metrics.clone(),

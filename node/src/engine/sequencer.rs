@@ -369,6 +369,10 @@ impl Sequencer {
         }
         if self.buf.is_empty() || self.failed.is_some() {
             self.buf.clear();
+            if self.failed.is_none() {
+                // An idle engine too drops what a snapshot made durable since covers.
+                self.compact();
+            }
             return;
         }
         self.buf.clear();

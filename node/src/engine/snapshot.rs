@@ -2,6 +2,9 @@
 //! after it. A file is `crc32c u32 LE | JSON of State`; the newest one whose checksum
 //! holds wins, and an older one is kept as a fallback.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use flashsale_core::wal::RECORD_BYTES_MAX;
 
 use super::state::State;
@@ -37,16 +40,29 @@ pub fn list(dir: &dyn WalDir) -> Result<Vec<u64>, WalDirError> {
 /// Writes the state as a snapshot and removes all but the newest [`SNAPSHOTS_KEPT`].
 /// Returns the oldest snapshot kept (the log must be retained after it).
 pub fn write(dir: &dyn WalDir, state: &State) -> Result<u64, WalDirError> {
-    let json = serde_json::to_vec(state).map_err(|e| WalDirError::Rejected {
-        seq: state.applied_seq,
-        reason: e.to_string(),
-    })?;
-    let mut bytes = Vec::with_capacity(json.len() + 4);
-    bytes.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    bytes.extend_from_slice(&json);
+    write_unless(dir, state, &AtomicBool::new(false))
+}
+
+/// [`write`], given up (an error, nothing written) as soon as `cancel` is set.
+pub fn write_unless(
+    dir: &dyn WalDir,
+    state: &State,
+    cancel: &AtomicBool,
+) -> Result<u64, WalDirError> {
     let name = snapshot_name(state.applied_seq);
-    dir.write_atomic(&name, &bytes)
-        .map_err(|e| WalDirError::io(format!("write {name}"), e))?;
+    // Streamed to the file (no copy of the whole JSON in memory): room for the
+    // checksum, the JSON, then the checksum over the room.
+    dir.write_atomic(&name, &mut |out| {
+        out.write_all(&[0; 4])?;
+        let mut out = Unless { out, cancel };
+        let mut json = Crc32cWriter {
+            out: &mut out,
+            crc: 0,
+        };
+        serde_json::to_writer(&mut json, state).map_err(std::io::Error::other)?;
+        Ok(json.crc.to_le_bytes().to_vec())
+    })
+    .map_err(|e| WalDirError::io(format!("write {name}"), e))?;
     let seqs = list(dir)?;
     for old in seqs.iter().skip(SNAPSHOTS_KEPT) {
         let n = snapshot_name(*old);
@@ -63,6 +79,43 @@ pub fn write(dir: &dyn WalDir, state: &State) -> Result<u64, WalDirError> {
         .take(SNAPSHOTS_KEPT)
         .next_back()
         .unwrap_or(&state.applied_seq))
+}
+
+/// Passes bytes on until `cancel` is set, then fails.
+struct Unless<'a> {
+    out: &'a mut dyn Write,
+    cancel: &'a AtomicBool,
+}
+
+impl Write for Unless<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Passes bytes on, keeping their CRC-32C.
+struct Crc32cWriter<'a> {
+    out: &'a mut dyn Write,
+    crc: u32,
+}
+
+impl Write for Crc32cWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// The newest snapshot whose checksum holds, with its sequence; skipped damaged ones are named in `skipped`.
@@ -95,4 +148,36 @@ fn decode(bytes: &[u8]) -> Option<State> {
         return None;
     }
     serde_json::from_slice(json).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::wal::FsDir;
+
+    #[test]
+    fn a_cancelled_snapshot_leaves_nothing_and_the_last_one_stands() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = FsDir::create(tmp.path()).unwrap();
+        let mut state = State::default();
+        state.applied_seq = 7;
+        write(&dir, &state).unwrap();
+        state.applied_seq = 9;
+        assert!(write_unless(&dir, &state, &AtomicBool::new(true)).is_err());
+        assert_eq!(list(&dir).unwrap(), [7]);
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [snapshot_name(7)], "a .tmp file was left");
+        assert_eq!(
+            load_newest(&dir, &mut Vec::new())
+                .unwrap()
+                .unwrap()
+                .applied_seq,
+            7
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! Snapshots off the sequencer's path. When one is due — every N records, or every as
 //! many records as the state holds orders if that is more — the sequencer, right after
 //! a durable batch, takes a copy of what a snapshot holds ([`State::snapshot_copy`]):
-//! the orders are shared (`Arc`), so the copy is a pointer per order, not a copy of
-//! each. This thread serializes and writes it; the sequencer goes on selling. An order
-//! changed meanwhile is copied on its change (`Arc::make_mut`), so the snapshot stays
+//! the orders are shared (reference-counted), so the copy is a pointer per order, not
+//! a copy of each. This thread serializes and writes it, streamed to the file; the
+//! sequencer goes on selling. An order changed meanwhile is replaced in the state by a
+//! new copy of it, so the snapshot stays
 //! exactly the orders and items after its record, which is what replaying the log
 //! gives. Its role, epoch and primary URL are the node's at that moment, as in the
 //! snapshot written at shutdown — including a role held only in memory (the initial
@@ -12,12 +13,13 @@
 //! The thread runs under `SCHED_IDLE`: a snapshot takes only CPU time the sale leaves
 //! idle, so on a busy core it waits rather than delays answers (its serialization is
 //! linear in the orders held). A snapshot that waits keeps the log longer; selling
-//! does not wait for it, but a shutdown or a reseed lets one being written finish
-//! first (`Snapshotter::stop`).
+//! does not wait for it, nor does a shutdown or a reseed: `Snapshotter::stop` gives up
+//! one being written (its file is never renamed into place; the one before stands).
 //!
 //! At most one snapshot is in the works: a due one waits for the next batch after it.
-//! Once a snapshot is durable, the oldest snapshot kept is published in `compact_to`;
-//! the sequencer (which owns the segments) removes the segments it covers.
+//! Once a snapshot is durable, the oldest snapshot kept is published in `compact_to`
+//! (at start, the oldest kept on disk); the sequencer (which owns the segments) removes
+//! the segments it covers after its next batch or on its next idle tick.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +36,8 @@ pub(crate) struct Snapshotter {
     thread: Option<JoinHandle<()>>,
     /// A snapshot is being written.
     busy: Arc<AtomicBool>,
+    /// Set by [`Snapshotter::stop`]: a snapshot being written is given up.
+    cancel: Arc<AtomicBool>,
     /// The record the last snapshot handed over was taken after.
     last_seq: u64,
     every_records: u64,
@@ -43,20 +47,34 @@ pub(crate) struct Snapshotter {
 
 impl Snapshotter {
     /// Starts the thread; `applied_seq` is where the state stands (nothing is due
-    /// before `every_records` more).
+    /// before `every_records` more), `loaded` the snapshot it was loaded from.
     pub fn start(
         dir: Arc<dyn WalDir>,
+        loaded: Option<u64>,
         applied_seq: u64,
         every_records: u64,
         metrics: EngineMetrics,
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel(1);
-        let compact_to = Arc::new(AtomicU64::new(0));
+        // When the state came from a snapshot (`loaded`, whose checksum held), the log
+        // before the oldest snapshot kept goes on the first commit or idle tick, as
+        // after writing one — but never past the one loaded (a newer one may be
+        // damaged). Without one (none, or none whose checksum held), nothing.
+        let kept = loaded
+            .and_then(|_| snapshot::list(&*dir).ok())
+            .unwrap_or_default();
+        let oldest_kept = kept.iter().take(snapshot::SNAPSHOTS_KEPT).next_back();
+        let start = match (loaded, oldest_kept) {
+            (Some(l), Some(&k)) => l.min(k),
+            _ => 0,
+        };
+        let compact_to = Arc::new(AtomicU64::new(start));
         let busy = Arc::new(AtomicBool::new(false));
-        let (published, done) = (compact_to.clone(), busy.clone());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (published, done, stop) = (compact_to.clone(), busy.clone(), cancel.clone());
         let thread = std::thread::Builder::new()
             .name("snapshotter".into())
-            .spawn(move || run(rx, dir, metrics, published, done))
+            .spawn(move || run(rx, dir, metrics, published, done, stop))
             .map_err(
                 |e| tracing::warn!(error = %e, "no snapshot thread: snapshots only at shutdown"),
             )
@@ -65,6 +83,7 @@ impl Snapshotter {
             tx: thread.is_some().then_some(tx),
             thread,
             busy,
+            cancel,
             last_seq: applied_seq,
             every_records: every_records.max(1),
             compact_to,
@@ -87,8 +106,10 @@ impl Snapshotter {
         }
     }
 
-    /// Lets the snapshot being written finish, then stops the thread.
+    /// Gives up a snapshot being written (a shutdown writes its own; a reseed moves
+    /// the log aside), then stops the thread.
     pub fn stop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -108,18 +129,61 @@ fn run(
     metrics: EngineMetrics,
     compact_to: Arc<AtomicU64>,
     busy: Arc<AtomicBool>,
+    cancel: Arc<AtomicBool>,
 ) {
     super::sequencer::thread_policy("snapshotter", super::sequencer::Policy::Idle);
     while let Ok(state) = rx.recv() {
-        match snapshot::write(&*dir, &state) {
+        match snapshot::write_unless(&*dir, &state, &cancel) {
             Ok(oldest_kept) => {
                 metrics.snapshots.inc();
                 compact_to.fetch_max(oldest_kept, Ordering::SeqCst);
+            }
+            Err(_) if cancel.load(Ordering::Relaxed) => {
+                tracing::debug!(seq = state.applied_seq, "snapshot given up: stopping")
             }
             Err(e) => tracing::warn!(error = %e, "snapshot failed; the log keeps everything"),
         }
         // The copy's orders are let go here, off the sequencer.
         drop(state);
         busy.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::MemDir;
+
+    #[test]
+    fn a_restart_compacts_no_further_than_the_snapshot_it_loaded() {
+        let dir = MemDir::new();
+        for seq in [100, 200] {
+            let mut state = State::default();
+            state.applied_seq = seq;
+            snapshot::write(&dir, &state).unwrap();
+        }
+        // A newer snapshot left damaged (here: another's bytes under its name), as a
+        // crash between a snapshot's rename and the removal of the oldest can leave
+        // three; opening skips it and the next, and loads 100.
+        dir.with_files(|files| {
+            let copy = files[&snapshot::snapshot_name(200)].clone();
+            files.insert(snapshot::snapshot_name(300), copy);
+        });
+        let dir: Arc<dyn WalDir> = Arc::new(dir);
+        let mut s =
+            Snapshotter::start(dir.clone(), Some(100), 100, 1_000, EngineMetrics::default());
+        assert_eq!(
+            s.compact_to.load(Ordering::SeqCst),
+            100,
+            "the log after 100 is needed"
+        );
+        s.stop();
+        let mut s = Snapshotter::start(dir, None, 0, 1_000, EngineMetrics::default());
+        assert_eq!(
+            s.compact_to.load(Ordering::SeqCst),
+            0,
+            "nothing loaded, nothing covered"
+        );
+        s.stop();
     }
 }

@@ -4,12 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
+
+/// Writes a file's content and returns the header to put over its first bytes
+/// ([`WalDir::write_atomic`]).
+pub type Fill<'a> = dyn FnMut(&mut dyn Write) -> io::Result<Vec<u8>> + 'a;
 
 /// A flat directory of named files. Names are plain file names, never paths.
 pub trait WalDir: Send + Sync + 'static {
@@ -21,8 +25,10 @@ pub trait WalDir: Send + Sync + 'static {
     /// Cuts `name` to `len` bytes and makes the cut durable.
     fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
     fn remove(&self, name: &str) -> io::Result<()>;
-    /// Replaces `name` with `bytes` all at once: after a crash it holds the old or the new content.
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Replaces `name` all at once (after a crash it holds the old or the new content)
+    /// with what `fill` writes, streamed; the bytes `fill` returns then overwrite the
+    /// start of it (a header known only at the end, such as a checksum of the rest).
+    fn write_atomic(&self, name: &str, fill: &mut Fill<'_>) -> io::Result<()>;
     /// A human name for messages (the directory path).
     fn describe(&self) -> String;
     /// Moves `names` into the subdirectory `into` (created), keeping their names.
@@ -114,11 +120,21 @@ impl WalDir for FsDir {
         self.sync_dir()
     }
 
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fn write_atomic(&self, name: &str, fill: &mut Fill<'_>) -> io::Result<()> {
         let tmp = self.path.join(format!("{name}.tmp"));
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        let written = (|| {
+            let mut out = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+            let header = fill(&mut out)?;
+            let mut file = out.into_inner().map_err(|e| e.into_error())?;
+            file.seek(io::SeekFrom::Start(0))?;
+            file.write_all(&header)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            // A write cut short (an error, a cancelled snapshot) leaves nothing behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, self.path.join(name))?;
         self.sync_dir()
     }
@@ -276,10 +292,16 @@ impl WalDir for MemDir {
             .ok_or_else(|| not_found(name))
     }
 
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fn write_atomic(&self, name: &str, fill: &mut Fill<'_>) -> io::Result<()> {
+        let mut data = Vec::new();
+        let header = fill(&mut data)?;
+        let at = data
+            .get_mut(..header.len())
+            .ok_or_else(|| io::Error::other(format!("{name}: a header longer than the file")))?;
+        at.copy_from_slice(&header);
         let f = MemFile {
-            data: bytes.to_vec(),
-            synced: bytes.len(),
+            synced: data.len(),
+            data,
         };
         self.files.lock().insert(name.to_owned(), f);
         Ok(())
