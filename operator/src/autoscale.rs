@@ -63,6 +63,12 @@ pub enum Mode {
     Ended,
     /// Not enough nodes answered: the count is held.
     Blind,
+    /// A failover or switchover moves the primary: the count is held (set by the
+    /// scaler, never by [`decide`]).
+    Holding,
+    /// A HorizontalPodAutoscaler targets the sale: the operator's autoscaler stands
+    /// down (set by the scaler, never by [`decide`]).
+    External,
 }
 
 impl Mode {
@@ -73,6 +79,8 @@ impl Mode {
             Mode::PreScale => "PreScale",
             Mode::Ended => "Ended",
             Mode::Blind => "Blind",
+            Mode::Holding => "Holding",
+            Mode::External => "External",
         }
     }
 }

@@ -31,7 +31,7 @@ struct SaleScaler {
     counts: Counts,
     /// The primary's refused-for-load total at the last sample (a rise = refusing now).
     primary_refused: Option<(String, u64)>,
-    mode: Option<&'static str>,
+    mode: Option<Mode>,
     limited: bool,
     conflict: bool,
     /// The last scale this leader made: the status write of the pass that made it loses
@@ -245,8 +245,8 @@ impl Autoscalers {
             let mut sales = self.lock();
             let s = sales.entry(key.to_string()).or_default();
             s.conflict = true;
-            s.mode = Some("External");
-            status.mode = "External".into();
+            s.mode = Some(Mode::External);
+            status.mode = Mode::External.as_str().into();
             out.status = Some(status);
             return out;
         }
@@ -267,8 +267,8 @@ impl Autoscalers {
             s.mem.record(sample, KEEP_MS);
             if in_failover {
                 // The primary moves: hold the count (samples still count).
-                s.mode = Some("Holding");
-                status.mode = "Holding".into();
+                s.mode = Some(Mode::Holding);
+                status.mode = Mode::Holding.as_str().into();
                 out.status = Some(status);
                 return out;
             }
@@ -286,7 +286,7 @@ impl Autoscalers {
                     Kind::Action,
                 ));
             }
-            if sample.primary_refused && s.mode != Some("Panic") {
+            if sample.primary_refused && s.mode != Some(Mode::Panic) {
                 out.notes.push(Note::warning(
                     "PrimarySaturated",
                     format!(
@@ -307,7 +307,7 @@ impl Autoscalers {
                     Kind::Action,
                 ));
             }
-            if d.mode == Mode::Blind && s.mode != Some("Blind") {
+            if d.mode == Mode::Blind && s.mode != Some(Mode::Blind) {
                 out.notes.push(Note::warning(
                     "MetricsUnavailable",
                     format!(
@@ -318,7 +318,7 @@ impl Autoscalers {
                 ));
             }
             s.limited = d.limited;
-            s.mode = Some(d.mode.as_str());
+            s.mode = Some(d.mode);
             (d, sample.ready)
         };
         let (decision, ready) = decision;

@@ -113,6 +113,38 @@ struct Ack {
     t_ms: u64,
 }
 
+impl Ack {
+    /// The line the acks file gets for `order`, acknowledged at `epoch` just now.
+    fn line(order: Order, epoch: u64) -> Vec<u8> {
+        let ack = Ack {
+            key: order.idempotency_key,
+            id: order.id,
+            sku: order.sku,
+            quantity: order.quantity,
+            customer: order.customer,
+            epoch,
+            t_ms: unix_ms(),
+        };
+        let mut line = serde_json::to_vec(&ack).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// The endpoints in `--urls-file` (one base URL a line), `None` when it cannot be read
+/// or lists none.
+fn read_urls(file: &std::path::Path) -> Option<Vec<String>> {
+    std::fs::read_to_string(file)
+        .ok()
+        .map(|t| {
+            t.lines()
+                .map(|l| l.trim().trim_end_matches('/').to_string())
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,17 +206,7 @@ async fn main() -> anyhow::Result<()> {
         Some(f) => {
             let read = {
                 let f = f.clone();
-                move || {
-                    std::fs::read_to_string(&f)
-                        .ok()
-                        .map(|t| {
-                            t.lines()
-                                .map(|l| l.trim().trim_end_matches('/').to_string())
-                                .filter(|l| !l.is_empty())
-                                .collect::<Vec<_>>()
-                        })
-                        .filter(|v| !v.is_empty())
-                }
+                move || read_urls(&f)
             };
             let first = read().with_context(|| format!("{}: no URLs", f.display()))?;
             let shared = Arc::new(std::sync::RwLock::new(first));
@@ -250,18 +272,8 @@ async fn main() -> anyhow::Result<()> {
                         *t.timeline.entry(sec).or_default().entry(epoch).or_default() += 1;
                         drop(t);
                         if let Some(a) = &acks {
-                            let ack = Ack {
-                                key: order.idempotency_key,
-                                id: order.id,
-                                sku: order.sku,
-                                quantity: order.quantity,
-                                customer: order.customer,
-                                epoch,
-                                t_ms: unix_ms(),
-                            };
-                            let mut w = a.lock().await;
-                            let _ = serde_json::to_writer(&mut *w, &ack);
-                            let _ = w.write_all(b"\n");
+                            let line = Ack::line(order, epoch);
+                            let _ = a.lock().await.write_all(&line);
                         }
                     }
                     Outcome::Unconfirmed => t.unconfirmed += 1,
@@ -603,20 +615,12 @@ async fn open_loop(
     args: &Args,
     points: &[(f64, f64)],
 ) -> anyhow::Result<()> {
-    let read_urls = || -> Vec<String> {
-        args.urls_file
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .map(|t| {
-                t.lines()
-                    .map(|l| l.trim().trim_end_matches('/').to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|v| !v.is_empty())
+    let endpoints = || -> Vec<String> {
+        (args.urls_file.as_deref())
+            .and_then(read_urls)
             .unwrap_or_else(|| vec![base.to_string()])
     };
-    let before = items(http, &read_urls()[0]).await?;
+    let before = items(http, &endpoints()[0]).await?;
     let skus: Vec<String> = before.iter().map(|i| i.sku.clone()).collect();
     if skus.is_empty() {
         bail!("the node sells nothing (not configured?)");
@@ -632,7 +636,7 @@ async fn open_loop(
     let run = format!("{:08x}", rand::random::<u32>());
     let end = points.last().map_or(0.0, |p| p.0);
     let started = Instant::now();
-    let mut urls = read_urls();
+    let mut urls = endpoints();
     let mut urls_read = started;
     let (mut sent, mut skipped) = (0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -644,7 +648,7 @@ async fn open_loop(
             break;
         }
         if urls_read.elapsed() >= Duration::from_secs(1) {
-            urls = read_urls();
+            urls = endpoints();
             urls_read = Instant::now();
         }
         let due = due_by(points, t).floor() as u64;
@@ -684,18 +688,8 @@ async fn open_loop(
                         s.ok += 1;
                         drop(all);
                         if let Some(a) = &acks {
-                            let ack = Ack {
-                                key: order.idempotency_key,
-                                id: order.id,
-                                sku: order.sku,
-                                quantity: order.quantity,
-                                customer: order.customer,
-                                epoch,
-                                t_ms: unix_ms(),
-                            };
-                            let mut w = a.lock().unwrap_or_else(|e| e.into_inner());
-                            let _ = serde_json::to_writer(&mut *w, &ack);
-                            let _ = w.write_all(b"\n");
+                            let line = Ack::line(order, epoch);
+                            let _ = a.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line);
                         }
                     }
                     Answer::No(code) | Answer::Again(code, _) => {
@@ -737,7 +731,7 @@ async fn open_loop(
             w.write_all(b"\n")?;
         }
     }
-    let after = items(http, &read_urls()[0]).await.unwrap_or_default();
+    let after = items(http, &endpoints()[0]).await.unwrap_or_default();
     let oversold: u64 = after
         .iter()
         .map(|i| (i.sold + i.held).saturating_sub(i.stock))
