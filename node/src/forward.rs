@@ -16,7 +16,7 @@
 //! the client retries with the same idempotency key, and whichever node is primary by
 //! then answers the retry idempotently (after a failover the new primary has recovered
 //! the old one's tail first, FAILOVER.md). An answer is only what the primary answered:
-//! its purchases are durable (in quorum mode, replicated: the primary's `quorum_hold`
+//! its purchases are durable (in quorum mode, replicated: the primary's quorum hold, `hold_and_mark`
 //! wraps the batch route like every write) before the batch's answer is sent.
 
 use std::time::{Duration, Instant};

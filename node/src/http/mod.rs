@@ -229,14 +229,6 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            replication::quorum_hold,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            replication::applied_seq_header,
-        ))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -76,7 +76,10 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, ct)], text).into_response())
 }
 
-/// Bounds every request's time and records its latency by route and status.
+/// The node's one middleware: refuses oversized heads and declared bodies, bounds
+/// every request's time, passes the answer through `replication::hold_and_mark` (the
+/// quorum hold and the applied-seq headers), and records its latency by route and
+/// status.
 pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
@@ -94,7 +97,8 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
         )
         .into_response()
     } else {
-        match tokio::time::timeout(s.limits.request_timeout, next.run(req)).await {
+        let answer = super::replication::hold_and_mark(&s, req, next);
+        match tokio::time::timeout(s.limits.request_timeout, answer).await {
             Ok(res) => res,
             // A purchase cut off here may still commit; its idempotent retry gets the order.
             Err(_) => ApiError::new(

@@ -201,7 +201,7 @@ async fn take_purchase(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer
 /// so they share its group commits; each holds a place in the engine's queue like a
 /// direct request (a full queue answers that operation 503). No admission rate: the
 /// secondary applied its own. The answer is sent once every purchase in it is durable
-/// (and, in quorum mode, replicated: `quorum_hold` wraps this route).
+/// (and, in quorum mode, replicated: `replication::hold_and_mark` holds this route's answers).
 #[utoipa::path(post, path = "/admin/v1/forward", tag = "admin", security(("bearer" = [])),
     request_body = ForwardBatch,
     responses((status = 200, body = ForwardAnswers, description = "one answer per operation, in order: an order (with `replayed`) or a problem"),

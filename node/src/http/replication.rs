@@ -352,10 +352,17 @@ fn batch_len(buf: &[u8]) -> Result<usize, WalError> {
     Ok(off)
 }
 
-/// Adds `x-flashsale-applied-seq` and `x-flashsale-epoch` to every answer.
-pub async fn applied_seq_header(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
-    // Read after the handler: the answer reflects at least this much.
+/// What every answer passes through after its handler (called by `ops::observe`, the
+/// one middleware, so a request pays for one layer rather than one per concern):
+///
+/// - quorum mode's hold on writes (`crate::replication::quorum`): a 2xx answer to a
+///   `POST` waits for a secondary's ack of everything durable when it was made (which
+///   covers the write, or the original of an idempotent replay); else 503. Nothing
+///   without replication or in async mode;
+/// - then `x-flashsale-applied-seq` and `x-flashsale-epoch`, read after the handler and
+///   the hold: the answer reflects at least this much.
+pub async fn hold_and_mark(s: &AppState, req: Request, next: Next) -> Response {
+    let mut resp = quorum_hold(s, req, next).await;
     let st = s.engine.positions();
     let h = resp.headers_mut();
     h.insert(HEADER_APPLIED_SEQ, HeaderValue::from(st.applied_seq));
@@ -363,11 +370,8 @@ pub async fn applied_seq_header(State(s): State<AppState>, req: Request, next: N
     resp
 }
 
-/// Quorum mode's hold on writes (`crate::replication::quorum`): a 2xx answer to a
-/// `POST` waits for a secondary's ack of everything durable when it was made (which
-/// covers the write, or the original of an idempotent replay); else 503. A no-op
-/// without replication or in async mode.
-pub async fn quorum_hold(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// The quorum hold of [`hold_and_mark`].
+async fn quorum_hold(s: &AppState, req: Request, next: Next) -> Response {
     let Some(gate) = s.replication.as_ref().map(|r| &r.gate) else {
         return next.run(req).await;
     };

@@ -4,7 +4,7 @@
 //! `<wal channel>:ack` after each durable apply, and again every [`ACK_REPEAT_MS`] so
 //! a lost ack is made good. The primary subscribes to it and keeps the highest
 //! sequence acked in its own epoch; the HTTP layer holds back a successful write's answer
-//! until that covers it (`crate::http::replication::quorum_hold`), and answers 503 `unavailable` after the timeout instead of
+//! until that covers it (`crate::http::replication::hold_and_mark`), and answers 503 `unavailable` after the timeout instead of
 //! acknowledging a sale only one disk has. The write itself stays in the primary's
 //! WAL; a retry with the same idempotency key returns its outcome once acked.
 
