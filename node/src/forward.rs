@@ -95,7 +95,7 @@ impl ForwardAnswer {
     pub fn of(r: Result<OrderAnswer, ApiError>) -> ForwardAnswer {
         match r {
             Ok(a) => ForwardAnswer {
-                order: Some(std::sync::Arc::unwrap_or_clone(a.order)),
+                order: Some(a.order),
                 replayed: a.replayed,
                 problem: None,
             },
@@ -114,7 +114,7 @@ impl ForwardAnswer {
     fn into_result(self) -> Result<OrderAnswer, ApiError> {
         match (self.order, self.problem) {
             (Some(order), None) => Ok(OrderAnswer {
-                order: order.into(),
+                order,
                 replayed: self.replayed,
             }),
             (None, Some(p)) if matches!(p.code, ErrorCode::NotPrimary | ErrorCode::Fenced) => {

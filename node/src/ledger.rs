@@ -153,7 +153,7 @@ pub fn from_dir(dir: &std::path::Path) -> anyhow::Result<Vec<LedgerEntry>> {
     let mut entries: Vec<LedgerEntry> = state
         .orders
         .values()
-        .filter_map(|o| entry(o, &state.epochs, state.applied_seq))
+        .filter_map(|o| entry(&state.api_order(o), &state.epochs, state.applied_seq))
         .collect();
     entries.sort_unstable_by_key(|e| e.id);
     Ok(entries)

@@ -209,7 +209,7 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
                         Ok(a) => {
                             prop_assert_eq!(was.state, OrderState::Reserved);
                             prop_assert!(clock.now_ms() < a.order.expires_at_ms);
-                            acked.insert(id, (*a.order).clone());
+                            acked.insert(id, a.order.clone());
                         }
                         Err(SellError::OrderState { .. }) => {
                             prop_assert!(
@@ -230,7 +230,7 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
                         }
                         Ok(a) => {
                             prop_assert_eq!(a.order.state, OrderState::Cancelled);
-                            acked.insert(id, (*a.order).clone());
+                            acked.insert(id, a.order.clone());
                         }
                         Err(SellError::OrderState { .. }) => {
                             prop_assert!(e.order(id).unwrap().state != OrderState::Reserved)

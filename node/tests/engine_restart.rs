@@ -68,8 +68,8 @@ async fn crowd(e: &EngineHandle, round: usize) -> Vec<Order> {
                     Ok(o) => {
                         // Every other order is confirmed, some cancelled: all three states survive.
                         let o = match o.id % 5 {
-                            0 | 1 => (*e.confirm(o.id).await.unwrap().order).clone(),
-                            2 => (*e.cancel(o.id).await.unwrap().order).clone(),
+                            0 | 1 => e.confirm(o.id).await.unwrap().order,
+                            2 => e.cancel(o.id).await.unwrap().order,
                             _ => o,
                         };
                         mine.push(o);

@@ -216,15 +216,28 @@ impl Sequencer {
     fn expire_due(&mut self) {
         // Only the primary logs expiries, under its lease (a fenced primary writes
         // nothing a new primary would not have); a secondary gets them as records.
-        if self.failed.is_some() || !self.selling() {
+        if self.failed.is_some() {
             return;
         }
         let now = self.clock.now_ms();
+        if !self.selling() {
+            self.state
+                .drop_ended_expiries(now, self.limits.batch_records_max.saturating_mul(4));
+            return;
+        }
         if self.state.next_expiry().is_none_or(|at| at > now) {
             return;
         }
-        for id in self.state.due_expiries(now, self.limits.batch_records_max) {
-            let _ = self.write(RecordBody::Expire { order_id: id }, now);
+        for (at, id) in self
+            .state
+            .take_due_expiries(now, self.limits.batch_records_max)
+        {
+            if self
+                .write(RecordBody::Expire { order_id: id }, now)
+                .is_err()
+            {
+                self.state.expire_later(at, id);
+            }
         }
     }
 
@@ -256,10 +269,8 @@ impl Sequencer {
             Ok(Decision::Write(body)) => match self.write(body, now) {
                 Err(e) => Err(e),
                 Ok(seq) => Ok(match job.cmd {
-                    Command::Purchase(_) => Answer::Order(Arc::clone(&self.state.orders[&seq])),
-                    Command::Confirm(id) | Command::Cancel(id) => {
-                        Answer::Order(Arc::clone(&self.state.orders[&id]))
-                    }
+                    Command::Purchase(_) => self.order_answer(seq),
+                    Command::Confirm(id) | Command::Cancel(id) => self.order_answer(id),
                     Command::Configure(_)
                     | Command::SetRole(_)
                     | Command::Replicate(_)
@@ -270,6 +281,14 @@ impl Sequencer {
         };
         let wrote = answer.is_ok();
         self.pending.push((job.reply, answer, wrote, guarded));
+    }
+
+    /// The answer for order `id`, which a record just written made or changed.
+    fn order_answer(&self, id: u64) -> Answer {
+        match self.state.orders.get(id) {
+            Some(o) => Answer::Order(self.state.api_order(o)),
+            None => Answer::Done,
+        }
     }
 
     /// Encodes and applies one record; returns its sequence.

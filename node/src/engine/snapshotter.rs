@@ -4,7 +4,7 @@
 //! the orders are shared (reference-counted), so the copy is a pointer per order, not
 //! a copy of each. This thread serializes and writes it, streamed to the file; the
 //! sequencer goes on selling. An order changed meanwhile is replaced in the state by a
-//! new copy of it, so the snapshot stays
+//! new one (`StoredOrder::with`), so the snapshot stays
 //! exactly the orders and items after its record, which is what replaying the log
 //! gives. Its role, epoch and primary URL are the node's at that moment, as in the
 //! snapshot written at shutdown — including a role held only in memory (the initial

@@ -3,15 +3,16 @@
 //! sequencer calls both; replay calls only `apply`, so a restart rebuilds exactly
 //! what was acknowledged.
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use flashsale_core::admin::{Role, RoleAssignment};
 use flashsale_core::replication::EpochStart;
 use flashsale_core::wal::{Record, RecordBody};
 use flashsale_core::{ItemView, Order, OrderState, PurchaseRequest, SaleConfig, SellError, UnixMs};
 use serde::{Deserialize, Serialize};
+
+use super::orders::OrdersOut;
+pub use super::orders::{ExpiryQueue, KeyIndex, OrderTable, StoredOrder, key_hash};
 
 /// A command for the sequencer.
 #[derive(Clone, Debug)]
@@ -36,7 +37,7 @@ pub enum Decision {
     /// Log this record, apply it, then answer.
     Write(RecordBody),
     /// Answer with this order without logging anything (an idempotent retry).
-    Replay(Arc<Order>),
+    Replay(Order),
     /// Nothing to change (e.g. the same role again).
     Nothing,
 }
@@ -87,22 +88,24 @@ pub struct ApplyError {
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Every order by id. An order is held once: the state, the read view and a snapshot
-/// being written share it (`Arc`); a change to a shared order copies it
-/// (`Arc::make_mut`), which the read view then picks up.
-pub type Orders = FastMap<u64, Arc<Order>>;
+/// being written share it (a reference count); a change to an order makes a new one
+/// (a new [`StoredOrder`]), which the read view then picks up.
+pub type Orders = OrderTable;
 
 /// A customer's units of each item that has a per-customer limit. The customer's id is
 /// not copied: `order` is one of their orders, whose `customer` is the key.
 #[derive(Clone, Debug)]
 struct CustomerUnits {
+    /// The customer's hash, kept so the table grows without reading orders.
+    hash: u64,
     order: u64,
     units: Vec<(usize, u64)>,
 }
 
-/// The whole sale as of `applied_seq`. The serialized fields are the snapshot; the
-/// `#[serde(skip)]` ones are indexes rebuilt by [`State::rebuild_indexes`].
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The whole sale as of `applied_seq`. The fields up to `epochs` are the snapshot
+/// (serialized as [`StateOut`], orders in the API's form); the rest are indexes rebuilt
+/// by [`State::rebuild_indexes`].
+#[derive(Clone, Debug, Default)]
 pub struct State {
     pub config: Option<SaleConfig>,
     pub role: Role,
@@ -113,29 +116,22 @@ pub struct State {
     pub applied_seq: u64,
     /// The log's epoch history: where each epoch's records start (the compacted part
     /// included), to find where two logs part (`flashsale_core::replication::common_prefix`).
-    #[serde(default)]
     pub epochs: Vec<EpochStart>,
-    #[serde(skip)]
     sku_index: FastMap<String, usize>,
-    /// The order holding each idempotency key, by the key's hash (`hasher`): the key
+    /// The order holding each idempotency key, by the key's [`key_hash`]: the key
     /// itself is read from the order, not copied.
-    #[serde(skip)]
-    idempotency: hashbrown::HashTable<u64>,
+    idempotency: KeyIndex,
     /// customer → (item index, units reserved or confirmed), kept only for items with a
     /// per-customer limit (the only ones it is asked about); by the customer's hash.
-    #[serde(skip)]
     per_customer: hashbrown::HashTable<CustomerUnits>,
-    #[serde(skip)]
     hasher: foldhash::fast::RandomState,
-    /// (expires at, order id) of every reserved order.
-    #[serde(skip)]
-    expiry: BTreeSet<(UnixMs, u64)>,
+    /// (expires at, order id) of every reserved order, earliest first; an entry whose
+    /// order is no longer reserved stays until it is taken (8 bytes an entry in the
+    /// usual rising order, where a B-tree of ascending inserts leaves half-full nodes).
+    expiry: ExpiryQueue,
     /// Items and orders changed since the last [`State::take_touched`] (for the read view).
-    #[serde(skip)]
     touched_items: Vec<usize>,
-    #[serde(skip)]
     touched_orders: Vec<u64>,
-    #[serde(skip)]
     config_changed: bool,
 }
 
@@ -152,12 +148,95 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> SellError {
     }
 }
 
-/// The order as first answered: what an idempotent retry gets back.
-pub(crate) fn first_answer(o: &Order) -> Order {
-    Order {
-        state: OrderState::Reserved,
-        confirmed_at_ms: None,
-        ..o.clone()
+/// A snapshot as written: the snapshot fields of [`State`], the orders in the API's
+/// form (as they were before the engine held them compactly, so older snapshots load).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StateOut<'a> {
+    config: &'a Option<SaleConfig>,
+    role: Role,
+    epoch: u64,
+    primary_url: &'a Option<String>,
+    items: &'a [ItemState],
+    orders: OrdersOut<'a>,
+    applied_seq: u64,
+    epochs: &'a [EpochStart],
+}
+
+/// A snapshot as read (see [`StateOut`]).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateIn {
+    config: Option<SaleConfig>,
+    role: Role,
+    epoch: u64,
+    primary_url: Option<String>,
+    items: Vec<ItemState>,
+    orders: std::collections::BTreeMap<u64, Order>,
+    applied_seq: u64,
+    #[serde(default)]
+    epochs: Vec<EpochStart>,
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, z: S) -> Result<S::Ok, S::Error> {
+        let skus: Vec<&str> = self.items.iter().map(|i| i.sku.as_str()).collect();
+        StateOut {
+            config: &self.config,
+            role: self.role,
+            epoch: self.epoch,
+            primary_url: &self.primary_url,
+            items: &self.items,
+            orders: OrdersOut {
+                orders: &self.orders,
+                skus: &skus,
+            },
+            applied_seq: self.applied_seq,
+            epochs: &self.epochs,
+        }
+        .serialize(z)
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = StateIn::deserialize(d)?;
+        let index: FastMap<&str, u32> = (w.items.iter().enumerate())
+            .map(|(n, i)| (i.sku.as_str(), n as u32))
+            .collect();
+        let mut orders = OrderTable::default();
+        for (id, o) in w.orders {
+            let Some(&item) = index.get(o.sku.as_str()) else {
+                return Err(serde::de::Error::custom(format!(
+                    "order {id}: unknown sku `{}`",
+                    o.sku
+                )));
+            };
+            if id == 0 || id > w.applied_seq {
+                return Err(serde::de::Error::custom(format!(
+                    "order {id} outside records 1 to {}",
+                    w.applied_seq
+                )));
+            }
+            if id != o.id {
+                return Err(serde::de::Error::custom(format!(
+                    "order {} filed under id {id}",
+                    o.id
+                )));
+            }
+            orders.insert(StoredOrder::from_order(&o, item).map_err(serde::de::Error::custom)?);
+        }
+        Ok(State {
+            config: w.config,
+            role: w.role,
+            epoch: w.epoch,
+            primary_url: w.primary_url,
+            items: w.items,
+            orders,
+            applied_seq: w.applied_seq,
+            epochs: w.epochs,
+            ..State::default()
+        })
     }
 }
 
@@ -183,18 +262,11 @@ impl State {
             .collect();
         self.idempotency.clear();
         self.expiry.clear();
-        let hasher = &self.hasher;
         let orders = &self.orders;
-        self.idempotency.reserve(orders.len(), |id| {
-            hasher.hash_one(&orders[id].idempotency_key)
-        });
-        for o in self.orders.values() {
-            let h = self.hasher.hash_one(&o.idempotency_key);
-            let orders = &self.orders;
-            self.idempotency
-                .insert_unique(h, o.id, |id| hasher.hash_one(&orders[id].idempotency_key));
+        for o in orders.values() {
+            self.idempotency.insert(o.id, orders);
             if o.state == OrderState::Reserved {
-                self.expiry.insert((o.expires_at_ms, o.id));
+                self.expiry.push(o.expires_at_ms(), o.id);
             }
         }
         self.rebuild_per_customer();
@@ -209,41 +281,40 @@ impl State {
             .iter()
             .map(|i| i.per_customer_limit > 0)
             .collect();
-        let mut ids: Vec<u64> = self.orders.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let o = &self.orders[&id];
-            let live = matches!(o.state, OrderState::Reserved | OrderState::Confirmed);
-            if let (true, Some(&idx)) = (live, self.sku_index.get(&o.sku))
-                && limited[idx]
-            {
-                self.add_units(id, idx, o.quantity as u64);
-            }
+        let live: Vec<(u64, usize, u64)> = (self.orders.values())
+            .filter(|o| matches!(o.state, OrderState::Reserved | OrderState::Confirmed))
+            .filter(|o| limited.get(o.item as usize) == Some(&true))
+            .map(|o| (o.id, o.item as usize, o.quantity as u64))
+            .collect();
+        for (id, idx, q) in live {
+            self.add_units(id, idx, q);
         }
     }
 
     /// The order holding idempotency key `key`.
-    fn order_with_key(&self, key: &str) -> Option<&Arc<Order>> {
-        let h = self.hasher.hash_one(key);
-        let id = self
-            .idempotency
-            .find(h, |id| self.orders[id].idempotency_key == key)?;
-        self.orders.get(id)
+    fn order_with_key(&self, key: &str) -> Option<&StoredOrder> {
+        self.idempotency.find(key_hash(key), key, &self.orders)
+    }
+
+    /// Order `o` as the API shows it.
+    pub fn api_order(&self, o: &StoredOrder) -> Order {
+        o.to_order(&self.items[o.item as usize].sku)
     }
 
     /// Adds units of item `idx` to the customer of order `order` (which exists).
     fn add_units(&mut self, order: u64, idx: usize, q: u64) {
         let orders = &self.orders;
-        let customer = &orders[&order].customer;
+        let customer = self::order(orders, order).customer();
         let hasher = &self.hasher;
         let h = hasher.hash_one(customer);
         let entry = self.per_customer.entry(
             h,
-            |e| orders[&e.order].customer == *customer,
-            |e| hasher.hash_one(&orders[&e.order].customer),
+            |e| e.hash == h && self::order(orders, e.order).customer() == customer,
+            |e| e.hash,
         );
         let list = &mut entry
             .or_insert(CustomerUnits {
+                hash: h,
                 order,
                 units: Vec::new(),
             })
@@ -258,12 +329,11 @@ impl State {
     /// Takes units of item `idx` from the customer of order `order`.
     fn sub_units(&mut self, order: u64, idx: usize, q: u64) {
         let orders = &self.orders;
-        let customer = &orders[&order].customer;
+        let customer = self::order(orders, order).customer();
         let h = self.hasher.hash_one(customer);
-        if let Some(e) = self
-            .per_customer
-            .find_mut(h, |e| orders[&e.order].customer == *customer)
-            && let Some((_, u)) = e.units.iter_mut().find(|(i, _)| *i == idx)
+        if let Some(e) = self.per_customer.find_mut(h, |e| {
+            e.hash == h && self::order(orders, e.order).customer() == customer
+        }) && let Some((_, u)) = e.units.iter_mut().find(|(i, _)| *i == idx)
         {
             *u = u.saturating_sub(q);
         }
@@ -282,24 +352,70 @@ impl State {
     pub fn customer_units(&self, customer: &str, idx: usize) -> u64 {
         let h = self.hasher.hash_one(customer);
         self.per_customer
-            .find(h, |e| self.orders[&e.order].customer == customer)
+            .find(h, |e| {
+                e.hash == h && order(&self.orders, e.order).customer() == customer
+            })
             .and_then(|e| e.units.iter().find(|(i, _)| *i == idx))
             .map_or(0, |(_, u)| *u)
     }
 
-    /// Up to `max` reserved orders whose hold has run out at `now`, oldest first.
-    pub fn due_expiries(&self, now: UnixMs, max: usize) -> Vec<u64> {
-        self.expiry
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .take(max)
-            .map(|(_, id)| *id)
-            .collect()
+    /// Up to `max` reserved orders whose hold has run out at `now`, oldest first, as
+    /// (expires at, id); taken out of the expiry index, so the caller logs their expiry
+    /// or gives them back ([`State::expire_later`]). Entries of orders ended since are
+    /// dropped on the way, at most `4 × max` entries a call (a newly promoted primary
+    /// may find a long run of them: the rest go on the next calls).
+    pub fn take_due_expiries(&mut self, now: UnixMs, max: usize) -> Vec<(UnixMs, u64)> {
+        let mut due = Vec::new();
+        let mut budget = max.saturating_mul(4);
+        while due.len() < max
+            && budget > 0
+            && let Some((at, id)) = self.expiry.peek(&self.orders)
+            && at <= now
+        {
+            budget -= 1;
+            self.expiry.pop(&self.orders);
+            // Confirmed, cancelled or expired since: its entry just goes.
+            if self
+                .orders
+                .get(id)
+                .is_some_and(|o| o.state == OrderState::Reserved && o.expires_at_ms() == at)
+            {
+                due.push((at, id));
+            }
+        }
+        due
     }
 
-    /// The earliest expiry still pending.
+    /// Drops up to `max` due expiry entries of orders that have ended (a secondary,
+    /// which logs no expiries, so the entries of orders confirmed or cancelled do not
+    /// pile up), stopping at one still reserved (its expiry record comes from the
+    /// primary).
+    pub fn drop_ended_expiries(&mut self, now: UnixMs, max: usize) {
+        for _ in 0..max {
+            match self.expiry.peek(&self.orders) {
+                Some((at, id))
+                    if at <= now
+                        && self
+                            .orders
+                            .get(id)
+                            .is_none_or(|o| o.state != OrderState::Reserved) =>
+                {
+                    self.expiry.pop(&self.orders);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Puts back an expiry [`State::take_due_expiries`] took and could not log.
+    pub fn expire_later(&mut self, at: UnixMs, id: u64) {
+        self.expiry.push(at, id);
+    }
+
+    /// The earliest expiry pending (or an entry of an order since ended, which the
+    /// next [`State::take_due_expiries`] drops).
     pub fn next_expiry(&self) -> Option<UnixMs> {
-        self.expiry.first().map(|(at, _)| *at)
+        self.expiry.peek(&self.orders).map(|(at, _)| at)
     }
 
     /// Items oversold (must stay 0; fed to the `oversold` gauge).
@@ -315,12 +431,12 @@ impl State {
             Command::Confirm(id) => {
                 let o = self.live_order(*id)?;
                 if o.state == OrderState::Confirmed {
-                    return Ok(Decision::Replay(Arc::clone(o)));
+                    return Ok(Decision::Replay(self.api_order(o)));
                 }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "confirm"));
                 }
-                if now >= o.expires_at_ms {
+                if now >= o.expires_at_ms() {
                     // The expiry record follows on the next tick; the hold is gone either way.
                     return Err(order_state(o, OrderState::Expired, "confirm"));
                 }
@@ -329,7 +445,7 @@ impl State {
             Command::Cancel(id) => {
                 let o = self.live_order(*id)?;
                 if o.state == OrderState::Cancelled {
-                    return Ok(Decision::Replay(Arc::clone(o)));
+                    return Ok(Decision::Replay(self.api_order(o)));
                 }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "cancel"));
@@ -370,11 +486,11 @@ impl State {
         }
     }
 
-    fn live_order(&self, id: u64) -> Result<&Arc<Order>, SellError> {
+    fn live_order(&self, id: u64) -> Result<&StoredOrder, SellError> {
         if self.role != Role::Primary {
             return Err(not_primary(self));
         }
-        self.orders.get(&id).ok_or(SellError::UnknownOrder(id))
+        self.orders.get(id).ok_or(SellError::UnknownOrder(id))
     }
 
     fn decide_purchase(&self, req: &PurchaseRequest, now: UnixMs) -> Result<Decision, SellError> {
@@ -388,8 +504,9 @@ impl State {
         };
         req.check()?;
         if let Some(o) = self.order_with_key(&req.idempotency_key) {
-            if o.sku == req.sku && o.quantity == req.quantity && o.customer == req.customer {
-                return Ok(Decision::Replay(Arc::new(first_answer(o))));
+            let sku = &self.items[o.item as usize].sku;
+            if *sku == req.sku && o.quantity == req.quantity && o.customer() == req.customer {
+                return Ok(Decision::Replay(o.first_answer(sku)));
             }
             return Err(SellError::IdempotencyConflict(req.idempotency_key.clone()));
         }
@@ -480,7 +597,7 @@ impl State {
         Ok(())
     }
 
-    /// Makes a record's change (its strings move into the order). Fails only if the
+    /// Makes a record's change (a purchase becomes a [`StoredOrder`]). Fails only if the
     /// log contradicts itself.
     pub fn apply(&mut self, rec: Record) -> Result<(), ApplyError> {
         let fail = |reason: String| ApplyError {
@@ -509,32 +626,25 @@ impl State {
                     .sku_index
                     .get(&sku)
                     .ok_or_else(|| fail(format!("unknown sku `{sku}`")))?;
+                let order = StoredOrder::reserved(
+                    rec.seq,
+                    idx as u32,
+                    quantity,
+                    &customer,
+                    &idempotency_key,
+                    rec.at_ms,
+                    expires_at_ms,
+                )
+                .map_err(fail)?;
                 let item = &mut self.items[idx];
                 item.held += quantity as u64;
                 let limited = item.per_customer_limit > 0;
-                let key_hash = self.hasher.hash_one(&idempotency_key);
-                self.orders.insert(
-                    rec.seq,
-                    Arc::new(Order {
-                        id: rec.seq,
-                        sku,
-                        quantity,
-                        customer,
-                        idempotency_key,
-                        state: OrderState::Reserved,
-                        created_at_ms: rec.at_ms,
-                        expires_at_ms,
-                        confirmed_at_ms: None,
-                    }),
-                );
-                let (orders, hasher) = (&self.orders, &self.hasher);
-                self.idempotency.insert_unique(key_hash, rec.seq, |id| {
-                    hasher.hash_one(&orders[id].idempotency_key)
-                });
+                self.orders.insert(order);
+                self.idempotency.insert(rec.seq, &self.orders);
                 if limited {
                     self.add_units(rec.seq, idx, quantity as u64);
                 }
-                self.expiry.insert((expires_at_ms, rec.seq));
+                self.expiry.push(expires_at_ms, rec.seq);
                 self.touched_items.push(idx);
                 self.touched_orders.push(rec.seq);
             }
@@ -607,33 +717,28 @@ impl State {
     fn end_hold(&mut self, id: u64, to: OrderState, at_ms: UnixMs) -> Result<(), String> {
         let o = self
             .orders
-            .get_mut(&id)
+            .get_mut(id)
             .ok_or_else(|| format!("unknown order {id}"))?;
         if o.state != OrderState::Reserved {
             return Err(format!("order {id} is {}", state_name(o.state)));
         }
-        // A copy when the read view or a snapshot still holds the order as it was.
-        let o = Arc::make_mut(o);
-        let idx = *self
-            .sku_index
-            .get(&o.sku)
-            .ok_or_else(|| format!("order {id}: unknown sku `{}`", o.sku))?;
+        let idx = o.item as usize;
         let q = o.quantity as u64;
-        let item = &mut self.items[idx];
+        let item = (self.items.get_mut(idx)).ok_or_else(|| format!("order {id}: no item {idx}"))?;
         item.held = item
             .held
             .checked_sub(q)
             .ok_or_else(|| format!("order {id}: held below zero"))?;
+        let confirmed_at = (to == OrderState::Confirmed).then_some(at_ms);
         if to == OrderState::Confirmed {
             item.sold += q;
-            o.confirmed_at_ms = Some(at_ms);
         }
-        o.state = to;
-        let expires_at_ms = o.expires_at_ms;
+        // A new order: the read view or a snapshot may still hold this one as it was.
+        // Its expiry entry goes when it is taken (`take_due_expiries`).
+        *o = o.with(to, confirmed_at);
         if to != OrderState::Confirmed && item.per_customer_limit > 0 {
             self.sub_units(id, idx, q);
         }
-        self.expiry.remove(&(expires_at_ms, id));
         self.touched_items.push(idx);
         self.touched_orders.push(id);
         Ok(())
@@ -676,7 +781,14 @@ impl State {
     }
 }
 
-fn order_state(o: &Order, state: OrderState, action: &str) -> SellError {
+/// Order `id`, which the caller knows is there (an index names only orders held).
+fn order(orders: &OrderTable, id: u64) -> &StoredOrder {
+    orders
+        .get(id)
+        .expect("an index names an order the table holds")
+}
+
+fn order_state(o: &StoredOrder, state: OrderState, action: &str) -> SellError {
     SellError::OrderState {
         id: o.id,
         state: state_name(state),

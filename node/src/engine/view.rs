@@ -2,12 +2,10 @@
 //! after the batch is durable, so a read never shows a change a crash could undo.
 //! Readers take a short read lock; the writer holds the lock only to copy in changes.
 
-use std::sync::Arc;
-
 use flashsale_core::admin::Role;
 use flashsale_core::{ItemView, Order, SaleConfig};
 
-use super::state::{FastMap, Orders, State};
+use super::state::{FastMap, KeyIndex, Orders, State, StoredOrder};
 
 /// The engine's account of itself.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,30 +37,17 @@ pub(crate) struct ReadView {
     index: FastMap<String, usize>,
     /// The orders as of the last durable batch, shared with the state (`State::orders`).
     orders: Orders,
-    /// Hash of an idempotency key → the order that holds it ([`KEY_AMBIGUOUS`] when two
-    /// keys share a hash: then nobody may be told "sold out" from here).
-    keys: FastMap<u64, u64>,
+    /// The order holding each idempotency key, by the key's [`key_hash`].
+    keys: KeyIndex,
     pub status: EngineStatus,
 }
-
-/// What the read view holds for an idempotency key ([`ReadView::order_with_key`]).
-#[derive(Debug)]
-pub(crate) enum KeyOrder<'a> {
-    None,
-    Order(&'a Order),
-    /// Two keys share the hash: ask the primary.
-    Ambiguous,
-}
-
-/// Marks a key hash shared by two orders in [`ReadView`]'s key index.
-const KEY_AMBIGUOUS: u64 = u64::MAX;
 
 /// What the read view knows of an idempotency key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KeyKnown {
     /// No durable order has it.
     No,
-    /// A durable order has it (or may: a hash shared by two keys).
+    /// A durable order has it.
     Yes,
 }
 
@@ -72,7 +57,7 @@ impl ReadView {
         v.reload_items(state);
         v.orders = state.orders.clone();
         for o in v.orders.values() {
-            insert_key(&mut v.keys, key_hash(&o.idempotency_key), o.id);
+            v.keys.insert(o.id, &v.orders);
         }
         v.status.applied_seq = state.applied_seq;
         v.status.durable_seq = state.applied_seq;
@@ -116,13 +101,13 @@ impl ReadView {
                     (it.stock, it.sold, it.held, it.remaining());
             }
         }
-        for id in orders {
+        for &id in orders {
             if let Some(o) = state.orders.get(id) {
                 match self.orders.get_mut(id) {
-                    Some(cur) => *cur = Arc::clone(o),
+                    Some(cur) => *cur = o.clone(),
                     None => {
-                        insert_key(&mut self.keys, key_hash(&o.idempotency_key), o.id);
-                        self.orders.insert(*id, Arc::clone(o));
+                        self.orders.insert(o.clone());
+                        self.keys.insert(id, &self.orders);
                     }
                 }
             }
@@ -148,8 +133,24 @@ impl ReadView {
         self.index.get(sku).map(|&i| &self.items[i])
     }
 
-    pub fn order(&self, id: u64) -> Option<&Order> {
-        self.orders.get(&id).map(|o| &**o)
+    /// Order `id` as the API shows it.
+    pub fn order(&self, id: u64) -> Option<Order> {
+        self.orders.get(id).map(|o| self.api_order(o))
+    }
+
+    /// Stored order `o` as the API shows it.
+    pub fn api_order(&self, o: &StoredOrder) -> Order {
+        o.to_order(self.sku(o.item).unwrap_or_default())
+    }
+
+    /// Stored order `o` as first answered (what an idempotent retry gets).
+    pub fn first_answer(&self, o: &StoredOrder) -> Order {
+        o.first_answer(self.sku(o.item).unwrap_or_default())
+    }
+
+    /// The SKU of item `idx`.
+    pub fn sku(&self, idx: u32) -> Option<&str> {
+        self.items.get(idx as usize).map(|i| i.sku.as_str())
     }
 
     /// The ids of every confirmed order, in no order.
@@ -161,46 +162,18 @@ impl ReadView {
             .collect()
     }
 
-    /// The durable order holding idempotency key `key`, if one does.
-    pub fn order_with_key(&self, hash: u64, key: &str) -> KeyOrder<'_> {
-        match self.keys.get(&hash) {
-            None => KeyOrder::None,
-            Some(&KEY_AMBIGUOUS) => KeyOrder::Ambiguous,
-            Some(id) => match self.orders.get(id) {
-                Some(o) if o.idempotency_key == key => KeyOrder::Order(o),
-                Some(_) => KeyOrder::None,
-                None => KeyOrder::Ambiguous,
-            },
-        }
+    /// The durable order holding idempotency key `key` (hash `hash`), if one does.
+    pub fn order_with_key(&self, hash: u64, key: &str) -> Option<&StoredOrder> {
+        self.keys.find(hash, key, &self.orders)
     }
 
     /// Whether a durable order holds idempotency key `key` (hash `hash`).
     pub fn knows_key(&self, hash: u64, key: &str) -> KeyKnown {
-        match self.keys.get(&hash) {
+        match self.order_with_key(hash, key) {
+            Some(_) => KeyKnown::Yes,
             None => KeyKnown::No,
-            Some(&KEY_AMBIGUOUS) => KeyKnown::Yes,
-            Some(id) => match self.orders.get(id) {
-                Some(o) if o.idempotency_key != key => KeyKnown::No,
-                _ => KeyKnown::Yes,
-            },
         }
     }
 }
 
-/// The hash the key index and the in-flight set use (seeded once per process).
-pub(crate) fn key_hash(key: &str) -> u64 {
-    use std::hash::BuildHasher;
-    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
-    SEED.get_or_init(foldhash::fast::RandomState::default)
-        .hash_one(key)
-}
-
-fn insert_key(keys: &mut FastMap<u64, u64>, hash: u64, id: u64) {
-    keys.entry(hash)
-        .and_modify(|cur| {
-            if *cur != id {
-                *cur = KEY_AMBIGUOUS;
-            }
-        })
-        .or_insert(id);
-}
+pub(crate) use super::orders::key_hash;

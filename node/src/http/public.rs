@@ -178,7 +178,7 @@ async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiErro
     ) {
         (Front::Refuse(e), _) => Err(e.into()),
         (Front::Replay(order), _) => Ok(OrderAnswer {
-            order: order.into(),
+            order,
             replayed: true,
         }),
         (Front::Forward(primary), Some(f)) => {
