@@ -300,18 +300,25 @@ async fn forwarded_op(s: &AppState, op: ForwardOp) -> Result<OrderAnswer, ApiErr
             r
         }
         ForwardOp::Confirm { id, customer } => {
-            not_primary_first(s)?;
-            owns(s, id, customer.as_deref())?;
-            let _place = s.admission.enter_engine()?;
-            Ok(counted(s, s.engine.confirm(id).await)?)
+            forwarded_action(s, id, customer, OrderAction::Confirm).await
         }
         ForwardOp::Cancel { id, customer } => {
-            not_primary_first(s)?;
-            owns(s, id, customer.as_deref())?;
-            let _place = s.admission.enter_engine()?;
-            Ok(counted(s, s.engine.cancel(id).await)?)
+            forwarded_action(s, id, customer, OrderAction::Cancel).await
         }
     }
+}
+
+/// A forwarded confirm or cancel of `customer`'s order `id` (any order when `None`).
+async fn forwarded_action(
+    s: &AppState,
+    id: u64,
+    customer: Option<String>,
+    action: OrderAction,
+) -> Result<OrderAnswer, ApiError> {
+    not_primary_first(s)?;
+    owns(s, id, customer.as_deref())?;
+    let _place = s.admission.enter_engine()?;
+    Ok(action.run(s, id).await?)
 }
 
 /// A node that is not the primary (demoted since the secondary chose it) says so before
@@ -342,7 +349,7 @@ async fn forward_order_action(
     s: &AppState,
     headers: &HeaderMap,
     id: Result<u64, ApiError>,
-    confirm: bool,
+    action: OrderAction,
 ) -> Option<Result<Response, ApiError>> {
     let (f, primary) = s.forward_target()?;
     let answer = async {
@@ -363,10 +370,9 @@ async fn forward_order_action(
             return Err(SellError::UnknownOrder(id).into());
         }
         s.admission.check_rate()?;
-        let op = if confirm {
-            ForwardOp::Confirm { id, customer }
-        } else {
-            ForwardOp::Cancel { id, customer }
+        let op = match action {
+            OrderAction::Confirm => ForwardOp::Confirm { id, customer },
+            OrderAction::Cancel => ForwardOp::Cancel { id, customer },
         };
         Ok(answered(StatusCode::OK, f.forward(primary, op).await?))
     };
@@ -396,17 +402,7 @@ pub async fn confirm(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(id);
-    if let Some(forwarded) = forward_order_action(&s, &headers, id.clone(), true).await {
-        return forwarded;
-    }
-    let id = owned_order(&s, &headers, id?)?;
-    s.admission.check_rate()?;
-    let _place = s.admission.enter_engine()?;
-    Ok(answered(
-        StatusCode::OK,
-        counted(&s, s.engine.confirm(id).await)?,
-    ))
+    order_action(&s, &headers, id, OrderAction::Confirm).await
 }
 
 /// Gives a reservation's stock back. Cancelling a cancelled order answers 200 again
@@ -425,17 +421,43 @@ pub async fn cancel(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    order_action(&s, &headers, id, OrderAction::Cancel).await
+}
+
+/// What a confirm or a cancel does to an order.
+#[derive(Clone, Copy)]
+enum OrderAction {
+    Confirm,
+    Cancel,
+}
+
+impl OrderAction {
+    /// Asks the engine, counting a `fenced` answer.
+    async fn run(self, s: &AppState, id: u64) -> Result<OrderAnswer, SellError> {
+        let r = match self {
+            OrderAction::Confirm => s.engine.confirm(id).await,
+            OrderAction::Cancel => s.engine.cancel(id).await,
+        };
+        counted(s, r)
+    }
+}
+
+/// `POST /v1/orders/{id}/confirm` or `/cancel`: forwarded on a secondary that forwards,
+/// else the caller's own order (see [`owned_order`]) into the engine.
+async fn order_action(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    action: OrderAction,
+) -> Result<Response, ApiError> {
     let id = order_id(id);
-    if let Some(forwarded) = forward_order_action(&s, &headers, id.clone(), false).await {
+    if let Some(forwarded) = forward_order_action(s, headers, id.clone(), action).await {
         return forwarded;
     }
-    let id = owned_order(&s, &headers, id?)?;
+    let id = owned_order(s, headers, id?)?;
     s.admission.check_rate()?;
     let _place = s.admission.enter_engine()?;
-    Ok(answered(
-        StatusCode::OK,
-        counted(&s, s.engine.cancel(id).await)?,
-    ))
+    Ok(answered(StatusCode::OK, action.run(s, id).await?))
 }
 
 /// Counts a confirm or cancel answered `fenced` (purchases count by code).
