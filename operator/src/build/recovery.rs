@@ -9,12 +9,13 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Container, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::statefulset::{ADMIN_MOUNT, DATA_MOUNT};
+use super::statefulset::{
+    ADMIN_MOUNT, DATA_MOUNT, admin_volume, restricted_container, restricted_pod,
+};
 use super::{BuildConfig, Owner};
 use crate::crd::FlashSale;
 use crate::labels;
@@ -102,28 +103,10 @@ pub fn build_recovery_job(
                                 ..VolumeMount::default()
                             },
                         ]),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".to_string()]),
-                                ..Capabilities::default()
-                            }),
-                            ..SecurityContext::default()
-                        }),
+                        security_context: Some(restricted_container()),
                         ..Container::default()
                     }],
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_string(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     volumes: Some(vec![
                         Volume {
                             name: "wal".to_string(),
@@ -133,15 +116,7 @@ pub fn build_recovery_job(
                             }),
                             ..Volume::default()
                         },
-                        Volume {
-                            name: "admin".to_string(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(labels::admin_secret_name(&owner.name)),
-                                default_mode: Some(0o440),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
+                        admin_volume(&owner.name),
                     ]),
                     ..PodSpec::default()
                 }),

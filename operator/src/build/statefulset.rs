@@ -30,6 +30,48 @@ const ADMIN_VOLUME: &str = "admin";
 /// Unprivileged user of the distroless image (`nonroot`).
 const RUN_AS_USER: i64 = 65532;
 
+/// The container hardening of every pod the operator makes (Pod Security Standards
+/// "restricted"): no privilege escalation, a read-only root, no capabilities.
+pub(super) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod side of it: the image's unprivileged user, the runtime's seccomp profile.
+pub(super) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The sale's admin Secret as the `admin` volume (the token, readable by the group).
+pub(super) fn admin_volume(sale: &str) -> Volume {
+    Volume {
+        name: ADMIN_VOLUME.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(labels::admin_secret_name(sale)),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// The node's command line, fixed by the node's CLI contract.
 pub fn node_args() -> Vec<String> {
     std::iter::once("serve")
@@ -150,15 +192,7 @@ fn container(owner: &Owner, sale: &FlashSale, config: &BuildConfig) -> Container
                 ..VolumeMount::default()
             },
         ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         ..Container::default()
     }
 }
@@ -255,26 +289,8 @@ pub fn build_statefulset(
                     // SIGTERM drains in-flight purchases and syncs the WAL before exit.
                     termination_grace_period_seconds: Some(30),
                     automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        run_as_group: Some(RUN_AS_USER),
-                        fs_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_string(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    volumes: Some(vec![Volume {
-                        name: ADMIN_VOLUME.to_string(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(labels::admin_secret_name(&owner.name)),
-                            default_mode: Some(0o440),
-                            ..SecretVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    security_context: Some(restricted_pod()),
+                    volumes: Some(vec![admin_volume(&owner.name)]),
                     ..PodSpec::default()
                 }),
             },
