@@ -286,14 +286,7 @@ async fn verify(node: &Node, ledger: &Mutex<Ledger>) {
             "{sku}: {item}"
         );
     }
-    let metrics = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&c, node.url("/metrics")).await;
     assert!(metrics.contains("flashsale_oversold 0\n"), "{metrics}");
 }
 

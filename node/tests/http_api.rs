@@ -570,14 +570,7 @@ async fn unknown_things_limits_and_sizes() {
         "method_not_allowed",
     );
 
-    let metrics = client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&client(), node.url("/metrics")).await;
     assert!(metrics.contains("flashsale_oversold 0"), "{metrics}");
     assert!(
         metrics.contains("flashsale_purchases_total{code=\"sold_out\"}"),
@@ -1027,26 +1020,12 @@ async fn loose_ends_of_the_api_answer_a_clear_json_error_and_change_nothing() {
     assert_error(&wal, 409, "is_primary");
 
     // Invented methods do not grow /metrics: they are counted as `other`.
-    let before = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = common::metrics_text(&c, node.url("/metrics")).await;
     for i in 0..300 {
         let m = Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
         let _ = c.request(m, node.url("/v1/items")).send().await.unwrap();
     }
-    let after = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = common::metrics_text(&c, node.url("/metrics")).await;
     assert!(!after.contains("M17X"), "a client's method became a label");
     assert!(after.contains(r#"method="other""#));
     assert!(
@@ -1106,14 +1085,7 @@ async fn load_counters_say_what_the_node_answered_and_refused() {
     assert!(load["processCpuSeconds"].as_f64().unwrap() > 0.0, "{load}");
     assert!(load["requestsPerS"].as_f64().is_some(), "{load}");
 
-    let text = client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&client(), node.url("/metrics")).await;
     let value = |line_start: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(line_start))

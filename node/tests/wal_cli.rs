@@ -166,17 +166,8 @@ fn ship(dir: &std::path::Path, to: &str, extra: &[&str]) -> (i32, serde_json::Va
 }
 
 async fn metric(node: &common::Node, name: &str) -> f64 {
-    let text = reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    let text = common::metrics_text(&common::client(), node.url("/metrics")).await;
+    common::metric_in(&text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,6 +185,20 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A node's `/metrics` text (`url` is the node's `/metrics`).
+pub async fn metrics_text(http: &reqwest::Client, url: String) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// A counter or gauge in `/metrics` text (`name` may carry its labels:
+/// `flashsale_purchases_total{code="ok"}`); `None` when there is no such series.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A purchase body.
 pub fn purchase(sku: &str, quantity: u32, customer: &str, key: &str) -> serde_json::Value {
     serde_json::json!({"sku": sku, "quantity": quantity, "customer": customer, "idempotencyKey": key})

@@ -36,18 +36,10 @@ pub fn client() -> reqwest::Client {
 /// A counter or gauge from the node's `/metrics` text (`name` may carry its labels:
 /// `flashsale_purchases_total{code="ok"}`); `None` when the node has no such series.
 pub async fn metric_opt(http: &reqwest::Client, node: &Node, name: &str) -> Option<f64> {
-    let text = http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    common::metric_in(
+        &common::metrics_text(http, node.url("/metrics")).await,
+        name,
+    )
 }
 
 /// [`metric_opt`] for a series the node must have.
