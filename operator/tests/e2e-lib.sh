@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What the operator's end-to-end scripts (e2e.sh, e2e-replication.sh) share: paths and
-# caches, logging, bounded waits, and the local cluster brought up (or reused) with the
-# images current. Sourced, not run; the caller sets E2E_TAG (its log prefix) first.
+# What the operator's end-to-end scripts share: paths and caches, logging, bounded
+# waits, the local cluster brought up (or reused) with the images current, and the
+# operator installed. Sourced, not run; the caller sets E2E_TAG (its log prefix) first.
 # shellcheck disable=SC2034 # CLUSTER, started_cluster, had_release… are read by the callers
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -44,6 +44,25 @@ e2e_cluster_up() {
     echo "warning: stock-node did not build; using the last built binary" >&2
   had_release=false
   if helm status "$RELEASE" -n "$OP_NS" >/dev/null 2>&1; then had_release=true; fi
+}
+
+# e2e_install_operator [HELM_ARGS...]: the operator's chart from this checkout installed
+# (or upgraded) with HELM_ARGS, the cluster's CRD current, a release that was already
+# there restarted onto the binary just built, and the sale namespace $NS made afresh.
+e2e_install_operator() {
+  kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" "$@" --wait --timeout 180s >/dev/null
+  # crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout.
+  kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
+  wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
+  # The local cluster runs the image as the workspace's binary: an operator already
+  # running may be an older build (on a real cluster a new tag does this).
+  if $had_release; then
+    kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null
+  fi
+  wait_for 120 "operator ready" kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=5s
+  kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
+  kubectl create namespace "$NS" >/dev/null
 }
 
 # e2e_python_venv: a Python with matplotlib (the chaos suite draws its timelines), in a

@@ -42,18 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "helm install the operator (the binary just built)"
-kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --wait --timeout 180s >/dev/null
-kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
-wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
-# An operator already running may be an older build: restart it onto the binary above.
-if $had_release; then
-  kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null
-fi
-wait_for 120 "operator ready" kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=5s
-
-kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
-kubectl create namespace "$NS" >/dev/null
+e2e_install_operator
 
 log "a sale of 3 nodes"
 kubectl apply -n "$NS" -f - >/dev/null <<EOF

@@ -37,20 +37,8 @@ cleanup() {
 trap cleanup EXIT
 
 log "helm install the operator"
-kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # Two replicas: one leads through the Lease, the other waits (checked below).
-helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --set replicaCount=2 \
-  --wait --timeout 180s >/dev/null
-# crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout.
-kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
-# The local cluster runs the image as the workspace's binary: restart the operator so a
-# reused cluster runs the binary just built (on a real cluster a new tag does this).
-kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null
-wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
-wait_for 120 "operator pod ready" kubectl rollout status deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" --timeout=5s
-
-kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
-kubectl create namespace "$NS" >/dev/null
+e2e_install_operator --set replicaCount=2
 
 log "bad manifests are refused, naming the field"
 refused=0
