@@ -31,20 +31,11 @@ BENCH=bench-forward
 . scripts/lib/bench.sh
 bench_setup redis-server redis-cli
 
-admin() { # method port path [json]
-  curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    ${4:+--data "$4"} "http://127.0.0.1:$2$3"
-}
-
 start_node() { # name extra-args…: sets PORT and PID
   local name=$1
   shift
-  PORT=$(free_port)
-  taskset -c "$SERVER_CPU" "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name-data" \
-    --admin-token "$TOKEN" --node-name "$name" \
-    --redis-url "redis://127.0.0.1:$RPORT/" "$@" 2>"$WORK/$name.log" &
-  PID=$!
-  PIDS+=("$PID")
+  bench_node "$SERVER_CPU" "$name" --admin-token "$TOKEN" --node-name "$name" \
+    --redis-url "redis://127.0.0.1:$RPORT/" "$@"
 }
 
 # run_doors name pause url…: wrk on each url at once ($CONNS split evenly), the sum of

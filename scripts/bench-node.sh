@@ -36,11 +36,7 @@ stop_server() { # pid: SIGTERM, wait for the drain and the final sync
 start_node() { # name extra-args…: a node on a fresh data dir; sets PORT and PID
   local name=$1
   shift
-  PORT=$(free_port)
-  taskset -c "$SERVER_CPU" "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name-data" \
-    --config "$WORK/sale.json" "$@" 2>"$WORK/$name.log" &
-  PID=$!
-  PIDS+=("$PID")
+  bench_node "$SERVER_CPU" "$name" --config "$WORK/sale.json" "$@"
   wait_http "http://127.0.0.1:$PORT/readyz"
 }
 

@@ -26,19 +26,10 @@ BENCH=bench-replication
 . scripts/lib/bench.sh
 bench_setup redis-server redis-cli
 
-admin() { # method port path [json]
-  curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-    ${4:+--data "$4"} "http://127.0.0.1:$2$3"
-}
-
 start_node() { # name extra-args…: sets PORT and PID (CPU: $NODE_CPU, default SERVER_CPU)
   local name=$1
   shift
-  PORT=$(free_port)
-  taskset -c "${NODE_CPU:-$SERVER_CPU}" "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name-data" \
-    --admin-token "$TOKEN" --node-name "$name" "$@" 2>"$WORK/$name.log" &
-  PID=$!
-  PIDS+=("$PID")
+  bench_node "${NODE_CPU:-$SERVER_CPU}" "$name" --admin-token "$TOKEN" --node-name "$name" "$@"
 }
 
 # Lag quantiles (ms) from a node's flashsale_replication_lag_ms histogram, interpolated

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What the HTTP benchmarks (bench-node.sh, bench-replication.sh) share: set-up of the
-# tools and the release build, a work dir cleaned on exit, and wrk runs parsed into one
-# results line each. Sourced, not run; the caller sets BENCH (its name for messages),
+# What the HTTP benchmarks (bench-node.sh, bench-replication.sh, bench-forward.sh) share:
+# set-up of the tools and the release build, a work dir cleaned on exit, nodes started
+# and asked, and wrk runs parsed into one results line each. Sourced, not run; the caller sets BENCH (its name for messages),
 # CONNS, DURATION_S and LOAD_CPU first.
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${FLASHSALE_CACHE:-$HOME/.cache/flashsale}/target}"
@@ -42,6 +42,23 @@ wait_http() { # url [any]: until it answers 2xx (or anything at all with "any"),
   done
   echo "$BENCH: $1 did not come up" >&2
   return 1
+}
+
+# bench_node CPU NAME ARGS…: `stock-node serve ARGS` on a free port and a fresh data dir
+# ($WORK/NAME-data), pinned to CPU, its log in $WORK/NAME.log; sets PORT and PID.
+bench_node() {
+  local cpu=$1 name=$2
+  shift 2
+  PORT=$(free_port)
+  taskset -c "$cpu" "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name-data" \
+    "$@" 2>"$WORK/$name.log" &
+  PID=$!
+  PIDS+=("$PID")
+}
+
+admin() { # method port path [json]: a node's admin API (nodes started with --admin-token "$TOKEN")
+  curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    ${4:+--data "$4"} "http://127.0.0.1:$2$3"
 }
 
 # The load (purchases with distinct idempotency keys and customers; the script's
