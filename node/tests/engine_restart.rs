@@ -1,7 +1,8 @@
 //! Restarts on real files: many buyers at once with fsync, the engine dropped without
 //! a shutdown, reopened: every acknowledged order is there, in the state it was
 //! acknowledged in, and nothing is oversold. Then a torn write at the end of the
-//! segment is cut on open and selling continues.
+//! segment is cut on open and selling continues, and a snapshot a crash left
+//! half-written is removed.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -197,5 +198,37 @@ async fn a_torn_tail_is_cut_and_selling_continues() {
     assert_eq!(e.order(o1.id), Some(o1.clone()));
     let o2 = e.purchase(buy("k2")).await.unwrap();
     assert_eq!(o2.id, o1.id + 1);
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_written_snapshot_is_removed_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(tmp.path());
+    e.configure(sale()).await.unwrap();
+    let o = e
+        .purchase(PurchaseRequest {
+            sku: "a".into(),
+            quantity: 1,
+            customer: "ann".into(),
+            idempotency_key: "k1".into(),
+        })
+        .await
+        .unwrap();
+    drop(e);
+    // What a crash in the middle of streaming a snapshot leaves: its file under the
+    // temporary name, never renamed into place (as large as the state it held).
+    let unfinished = tmp.path().join(format!(
+        "{}{}",
+        stock_node::engine::snapshot::snapshot_name(2),
+        stock_node::wal::store::UNFINISHED_SUFFIX
+    ));
+    std::fs::write(&unfinished, vec![7u8; 1 << 20]).unwrap();
+    let e = open(tmp.path());
+    assert!(
+        !unfinished.exists(),
+        "the half-written snapshot is still there"
+    );
+    assert_eq!(e.order(o.id), Some(o));
     e.shutdown().await;
 }

@@ -246,6 +246,10 @@ impl Engine {
             None => Some(lock_dir(&opts.data_dir)?),
         };
         let mut report = OpenReport::default();
+        match snapshot::remove_unfinished(&*dir)? {
+            0 => {}
+            n => tracing::warn!(files = n, "removed snapshots a crash left half-written"),
+        }
         let mut state =
             snapshot::load_newest(&*dir, &mut report.skipped_snapshots)?.unwrap_or_default();
         report.snapshot_seq = (state.applied_seq > 0).then_some(state.applied_seq);

@@ -252,6 +252,10 @@ impl Sequencer {
         state.epoch = self.state.epoch.max(state.epoch);
         state.primary_url = self.state.primary_url.clone();
         let seq = state.applied_seq;
+        // A snapshot of the state being replaced, still being written, must not land
+        // after this one: it would be kept as the fallback, older than the log that
+        // follows. Give it up; a new snapshot thread starts below.
+        self.snapshotter.stop();
         // Snapshot first, then the log restarts after it: a crash in between leaves a
         // snapshot ahead of the log, which opening already handles (segments dropped).
         let done = snapshot::write(&*self.dir, &state).and_then(|_| self.writer.reset(seq + 1));
@@ -262,6 +266,7 @@ impl Sequencer {
             return;
         }
         state.take_touched();
+        self.restart_snapshotter(seq);
         self.state = state;
         self.next_seq = seq + 1;
         self.records_since_snapshot = 0;
@@ -318,13 +323,7 @@ impl Sequencer {
         state.primary_url = self.state.primary_url.clone();
         state.rebuild_indexes();
         state.take_touched();
-        self.snapshotter = super::snapshotter::Snapshotter::start(
-            self.dir.clone(),
-            None,
-            state.applied_seq,
-            self.limits.snapshot_every_records,
-            self.metrics.clone(),
-        );
+        self.restart_snapshotter(state.applied_seq);
         self.state = state;
         self.next_seq = 1;
         self.records_since_snapshot = 0;
@@ -333,6 +332,18 @@ impl Sequencer {
         *self.view.write() = view;
         tracing::warn!(kept_aside = %aside, "log moved aside: starting again from the primary's");
         self.pending.push((reply, Ok(Answer::Done), false, false));
+    }
+
+    /// A new snapshot thread for a state that starts at `applied_seq` (after an install
+    /// or a reseed, which stopped the last one).
+    fn restart_snapshotter(&mut self, applied_seq: u64) {
+        self.snapshotter = super::snapshotter::Snapshotter::start(
+            self.dir.clone(),
+            None,
+            applied_seq,
+            self.limits.snapshot_every_records,
+            self.metrics.clone(),
+        );
     }
 
     /// Like a failed write: the engine refuses every write from now on.

@@ -37,6 +37,26 @@ pub fn list(dir: &dyn WalDir) -> Result<Vec<u64>, WalDirError> {
     Ok(seqs)
 }
 
+/// Removes the snapshots a crash left half-written (never renamed into place, so never
+/// read: only their space is lost — a snapshot is as large as the state). Returns how
+/// many. Called by the engine that opens `dir`, which holds its lock.
+pub fn remove_unfinished(dir: &dyn WalDir) -> Result<usize, WalDirError> {
+    let names = dir
+        .list()
+        .map_err(|e| WalDirError::io(format!("list {}", dir.describe()), e))?;
+    let mut removed = 0;
+    for name in names.iter().filter(|n| {
+        n.strip_suffix(crate::wal::store::UNFINISHED_SUFFIX)
+            .and_then(parse_snapshot_name)
+            .is_some()
+    }) {
+        dir.remove(name)
+            .map_err(|e| WalDirError::io(format!("remove {name}"), e))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Writes the state as a snapshot and removes all but the newest [`SNAPSHOTS_KEPT`].
 /// Returns the oldest snapshot kept (the log must be retained after it).
 pub fn write(dir: &dyn WalDir, state: &State) -> Result<u64, WalDirError> {

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 
+/// The suffix of a file [`WalDir::write_atomic`] is writing (renamed into place when
+/// complete; a crash can leave one).
+pub const UNFINISHED_SUFFIX: &str = ".tmp";
+
 /// Writes a file's content and returns the header to put over its first bytes
 /// ([`WalDir::write_atomic`]).
 pub type Fill<'a> = dyn FnMut(&mut dyn Write) -> io::Result<Vec<u8>> + 'a;
@@ -121,7 +125,7 @@ impl WalDir for FsDir {
     }
 
     fn write_atomic(&self, name: &str, fill: &mut Fill<'_>) -> io::Result<()> {
-        let tmp = self.path.join(format!("{name}.tmp"));
+        let tmp = self.path.join(format!("{name}{UNFINISHED_SUFFIX}"));
         let written = (|| {
             let mut out = io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
             let header = fill(&mut out)?;
