@@ -213,6 +213,7 @@ impl Autoscalers {
             last_scale_time,
             last_scale_reason,
             mode: String::new(),
+            scale_down_held_by: None,
         };
 
         // An HPA on the sale owns the count: stand down. A list that fails while an HPA
@@ -324,6 +325,7 @@ impl Autoscalers {
         let (decision, ready) = decision;
         status.mode = decision.mode.as_str().into();
         status.desired_replicas = decision.desired as i32;
+        status.scale_down_held_by = decision.down_blocked.map(str::to_string);
         if decision.desired != current {
             let why = reason(&decision, current, &p, ready);
             match write_replicas(client, &ns, &name, decision.desired).await {

@@ -118,7 +118,7 @@ wait_for 30 "status.autoscaler" has_mode
 sleep 3
 start=$(date +%s)
 ( while true; do
-    echo "$(($(date +%s) - start)) $(replicas) $(jp "flashsale/$SALE" '{.status.primary.pod} {.status.epoch} {.status.autoscaler.mode}')"
+    echo "$(($(date +%s) - start)) $(replicas) $(jp "flashsale/$SALE" '{.status.primary.pod} {.status.epoch} {.status.autoscaler.mode} |{.status.autoscaler.scaleDownHeldBy}')"
     sleep 1
   done >"$WORK/watch" 2>/dev/null ) &
 bg_pids+=($!)
@@ -179,6 +179,11 @@ grep -E "ScaledUp|ScaledDown|ScaleLimited|AutoscalerPanic" <<<"$events" | sed 's
 awk -v p="$primary" -v e="$epoch" '$3 != "" && ($3 != p || $4 != e) { bad = bad " t=" $1 ":" $3 "@" $4 } END { if (bad) { print bad; exit 1 } }' "$WORK/watch" \
   || fail "the primary changed during scaling: $(awk '{ print $3 "@" $4 }' "$WORK/watch" | sort -u | tr '\n' ' ')"
 log "ok: the primary stayed $primary at epoch $epoch throughout"
+# Between the load's drop (t=33) and the last scale-down, status says what held the
+# scale-down back (panic, then the stabilisation window), as an HPA's condition does.
+held=$(awk -F'|' '{ split($1, f, " ") } f[1] >= 33 && f[2] > 1 && $2 != "" { print $2 }' "$WORK/watch" | sort | uniq -c | tr '\n' ';')
+[ -n "$held" ] || fail "status.autoscaler.scaleDownHeldBy never said why a scale-down waited"
+log "ok: status.autoscaler.scaleDownHeldBy while above 1 node after the drop (seconds each): $held"
 last=$(jp "flashsale/$SALE" '{.status.autoscaler.lastScaleTime} {.status.autoscaler.lastScaleReason}')
 grep -q "→ 1 nodes" <<<"$last" || fail "status.autoscaler does not show the last scale-down: $last"
 log "ok: status.autoscaler: $(jp "flashsale/$SALE" '{.status.autoscaler}')"

@@ -102,6 +102,11 @@ pub struct AutoscalerStatus {
     pub last_scale_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
+    /// Why a scale-down the load asks for is held back now (as an HPA's
+    /// `ScaleDownStabilized`): `panic`, `pre-scale`, `a new leader's first window`,
+    /// `stabilisation window` or `floor`. Absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_held_by: Option<String>,
 }
 
 /// One-word summary of a sale.
