@@ -118,7 +118,9 @@ wait_for 30 "status.autoscaler" has_mode
 sleep 3
 start=$(date +%s)
 ( while true; do
-    echo "$(($(date +%s) - start)) $(replicas) $(jp "flashsale/$SALE" '{.status.primary.pod} {.status.epoch} {.status.autoscaler.mode} |{.status.autoscaler.scaleDownHeldBy}')"
+    t=$(($(date +%s) - start)) n=$(replicas)
+    echo "$t $n $(jp "flashsale/$SALE" '{.status.primary.pod} {.status.epoch} {.status.autoscaler.mode}')"
+    echo "$t ${n:-0}|$(jp "flashsale/$SALE" '{.status.autoscaler.scaleDownHeldBy}')" >>"$WORK/held"
     sleep 1
   done >"$WORK/watch" 2>/dev/null ) &
 bg_pids+=($!)
@@ -181,7 +183,7 @@ awk -v p="$primary" -v e="$epoch" '$3 != "" && ($3 != p || $4 != e) { bad = bad 
 log "ok: the primary stayed $primary at epoch $epoch throughout"
 # Between the load's drop (t=33) and the last scale-down, status says what held the
 # scale-down back (panic, then the stabilisation window), as an HPA's condition does.
-held=$(awk -F'|' '{ split($1, f, " ") } f[1] >= 33 && f[2] > 1 && $2 != "" { print $2 }' "$WORK/watch" | sort | uniq -c | tr '\n' ';')
+held=$(awk -F'|' '{ split($1, f, " ") } f[1] + 0 >= 33 && f[2] + 0 > 1 && $2 != "" { print $2 }' "$WORK/held" | sort | uniq -c | tr '\n' ';')
 [ -n "$held" ] || fail "status.autoscaler.scaleDownHeldBy never said why a scale-down waited"
 log "ok: status.autoscaler.scaleDownHeldBy while above 1 node after the drop (seconds each): $held"
 last=$(jp "flashsale/$SALE" '{.status.autoscaler.lastScaleTime} {.status.autoscaler.lastScaleReason}')

@@ -246,9 +246,11 @@ impl Engine {
             None => Some(lock_dir(&opts.data_dir)?),
         };
         let mut report = OpenReport::default();
-        match snapshot::remove_unfinished(&*dir)? {
-            0 => {}
-            n => tracing::warn!(files = n, "removed snapshots a crash left half-written"),
+        // Only space is at stake: a file that cannot be removed is named, not fatal.
+        match snapshot::remove_unfinished(&*dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(files = n, "removed snapshots a crash left half-written"),
+            Err(e) => tracing::warn!(error = %e, "a snapshot a crash left half-written stays"),
         }
         let mut state =
             snapshot::load_newest(&*dir, &mut report.skipped_snapshots)?.unwrap_or_default();

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::statefulset::{
-    ADMIN_MOUNT, DATA_MOUNT, admin_volume, restricted_container, restricted_pod,
+    ADMIN_MOUNT, ADMIN_VOLUME, DATA_MOUNT, admin_volume, restricted_container, restricted_pod,
 };
 use super::{BuildConfig, Owner};
 use crate::crd::FlashSale;
@@ -97,7 +97,7 @@ pub fn build_recovery_job(
                                 ..VolumeMount::default()
                             },
                             VolumeMount {
-                                name: "admin".to_string(),
+                                name: ADMIN_VOLUME.to_string(),
                                 mount_path: ADMIN_MOUNT.to_string(),
                                 read_only: Some(true),
                                 ..VolumeMount::default()

@@ -26,7 +26,7 @@ pub const DATA_MOUNT: &str = "/var/lib/flashsale";
 /// Where the admin Secret is mounted; the token is the `token` file.
 pub const ADMIN_MOUNT: &str = "/etc/flashsale/admin";
 const WAL_VOLUME: &str = "wal";
-const ADMIN_VOLUME: &str = "admin";
+pub(super) const ADMIN_VOLUME: &str = "admin";
 /// Unprivileged user of the distroless image (`nonroot`).
 const RUN_AS_USER: i64 = 65532;
 
