@@ -64,7 +64,7 @@ use crate::wal::{
 };
 use sequencer::{Job, Limits, Msg, Sequencer};
 use snapshotter::Snapshotter;
-use view::{KeyKnown, ReadView, key_hash};
+use view::{ReadView, key_hash};
 
 /// How to open an engine. Every limit has a default suited to one node on a small machine.
 #[derive(Clone, Debug)]
@@ -482,7 +482,7 @@ impl EngineHandle {
         }
         let view = self.inner.view.read();
         let remaining = view.item(&req.sku)?.remaining;
-        if remaining > 0 || view.knows_key(hash, &req.idempotency_key) == KeyKnown::Yes {
+        if remaining > 0 || view.order_with_key(hash, &req.idempotency_key).is_some() {
             return None;
         }
         Some(SellError::SoldOut {

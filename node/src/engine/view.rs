@@ -42,15 +42,6 @@ pub(crate) struct ReadView {
     pub status: EngineStatus,
 }
 
-/// What the read view knows of an idempotency key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KeyKnown {
-    /// No durable order has it.
-    No,
-    /// A durable order has it.
-    Yes,
-}
-
 impl ReadView {
     pub fn from_state(state: &State) -> Self {
         let mut v = ReadView::default();
@@ -165,14 +156,6 @@ impl ReadView {
     /// The durable order holding idempotency key `key` (hash `hash`), if one does.
     pub fn order_with_key(&self, hash: u64, key: &str) -> Option<&StoredOrder> {
         self.keys.find(hash, key, &self.orders)
-    }
-
-    /// Whether a durable order holds idempotency key `key` (hash `hash`).
-    pub fn knows_key(&self, hash: u64, key: &str) -> KeyKnown {
-        match self.order_with_key(hash, key) {
-            Some(_) => KeyKnown::Yes,
-            None => KeyKnown::No,
-        }
     }
 }
 
