@@ -13,8 +13,12 @@
 # the machine and the load generator). Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
 # per purchase, the ratios node/ceiling and node/redis, the node's resident memory per
 # million orders held, and its group commits.
-# PROFILE_RUN=<run> [PROFILE_OUT=file] records the server's CPU profile during that run
-# with perf (`perf report --no-children --sort symbol`, into profile-<run>.txt).
+# The four closed-loop runs go in ROUNDS rounds (default 3); the table gives each run's
+# median and the ratios per round as well.
+# PROFILE_RUN=<run>[,<run>…] records the server's CPU profile during those runs (first
+# round) with perf: call graphs in profile-<run>.txt, a flat profile in
+# profile-<run>.flat.txt; with PROFILE_RUN=durable,ceiling the script ends with where
+# the durable node's CPU per purchase goes beyond the no-op's (scripts/lib/profile-diff.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,54 +58,88 @@ cpu_pressure() { awk '/^some/ { sub("avg60=", "", $3); print $3 "%" }' /proc/pre
 PRESSURE_BEFORE=$(cpu_pressure)
 echo "bench-node: $CONNS connections, ${DURATION_S}s per run, server on CPU $SERVER_CPU, load on CPU $LOAD_CPU" >&2
 
-# 1. The HTTP ceiling.
-start_noop
-run_wrk ceiling "http://127.0.0.1:$PORT" "$CONNS" "$PID"
-stop_server "$PID"
+run_redis() { # 4. Redis, appendfsync always, Lua check-and-decrement.
+  local rport probe probe_rps n t0 t1 line sha
+  rport=$(free_port)
+  rm -rf "$WORK/redis"
+  mkdir -p "$WORK/redis"
+  taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$rport" --dir "$WORK/redis" \
+    --appendonly yes --appendfsync always --save "" --daemonize no --loglevel warning \
+    >"$WORK/redis.log" 2>&1 &
+  RPID=$!
+  PIDS+=("$RPID")
+  for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$rport" set stock:bench 1000000000000 >/dev/null
+  LUA_DECR='local s = tonumber(redis.call("GET", KEYS[1]) or "0"); local q = tonumber(ARGV[1]); if s >= q then return redis.call("DECRBY", KEYS[1], q) else return -1 end'
+  sha=$(redis-cli -p "$rport" script load "$LUA_DECR")
+  # redis-benchmark counts requests, not time: a short run sets the count for ~DURATION_S.
+  probe=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n 20000 --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
+  probe_rps=$(echo "$probe" | awk -F'"' '{ printf "%d", $4 }')
+  n=$(( probe_rps * DURATION_S ))
+  t0=$(cpu_ticks "$RPID")
+  line=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n "$n" --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
+  # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+  t1=$(cpu_ticks "$RPID")
+  echo "$line" | awk -F'"' -v cpu="$(cpu_us_per_req $((t1 - t0)) "$n")" '{ printf "redis %d %s %s 0 %s\n", $4, $10, $14, cpu }' >>"$WORK/results"
+  echo "  redis: $(tail -1 "$WORK/results")" >&2
+  stop_server "$RPID"
+}
 
-# 2. and 3. The node, durable then without fsync.
-start_node durable
-rss_start=$(rss_kb "$PID")
-# Resident memory per million orders held (every durable purchase is an order kept),
-# whole process and marginal: a 1 s warm-up with the same connections first, so the
-# marginal figure leaves out what does not grow with the orders (the connections'
-# buffers, the allocator's first pages).
-taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$WORK/purchase.lua" "http://127.0.0.1:$PORT" -- 0 warm >/dev/null
-rss_warm=$(rss_kb "$PID")
-curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/warm.metrics"
-orders_warm=$(metric "$WORK/warm.metrics" flashsale_engine_records_total)
-run_wrk durable "http://127.0.0.1:$PORT" "$CONNS" "$PID"
-curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/durable.metrics"
-orders=$(metric "$WORK/durable.metrics" flashsale_engine_records_total)
-echo "memory $(rss_kb "$PID") $rss_start $orders $rss_warm $orders_warm" >"$WORK/memory"
-stop_server "$PID"
-start_node nosync --durability no-sync
-run_wrk nosync "http://127.0.0.1:$PORT" "$CONNS" "$PID"
-stop_server "$PID"
+# 1.–4. The closed-loop runs, in ROUNDS rounds (default 3) of the four in turn: this
+# machine's speed drifts by tens of percent within minutes, so each figure below is
+# the median of its rounds, and each ratio is also shown per round (runs minutes apart
+# share one machine state). A profiled run (PROFILE_RUN) is profiled in the first round.
+ROUNDS="${ROUNDS:-3}"
+PROFILE_ASKED="${PROFILE_RUN:-}"
+for round in $(seq "$ROUNDS"); do
+  echo "bench-node: round $round of $ROUNDS" >&2
+  [ "$round" -eq 1 ] || PROFILE_RUN=
+  # 1. The HTTP ceiling.
+  start_noop
+  run_wrk ceiling "http://127.0.0.1:$PORT" "$CONNS" "$PID"
+  stop_server "$PID"
 
-# 4. Redis, appendfsync always, Lua check-and-decrement.
-rport=$(free_port)
-mkdir -p "$WORK/redis"
-taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$rport" --dir "$WORK/redis" \
-  --appendonly yes --appendfsync always --save "" --daemonize no --loglevel warning \
-  >"$WORK/redis.log" 2>&1 &
-RPID=$!
-PIDS+=("$RPID")
-for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$rport" set stock:bench 1000000000000 >/dev/null
-LUA_DECR='local s = tonumber(redis.call("GET", KEYS[1]) or "0"); local q = tonumber(ARGV[1]); if s >= q then return redis.call("DECRBY", KEYS[1], q) else return -1 end'
-sha=$(redis-cli -p "$rport" script load "$LUA_DECR")
-# redis-benchmark counts requests, not time: a short run sets the count for ~DURATION_S.
-probe=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n 20000 --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
-probe_rps=$(echo "$probe" | awk -F'"' '{ printf "%d", $4 }')
-n=$(( probe_rps * DURATION_S ))
-t0=$(cpu_ticks "$RPID")
-line=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n "$n" --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
-# "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-t1=$(cpu_ticks "$RPID")
-echo "$line" | awk -F'"' -v cpu="$(cpu_us_per_req $((t1 - t0)) "$n")" '{ printf "redis %d %s %s 0 %s\n", $4, $10, $14, cpu }' >>"$WORK/results"
-echo "  redis: $(tail -1 "$WORK/results")" >&2
-stop_server "$RPID"
+  # 2. and 3. The node, durable then without fsync.
+  start_node durable
+  rss_start=$(rss_kb "$PID")
+  # Resident memory per million orders held (every durable purchase is an order kept),
+  # whole process and marginal: a 1 s warm-up with the same connections first, so the
+  # marginal figure leaves out what does not grow with the orders (the connections'
+  # buffers, the allocator's first pages). Measured in the first round.
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$WORK/purchase.lua" "http://127.0.0.1:$PORT" -- 0 warm >/dev/null
+  rss_warm=$(rss_kb "$PID")
+  curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/warm.metrics"
+  orders_warm=$(metric "$WORK/warm.metrics" flashsale_engine_records_total)
+  run_wrk durable "http://127.0.0.1:$PORT" "$CONNS" "$PID"
+  if [ "$round" -eq 1 ]; then
+    curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/durable.metrics"
+    orders=$(metric "$WORK/durable.metrics" flashsale_engine_records_total)
+    echo "memory $(rss_kb "$PID") $rss_start $orders $rss_warm $orders_warm" >"$WORK/memory"
+  fi
+  stop_server "$PID"
+  start_node nosync --durability no-sync
+  run_wrk nosync "http://127.0.0.1:$PORT" "$CONNS" "$PID"
+  stop_server "$PID"
+
+  run_redis
+  sed "s/^/$round /" "$WORK/results" >>"$WORK/rounds"
+  : >"$WORK/results"
+done
+PROFILE_RUN=$PROFILE_ASKED
+# Each run's median over the rounds, field by field.
+python3 - "$WORK/rounds" >"$WORK/results" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    _, name, *fields = line.split()
+    runs.setdefault(name, []).append(fields)
+def med(col):
+    vals = [float(v) for v in col if v != "-"]
+    return statistics.median(vals) if vals else None
+for name, rows in runs.items():
+    m = [med(col) for col in zip(*rows)]
+    print(name, "%d" % m[0], "%.3f" % m[1], "%.3f" % m[2], "%d" % m[3], "-" if m[4] is None else "%.1f" % m[4])
+PY
 
 # 5. Open loop: oha sends at a fixed rate whatever the node does, and with
 # --latency-correction times each request from when it was due, not from when a
@@ -133,6 +171,16 @@ echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print
 echo "closed loop: wrk, $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
 echo "open loop: oha -q <rate> --latency-correction, $CONNS connections, ${DURATION_S}s, bodies drawn at random from $OHA_LINES distinct purchases"
 echo "CPU pressure (PSI some, avg60) before: $PRESSURE_BEFORE, after: $(cpu_pressure) — near 0% is a quiet machine"
+echo "closed loop, each round:"
+printf '%-5s %-15s %12s %9s %9s %8s %16s\n' round run purchases/s p50_ms p99_ms errors server_cpu_us/req
+while read -r round name rps p50 p99 errs cpu; do
+  printf '%-5s %-15s %12s %9s %9s %8s %16s\n' "$round" "$name" "$rps" "$p50" "$p99" "$errs" "$cpu"
+done <"$WORK/rounds"
+awk '{ rps[$1, $2] = $3; n = $1 > n ? $1 : n }
+  END { for (r = 1; r <= n; r++) printf "round %d: durable / ceiling %.2f, nosync / ceiling %.2f, durable / redis %.2fx\n",
+    r, rps[r, "durable"] / rps[r, "ceiling"], rps[r, "nosync"] / rps[r, "ceiling"], rps[r, "durable"] / rps[r, "redis"] }' "$WORK/rounds"
+echo
+echo "the closed-loop runs' medians over the $ROUNDS rounds, then the open-loop runs:"
 printf '%-15s %12s %9s %9s %9s %8s %16s\n' run purchases/s p50_ms p99_ms p99.9_ms errors server_cpu_us/req
 while read -r name rps p50 p99 errs cpu p999; do
   printf '%-15s %12s %9s %9s %9s %8s %16s\n' "$name" "$rps" "$p50" "$p99" "${p999:--}" "$errs" "$cpu"
@@ -171,3 +219,13 @@ hist_q() { # file metric q
     END { for (i = 1; i <= n; i++) if (c[i] >= q * total) { print le[i]; exit } }' "$1"
 }
 echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.99) us; batch p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_records 0.5) records"
+
+# Where the durable node's CPU per purchase goes beyond the no-op's, when both were
+# profiled (PROFILE_RUN=durable,ceiling).
+profiled() { case ",${PROFILE_RUN:-}," in *",$1,"*) return 0 ;; esac; return 1; }
+if profiled durable && profiled ceiling; then
+  echo
+  echo "durable (A) against the no-op ceiling (B), from the first round's profiles:"
+  python3 scripts/lib/profile-diff.py profile-durable.flat.txt "$(awk '$1 == 1 && $2 == "durable" { print $7 }' "$WORK/rounds")" \
+    profile-ceiling.flat.txt "$(awk '$1 == 1 && $2 == "ceiling" { print $7 }' "$WORK/rounds")" 15
+fi

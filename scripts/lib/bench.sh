@@ -154,23 +154,30 @@ rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 metric() { awk -v m="$2" '$1 == m { v = $2 } END { printf "%d", v + 0 }' "$1"; }
 
 # perf_start name pid / perf_stop: the server's CPU profile during run `name` when
-# PROFILE_RUN=name (`perf report --no-children --sort symbol`, into profile-<name>.txt
-# or PROFILE_OUT).
+# PROFILE_RUN names it (a comma-separated list: PROFILE_RUN=durable,ceiling): the call
+# graphs (`perf report --no-children --sort symbol`) into profile-<name>.txt (or
+# PROFILE_OUT, for one run), and a flat profile by library and symbol into
+# profile-<name>.flat.txt (what scripts/lib/profile-diff.py compares).
 perf_start() {
   PERF=
-  if [ "${PROFILE_RUN:-}" = "$1" ] && [ -n "${2:-}" ]; then
-    perf record -q -F 499 -g -p "$2" -o "$WORK/perf.data" 2>/dev/null &
-    PERF=$!
-    PERF_NAME=$1
-  fi
+  case ",${PROFILE_RUN:-}," in
+    *",$1,"*) [ -n "${2:-}" ] || return 0 ;;
+    *) return 0 ;;
+  esac
+  perf record -q -F 499 -g -p "$2" -o "$WORK/perf-$1.data" 2>/dev/null &
+  PERF=$!
+  PERF_NAME=$1
 }
 perf_stop() {
   [ -n "${PERF:-}" ] || return 0
   kill -INT "$PERF"
   wait "$PERF" || true
-  perf report -i "$WORK/perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio 2>/dev/null \
-    | grep -v '^$' >"${PROFILE_OUT:-profile-$PERF_NAME.txt}"
-  echo "  the server's CPU profile during $PERF_NAME: ${PROFILE_OUT:-profile-$PERF_NAME.txt}" >&2
+  local out=${PROFILE_OUT:-profile-$PERF_NAME.txt}
+  perf report -i "$WORK/perf-$PERF_NAME.data" --no-children --sort symbol --percent-limit 0.5 --stdio 2>/dev/null \
+    | grep -v '^$' >"$out"
+  perf report -i "$WORK/perf-$PERF_NAME.data" --no-children --sort dso,symbol -g none --stdio 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' >"${out%.txt}.flat.txt"
+  echo "  the server's CPU profile during $PERF_NAME: $out, ${out%.txt}.flat.txt" >&2
   PERF=
 }
 
