@@ -46,6 +46,7 @@ mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use flashsale_core::admin::{Role, RoleAssignment};
 use flashsale_core::wal::encode_batch;
@@ -340,7 +341,7 @@ impl Engine {
             tx,
             lease: opts.lease.clone(),
             view,
-            inflight_keys: Mutex::new(Default::default()),
+            inflight_keys: InflightKeys::default(),
             metrics,
             batches,
             dir,
@@ -360,9 +361,8 @@ struct Inner {
     tx: mpsc::Sender<Msg>,
     lease: Arc<Lease>,
     view: Arc<RwLock<ReadView>>,
-    /// Idempotency keys (hashed) of purchases submitted and not yet answered, with a
-    /// count (two retries of one key may be in flight at once).
-    inflight_keys: Mutex<foldhash::HashMap<u64, u32>>,
+    /// Idempotency keys of purchases submitted and not yet answered.
+    inflight_keys: InflightKeys,
     metrics: EngineMetrics,
     batches: broadcast::Sender<Arc<CommittedBatch>>,
     dir: Arc<dyn WalDir>,
@@ -383,28 +383,53 @@ impl Drop for Inner {
     }
 }
 
+/// Slots of [`InflightKeys`] (4 bytes each).
+const INFLIGHT_SLOTS: usize = 1 << 14;
+
+/// The idempotency keys of purchases submitted and not yet answered, as a counting
+/// filter: a counter per slot, the slot picked by bits of the key's hash. A key reads as
+/// in flight while its slot counts above zero (two retries of one key may be in flight
+/// at once). Another key in the same slot makes a false "in flight": the sold-out fast
+/// path then leaves that purchase to the engine, which refuses it just the same — a
+/// false answer is never given, only a fast one missed, for about one purchase in
+/// `INFLIGHT_SLOTS / in flight`. No lock and no allocation per purchase; the mutex'd
+/// hash map it replaces cost ~0.5 µs per purchase (`make bench-node` profile).
+struct InflightKeys(Box<[AtomicU32]>);
+
+impl Default for InflightKeys {
+    fn default() -> Self {
+        Self((0..INFLIGHT_SLOTS).map(|_| AtomicU32::new(0)).collect())
+    }
+}
+
+impl InflightKeys {
+    /// Bits 40–53 of the hash: apart from the key indexes' shard (bits 32–37) and
+    /// tag (57–63), so keys that share a shard do not share a slot for it.
+    fn slot(&self, hash: u64) -> &AtomicU32 {
+        &self.0[(hash >> 40) as usize % INFLIGHT_SLOTS]
+    }
+
+    fn may_hold(&self, hash: u64) -> bool {
+        self.slot(hash).load(Ordering::SeqCst) > 0
+    }
+}
+
 /// A purchase's key in [`Inner::inflight_keys`] while it is submitted and unanswered.
 struct InflightKey<'a> {
-    inner: &'a Inner,
-    hash: u64,
+    slot: &'a AtomicU32,
 }
 
 impl<'a> InflightKey<'a> {
-    fn enter(inner: &'a Inner, hash: u64) -> Self {
-        *inner.inflight_keys.lock().entry(hash).or_insert(0) += 1;
-        Self { inner, hash }
+    fn enter(keys: &'a InflightKeys, hash: u64) -> Self {
+        let slot = keys.slot(hash);
+        slot.fetch_add(1, Ordering::SeqCst);
+        Self { slot }
     }
 }
 
 impl Drop for InflightKey<'_> {
     fn drop(&mut self) {
-        let mut keys = self.inner.inflight_keys.lock();
-        if let Some(n) = keys.get_mut(&self.hash) {
-            *n -= 1;
-            if *n == 0 {
-                keys.remove(&self.hash);
-            }
-        }
+        self.slot.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -462,7 +487,8 @@ impl EngineHandle {
     /// [`Self::purchase`], saying whether the answer is a replay (the HTTP layer marks
     /// it `Idempotent-Replayed: true`).
     pub async fn purchase_answer(&self, req: PurchaseRequest) -> Result<OrderAnswer, SellError> {
-        let _inflight = InflightKey::enter(&self.inner, key_hash(&req.idempotency_key));
+        let _inflight =
+            InflightKey::enter(&self.inner.inflight_keys, key_hash(&req.idempotency_key));
         self.answer_of(Command::Purchase(req)).await
     }
 
@@ -472,12 +498,13 @@ impl EngineHandle {
     /// waiting for its sync must get that order, not "sold out"). The crowd that comes
     /// after the last unit is answered here. `None`: ask the engine.
     ///
-    /// Why the in-flight check makes this safe: a purchase is in the in-flight set from
-    /// before it is queued until its answer has been received, and the sequencer updates
+    /// Why the in-flight check makes this safe: a purchase counts in the in-flight
+    /// filter from before it is queued until its answer has been received (a false
+    /// "in flight" only sends a purchase on to the engine), and the sequencer updates
     /// the read view before it answers; so a key is always in one of the two.
     pub fn sold_out_early(&self, req: &PurchaseRequest) -> Option<SellError> {
         let hash = key_hash(&req.idempotency_key);
-        if self.inner.inflight_keys.lock().contains_key(&hash) {
+        if self.inner.inflight_keys.may_hold(hash) {
             return None;
         }
         let view = self.inner.view.read();
@@ -736,5 +763,30 @@ impl EngineHandle {
         }
         // Nothing writes any more: another engine may open the directory.
         self.inner.lock.lock().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_reads_in_flight_until_its_last_purchase_is_answered() {
+        let keys = InflightKeys::default();
+        let (a, b) = (key_hash("a"), key_hash("b"));
+        // A key sharing a's slot: it reads in flight while a is (a missed fast answer,
+        // never a wrong one), and a reads so while it is.
+        let twin = a ^ 1;
+        assert!(!keys.may_hold(a) && !keys.may_hold(b));
+        let first = InflightKey::enter(&keys, a);
+        let retry = InflightKey::enter(&keys, a);
+        assert!(keys.may_hold(a) && keys.may_hold(twin) && !keys.may_hold(b));
+        drop(first);
+        assert!(keys.may_hold(a), "a retry of it is still waiting");
+        let other = InflightKey::enter(&keys, twin);
+        drop(retry);
+        assert!(keys.may_hold(a), "its slot is shared with a key in flight");
+        drop(other);
+        assert!(!keys.may_hold(a) && !keys.may_hold(twin));
     }
 }
