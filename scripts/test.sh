@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# On a fresh machine the cluster's tools (scripts/build-tools.sh: Go, ~13 min on 2 cores)
+# and the workspace (Rust) are built from nothing: the tools start here, beside fmt,
+# clippy and the build, so each fills the other's downloads and one-threaded links.
+# cluster.sh's own call waits for this one (a lock) and finds them built; with the
+# cache warm it returns at once. Stopped with this script.
+tools_log=$(mktemp)
+setsid bash scripts/build-tools.sh >"$tools_log" 2>&1 &
+tools_pid=$!
+trap 'kill -- -"$tools_pid" 2>/dev/null || true; rm -f "$tools_log"' EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The local-cluster e2e tests (testbed/pod-runner/tests/cluster, ...) share one cluster,
@@ -10,8 +19,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 export FLASHSALE_CLUSTER=test
 # The cluster's binaries are the debug build `cargo test` makes anyway (testbed/cluster.sh).
 export FLASHSALE_PROFILE=dev
-trap 'bash testbed/cluster.sh down --name test' EXIT
+trap 'kill -- -"$tools_pid" 2>/dev/null || true; rm -f "$tools_log"; bash testbed/cluster.sh down --name test' EXIT
 bash testbed/cluster.sh up --name test >/dev/null
+# (cluster.sh built whatever that build left undone; its log, when it failed:)
+wait "$tools_pid" || { echo "test: the early tools build failed:" >&2; tail -20 "$tools_log" >&2; }
 cargo test --workspace
 # The node's OpenAPI document against the node (schemathesis, 3 runs of 15 s).
 bash node/tests/openapi/run.sh 15
