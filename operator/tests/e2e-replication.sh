@@ -150,7 +150,9 @@ if [ -z "$redis_pod" ]; then
   redis_pod=$(kubectl get pods -n "$NS" -o name | grep -- "$SALE-redis" | head -1 | cut -d/ -f2)
 fi
 [ -n "$redis_pod" ] || fail "no Redis pod found"
-crowd --buyers 40000 >"$TMPDIR_REPL/crowd2.json" 2>/dev/null &
+# 20 s of buying (more buyers than it gets through): the fault lands half a second in and
+# the sale goes on around it, through the outage and the recovery.
+crowd --buyers 40000 --duration-max-s 20 >"$TMPDIR_REPL/crowd2.json" 2>/dev/null &
 crowd_pid=$!
 sleep 0.5
 kubectl delete pod -n "$NS" "$redis_pod" --wait=false >/dev/null
@@ -194,7 +196,7 @@ wait_for 60 "status in sync again (lag 0)" status_in_sync
 log "3. a secondary killed mid-sale (testbed fault kill)"
 victim=${secondaries%% *}
 restarts_before=$(jp "pod/$victim" '{.status.containerStatuses[0].restartCount}')
-crowd --buyers 40000 >"$TMPDIR_REPL/crowd3.json" 2>/dev/null &
+crowd --buyers 40000 --duration-max-s 20 >"$TMPDIR_REPL/crowd3.json" 2>/dev/null &
 crowd_pid=$!
 sleep 0.5
 bash testbed/cluster.sh fault --name "$CLUSTER" kill "$NS/$victim" >&2
@@ -233,7 +235,7 @@ more_caught_up() { [ "$(event_notes ReplicationCaughtUp | grep -c .)" -gt "$caug
 # Whether a reconcile (every 5 s) samples a secondary mid-batch is a matter of timing:
 # up to 5 crowds.
 for attempt in 1 2 3 4 5; do
-  CROWD_CONCURRENCY=32 crowd --buyers 40000 >/dev/null
+  CROWD_CONCURRENCY=32 crowd --buyers 40000 --duration-max-s 20 >/dev/null
   event_seen ReplicationLagging "limits 0 records, 0 ms" && break
   log "no ReplicationLagging Event after crowd $attempt"
 done
