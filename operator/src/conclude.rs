@@ -1,7 +1,7 @@
 //! The pure end of a reconcile pass: from what was observed, planned and done, the
 //! facts, replication's verdict, the next status (computed once) and the notes to publish.
 //! No client and no clock: the pass's `now` is given. Unit tested for the main
-//! transitions without a cluster (`tests/transitions.rs`).
+//! transitions without a cluster (`tests/it/transitions.rs`).
 
 use flashsale_core::SaleConfig;
 use flashsale_core::admin::Role;

@@ -2,7 +2,7 @@
 //! connections beyond the limit are closed to make room, and every connection with no
 //! request in progress is closed after the idle timeout.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

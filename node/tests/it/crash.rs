@@ -5,7 +5,7 @@
 //! retries get the same order, and stock adds up (sold + held = live orders ≤ stock).
 //! `CRASH_SEED=<n>` replays a run; the seed is printed on failure.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

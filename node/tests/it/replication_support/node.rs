@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-pub use super::common::{ADMIN_TOKEN, Node, sale_file};
+pub use crate::common::{ADMIN_TOKEN, Node, sale_file};
 
 pub const CHANNEL: &str = "flashsale:test-sale:wal";
 

@@ -3,8 +3,7 @@
 //! aside whole (kept on its volume) and started again from the primary's, naming the
 //! records it dropped; and a tail posted to a node must continue its log.
 
-#[path = "common/mod.rs"]
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

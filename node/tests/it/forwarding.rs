@@ -4,7 +4,7 @@
 //! stays within its bounds, and turns a lost primary into a 503 whose same-key retry is
 //! answered idempotently.
 
-mod replication_support;
+use crate::replication_support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Under continuous purchases (with confirms and cancels), every secondary converges to
 //! exactly the primary's sale: every item's counters and every order, compared whole.
 
-mod replication_support;
+use crate::replication_support;
 
 use std::time::Duration;
 

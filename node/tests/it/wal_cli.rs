@@ -145,8 +145,7 @@ async fn verify_fails_on_damage_in_the_middle_and_changes_nothing() {
     assert!(!out.status.success(), "export refuses a damaged log");
 }
 
-#[path = "common/mod.rs"]
-mod common;
+use crate::common;
 
 /// Runs `stock-node wal ship <dir> --to <node> <extra…>`: (exit code, stdout JSON).
 fn ship(dir: &std::path::Path, to: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {

@@ -3,8 +3,7 @@
 //! the full-state comparison every test ends with.
 #![allow(dead_code)] // each test file uses its own part
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 pub mod drop_proxy;
 pub mod node;
 pub mod redis;
@@ -17,7 +16,7 @@ use serde_json::Value;
 
 pub use node::{ADMIN_TOKEN, Node};
 
-/// Tests of one file run one at a time: each starts Redis and several nodes, and the
+/// The replication tests run one at a time: each starts Redis and several nodes, and the
 /// machine has two cores.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -3,7 +3,7 @@
 //! Redis's pub/sub output buffer limit (so Redis cuts it off), and a secondary
 //! `kill -9`ed and restarted. Each ends with the full-state comparison.
 
-mod replication_support;
+use crate::replication_support;
 
 use std::time::Duration;
 

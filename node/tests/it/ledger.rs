@@ -6,7 +6,7 @@
 //! quantity, customer and key — and agree with the WAL's records (`wal dump`): the
 //! purchase's epoch, the confirm's time.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! Nothing may panic, no answer may be a 5xx, and the node must still sell afterwards.
 //! `PROPTEST_CASES` raises the number of cases for a longer run.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The HTTP API as a client sees it, against the real `stock-node` binary: the happy
 //! paths, and every error status with its JSON body (`code`, `field`, `Retry-After`).
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_TOKEN, Node, client, purchase, sale_file};
 use reqwest::{Method, StatusCode};

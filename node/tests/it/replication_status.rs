@@ -3,7 +3,7 @@
 //! as it reaches Redis (not only after its first publish) and false once Redis is gone;
 //! a secondary's `lagMs` grows while it stays behind, whatever the primary's clock says.
 
-mod replication_support;
+use crate::replication_support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -4,7 +4,7 @@
 //! then the secondary promoted with a new epoch: every acknowledged purchase is there,
 //! it sells on from the next sequence, and the old epoch is fenced out.
 
-mod replication_support;
+use crate::replication_support;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! `GET /openapi.json`, which is generated from the Rust types and the handlers'
 //! annotations. A change to either that is not also made to the checked-in document
 //! fails here; regenerate it with
-//! `UPDATE_OPENAPI=1 cargo test -p stock-node --test openapi_checked_in` and review
+//! `UPDATE_OPENAPI=1 cargo test -p stock-node --test it openapi_checked_in` and review
 //! the diff (a shop's client changes with it).
 
 use std::path::Path;
@@ -27,7 +27,7 @@ fn the_checked_in_openapi_document_is_the_one_the_node_serves() {
             .unwrap_or_else(|| checked_in.lines().count().min(served.lines().count()));
         panic!(
             "node/openapi.json is not the document the node serves (first difference at line {}: checked in {:?}, served {:?}); \
-             regenerate it with `UPDATE_OPENAPI=1 cargo test -p stock-node --test openapi_checked_in` and review the diff",
+             regenerate it with `UPDATE_OPENAPI=1 cargo test -p stock-node --test it openapi_checked_in` and review the diff",
             first + 1,
             checked_in.lines().nth(first).unwrap_or("<end>"),
             served.lines().nth(first).unwrap_or("<end>"),

@@ -2,7 +2,7 @@
 //! Kill the primary right after an acknowledged purchase: the purchase is in the
 //! secondary's WAL, read offline. Without a secondary, purchases answer 503.
 
-mod replication_support;
+use crate::replication_support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
