@@ -15,6 +15,8 @@
 
 use flashsale_core::{Order, OrderState, UnixMs};
 use serde::ser::{SerializeMap, SerializeStruct};
+use std::sync::Arc;
+
 use triomphe::ThinArc;
 
 /// `confirmed_at_ms` when the order is not confirmed.
@@ -188,11 +190,17 @@ const CHUNK: usize = 4096;
 /// the life of the sale. The slots are in fixed chunks, so the table grows by one chunk
 /// at a time: no copy of the whole table as a vector's doubling would make (a pause of
 /// its own at millions of orders), and no room reserved beyond the last chunk.
+///
+/// The chunks are shared, copied on write: cloning the table (the sequencer's copy for
+/// a snapshot, `engine::snapshotter`) is a reference count per chunk, and a chunk is
+/// copied only when the state changes an order in it while a copy still holds it. A
+/// copy that took each order's reference count instead read every order, a cache miss
+/// each: a 13.5 ms pause of the sequencer at 200 000 orders, growing with the orders.
 #[derive(Clone, Debug, Default)]
 pub struct OrderTable {
     /// The id of the first slot.
     base: u64,
-    chunks: Vec<Box<[Option<StoredOrder>]>>,
+    chunks: Vec<Arc<[Option<StoredOrder>]>>,
     len: usize,
 }
 
@@ -215,9 +223,12 @@ impl OrderTable {
         self.chunks.get(c)?[i].as_ref()
     }
 
+    /// Order `id` to change in place (its chunk copied first if a copy of the table
+    /// shares it).
     pub fn get_mut(&mut self, id: u64) -> Option<&mut StoredOrder> {
+        self.get(id)?;
         let (c, i) = self.slot(id)?;
-        self.chunks.get_mut(c)?[i].as_mut()
+        Arc::make_mut(&mut self.chunks[c])[i].as_mut()
     }
 
     /// Puts `order` at its id, replacing one there. Ids come in rising order from the
@@ -241,9 +252,12 @@ impl OrderTable {
     fn put(&mut self, order: StoredOrder) {
         let (c, i) = self.slot(order.id).expect("an id at or above the base");
         while self.chunks.len() <= c {
-            self.chunks.push(vec![None; CHUNK].into_boxed_slice());
+            self.chunks.push(vec![None; CHUNK].into());
         }
-        if self.chunks[c][i].replace(order).is_none() {
+        if Arc::make_mut(&mut self.chunks[c])[i]
+            .replace(order)
+            .is_none()
+        {
             self.len += 1;
         }
     }
@@ -621,5 +635,36 @@ mod tests {
         assert!(index.find(key_hash("wide-c"), "wide-c", &table).is_none());
         index.clear();
         assert!(index.find(key_hash("wide-a"), "wide-a", &table).is_none());
+    }
+
+    #[test]
+    fn a_copy_of_the_table_keeps_its_orders_while_the_table_changes() {
+        let mut table = OrderTable::default();
+        for id in 1..=10 {
+            table.insert(
+                StoredOrder::from_order(&order(id, OrderState::Reserved, None), 1).unwrap(),
+            );
+        }
+        let copy = table.clone();
+        let confirmed = table.get(3).unwrap().with(OrderState::Confirmed, Some(7));
+        *table.get_mut(3).unwrap() = confirmed;
+        table.insert(StoredOrder::from_order(&order(11, OrderState::Reserved, None), 1).unwrap());
+        let far = 12 + CHUNK as u64;
+        table.insert(StoredOrder::from_order(&order(far, OrderState::Reserved, None), 1).unwrap());
+        assert!(table.get_mut(far + 1).is_none());
+
+        assert_eq!(table.get(3).unwrap().state, OrderState::Confirmed);
+        assert_eq!((table.len(), table.values().count()), (12, 12));
+        assert_eq!(
+            copy.get(3).unwrap().state,
+            OrderState::Reserved,
+            "the copy's order 3"
+        );
+        assert!(copy.get(11).is_none() && copy.get(far).is_none());
+        assert_eq!((copy.len(), copy.values().count()), (10, 10));
+        // And the other way: the copy is the one that changes.
+        let mut copy = copy;
+        *copy.get_mut(5).unwrap() = copy.get(5).unwrap().with(OrderState::Cancelled, None);
+        assert_eq!(table.get(5).unwrap().state, OrderState::Reserved);
     }
 }

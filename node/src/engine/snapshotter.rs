@@ -1,10 +1,10 @@
 //! Snapshots off the sequencer's path. When one is due — every N records, or every as
 //! many records as the state holds orders if that is more — the sequencer, right after
 //! a durable batch, takes a copy of what a snapshot holds ([`State::snapshot_copy`]):
-//! the orders are shared (reference-counted), so the copy is a pointer per order, not
-//! a copy of each. This thread serializes and writes it, streamed to the file; the
-//! sequencer goes on selling. An order changed meanwhile is replaced in the state by a
-//! new one (`StoredOrder::with`), so the snapshot stays
+//! the order table's chunks are shared (reference-counted), so the copy is a pointer
+//! per 4096 orders, not a copy of each. This thread serializes and writes it, streamed
+//! to the file; the sequencer goes on selling. A chunk the sequencer changes meanwhile
+//! is copied first (copy on write, `OrderTable`), so the snapshot stays
 //! exactly the orders and items after its record, which is what replaying the log
 //! gives. Its role, epoch and primary URL are the node's at that moment, as in the
 //! snapshot written at shutdown — including a role held only in memory (the initial

@@ -744,8 +744,9 @@ impl State {
         Ok(())
     }
 
-    /// What a snapshot holds (the serialized fields), without the indexes: the orders
-    /// are shared, so this costs a pointer per order, not a copy of each.
+    /// What a snapshot holds (the serialized fields), without the indexes: the order
+    /// table's chunks are shared (copied on write, see [`OrderTable`]), so this costs a
+    /// reference count per 4096 orders, not a copy of each.
     pub fn snapshot_copy(&self) -> State {
         State {
             config: self.config.clone(),
