@@ -145,7 +145,7 @@ PY
 # --latency-correction times each request from when it was due, not from when a
 # connection was free (no coordinated omission). 50% and 80% of the durable peak, each
 # on a fresh node; then 80% again with a snapshot every SNAP_EVERY records (the runs
-# before keep the default, 200 000: none in a run; the script prints how many), for the
+# before keep the default, 200 000: one or two in a run; the script prints how many), for the
 # snapshot's effect.
 peak=$(awk '$1 == "durable" { print $2 }' "$WORK/results")
 SNAP_EVERY="${SNAP_EVERY:-50000}"

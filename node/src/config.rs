@@ -144,8 +144,9 @@ pub struct ServeArgs {
     /// 503 `unavailable` (retry with the same key).
     #[arg(long, env = "STOCK_NODE_FORWARD_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub forward_timeout_ms: u64,
-    /// Records between snapshots (bounds replay time; older WAL segments are then
-    /// removed, and a secondary that needs them bootstraps from the snapshot).
+    /// Records between snapshots, at least, and at least half as many as the orders
+    /// held (bounds replay time; older WAL segments are then removed, and a secondary
+    /// that needs them bootstraps from the snapshot).
     #[arg(
         long,
         env = "STOCK_NODE_SNAPSHOT_EVERY_RECORDS",

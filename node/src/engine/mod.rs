@@ -83,7 +83,7 @@ pub struct EngineOptions {
     /// A segment past this size is closed and a new one started.
     pub segment_bytes_max: u64,
     /// Records between snapshots, at least (bounds replay time). Snapshots are taken off the
-    /// sequencer, and no more often than every as many records as there are orders.
+    /// sequencer, and no more often than every half as many records as there are orders.
     pub snapshot_every_records: u64,
     /// How often idle holds are checked for expiry (busy batches check on every batch).
     pub expiry_tick_ms: u64,

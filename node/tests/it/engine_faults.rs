@@ -123,6 +123,24 @@ async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     for i in 0..40 {
         orders.push(e.purchase(buy(&format!("k{i}"))).await.unwrap());
     }
+    // The snapshot thread writes in the background; a shutdown gives up one in
+    // progress and writes its own. Wait (bounded) for one of the sale's own first.
+    let snapshotted = || {
+        dir.with_files(|f| {
+            f.keys()
+                .any(|n| n.starts_with("snap-") && n.ends_with(".snap"))
+        })
+    };
+    for _ in 0..1000 {
+        if snapshotted() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        snapshotted(),
+        "no snapshot written in 10 s of an idle engine"
+    );
     e.shutdown().await;
     drop(e);
     let snaps = dir.with_files(|f| {
