@@ -318,8 +318,9 @@ impl KeyIndex {
 
     /// The hash a shard's table places an entry by, from its tag: the tag's bits in
     /// the low bits (the slot) and the top 7 (hashbrown's control byte), which
-    /// differ between keys independently for tables up to 2^17 slots a shard (8
-    /// million keys in all; beyond, only the control byte's filtering weakens).
+    /// differ between keys independently for tables up to 2^17 slots a shard (~7
+    /// million keys in all at hashbrown's 7/8 load; beyond, only the control byte's
+    /// filtering weakens).
     fn placed(entry: u64) -> u64 {
         let tag = entry >> ID_BITS;
         tag | tag << ID_BITS
