@@ -226,8 +226,8 @@ impl OrderTable {
     /// Order `id` to change in place (its chunk copied first if a copy of the table
     /// shares it).
     pub fn get_mut(&mut self, id: u64) -> Option<&mut StoredOrder> {
-        self.get(id)?;
         let (c, i) = self.slot(id)?;
+        self.chunks.get(c)?[i].as_ref()?;
         Arc::make_mut(&mut self.chunks[c])[i].as_mut()
     }
 
@@ -345,21 +345,24 @@ impl KeyIndex {
         key: &str,
         orders: &'a OrderTable,
     ) -> Option<&'a StoredOrder> {
-        let holds = |id: u64| orders.get(id).filter(|o| o.idempotency_key() == key);
+        // The order a matching entry names, kept by the match itself (one lookup).
+        let mut found = None;
+        let mut holds = |id: u64| {
+            found = orders.get(id).filter(|o| o.idempotency_key() == key);
+            found.is_some()
+        };
         let tag = Self::tag(hash);
         let table = &self.shards[Self::shard(hash)];
-        if let Some(e) = table.find(Self::placed(tag), |e| {
-            e & !ID_MASK == tag && holds(e & ID_MASK).is_some()
-        }) {
-            return holds(e & ID_MASK);
+        if table
+            .find(Self::placed(tag), |e| {
+                e & !ID_MASK == tag && holds(e & ID_MASK)
+            })
+            .is_none()
+            && !self.wide.is_empty()
+        {
+            self.wide.find(hash, |e| e.0 == hash && holds(e.1));
         }
-        if self.wide.is_empty() {
-            return None;
-        }
-        let (_, id) = self
-            .wide
-            .find(hash, |e| e.0 == hash && holds(e.1).is_some())?;
-        holds(*id)
+        found
     }
 
     pub fn clear(&mut self) {

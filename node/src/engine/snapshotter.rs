@@ -6,9 +6,10 @@
 //! serializes and writes it, streamed to the file; the sequencer goes on selling. A
 //! chunk the sequencer changes meanwhile is copied first (copy on write,
 //! `OrderTable`), so the snapshot stays exactly the orders and items after its
-//! record, which is what replaying the log gives. Its role, epoch and primary URL are the node's at that moment, as in the
-//! snapshot written at shutdown — including a role held only in memory (the initial
-//! role, a secondary's assignment), which a restart from it then starts with.
+//! record, which is what replaying the log gives. Its role, epoch and primary URL
+//! are the node's at that moment, as in the snapshot written at shutdown — including
+//! a role held only in memory (the initial role, a secondary's assignment), which a
+//! restart from it then starts with.
 //!
 //! The thread runs under `SCHED_IDLE`: a snapshot takes only CPU time the sale leaves
 //! idle, so on a busy core it waits rather than delays answers (its serialization is

@@ -125,12 +125,7 @@ async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     }
     // The snapshot thread writes in the background; a shutdown gives up one in
     // progress and writes its own. Wait (bounded) for one of the sale's own first.
-    let snapshotted = || {
-        dir.with_files(|f| {
-            f.keys()
-                .any(|n| n.starts_with("snap-") && n.ends_with(".snap"))
-        })
-    };
+    let snapshotted = || !stock_node::engine::snapshot::list(&dir).unwrap().is_empty();
     for _ in 0..1000 {
         if snapshotted() {
             break;
