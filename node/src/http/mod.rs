@@ -230,10 +230,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ops::observe,
-        ))
+        .layer(ops::ObserveLayer(state.clone()))
         .layer(CatchPanicLayer::custom(ops::panic_answer))
         .with_state(state)
 }

@@ -16,7 +16,6 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flashsale_core::ErrorCode;
 use flashsale_core::replication::{
@@ -352,7 +351,7 @@ fn batch_len(buf: &[u8]) -> Result<usize, WalError> {
     Ok(off)
 }
 
-/// What every answer passes through after its handler (called by `ops::observe`, the
+/// What every answer passes through after its handler (called by `ops::Observe`, the
 /// one middleware, so a request pays for one layer rather than one per concern):
 ///
 /// - quorum mode's hold on writes (`crate::replication::quorum`): a 2xx answer to a
@@ -361,8 +360,14 @@ fn batch_len(buf: &[u8]) -> Result<usize, WalError> {
 ///   without replication or in async mode;
 /// - then `x-flashsale-applied-seq` and `x-flashsale-epoch`, read after the handler and
 ///   the hold: the answer reflects at least this much.
-pub async fn hold_and_mark(s: &AppState, req: Request, next: Next) -> Response {
-    let mut resp = quorum_hold(s, req, next).await;
+///
+/// `hold` is [`holds`] of the request, taken before the handler consumed it.
+pub async fn hold_and_mark(s: &AppState, hold: bool, resp: Response) -> Response {
+    let mut resp = if hold {
+        quorum_hold(s, resp).await
+    } else {
+        resp
+    };
     let st = s.engine.positions();
     let h = resp.headers_mut();
     h.insert(HEADER_APPLIED_SEQ, HeaderValue::from(st.applied_seq));
@@ -370,17 +375,23 @@ pub async fn hold_and_mark(s: &AppState, req: Request, next: Next) -> Response {
     resp
 }
 
-/// The quorum hold of [`hold_and_mark`].
-async fn quorum_hold(s: &AppState, req: Request, next: Next) -> Response {
-    let Some(gate) = s.replication.as_ref().map(|r| &r.gate) else {
-        return next.run(req).await;
+/// Whether `req`'s answer waits for the quorum if it succeeds: a `POST` in quorum mode,
+/// unless it is a public answer on a secondary (a forwarded one, which the primary
+/// already held for its quorum).
+pub fn holds(s: &AppState, req: &Request) -> bool {
+    let Some(r) = s.replication.as_ref() else {
+        return false;
     };
-    let write = req.method() == Method::POST;
-    // A secondary's public answers are forwarded ones the primary already held for its
-    // quorum: they do not wait again.
     let forwarded = req.uri().path().starts_with("/v1/") && !s.engine.is_primary();
-    let resp = next.run(req).await;
-    if gate.mode != ReplicationMode::Quorum || !write || forwarded || !resp.status().is_success() {
+    r.gate.mode == ReplicationMode::Quorum && req.method() == Method::POST && !forwarded
+}
+
+/// The quorum hold of [`hold_and_mark`], for an answer that [`holds`].
+async fn quorum_hold(s: &AppState, resp: Response) -> Response {
+    let Some(gate) = s.replication.as_ref().map(|r| &r.gate) else {
+        return resp;
+    };
+    if !resp.status().is_success() {
         return resp;
     }
     let seq = gate.durable_seq();
