@@ -4,7 +4,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use flashsale_core::ErrorCode;
 use serde::de::DeserializeOwned;
 
@@ -36,6 +37,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// `value` as a JSON answer with `status`: what axum's `Json` answers, serialised into
+/// a buffer sized for an order in one go (axum's starts at 128 bytes and writes each
+/// fragment through `BytesMut`: about 2 000 instructions more per purchase, counted
+/// with callgrind).
+pub fn answer<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut body = Vec::with_capacity(ANSWER_BYTES_FIRST);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        // Plain data cannot fail to serialise, but never panic on a path every client reaches.
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("serialising the answer: {e}"))
+            .into_response(),
+    }
+}
+
+/// The first buffer for an answer: an order with keys and names of a few dozen bytes
+/// each fits.
+const ANSWER_BYTES_FIRST: usize = 384;
+
 /// Parses `bytes` as one JSON object of type `T`, nothing before or after it. Every
 /// body the API takes is an object: a positional array (which serde would otherwise
 /// read into a struct, field by field in order) is refused.
@@ -45,6 +72,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ErrorCode::BadRequest,
             "body: must be a JSON object (`{…}` with named fields)",
         ));
+    }
+    // A valid body is parsed once, without the path tracking; only a refused one is
+    // parsed again to name the field at fault. (Counted with callgrind, the tracking
+    // was about 40% of a purchase body's parse.)
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = match serde_path_to_error::deserialize(&mut de) {

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use axum::Router;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::post;
 use flashsale_core::{Order, OrderState, PurchaseRequest};
 use tokio::net::TcpListener;
@@ -23,7 +24,7 @@ pub async fn serve_noop(
     super::server::serve(listener, app, limits, shutdown).await
 }
 
-async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::Json<Order>) {
+async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> Response {
     let order = Order {
         id: 1,
         sku: req.sku,
@@ -35,5 +36,5 @@ async fn noop_purchase(Json(req): Json<PurchaseRequest>) -> (StatusCode, axum::J
         expires_at_ms: 0,
         confirmed_at_ms: None,
     };
-    (StatusCode::CREATED, axum::Json(order))
+    super::json::answer(StatusCode::CREATED, &order)
 }

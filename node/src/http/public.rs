@@ -155,7 +155,7 @@ fn header_key(raw: &str) -> Option<String> {
 
 /// An order answer, marked when it is a replay.
 fn answered(status: StatusCode, a: OrderAnswer) -> Response {
-    let mut res = (status, axum::Json(a.order)).into_response();
+    let mut res = super::json::answer(status, &a.order);
     if a.replayed {
         res.headers_mut().insert(
             HeaderName::from_static(REPLAYED_HEADER),
