@@ -5,7 +5,7 @@ export FLASHSALE_CACHE
 # Build artefacts live in the cache too, so a fresh clone (CI) reuses compiled deps.
 export CARGO_TARGET_DIR ?= $(FLASHSALE_CACHE)/target
 
-.PHONY: test demo bench-node bench-replication bench-forward lint
+.PHONY: test demo bench-node bench-instructions bench-replication bench-forward lint
 
 ## make test: every test (unit, property, HTTP, crash, local-cluster e2e).
 test:
@@ -18,6 +18,10 @@ demo:
 ## make bench-node: the stock node HTTP load benchmark.
 bench-node:
 	bash scripts/bench-node.sh
+
+## make bench-instructions: the node's and the no-op's instructions per request under callgrind (steady where bench-node's speed drifts).
+bench-instructions:
+	bash scripts/bench-instructions.sh
 
 ## make bench-replication: replication lag and the throughput cost of async/quorum replication.
 bench-replication:
