@@ -319,9 +319,16 @@ impl Metrics {
 
     /// One purchase answered: `code` is `ok` or the error's stable code.
     pub fn purchase(&self, code: &'static str) {
-        if let Some(c) = self.purchase_series.read().get(code) {
-            c.inc();
-        } else {
+        let known = {
+            let series = self.purchase_series.read();
+            series
+                .get(code)
+                .inspect(|c| {
+                    c.inc();
+                })
+                .is_some()
+        };
+        if !known {
             let c = self
                 .purchases
                 .get_or_create(&OutcomeLabels { code })
@@ -350,10 +357,17 @@ impl Metrics {
             route,
             status,
         };
-        if let Some(series) = self.request_series.read().get(&query) {
-            series.latency.observe(seconds);
-            series.answered.inc();
-        } else {
+        let known = {
+            let series = self.request_series.read();
+            series
+                .get(&query)
+                .inspect(|s| {
+                    s.latency.observe(seconds);
+                    s.answered.inc();
+                })
+                .is_some()
+        };
+        if !known {
             let labels = RouteLabels {
                 method,
                 route: route_label(route),
@@ -615,7 +629,14 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
-        // Each kind was resolved once: the borrowed query found what the first stored.
-        assert_eq!(m.request_series.read().len(), 4);
+        // One series each, found again by the borrowed query (a query that hashed
+        // differently from the stored labels would miss every time, and only cost).
+        let series = m.request_series.read();
+        assert_eq!(series.len(), 4);
+        assert!(series.contains_key(&RouteQuery {
+            method: "POST",
+            route: "/v1/purchases",
+            status: 201,
+        }));
     }
 }

@@ -83,7 +83,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => v,
         // `1.0` is an integer to JSON Schema (and to JavaScript): read it as one. Only
-        // when the fast path met such a number, so a plain body is parsed once.
+        // when the path-tracking parse met such a number, so a body without one is
+        // never read into a `Value`.
         Err(e)
             if e.inner()
                 .to_string()

@@ -79,7 +79,8 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, ct)], text).into_response())
 }
 
-/// The node's one middleware: refuses oversized heads and declared bodies, bounds
+/// The middleware every route passes (the admin routes also pass `admin::require_token`
+/// first): refuses oversized heads and declared bodies, bounds
 /// every request's time, passes the answer through `replication::hold_and_mark` (the
 /// quorum hold and the applied-seq headers), and records its latency by route and
 /// status.
@@ -194,8 +195,6 @@ fn record(
     }
 }
 
-/// A `Content-Length` over the limit (the body limit itself applies while reading, for
-/// chunked bodies and for clients that send more than they announced).
 /// Most request headers, and bytes of them (names and values), a request may carry.
 /// The HTTP server lets up to [`super::server::HEADERS_HARD_MAX`] through, so that what
 /// lies between is refused here with a JSON body (beyond that, and for a head that is
@@ -228,6 +227,8 @@ fn body_limit(route: Option<&str>, body_bytes_max: usize) -> usize {
     }
 }
 
+/// A `Content-Length` over the limit (the body limit itself applies while reading, for
+/// chunked bodies and for clients that send more than they announced).
 fn declared_too_large(req: &Request, body_bytes_max: usize) -> bool {
     req.headers()
         .get(header::CONTENT_LENGTH)

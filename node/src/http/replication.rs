@@ -352,7 +352,8 @@ fn batch_len(buf: &[u8]) -> Result<usize, WalError> {
 }
 
 /// What every answer passes through after its handler (called by `ops::Observe`, the
-/// one middleware, so a request pays for one layer rather than one per concern):
+/// middleware every route passes, so a request pays for one layer rather than one per
+/// concern):
 ///
 /// - quorum mode's hold on writes (`crate::replication::quorum`): a 2xx answer to a
 ///   `POST` waits for a secondary's ack of everything durable when it was made (which
@@ -382,8 +383,11 @@ pub fn holds(s: &AppState, req: &Request) -> bool {
     let Some(r) = s.replication.as_ref() else {
         return false;
     };
+    if r.gate.mode != ReplicationMode::Quorum || req.method() != Method::POST {
+        return false;
+    }
     let forwarded = req.uri().path().starts_with("/v1/") && !s.engine.is_primary();
-    r.gate.mode == ReplicationMode::Quorum && req.method() == Method::POST && !forwarded
+    !forwarded
 }
 
 /// The quorum hold of [`hold_and_mark`], for an answer that [`holds`].

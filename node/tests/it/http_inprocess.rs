@@ -238,3 +238,102 @@ async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_s
         "the retry must get the first attempt's order: {o2}"
     );
 }
+
+/// A purchase that waits past the request timeout (its sync held) is answered 503
+/// `unavailable` naming the timeout, and counted under that status; it still commits,
+/// and its retry with the same key gets the order.
+#[tokio::test]
+async fn a_purchase_held_past_the_request_timeout_is_a_503_and_its_retry_gets_the_order() {
+    let disk = stock_node::wal::MemDir::new();
+    let engine = Engine::open(EngineOptions {
+        dir: Some(std::sync::Arc::new(disk.clone())),
+        initial_role: Some(Role::Primary),
+        ..Default::default()
+    })
+    .unwrap();
+    let sale = SaleConfig {
+        name: "s".into(),
+        items: vec![ItemSpec {
+            sku: "tee".into(),
+            stock: 5,
+            per_customer_limit: 0,
+        }],
+        starts_at_ms: None,
+        ends_at_ms: None,
+        reservation_ttl_ms: 600_000,
+        durability: Default::default(),
+    };
+    engine.configure(sale).await.unwrap();
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let state = AppState::new(
+        engine.clone(),
+        Admission::new(0, 0, 64),
+        Metrics::new(engine.metrics()),
+        None,
+        limits,
+    );
+    let app = app(state);
+    // Declared after the engine, so dropped before it: a failed assertion releases the
+    // held syncs and the engine can stop (dropping it waits for its sequencer).
+    struct Release(stock_node::wal::MemDir);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_syncs(false);
+        }
+    }
+    let release = Release(disk.clone());
+    disk.hold_syncs(true);
+    let t0 = std::time::Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(buy("k1")))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let waited = t0.elapsed();
+    let (status, err) = answer(res).await;
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable")),
+        "{err}"
+    );
+    assert!(
+        err["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("request timed out after 300 ms")),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300),
+        "answered after {waited:?}"
+    );
+    drop(release);
+    let res = app.clone().oneshot(buy("k1")).await.unwrap();
+    assert_eq!(
+        res.headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "the retry is a replay of the first attempt, which committed"
+    );
+    let (status, order) = answer(res).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert_eq!(
+        engine.item("tee").unwrap().remaining,
+        4,
+        "one unit held, once"
+    );
+    let res = app
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for want in [
+        "flashsale_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/purchases\",status=\"503\"} 1",
+        "flashsale_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/purchases\",status=\"201\"} 1",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+}
