@@ -45,6 +45,27 @@ impl hashbrown::Equivalent<RouteLabels> for RouteQuery<'_> {
     }
 }
 
+/// Records into the series `cache` holds for `query`, resolving it with `resolve` (a
+/// `Family` lookup) and keeping it the first time. The read guard is let go before the
+/// write lock is taken.
+fn record_cached<K, V, Q>(
+    cache: &parking_lot::RwLock<hashbrown::HashMap<K, V>>,
+    query: &Q,
+    resolve: impl FnOnce() -> (K, V),
+    record: impl Fn(&V),
+) where
+    K: std::hash::Hash + Eq,
+    Q: std::hash::Hash + hashbrown::Equivalent<K> + ?Sized,
+{
+    if let Some(series) = cache.read().get(query) {
+        record(series);
+        return;
+    }
+    let (key, series) = resolve();
+    record(&series);
+    cache.write().insert(key, series);
+}
+
 /// The series one kind of answered request records into.
 struct RequestSeries {
     latency: Histogram,
@@ -319,23 +340,17 @@ impl Metrics {
 
     /// One purchase answered: `code` is `ok` or the error's stable code.
     pub fn purchase(&self, code: &'static str) {
-        let known = {
-            let series = self.purchase_series.read();
-            series
-                .get(code)
-                .inspect(|c| {
-                    c.inc();
-                })
-                .is_some()
-        };
-        if !known {
-            let c = self
-                .purchases
-                .get_or_create(&OutcomeLabels { code })
-                .clone();
-            c.inc();
-            self.purchase_series.write().insert(code, c);
-        }
+        record_cached(
+            &self.purchase_series,
+            code,
+            || {
+                let c = self.purchases.get_or_create(&OutcomeLabels { code });
+                (code, c.clone())
+            },
+            |c| {
+                c.inc();
+            },
+        );
         self.purchases_answered.fetch_add(1, Ordering::Relaxed);
         if code == "fenced" {
             self.fenced.inc();
@@ -357,35 +372,29 @@ impl Metrics {
             route,
             status,
         };
-        let known = {
-            let series = self.request_series.read();
-            series
-                .get(&query)
-                .inspect(|s| {
-                    s.latency.observe(seconds);
-                    s.answered.inc();
-                })
-                .is_some()
-        };
-        if !known {
-            let labels = RouteLabels {
-                method,
-                route: route_label(route),
-                status,
-            };
-            let series = RequestSeries {
-                latency: self.requests.get_or_create(&labels).clone(),
-                answered: self
-                    .answered
-                    .get_or_create(&KindLabels {
-                        kind: request_kind(method, route),
-                    })
-                    .clone(),
-            };
-            series.latency.observe(seconds);
-            series.answered.inc();
-            self.request_series.write().insert(labels, series);
-        }
+        record_cached(
+            &self.request_series,
+            &query,
+            || {
+                let labels = RouteLabels {
+                    method,
+                    route: route_label(route),
+                    status,
+                };
+                let kind = KindLabels {
+                    kind: request_kind(method, route),
+                };
+                let series = RequestSeries {
+                    latency: self.requests.get_or_create(&labels).clone(),
+                    answered: self.answered.get_or_create(&kind).clone(),
+                };
+                (labels, series)
+            },
+            |s| {
+                s.latency.observe(seconds);
+                s.answered.inc();
+            },
+        );
         if route.starts_with("/v1/") {
             self.public_answered.fetch_add(1, Ordering::Relaxed);
         }

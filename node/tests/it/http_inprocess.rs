@@ -17,10 +17,23 @@ use stock_node::metrics::Metrics;
 use tower::ServiceExt;
 
 async fn node(dir: &tempfile::TempDir, stock: u64) -> (EngineHandle, AppState) {
-    let engine = Engine::open(EngineOptions {
+    let opts = EngineOptions {
         data_dir: dir.path().join("data"),
-        initial_role: Some(Role::Primary),
         ..Default::default()
+    };
+    on_sale(opts, stock, 600_000, Limits::default()).await
+}
+
+/// A primary opened with `opts`, selling `stock` tees held `ttl_ms` each, served with `limits`.
+async fn on_sale(
+    opts: EngineOptions,
+    stock: u64,
+    ttl_ms: u64,
+    limits: Limits,
+) -> (EngineHandle, AppState) {
+    let engine = Engine::open(EngineOptions {
+        initial_role: Some(Role::Primary),
+        ..opts
     })
     .unwrap();
     let sale = SaleConfig {
@@ -32,17 +45,16 @@ async fn node(dir: &tempfile::TempDir, stock: u64) -> (EngineHandle, AppState) {
         }],
         starts_at_ms: None,
         ends_at_ms: None,
-        reservation_ttl_ms: 600_000,
+        reservation_ttl_ms: ttl_ms,
         durability: Default::default(),
     };
     engine.configure(sale).await.unwrap();
-    let metrics = Metrics::new(engine.metrics());
     let state = AppState::new(
         engine.clone(),
         Admission::new(0, 0, 64),
-        metrics,
+        Metrics::new(engine.metrics()),
         None,
-        Limits::default(),
+        limits,
     );
     (engine, state)
 }
@@ -169,33 +181,12 @@ async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_s
     const T0: i64 = 1_700_000_000_000;
     let disk = stock_node::wal::MemDir::new();
     let clock = std::sync::Arc::new(ManualClock::new(T0));
-    let engine = Engine::open(EngineOptions {
+    let opts = EngineOptions {
         dir: Some(std::sync::Arc::new(disk.clone())),
-        initial_role: Some(Role::Primary),
         clock: clock.clone(),
         ..Default::default()
-    })
-    .unwrap();
-    let sale = SaleConfig {
-        name: "s".into(),
-        items: vec![ItemSpec {
-            sku: "tee".into(),
-            stock: 2,
-            per_customer_limit: 0,
-        }],
-        starts_at_ms: None,
-        ends_at_ms: None,
-        reservation_ttl_ms: 1_000,
-        durability: Default::default(),
     };
-    engine.configure(sale).await.unwrap();
-    let state = AppState::new(
-        engine.clone(),
-        Admission::new(0, 0, 64),
-        Metrics::new(engine.metrics()),
-        None,
-        Limits::default(),
-    );
+    let (engine, state) = on_sale(opts, 2, 1_000, Limits::default()).await;
     let app = app(state);
     let waiting_syncs = |n: usize| {
         let disk = disk.clone();
@@ -245,36 +236,15 @@ async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_s
 #[tokio::test]
 async fn a_purchase_held_past_the_request_timeout_is_a_503_and_its_retry_gets_the_order() {
     let disk = stock_node::wal::MemDir::new();
-    let engine = Engine::open(EngineOptions {
+    let opts = EngineOptions {
         dir: Some(std::sync::Arc::new(disk.clone())),
-        initial_role: Some(Role::Primary),
         ..Default::default()
-    })
-    .unwrap();
-    let sale = SaleConfig {
-        name: "s".into(),
-        items: vec![ItemSpec {
-            sku: "tee".into(),
-            stock: 5,
-            per_customer_limit: 0,
-        }],
-        starts_at_ms: None,
-        ends_at_ms: None,
-        reservation_ttl_ms: 600_000,
-        durability: Default::default(),
     };
-    engine.configure(sale).await.unwrap();
     let limits = Limits {
         request_timeout: Duration::from_millis(300),
         ..Limits::default()
     };
-    let state = AppState::new(
-        engine.clone(),
-        Admission::new(0, 0, 64),
-        Metrics::new(engine.metrics()),
-        None,
-        limits,
-    );
+    let (engine, state) = on_sale(opts, 5, 600_000, limits).await;
     let app = app(state);
     // Declared after the engine, so dropped before it: a failed assertion releases the
     // held syncs and the engine can stop (dropping it waits for its sequencer).
