@@ -53,6 +53,11 @@ impl Modify for CommonResponses {
                 )
                 .build()
         };
+        let headers_too_large = format!(
+            "headers_too_large: more than {} headers or {} KiB of them",
+            super::ops::HEADERS_MAX,
+            super::ops::HEADER_BYTES_MAX / 1024
+        );
         for (path, item) in doc.paths.paths.iter_mut() {
             let ops = [
                 &mut item.get,
@@ -68,10 +73,7 @@ impl Modify for CommonResponses {
                         .entry(status.to_string())
                         .or_insert_with(|| error(description).into());
                 };
-                add(
-                    "431",
-                    "headers_too_large: more than 100 headers or 16 KiB of them",
-                );
+                add("431", &headers_too_large);
                 if op.request_body.is_some() {
                     add(
                         "400",

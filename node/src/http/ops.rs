@@ -196,10 +196,10 @@ fn record(
 }
 
 /// Most request headers, and bytes of them (names and values), a request may carry.
-/// The HTTP server lets up to [`super::server::HEADERS_HARD_MAX`] through, so that what
-/// lies between is refused here with a JSON body (beyond that, and for a head that is
-/// not HTTP, hyper answers on its own, with an empty body).
-pub const HEADERS_MAX: usize = 100;
+/// The HTTP server lets up to [`super::server::HEADERS_HARD_MAX`] (100) through, so that
+/// what lies between is refused here with a JSON body (beyond that, and for a head that
+/// is not HTTP, hyper answers on its own, with an empty body).
+pub const HEADERS_MAX: usize = 90;
 pub const HEADER_BYTES_MAX: usize = 16 * 1024;
 
 fn headers_too_large(req: &Request) -> Option<String> {

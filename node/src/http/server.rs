@@ -28,12 +28,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-/// Most headers hyper parses in a request (its default is 100): the routes' own limit
-/// (`ops::HEADERS_MAX`) is lower, so a request just over it gets a JSON 431 from the
-/// node rather than hyper's empty one (beyond this, hyper's). Kept close to the routes'
-/// limit: hyper allocates and fills room for this many headers on every request
-/// (at 1000 that was 48 KiB per request, a few percent of a purchase's CPU).
-pub const HEADERS_HARD_MAX: usize = 128;
+/// Most headers hyper parses in a request: its default, which it keeps in arrays on the
+/// stack. Setting any limit (`max_headers`) makes hyper allocate and fill room for that
+/// many headers twice on every request instead (at 128, two heap buffers of 2 and 3 KiB
+/// and ~1 000 instructions a request, a few percent of a purchase's CPU; at 1000, 48
+/// KiB). The routes' own limit (`ops::HEADERS_MAX`) is lower, so a request just over it
+/// gets a JSON 431 from the node rather than hyper's empty one (beyond this, hyper's).
+pub const HEADERS_HARD_MAX: usize = 100;
 
 /// How the server treats connections.
 #[derive(Clone, Debug)]
@@ -144,8 +145,7 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
-        .max_headers(HEADERS_HARD_MAX);
+        .header_read_timeout(limits.idle_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut next_id = 0u64;
     loop {
