@@ -1,7 +1,8 @@
 //! The public `/v1` API a shop back-end calls: items, purchases, orders.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::{ErrorBody, ItemView, Order, PurchaseRequest, SellError};
@@ -40,9 +41,9 @@ pub async fn get_item(
 }
 
 /// The header that names the customer acting on an order (see [`customer_of`]).
-pub const CUSTOMER_HEADER: &str = "flashsale-customer";
+pub const CUSTOMER_HEADER: HeaderName = HeaderName::from_static("flashsale-customer");
 /// Set to `true` on an answer that repeats what an earlier request already did.
-pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+pub const REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Holds stock for a customer until the order is confirmed or its reservation expires.
 /// An idempotent replay (same key, same body) answers what the first request answered:
@@ -63,10 +64,10 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
         (status = 503, body = ErrorBody, description = "not_primary, fenced or unavailable")))]
 pub async fn purchase(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    header: KeyHeader,
     body: Result<Json<PurchaseRequest>, ApiError>,
 ) -> Response {
-    let answer = match body.and_then(|Json(req)| with_header_key(&headers, req)) {
+    let answer = match body.and_then(|Json(req)| with_header_key(header, req)) {
         Ok(req) => sell(&s, req).await,
         Err(e) => Err(e),
     };
@@ -81,17 +82,51 @@ pub async fn purchase(
 }
 
 /// The header that may carry a purchase's idempotency key.
-pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub const IDEMPOTENCY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// What a purchase's `Idempotency-Key` header says: no key, the key, or why the header
+/// is refused. Read from the request's headers in place (axum's `HeaderMap` extractor
+/// would copy them all for the one header).
+pub struct KeyHeader(Result<Option<String>, ApiError>);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(key_header(&parts.headers)))
+    }
+}
+
+fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    const H: &str = "Idempotency-Key";
+    let mut values = headers.get_all(&IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::field(H, "Idempotency-Key is sent more than once"));
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(header_key)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::field(
+                H,
+                "Idempotency-Key must be a structured-field string (\"key\", printable ASCII) or a bare token",
+            )
+        })
+}
 
 /// The purchase with its idempotency key from the `Idempotency-Key` header or the body's
-/// `idempotencyKey` (one is required; both must agree).
+/// `idempotencyKey` (one is required; both must agree). A refused body is named before
+/// a refused header.
 fn with_header_key(
-    headers: &HeaderMap,
+    KeyHeader(header): KeyHeader,
     mut req: PurchaseRequest,
 ) -> Result<PurchaseRequest, ApiError> {
-    const H: &str = "Idempotency-Key";
-    let mut values = headers.get_all(IDEMPOTENCY_HEADER).iter();
-    let Some(value) = values.next() else {
+    let Some(key) = header? else {
         if req.idempotency_key.is_empty() {
             return Err(ApiError::field(
                 "idempotencyKey",
@@ -100,24 +135,11 @@ fn with_header_key(
         }
         return Ok(req);
     };
-    if values.next().is_some() {
-        return Err(ApiError::field(H, "Idempotency-Key is sent more than once"));
-    }
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(header_key)
-        .ok_or_else(|| {
-            ApiError::field(
-                H,
-                "Idempotency-Key must be a structured-field string (\"key\", printable ASCII) or a bare token",
-            )
-        })?;
     if req.idempotency_key.is_empty() {
         req.idempotency_key = key;
     } else if req.idempotency_key != key {
         return Err(ApiError::field(
-            H,
+            "Idempotency-Key",
             format!(
                 "Idempotency-Key `{key}` and the body's idempotencyKey `{}` differ: they must be the same",
                 req.idempotency_key
@@ -157,10 +179,8 @@ fn header_key(raw: &str) -> Option<String> {
 fn answered(status: StatusCode, a: OrderAnswer) -> Response {
     let mut res = super::json::answer(status, &a.order);
     if a.replayed {
-        res.headers_mut().insert(
-            HeaderName::from_static(REPLAYED_HEADER),
-            HeaderValue::from_static("true"),
-        );
+        res.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
     res
 }
@@ -520,7 +540,7 @@ fn customer_of(headers: &HeaderMap) -> Result<&str, ApiError> {
         )
     };
     headers
-        .get(CUSTOMER_HEADER)
+        .get(&CUSTOMER_HEADER)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .filter(|c| !c.trim().is_empty())
         .ok_or_else(missing)

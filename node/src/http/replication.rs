@@ -371,8 +371,11 @@ pub async fn hold_and_mark(s: &AppState, hold: bool, resp: Response) -> Response
     };
     let st = s.engine.positions();
     let h = resp.headers_mut();
-    h.insert(HEADER_APPLIED_SEQ, HeaderValue::from(st.applied_seq));
-    h.insert(HEADER_EPOCH, HeaderValue::from(st.epoch));
+    // Names made once, at compile time: a `&str` name is parsed on every insert.
+    const APPLIED_SEQ: HeaderName = HeaderName::from_static(HEADER_APPLIED_SEQ);
+    const EPOCH: HeaderName = HeaderName::from_static(HEADER_EPOCH);
+    h.insert(APPLIED_SEQ, HeaderValue::from(st.applied_seq));
+    h.insert(EPOCH, HeaderValue::from(st.epoch));
     resp
 }
 
