@@ -31,7 +31,7 @@ use tower::ServiceExt;
 /// Most headers hyper parses in a request: its default, which it keeps in arrays on the
 /// stack. Setting any limit (`max_headers`) makes hyper allocate and fill room for that
 /// many headers twice on every request instead (at 128, two heap buffers of 2 and 3 KiB
-/// and ~1 000 instructions a request, a few percent of a purchase's CPU; at 1000, 48
+/// and ~2 000 instructions a request, a few percent of a purchase's CPU; at 1000, 48
 /// KiB). The routes' own limit (`ops::HEADERS_MAX`) is lower, so a request just over it
 /// gets a JSON 431 from the node rather than hyper's empty one (beyond this, hyper's).
 pub const HEADERS_HARD_MAX: usize = 100;
