@@ -26,13 +26,28 @@ pub fn free_port() -> u16 {
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.spawn();
-        r
+        // The port is free when the kernel hands it out, but another test may take it
+        // before redis-server binds it: the server then exits at once, and another
+        // port is tried.
+        let mut attempt = 1;
+        loop {
+            let mut r = Redis {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap(),
+            };
+            match r.try_spawn() {
+                Ok(()) => return r,
+                Err(why) if attempt < 5 => {
+                    eprintln!(
+                        "redis-server on port {}: {why}; trying another port",
+                        r.port
+                    );
+                    attempt += 1;
+                }
+                Err(why) => panic!("redis-server on port {}: {why}", r.port),
+            }
+        }
     }
 
     pub fn url(&self) -> String {
@@ -40,6 +55,14 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!("redis-server on port {}: {why}", self.port);
+        }
+    }
+
+    /// Starts redis-server and waits for its PONG; `Err` says why it did not answer
+    /// (with its log), and leaves no server running.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -59,16 +82,24 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server (scripts/install-deps.sh installs it)");
+            .map_err(|e| format!("not started ({e}); scripts/install-deps.sh installs it"))?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while self.command(&["PING"]).as_deref() != Some("+PONG\r\n") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within {START_TIMEOUT:?}"
-            );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()?) {
+                self.child = None;
+                return Err(format!("it exited ({status}); its log: {}", self.log()));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "no answer to PING within {START_TIMEOUT:?}; its log: {}",
+                    self.log()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// `kill -9` the server (subscribers and publishers lose their connections).
