@@ -139,7 +139,7 @@ pub fn from_dir(dir: &std::path::Path) -> anyhow::Result<Vec<LedgerEntry>> {
             let seq = rec.seq;
             if apply_err.is_none()
                 && seq > state.applied_seq
-                && let Err(e) = state.apply(rec)
+                && let Err(e) = state.apply(&rec)
             {
                 apply_err = Some(format!("record {seq}: {e:?}"));
             }

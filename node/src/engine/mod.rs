@@ -267,7 +267,7 @@ impl Engine {
         let mut replay_err = None;
         report.scan = crate::wal::scan(&*dir, &scan_opts, |rec| {
             if replay_err.is_none()
-                && let Err(e) = state.apply(rec)
+                && let Err(e) = state.apply(&rec)
             {
                 replay_err = Some(e);
             }

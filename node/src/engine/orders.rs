@@ -141,12 +141,23 @@ impl StoredOrder {
 
     /// The order as the API shows it; `sku` is its item's.
     pub fn to_order(&self, sku: &str) -> Order {
+        self.order_with(
+            sku.to_owned(),
+            self.customer().to_owned(),
+            self.idempotency_key().to_owned(),
+        )
+    }
+
+    /// [`Self::to_order`] with its strings given by the caller — the ones the order was
+    /// made from, equal to those stored — so that none is copied.
+    pub fn order_with(&self, sku: String, customer: String, idempotency_key: String) -> Order {
+        debug_assert!(customer == self.customer() && idempotency_key == self.idempotency_key());
         Order {
             id: self.id,
-            sku: sku.to_owned(),
+            sku,
             quantity: self.quantity,
-            customer: self.customer().to_owned(),
-            idempotency_key: self.idempotency_key().to_owned(),
+            customer,
+            idempotency_key,
             state: self.state,
             created_at_ms: self.created_at_ms,
             expires_at_ms: self.expires_at_ms(),

@@ -208,7 +208,7 @@ impl Sequencer {
                 break;
             }
             let seq = rec.seq;
-            if let Err(e) = self.state.apply(rec) {
+            if let Err(e) = self.state.apply(&rec) {
                 // The primary's log does not apply to ours: stop rather than diverge.
                 self.stop_writing(format!("replicated {e}"));
                 break;

@@ -262,25 +262,41 @@ impl Sequencer {
             return;
         }
         let now = self.clock.now_ms();
-        let answer = match self.state.decide(&job.cmd, now) {
+        let answer = match self.state.decide(job.cmd, now) {
             Err(e) => Err(e),
             Ok(Decision::Replay(order)) => Ok(Answer::Replayed(order)),
             Ok(Decision::Nothing) => Ok(Answer::Done),
             Ok(Decision::Write(body)) => match self.write(body, now) {
                 Err(e) => Err(e),
-                Ok(seq) => Ok(match job.cmd {
-                    Command::Purchase(_) => self.order_answer(seq),
-                    Command::Confirm(id) | Command::Cancel(id) => self.order_answer(id),
-                    Command::Configure(_)
-                    | Command::SetRole(_)
-                    | Command::Replicate(_)
-                    | Command::InstallSnapshot(_)
-                    | Command::Reseed(_) => Answer::Done,
-                }),
+                Ok((seq, body)) => Ok(self.written_answer(seq, body)),
             },
         };
         let wrote = answer.is_ok();
         self.pending.push((job.reply, answer, wrote, guarded));
+    }
+
+    /// The answer to the command whose record `seq` was just written: a purchase's order
+    /// as created, with the SKU, customer and key moved from the record (the request's
+    /// own strings, which the purchase's HTTP worker allocated and so frees again: none
+    /// is copied here, nor freed across threads); a confirm's or cancel's order now.
+    fn written_answer(&self, seq: u64, body: RecordBody) -> Answer {
+        match body {
+            RecordBody::Purchase {
+                sku,
+                customer,
+                idempotency_key,
+                ..
+            } => match self.state.orders.get(seq) {
+                Some(o) => Answer::Order(o.order_with(sku, customer, idempotency_key)),
+                None => Answer::Done,
+            },
+            RecordBody::Confirm { order_id } | RecordBody::Cancel { order_id } => {
+                self.order_answer(order_id)
+            }
+            RecordBody::Configure { .. } | RecordBody::Role { .. } | RecordBody::Expire { .. } => {
+                Answer::Done
+            }
+        }
     }
 
     /// The answer for order `id`, which a record just written made or changed.
@@ -291,8 +307,8 @@ impl Sequencer {
         }
     }
 
-    /// Encodes and applies one record; returns its sequence.
-    fn write(&mut self, body: RecordBody, now: i64) -> Result<u64, SellError> {
+    /// Encodes and applies one record; returns its sequence and its body.
+    fn write(&mut self, body: RecordBody, now: i64) -> Result<(u64, RecordBody), SellError> {
         let epoch = match &body {
             RecordBody::Role { assignment } => assignment.epoch.max(self.state.epoch),
             _ => self.state.epoch,
@@ -311,13 +327,13 @@ impl Sequencer {
             reason: e.to_string(),
         })?;
         let seq = rec.seq;
-        if let Err(e) = self.state.apply(rec) {
+        if let Err(e) = self.state.apply(&rec) {
             // decide() approved it, so this is a bug; stop writing rather than diverge.
             self.fail(e.to_string());
             return Err(SellError::Internal(e.to_string()));
         }
         self.next_seq += 1;
-        Ok(seq)
+        Ok((seq, rec.body))
     }
 
     fn fail(&mut self, why: String) {

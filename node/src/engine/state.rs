@@ -425,11 +425,13 @@ impl State {
 
     /// Decides a command at wall-clock `now`. A rejected command changes nothing and
     /// is not logged (so an idempotency key whose purchase was refused stays free).
-    pub fn decide(&self, cmd: &Command, now: UnixMs) -> Result<Decision, SellError> {
+    /// The command is taken: what it carries moves into its record (a purchase's SKU,
+    /// customer and key are not copied).
+    pub fn decide(&self, cmd: Command, now: UnixMs) -> Result<Decision, SellError> {
         match cmd {
             Command::Purchase(req) => self.decide_purchase(req, now),
             Command::Confirm(id) => {
-                let o = self.live_order(*id)?;
+                let o = self.live_order(id)?;
                 if o.state == OrderState::Confirmed {
                     return Ok(Decision::Replay(self.api_order(o)));
                 }
@@ -440,29 +442,27 @@ impl State {
                     // The expiry record follows on the next tick; the hold is gone either way.
                     return Err(order_state(o, OrderState::Expired, "confirm"));
                 }
-                Ok(Decision::Write(RecordBody::Confirm { order_id: *id }))
+                Ok(Decision::Write(RecordBody::Confirm { order_id: id }))
             }
             Command::Cancel(id) => {
-                let o = self.live_order(*id)?;
+                let o = self.live_order(id)?;
                 if o.state == OrderState::Cancelled {
                     return Ok(Decision::Replay(self.api_order(o)));
                 }
                 if o.state != OrderState::Reserved {
                     return Err(order_state(o, o.state, "cancel"));
                 }
-                Ok(Decision::Write(RecordBody::Cancel { order_id: *id }))
+                Ok(Decision::Write(RecordBody::Cancel { order_id: id }))
             }
             Command::Configure(cfg) => {
                 if self.role == Role::Secondary {
                     return Err(not_primary(self));
                 }
-                self.validate_config(cfg)?;
-                if self.config.as_ref() == Some(cfg) {
+                self.validate_config(&cfg)?;
+                if self.config.as_ref() == Some(&cfg) {
                     return Ok(Decision::Nothing);
                 }
-                Ok(Decision::Write(RecordBody::Configure {
-                    config: cfg.clone(),
-                }))
+                Ok(Decision::Write(RecordBody::Configure { config: cfg }))
             }
             Command::SetRole(a) => {
                 if a.epoch < self.epoch {
@@ -475,9 +475,7 @@ impl State {
                 {
                     return Ok(Decision::Nothing);
                 }
-                Ok(Decision::Write(RecordBody::Role {
-                    assignment: a.clone(),
-                }))
+                Ok(Decision::Write(RecordBody::Role { assignment: a }))
             }
             // Taken by the sequencer before `decide` (engine::replica); never decided.
             Command::Replicate(_) | Command::InstallSnapshot(_) | Command::Reseed(_) => Err(
@@ -493,7 +491,7 @@ impl State {
         self.orders.get(id).ok_or(SellError::UnknownOrder(id))
     }
 
-    fn decide_purchase(&self, req: &PurchaseRequest, now: UnixMs) -> Result<Decision, SellError> {
+    fn decide_purchase(&self, req: PurchaseRequest, now: UnixMs) -> Result<Decision, SellError> {
         if self.role != Role::Primary {
             return Err(not_primary(self));
         }
@@ -560,11 +558,11 @@ impl State {
             }
         }
         Ok(Decision::Write(RecordBody::Purchase {
-            sku: req.sku.clone(),
-            quantity: req.quantity,
-            customer: req.customer.clone(),
-            idempotency_key: req.idempotency_key.clone(),
             expires_at_ms: now.saturating_add(cfg.reservation_ttl_ms as i64),
+            sku: req.sku,
+            quantity: req.quantity,
+            customer: req.customer,
+            idempotency_key: req.idempotency_key,
         }))
     }
 
@@ -599,7 +597,7 @@ impl State {
 
     /// Makes a record's change (a purchase becomes a [`StoredOrder`]). Fails only if the
     /// log contradicts itself.
-    pub fn apply(&mut self, rec: Record) -> Result<(), ApplyError> {
+    pub fn apply(&mut self, rec: &Record) -> Result<(), ApplyError> {
         let fail = |reason: String| ApplyError {
             seq: rec.seq,
             reason,
@@ -607,12 +605,12 @@ impl State {
         if rec.seq != self.applied_seq + 1 {
             return Err(fail(format!("expected record {}", self.applied_seq + 1)));
         }
-        match rec.body {
-            RecordBody::Configure { config } => self.apply_config(config),
+        match &rec.body {
+            RecordBody::Configure { config } => self.apply_config(config.clone()),
             RecordBody::Role { assignment } => {
                 self.role = assignment.role;
                 self.epoch = assignment.epoch;
-                self.primary_url = assignment.primary_url;
+                self.primary_url = assignment.primary_url.clone();
                 self.config_changed = true;
             }
             RecordBody::Purchase {
@@ -622,16 +620,17 @@ impl State {
                 idempotency_key,
                 expires_at_ms,
             } => {
+                let (quantity, expires_at_ms) = (*quantity, *expires_at_ms);
                 let idx = *self
                     .sku_index
-                    .get(&sku)
+                    .get(sku)
                     .ok_or_else(|| fail(format!("unknown sku `{sku}`")))?;
                 let order = StoredOrder::reserved(
                     rec.seq,
                     idx as u32,
                     quantity,
-                    &customer,
-                    &idempotency_key,
+                    customer,
+                    idempotency_key,
                     rec.at_ms,
                     expires_at_ms,
                 )
@@ -649,13 +648,13 @@ impl State {
                 self.touched_orders.push(rec.seq);
             }
             RecordBody::Confirm { order_id } => self
-                .end_hold(order_id, OrderState::Confirmed, rec.at_ms)
+                .end_hold(*order_id, OrderState::Confirmed, rec.at_ms)
                 .map_err(fail)?,
             RecordBody::Cancel { order_id } => self
-                .end_hold(order_id, OrderState::Cancelled, rec.at_ms)
+                .end_hold(*order_id, OrderState::Cancelled, rec.at_ms)
                 .map_err(fail)?,
             RecordBody::Expire { order_id } => self
-                .end_hold(order_id, OrderState::Expired, rec.at_ms)
+                .end_hold(*order_id, OrderState::Expired, rec.at_ms)
                 .map_err(fail)?,
         }
         if self.epochs.last().is_none_or(|e| e.epoch != rec.epoch) {
