@@ -2,11 +2,11 @@
 //! [`ErrorBody`](flashsale_core::ErrorBody) that names the field at fault (its path,
 //! e.g. `quantity` or `items[1].stock`) and never plain text.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::ErrorCode;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -17,24 +17,46 @@ pub struct Json<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    /// Reads the whole body. Its size is bounded where the route's limit is known, in
+    /// the node's middleware (`super::ops::Observe`): a declared length over it is
+    /// refused before reading, and a body of unknown length is read through a limit
+    /// (axum's `DefaultBodyLimit` does not apply here). The no-op ceiling has no such
+    /// middleware, and reads what its benchmark sends.
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         // Content-Type is not checked: `curl -d` sends a form type, and the body is
         // JSON or it is refused below anyway.
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "request body is over the size limit",
-                )
-            } else {
-                ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("could not read the request body: {e}"),
-                )
-            }
-        })?;
+        let bytes = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| {
+                if over_limit(&e) {
+                    ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        "request body is over the size limit",
+                    )
+                } else {
+                    ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("could not read the request body: {e}"),
+                    )
+                }
+            })?
+            .to_bytes();
         parse(&bytes).map(Json)
     }
+}
+
+/// Whether reading a body failed on its size limit (`http_body_util::Limited`).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// `value` as a JSON answer with `status`: what axum's `Json` answers, serialised into

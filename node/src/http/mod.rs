@@ -189,10 +189,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/config", put(admin::put_config))
         .route("/admin/v1/role", put(admin::put_role))
         .route("/admin/v1/ledger", get(admin::ledger))
-        .route(
-            crate::forward::FORWARD_ROUTE,
-            post(public::forwarded).layer(DefaultBodyLimit::max(FORWARD_BODY_BYTES_MAX)),
-        )
+        .route(crate::forward::FORWARD_ROUTE, post(public::forwarded))
         .route(
             "/admin/v1/lease",
             put(admin::put_lease).delete(admin::delete_lease),
@@ -229,7 +226,6 @@ pub fn app(state: AppState) -> Router {
         .merge(admin)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.limits.body_bytes_max))
         .layer(ops::ObserveLayer(state.clone()))
         .layer(CatchPanicLayer::custom(ops::panic_answer))
         .with_state(state)

@@ -557,6 +557,18 @@ async fn unknown_things_limits_and_sizes() {
         "{text}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // A body of undeclared length (chunked) is read up to the same limit: over it, the
+    // same 413; within it, a purchase like any other (here k5's replay).
+    let text = post_chunked(&node.addr, &big).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413") && text.contains("payload_too_large"),
+        "{text}"
+    );
+    let text = post_chunked(&node.addr, &purchase("tee", 1, "bob", "k5").to_string()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 201") && text.contains("idempotent-replayed: true"),
+        "{text}"
+    );
 
     assert_error(&get(&node, "/v2/nothing").await, 404, "not_found");
     assert_error(
@@ -1120,4 +1132,22 @@ async fn load_counters_say_what_the_node_answered_and_refused() {
     assert_eq!(value("flashsale_engine_inflight "), 0.0);
     assert!(value("process_cpu_seconds_total ") > 0.0);
     value("flashsale_requests_per_second ");
+}
+
+/// `POST /v1/purchases` with `body` in one chunk (no `Content-Length`), over a raw
+/// connection; the whole answer as text.
+async fn post_chunked(addr: &str, body: &str) -> String {
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/purchases HTTP/1.1\r\nHost: n\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, req.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
