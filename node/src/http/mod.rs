@@ -68,6 +68,8 @@ pub struct Shared {
     /// Forwarding to the primary, when this node forwards (see
     /// [`AppState::with_forwarder`]); without it a secondary answers `not_primary`.
     pub forwarder: Option<crate::forward::Forwarder>,
+    /// The position headers every answer carries, made once per position.
+    marks: replication::PositionHeaders,
 }
 
 /// Cheap to clone: one `Arc`.
@@ -98,6 +100,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             replication: None,
             forwarder: None,
+            marks: Default::default(),
         }))
     }
 

@@ -370,13 +370,37 @@ pub async fn hold_and_mark(s: &AppState, hold: bool, resp: Response) -> Response
         resp
     };
     let st = s.engine.positions();
+    let (applied_seq, epoch) = s.marks.values(st.applied_seq, st.epoch);
     let h = resp.headers_mut();
     // Names made once, at compile time: a `&str` name is parsed on every insert.
     const APPLIED_SEQ: HeaderName = HeaderName::from_static(HEADER_APPLIED_SEQ);
     const EPOCH: HeaderName = HeaderName::from_static(HEADER_EPOCH);
-    h.insert(APPLIED_SEQ, HeaderValue::from(st.applied_seq));
-    h.insert(EPOCH, HeaderValue::from(st.epoch));
+    h.insert(APPLIED_SEQ, applied_seq);
+    h.insert(EPOCH, epoch);
     resp
+}
+
+/// The last `x-flashsale-applied-seq` and `x-flashsale-epoch` values made, given out
+/// again while the positions stay the same: every answer carries them, they change
+/// once per batch, and a header value made from a number is an allocation (a copy of
+/// a kept one is a reference count).
+#[derive(Default)]
+pub struct PositionHeaders(parking_lot::RwLock<Option<(u64, u64, HeaderValue, HeaderValue)>>);
+
+impl PositionHeaders {
+    fn values(&self, applied_seq: u64, epoch: u64) -> (HeaderValue, HeaderValue) {
+        {
+            let kept = self.0.read();
+            if let Some((s, e, sv, ev)) = &*kept
+                && (*s, *e) == (applied_seq, epoch)
+            {
+                return (sv.clone(), ev.clone());
+            }
+        }
+        let made = (HeaderValue::from(applied_seq), HeaderValue::from(epoch));
+        *self.0.write() = Some((applied_seq, epoch, made.0.clone(), made.1.clone()));
+        made
+    }
 }
 
 /// Whether `req`'s answer waits for the quorum if it succeeds: a `POST` in quorum mode,
@@ -418,7 +442,7 @@ async fn quorum_hold(s: &AppState, resp: Response) -> Response {
 mod tests {
     use flashsale_core::wal::{Record, RecordBody, encode_batch, encode_record};
 
-    use super::batch_len;
+    use super::{PositionHeaders, batch_len};
 
     fn batch(first: u64, last: u64) -> Vec<u8> {
         let mut frames = Vec::new();
@@ -446,5 +470,21 @@ mod tests {
                 "a batch cut at {cut} was taken whole"
             );
         }
+    }
+
+    #[test]
+    fn position_headers_follow_the_positions() {
+        let marks = PositionHeaders::default();
+        let values = |seq, epoch| {
+            let (s, e) = marks.values(seq, epoch);
+            (
+                s.to_str().unwrap().to_owned(),
+                e.to_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(values(7, 2), ("7".into(), "2".into()));
+        assert_eq!(values(7, 2), ("7".into(), "2".into()), "kept");
+        assert_eq!(values(8, 2), ("8".into(), "2".into()), "a new seq");
+        assert_eq!(values(8, 3), ("8".into(), "3".into()), "a new epoch");
     }
 }
