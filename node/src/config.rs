@@ -165,9 +165,10 @@ pub struct ServeArgs {
     /// between requests, or still sending a request head — is closed.
     #[arg(long, env = "STOCK_NODE_IDLE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub idle_timeout_ms: u64,
-    /// Largest request body accepted (413 above).
-    #[arg(long, env = "STOCK_NODE_BODY_BYTES_MAX", default_value_t = 16 * 1024)]
-    pub body_bytes_max: usize,
+    /// Largest request body accepted (413 above); at most 8 MiB
+    /// (`http::json::JSON_BODY_BYTES_MAX`, the largest JSON body any route takes).
+    #[arg(long, env = "STOCK_NODE_BODY_BYTES_MAX", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=crate::http::json::JSON_BODY_BYTES_MAX as u64))]
+    pub body_bytes_max: u64,
     /// A request taking longer answers 503 `unavailable`.
     #[arg(long, env = "STOCK_NODE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,

@@ -68,7 +68,7 @@ pub async fn serve(
         engine.configure(sale).await?;
     }
     let limits = Limits {
-        body_bytes_max: args.body_bytes_max,
+        body_bytes_max: args.body_bytes_max as usize,
         request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
         connections_max: args.connections_max,
         idle_timeout: std::time::Duration::from_millis(args.idle_timeout_ms),

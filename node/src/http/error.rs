@@ -24,6 +24,14 @@ impl ApiError {
         e
     }
 
+    /// 413: the request body is over its route's limit.
+    pub fn body_too_large() -> ApiError {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "request body is over the size limit",
+        )
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.0.code
     }

@@ -20,21 +20,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     /// Reads the whole body. Its size is bounded where the route's limit is known, in
     /// the node's middleware (`super::ops::Observe`): a declared length over it is
     /// refused before reading, and a body of unknown length is read through a limit
-    /// (axum's `DefaultBodyLimit` does not apply here). The no-op ceiling has no such
-    /// middleware, and reads what its benchmark sends.
+    /// (axum's `DefaultBodyLimit` does not apply here). Here, only the largest JSON
+    /// body any route takes ([`JSON_BODY_BYTES_MAX`]), for a listener without that
+    /// middleware (the no-op ceiling).
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         // Content-Type is not checked: `curl -d` sends a form type, and the body is
         // JSON or it is refused below anyway.
-        let bytes = req
-            .into_body()
+        let bytes = http_body_util::Limited::new(req.into_body(), JSON_BODY_BYTES_MAX)
             .collect()
             .await
             .map_err(|e| {
-                if over_limit(&e) {
-                    ApiError::new(
-                        ErrorCode::PayloadTooLarge,
-                        "request body is over the size limit",
-                    )
+                if over_limit(&*e) {
+                    ApiError::body_too_large()
                 } else {
                     ApiError::new(
                         ErrorCode::BadRequest,
@@ -47,9 +44,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-/// Whether reading a body failed on its size limit (`http_body_util::Limited`).
-fn over_limit(e: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// The largest JSON body any route takes: a forwarded batch's. `--body-bytes-max` is
+/// at most this.
+pub const JSON_BODY_BYTES_MAX: usize = super::FORWARD_BODY_BYTES_MAX;
+
+/// Whether reading a body failed on a size limit (`http_body_util::Limited`, this
+/// extractor's or the middleware's inside it).
+fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
     while let Some(c) = cause {
         if c.is::<http_body_util::LengthLimitError>() {
             return true;

@@ -79,9 +79,9 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, ct)], text).into_response())
 }
 
-/// The middleware every route passes (the admin routes also pass `admin::require_token`
-/// first): refuses oversized heads and declared bodies, bounds
-/// every request's time, passes the answer through `replication::hold_and_mark` (the
+/// The middleware every route passes (outside the admin routes' `admin::require_token`):
+/// refuses oversized heads and declared bodies, bounds the bodies it lets through
+/// ([`bounded`]) and every request's time, passes the answer through `replication::hold_and_mark` (the
 /// quorum hold and the applied-seq headers), and records its latency by route and
 /// status.
 ///
@@ -133,17 +133,21 @@ where
             Some(ApiError::new(ErrorCode::HeadersTooLarge, why))
         } else if declared_too_large(&req, limit) {
             // Refused before reading: a client announcing a huge body is not waited for.
-            Some(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body is over the size limit",
-            ))
+            Some(ApiError::body_too_large())
         } else {
             None
         };
         let handled = match refused {
             Some(e) => Err(e),
             None => {
-                let req = bounded(req, limit);
+                let req = match route.as_ref().map(|m| m.as_str()) {
+                    // Read with axum's `Bytes` under a `DefaultBodyLimit` of their own.
+                    Some(
+                        flashsale_core::replication::WAL_ROUTE
+                        | flashsale_core::replication::SNAPSHOT_ROUTE,
+                    ) => req,
+                    _ => bounded(req, limit),
+                };
                 Ok((super::replication::holds(&s, &req), self.inner.call(req)))
             }
         };

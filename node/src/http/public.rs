@@ -97,14 +97,19 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyHeader {
     }
 }
 
+/// The header's name as errors name it (their `field`).
+const KEY_FIELD: &str = "Idempotency-Key";
+
 fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    const H: &str = "Idempotency-Key";
     let mut values = headers.get_all(&IDEMPOTENCY_HEADER).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(ApiError::field(H, "Idempotency-Key is sent more than once"));
+        return Err(ApiError::field(
+            KEY_FIELD,
+            "Idempotency-Key is sent more than once",
+        ));
     }
     value
         .to_str()
@@ -113,7 +118,7 @@ fn key_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .map(Some)
         .ok_or_else(|| {
             ApiError::field(
-                H,
+                KEY_FIELD,
                 "Idempotency-Key must be a structured-field string (\"key\", printable ASCII) or a bare token",
             )
         })
@@ -139,7 +144,7 @@ fn with_header_key(
         req.idempotency_key = key;
     } else if req.idempotency_key != key {
         return Err(ApiError::field(
-            "Idempotency-Key",
+            KEY_FIELD,
             format!(
                 "Idempotency-Key `{key}` and the body's idempotencyKey `{}` differ: they must be the same",
                 req.idempotency_key

@@ -990,6 +990,10 @@ async fn loose_ends_of_the_api_answer_a_clear_json_error_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 431);
+    assert!(
+        r.headers().get("content-type").is_none() && r.bytes().await.unwrap().is_empty(),
+        "hyper's own bare 431 past its limit"
+    );
 
     // The Bearer scheme in any case; another scheme is named as the problem.
     let lower = c

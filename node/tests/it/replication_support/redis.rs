@@ -99,6 +99,17 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The PONG may be another test's server on this port, with ours exited or
+        // exiting: the server that answered must be the one started here.
+        let pid = self.child.as_ref().map(|c| c.id());
+        let info = self.command(&["INFO", "server"]).unwrap_or_default();
+        if pid.is_none_or(|pid| !info.contains(&format!("process_id:{pid}\r\n"))) {
+            self.kill();
+            return Err(format!(
+                "another server answers on this port; its log: {}",
+                self.log()
+            ));
+        }
         Ok(())
     }
 
