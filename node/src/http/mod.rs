@@ -201,15 +201,14 @@ pub fn app(state: AppState) -> Router {
             flashsale_core::replication::WAL_ROUTE,
             get(replication::wal)
                 .post(replication::post_wal)
-                .layer(DefaultBodyLimit::max(replication::WAL_POST_BYTES_MAX)),
+                // Bounded by `ops::Observe` (`ops::body_limit`), not axum's 2 MiB default.
+                .layer(DefaultBodyLimit::disable()),
         )
         .route(
             flashsale_core::replication::SNAPSHOT_ROUTE,
             get(replication::snapshot)
                 .put(replication::put_snapshot)
-                .layer(DefaultBodyLimit::max(
-                    crate::engine::replica::SNAPSHOT_BYTES_MAX,
-                )),
+                .layer(DefaultBodyLimit::disable()),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

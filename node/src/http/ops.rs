@@ -140,14 +140,7 @@ where
         let handled = match refused {
             Some(e) => Err(e),
             None => {
-                let req = match route.as_ref().map(|m| m.as_str()) {
-                    // Read with axum's `Bytes` under a `DefaultBodyLimit` of their own.
-                    Some(
-                        flashsale_core::replication::WAL_ROUTE
-                        | flashsale_core::replication::SNAPSHOT_ROUTE,
-                    ) => req,
-                    _ => bounded(req, limit),
-                };
+                let req = bounded(req, limit);
                 Ok((super::replication::holds(&s, &req), self.inner.call(req)))
             }
         };
@@ -243,7 +236,8 @@ fn declared_too_large(req: &Request, body_bytes_max: usize) -> bool {
 }
 
 /// `req` with its body bounded by `limit` while it is read: here the node bounds every
-/// body its JSON extractor reads (`super::json::Json`). A body of known length (a
+/// body it reads, with the limits of [`body_limit`] (the routes that read with axum's
+/// `Bytes` turn axum's own default limit off). A body of known length (a
 /// `Content-Length`, which hyper reads exactly, or none at all) is within the limit
 /// once [`declared_too_large`] passed it, and is left as it is; only one of unknown
 /// length (chunked) is wrapped. (axum's `DefaultBodyLimit` layer put an extension in

@@ -21,15 +21,17 @@ async fn node(dir: &tempfile::TempDir, stock: u64) -> (EngineHandle, AppState) {
         data_dir: dir.path().join("data"),
         ..Default::default()
     };
-    on_sale(opts, stock, 600_000, Limits::default()).await
+    on_sale(opts, stock, 600_000, Limits::default(), None).await
 }
 
-/// A primary opened with `opts`, selling `stock` tees held `ttl_ms` each, served with `limits`.
+/// A primary opened with `opts`, selling `stock` tees held `ttl_ms` each, served with
+/// `limits` (and the admin API open to `admin_token`, if any).
 async fn on_sale(
     opts: EngineOptions,
     stock: u64,
     ttl_ms: u64,
     limits: Limits,
+    admin_token: Option<&str>,
 ) -> (EngineHandle, AppState) {
     let engine = Engine::open(EngineOptions {
         initial_role: Some(Role::Primary),
@@ -53,7 +55,7 @@ async fn on_sale(
         engine.clone(),
         Admission::new(0, 0, 64),
         Metrics::new(engine.metrics()),
-        None,
+        admin_token.map(String::from),
         limits,
     );
     (engine, state)
@@ -186,7 +188,7 @@ async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_s
         clock: clock.clone(),
         ..Default::default()
     };
-    let (engine, state) = on_sale(opts, 2, 1_000, Limits::default()).await;
+    let (engine, state) = on_sale(opts, 2, 1_000, Limits::default(), None).await;
     let app = app(state);
     let waiting_syncs = |n: usize| {
         let disk = disk.clone();
@@ -244,7 +246,7 @@ async fn a_purchase_held_past_the_request_timeout_is_a_503_and_its_retry_gets_th
         request_timeout: Duration::from_millis(300),
         ..Limits::default()
     };
-    let (engine, state) = on_sale(opts, 5, 600_000, limits).await;
+    let (engine, state) = on_sale(opts, 5, 600_000, limits, None).await;
     let app = app(state);
     // Declared after the engine, so dropped before it: a failed assertion releases the
     // held syncs and the engine can stop (dropping it waits for its sequencer).
@@ -306,4 +308,29 @@ async fn a_purchase_held_past_the_request_timeout_is_a_503_and_its_retry_gets_th
     ] {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
+}
+
+/// A body of unknown length (a stream, as a chunked request) on an admin route that
+/// reads raw bytes is bounded by the node's middleware at that route's limit: one byte
+/// over the WAL route's 64 MiB is a 413, without the whole stream being taken in.
+#[tokio::test]
+async fn a_streamed_wal_post_over_its_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let (engine, state) = on_sale(opts, 1, 600_000, Limits::default(), Some("t")).await;
+    let mib = axum::body::Bytes::from(vec![0u8; 1 << 20]);
+    let limit = stock_node::http::replication::WAL_POST_BYTES_MAX;
+    let chunks = (0..limit >> 20)
+        .map(move |_| Ok::<_, std::io::Error>(mib.clone()))
+        .chain(std::iter::once(Ok(axum::body::Bytes::from_static(b"x"))));
+    let req = Request::post(flashsale_core::replication::WAL_ROUTE)
+        .header("authorization", "Bearer t")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let res = app(state).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    engine.shutdown().await;
 }
