@@ -21,7 +21,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use flashsale_core::admin::NodeStatus;
-use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::Admission;
 use crate::engine::EngineHandle;
@@ -229,7 +228,6 @@ pub fn app(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(ops::ObserveLayer(state.clone()))
-        .layer(CatchPanicLayer::custom(ops::panic_answer))
         .with_state(state)
 }
 

@@ -334,3 +334,62 @@ async fn a_streamed_wal_post_over_its_limit_is_refused() {
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     engine.shutdown().await;
 }
+
+/// A handler that panics is a bug, but its client still gets the node's JSON 500, the
+/// request is counted, and the node goes on serving: the panic is caught by the
+/// middleware every route passes (`ops::Observe`), whether it comes from a handler or
+/// from a service's `call`.
+#[tokio::test]
+async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
+    use axum::routing::get;
+    use stock_node::http::ops::ObserveLayer;
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, state) = node(&dir, 1).await;
+    let boom = axum::Router::new()
+        .route("/boom", get(boom))
+        .route("/fine", get(|| async { "fine" }))
+        .route(
+            "/metrics",
+            get(stock_node::http::ops::metrics).with_state(state.clone()),
+        )
+        .route_service(
+            "/early",
+            tower::service_fn(
+                |_req: Request<Body>| -> std::future::Ready<
+                    Result<axum::response::Response, std::convert::Infallible>,
+                > { panic!("early") },
+            ),
+        )
+        .layer(ObserveLayer(state.clone()));
+    for path in ["/boom", "/early"] {
+        let res = boom
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (status, err) = answer(res).await;
+        assert_eq!(
+            (status, &err["code"]),
+            (StatusCode::INTERNAL_SERVER_ERROR, &json!("internal")),
+            "{path}: {err}"
+        );
+    }
+    let res = boom
+        .clone()
+        .oneshot(Request::get("/fine").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = boom
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let want = "flashsale_http_request_duration_seconds_count{method=\"GET\",route=\"/boom\",status=\"500\"} 1";
+    assert!(text.contains(want), "{want} missing from\n{text}");
+    engine.shutdown().await;
+}
