@@ -169,8 +169,8 @@ pub struct ServeArgs {
     /// (`http::json::JSON_BODY_BYTES_MAX`, the largest JSON body any route takes).
     #[arg(long, env = "STOCK_NODE_BODY_BYTES_MAX", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=crate::http::json::JSON_BODY_BYTES_MAX as u64))]
     pub body_bytes_max: u64,
-    /// A request taking longer answers 503 `unavailable`.
-    #[arg(long, env = "STOCK_NODE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    /// A request taking longer answers 503 `unavailable` (1 ms to an hour).
+    #[arg(long, env = "STOCK_NODE_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub request_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests may take to finish before the node exits.
     #[arg(long, env = "STOCK_NODE_SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
@@ -365,6 +365,20 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_request_timeout_out_of_range_is_refused_naming_the_flag() {
+        for bad in ["0", "3600001", "18446744073709551615"] {
+            let Err(e) = Cli::try_parse_from(["x", "--data-dir", "d", "--request-timeout-ms", bad])
+            else {
+                panic!("--request-timeout-ms {bad} was taken");
+            };
+            let e = e.to_string();
+            assert!(e.contains("--request-timeout-ms") && e.contains(bad), "{e}");
+        }
+        let c = Cli::try_parse_from(["x", "--data-dir", "d", "--request-timeout-ms", "3600000"]);
+        assert_eq!(c.ok().map(|c| c.serve.request_timeout_ms), Some(3_600_000));
     }
 
     #[test]

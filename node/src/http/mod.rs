@@ -3,6 +3,7 @@
 //! `oneshot`); `run` serves it on a listener until the shutdown future resolves.
 
 pub mod admin;
+pub mod deadline;
 pub mod error;
 pub mod json;
 pub mod noop;

@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::ErrorCode;
 use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture, Either};
 use serde::Serialize;
 use tower::{Layer, Service};
 use utoipa::ToSchema;
@@ -162,12 +162,17 @@ where
                         super::replication::hold_and_mark(&s, hold, res).await
                     };
                     // A panic in the handler (or the hold) is caught here, while polled.
-                    let answer = AssertUnwindSafe(answer).catch_unwind();
-                    match tokio::time::timeout(s.limits.request_timeout, answer).await {
-                        Ok(Ok(res)) => res,
-                        Ok(Err(panic)) => panic_answer(panic),
+                    let answer = std::pin::pin!(AssertUnwindSafe(answer).catch_unwind());
+                    // The deadline counts from when the request reached this layer.
+                    let mut timer = super::deadline::take(super::deadline::after(
+                        started,
+                        s.limits.request_timeout,
+                    ));
+                    let res = match future::select(answer, timer.as_mut()).await {
+                        Either::Left((Ok(res), _)) => res,
+                        Either::Left((Err(panic), _)) => panic_answer(panic),
                         // A purchase cut off here may still commit; its idempotent retry gets the order.
-                        Err(_) => ApiError::new(
+                        Either::Right(_) => ApiError::new(
                             ErrorCode::Unavailable,
                             format!(
                                 "request timed out after {} ms",
@@ -175,7 +180,9 @@ where
                             ),
                         )
                         .into_response(),
-                    }
+                    };
+                    super::deadline::give(timer);
+                    res
                 }
             };
             record(&s, &method, route.as_ref(), &res, started);
