@@ -50,10 +50,14 @@ fn broken(field: impl Into<String>, reason: impl Into<String>) -> RuleError {
 
 /// Whether `sku` matches [`SKU_PATTERN`].
 pub fn sku_is_valid(sku: &str) -> bool {
-    let mut chars = sku.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && sku.len() <= SKU_BYTES_MAX
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    // By bytes: every character the pattern allows is ASCII, and every byte of any
+    // other character is not.
+    let b = sku.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.len() <= SKU_BYTES_MAX
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// A SKU, or why it is not one.
@@ -73,6 +77,11 @@ pub fn check_sku(field: &str, sku: &str) -> Result<(), RuleError> {
 /// A customer id, idempotency key or sale name: 1 to [`ID_CHARS_MAX`] characters (as
 /// JSON Schema's `maxLength` and the CRD count them), not blank.
 pub fn check_id(field: &str, v: &str) -> Result<(), RuleError> {
+    // The usual id without counting: at most that many bytes is at most that many
+    // characters, and one that starts with a visible ASCII character is not blank.
+    if v.len() <= ID_CHARS_MAX && v.as_bytes().first().is_some_and(u8::is_ascii_graphic) {
+        return Ok(());
+    }
     let chars = v.chars().count();
     if chars == 0 || chars > ID_CHARS_MAX || v.trim().is_empty() {
         return Err(broken(
@@ -237,11 +246,38 @@ mod tests {
             ("-a", false),
             ("a b", false),
             ("é", false),
+            ("aé", false),
             ("a/b", false),
         ] {
             assert_eq!(sku_is_valid(sku), ok, "{sku:?}");
         }
         assert!(SKU_PATTERN.contains(&format!("{{0,{}}}", SKU_BYTES_MAX - 1)));
+    }
+
+    proptest::proptest! {
+        /// The short cut for the usual id says what the whole rule says.
+        #[test]
+        fn an_id_is_checked_as_the_rule_says(v in "[ \t\u{3000}a-zé😀\u{0}]{0,140}") {
+            let chars = v.chars().count();
+            let ok = (1..=ID_CHARS_MAX).contains(&chars) && !v.trim().is_empty();
+            proptest::prop_assert_eq!(check_id("f", &v).is_ok(), ok);
+        }
+    }
+
+    #[test]
+    fn ids_at_and_past_the_limit() {
+        for (v, ok) in [
+            ("a".repeat(ID_CHARS_MAX), true),
+            ("a".repeat(ID_CHARS_MAX + 1), false),
+            ("é".repeat(ID_CHARS_MAX), true),
+            ("é".repeat(ID_CHARS_MAX + 1), false),
+            (String::new(), false),
+            (" \t".into(), false),
+            ("\u{3000}".into(), false),
+            (" a".into(), true),
+        ] {
+            assert_eq!(check_id("f", &v).is_ok(), ok, "{v:?}");
+        }
     }
 
     #[test]
