@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::routing::{get, post, put};
 use flashsale_core::admin::NodeStatus;
 
@@ -185,51 +186,82 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface of a node.
+/// The whole HTTP surface of a node. Every route passes [`ops::Observe`], and the admin
+/// routes `admin::require_token` inside it.
 pub fn app(state: AppState) -> Router {
-    let admin = Router::new()
-        .route("/admin/v1/status", get(admin::status))
-        .route("/admin/v1/config", put(admin::put_config))
-        .route("/admin/v1/role", put(admin::put_role))
-        .route("/admin/v1/ledger", get(admin::ledger))
-        .route(crate::forward::FORWARD_ROUTE, post(public::forwarded))
+    let s = &state;
+    let admin_routes = Router::new()
+        .route("/admin/v1/status", get(admin(s, admin::status)))
+        .route("/admin/v1/config", put(admin(s, admin::put_config)))
+        .route("/admin/v1/role", put(admin(s, admin::put_role)))
+        .route("/admin/v1/ledger", get(admin(s, admin::ledger)))
+        .route(
+            crate::forward::FORWARD_ROUTE,
+            post(admin(s, public::forwarded)),
+        )
         .route(
             "/admin/v1/lease",
-            put(admin::put_lease).delete(admin::delete_lease),
+            put(admin(s, admin::put_lease)).delete(admin(s, admin::delete_lease)),
         )
         .route(
             flashsale_core::replication::WAL_ROUTE,
-            get(replication::wal)
-                .post(replication::post_wal)
+            get(admin(s, replication::wal))
+                .post(admin(s, replication::post_wal))
                 // Bounded by `ops::Observe` (`ops::body_limit`), not axum's 2 MiB default.
                 .layer(DefaultBodyLimit::disable()),
         )
         .route(
             flashsale_core::replication::SNAPSHOT_ROUTE,
-            get(replication::snapshot)
-                .put(replication::put_snapshot)
+            get(admin(s, replication::snapshot))
+                .put(admin(s, replication::put_snapshot))
                 .layer(DefaultBodyLimit::disable()),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admin::require_token,
-        ));
+        );
     Router::new()
-        .route("/v1/items", get(public::list_items))
-        .route("/v1/items/{sku}", get(public::get_item))
-        .route("/v1/purchases", post(public::purchase))
-        .route("/v1/orders/{id}", get(public::get_order))
-        .route("/v1/orders/{id}/confirm", post(public::confirm))
-        .route("/v1/orders/{id}/cancel", post(public::cancel))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .merge(admin)
-        .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(ops::ObserveLayer(state.clone()))
+        .route("/v1/items", get(observed(s, public::list_items)))
+        .route("/v1/items/{sku}", get(observed(s, public::get_item)))
+        .route("/v1/purchases", post(observed(s, public::purchase)))
+        .route("/v1/orders/{id}", get(observed(s, public::get_order)))
+        .route(
+            "/v1/orders/{id}/confirm",
+            post(observed(s, public::confirm)),
+        )
+        .route("/v1/orders/{id}/cancel", post(observed(s, public::cancel)))
+        .route("/healthz", get(observed(s, ops::healthz)))
+        .route("/readyz", get(observed(s, ops::readyz)))
+        .route("/metrics", get(observed(s, ops::metrics)))
+        .route("/openapi.json", get(observed(s, openapi::openapi_json)))
+        .merge(admin_routes)
+        .fallback(observed(s, ops::not_found))
+        .method_not_allowed_fallback(observed(s, ops::method_not_allowed))
         .with_state(state)
+}
+
+/// `handler` behind [`ops::Observe`]. Layered on each handler rather than on the whole
+/// router with `Router::layer`, which wraps every route's boxed service in another: a
+/// second cloned boxed service, boxed future and pass of axum's answer fix-ups
+/// (`Content-Length`, `Allow`) on every request.
+fn observed<H, T>(s: &AppState, handler: H) -> impl Handler<T, AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    handler.layer(ops::ObserveLayer(s.clone()))
+}
+
+/// An admin `handler`: `admin::require_token` first, inside [`ops::Observe`] (so a
+/// refused call is timed and counted like any other).
+fn admin<H, T>(s: &AppState, handler: H) -> impl Handler<T, AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    observed(
+        s,
+        handler.layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            admin::require_token,
+        )),
+    )
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting,

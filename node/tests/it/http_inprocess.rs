@@ -393,3 +393,72 @@ async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
     assert!(text.contains(want), "{want} missing from\n{text}");
     engine.shutdown().await;
 }
+
+/// Every route the node serves passes its middleware (`ops::Observe`): each is counted
+/// in the request metrics under its route, the admin routes whether or not the token
+/// is right, and so are an unknown path and a method a route does not take. The routes
+/// are the OpenAPI document's, so a route added there and served without the
+/// middleware fails here.
+#[tokio::test]
+async fn every_route_is_timed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let (engine, state) = on_sale(opts, 1, 600_000, Limits::default(), Some("t")).await;
+    let app = app(state);
+    let doc = stock_node::http::openapi::document();
+    let mut routes: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    routes.push(("GET".into(), "/openapi.json".into()));
+    assert!(routes.len() > 20, "{routes:?}");
+    let send = |method: &str, path: &str, token: Option<&str>| {
+        let uri = path.replace("{sku}", "tee").replace("{id}", "1");
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    for (method, path) in &routes {
+        // What each answers (empty bodies are mostly 400s) does not matter here; the
+        // route it is counted under does (the fallback's is "unmatched").
+        tokio::time::timeout(Duration::from_secs(10), send(method, path, Some("t")))
+            .await
+            .expect("answered")
+            .unwrap();
+    }
+    let refused = send("GET", "/admin/v1/status", Some("wrong"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    send("GET", "/no/such/route", None).await.unwrap();
+    send("DELETE", "/v1/purchases", None).await.unwrap();
+    let res = send("GET", "/metrics", None).await.unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let counted = |method: &str, route: &str, status: Option<u16>| {
+        let want = format!(
+            "flashsale_http_request_duration_seconds_count{{method=\"{method}\",route=\"{route}\",status=\"{}",
+            status.map_or(String::new(), |s| format!("{s}\""))
+        );
+        assert!(text.contains(&want), "{want} missing from\n{text}");
+    };
+    for (method, path) in &routes {
+        counted(method, path, None);
+    }
+    counted("GET", "/admin/v1/status", Some(401));
+    counted("GET", "unmatched", Some(404));
+    counted("DELETE", "/v1/purchases", Some(405));
+    engine.shutdown().await;
+}
