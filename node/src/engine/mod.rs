@@ -286,7 +286,18 @@ impl Engine {
                     .map_err(|e| WalDirError::io(format!("remove {name}"), e))?;
             }
         }
-        let writer = SegmentWriter::open(dir.clone(), segments, next_seq, opts.segment_bytes_max)?;
+        // Where the last segment's records end (a preallocated one has zeros after them).
+        let last_valid_bytes = segments.last().and_then(|(_, name)| {
+            let found = report.scan.segments.iter().find(|s| s.name == *name);
+            found.map(|s| s.valid_bytes)
+        });
+        let writer = SegmentWriter::open(
+            dir.clone(),
+            segments,
+            last_valid_bytes,
+            next_seq,
+            opts.segment_bytes_max,
+        )?;
         let snapshotter = Snapshotter::start(
             dir.clone(),
             report.snapshot_seq,

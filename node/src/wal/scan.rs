@@ -1,6 +1,7 @@
 //! Reading a WAL directory front to back: every frame is checked; a torn tail (the
 //! unsynced end of the last write) is reported and, when repairing, cut; damage that
-//! good records follow is an error naming the file and offset, never skipped.
+//! good records follow is an error naming the file and offset, never skipped. Zeros
+//! after a segment's last record are its clean end (a preallocated segment).
 
 use flashsale_core::wal::{Record, decode_record, peek_frame};
 
@@ -34,7 +35,8 @@ impl Default for ScanOptions {
 pub struct SegmentInfo {
     pub name: String,
     pub first_seq: u64,
-    /// Valid bytes (the whole file unless a torn tail was found in it).
+    /// Valid bytes: where the records end (the whole file unless a torn tail was found
+    /// in it, or it is preallocated and zeros follow them).
     pub valid_bytes: u64,
     pub records: u64,
 }
@@ -91,7 +93,11 @@ pub fn scan(
         }
         let mut off = 0usize;
         let mut damage = None;
-        while off < data.len() {
+        // A preallocated segment's zeros after its last record are its clean end
+        // (`wal::writer`): not damage, not a torn tail. (The last record may end in zero
+        // bytes itself, so `end` can fall inside it; it is only ever read past.)
+        let end = data.len() - data.iter().rev().take_while(|b| **b == 0).count();
+        while off < end {
             let rest = &data[off..];
             let step = if next < opts.from_seq {
                 peek_frame(rest).map(|(seq, used)| (seq, used, None))
@@ -133,9 +139,9 @@ pub fn scan(
             let is_last = later
                 .iter()
                 .all(|(_, n)| dir.read(n).map(|d| !starts_valid(&d)).unwrap_or(true));
-            let tail_len = (data.len() - off) as u64;
+            let tail_len = (end - off) as u64;
             let in_window = is_last && tail_len <= opts.tail_window_bytes;
-            if !in_window && (!is_last || any_valid_frame_after(&data[off..], next)) {
+            if !in_window && (!is_last || any_valid_frame_after(&data[off..end], next)) {
                 return Err(WalDirError::Corrupt {
                     file: name.clone(),
                     offset: off as u64,

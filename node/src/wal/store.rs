@@ -15,6 +15,10 @@ use parking_lot::{Condvar, Mutex};
 /// complete; a crash can leave one).
 pub const UNFINISHED_SUFFIX: &str = ".tmp";
 
+/// The segment being zero-filled for the writer's next roll (never a segment name: a
+/// crash can leave one, which the next writer removes).
+pub const SPARE_SEGMENT: &str = "wal-spare.tmp";
+
 /// Writes a file's content and returns the header to put over its first bytes
 /// ([`WalDir::write_atomic`]).
 pub type Fill<'a> = dyn FnMut(&mut dyn Write) -> io::Result<Vec<u8>> + 'a;
@@ -24,8 +28,30 @@ pub trait WalDir: Send + Sync + 'static {
     /// File names in the directory, any order.
     fn list(&self) -> io::Result<Vec<String>>;
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
-    /// Opens `name` for appending, creating it (durably, directory entry included) if missing.
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn WalFile>>;
+    /// Opens segment `name` for writing from byte `at` on (its valid end, as a scan found
+    /// it: a preallocated segment holds zeros after it), creating it empty (durably,
+    /// directory entry included) if missing.
+    fn open_segment(&self, name: &str, at: u64) -> io::Result<Box<dyn WalFile>>;
+    /// Whether this directory preallocates segments ([`WalDir::prepare_spare`]).
+    fn preallocates(&self) -> bool {
+        false
+    }
+    /// Writes the spare segment [`SPARE_SEGMENT`]: `len` zero bytes, synced with its
+    /// size, so that records later written over them change no file metadata and a
+    /// sync writes the records alone (see `wal::writer`). Only where [`Self::preallocates`].
+    fn prepare_spare(&self, _len: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this directory does not preallocate segments",
+        ))
+    }
+    /// Renames the spare into place as segment `name` (durably) and opens it at byte 0.
+    fn install_spare(&self, _name: &str) -> io::Result<Box<dyn WalFile>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this directory does not preallocate segments",
+        ))
+    }
     /// Cuts `name` to `len` bytes and makes the cut durable.
     fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
     fn remove(&self, name: &str) -> io::Result<()>;
@@ -101,16 +127,50 @@ impl WalDir for FsDir {
         fs::read(self.path.join(name))
     }
 
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn WalFile>> {
+    fn open_segment(&self, name: &str, at: u64) -> io::Result<Box<dyn WalFile>> {
         let path = self.path.join(name);
         let existed = path.exists();
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let len = file.metadata()?.len();
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        let size = file.metadata()?.len();
+        if at > size {
+            return Err(io::Error::other(format!(
+                "{name}: asked to write at byte {at} of a {size}-byte file"
+            )));
+        }
         if !existed {
             // A new segment's directory entry must be durable before records in it are acknowledged.
             self.sync_dir()?;
         }
-        Ok(Box::new(FsFile { file, len }))
+        Ok(Box::new(FsFile { file, len: at }))
+    }
+
+    fn preallocates(&self) -> bool {
+        true
+    }
+
+    fn prepare_spare(&self, len: u64) -> io::Result<()> {
+        let mut file = File::create(self.path.join(SPARE_SEGMENT))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()
+    }
+
+    fn install_spare(&self, name: &str) -> io::Result<Box<dyn WalFile>> {
+        let path = self.path.join(name);
+        fs::rename(self.path.join(SPARE_SEGMENT), &path)?;
+        // The new name must be durable before records in it are acknowledged.
+        self.sync_dir()?;
+        let file = OpenOptions::new().write(true).open(&path)?;
+        Ok(Box::new(FsFile { file, len: 0 }))
     }
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
@@ -158,6 +218,8 @@ impl WalDir for FsDir {
     }
 }
 
+/// A segment open for writing: records go at `len`, the valid end, whatever the file
+/// holds after it (zeros, in a preallocated segment).
 struct FsFile {
     file: File,
     len: u64,
@@ -165,7 +227,8 @@ struct FsFile {
 
 impl WalFile for FsFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.len)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -265,18 +328,22 @@ impl WalDir for MemDir {
             .ok_or_else(|| not_found(name))
     }
 
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn WalFile>> {
-        let len = self
-            .files
-            .lock()
-            .entry(name.to_owned())
-            .or_default()
-            .data
-            .len() as u64;
+    fn open_segment(&self, name: &str, at: u64) -> io::Result<Box<dyn WalFile>> {
+        let mut files = self.files.lock();
+        let f = files.entry(name.to_owned()).or_default();
+        if at > f.data.len() as u64 {
+            return Err(io::Error::other(format!(
+                "{name}: asked to write at byte {at} of a {}-byte file",
+                f.data.len()
+            )));
+        }
+        // Records go at `at`; nothing a scan found valid lies past it.
+        f.data.truncate(at as usize);
+        f.synced = f.synced.min(f.data.len());
         Ok(Box::new(MemAppender {
             dir: self.clone(),
             name: name.to_owned(),
-            len,
+            len: at,
         }))
     }
 

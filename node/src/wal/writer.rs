@@ -1,8 +1,24 @@
 //! Appending to the log: one open segment at a time, rolled to a new file when full,
 //! and old segments removed once a snapshot covers them.
+//!
+//! Segments are preallocated where the directory can ([`WalDir::preallocates`], real
+//! files): a new segment is a file of `segment_bytes_max` zero bytes, written and synced
+//! before any record goes in, and records are written over the zeros. Appending to a
+//! file changes its size, so every `fdatasync` also had ext4 commit its journal (the
+//! inode's size): a second write and flush, and a wait on the journal thread. Over
+//! zeros already on disk a sync writes the records alone: measured on this project's
+//! VM, an 18 KB batch's `fdatasync` took 150 µs instead of 270 µs and 50 µs of kernel
+//! CPU instead of 115 (PostgreSQL zero-fills its WAL segments for the same reason). A
+//! scan reads the zeros after the last record as the segment's clean end
+//! (`wal::scan`). The next segment is zero-filled in the background (a thread,
+//! `wal-spare`) while the open one fills, as [`SPARE_SEGMENT`], and renamed into place
+//! when the writer rolls; if it is not ready then, the writer starts a segment that
+//! grows as before rather than wait.
 
 use std::collections::VecDeque;
+use std::thread::JoinHandle;
 
+use super::store::SPARE_SEGMENT;
 use super::{WalDir, WalDirError, WalFile, segment_name};
 use std::sync::Arc;
 
@@ -13,30 +29,119 @@ pub struct SegmentWriter {
     /// All segments on disk, oldest first, as (first seq, name); the last is `file`.
     segments: VecDeque<(u64, String)>,
     segment_bytes_max: u64,
+    /// The spare segment being zero-filled, where the directory preallocates.
+    spare: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl SegmentWriter {
-    /// Continues the last of `segments` (all on disk, oldest first), or starts a
-    /// segment at `next_seq` when there is none.
+    /// Continues the last of `segments` (all on disk, oldest first) at byte
+    /// `last_valid_bytes`, where a scan found its valid records end, or starts a segment
+    /// at `next_seq` when there is none.
     pub fn open(
         dir: Arc<dyn WalDir>,
         mut segments: Vec<(u64, String)>,
+        last_valid_bytes: Option<u64>,
         next_seq: u64,
         segment_bytes_max: u64,
     ) -> Result<Self, WalDirError> {
-        if segments.is_empty() {
-            segments.push((next_seq, segment_name(next_seq)));
+        // A spare a crash left half-written; only space is at stake.
+        if dir
+            .list()
+            .is_ok_and(|n| n.iter().any(|n| n == SPARE_SEGMENT))
+            && let Err(e) = dir.remove(SPARE_SEGMENT)
+        {
+            tracing::warn!(error = %e, "a spare WAL segment a crash left stays");
         }
-        let name = &segments.last().expect("not empty").1;
-        let file = dir
-            .open_append(name)
-            .map_err(|e| WalDirError::io(format!("open {name}"), e))?;
-        Ok(Self {
+        let file = match segments.last() {
+            Some((_, name)) => {
+                let Some(at) = last_valid_bytes else {
+                    return Err(WalDirError::io(
+                        format!("open {name}"),
+                        std::io::Error::other("where its valid records end is not known"),
+                    ));
+                };
+                dir.open_segment(name, at)
+                    .map_err(|e| WalDirError::io(format!("open {name}"), e))?
+            }
+            None => {
+                let name = segment_name(next_seq);
+                segments.push((next_seq, name.clone()));
+                // The first segment is preallocated too, here and now: opening is not
+                // on a purchase's path.
+                let prepared = dir.preallocates()
+                    && match dir.prepare_spare(segment_bytes_max) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not preallocate a WAL segment");
+                            false
+                        }
+                    };
+                if prepared {
+                    dir.install_spare(&name)
+                } else {
+                    dir.open_segment(&name, 0)
+                }
+                .map_err(|e| WalDirError::io(format!("create {name}"), e))?
+            }
+        };
+        let mut writer = Self {
             dir,
             file,
             segments: segments.into(),
             segment_bytes_max,
-        })
+            spare: None,
+        };
+        writer.prepare_spare();
+        Ok(writer)
+    }
+
+    /// Starts zero-filling the next segment in the background, where the directory
+    /// preallocates and none is under way.
+    fn prepare_spare(&mut self) {
+        if !self.dir.preallocates() || self.spare.is_some() {
+            return;
+        }
+        let (dir, len) = (self.dir.clone(), self.segment_bytes_max);
+        match std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || dir.prepare_spare(len))
+        {
+            Ok(h) => self.spare = Some(h),
+            Err(e) => tracing::warn!(error = %e, "could not start preallocating a WAL segment"),
+        }
+    }
+
+    /// A new segment `name`: the spare, if it is ready, else an empty file.
+    fn new_segment(&mut self, name: &str) -> Result<Box<dyn WalFile>, WalDirError> {
+        if let Some(spare) = self.spare.take_if(|h| h.is_finished()) {
+            let ready = match spare.join() {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not preallocate a WAL segment");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("preallocating a WAL segment panicked");
+                    false
+                }
+            };
+            let installed = if ready {
+                Some(
+                    self.dir
+                        .install_spare(name)
+                        .map_err(|e| WalDirError::io(format!("create {name}"), e))?,
+                )
+            } else {
+                None
+            };
+            self.prepare_spare();
+            if let Some(file) = installed {
+                return Ok(file);
+            }
+        }
+        self.dir
+            .open_segment(name, 0)
+            .map_err(|e| WalDirError::io(format!("create {name}"), e))
     }
 
     /// Appends encoded frames (not durable until [`SegmentWriter::sync`]).
@@ -60,10 +165,7 @@ impl SegmentWriter {
             return Ok(false);
         }
         let name = segment_name(next_seq);
-        self.file = self
-            .dir
-            .open_append(&name)
-            .map_err(|e| WalDirError::io(format!("create {name}"), e))?;
+        self.file = self.new_segment(&name)?;
         self.segments.push_back((next_seq, name));
         Ok(true)
     }
@@ -86,10 +188,14 @@ impl SegmentWriter {
     /// installed a snapshot newer than its whole log (see `engine::replica`).
     pub fn reset(&mut self, next_seq: u64) -> Result<(), WalDirError> {
         let name = segment_name(next_seq);
-        self.file = self
-            .dir
-            .open_append(&name)
-            .map_err(|e| WalDirError::io(format!("create {name}"), e))?;
+        self.file = if self.segments.iter().any(|(_, n)| *n == name) {
+            // The open segment starts at `next_seq` and holds nothing yet.
+            self.dir
+                .open_segment(&name, 0)
+                .map_err(|e| WalDirError::io(format!("open {name}"), e))?
+        } else {
+            self.new_segment(&name)?
+        };
         for (_, old) in std::mem::take(&mut self.segments) {
             if old != name {
                 self.dir
@@ -109,5 +215,15 @@ impl SegmentWriter {
     /// The first sequence still on disk.
     pub fn oldest_seq(&self) -> u64 {
         self.segments.front().expect("never empty").0
+    }
+}
+
+impl Drop for SegmentWriter {
+    /// Waits for a spare still being written, so that no thread writes in a directory
+    /// the next writer may already hold.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
     }
 }

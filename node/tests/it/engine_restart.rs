@@ -5,7 +5,6 @@
 //! half-written is removed.
 
 use std::collections::HashMap;
-use std::io::Write;
 
 use flashsale_core::admin::Role;
 use flashsale_core::{
@@ -180,17 +179,27 @@ async fn a_torn_tail_is_cut_and_selling_continues() {
     };
     let o1 = e.purchase(buy("k1")).await.unwrap();
     drop(e);
-    // Half a record at the end, as a crash in the middle of a write leaves it.
+    // Half a record after the last one, as a crash in the middle of a write leaves it
+    // (over the zeros of the preallocated segment).
     let dir = stock_node::wal::FsDir::existing(tmp.path()).unwrap();
     let (_, last) = list_segments(&dir).unwrap().pop().unwrap();
     let path = tmp.path().join(&last);
-    let len_before = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap()
-        .write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5])
-        .unwrap();
+    let found = stock_node::wal::scan(&dir, &Default::default(), |_| Ok(())).unwrap();
+    assert!(
+        found.torn.is_none(),
+        "the zeros after the records are no torn tail"
+    );
+    let len_before = found.segments.last().unwrap().valid_bytes;
+    assert!(
+        std::fs::metadata(&path).unwrap().len() > len_before,
+        "the segment is preallocated"
+    );
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+        &[40, 0, 0, 0, 1, 2, 3, 4, 5],
+        len_before,
+    )
+    .unwrap();
 
     let (e, report) = Engine::open_with_report(EngineOptions {
         data_dir: tmp.path().to_owned(),
@@ -240,5 +249,85 @@ async fn a_half_written_snapshot_is_removed_on_open() {
         "the half-written snapshot is still there"
     );
     assert_eq!(e.order(o.id), Some(o));
+    e.shutdown().await;
+}
+
+/// Segments are preallocated (`wal::writer`): records go over zeros already on disk, a
+/// restart carries on where the records end (not after the zeros, not over a record),
+/// and a roll puts in place the spare segment zero-filled meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_go_over_preallocated_segments_and_restarts_carry_on_where_they_end() {
+    const SEGMENT: u64 = 32 << 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = || EngineOptions {
+        data_dir: tmp.path().to_owned(),
+        initial_role: Some(Role::Primary),
+        segment_bytes_max: SEGMENT,
+        // No snapshot, so no segment is removed under the test.
+        snapshot_every_records: 1 << 40,
+        ..Default::default()
+    };
+    let sizes = || {
+        let dir = stock_node::wal::FsDir::existing(tmp.path()).unwrap();
+        list_segments(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| std::fs::metadata(tmp.path().join(n)).unwrap().len())
+            .collect::<Vec<_>>()
+    };
+    let buy = |n: usize| PurchaseRequest {
+        sku: "a".into(),
+        quantity: 1,
+        customer: format!("c{n}"),
+        idempotency_key: format!("k{n}"),
+    };
+    let mut acked = Vec::new();
+    let e = Engine::open(opts()).unwrap();
+    let mut cfg = sale();
+    cfg.items[0].stock = 100_000;
+    e.configure(cfg).await.unwrap();
+    assert_eq!(sizes(), [SEGMENT], "the first segment is preallocated");
+    for n in 0..10 {
+        acked.push(e.purchase(buy(n)).await.unwrap());
+    }
+    drop(e);
+    let e = Engine::open(opts()).unwrap();
+    for n in 10..20 {
+        acked.push(e.purchase(buy(n)).await.unwrap());
+    }
+    assert_eq!(sizes(), [SEGMENT], "written over the zeros, not after them");
+    // The spare for the next roll is zero-filled in the background.
+    let spare = tmp.path().join(stock_node::wal::store::SPARE_SEGMENT);
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&spare).map_or(true, |m| m.len() < SEGMENT) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "no spare"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut n = 20;
+    while sizes().len() < 2 {
+        assert!(n < 5_000, "no roll after {n} purchases");
+        acked.push(e.purchase(buy(n)).await.unwrap());
+        n += 1;
+    }
+    let rolled = sizes();
+    assert!(rolled[0] >= SEGMENT, "{rolled:?}");
+    assert_eq!(rolled[1], SEGMENT, "the spare became the new segment");
+    drop(e);
+    let (e, report) = Engine::open_with_report(opts()).unwrap();
+    assert!(report.scan.torn.is_none(), "{:?}", report.scan.torn);
+    assert_eq!(
+        report.scan.records as usize,
+        acked.len() + 1,
+        "the config and each order"
+    );
+    for o in &acked {
+        assert_eq!(e.order(o.id).as_ref(), Some(o));
+    }
+    let next = e.purchase(buy(n)).await.unwrap();
+    assert_eq!(next.id, acked.last().unwrap().id + 1);
     e.shutdown().await;
 }
