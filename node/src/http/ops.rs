@@ -2,6 +2,7 @@
 //! request passes (timeout, latency histogram, JSON answers for unknown routes).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -130,6 +131,26 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        // A panic in the layer's own code, before or after the handler's (which
+        // `observe` catches itself, to count it), is still a JSON 500, not a reset.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.observe(req))) {
+            Ok(observed) => Box::pin(
+                AssertUnwindSafe(observed)
+                    .catch_unwind()
+                    .map(|res| Ok(res.unwrap_or_else(panic_answer))),
+            ),
+            Err(panic) => Box::pin(std::future::ready(Ok(panic_answer(panic)))),
+        }
+    }
+}
+
+impl<S> Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    /// The request through the layer: see [`ObserveLayer`].
+    fn observe(&mut self, req: Request) -> impl Future<Output = Response> + Send + 'static {
         let s = self.state.clone();
         let started = Instant::now();
         let method = req.method().clone();
@@ -153,7 +174,7 @@ where
                 Ok((super::replication::holds(&s, &req), self.inner.call(req)))
             }
         };
-        Box::pin(async move {
+        async move {
             let res = match handled {
                 Err(e) => e.into_response(),
                 Ok((hold, handled)) => {
@@ -168,7 +189,10 @@ where
                         started,
                         s.limits.request_timeout,
                     ));
-                    let res = match future::select(answer, timer.as_mut()).await {
+                    // The timer outside tokio's task budget, as `tokio::time::timeout`
+                    // polls it: a handler that spends the budget is still cut off.
+                    let expired = tokio::task::unconstrained(timer.as_mut());
+                    let res = match future::select(answer, expired).await {
                         Either::Left((Ok(res), _)) => res,
                         Either::Left((Err(panic), _)) => panic_answer(panic),
                         // A purchase cut off here may still commit; its idempotent retry gets the order.
@@ -186,8 +210,8 @@ where
                 }
             };
             record(&s, &method, route.as_ref(), &res, started);
-            Ok(res)
-        })
+            res
+        }
     }
 }
 

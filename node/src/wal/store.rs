@@ -153,15 +153,23 @@ impl WalDir for FsDir {
     }
 
     fn prepare_spare(&self, len: u64) -> io::Result<()> {
-        let mut file = File::create(self.path.join(SPARE_SEGMENT))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
+        let path = self.path.join(SPARE_SEGMENT);
+        let written = (|| {
+            let mut file = File::create(&path)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            file.sync_all()
+        })();
+        if written.is_err() {
+            // A spare cut short (a full disk) must not keep the space the log needs.
+            let _ = fs::remove_file(&path);
         }
-        file.sync_all()
+        written
     }
 
     fn install_spare(&self, name: &str) -> io::Result<Box<dyn WalFile>> {

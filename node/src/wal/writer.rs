@@ -3,7 +3,8 @@
 //!
 //! Segments are preallocated where the directory can ([`WalDir::preallocates`], real
 //! files): a new segment is a file of `segment_bytes_max` zero bytes, written and synced
-//! before any record goes in, and records are written over the zeros. Appending to a
+//! before any record goes in, and records are written over the zeros (the batch that
+//! crosses `segment_bytes_max` grows the file past them). Appending to a
 //! file changes its size, so every `fdatasync` also had ext4 commit its journal (the
 //! inode's size): a second write and flush, and a wait on the journal thread. Over
 //! zeros already on disk a sync writes the records alone: measured on this project's
@@ -13,7 +14,9 @@
 //! (`wal::scan`). The next segment is zero-filled in the background (a thread,
 //! `wal-spare`) while the open one fills, as [`SPARE_SEGMENT`], and renamed into place
 //! when the writer rolls; if it is not ready then, the writer starts a segment that
-//! grows as before rather than wait.
+//! grows as before rather than wait. Segments that are not preallocated: those in a
+//! `MemDir`, one whose torn tail recovery cut (the cut takes its zeros too), and the
+//! new log a reseed starts.
 
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
@@ -134,11 +137,13 @@ impl SegmentWriter {
             } else {
                 None
             };
-            self.prepare_spare();
             if let Some(file) = installed {
+                self.prepare_spare();
                 return Ok(file);
             }
         }
+        // None ready (or none could be started): this one grows as it is written.
+        self.prepare_spare();
         self.dir
             .open_segment(name, 0)
             .map_err(|e| WalDirError::io(format!("create {name}"), e))
@@ -189,7 +194,9 @@ impl SegmentWriter {
     pub fn reset(&mut self, next_seq: u64) -> Result<(), WalDirError> {
         let name = segment_name(next_seq);
         self.file = if self.segments.iter().any(|(_, n)| *n == name) {
-            // The open segment starts at `next_seq` and holds nothing yet.
+            // A segment of that name was ours: either one that starts at `next_seq`
+            // and so holds nothing the new log keeps, or one a reseed has just moved
+            // aside (then this makes a new, empty file).
             self.dir
                 .open_segment(&name, 0)
                 .map_err(|e| WalDirError::io(format!("open {name}"), e))?
@@ -197,10 +204,12 @@ impl SegmentWriter {
             self.new_segment(&name)?
         };
         for (_, old) in std::mem::take(&mut self.segments) {
-            if old != name {
-                self.dir
-                    .remove(&old)
-                    .map_err(|e| WalDirError::io(format!("remove {old}"), e))?;
+            // A reseed moved the old segments aside before this: gone already is done.
+            if old != name
+                && let Err(e) = self.dir.remove(&old)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(WalDirError::io(format!("remove {old}"), e));
             }
         }
         self.segments.push_back((next_seq, name));

@@ -79,6 +79,8 @@ async fn an_old_primary_that_wrote_past_its_replacement_is_reseeded_and_names_wh
     let poll = ["--replication-idle-poll-ms", "100"];
     let mut args_a = vec!["--role", "primary", "--config", sale.to_str().unwrap()];
     args_a.extend_from_slice(&poll);
+    // Small segments: a's log spans several, all moved aside by the reseed.
+    args_a.extend_from_slice(&["--segment-bytes-max", "1024"]);
     let a = Node::start(&dir.path().join("a"), &args_a);
     set_role(&http, &a, "primary", 1, None).await;
     for i in 0..10 {

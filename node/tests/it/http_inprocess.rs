@@ -337,8 +337,9 @@ async fn a_streamed_wal_post_over_its_limit_is_refused() {
 
 /// A handler that panics is a bug, but its client still gets the node's JSON 500, the
 /// request is counted, and the node goes on serving: the panic is caught by the
-/// middleware every route passes (`ops::Observe`), whether it comes from a handler or
-/// from a service's `call`.
+/// middleware every route passes (`ops::Observe`), whether it comes from a handler,
+/// from a service's `call`, or from the middleware's own work (here dropping a handler
+/// the request timeout cut off).
 #[tokio::test]
 async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
     use axum::routing::get;
@@ -346,10 +347,32 @@ async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
     async fn boom() -> &'static str {
         panic!("boom")
     }
+    /// Cut off by the request timeout, and panics when dropped then (the middleware's
+    /// own code, not the handler's poll).
+    async fn stuck() -> &'static str {
+        struct PanicOnDrop;
+        impl Drop for PanicOnDrop {
+            fn drop(&mut self) {
+                panic!("dropped")
+            }
+        }
+        let _guard = PanicOnDrop;
+        std::future::pending::<()>().await;
+        "never"
+    }
     let dir = tempfile::tempdir().unwrap();
-    let (engine, state) = node(&dir, 1).await;
+    let opts = EngineOptions {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let limits = Limits {
+        request_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let (engine, state) = on_sale(opts, 1, 600_000, limits, None).await;
     let boom = axum::Router::new()
         .route("/boom", get(boom))
+        .route("/stuck", get(stuck))
         .route("/fine", get(|| async { "fine" }))
         .route(
             "/metrics",
@@ -364,12 +387,15 @@ async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
             ),
         )
         .layer(ObserveLayer(state.clone()));
-    for path in ["/boom", "/early"] {
-        let res = boom
-            .clone()
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+    for path in ["/boom", "/early", "/stuck"] {
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            boom.clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap()),
+        )
+        .await
+        .expect("answered")
+        .unwrap();
         let (status, err) = answer(res).await;
         assert_eq!(
             (status, &err["code"]),
@@ -460,5 +486,46 @@ async fn every_route_is_timed_and_counted() {
     counted("GET", "/admin/v1/status", Some(401));
     counted("GET", "unmatched", Some(404));
     counted("DELETE", "/v1/purchases", Some(405));
+    engine.shutdown().await;
+}
+
+/// A handler that spends tokio's whole task budget on every poll (a busy loop over
+/// ready futures) is still cut off at the request timeout: the middleware polls its
+/// timer outside the budget, as `tokio::time::timeout` does.
+#[tokio::test]
+async fn a_handler_that_spends_its_budget_is_still_cut_off() {
+    use axum::routing::get;
+    use stock_node::http::ops::ObserveLayer;
+    async fn busy() -> &'static str {
+        loop {
+            tokio::task::consume_budget().await;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let limits = Limits {
+        request_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let (engine, state) = on_sale(opts, 1, 600_000, limits, None).await;
+    let app = axum::Router::new()
+        .route("/busy", get(busy))
+        .layer(ObserveLayer(state.clone()));
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.oneshot(Request::get("/busy").body(Body::empty()).unwrap()),
+    )
+    .await
+    .expect("cut off within 10 s")
+    .unwrap();
+    let (status, err) = answer(res).await;
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable")),
+        "{err}"
+    );
     engine.shutdown().await;
 }
