@@ -2,7 +2,6 @@
 //! request passes (timeout, latency histogram, JSON answers for unknown routes).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -84,8 +83,8 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 /// The middleware every route passes (outside the admin routes' `admin::require_token`):
 /// refuses oversized heads and declared bodies, bounds the bodies it lets through
-/// ([`bounded`]) and every request's time, turns a panic in the handler into a JSON 500
-/// ([`panic_answer`]), passes the answer through `replication::hold_and_mark` (the
+/// ([`bounded`]) and every request's time, turns a panic in the handler or in its own
+/// work into a JSON 500 ([`panic_answer`]), passes the answer through `replication::hold_and_mark` (the
 /// quorum hold and the applied-seq headers), and records its latency by route and
 /// status.
 ///
@@ -93,9 +92,8 @@ pub async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
 /// the route's service into a new boxed service for every request and boxes its future
 /// twice; here a request costs one boxed future (about 1 000 instructions fewer per
 /// purchase, counted with callgrind). Panics are caught here too rather than by
-/// tower-http's `CatchPanicLayer`, a layer of its own: each `Router::layer` adds a
-/// cloned boxed service and a boxed future per request, and that one boxed every
-/// answer's body once more (about 1 000 instructions a purchase).
+/// tower-http's `CatchPanicLayer`, a layer of its own that boxed every answer's body
+/// once more (about 1 000 instructions a purchase).
 #[derive(Clone)]
 pub struct ObserveLayer(pub AppState);
 
@@ -131,87 +129,76 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        // A panic in the layer's own code, before or after the handler's (which
-        // `observe` catches itself, to count it), is still a JSON 500, not a reset.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.observe(req))) {
-            Ok(observed) => Box::pin(
-                AssertUnwindSafe(observed)
-                    .catch_unwind()
-                    .map(|res| Ok(res.unwrap_or_else(panic_answer))),
-            ),
-            Err(panic) => Box::pin(std::future::ready(Ok(panic_answer(panic)))),
-        }
-    }
-}
-
-impl<S> Observe<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    /// The request through the layer: see [`ObserveLayer`].
-    fn observe(&mut self, req: Request) -> impl Future<Output = Response> + Send + 'static {
         let s = self.state.clone();
         let started = Instant::now();
         let method = req.method().clone();
         let route = req.extensions().get::<MatchedPath>().cloned();
-        let limit = body_limit(route.as_ref().map(|m| m.as_str()), s.limits.body_bytes_max);
-        let refused = if let Some(why) = headers_too_large(&req) {
-            Some(ApiError::new(ErrorCode::HeadersTooLarge, why))
-        } else if declared_too_large(&req, limit) {
-            // Refused before reading: a client announcing a huge body is not waited for.
-            Some(ApiError::body_too_large())
-        } else {
-            None
-        };
-        let handled = match refused {
-            Some(e) => Err(e),
-            None => {
-                let req = bounded(req, limit);
-                // An axum route's `call` only builds its future (a `Oneshot` that calls
-                // the handler's service when first polled), so a panic anywhere in the
-                // handler comes while polled, and is caught below.
-                Ok((super::replication::holds(&s, &req), self.inner.call(req)))
+        // Every step that could panic is caught, so a bug still answers a JSON 500 and
+        // is counted, never a reset connection: here the checks before the handler,
+        // below the handler, the quorum hold, the timer and dropping what the timeout
+        // cut off, and the metrics after.
+        let inner = &mut self.inner;
+        let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let limit = body_limit(route.as_ref().map(|m| m.as_str()), s.limits.body_bytes_max);
+            if let Some(why) = headers_too_large(&req) {
+                return Err(ApiError::new(ErrorCode::HeadersTooLarge, why));
             }
-        };
-        async move {
-            let res = match handled {
-                Err(e) => e.into_response(),
-                Ok((hold, handled)) => {
-                    let answer = async {
-                        let Ok(res) = handled.await;
-                        super::replication::hold_and_mark(&s, hold, res).await
+            if declared_too_large(&req, limit) {
+                // Refused before reading: a client announcing a huge body is not waited for.
+                return Err(ApiError::body_too_large());
+            }
+            let req = bounded(req, limit);
+            // An axum route's `call` only builds its future (a `Oneshot` that calls the
+            // handler's service when first polled), so the handler runs in `answer`.
+            Ok((super::replication::holds(&s, &req), inner.call(req)))
+        }));
+        Box::pin(async move {
+            let res = match prepared {
+                Err(panic) => panic_answer(panic),
+                Ok(Err(e)) => e.into_response(),
+                Ok(Ok((hold, handled))) => {
+                    let timed = async {
+                        let answer = std::pin::pin!(async {
+                            let Ok(res) = handled.await;
+                            super::replication::hold_and_mark(&s, hold, res).await
+                        });
+                        // The deadline counts from when the request reached this layer.
+                        let mut timer = super::deadline::take(super::deadline::after(
+                            started,
+                            s.limits.request_timeout,
+                        ));
+                        // The timer outside tokio's task budget, as `tokio::time::timeout`
+                        // polls it: a handler that spends the budget is still cut off.
+                        let expired = tokio::task::unconstrained(timer.as_mut());
+                        let res = match future::select(answer, expired).await {
+                            Either::Left((res, _)) => res,
+                            // A purchase cut off here may still commit; its idempotent retry gets the order.
+                            Either::Right(_) => ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!(
+                                    "request timed out after {} ms",
+                                    s.limits.request_timeout.as_millis()
+                                ),
+                            )
+                            .into_response(),
+                        };
+                        super::deadline::give(timer);
+                        res
                     };
-                    // A panic in the handler (or the hold) is caught here, while polled.
-                    let answer = std::pin::pin!(AssertUnwindSafe(answer).catch_unwind());
-                    // The deadline counts from when the request reached this layer.
-                    let mut timer = super::deadline::take(super::deadline::after(
-                        started,
-                        s.limits.request_timeout,
-                    ));
-                    // The timer outside tokio's task budget, as `tokio::time::timeout`
-                    // polls it: a handler that spends the budget is still cut off.
-                    let expired = tokio::task::unconstrained(timer.as_mut());
-                    let res = match future::select(answer, expired).await {
-                        Either::Left((Ok(res), _)) => res,
-                        Either::Left((Err(panic), _)) => panic_answer(panic),
-                        // A purchase cut off here may still commit; its idempotent retry gets the order.
-                        Either::Right(_) => ApiError::new(
-                            ErrorCode::Unavailable,
-                            format!(
-                                "request timed out after {} ms",
-                                s.limits.request_timeout.as_millis()
-                            ),
-                        )
-                        .into_response(),
-                    };
-                    super::deadline::give(timer);
-                    res
+                    AssertUnwindSafe(timed)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(panic_answer)
                 }
             };
-            record(&s, &method, route.as_ref(), &res, started);
-            res
-        }
+            let counted = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                record(&s, &method, route.as_ref(), &res, started)
+            }));
+            if let Err(panic) = counted {
+                drop(panic_answer(panic));
+            }
+            Ok(res)
+        })
     }
 }
 
