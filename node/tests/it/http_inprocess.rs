@@ -26,6 +26,19 @@ async fn node(dir: &tempfile::TempDir, stock: u64) -> (EngineHandle, AppState) {
 
 /// A primary opened with `opts`, selling `stock` tees held `ttl_ms` each, served with
 /// `limits` (and the admin API open to `admin_token`, if any).
+/// [`node`] with its requests cut off after `timeout`.
+async fn node_with_timeout(dir: &tempfile::TempDir, timeout: Duration) -> (EngineHandle, AppState) {
+    let opts = EngineOptions {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let limits = Limits {
+        request_timeout: timeout,
+        ..Limits::default()
+    };
+    on_sale(opts, 1, 600_000, limits, None).await
+}
+
 async fn on_sale(
     opts: EngineOptions,
     stock: u64,
@@ -361,15 +374,7 @@ async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
         "never"
     }
     let dir = tempfile::tempdir().unwrap();
-    let opts = EngineOptions {
-        data_dir: dir.path().join("data"),
-        ..Default::default()
-    };
-    let limits = Limits {
-        request_timeout: Duration::from_millis(200),
-        ..Limits::default()
-    };
-    let (engine, state) = on_sale(opts, 1, 600_000, limits, None).await;
+    let (engine, state) = node_with_timeout(&dir, Duration::from_millis(200)).await;
     let boom = axum::Router::new()
         .route("/boom", get(boom))
         .route("/stuck", get(stuck))
@@ -502,15 +507,7 @@ async fn a_handler_that_spends_its_budget_is_still_cut_off() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let opts = EngineOptions {
-        data_dir: dir.path().join("data"),
-        ..Default::default()
-    };
-    let limits = Limits {
-        request_timeout: Duration::from_millis(200),
-        ..Limits::default()
-    };
-    let (engine, state) = on_sale(opts, 1, 600_000, limits, None).await;
+    let (engine, state) = node_with_timeout(&dir, Duration::from_millis(200)).await;
     let app = axum::Router::new()
         .route("/busy", get(busy))
         .layer(ObserveLayer(state.clone()));
