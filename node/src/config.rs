@@ -153,7 +153,9 @@ pub struct ServeArgs {
         default_value_t = 200_000
     )]
     pub snapshot_every_records: u64,
-    /// A WAL segment past this size is closed and a new one started.
+    /// A WAL segment past this size is closed and a new one started. Segments are
+    /// preallocated at this size (zeros written and synced before records go in; the
+    /// next one meanwhile), so the log takes at least twice this on disk.
     #[arg(long, env = "STOCK_NODE_SEGMENT_BYTES_MAX", default_value_t = 16 << 20)]
     pub segment_bytes_max: u64,
     /// Open client connections at once. At the limit, a new connection closes the one
