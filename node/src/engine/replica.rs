@@ -256,8 +256,9 @@ impl Sequencer {
         // after this one: it would be kept as the fallback, older than the log that
         // follows. Give it up; a new snapshot thread starts below.
         self.snapshotter.stop();
-        // Snapshot first, then the log restarts after it: a crash in between leaves a
-        // snapshot ahead of the log, which opening already handles (segments dropped).
+        // Snapshot first, then the log restarts after it (the old segments removed
+        // before the new one is made): a crash in between leaves a snapshot ahead of
+        // what is left of the log, which opening handles (those segments dropped).
         let done = snapshot::write(&*self.dir, &state).and_then(|_| self.writer.reset(seq + 1));
         if let Err(e) = done {
             self.stop_writing(format!("installing snapshot {seq}: {e}"));

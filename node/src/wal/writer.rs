@@ -190,29 +190,28 @@ impl SegmentWriter {
     }
 
     /// Removes every segment and starts an empty one at `next_seq`: a secondary that
-    /// installed a snapshot newer than its whole log (see `engine::replica`).
+    /// installed a snapshot newer than its whole log, or one a reseed emptied (see
+    /// `engine::replica`). The old segments go first, oldest first: what they hold is
+    /// covered (the snapshot was made durable before this; a reseed moved them aside,
+    /// so they are gone already), and a crash part-way leaves the snapshot ahead of
+    /// what is left of the log, which opening drops. A new segment made first would sit
+    /// beside the old ones with a gap between them, and opening refuses a gap.
     pub fn reset(&mut self, next_seq: u64) -> Result<(), WalDirError> {
         let name = segment_name(next_seq);
-        self.file = if self.segments.iter().any(|(_, n)| *n == name) {
-            // A segment of that name was ours: either one that starts at `next_seq`
-            // and so holds nothing the new log keeps, or one a reseed has just moved
-            // aside (then this makes a new, empty file).
-            self.dir
-                .open_segment(&name, 0)
-                .map_err(|e| WalDirError::io(format!("open {name}"), e))?
-        } else {
-            self.new_segment(&name)?
-        };
-        for (_, old) in std::mem::take(&mut self.segments) {
-            // A reseed moved the old segments aside before this: gone already is done.
-            if old != name
-                && let Err(e) = self.dir.remove(&old)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(WalDirError::io(format!("remove {old}"), e));
+        let old = std::mem::replace(&mut self.segments, VecDeque::from([(next_seq, name)]));
+        for (i, (_, seg)) in old.iter().enumerate() {
+            match self.dir.remove(seg) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Still ours, before the new one (never created).
+                    self.segments = old.range(i..).cloned().collect();
+                    return Err(WalDirError::io(format!("remove {seg}"), e));
+                }
             }
         }
-        self.segments.push_back((next_seq, name));
+        let name = self.current().to_owned();
+        self.file = self.new_segment(&name)?;
         Ok(())
     }
 

@@ -172,3 +172,144 @@ async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     assert_eq!(e.item("a").unwrap().held, 40);
     e.shutdown().await;
 }
+
+/// A `MemDir` whose changes start failing at the `n`th (and every one after it fails
+/// too): the disk as a crash leaves it at that point, once `MemDir::crash` drops what
+/// was not synced.
+#[derive(Clone)]
+struct CrashAt {
+    disk: MemDir,
+    n: Arc<std::sync::atomic::AtomicUsize>,
+    seen: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CrashAt {
+    fn change(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.seen.fetch_add(1, SeqCst) + 1 >= self.n.load(SeqCst) {
+            return Err(std::io::Error::other("crashed here"));
+        }
+        Ok(())
+    }
+}
+
+impl stock_node::wal::WalDir for CrashAt {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.disk.list()
+    }
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.disk.read(name)
+    }
+    fn open_segment(
+        &self,
+        name: &str,
+        at: u64,
+    ) -> std::io::Result<Box<dyn stock_node::wal::WalFile>> {
+        self.change()?;
+        self.disk.open_segment(name, at)
+    }
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.change()?;
+        self.disk.truncate(name, len)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.change()?;
+        self.disk.remove(name)
+    }
+    fn write_atomic(
+        &self,
+        name: &str,
+        fill: &mut stock_node::wal::store::Fill<'_>,
+    ) -> std::io::Result<()> {
+        self.change()?;
+        self.disk.write_atomic(name, fill)
+    }
+    fn describe(&self) -> String {
+        self.disk.describe()
+    }
+    fn move_aside(&self, names: &[String], into: &str) -> std::io::Result<()> {
+        self.change()?;
+        self.disk.move_aside(names, into)
+    }
+}
+
+/// A secondary installing a primary's snapshot newer than its whole log writes the
+/// snapshot, then drops its old segments and starts a new one. A crash at any step of
+/// that leaves a directory that opens, with either the old state or the snapshot's;
+/// never a log that opening refuses (a new segment beside old ones, with a gap).
+#[tokio::test]
+async fn a_crash_at_any_step_of_a_snapshot_install_leaves_a_log_that_opens() {
+    use flashsale_core::admin::RoleAssignment;
+    use std::sync::atomic::Ordering::SeqCst;
+    let sale = || SaleConfig {
+        name: "install".into(),
+        items: vec![ItemSpec {
+            sku: "a".into(),
+            stock: 1000,
+            per_customer_limit: 0,
+        }],
+        starts_at_ms: None,
+        ends_at_ms: None,
+        reservation_ttl_ms: 600_000,
+        durability: Default::default(),
+    };
+    // The primary's snapshot, well ahead of the secondary's log.
+    let primary = MemDir::new();
+    let a = open(&primary);
+    a.configure(sale()).await.unwrap();
+    for i in 0..40 {
+        a.purchase(buy(&format!("a{i}"))).await.unwrap();
+    }
+    a.shutdown().await;
+    let (snap_seq, bytes) = open(&primary).newest_snapshot().await.unwrap().unwrap();
+    for n in 1.. {
+        let disk = MemDir::new();
+        let crash = CrashAt {
+            disk: disk.clone(),
+            n: Arc::new(usize::MAX.into()),
+            seen: Arc::new(0.into()),
+        };
+        let b = Engine::open(EngineOptions {
+            dir: Some(Arc::new(crash.clone())),
+            initial_role: Some(Role::Primary),
+            // Its log over several segments.
+            segment_bytes_max: 256,
+            ..Default::default()
+        })
+        .unwrap();
+        b.configure(sale()).await.unwrap();
+        for i in 0..8 {
+            b.purchase(buy(&format!("b{i}"))).await.unwrap();
+        }
+        let old_seq = b.positions().applied_seq;
+        b.set_role(RoleAssignment {
+            role: Role::Secondary,
+            epoch: 2,
+            primary_url: Some("http://primary:8080".into()),
+        })
+        .await
+        .unwrap();
+        let old_seq = b.positions().applied_seq.max(old_seq);
+        crash.seen.store(0, SeqCst);
+        crash.n.store(n, SeqCst);
+        let installed = b.install_snapshot(bytes.clone()).await;
+        drop(b);
+        disk.crash(|_, _| 0);
+        let (reopened, _) = Engine::open_with_report(EngineOptions {
+            dir: Some(Arc::new(disk.clone())),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("crash at change {n} of the install: {e}"));
+        let seq = reopened.positions().applied_seq;
+        assert!(
+            seq == old_seq || seq == snap_seq,
+            "crash at change {n}: applied {seq}, neither the old {old_seq} nor the snapshot's {snap_seq}"
+        );
+        reopened.shutdown().await;
+        if installed.is_ok() && crash.seen.load(SeqCst) < n {
+            // The install finished before the nth change: every step was crashed at.
+            assert!(n > 3, "too few steps seen: {n}");
+            break;
+        }
+    }
+}
