@@ -19,6 +19,22 @@ fn open(dir: &MemDir) -> EngineHandle {
     .unwrap()
 }
 
+/// A sale of one item, `a`.
+fn sale(name: &str, stock: u64, reservation_ttl_ms: u64) -> SaleConfig {
+    SaleConfig {
+        name: name.into(),
+        items: vec![ItemSpec {
+            sku: "a".into(),
+            stock,
+            per_customer_limit: 0,
+        }],
+        starts_at_ms: None,
+        ends_at_ms: None,
+        reservation_ttl_ms,
+        durability: Default::default(),
+    }
+}
+
 fn buy(key: &str) -> PurchaseRequest {
     PurchaseRequest {
         sku: "a".into(),
@@ -32,19 +48,7 @@ fn buy(key: &str) -> PurchaseRequest {
 async fn a_failed_sync_acknowledges_nothing_and_stops_writes() {
     let dir = MemDir::new();
     let e = open(&dir);
-    let cfg = SaleConfig {
-        name: "faults".into(),
-        items: vec![ItemSpec {
-            sku: "a".into(),
-            stock: 10,
-            per_customer_limit: 0,
-        }],
-        starts_at_ms: None,
-        ends_at_ms: None,
-        reservation_ttl_ms: 60_000,
-        durability: Default::default(),
-    };
-    e.configure(cfg).await.unwrap();
+    e.configure(sale("faults", 10, 60_000)).await.unwrap();
     let ok = e.purchase(buy("k1")).await.unwrap();
 
     dir.set_fail_sync(true);
@@ -106,19 +110,7 @@ async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
         ..Default::default()
     })
     .unwrap();
-    let cfg = SaleConfig {
-        name: "snap".into(),
-        items: vec![ItemSpec {
-            sku: "a".into(),
-            stock: 1000,
-            per_customer_limit: 0,
-        }],
-        starts_at_ms: None,
-        ends_at_ms: None,
-        reservation_ttl_ms: 600_000,
-        durability: Default::default(),
-    };
-    e.configure(cfg).await.unwrap();
+    e.configure(sale("snap", 1000, 600_000)).await.unwrap();
     let mut orders = Vec::new();
     for i in 0..40 {
         orders.push(e.purchase(buy(&format!("k{i}"))).await.unwrap());
@@ -241,22 +233,10 @@ impl stock_node::wal::WalDir for CrashAt {
 async fn a_crash_at_any_step_of_a_snapshot_install_leaves_a_log_that_opens() {
     use flashsale_core::admin::RoleAssignment;
     use std::sync::atomic::Ordering::SeqCst;
-    let sale = || SaleConfig {
-        name: "install".into(),
-        items: vec![ItemSpec {
-            sku: "a".into(),
-            stock: 1000,
-            per_customer_limit: 0,
-        }],
-        starts_at_ms: None,
-        ends_at_ms: None,
-        reservation_ttl_ms: 600_000,
-        durability: Default::default(),
-    };
     // The primary's snapshot, well ahead of the secondary's log.
     let primary = MemDir::new();
     let a = open(&primary);
-    a.configure(sale()).await.unwrap();
+    a.configure(sale("install", 1000, 600_000)).await.unwrap();
     for i in 0..40 {
         a.purchase(buy(&format!("a{i}"))).await.unwrap();
     }
@@ -277,7 +257,7 @@ async fn a_crash_at_any_step_of_a_snapshot_install_leaves_a_log_that_opens() {
             ..Default::default()
         })
         .unwrap();
-        b.configure(sale()).await.unwrap();
+        b.configure(sale("install", 1000, 600_000)).await.unwrap();
         for i in 0..8 {
             b.purchase(buy(&format!("b{i}"))).await.unwrap();
         }
