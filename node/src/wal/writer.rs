@@ -14,9 +14,10 @@
 //! (`wal::scan`). The next segment is zero-filled in the background (a thread,
 //! `wal-spare`) while the open one fills, as [`SPARE_SEGMENT`], and renamed into place
 //! when the writer rolls; if it is not ready then, the writer starts a segment that
-//! grows as before rather than wait. Segments that are not preallocated: those in a
-//! `MemDir`, one whose torn tail recovery cut (the cut takes its zeros too), and the
-//! new log a reseed starts.
+//! grows as before rather than wait (as does the new log a snapshot install or a
+//! reseed starts, when no spare is ready). Segments that are not preallocated either:
+//! those in a `MemDir`, and one whose torn tail recovery cut (the cut takes its zeros
+//! too).
 
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
