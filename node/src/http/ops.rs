@@ -195,7 +195,7 @@ where
                 record(&s, &method, route.as_ref(), &res, started)
             }));
             if let Err(panic) = counted {
-                drop(panic_answer(panic));
+                log_panic(&*panic);
             }
             Ok(res)
         })
@@ -302,13 +302,18 @@ pub async fn method_not_allowed(req: Request) -> ApiError {
 
 /// A panic in a handler is a bug; the client still gets JSON and the node keeps serving.
 pub fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_string());
-    tracing::error!(panic = %what, "handler panicked");
+    log_panic(&*panic);
     let mut res = ApiError::new(ErrorCode::Internal, "internal error").into_response();
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     res
+}
+
+/// Logs a caught panic with its message.
+fn log_panic(panic: &(dyn std::any::Any + Send)) {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %what, "handler panicked");
 }

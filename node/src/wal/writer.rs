@@ -49,12 +49,10 @@ impl SegmentWriter {
         segment_bytes_max: u64,
     ) -> Result<Self, WalDirError> {
         // A spare a crash left half-written; only space is at stake.
-        if dir
-            .list()
-            .is_ok_and(|n| n.iter().any(|n| n == SPARE_SEGMENT))
-            && let Err(e) = dir.remove(SPARE_SEGMENT)
-        {
-            tracing::warn!(error = %e, "a spare WAL segment a crash left stays");
+        match dir.remove(SPARE_SEGMENT) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "a spare WAL segment a crash left stays"),
         }
         let file = match segments.last() {
             Some((_, name)) => {
@@ -69,23 +67,18 @@ impl SegmentWriter {
             }
             None => {
                 let name = segment_name(next_seq);
-                segments.push((next_seq, name.clone()));
                 // The first segment is preallocated too, here and now: opening is not
                 // on a purchase's path.
                 let prepared = dir.preallocates()
-                    && match dir.prepare_spare(segment_bytes_max) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not preallocate a WAL segment");
-                            false
-                        }
-                    };
-                if prepared {
-                    dir.install_spare(&name)
-                } else {
-                    dir.open_segment(&name, 0)
-                }
-                .map_err(|e| WalDirError::io(format!("create {name}"), e))?
+                    && dir
+                        .prepare_spare(segment_bytes_max)
+                        .inspect_err(
+                            |e| tracing::warn!(error = %e, "could not preallocate a WAL segment"),
+                        )
+                        .is_ok();
+                let file = start_segment(&*dir, &name, prepared)?;
+                segments.push((next_seq, name));
+                file
             }
         };
         let mut writer = Self {
@@ -117,8 +110,10 @@ impl SegmentWriter {
 
     /// A new segment `name`: the spare, if it is ready, else an empty file.
     fn new_segment(&mut self, name: &str) -> Result<Box<dyn WalFile>, WalDirError> {
-        if let Some(spare) = self.spare.take_if(|h| h.is_finished()) {
-            let ready = match spare.join() {
+        let ready = self
+            .spare
+            .take_if(|h| h.is_finished())
+            .is_some_and(|spare| match spare.join() {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "could not preallocate a WAL segment");
@@ -128,26 +123,11 @@ impl SegmentWriter {
                     tracing::warn!("preallocating a WAL segment panicked");
                     false
                 }
-            };
-            let installed = if ready {
-                Some(
-                    self.dir
-                        .install_spare(name)
-                        .map_err(|e| WalDirError::io(format!("create {name}"), e))?,
-                )
-            } else {
-                None
-            };
-            if let Some(file) = installed {
-                self.prepare_spare();
-                return Ok(file);
-            }
-        }
-        // None ready (or none could be started): this one grows as it is written.
+            });
+        let file = start_segment(&*self.dir, name, ready)?;
+        // After the spare is renamed into place: the next one takes its name.
         self.prepare_spare();
-        self.dir
-            .open_segment(name, 0)
-            .map_err(|e| WalDirError::io(format!("create {name}"), e))
+        Ok(file)
     }
 
     /// Appends encoded frames (not durable until [`SegmentWriter::sync`]).
@@ -199,7 +179,10 @@ impl SegmentWriter {
     /// beside the old ones with a gap between them, and opening refuses a gap.
     pub fn reset(&mut self, next_seq: u64) -> Result<(), WalDirError> {
         let name = segment_name(next_seq);
-        let old = std::mem::replace(&mut self.segments, VecDeque::from([(next_seq, name)]));
+        let old = std::mem::replace(
+            &mut self.segments,
+            VecDeque::from([(next_seq, name.clone())]),
+        );
         for (i, (_, seg)) in old.iter().enumerate() {
             match self.dir.remove(seg) {
                 Ok(()) => {}
@@ -211,7 +194,6 @@ impl SegmentWriter {
                 }
             }
         }
-        let name = self.current().to_owned();
         self.file = self.new_segment(&name)?;
         Ok(())
     }
@@ -225,6 +207,21 @@ impl SegmentWriter {
     pub fn oldest_seq(&self) -> u64 {
         self.segments.front().expect("never empty").0
     }
+}
+
+/// Starts segment `name`: the spare renamed into place when `spare_ready`, else an
+/// empty file that grows as it is written.
+fn start_segment(
+    dir: &dyn WalDir,
+    name: &str,
+    spare_ready: bool,
+) -> Result<Box<dyn WalFile>, WalDirError> {
+    if spare_ready {
+        dir.install_spare(name)
+    } else {
+        dir.open_segment(name, 0)
+    }
+    .map_err(|e| WalDirError::io(format!("create {name}"), e))
 }
 
 impl Drop for SegmentWriter {
