@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +28,14 @@ pub trait WalDir: Send + Sync + 'static {
     /// File names in the directory, any order.
     fn list(&self) -> io::Result<Vec<String>>;
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Up to `len` bytes of file `name` from byte `at` on: fewer at its end, none past
+    /// it. Readers that stop early (catch-up stops where the records end, before a
+    /// preallocated segment's zeros) read only what they need.
+    fn read_range(&self, name: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
+        let data = self.read(name)?;
+        let from = usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
+        Ok(data[from..(from.saturating_add(len)).min(data.len())].to_vec())
+    }
     /// Opens segment `name` for writing from byte `at` on (its valid end, as a scan found
     /// it: a preallocated segment holds zeros after it), creating it empty (durably,
     /// directory entry included) if missing.
@@ -125,6 +133,14 @@ impl WalDir for FsDir {
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         fs::read(self.path.join(name))
+    }
+
+    fn read_range(&self, name: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut file = File::open(self.path.join(name))?;
+        file.seek(io::SeekFrom::Start(at))?;
+        let mut out = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut out)?;
+        Ok(out)
     }
 
     fn open_segment(&self, name: &str, at: u64) -> io::Result<Box<dyn WalFile>> {
@@ -334,6 +350,13 @@ impl WalDir for MemDir {
             .get(name)
             .map(|f| f.data.clone())
             .ok_or_else(|| not_found(name))
+    }
+
+    fn read_range(&self, name: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
+        let files = self.files.lock();
+        let data = &files.get(name).ok_or_else(|| not_found(name))?.data;
+        let from = usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
+        Ok(data[from..from.saturating_add(len).min(data.len())].to_vec())
     }
 
     fn open_segment(&self, name: &str, at: u64) -> io::Result<Box<dyn WalFile>> {
