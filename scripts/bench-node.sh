@@ -7,8 +7,8 @@
 #   3. nosync    `stock-node serve --durability no-sync`
 #   4. redis     redis-server `appendfsync always`, the classic Lua check-and-decrement
 #                through `redis-benchmark … EVALSHA` (same connection count)
-# then the durable node under an open-loop load (oha, a fixed rate with latency
-# correction; built once with cargo and cached) at 50% and 80% of its peak, and at 80%
+# then the durable node under an open-loop load (testbed/openloop: a fixed rate, each
+# request timed from when it was due) at 50% and 80% of its peak, and at 80%
 # with frequent snapshots, and the no-op ceiling at that 80% rate (the latency floor of
 # the machine and the load generator). Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
 # per purchase, the ratios node/ceiling and node/redis, the node's resident memory per
@@ -30,7 +30,7 @@ BENCH=bench-node
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 bench_setup redis-server redis-benchmark redis-cli
-bench_oha
+bench_openloop
 
 stop_server() { # pid: SIGTERM, wait for the drain and the final sync
   kill -TERM "$1" 2>/dev/null || true
@@ -141,9 +141,9 @@ for name, rows in runs.items():
     print(name, "%d" % m[0], "%.3f" % m[1], "%.3f" % m[2], "%d" % m[3], "-" if m[4] is None else "%.1f" % m[4])
 PY
 
-# 5. Open loop: oha sends at a fixed rate whatever the node does, and with
-# --latency-correction times each request from when it was due, not from when a
-# connection was free (no coordinated omission). 50% and 80% of the durable peak, each
+# 5. Open loop: openloop sends at a fixed rate whatever the node does, and times each
+# request from when it was due, not from when a connection was free (no coordinated
+# omission; see testbed/openloop for why not oha). 50% and 80% of the durable peak, each
 # on a fresh node; then 80% again with a snapshot every SNAP_EVERY records (the runs
 # before keep the default, 200 000: one or two in a run; the script prints how many), for the
 # snapshot's effect.
@@ -154,7 +154,7 @@ open_loop() { # name percent extra-args…
   shift 2
   rate=$(( peak * pct / 100 ))
   start_node "$name" "$@"
-  run_oha "$name" "http://127.0.0.1:$PORT" "$rate" "$PID"
+  run_openloop "$name" "http://127.0.0.1:$PORT" "$rate" "$PID"
   curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/$name.metrics"
   stop_server "$PID"
 }
@@ -163,13 +163,13 @@ open_loop open@80% 80
 open_loop open@80%+snap 80 --snapshot-every-records "$SNAP_EVERY"
 # The floor this machine sets: the no-op at the same rate as open@80%.
 start_noop
-run_oha ceiling@80% "http://127.0.0.1:$PORT" $(( peak * 80 / 100 )) "$PID"
+run_openloop ceiling@80% "http://127.0.0.1:$PORT" $(( peak * 80 / 100 )) "$PID"
 stop_server "$PID"
 
 echo
 echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "closed loop: wrk, $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
-echo "open loop: oha -q <rate> --latency-correction, $CONNS connections, ${DURATION_S}s, bodies drawn at random from $OHA_LINES distinct purchases"
+echo "open loop: openloop --rate <rate>, $CONNS connections, ${DURATION_S}s, a distinct purchase per request, timed from when it was due"
 echo "CPU pressure (PSI some, avg60) before: $PRESSURE_BEFORE, after: $(cpu_pressure) — near 0% is a quiet machine"
 echo "closed loop, each round:"
 printf '%-5s %-15s %12s %9s %9s %8s %16s\n' round run purchases/s p50_ms p99_ms errors server_cpu_us/req
@@ -195,7 +195,7 @@ awk '
     printf "open loop at 80%% of the durable peak: %d/s, p99 %s ms, p99.9 %s ms   (target p99 <= 5 ms)\n",
       rps["open@80%"], p99["open@80%"], p999["open@80%"]
     printf "with a snapshot every '"$SNAP_EVERY"' records: p99 %s ms, p99.9 %s ms\n", p99["open@80%+snap"], p999["open@80%+snap"]
-    printf "the no-op at the same rate (what this machine and oha allow): p99 %s ms, p99.9 %s ms\n", p99["ceiling@80%"], p999["ceiling@80%"]
+    printf "the no-op at the same rate (what this machine and the load generator allow): p99 %s ms, p99.9 %s ms\n", p99["ceiling@80%"], p999["ceiling@80%"]
   }' "$WORK/results"
 read -r _ rss_after rss_start orders rss_warm orders_warm <"$WORK/memory"
 awk -v a="$rss_after" -v b="$rss_start" -v n="$orders" -v w="$rss_warm" -v nw="$orders_warm" 'BEGIN {
@@ -204,8 +204,9 @@ awk -v a="$rss_after" -v b="$rss_start" -v n="$orders" -v w="$rss_warm" -v nw="$
   printf "memory: %.0f MB per million orders held, marginal (%.0f MB at %d orders after the warm-up)   (target <= 200)\n",
     (a - w) / 1024 * 1e6 / (n - nw), w / 1024, nw }'
 for run in open@50% open@80% open@80%+snap; do
-  printf '%s: %d distinct purchases, %d snapshots\n' "$run" \
-    "$(metric "$WORK/$run.metrics" flashsale_engine_records_total)" "$(metric "$WORK/$run.metrics" flashsale_engine_snapshots_total)"
+  printf '%s: %d purchases, %d snapshots, p99 of each second %s ms\n' "$run" \
+    "$(metric "$WORK/$run.metrics" flashsale_engine_records_total)" "$(metric "$WORK/$run.metrics" flashsale_engine_snapshots_total)" \
+    "$(python3 -c 'import json, sys; print(" ".join("%.1f" % w[3] for w in json.load(open(sys.argv[1]))["windows"]))' "$WORK/$run.openloop.json")"
 done
 echo
 echo "group commit (durable run): $(awk '/^flashsale_engine_batch_records_sum/ { s = $2 } /^flashsale_engine_batch_records_count/ { c = $2 } END { if (c) printf "%.1f records/batch over %d batches", s / c, c }' "$WORK/durable.metrics"), $(awk '/^flashsale_engine_fsync_us_sum/ { s = $2 } /^flashsale_engine_fsync_us_count/ { c = $2 } END { if (c) printf "mean fdatasync %.0f us", s / c }' "$WORK/durable.metrics")"

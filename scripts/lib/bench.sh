@@ -134,7 +134,8 @@ run_wrk() {
   echo "  $name: $rps purchases/s, p50 ${p50} ms, p99 ${p99} ms, non-2xx/socket errors $errs, server CPU ${cpu} us/req" >&2
 }
 
-# The open-loop load generator: oha (crates.io), built once into the cache. Sets OHA.
+# oha (crates.io), built once into the cache: bench-instructions' fixed count of
+# requests. Sets OHA.
 OHA_VERSION=1.15.0
 bench_oha() {
   local root="${FLASHSALE_CACHE:-$HOME/.cache/flashsale}/tools/oha-$OHA_VERSION"
@@ -181,39 +182,35 @@ perf_stop() {
   PERF=
 }
 
-# run_oha name url rate [server-pid]: oha at a fixed rate for $DURATION_S s with latency
-# correction; appends "name rps p50 p99 errors cpu_us p99.9" to $WORK/results. The bodies
-# are OHA_LINES distinct purchases (8 × the requests, so about 6% of the draws repeat a
-# key and are answered as idempotent replays; the summary counts the distinct ones).
-run_oha() {
-  local name=$1 url=$2 rate=$3 spid=${4:-} t0=0 t1=0 out cpu=-
-  out="$WORK/$name.oha.json"
-  OHA_LINES=$(( rate * DURATION_S * 8 ))
-  python3 - "$OHA_LINES" "$name" >"$WORK/bodies" <<'PY'
-import sys
-n, prefix = int(sys.argv[1]), sys.argv[2]
-w = sys.stdout.write
-for i in range(n):
-    w('{"sku":"bench","quantity":1,"customer":"c%s-%d","idempotencyKey":"k%s-%d"}\n' % (prefix, i, prefix, i))
-PY
+# The open-loop load generator (testbed/openloop, this workspace's): built with the
+# node. Sets OPENLOOP.
+bench_openloop() {
+  cargo build --release -p openloop
+  OPENLOOP="$CARGO_TARGET_DIR/release/openloop"
+}
+
+# run_openloop name url rate [server-pid]: openloop at a fixed rate for $DURATION_S s on
+# $CONNS connections, each request timed from when the schedule said to send it; appends
+# "name rps p50 p99 errors cpu_us p99.9" to $WORK/results. Every request is a purchase
+# with its own key (customer c<name>-<i>, key k<name>-<i>): none is a replay.
+run_openloop() {
+  local name=$1 url=$2 rate=$3 spid=${4:-} t0=0 t1=0 out
+  out="$WORK/$name.openloop.json"
   [ -n "$spid" ] && t0=$(cpu_ticks "$spid")
   perf_start "$name" "$spid"
-  taskset -c "$LOAD_CPU" "$OHA" -z "${DURATION_S}s" -w -q "$rate" --latency-correction -c "$CONNS" \
-    --no-tui --output-format json -m POST -T application/json -Z "$WORK/bodies" -t 5s \
-    "$url/v1/purchases" >"$out"
+  taskset -c "$LOAD_CPU" "$OPENLOOP" --url "$url/v1/purchases" --rate "$rate" --duration-s "$DURATION_S" \
+    --connections "$CONNS" --prefix "$name" --window-ms 1000 >"$out"
   perf_stop
   [ -n "$spid" ] && t1=$(cpu_ticks "$spid")
   python3 - "$out" "$name" "$spid" "$((t1 - t0))" "$TICKS_PER_S" >>"$WORK/results" <<'PY'
 import json, sys
 out, name, spid, ticks, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 r = json.load(open(out))
-codes = r["statusCodeDistribution"]
-total = sum(codes.values()) + sum(r["errorDistribution"].values())
-errs = total - codes.get("201", 0)
-p = r["latencyPercentiles"]
-ms = lambda k: "%.3f" % (p[k] * 1000) if p.get(k) is not None else "-"
-cpu = "%.1f" % (ticks * 1e6 / hz / total) if spid and total else "-"
-print(name, int(r["summary"]["requestsPerSec"]), ms("p50"), ms("p99"), errs, cpu, ms("p99.9"))
+errs = r["scheduled"] - r["statuses"].get("201", 0)
+p = r["latencyMs"]
+ms = lambda k: "%.3f" % p[k] if p.get(k) is not None else "-"
+cpu = "%.1f" % (ticks * 1e6 / hz / r["answered"]) if spid and r["answered"] else "-"
+print(name, int(r["answeredPerS"]), ms("p50"), ms("p99"), errs, cpu, ms("p99.9"))
 PY
   echo "  $name (asked $rate/s): $(tail -1 "$WORK/results")" >&2
 }
