@@ -97,11 +97,18 @@ fn target(url: &str) -> anyhow::Result<Target> {
     })
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = StdStream::connect(addr)?;
+/// A new connection to `addr`, registered with `poll` as connection `n`.
+fn connect(poll: &Poll, addr: SocketAddr, n: usize) -> anyhow::Result<TcpStream> {
+    let s = StdStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
-    Ok(TcpStream::from_std(s))
+    let mut stream = TcpStream::from_std(s);
+    poll.registry().register(
+        &mut stream,
+        Token(n),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
+    Ok(stream)
 }
 
 /// What a complete answer at the start of `input` is: its status and its length.
@@ -174,14 +181,8 @@ fn main() -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
     let mut conns = Vec::new();
     for n in 0..args.connections as usize {
-        let mut stream = connect(t.addr).with_context(|| format!("connecting to {}", t.addr))?;
-        poll.registry().register(
-            &mut stream,
-            Token(n),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
         conns.push(Conn {
-            stream,
+            stream: connect(&poll, t.addr, n)?,
             scheduled: None,
             out: Vec::with_capacity(512),
             written: 0,
@@ -363,13 +364,7 @@ fn fail(
 ) -> anyhow::Result<()> {
     eprintln!("openloop: connection {c}: {e}; reconnecting");
     let _ = poll.registry().deregister(&mut conn.stream);
-    let mut stream = connect(t.addr).with_context(|| format!("reconnecting to {}", t.addr))?;
-    poll.registry().register(
-        &mut stream,
-        Token(c),
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
-    conn.stream = stream;
+    conn.stream = connect(poll, t.addr, c)?;
     conn.input.clear();
     conn.scheduled = None;
     Ok(())
