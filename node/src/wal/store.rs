@@ -138,7 +138,8 @@ impl WalDir for FsDir {
     fn read_range(&self, name: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut file = File::open(self.path.join(name))?;
         file.seek(io::SeekFrom::Start(at))?;
-        let mut out = Vec::with_capacity(len);
+        // Room for a catch-up chunk at most up front; a larger read grows as it goes.
+        let mut out = Vec::with_capacity(len.min(1 << 20));
         file.take(len as u64).read_to_end(&mut out)?;
         Ok(out)
     }

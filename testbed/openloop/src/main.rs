@@ -17,9 +17,11 @@
 //! Every request is a purchase with its own customer and idempotency key
 //! (`c<prefix>-<i>`, `k<prefix>-<i>`): none is an idempotent replay. Prints one JSON
 //! object: the asked rate, what was sent and answered, the statuses, the answered rate
-//! and the latency percentiles in ms (answered requests; an answer that did not come
-//! within `--timeout-s` after the schedule ended, a request never sent by then, and a
-//! connection that failed are counted in `errors`).
+//! and the latency percentiles in ms over every scheduled request — an answered one
+//! from its schedule to its answer; one whose connection failed, that was not answered
+//! within `--timeout-s` after the schedule ended, or that was never sent by then counts
+//! the time it had waited when that was known (a lower bound), and is counted in
+//! `errors` too. A connection that fails, or that the server closes, is replaced.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -71,6 +73,8 @@ struct Conn {
     written: usize,
     /// What has arrived of the answer.
     input: Vec<u8>,
+    /// The server closed the connection (after an answer, or before one).
+    closed: bool,
 }
 
 /// The target of `--url`: where to connect, and the head's host and path.
@@ -154,13 +158,17 @@ impl Conn {
         let mut chunk = [0u8; 4096];
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
         match answer(&self.input)? {
+            None if self.closed => Err(io::ErrorKind::UnexpectedEof.into()),
             None => Ok(None),
             Some((status, len)) if len == self.input.len() => {
                 self.input.clear();
@@ -174,10 +182,52 @@ impl Conn {
     }
 }
 
+/// What a run has measured so far.
+struct Tally {
+    start: Instant,
+    /// Every scheduled request's latency, µs (see the crate's doc).
+    latencies_us: Vec<u32>,
+    /// (µs from the start the request was scheduled at, its latency in µs), kept with
+    /// `--window-ms`.
+    timeline: Option<Vec<(u64, u32)>>,
+    statuses: BTreeMap<u16, u64>,
+    answered: u64,
+    errors: u64,
+    last_answer: Instant,
+}
+
+impl Tally {
+    /// A request scheduled at `scheduled`, over at `at`: answered with `status`, or
+    /// (`None`) failed, not answered in time or never sent.
+    fn record(&mut self, scheduled: Instant, at: Instant, status: Option<u16>) {
+        let us =
+            u32::try_from(at.saturating_duration_since(scheduled).as_micros()).unwrap_or(u32::MAX);
+        self.latencies_us.push(us);
+        if let Some(t) = &mut self.timeline {
+            t.push((
+                scheduled.saturating_duration_since(self.start).as_micros() as u64,
+                us,
+            ));
+        }
+        match status {
+            Some(status) => {
+                *self.statuses.entry(status).or_default() += 1;
+                self.answered += 1;
+                self.last_answer = self.last_answer.max(at);
+            }
+            None => self.errors += 1,
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let t = target(&args.url)?;
     let total = args.rate * args.duration_s;
+    // JSON strings as they go into each body.
+    let sku = serde_json::to_string(&args.sku)?;
+    let prefix = serde_json::to_string(&args.prefix)?;
+    let prefix = &prefix[1..prefix.len() - 1];
     let mut poll = Poll::new()?;
     let mut conns = Vec::new();
     for n in 0..args.connections as usize {
@@ -187,16 +237,12 @@ fn main() -> anyhow::Result<()> {
             out: Vec::with_capacity(512),
             written: 0,
             input: Vec::with_capacity(1024),
+            closed: false,
         });
     }
     // Taken in turn (first freed, first taken), so that every connection carries
     // requests and none sits idle long enough for the server to close it.
     let mut free: VecDeque<usize> = (0..conns.len()).collect();
-    let mut latencies_us: Vec<u32> = Vec::with_capacity(total as usize);
-    // (µs from the start the request was scheduled at, its latency in µs)
-    let mut timeline: Vec<(u64, u32)> = Vec::new();
-    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    let mut errors = 0u64;
     let mut events = Events::with_capacity(1024);
 
     let start = Instant::now() + Duration::from_millis(20);
@@ -206,11 +252,20 @@ fn main() -> anyhow::Result<()> {
     let due = |i: u64| {
         start + Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(args.rate)) as u64)
     };
-    let schedule_end = due(total);
-    let deadline = schedule_end + Duration::from_secs(args.timeout_s);
+    let deadline = due(total) + Duration::from_secs(args.timeout_s);
+    let mut tally = Tally {
+        start,
+        latencies_us: Vec::with_capacity(total.min(1 << 26) as usize),
+        timeline: args
+            .window_ms
+            .map(|_| Vec::with_capacity(total.min(1 << 26) as usize)),
+        statuses: BTreeMap::new(),
+        answered: 0,
+        errors: 0,
+        last_answer: start,
+    };
     let mut next = 0u64;
     let mut in_flight = 0usize;
-    let mut last_answer = start;
     loop {
         let now = Instant::now();
         // Send what is due while a connection is free; the rest waits, its clock running.
@@ -219,9 +274,7 @@ fn main() -> anyhow::Result<()> {
             let conn = &mut conns[c];
             conn.out.clear();
             let body = format!(
-                r#"{{"sku":"{}","quantity":1,"customer":"c{p}-{next}","idempotencyKey":"k{p}-{next}"}}"#,
-                args.sku,
-                p = args.prefix
+                r#"{{"sku":{sku},"quantity":1,"customer":"c{prefix}-{next}","idempotencyKey":"k{prefix}-{next}"}}"#
             );
             write!(
                 conn.out,
@@ -235,10 +288,11 @@ fn main() -> anyhow::Result<()> {
             next += 1;
             in_flight += 1;
             if let Err(e) = conn.flush() {
-                fail(&mut poll, &t, conn, c, &e)?;
-                errors += 1;
+                tally.record(due(next - 1), Instant::now(), None);
                 in_flight -= 1;
-                free.push_back(c);
+                if replace(&poll, &t, conn, c, &e) {
+                    free.push_back(c);
+                }
             }
         }
         if (next == total && in_flight == 0) || now >= deadline {
@@ -246,7 +300,8 @@ fn main() -> anyhow::Result<()> {
         }
         let timeout = if next < total && !free.is_empty() {
             let at = due(next);
-            // epoll waits in whole milliseconds: sleep only to a millisecond before.
+            // epoll waits in whole milliseconds: sleep to 2 ms before, then poll
+            // without sleeping.
             Some(
                 at.saturating_duration_since(now)
                     .saturating_sub(Duration::from_millis(2)),
@@ -255,11 +310,20 @@ fn main() -> anyhow::Result<()> {
             Some(deadline.saturating_duration_since(now))
         };
         poll.poll(&mut events, timeout)?;
-        let now = Instant::now();
         for ev in &events {
             let c = ev.token().0;
             let conn = &mut conns[c];
             let Some(scheduled) = conn.scheduled else {
+                // A connection the server closed while nothing was on it: replace it
+                // before a request is lost on it.
+                if (ev.is_read_closed() || ev.is_error())
+                    && let Some(at) = free.iter().position(|&f| f == c)
+                {
+                    free.remove(at);
+                    if replace(&poll, &t, conn, c, &io::ErrorKind::ConnectionReset.into()) {
+                        free.push_back(c);
+                    }
+                }
                 continue;
             };
             let done = (|| {
@@ -271,78 +335,86 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(None)
             })();
-            match done {
+            let alive = match done {
                 Ok(None) => continue,
                 Ok(Some(status)) => {
-                    *statuses.entry(status).or_default() += 1;
-                    let us = now.saturating_duration_since(scheduled).as_micros();
-                    let us = u32::try_from(us).unwrap_or(u32::MAX);
-                    latencies_us.push(us);
-                    if args.window_ms.is_some() {
-                        let at = scheduled.saturating_duration_since(start).as_micros() as u64;
-                        timeline.push((at, us));
-                    }
-                    last_answer = now;
+                    tally.record(scheduled, Instant::now(), Some(status));
+                    conn.scheduled = None;
+                    // An answer, then the connection closed: a new one, no error.
+                    !conn.closed
+                        || replace(&poll, &t, conn, c, &io::ErrorKind::UnexpectedEof.into())
                 }
                 Err(e) => {
-                    fail(&mut poll, &t, conn, c, &e)?;
-                    errors += 1;
+                    tally.record(scheduled, Instant::now(), None);
+                    replace(&poll, &t, conn, c, &e)
                 }
-            }
-            conn.scheduled = None;
+            };
             in_flight -= 1;
-            free.push_back(c);
+            if alive {
+                free.push_back(c);
+            }
         }
     }
-    // Answers that did not come in time, and requests never sent.
-    errors += in_flight as u64 + (total - next);
-    let answered = latencies_us.len() as u64;
-    let elapsed = last_answer
+    // Answers that did not come in time, and requests never sent: each counts the time
+    // it had waited by now.
+    let end = Instant::now();
+    for conn in &conns {
+        if let Some(scheduled) = conn.scheduled {
+            tally.record(scheduled, end, None);
+        }
+    }
+    for i in next..total {
+        tally.record(due(i), end, None);
+    }
+    let elapsed = tally
+        .last_answer
         .saturating_duration_since(start)
         .as_secs_f64()
         .max(1e-9);
-    latencies_us.sort_unstable();
+    let mut l = std::mem::take(&mut tally.latencies_us);
+    l.sort_unstable();
     let pct = |q: f64| -> serde_json::Value {
-        if latencies_us.is_empty() {
+        if l.is_empty() {
             return serde_json::Value::Null;
         }
-        let i = ((latencies_us.len() as f64 * q).ceil() as usize).clamp(1, latencies_us.len()) - 1;
-        serde_json::json!(f64::from(latencies_us[i]) / 1000.0)
+        serde_json::json!(f64::from(l[rank(l.len(), q)]) / 1000.0)
     };
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "startUnixMs": start_unix_ms,
         "askedRate": args.rate,
         "durationS": args.duration_s,
         "connections": args.connections,
         "scheduled": total,
         "sent": next,
-        "answered": answered,
-        "errors": errors,
-        "statuses": statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
-        "answeredPerS": answered as f64 / elapsed,
+        "answered": tally.answered,
+        "errors": tally.errors,
+        "statuses": tally.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+        "answeredPerS": tally.answered as f64 / elapsed,
         "latencyMs": {
             "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "p99.9": pct(0.999),
             "max": pct(1.0),
         },
     });
-    let mut out = out;
-    if let Some(w) = args.window_ms {
+    if let (Some(w), Some(timeline)) = (args.window_ms, tally.timeline.take()) {
         out["windows"] = windows(timeline, w * 1000);
     }
     println!("{out}");
     Ok(())
 }
 
-/// Per window of `width_us` by scheduled time: [start ms, answered, p50, p99, max] (ms).
+/// The index of quantile `q` in `len` sorted values (nearest rank).
+fn rank(len: usize, q: f64) -> usize {
+    ((len as f64 * q).ceil() as usize).clamp(1, len) - 1
+}
+
+/// Per window of `width_us` by scheduled time: [start ms, requests, p50, p99, max] (ms).
 fn windows(mut timeline: Vec<(u64, u32)>, width_us: u64) -> serde_json::Value {
     timeline.sort_unstable();
     let mut out = Vec::new();
     for chunk in timeline.chunk_by(|a, b| a.0 / width_us == b.0 / width_us) {
         let mut l: Vec<u32> = chunk.iter().map(|e| e.1).collect();
         l.sort_unstable();
-        let at = |q: f64| {
-            f64::from(l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1]) / 1000.0
-        };
+        let at = |q: f64| f64::from(l[rank(l.len(), q)]) / 1000.0;
         out.push(serde_json::json!([
             chunk[0].0 / width_us * width_us / 1000,
             l.len(),
@@ -354,20 +426,23 @@ fn windows(mut timeline: Vec<(u64, u32)>, width_us: u64) -> serde_json::Value {
     serde_json::Value::Array(out)
 }
 
-/// A connection that failed: reported once, replaced by a new one.
-fn fail(
-    poll: &mut Poll,
-    t: &Target,
-    conn: &mut Conn,
-    c: usize,
-    e: &io::Error,
-) -> anyhow::Result<()> {
-    eprintln!("openloop: connection {c}: {e}; reconnecting");
+/// Replaces connection `c`, which failed (`why`) or was closed, with a new one; `false`
+/// (reported) when no new one could be opened: the connection is out of the run.
+fn replace(poll: &Poll, t: &Target, conn: &mut Conn, c: usize, why: &io::Error) -> bool {
     let _ = poll.registry().deregister(&mut conn.stream);
-    conn.stream = connect(poll, t.addr, c)?;
     conn.input.clear();
     conn.scheduled = None;
-    Ok(())
+    conn.closed = false;
+    match connect(poll, t.addr, c) {
+        Ok(stream) => {
+            conn.stream = stream;
+            true
+        }
+        Err(e) => {
+            eprintln!("openloop: connection {c} ({why}) could not be replaced: {e:#}");
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -412,6 +487,70 @@ mod tests {
         assert_eq!(
             windows(timeline, 100_000),
             serde_json::json!([[0, 2, 1.0, 3.0, 3.0], [100, 2, 2.0, 2.0, 2.0]])
+        );
+    }
+
+    #[test]
+    fn an_answer_then_a_close_is_an_answer_and_a_close_before_one_an_error() {
+        let poll = Poll::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = |reply: &'static [u8]| {
+            let mut c = Conn {
+                stream: connect(&poll, addr, 0).unwrap(),
+                scheduled: None,
+                out: Vec::new(),
+                written: 0,
+                input: Vec::new(),
+                closed: false,
+            };
+            let (mut server, _) = listener.accept().unwrap();
+            server.write_all(reply).unwrap();
+            drop(server);
+            // Until the close has arrived too.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let got = c.receive();
+                if c.closed || got.is_err() || Instant::now() > deadline {
+                    return (got.map_err(|e| e.kind()), c.closed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        assert_eq!(
+            conn(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}"),
+            (Ok(Some(201)), true)
+        );
+        assert_eq!(
+            conn(b"HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\n{}"),
+            (Err(io::ErrorKind::UnexpectedEof), true)
+        );
+    }
+
+    #[test]
+    fn every_request_counts_in_the_latencies_and_the_unanswered_in_errors() {
+        let start = Instant::now();
+        let mut t = Tally {
+            start,
+            latencies_us: Vec::new(),
+            timeline: Some(Vec::new()),
+            statuses: BTreeMap::new(),
+            answered: 0,
+            errors: 0,
+            last_answer: start,
+        };
+        let ms = Duration::from_millis;
+        t.record(start, start + ms(3), Some(201));
+        t.record(start + ms(1), start + ms(2), Some(503));
+        t.record(start + ms(2), start + ms(9), None);
+        assert_eq!(t.latencies_us, [3000, 1000, 7000]);
+        assert_eq!((t.answered, t.errors), (2, 1));
+        assert_eq!(t.statuses, BTreeMap::from([(201, 1), (503, 1)]));
+        assert_eq!(t.last_answer, start + ms(3));
+        assert_eq!(t.timeline.unwrap()[2], (2000, 7000));
+        assert_eq!(
+            [rank(3, 0.5), rank(3, 0.99), rank(3, 1.0), rank(1000, 0.99)],
+            [1, 2, 2, 989]
         );
     }
 }
