@@ -32,9 +32,7 @@ pub trait WalDir: Send + Sync + 'static {
     /// it. Readers that stop early (catch-up stops where the records end, before a
     /// preallocated segment's zeros) read only what they need.
     fn read_range(&self, name: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
-        let data = self.read(name)?;
-        let from = usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
-        Ok(data[from..(from.saturating_add(len)).min(data.len())].to_vec())
+        Ok(range(&self.read(name)?, at, len).to_vec())
     }
     /// Opens segment `name` for writing from byte `at` on (its valid end, as a scan found
     /// it: a preallocated segment holds zeros after it), creating it empty (durably,
@@ -48,17 +46,11 @@ pub trait WalDir: Send + Sync + 'static {
     /// size, so that records later written over them change no file metadata and a
     /// sync writes the records alone (see `wal::writer`). Only where [`Self::preallocates`].
     fn prepare_spare(&self, _len: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this directory does not preallocate segments",
-        ))
+        Err(no_preallocation())
     }
     /// Renames the spare into place as segment `name` (durably) and opens it at byte 0.
     fn install_spare(&self, _name: &str) -> io::Result<Box<dyn WalFile>> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this directory does not preallocate segments",
-        ))
+        Err(no_preallocation())
     }
     /// Cuts `name` to `len` bytes and makes the cut durable.
     fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
@@ -115,6 +107,19 @@ impl FsDir {
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.path)?.sync_all()
     }
+}
+
+/// Up to `len` bytes of `data` from byte `at` on ([`WalDir::read_range`]).
+fn range(data: &[u8], at: u64, len: usize) -> &[u8] {
+    let from = usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
+    &data[from..from.saturating_add(len).min(data.len())]
+}
+
+fn no_preallocation() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this directory does not preallocate segments",
+    )
 }
 
 /// Starts writing `len` bytes of `file` from `at` to the disk and waits until they
@@ -391,8 +396,7 @@ impl WalDir for MemDir {
     fn read_range(&self, name: &str, at: u64, len: usize) -> io::Result<Vec<u8>> {
         let files = self.files.lock();
         let data = &files.get(name).ok_or_else(|| not_found(name))?.data;
-        let from = usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
-        Ok(data[from..from.saturating_add(len).min(data.len())].to_vec())
+        Ok(range(data, at, len).to_vec())
     }
 
     fn open_segment(&self, name: &str, at: u64) -> io::Result<Box<dyn WalFile>> {

@@ -393,15 +393,7 @@ async fn a_handler_that_panics_is_a_json_500_and_the_node_goes_on() {
         )
         .layer(ObserveLayer(state.clone()));
     for path in ["/boom", "/early", "/stuck"] {
-        let res = tokio::time::timeout(
-            Duration::from_secs(10),
-            boom.clone()
-                .oneshot(Request::get(path).body(Body::empty()).unwrap()),
-        )
-        .await
-        .expect("answered")
-        .unwrap();
-        let (status, err) = answer(res).await;
+        let (status, err) = get_within_10s(boom.clone(), path).await;
         assert_eq!(
             (status, &err["code"]),
             (StatusCode::INTERNAL_SERVER_ERROR, &json!("internal")),
@@ -511,18 +503,23 @@ async fn a_handler_that_spends_its_budget_is_still_cut_off() {
     let app = axum::Router::new()
         .route("/busy", get(busy))
         .layer(ObserveLayer(state.clone()));
-    let res = tokio::time::timeout(
-        Duration::from_secs(10),
-        app.oneshot(Request::get("/busy").body(Body::empty()).unwrap()),
-    )
-    .await
-    .expect("cut off within 10 s")
-    .unwrap();
-    let (status, err) = answer(res).await;
+    let (status, err) = get_within_10s(app, "/busy").await;
     assert_eq!(
         (status, &err["code"]),
         (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable")),
         "{err}"
     );
     engine.shutdown().await;
+}
+
+/// `GET path` through `app`, answered (or cut off) within 10 s: its status and JSON body.
+async fn get_within_10s(app: axum::Router, path: &str) -> (StatusCode, Value) {
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.oneshot(Request::get(path).body(Body::empty()).unwrap()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{path}: no answer within 10 s"))
+    .unwrap();
+    answer(res).await
 }
