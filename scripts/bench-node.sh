@@ -10,7 +10,8 @@
 # then the durable node under an open-loop load (testbed/openloop: a fixed rate, each
 # request timed from when it was due) at 50% and 80% of its peak, and at 80%
 # with frequent snapshots, and the no-op ceiling at that 80% rate (the latency floor of
-# the machine and the load generator). Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
+# the machine and the load generator), and the disk's own fdatasync latency at the sync
+# rate of the 80% run (the floor a durable answer cannot go below). Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
 # per purchase, the ratios node/ceiling and node/redis, the node's resident memory per
 # million orders held, and its group commits.
 # The four closed-loop runs go in ROUNDS rounds (default 3); the table gives each run's
@@ -165,6 +166,10 @@ open_loop open@80%+snap 80 --snapshot-every-records "$SNAP_EVERY"
 start_noop
 run_openloop ceiling@80% "http://127.0.0.1:$PORT" $(( peak * 80 / 100 )) "$PID"
 stop_server "$PID"
+# The floor the disk sets under a durable answer: its own fdatasync latency at the
+# sync rate the node had at 80%, with nothing else running (scripts/lib/fsync-probe.py).
+SYNCS_PER_S=$(( $(metric "$WORK/open@80%.metrics" flashsale_engine_batches_total) / DURATION_S ))
+taskset -c "$SERVER_CPU" python3 scripts/lib/fsync-probe.py "$WORK" "$SYNCS_PER_S" "$DURATION_S" >"$WORK/fsync-probe"
 
 echo
 echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
@@ -219,6 +224,8 @@ hist_q() { # file metric q
     index($0, m "_count") == 1 { total = $NF }
     END { for (i = 1; i <= n; i++) if (c[i] >= q * total) { print le[i]; exit } }' "$1"
 }
+read -r _ _ _ probe_p50 _ probe_p99 _ probe_p999 _ probe_max <"$WORK/fsync-probe"
+echo "the disk alone at that sync rate ($SYNCS_PER_S fdatasyncs/s of 1 KiB, each timed from when it was due): p50 $probe_p50 ms, p99 $probe_p99 ms, p99.9 $probe_p999 ms, max $probe_max ms"
 echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.99) us; batch p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_records 0.5) records"
 
 # Where the durable node's CPU per purchase goes beyond the no-op's, when both were

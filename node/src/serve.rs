@@ -60,6 +60,7 @@ pub async fn serve(
         queue_len_max: args.engine_inflight_max,
         snapshot_every_records: args.snapshot_every_records,
         segment_bytes_max: args.segment_bytes_max,
+        commit_interval_min: std::time::Duration::from_micros(args.group_commit_interval_us),
         initial_role,
         ..Default::default()
     })?;

@@ -265,6 +265,73 @@ async fn sold_out_costs_no_write_and_committed_batches_are_published() {
     e.shutdown().await;
 }
 
+/// Group commit's pacing (`EngineOptions::commit_interval_min`): a crowd's purchases
+/// share syncs, each sync of more than one record at least the interval after the one
+/// before; a lone buyer's purchases are not held; every purchase is sold once.
+#[tokio::test]
+async fn a_crowd_shares_paced_syncs_and_a_lone_buyer_is_not_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let interval = std::time::Duration::from_millis(300);
+    let e = Engine::open(EngineOptions {
+        commit_interval_min: interval,
+        ..opts(tmp.path(), clock)
+    })
+    .expect("open");
+    e.configure(sale(5, 0)).await.unwrap();
+
+    // One buyer at a time: every batch holds one record, and none waits for the next.
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        e.purchase(buy("hat", 1, "ann", &format!("lone{i}")))
+            .await
+            .unwrap();
+    }
+    let lone = started.elapsed();
+    assert!(
+        lone < interval * 9,
+        "10 purchases one after another took {lone:?}: a batch of one was held for the interval"
+    );
+
+    // A crowd of 20 buyers, each buying 8 times in turn: they arrive together.
+    let mut batches = e.subscribe_batches();
+    let started = std::time::Instant::now();
+    let crowd: Vec<_> = (0..20)
+        .map(|c| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                for i in 0..8 {
+                    e.purchase(buy("hat", 1, &format!("c{c}"), &format!("c{c}-{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in crowd {
+        task.await.unwrap();
+    }
+    let took = started.elapsed();
+    let mut shared = 0u32;
+    let mut records = 0;
+    while let Ok(b) = batches.try_recv() {
+        let n = b.last_seq - b.first_seq + 1;
+        records += n;
+        shared += u32::from(n > 1);
+    }
+    assert_eq!(records, 160, "every purchase is one record");
+    assert!(
+        shared >= 2 && took >= interval * (shared - 1),
+        "{shared} syncs of more than one record within {took:?}: they were not {interval:?} apart"
+    );
+    assert_eq!(
+        e.item("hat").unwrap().remaining,
+        1000 - 170,
+        "sold once each"
+    );
+    e.shutdown().await;
+}
+
 /// The per-customer counts are kept only for items with a limit; a limit set later
 /// counts what each customer already holds or bought (and so does a restart).
 #[tokio::test]
