@@ -41,6 +41,32 @@ fn read_frames_in_chunks(
     bytes_max: usize,
     read_chunk: usize,
 ) -> Result<Frames, WalDirError> {
+    // A segment listed may be gone when it is read: compaction removed it meanwhile.
+    // Then the listing as it is now decides (`Gap` if the records asked for went with
+    // it), once; a segment that vanishes again is an error.
+    for _ in 0..2 {
+        if let Some(frames) = read_listed(dir, from_seq, to_seq, bytes_max, read_chunk)? {
+            return Ok(frames);
+        }
+    }
+    Err(WalDirError::io(
+        format!("read from record {from_seq}"),
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "segments were removed while they were read, twice",
+        ),
+    ))
+}
+
+/// [`read_frames_in_chunks`] over one listing of the segments; `None` when a segment
+/// listed was removed before anything was read from the log.
+fn read_listed(
+    dir: &dyn WalDir,
+    from_seq: u64,
+    to_seq: u64,
+    bytes_max: usize,
+    read_chunk: usize,
+) -> Result<Option<Frames>, WalDirError> {
     let segs = list_segments(dir)?;
     let mut out = Frames {
         first_seq: from_seq,
@@ -48,7 +74,7 @@ fn read_frames_in_chunks(
         bytes: Vec::new(),
     };
     if from_seq > to_seq {
-        return Ok(out);
+        return Ok(Some(out));
     }
     match segs.first() {
         Some((first, name)) if *first > from_seq => {
@@ -58,7 +84,7 @@ fn read_frames_in_chunks(
                 found: *first,
             });
         }
-        None => return Ok(out),
+        None => return Ok(Some(out)),
         _ => {}
     }
     // Start from the last segment that begins at or before from_seq.
@@ -81,9 +107,15 @@ fn read_frames_in_chunks(
                     data.drain(..off);
                     off = 0;
                     let more = read_chunk.max(need - have);
-                    let chunk = dir
-                        .read_range(name, read_to, more)
-                        .map_err(|e| WalDirError::io(format!("read {name}"), e))?;
+                    let chunk = match dir.read_range(name, read_to, more) {
+                        Ok(chunk) => chunk,
+                        // Compacted away since it was listed: serve what was read (the
+                        // next call starts after it), or list again.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            return Ok((!out.bytes.is_empty()).then_some(out));
+                        }
+                        Err(e) => return Err(WalDirError::io(format!("read {name}"), e)),
+                    };
                     at_end = chunk.len() < more;
                     read_to += chunk.len() as u64;
                     data.extend_from_slice(&chunk);
@@ -94,10 +126,10 @@ fn read_frames_in_chunks(
                 // A frame that fails here is past the durable end (being written), the
                 // zeros after a preallocated segment's records, or damage; either way
                 // nothing after it is served.
-                Err(_) => return Ok(out),
+                Err(_) => return Ok(Some(out)),
             };
             if seq > to_seq || (!out.bytes.is_empty() && out.bytes.len() + used > bytes_max) {
-                return Ok(out);
+                return Ok(Some(out));
             }
             if seq >= from_seq {
                 if seq != out.last_seq + 1 {
@@ -113,7 +145,7 @@ fn read_frames_in_chunks(
             off += used;
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -160,8 +192,13 @@ mod tests {
         dir
     }
 
-    /// Counts the bytes read through it.
-    struct Counting(MemDir, AtomicU64);
+    /// Counts the bytes read through it; the segments named in the third field are
+    /// removed when they are first read (compaction between listing and reading).
+    struct Counting(MemDir, AtomicU64, parking_lot::Mutex<Vec<String>>);
+
+    fn counting(dir: MemDir) -> Counting {
+        Counting(dir, AtomicU64::new(0), parking_lot::Mutex::new(Vec::new()))
+    }
 
     impl WalDir for Counting {
         fn list(&self) -> std::io::Result<Vec<String>> {
@@ -173,6 +210,11 @@ mod tests {
             Ok(data)
         }
         fn read_range(&self, name: &str, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            let mut vanish = self.2.lock();
+            if let Some(i) = vanish.iter().position(|n| n == name) {
+                vanish.remove(i);
+                self.0.remove(name)?;
+            }
             let data = self.0.read_range(name, at, len)?;
             self.1.fetch_add(data.len() as u64, Ordering::Relaxed);
             Ok(data)
@@ -253,13 +295,55 @@ mod tests {
 
     #[test]
     fn catch_up_reads_up_to_where_the_records_end_not_the_zeros_after_them() {
-        let dir = Counting(log(16 << 20), AtomicU64::new(0));
+        let dir = counting(log(16 << 20));
         let got = read_frames(&dir, 27, 30, usize::MAX).unwrap();
         assert_eq!((got.first_seq, got.last_seq), (27, 30));
         let read = dir.1.load(Ordering::Relaxed);
         assert!(
             read <= 2 << 20,
             "read {read} bytes of a 16 MiB segment to serve 4 records"
+        );
+    }
+
+    /// Compaction removes a segment after the reader listed it: the reader serves what
+    /// it read before, and answers `Gap` (take a snapshot) when the records asked for
+    /// went, never an I/O error.
+    #[test]
+    fn a_segment_compacted_while_it_is_read_is_a_gap_not_an_error() {
+        let dir = counting(log(0));
+        *dir.2.lock() = vec![segment_name(1)];
+        let got = read_frames_in_chunks(&dir, 3, 30, usize::MAX, 64);
+        assert!(
+            matches!(
+                got,
+                Err(WalDirError::Gap {
+                    expected: 3,
+                    found: 11,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+
+        let dir = counting(log(0));
+        *dir.2.lock() = vec![segment_name(11)];
+        let got = read_frames_in_chunks(&dir, 5, 30, usize::MAX, 64).unwrap();
+        assert_eq!(
+            (got.first_seq, got.last_seq),
+            (5, 10),
+            "what was read first"
+        );
+        let next = read_frames_in_chunks(&dir, 11, 30, usize::MAX, 64);
+        assert!(
+            matches!(
+                next,
+                Err(WalDirError::Gap {
+                    expected: 11,
+                    found: 26,
+                    ..
+                })
+            ),
+            "{next:?}"
         );
     }
 
