@@ -153,10 +153,11 @@ pub struct ServeArgs {
         default_value_t = 200_000
     )]
     pub snapshot_every_records: u64,
-    /// Group commit's pacing, in µs: after a sync of more than one record the next
-    /// starts no sooner than this after it did, so a crowd shares fewer syncs (each
-    /// costs the node's core about the same whatever it carries); a lone client's
-    /// purchases are never held. 0: sync again at once.
+    /// Group commit's pacing, in µs: after a primary's sync of more than one client's
+    /// command, the next batch is taken no sooner than this after that sync started,
+    /// so a crowd shares fewer syncs (each costs the node's core about the same
+    /// whatever it carries). A batch of one command is not followed by a wait; a
+    /// secondary is not paced; with `no-sync` nothing is. 0: take the next at once.
     #[arg(long, env = "STOCK_NODE_GROUP_COMMIT_INTERVAL_US", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub group_commit_interval_us: u64,
     /// A WAL segment past this size is closed and a new one started. Segments are

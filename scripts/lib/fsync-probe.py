@@ -46,6 +46,9 @@ def main() -> None:
         os.close(fd)
         os.unlink(path)
     lat.sort()
+    if not lat:
+        print("syncs 0 p50_ms - p99_ms - p99.9_ms - max_ms -")
+        return
 
     def q(p: float) -> float:  # nearest rank
         return lat[min(len(lat) - 1, max(0, int(-(-p * len(lat) // 1)) - 1))]

@@ -87,9 +87,9 @@ pub struct EngineOptions {
     pub snapshot_every_records: u64,
     /// How often idle holds are checked for expiry (busy batches check on every batch).
     pub expiry_tick_ms: u64,
-    /// After a group commit of more than one record, the next one starts no sooner than
-    /// this after it did, so a crowd shares fewer `fdatasync`s (`Duration::ZERO`: at
-    /// once; see `Sequencer::pace`).
+    /// After a primary's group commit of more than one client's command, the next batch
+    /// is taken no sooner than this after its sync started, so a crowd shares fewer
+    /// `fdatasync`s (`Duration::ZERO`: at once; see `Sequencer::pace`).
     pub commit_interval_min: std::time::Duration,
     /// The role before any role is logged (see the module doc).
     pub initial_role: Option<Role>,

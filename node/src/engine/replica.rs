@@ -5,8 +5,8 @@
 //! sequences and epochs, so that it can be promoted and serve catch-up itself. Two
 //! things keep it so:
 //! - a replicated batch goes through the same group commit as local writes (one
-//!   write, one `fdatasync`, then the answer), strictly in order, never from an
-//!   older epoch than the node's own;
+//!   write, one `fdatasync`, then the answer; not paced, see `Sequencer::paces_next`),
+//!   strictly in order, never from an older epoch than the node's own;
 //! - nothing local is logged on a secondary: a role assignment other than primary is
 //!   held in memory (the operator re-sends it), and the primary's own `Role` records
 //!   are logged here as "secondary of this epoch, following this primary", so a

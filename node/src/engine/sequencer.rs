@@ -69,8 +69,8 @@ pub(crate) struct Sequencer {
     pub lease: Arc<Lease>,
     /// The batch just made durable was made after the lease ended.
     pub fenced_batch: bool,
-    /// When the last sync of a batch of more than one record started: the next batch
-    /// is taken no sooner than `commit_interval_min` after it (`pace`).
+    /// When the last sync of a batch `paces_next` approved started: the next batch is
+    /// taken no sooner than `commit_interval_min` after it (`pace`).
     pub paced_from: Option<Instant>,
 }
 
@@ -202,20 +202,22 @@ impl Sequencer {
         });
     }
 
-    /// Group commit's pacing. After a sync whose batch held more than one record —
-    /// buyers arriving together — the next batch is taken no sooner than
-    /// `commit_interval_min` after that sync started, so the commands that arrive
-    /// meanwhile share one sync. An `fdatasync` costs the node's core about the same
-    /// whatever it carries (the kernel's block I/O and the wakeups of both threads), so
-    /// without pacing a moderate crowd paid for a sync every few purchases: at 20k
-    /// purchases/s open loop, 5–8 records per sync and 40–42 µs of the node's CPU per
-    /// purchase, against 24–26 records and 33–36 µs with a 1 ms interval (four
-    /// alternating runs; `make bench-node`'s open-loop runs show the effect). A batch's
-    /// answers wait at most the interval more; a lone client's
-    /// purchases (batches of one) are never held, and at the peak a sync cycle already
-    /// takes longer than the interval. MySQL's `binlog_group_commit_sync_delay` and
-    /// PostgreSQL's `commit_delay` (which also waits only when others are committing)
-    /// are the same idea.
+    /// Group commit's pacing. After a primary's sync whose batch carried more than one
+    /// client's command — buyers arriving together — the next batch is taken no sooner
+    /// than `commit_interval_min` after that sync started, so the commands that arrive
+    /// meanwhile share one sync (`paces_next` says when). An `fdatasync` costs the
+    /// node's core about the same whatever it carries (the kernel's block I/O and the
+    /// wakeups of both threads), so without pacing a moderate crowd paid for a sync
+    /// every few purchases: at 20k purchases/s open loop, 5–8 records per sync and
+    /// 40–42 µs of the node's CPU per purchase, against 23–26 records and 32–36 µs with
+    /// a 1 ms interval (six alternating runs each way, README "What changed").
+    ///
+    /// A batch's answers wait at most the interval more. A lone client's purchases are
+    /// held only when they come within the interval of a crowd's sync: a batch of one
+    /// command (hold expiries the primary logs beside it do not count) is not followed
+    /// by a wait. At the peak a sync cycle already takes longer than the interval.
+    /// MySQL's `binlog_group_commit_sync_delay` and PostgreSQL's `commit_delay` (which
+    /// also waits only when others are committing) are the same idea.
     fn pace(&mut self) {
         let Some(started) = self.paced_from.take() else {
             return;
@@ -229,6 +231,19 @@ impl Sequencer {
             // worker that queues them has the core.
             std::thread::sleep(wait);
         }
+    }
+
+    /// Whether the batch being committed is followed by `pace`'s wait: a primary's,
+    /// synced, with more than one client's command in it, and not cut short by a batch
+    /// limit (a full batch means more is queued than pacing would gather; waiting
+    /// would only cap the rate). A secondary is not paced: its follower merges what
+    /// queued while an apply ran into the next one (`replication::follower`), and a
+    /// quorum write's answer on the primary waits for that apply.
+    fn paces_next(&self) -> bool {
+        let clients = self.pending.iter().filter(|p| p.2).count();
+        let full = self.pending.len() >= self.limits.batch_records_max
+            || self.buf.len() >= self.limits.batch_bytes_max;
+        self.state.role == flashsale_core::admin::Role::Primary && clients > 1 && !full
     }
 
     fn sync_wanted(&self) -> bool {
@@ -380,10 +395,11 @@ impl Sequencer {
     fn commit(&mut self) {
         if !self.buf.is_empty() && self.failed.is_none() {
             let records = self.next_seq - self.batch_first_seq;
+            let paced = self.paces_next();
             let result = self.writer.append(&self.buf).and_then(|()| {
                 if self.sync_wanted() {
                     let t0 = Instant::now();
-                    if records > 1 {
+                    if paced {
                         self.paced_from = Some(t0);
                     }
                     self.writer.sync()?;

@@ -59,7 +59,7 @@ fn read_frames_in_chunks(
 }
 
 /// [`read_frames_in_chunks`] over one listing of the segments; `None` when a segment
-/// listed was removed before anything was read from the log.
+/// listed was removed before anything was served.
 fn read_listed(
     dir: &dyn WalDir,
     from_seq: u64,
@@ -192,9 +192,25 @@ mod tests {
         dir
     }
 
-    /// Counts the bytes read through it; the segments named in the third field are
-    /// removed when they are first read (compaction between listing and reading).
-    struct Counting(MemDir, AtomicU64, parking_lot::Mutex<Vec<String>>);
+    /// Counts the bytes read through it; its hooks remove segments as a compaction
+    /// would between a reader's listing and its reads.
+    struct Counting(MemDir, AtomicU64, parking_lot::Mutex<Vec<Hook>>);
+
+    /// When segment `on` is read after `reads_first` reads of it, `remove` goes; with
+    /// nothing to remove, every read of `on` fails as a missing file.
+    struct Hook {
+        on: String,
+        reads_first: u32,
+        remove: Vec<String>,
+    }
+
+    fn hook(on: u64, reads_first: u32, remove: &[u64]) -> Hook {
+        Hook {
+            on: segment_name(on),
+            reads_first,
+            remove: remove.iter().map(|&s| segment_name(s)).collect(),
+        }
+    }
 
     fn counting(dir: MemDir) -> Counting {
         Counting(dir, AtomicU64::new(0), parking_lot::Mutex::new(Vec::new()))
@@ -210,10 +226,21 @@ mod tests {
             Ok(data)
         }
         fn read_range(&self, name: &str, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
-            let mut vanish = self.2.lock();
-            if let Some(i) = vanish.iter().position(|n| n == name) {
-                vanish.remove(i);
-                self.0.remove(name)?;
+            let mut hooks = self.2.lock();
+            if let Some(i) = hooks.iter().position(|h| h.on == name) {
+                let h = &mut hooks[i];
+                if h.reads_first > 0 {
+                    h.reads_first -= 1;
+                } else if h.remove.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "listed, not found",
+                    ));
+                } else {
+                    for n in hooks.remove(i).remove {
+                        self.0.remove(&n)?;
+                    }
+                }
             }
             let data = self.0.read_range(name, at, len)?;
             self.1.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -305,28 +332,25 @@ mod tests {
         );
     }
 
-    /// Compaction removes a segment after the reader listed it: the reader serves what
-    /// it read before, and answers `Gap` (take a snapshot) when the records asked for
-    /// went, never an I/O error.
+    fn is_gap(got: &Result<Frames, WalDirError>, want_expected: u64, want_found: u64) -> bool {
+        matches!(got, Err(WalDirError::Gap { expected, found, .. }) if (*expected, *found) == (want_expected, want_found))
+    }
+
+    /// Compaction (oldest segments first) removes a segment after the reader listed it:
+    /// the reader serves what it read before, contiguous, and answers `Gap` (take a
+    /// snapshot) when the records asked for went, never an I/O error.
     #[test]
     fn a_segment_compacted_while_it_is_read_is_a_gap_not_an_error() {
+        // The first segment goes before anything is read: listed again, a gap.
         let dir = counting(log(0));
-        *dir.2.lock() = vec![segment_name(1)];
+        dir.2.lock().push(hook(1, 0, &[1]));
         let got = read_frames_in_chunks(&dir, 3, 30, usize::MAX, 64);
-        assert!(
-            matches!(
-                got,
-                Err(WalDirError::Gap {
-                    expected: 3,
-                    found: 11,
-                    ..
-                })
-            ),
-            "{got:?}"
-        );
+        assert!(is_gap(&got, 3, 11), "{got:?}");
 
+        // The first two go when the reader reaches the second: what it read of the
+        // first is served, and the next call is told of the gap.
         let dir = counting(log(0));
-        *dir.2.lock() = vec![segment_name(11)];
+        dir.2.lock().push(hook(11, 0, &[1, 11]));
         let got = read_frames_in_chunks(&dir, 5, 30, usize::MAX, 64).unwrap();
         assert_eq!(
             (got.first_seq, got.last_seq),
@@ -334,16 +358,34 @@ mod tests {
             "what was read first"
         );
         let next = read_frames_in_chunks(&dir, 11, 30, usize::MAX, 64);
+        assert!(is_gap(&next, 11, 26), "{next:?}");
+
+        // The first goes in the middle of reading it, after some of its chunks.
+        let dir = counting(log(0));
+        dir.2.lock().push(hook(1, 4, &[1]));
+        let got = read_frames_in_chunks(&dir, 1, 30, usize::MAX, 64).unwrap();
         assert!(
-            matches!(
-                next,
-                Err(WalDirError::Gap {
-                    expected: 11,
-                    found: 26,
-                    ..
-                })
-            ),
-            "{next:?}"
+            (1..10).contains(&got.last_seq) && got.first_seq == 1,
+            "{got:?}"
+        );
+        let mut rest = &got.bytes[..];
+        for seq in 1..=got.last_seq {
+            let (at, used) = peek_frame(rest).unwrap();
+            assert_eq!(at, seq, "served in order, none skipped");
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        let next = read_frames_in_chunks(&dir, got.last_seq + 1, 30, usize::MAX, 64);
+        assert!(is_gap(&next, got.last_seq + 1, 11), "{next:?}");
+
+        // A segment listed that can never be read: an error after listing twice, not
+        // a loop.
+        let dir = counting(log(0));
+        dir.2.lock().push(hook(1, 0, &[]));
+        let got = read_frames_in_chunks(&dir, 3, 30, usize::MAX, 64);
+        assert!(
+            matches!(&got, Err(WalDirError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "{got:?}"
         );
     }
 

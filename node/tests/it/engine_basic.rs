@@ -266,8 +266,9 @@ async fn sold_out_costs_no_write_and_committed_batches_are_published() {
 }
 
 /// Group commit's pacing (`EngineOptions::commit_interval_min`): a crowd's purchases
-/// share syncs, each sync of more than one record at least the interval after the one
-/// before; a lone buyer's purchases are not held; every purchase is sold once.
+/// share syncs, each sync of more than one purchase at least the interval after the one
+/// before; a lone buyer's purchases are not held, nor a secondary's applies of the
+/// crowd's batches; every purchase is sold once.
 #[tokio::test]
 async fn a_crowd_shares_paced_syncs_and_a_lone_buyer_is_not_held() {
     let tmp = tempfile::tempdir().unwrap();
@@ -278,6 +279,7 @@ async fn a_crowd_shares_paced_syncs_and_a_lone_buyer_is_not_held() {
         ..opts(tmp.path(), clock)
     })
     .expect("open");
+    let mut batches = e.subscribe_batches();
     e.configure(sale(5, 0)).await.unwrap();
 
     // One buyer at a time: every batch holds one record, and none waits for the next.
@@ -294,7 +296,10 @@ async fn a_crowd_shares_paced_syncs_and_a_lone_buyer_is_not_held() {
     );
 
     // A crowd of 20 buyers, each buying 8 times in turn: they arrive together.
-    let mut batches = e.subscribe_batches();
+    let mut log = Vec::new();
+    while let Ok(b) = batches.try_recv() {
+        log.push(b);
+    }
     let started = std::time::Instant::now();
     let crowd: Vec<_> = (0..20)
         .map(|c| {
@@ -318,6 +323,7 @@ async fn a_crowd_shares_paced_syncs_and_a_lone_buyer_is_not_held() {
         let n = b.last_seq - b.first_seq + 1;
         records += n;
         shared += u32::from(n > 1);
+        log.push(b);
     }
     assert_eq!(records, 160, "every purchase is one record");
     assert!(
@@ -329,7 +335,37 @@ async fn a_crowd_shares_paced_syncs_and_a_lone_buyer_is_not_held() {
         1000 - 170,
         "sold once each"
     );
+
+    // A secondary applies the same batches one after another, each waiting for the
+    // one before (as its follower does): none waits for the interval.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let s = Engine::open(EngineOptions {
+        commit_interval_min: interval,
+        initial_role: None,
+        ..opts(tmp2.path(), Arc::new(ManualClock::new(T0)))
+    })
+    .expect("open the secondary");
+    s.set_role(RoleAssignment {
+        role: Role::Secondary,
+        epoch: e.status().epoch,
+        primary_url: Some("http://primary".into()),
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    for b in &log {
+        let batch = flashsale_core::wal::decode_batch(&b.bytes).unwrap();
+        s.apply_replicated(batch).await.unwrap();
+    }
+    let applied = started.elapsed();
+    assert!(
+        applied < interval * (shared - 1),
+        "{} batches applied in turn took {applied:?}: the secondary was paced",
+        log.len()
+    );
+    assert_eq!(s.item("hat").unwrap().remaining, 1000 - 170);
     e.shutdown().await;
+    s.shutdown().await;
 }
 
 /// The per-customer counts are kept only for items with a limit; a limit set later
