@@ -12,7 +12,9 @@
 //! generator is one thread on `mio` with no per-request allocation but the request's
 //! bytes. It polls without sleeping when the next request is due within 2 ms (epoll
 //! waits in whole milliseconds), so requests leave on time; its core is busy for the
-//! whole run, which is why the benchmark gives it a core of its own.
+//! whole run, which is why the benchmark gives it a core of its own. A request due
+//! when an answer frees a connection goes out on it at once, as a client's would, not
+//! after the rest of that poll's answers (which sent the server bursts).
 //!
 //! Every request is a purchase with its own customer and idempotency key
 //! (`c<prefix>-<i>`, `k<prefix>-<i>`): none is an idempotent replay. Prints one JSON
@@ -182,6 +184,68 @@ impl Conn {
     }
 }
 
+/// The requests' schedule and how far it has gone.
+struct Schedule<'a> {
+    start: Instant,
+    rate: u64,
+    total: u64,
+    /// The next request to send.
+    next: u64,
+    in_flight: usize,
+    /// The JSON strings that go into each body.
+    sku: &'a str,
+    prefix: &'a str,
+}
+
+impl Schedule<'_> {
+    /// When request `i` is due.
+    fn due(&self, i: u64) -> Instant {
+        self.start
+            + Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(self.rate)) as u64)
+    }
+
+    /// Sends what is due by `now` while a connection is free; the rest waits, its
+    /// clock running.
+    fn send_due(
+        &mut self,
+        now: Instant,
+        poll: &Poll,
+        t: &Target,
+        conns: &mut [Conn],
+        free: &mut VecDeque<usize>,
+        tally: &mut Tally,
+    ) -> io::Result<()> {
+        while self.next < self.total && self.due(self.next) <= now {
+            let Some(c) = free.pop_front() else { break };
+            let conn = &mut conns[c];
+            let (i, sku, prefix) = (self.next, self.sku, self.prefix);
+            conn.out.clear();
+            let body = format!(
+                r#"{{"sku":{sku},"quantity":1,"customer":"c{prefix}-{i}","idempotencyKey":"k{prefix}-{i}"}}"#
+            );
+            write!(
+                conn.out,
+                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                t.path,
+                t.host,
+                body.len()
+            )?;
+            conn.written = 0;
+            conn.scheduled = Some(self.due(i));
+            self.next += 1;
+            self.in_flight += 1;
+            if let Err(e) = conn.flush() {
+                tally.record(self.due(i), Instant::now(), None);
+                self.in_flight -= 1;
+                if replace(poll, t, conn, c, &e) {
+                    free.push_back(c);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a run has measured so far.
 struct Tally {
     start: Instant,
@@ -249,10 +313,16 @@ fn main() -> anyhow::Result<()> {
     let start_unix_ms = (std::time::SystemTime::now() + Duration::from_millis(20))
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let due = |i: u64| {
-        start + Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(args.rate)) as u64)
+    let mut sched = Schedule {
+        start,
+        rate: args.rate,
+        total,
+        next: 0,
+        in_flight: 0,
+        sku: &sku,
+        prefix,
     };
-    let deadline = due(total) + Duration::from_secs(args.timeout_s);
+    let deadline = sched.due(total) + Duration::from_secs(args.timeout_s);
     let mut tally = Tally {
         start,
         latencies_us: Vec::with_capacity(total.min(1 << 26) as usize),
@@ -264,42 +334,14 @@ fn main() -> anyhow::Result<()> {
         errors: 0,
         last_answer: start,
     };
-    let mut next = 0u64;
-    let mut in_flight = 0usize;
     loop {
         let now = Instant::now();
-        // Send what is due while a connection is free; the rest waits, its clock running.
-        while next < total && due(next) <= now {
-            let Some(c) = free.pop_front() else { break };
-            let conn = &mut conns[c];
-            conn.out.clear();
-            let body = format!(
-                r#"{{"sku":{sku},"quantity":1,"customer":"c{prefix}-{next}","idempotencyKey":"k{prefix}-{next}"}}"#
-            );
-            write!(
-                conn.out,
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                t.path,
-                t.host,
-                body.len()
-            )?;
-            conn.written = 0;
-            conn.scheduled = Some(due(next));
-            next += 1;
-            in_flight += 1;
-            if let Err(e) = conn.flush() {
-                tally.record(due(next - 1), Instant::now(), None);
-                in_flight -= 1;
-                if replace(&poll, &t, conn, c, &e) {
-                    free.push_back(c);
-                }
-            }
-        }
-        if (next == total && in_flight == 0) || now >= deadline {
+        sched.send_due(now, &poll, &t, &mut conns, &mut free, &mut tally)?;
+        if (sched.next == total && sched.in_flight == 0) || now >= deadline {
             break;
         }
-        let timeout = if next < total && !free.is_empty() {
-            let at = due(next);
+        let timeout = if sched.next < total && !free.is_empty() {
+            let at = sched.due(sched.next);
             // epoll waits in whole milliseconds: sleep to 2 ms before, then poll
             // without sleeping.
             Some(
@@ -335,23 +377,28 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(None)
             })();
+            let at = Instant::now();
             let alive = match done {
                 Ok(None) => continue,
                 Ok(Some(status)) => {
-                    tally.record(scheduled, Instant::now(), Some(status));
+                    tally.record(scheduled, at, Some(status));
                     conn.scheduled = None;
                     // An answer, then the connection closed: a new one, no error.
                     !conn.closed
                         || replace(&poll, &t, conn, c, &io::ErrorKind::UnexpectedEof.into())
                 }
                 Err(e) => {
-                    tally.record(scheduled, Instant::now(), None);
+                    tally.record(scheduled, at, None);
                     replace(&poll, &t, conn, c, &e)
                 }
             };
-            in_flight -= 1;
+            sched.in_flight -= 1;
             if alive {
                 free.push_back(c);
+                // What is due goes out now, as a client would send it, not after the
+                // rest of this poll's answers: the server sees requests as they come
+                // due, not in bursts of one poll's worth.
+                sched.send_due(at, &poll, &t, &mut conns, &mut free, &mut tally)?;
             }
         }
     }
@@ -363,8 +410,8 @@ fn main() -> anyhow::Result<()> {
             tally.record(scheduled, end, None);
         }
     }
-    for i in next..total {
-        tally.record(due(i), end, None);
+    for i in sched.next..total {
+        tally.record(sched.due(i), end, None);
     }
     let elapsed = tally
         .last_answer
@@ -385,7 +432,7 @@ fn main() -> anyhow::Result<()> {
         "durationS": args.duration_s,
         "connections": args.connections,
         "scheduled": total,
-        "sent": next,
+        "sent": sched.next,
         "answered": tally.answered,
         "errors": tally.errors,
         "statuses": tally.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
