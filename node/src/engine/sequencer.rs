@@ -164,9 +164,7 @@ impl Sequencer {
                     rx.close();
                 }
                 let mut queued = 0i64;
-                while self.pending.len() < self.limits.batch_records_max
-                    && self.buf.len() < self.limits.batch_bytes_max
-                {
+                while !self.batch_full() {
                     match rx.try_recv() {
                         Ok(Msg::Job(job)) => {
                             queued += 1;
@@ -241,9 +239,13 @@ impl Sequencer {
     /// quorum write's answer on the primary waits for that apply.
     fn paces_next(&self) -> bool {
         let clients = self.pending.iter().filter(|p| p.2).count();
-        let full = self.pending.len() >= self.limits.batch_records_max
-            || self.buf.len() >= self.limits.batch_bytes_max;
-        self.state.role == flashsale_core::admin::Role::Primary && clients > 1 && !full
+        self.state.role == flashsale_core::admin::Role::Primary && clients > 1 && !self.batch_full()
+    }
+
+    /// The batch being built is at one of its limits: no more commands go into it.
+    fn batch_full(&self) -> bool {
+        self.pending.len() >= self.limits.batch_records_max
+            || self.buf.len() >= self.limits.batch_bytes_max
     }
 
     fn sync_wanted(&self) -> bool {
