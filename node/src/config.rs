@@ -160,6 +160,15 @@ pub struct ServeArgs {
     /// secondary is not paced; with `no-sync` nothing is. 0: take the next at once.
     #[arg(long, env = "STOCK_NODE_GROUP_COMMIT_INTERVAL_US", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub group_commit_interval_us: u64,
+    /// Let the kernel back the node's memory with transparent huge pages. Without this
+    /// flag the node turns them off for its own process at start (Linux's
+    /// `PR_SET_THP_DISABLE`, as Redis's `disable-thp` does): the first write to a fresh
+    /// 2 MiB huge page zeroes all of it at once, on the thread that wrote — mostly the
+    /// sequencer, as the orders and their index grow — and every purchase in its batch
+    /// waits (2–8 ms a page on the benchmark's VM, several a second at 15k purchases/s;
+    /// see `serve::huge_pages`).
+    #[arg(long, env = "STOCK_NODE_ALLOW_THP")]
+    pub allow_thp: bool,
     /// A WAL segment past this size is closed and a new one started. Segments are
     /// preallocated at this size (zeros written and synced before records go in; the
     /// next one meanwhile), so the log takes at least twice this on disk.

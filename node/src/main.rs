@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use stock_node::config::{LogFormat, ServeArgs};
 use stock_node::http::noop::serve_noop;
-use stock_node::serve::serve;
+use stock_node::serve::{huge_pages, serve};
 use stock_node::walcli::{self, WalCommand};
 
 /// glibc malloc took ~9% of the node's CPU under purchase load (many small, short-lived
@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logs(args.log_format);
+            huge_pages(args.allow_thp);
             runtime()?
                 .block_on(serve(*args, shutdown_signal()))
                 .context("stock-node serve")

@@ -20,6 +20,7 @@ mod http_inprocess;
 mod lease;
 mod ledger;
 mod openapi_checked_in;
+mod process;
 mod replication_converge;
 mod replication_failover;
 mod replication_faults;
