@@ -78,7 +78,9 @@ run_redis() { # 4. Redis, appendfsync always, Lua check-and-decrement.
   probe_rps=$(echo "$probe" | awk -F'"' '{ printf "%d", $4 }')
   n=$(( probe_rps * DURATION_S ))
   t0=$(cpu_ticks "$RPID")
+  steal_start
   line=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$rport" -c "$CONNS" -n "$n" --csv EVALSHA "$sha" 1 stock:bench 1 | tail -1)
+  steal_stop redis
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   t1=$(cpu_ticks "$RPID")
   echo "$line" | awk -F'"' -v cpu="$(cpu_us_per_req $((t1 - t0)) "$n")" '{ printf "redis %d %s %s 0 %s\n", $4, $10, $14, cpu }' >>"$WORK/results"
@@ -125,6 +127,8 @@ for round in $(seq "$ROUNDS"); do
   run_redis
   sed "s/^/$round /" "$WORK/results" >>"$WORK/rounds"
   : >"$WORK/results"
+  sed "s/^/$round /" "$WORK/steal" >>"$WORK/steal-rounds"
+  : >"$WORK/steal"
 done
 PROFILE_RUN=$PROFILE_ASKED
 # Each run's median over the rounds, field by field.
@@ -177,6 +181,9 @@ echo "stock node benchmark — $(nproc) CPUs ($(awk -F': ' '/model name/ { print
 echo "closed loop: wrk, $CONNS connections, ${DURATION_S}s, POST /v1/purchases with distinct keys (redis: EVALSHA check-and-decrement)"
 echo "open loop: openloop --rate <rate>, $CONNS connections, ${DURATION_S}s, a distinct purchase per request, timed from when it was due"
 echo "CPU pressure (PSI some, avg60) before: $PRESSURE_BEFORE, after: $(cpu_pressure) — near 0% is a quiet machine"
+echo "CPU steal on the server's core (time the hypervisor gave CPU $SERVER_CPU to something else), ms in each ${DURATION_S}s run — near 0 is a core of its own:"
+awk '{ line[$1] = line[$1] sprintf(" %s %s,", $2, $3) } END { for (r = 1; r in line; r++) printf "  round %d:%s\n", r, substr(line[r], 1, length(line[r]) - 1) }' "$WORK/steal-rounds"
+echo "  open loop:$(awk '{ printf " %s %s,", $1, $2 }' "$WORK/steal" | sed 's/,$//')"
 echo "closed loop, each round:"
 printf '%-5s %-15s %12s %9s %9s %8s %16s\n' round run purchases/s p50_ms p99_ms errors server_cpu_us/req
 while read -r round name rps p50 p99 errs cpu; do

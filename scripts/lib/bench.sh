@@ -106,6 +106,18 @@ to_ms() {
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICKS_PER_S=$(getconf CLK_TCK)
 
+# Time the hypervisor ran something else on the server's core (its steal time, from
+# /proc/stat) during a run: on a shared VM the host takes a varying share of a core, and
+# a run that lost more of its core is slower and has a longer tail for that alone.
+# steal_start before a run, steal_stop NAME after it appends "NAME ms" to $WORK/steal;
+# nothing without SERVER_CPU.
+steal_ticks() { awk -v c="cpu${SERVER_CPU:-}" '$1 == c { print $9 }' /proc/stat; }
+steal_start() { STEAL0=$(steal_ticks); }
+steal_stop() {
+  [ -n "${SERVER_CPU:-}" ] && [ -n "${STEAL0:-}" ] || return 0
+  echo "$1 $(( ($(steal_ticks) - STEAL0) * 1000 / TICKS_PER_S ))" >>"$WORK/steal"
+}
+
 # Server CPU microseconds per request: robust to other load on the machine, unlike
 # throughput (the server is charged only for the time it ran).
 cpu_us_per_req() { # ticks requests
@@ -119,8 +131,10 @@ run_wrk() {
   out="$WORK/$name.wrk"
   [ -n "$spid" ] && t0=$(cpu_ticks "$spid")
   perf_start "$name" "$spid"
+  steal_start
   taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION_S}s" --timeout 5s --latency \
     -s "$WORK/purchase.lua" "$url" -- "$pause" >"$out"
+  steal_stop "$name"
   perf_stop
   [ -n "$spid" ] && t1=$(cpu_ticks "$spid")
   local rps p50 p99 errs cpu=-
@@ -198,8 +212,10 @@ run_openloop() {
   out="$WORK/$name.openloop.json"
   [ -n "$spid" ] && t0=$(cpu_ticks "$spid")
   perf_start "$name" "$spid"
+  steal_start
   taskset -c "$LOAD_CPU" "$OPENLOOP" --url "$url/v1/purchases" --rate "$rate" --duration-s "$DURATION_S" \
     --connections "$CONNS" --prefix "$name" --window-ms 1000 >"$out"
+  steal_stop "$name"
   perf_stop
   [ -n "$spid" ] && t1=$(cpu_ticks "$spid")
   python3 - "$out" "$name" "$spid" "$((t1 - t0))" "$TICKS_PER_S" >>"$WORK/results" <<'PY'
