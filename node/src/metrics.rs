@@ -543,6 +543,11 @@ fn register_engine(r: &mut Registry, e: &EngineMetrics) {
         e.fsync_us.clone(),
     );
     r.register(
+        "flashsale_engine_batch_apply_us",
+        "Sequencer time from a group commit's first record to its write, microseconds",
+        e.batch_apply_us.clone(),
+    );
+    r.register(
         "flashsale_engine_batches",
         "Group commits written",
         e.batches.clone(),

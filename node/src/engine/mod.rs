@@ -346,6 +346,7 @@ impl Engine {
             failed: None,
             buf: Vec::with_capacity(opts.batch_bytes_max.min(4 << 20)),
             batch_first_seq: next_seq,
+            batch_started: std::time::Instant::now(),
             pending: Vec::with_capacity(opts.batch_records_max.min(65_536)),
             lease: opts.lease.clone(),
             fenced_batch: false,

@@ -62,6 +62,8 @@ pub(crate) struct Sequencer {
     /// Frames of the batch being built.
     pub buf: Vec<u8>,
     pub batch_first_seq: u64,
+    /// When the batch being built got its first record (`EngineMetrics::batch_apply_us`).
+    pub batch_started: Instant,
     /// Answers held until the batch is durable: (reply, answer, carries a write,
     /// decided as a primary under its lease — checked again before it is sent).
     pub pending: Vec<(Reply, Result<Answer, SellError>, bool, bool)>,
@@ -372,6 +374,7 @@ impl Sequencer {
         };
         if self.buf.is_empty() {
             self.batch_first_seq = rec.seq;
+            self.batch_started = Instant::now();
         }
         encode_record(&rec, &mut self.buf).map_err(|e| SellError::BadRequest {
             field: "body".into(),
@@ -396,6 +399,9 @@ impl Sequencer {
     /// Writes and syncs the batch, publishes it, answers its commands.
     fn commit(&mut self) {
         if !self.buf.is_empty() && self.failed.is_none() {
+            self.metrics
+                .batch_apply_us
+                .observe(self.batch_started.elapsed().as_micros() as f64);
             let records = self.next_seq - self.batch_first_seq;
             let paced = self.paces_next();
             let result = self.writer.append(&self.buf).and_then(|()| {

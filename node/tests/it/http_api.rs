@@ -592,6 +592,14 @@ async fn unknown_things_limits_and_sizes() {
         metrics.contains("flashsale_item_sold{sku=\"tee\"}"),
         "{metrics}"
     );
+    // The sequencer's time per group commit is observed once for every batch written.
+    let batches = common::metric_in(&metrics, "flashsale_engine_batches_total").unwrap();
+    assert!(batches >= 1.0, "{metrics}");
+    assert_eq!(
+        common::metric_in(&metrics, "flashsale_engine_batch_apply_us_count"),
+        Some(batches),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
