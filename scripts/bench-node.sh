@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 CONNS="${CONNS:-256}"
 DURATION_S="${DURATION_S:-10}"
-SERVER_CPU="${SERVER_CPU:-1}"
+SERVER_CPU="${SERVER_CPU:-1}" # one CPU (its steal time is read from /proc/stat)
 LOAD_CPU="${LOAD_CPU:-0}"
 BENCH=bench-node
 # shellcheck source=scripts/lib/bench.sh
@@ -57,6 +57,7 @@ start_noop() { # the no-op ceiling server; sets PORT and PID
 # the share of time some runnable task waited for a CPU (Linux PSI), over the last minute.
 cpu_pressure() { awk '/^some/ { sub("avg60=", "", $3); print $3 "%" }' /proc/pressure/cpu 2>/dev/null || echo "n/a"; }
 PRESSURE_BEFORE=$(cpu_pressure)
+: >"$WORK/steal"
 echo "bench-node: $CONNS connections, ${DURATION_S}s per run, server on CPU $SERVER_CPU, load on CPU $LOAD_CPU" >&2
 
 run_redis() { # 4. Redis, appendfsync always, Lua check-and-decrement.
@@ -224,8 +225,8 @@ done
 echo
 echo "group commit (durable run): $(awk '/^flashsale_engine_batch_records_sum/ { s = $2 } /^flashsale_engine_batch_records_count/ { c = $2 } END { if (c) printf "%.1f records/batch over %d batches", s / c, c }' "$WORK/durable.metrics"), $(awk '/^flashsale_engine_fsync_us_sum/ { s = $2 } /^flashsale_engine_fsync_us_count/ { c = $2 } END { if (c) printf "mean fdatasync %.0f us", s / c }' "$WORK/durable.metrics")"
 
-# Where the 80% run's tail goes: quantiles of the engine's fsync histogram (bucket
-# upper bounds, so "<=").
+# Where the 80% run's tail goes: quantiles of the engine's histograms (bucket upper
+# bounds, so "<=").
 hist_q() { # file metric q
   awk -v m="$2" -v q="$3" '
     index($0, m "_bucket{") == 1 { split($0, a, "\""); le[++n] = a[2]; c[n] = $NF }

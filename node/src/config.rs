@@ -165,9 +165,10 @@ pub struct ServeArgs {
     /// `PR_SET_THP_DISABLE`, as Redis's `disable-thp` does): the first write to a fresh
     /// 2 MiB huge page zeroes all of it at once, on the thread that wrote — mostly the
     /// sequencer, as the orders and their index grow — and every purchase in its batch
-    /// waits (2–8 ms a page on the benchmark's VM, several a second at 15k purchases/s;
-    /// see `serve::huge_pages`).
-    #[arg(long, env = "STOCK_NODE_ALLOW_THP")]
+    /// waits (2–7.5 ms a page on the benchmark's VM, about one a second at 15k
+    /// purchases/s; see `serve::huge_pages`). The environment variable takes `true`,
+    /// `yes`, `on`, `1` or `false`, `no`, `off`, `0`.
+    #[arg(long, env = "STOCK_NODE_ALLOW_THP", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_thp: bool,
     /// A WAL segment past this size is closed and a new one started. Segments are
     /// preallocated at this size (zeros written and synced before records go in; the

@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Wal(cmd) => walcli::run(cmd),
         Command::BenchNoop { listen } => {
             init_logs(LogFormat::Human);
+            huge_pages(false);
             runtime()?.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

@@ -35,7 +35,8 @@ pub enum ServeError {
 }
 
 /// Turns transparent huge pages off for this process unless `allow` (`--allow-thp`).
-/// Call it first thing, before the threads start and the allocator maps its arenas.
+/// Called before the runtime and the engine start; the kernel checks the process's
+/// setting at each page fault, so it covers what the allocator mapped before too.
 ///
 /// Why: the allocator (mimalloc) asks for huge pages on its arenas, and with huge pages
 /// the first write to each fresh 2 MiB zeroes the whole of it in one page fault, on the
@@ -43,18 +44,19 @@ pub enum ServeError {
 /// grows their index while a batch waits on it. Sampled on `make bench-node`'s VM at
 /// 15k purchases/s open loop, the sequencer ran 5–10 stretches of 2–7.5 ms in 8 s that
 /// were all page zeroing under `do_huge_pmd_anonymous_page` (`clear_page_erms`), and
-/// none of 2 ms or more with them off (four runs). In closed-loop runs at the peak,
+/// none of 2 ms or more with them off (three runs). In closed-loop runs at the peak,
 /// three alternating pairs, purchases/s did not drop (35.3–35.5k off against
 /// 28.5–38.8k on, the machine's steal time moving it) and the process held 66 MB
 /// against 73–86 MB. Redis turns them off for itself by default (`disable-thp`) for
-/// the same latency reason.
+/// the same latency reason. `bench-noop` runs the same way, so the benchmark's ceiling
+/// and the node differ only in what they do.
 pub fn huge_pages(allow: bool) {
     if allow {
         return;
     }
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        tracing::warn!(error = %e, "transparent huge pages stay on for this process");
+        tracing::warn!(error = %e, "prctl(PR_SET_THP_DISABLE) failed: transparent huge pages stay on for this process");
     }
 }
 

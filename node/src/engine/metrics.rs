@@ -16,9 +16,10 @@ pub struct EngineMetrics {
     /// `fdatasync` latency in microseconds (not observed with `NoSync`).
     pub fsync_us: Histogram,
     /// The sequencer's time on a group commit's commands, from its first record to its
-    /// write, in microseconds: deciding and applying them, and whatever stalled that
-    /// thread meanwhile (a page fault on fresh memory, the host taking the core). Every
-    /// command in the batch waits for it, before the `fdatasync`.
+    /// write, in microseconds: deciding and applying them (a secondary: the primary's
+    /// records), and whatever stalled that thread meanwhile (a page fault on fresh
+    /// memory, the host taking the core). Every command in the batch waits for it,
+    /// before the `fdatasync`. Observed once per batch written, as `batches` counts.
     pub batch_apply_us: Histogram,
     /// Group commits written.
     pub batches: Counter,

@@ -200,9 +200,7 @@ impl Sequencer {
                 },
                 _ => rec,
             };
-            if self.buf.is_empty() {
-                self.batch_first_seq = rec.seq;
-            }
+            self.begin_record(rec.seq);
             if let Err(e) = encode_record(&rec, &mut self.buf) {
                 self.stop_writing(format!("replicated record {}: {e}", rec.seq));
                 break;

@@ -62,7 +62,8 @@ pub(crate) struct Sequencer {
     /// Frames of the batch being built.
     pub buf: Vec<u8>,
     pub batch_first_seq: u64,
-    /// When the batch being built got its first record (`EngineMetrics::batch_apply_us`).
+    /// When the batch being built got its first record (`begin_record`;
+    /// `EngineMetrics::batch_apply_us`).
     pub batch_started: Instant,
     /// Answers held until the batch is durable: (reply, answer, carries a write,
     /// decided as a primary under its lease — checked again before it is sent).
@@ -372,10 +373,7 @@ impl Sequencer {
             at_ms: now,
             body,
         };
-        if self.buf.is_empty() {
-            self.batch_first_seq = rec.seq;
-            self.batch_started = Instant::now();
-        }
+        self.begin_record(rec.seq);
         encode_record(&rec, &mut self.buf).map_err(|e| SellError::BadRequest {
             field: "body".into(),
             reason: e.to_string(),
@@ -390,6 +388,16 @@ impl Sequencer {
         Ok((seq, rec.body))
     }
 
+    /// Before record `seq` goes into the batch being built: the first one starts it.
+    /// Every path that adds to `buf` (this thread's own records, a secondary's
+    /// replicated ones) calls this first.
+    pub(crate) fn begin_record(&mut self, seq: u64) {
+        if self.buf.is_empty() {
+            self.batch_first_seq = seq;
+            self.batch_started = Instant::now();
+        }
+    }
+
     fn fail(&mut self, why: String) {
         tracing::error!(error = %why, "the engine stops writing");
         self.failed = Some(why.clone());
@@ -399,9 +407,7 @@ impl Sequencer {
     /// Writes and syncs the batch, publishes it, answers its commands.
     fn commit(&mut self) {
         if !self.buf.is_empty() && self.failed.is_none() {
-            self.metrics
-                .batch_apply_us
-                .observe(self.batch_started.elapsed().as_micros() as f64);
+            let applied = self.batch_started.elapsed();
             let records = self.next_seq - self.batch_first_seq;
             let paced = self.paces_next();
             let result = self.writer.append(&self.buf).and_then(|()| {
@@ -425,6 +431,9 @@ impl Sequencer {
                 Err(e) => self.fail(e.to_string()),
                 Ok(()) => {
                     self.metrics.batches.inc();
+                    self.metrics
+                        .batch_apply_us
+                        .observe(applied.as_micros() as f64);
                     self.metrics.records.inc_by(records);
                     self.metrics.batch_records.observe(records as f64);
                     self.metrics.batch_bytes.observe(self.buf.len() as f64);

@@ -20,6 +20,7 @@ mod http_inprocess;
 mod lease;
 mod ledger;
 mod openapi_checked_in;
+#[cfg(target_os = "linux")]
 mod process;
 mod replication_converge;
 mod replication_failover;

@@ -1,4 +1,5 @@
-//! What the node sets up for its own process, read from `/proc` as an operator would.
+//! What the node sets up for its own process, read from `/proc` as an operator would
+//! (Linux only: `main.rs` leaves the module out elsewhere).
 
 use crate::common::Node;
 
@@ -16,7 +17,6 @@ fn thp_enabled(pid: u32) -> bool {
 /// The node runs without transparent huge pages (`serve::huge_pages`: a fresh huge
 /// page is zeroed whole on the sequencer, a pause every purchase in the batch waits
 /// for), and with them when started with `--allow-thp`.
-#[cfg(target_os = "linux")]
 #[test]
 fn the_node_runs_without_transparent_huge_pages_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();

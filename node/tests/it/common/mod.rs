@@ -67,6 +67,7 @@ impl Node {
                 std::env::var("STOCK_NODE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("NO_COLOR")
+            .env_remove("STOCK_NODE_ALLOW_THP")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
