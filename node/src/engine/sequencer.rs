@@ -241,8 +241,10 @@ impl Sequencer {
     /// queued while an apply ran into the next one (`replication::follower`), and a
     /// quorum write's answer on the primary waits for that apply.
     fn paces_next(&self) -> bool {
-        let clients = self.pending.iter().filter(|p| p.2).count();
-        self.state.role == flashsale_core::admin::Role::Primary && clients > 1 && !self.batch_full()
+        let several_clients = self.pending.iter().filter(|p| p.2).nth(1).is_some();
+        self.state.role == flashsale_core::admin::Role::Primary
+            && several_clients
+            && !self.batch_full()
     }
 
     /// The batch being built is at one of its limits: no more commands go into it.

@@ -163,6 +163,26 @@ struct WrittenOut<S: FnMut(&File, u64, u64) -> io::Result<()>> {
     send: S,
 }
 
+impl WrittenOut<fn(&File, u64, u64) -> io::Result<()>> {
+    /// `file`, sent on to the disk with [`write_out`].
+    fn new(file: File) -> Self {
+        WrittenOut {
+            out: io::BufWriter::with_capacity(1 << 16, file),
+            at: 0,
+            sent: 0,
+            send: write_out,
+        }
+    }
+}
+
+impl<S: FnMut(&File, u64, u64) -> io::Result<()>> WrittenOut<S> {
+    /// The file, with what is still buffered written to it (not yet sent on: the
+    /// caller's `fsync` does that).
+    fn into_file(self) -> io::Result<File> {
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
 impl<S: FnMut(&File, u64, u64) -> io::Result<()>> Write for WrittenOut<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // What is due goes out before more is taken, so an error here is one for
@@ -234,7 +254,7 @@ impl WalDir for FsDir {
         true
     }
 
-    /// The zeros go to disk a piece at a time ([`write_out`]) while they are written,
+    /// The zeros go to disk a piece at a time ([`WrittenOut`]) while they are written,
     /// and a last `fsync` makes the file's size durable. Written whole and synced once,
     /// the spare's 16 MiB went to the disk in one burst that the log's `fdatasync`s
     /// queued behind: in a loop of 1 KB log syncs beside a spare being made, 2–6 syncs
@@ -243,19 +263,17 @@ impl WalDir for FsDir {
     /// synced as usual beside it (31–35 syncs, the median 0.17–0.27 ms, the slowest
     /// 3.3–3.9 ms, as slow as the slowest before the spare started).
     fn prepare_spare(&self, len: u64) -> io::Result<()> {
-        const PIECE: usize = WRITE_OUT_PIECE as usize;
         let path = self.path.join(SPARE_SEGMENT);
         let written = (|| {
-            let mut file = File::create(&path)?;
-            let zeros = vec![0u8; PIECE];
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(PIECE as u64);
-                file.write_all(&zeros[..n as usize])?;
-                write_out(&file, at, n)?;
-                at += n;
+            let mut out = WrittenOut::new(File::create(&path)?);
+            let zeros = vec![0u8; WRITE_OUT_PIECE as usize];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(WRITE_OUT_PIECE);
+                out.write_all(&zeros[..n as usize])?;
+                left -= n;
             }
-            file.sync_all()
+            out.into_file()?.sync_all()
         })();
         if written.is_err() {
             // A spare cut short (a full disk) must not keep the space the log needs.
@@ -298,14 +316,9 @@ impl WalDir for FsDir {
     fn write_atomic(&self, name: &str, fill: &mut Fill<'_>) -> io::Result<()> {
         let tmp = self.path.join(format!("{name}{UNFINISHED_SUFFIX}"));
         let written = (|| {
-            let mut out = WrittenOut {
-                out: io::BufWriter::with_capacity(1 << 16, File::create(&tmp)?),
-                at: 0,
-                sent: 0,
-                send: write_out,
-            };
+            let mut out = WrittenOut::new(File::create(&tmp)?);
             let header = fill(&mut out)?;
-            let mut file = out.out.into_inner().map_err(|e| e.into_error())?;
+            let mut file = out.into_file()?;
             file.seek(io::SeekFrom::Start(0))?;
             file.write_all(&header)?;
             file.sync_all()
