@@ -63,7 +63,7 @@ use crate::lease::Lease;
 use crate::wal::{
     Frames, FsDir, ScanOptions, ScanReport, SegmentWriter, WalDir, WalDirError, list_segments,
 };
-use sequencer::{Job, Limits, Msg, Sequencer};
+use sequencer::{Job, Limits, Msg, Reply, Sequencer};
 use snapshotter::Snapshotter;
 use view::{ReadView, key_hash};
 
@@ -360,7 +360,7 @@ impl Engine {
             tx,
             lease: opts.lease.clone(),
             view,
-            inflight_keys: InflightKeys::default(),
+            inflight_keys: Arc::new(InflightKeys::default()),
             metrics,
             batches,
             dir,
@@ -381,7 +381,7 @@ struct Inner {
     lease: Arc<Lease>,
     view: Arc<RwLock<ReadView>>,
     /// Idempotency keys of purchases submitted and not yet answered.
-    inflight_keys: InflightKeys,
+    inflight_keys: Arc<InflightKeys>,
     metrics: EngineMetrics,
     batches: broadcast::Sender<Arc<CommittedBatch>>,
     dir: Arc<dyn WalDir>,
@@ -424,31 +424,40 @@ impl Default for InflightKeys {
 impl InflightKeys {
     /// Bits 40–53 of the hash: apart from the key indexes' shard (bits 32–37) and
     /// tag (57–63), so keys that share a shard do not share a slot for it.
-    fn slot(&self, hash: u64) -> &AtomicU32 {
-        &self.0[(hash >> 40) as usize % INFLIGHT_SLOTS]
+    fn slot_of(hash: u64) -> usize {
+        (hash >> 40) as usize % INFLIGHT_SLOTS
     }
 
     fn may_hold(&self, hash: u64) -> bool {
-        self.slot(hash).load(Ordering::SeqCst) > 0
+        self.0[Self::slot_of(hash)].load(Ordering::SeqCst) > 0
     }
 }
 
-/// A purchase's key in [`Inner::inflight_keys`] while it is submitted and unanswered.
-struct InflightKey<'a> {
-    slot: &'a AtomicU32,
+/// A purchase's key in [`Inner::inflight_keys`] from before it is queued until the
+/// sequencer has answered it. It travels with the job's reply (`sequencer::Reply`), so a
+/// request that stops waiting (cut off by the request timeout, or its client gone)
+/// leaves its purchase in flight for as long as the engine may still commit it: a
+/// retry meanwhile goes to the engine and gets that order, never "sold out" from the
+/// fast path.
+pub(crate) struct InflightKey {
+    keys: Arc<InflightKeys>,
+    slot: usize,
 }
 
-impl<'a> InflightKey<'a> {
-    fn enter(keys: &'a InflightKeys, hash: u64) -> Self {
-        let slot = keys.slot(hash);
-        slot.fetch_add(1, Ordering::SeqCst);
-        Self { slot }
+impl InflightKey {
+    fn enter(keys: &Arc<InflightKeys>, hash: u64) -> Self {
+        let slot = InflightKeys::slot_of(hash);
+        keys.0[slot].fetch_add(1, Ordering::SeqCst);
+        Self {
+            keys: keys.clone(),
+            slot,
+        }
     }
 }
 
-impl Drop for InflightKey<'_> {
+impl Drop for InflightKey {
     fn drop(&mut self) {
-        self.slot.fetch_sub(1, Ordering::SeqCst);
+        self.keys.0[self.slot].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -461,7 +470,21 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     async fn submit(&self, cmd: Command) -> Result<Answer, SellError> {
-        let (reply, rx) = oneshot::channel();
+        self.submit_with(cmd, None).await
+    }
+
+    /// [`Self::submit`], with the key the purchase holds in flight until the sequencer
+    /// has answered it.
+    async fn submit_with(
+        &self,
+        cmd: Command,
+        inflight: Option<InflightKey>,
+    ) -> Result<Answer, SellError> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            _inflight: inflight,
+        };
         self.inner
             .tx
             .try_send(Msg::Job(Job { cmd, reply }))
@@ -478,7 +501,15 @@ impl EngineHandle {
     }
 
     async fn answer_of(&self, cmd: Command) -> Result<OrderAnswer, SellError> {
-        match self.submit(cmd).await? {
+        self.order_answer_of(cmd, None).await
+    }
+
+    async fn order_answer_of(
+        &self,
+        cmd: Command,
+        inflight: Option<InflightKey>,
+    ) -> Result<OrderAnswer, SellError> {
+        match self.submit_with(cmd, inflight).await? {
             Answer::Order(order) => Ok(OrderAnswer {
                 order,
                 replayed: false,
@@ -506,9 +537,10 @@ impl EngineHandle {
     /// [`Self::purchase`], saying whether the answer is a replay (the HTTP layer marks
     /// it `Idempotent-Replayed: true`).
     pub async fn purchase_answer(&self, req: PurchaseRequest) -> Result<OrderAnswer, SellError> {
-        let _inflight =
+        let inflight =
             InflightKey::enter(&self.inner.inflight_keys, key_hash(&req.idempotency_key));
-        self.answer_of(Command::Purchase(req)).await
+        self.order_answer_of(Command::Purchase(req), Some(inflight))
+            .await
     }
 
     /// The sold-out fast path: `Some(SoldOut)` when the purchase can be refused from
@@ -518,9 +550,10 @@ impl EngineHandle {
     /// after the last unit is answered here. `None`: ask the engine.
     ///
     /// Why the in-flight check makes this safe: a purchase counts in the in-flight
-    /// filter from before it is queued until its answer has been received (a false
-    /// "in flight" only sends a purchase on to the engine), and the sequencer updates
-    /// the read view before it answers; so a key is always in one of the two.
+    /// filter from before it is queued until the sequencer has answered it, whether or
+    /// not its request still waits ([`InflightKey`]; a false "in flight" only sends a
+    /// purchase on to the engine), and the sequencer updates the read view before it
+    /// answers; so a key is always in one of the two.
     pub fn sold_out_early(&self, req: &PurchaseRequest) -> Option<SellError> {
         let hash = key_hash(&req.idempotency_key);
         if self.inner.inflight_keys.may_hold(hash) {
@@ -563,7 +596,15 @@ impl EngineHandle {
             };
         };
         if !caught_up {
-            // A copy still catching up (or about to be reseeded) answers nothing itself.
+            // A copy still catching up (or about to be reseeded) answers nothing itself,
+            // but a quantity of 0, wrong whatever the sale says: forwarded, it would
+            // make the primary refuse the whole batch it travels in
+            // (`http::public::check_batch`), the other buyers' operations with it. (The
+            // primary names a key conflict first when the key is taken; this copy
+            // cannot know that yet.)
+            if req.quantity == 0 {
+                return Front::Refuse(state::bad_quantity(0, 0));
+            }
             return Front::Forward(primary.clone());
         }
         let hash = key_hash(&req.idempotency_key);
@@ -582,16 +623,9 @@ impl EngineHandle {
         };
         let limit = item.per_customer_limit;
         if req.quantity == 0 || (limit > 0 && req.quantity > limit) {
-            // The engine words these; forwarding them costs the primary nothing it
+            // The engine's refusals; forwarding them costs the primary nothing it
             // would not spend on a refusal anyway, but a crowd should not reach it.
-            return Front::Refuse(SellError::BadQuantity {
-                quantity: req.quantity,
-                reason: if req.quantity == 0 {
-                    "must be at least 1".into()
-                } else {
-                    format!("no customer may have more than {limit}")
-                },
-            });
+            return Front::Refuse(state::bad_quantity(req.quantity, limit));
         }
         if let Some(cfg) = &view.status.config {
             if let Some(starts) = cfg.starts_at_ms
@@ -791,7 +825,7 @@ mod tests {
 
     #[test]
     fn a_key_reads_in_flight_until_its_last_purchase_is_answered() {
-        let keys = InflightKeys::default();
+        let keys = Arc::new(InflightKeys::default());
         let (a, b) = (key_hash("a"), key_hash("b"));
         // A key sharing a's slot: it reads in flight while a is (a missed fast answer,
         // never a wrong one), and a reads so while it is.

@@ -27,9 +27,8 @@
 use flashsale_core::SellError;
 use flashsale_core::admin::{Role, RoleAssignment};
 use flashsale_core::wal::{Batch, Record, RecordBody, encode_record};
-use tokio::sync::oneshot;
 
-use super::sequencer::{Job, Sequencer};
+use super::sequencer::{Job, Reply, Sequencer};
 use super::snapshot;
 use super::state::{Command, State};
 use super::view::ReadView;
@@ -46,8 +45,6 @@ pub struct Positions {
     pub applied_seq: u64,
     pub durable_seq: u64,
 }
-
-type Reply = oneshot::Sender<Result<Answer, SellError>>;
 
 impl EngineHandle {
     /// Applies a batch replicated from the primary (records from `applied_seq + 1`,

@@ -21,7 +21,21 @@ use super::{Answer, CommittedBatch};
 use crate::lease::Lease;
 use crate::wal::{SegmentWriter, WalDir};
 
-type Reply = oneshot::Sender<Result<Answer, SellError>>;
+/// Where a job's answer goes. A purchase's reply carries its key's place in the
+/// in-flight filter (`super::InflightKey`), let go once the answer is sent — after the
+/// read view has the batch — or the job is dropped.
+pub(crate) struct Reply {
+    pub tx: oneshot::Sender<Result<Answer, SellError>>,
+    /// Held for its `Drop` only.
+    pub _inflight: Option<super::InflightKey>,
+}
+
+impl Reply {
+    /// Sends the answer; false when the request stopped waiting for it.
+    pub fn send(self, answer: Result<Answer, SellError>) -> bool {
+        self.tx.send(answer).is_ok()
+    }
+}
 
 pub(crate) struct Job {
     pub cmd: Command,

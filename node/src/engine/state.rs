@@ -512,18 +512,9 @@ impl State {
             return Err(SellError::UnknownItem(req.sku.clone()));
         };
         let item = &self.items[idx];
-        if req.quantity == 0 {
-            return Err(SellError::BadQuantity {
-                quantity: 0,
-                reason: "must be at least 1".into(),
-            });
-        }
         let limit = item.per_customer_limit;
-        if limit > 0 && req.quantity > limit {
-            return Err(SellError::BadQuantity {
-                quantity: req.quantity,
-                reason: format!("no customer may have more than {limit}"),
-            });
+        if req.quantity == 0 || (limit > 0 && req.quantity > limit) {
+            return Err(bad_quantity(req.quantity, limit));
         }
         if let Some(starts) = cfg.starts_at_ms
             && now < starts
@@ -793,5 +784,18 @@ fn order_state(o: &StoredOrder, state: OrderState, action: &str) -> SellError {
         id: o.id,
         state: state_name(state),
         action: action.into(),
+    }
+}
+
+/// The refusal of `quantity` for an item whose per-customer limit is `limit` (0: none):
+/// 0 always, or over the limit.
+pub(crate) fn bad_quantity(quantity: u32, limit: u32) -> SellError {
+    SellError::BadQuantity {
+        quantity,
+        reason: if quantity == 0 {
+            "must be at least 1".into()
+        } else {
+            format!("no customer may have more than {limit}")
+        },
     }
 }

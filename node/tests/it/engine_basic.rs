@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use flashsale_core::admin::{Role, RoleAssignment};
 use flashsale_core::{Durability, ItemSpec, OrderState, PurchaseRequest, SaleConfig, SellError};
-use stock_node::engine::{Engine, EngineHandle, EngineOptions, ManualClock};
+use stock_node::engine::{Engine, EngineHandle, EngineOptions, Front, ManualClock};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -167,6 +167,50 @@ async fn sells_refuses_and_survives_restart() {
     assert_eq!(items, e.items());
     // The idempotent answer survives the restart (the window is over, the key still answers).
     assert_eq!(e.purchase(buy("shoe", 2, "ann", "k1")).await.unwrap(), o1);
+}
+
+/// A secondary still catching up forwards what it cannot answer from its copy, but a
+/// quantity of 0 it refuses itself: forwarded, it made the primary refuse the whole
+/// batch it travelled in (`check_batch`), and every other buyer's operation in that
+/// batch was answered 503.
+#[tokio::test]
+async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = Engine::open(EngineOptions {
+        data_dir: tmp.path().into(),
+        clock,
+        ..Default::default()
+    })
+    .unwrap();
+    e.configure(sale(5, 2)).await.unwrap();
+    let primary = "http://10.0.0.1:8080".to_string();
+    e.set_role(RoleAssignment {
+        role: Role::Secondary,
+        epoch: 3,
+        primary_url: Some(primary.clone()),
+    })
+    .await
+    .unwrap();
+    for caught_up in [false, true] {
+        match e.front(&buy("shoe", 0, "a", "k"), T0, caught_up) {
+            Front::Refuse(SellError::BadQuantity { quantity: 0, .. }) => {}
+            other => panic!("caught up {caught_up}: {other:?}"),
+        }
+        match e.front(&buy("shoe", 1, "a", "k"), T0, caught_up) {
+            Front::Forward(url) => assert_eq!(url, primary),
+            other => panic!("caught up {caught_up}: {other:?}"),
+        }
+    }
+    // What only the sale can say still waits for a copy that has caught up.
+    assert!(matches!(
+        e.front(&buy("shoe", 3, "a", "k"), T0, false),
+        Front::Forward(_)
+    ));
+    assert!(matches!(
+        e.front(&buy("shoe", 3, "a", "k"), T0, true),
+        Front::Refuse(SellError::BadQuantity { quantity: 3, .. })
+    ));
 }
 
 #[tokio::test]

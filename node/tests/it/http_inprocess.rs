@@ -245,6 +245,86 @@ async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_s
     );
 }
 
+/// The same race when the first attempt's request has stopped waiting: cut off by the
+/// request timeout while its purchase is still in the engine, it is answered 503, but
+/// the purchase may still commit. A retry meanwhile must get that order, never "sold
+/// out" from the fast path (the purchase stays in flight until the engine answers it,
+/// not until its request stops waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_first_attempt_timed_out_in_the_engine_gets_the_order_not_sold_out() {
+    const T0: i64 = 1_700_000_000_000;
+    let disk = stock_node::wal::MemDir::new();
+    let clock = std::sync::Arc::new(ManualClock::new(T0));
+    let opts = EngineOptions {
+        dir: Some(std::sync::Arc::new(disk.clone())),
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let limits = Limits {
+        request_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let (engine, state) = on_sale(opts, 2, 1_000, limits, None).await;
+    let app = app(state);
+    // Declared after the engine, so dropped before it: a failed assertion releases the
+    // held syncs and the engine can stop.
+    struct Release(stock_node::wal::MemDir);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_syncs(false);
+        }
+    }
+    let release = Release(disk.clone());
+    let waiting_syncs = |n: usize| {
+        let disk = disk.clone();
+        async move {
+            let t0 = std::time::Instant::now();
+            while disk.syncs_waiting() != n {
+                assert!(t0.elapsed() < Duration::from_secs(5), "no sync waiting");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // As above: k0 holds a unit for a second, kx takes the last one while k1's first
+    // attempt queues, k0's hold runs out and k1 takes its unit in a batch whose sync
+    // is held; the view says sold out.
+    let (status, _) = answer(app.clone().oneshot(buy("k0")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    disk.hold_syncs(true);
+    let kx = tokio::spawn(app.clone().oneshot(buy("kx")));
+    waiting_syncs(1).await;
+    let attempt = tokio::spawn(app.clone().oneshot(buy("k1")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    clock.advance(2_000);
+    disk.release_one();
+    let (status, _) = answer(kx.await.unwrap().unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    waiting_syncs(1).await;
+    assert_eq!(engine.item("tee").unwrap().remaining, 0);
+    // The first attempt gives up waiting; its purchase is still in the held sync.
+    let (s1, e1) = answer(attempt.await.unwrap().unwrap()).await;
+    assert_eq!(
+        (s1, &e1["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable")),
+        "{e1}"
+    );
+    let retry = tokio::spawn(app.clone().oneshot(buy("k1")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(release);
+    let res = retry.await.unwrap().unwrap();
+    let replayed = res.headers().get("idempotent-replayed").cloned();
+    let (s2, o2) = answer(res).await;
+    assert_eq!(
+        (s2, &o2["idempotencyKey"], replayed),
+        (
+            StatusCode::CREATED,
+            &json!("k1"),
+            Some(axum::http::HeaderValue::from_static("true"))
+        ),
+        "the retry must get the order its first attempt made: {o2}"
+    );
+}
+
 /// A purchase that waits past the request timeout (its sync held) is answered 503
 /// `unavailable` naming the timeout, and counted under that status; it still commits,
 /// and its retry with the same key gets the order.
