@@ -644,13 +644,22 @@ async fn failover_pass(
         .filter(|n| n.lagging)
         .map(|n| n.name.clone())
         .collect();
-    let job_name = build::recovery_job_name(&owner.name, prev.epoch);
+    // The Job that ships into the candidate of this pass's status (`World::job`).
+    let job_name = prev
+        .failover
+        .as_ref()
+        .and_then(|f| f.candidate.as_deref())
+        .map(|c| build::recovery_job_name(&owner.name, prev.epoch, c));
     for _ in 0..FIXPOINT_ROUNDS {
-        let job = ctx
-            .stores
-            .jobs
-            .get(&ObjectRef::new(&job_name).within(&owner.namespace))
-            .map(|j| {
+        let job = job_name
+            .as_ref()
+            .and_then(|name| {
+                ctx.stores
+                    .jobs
+                    .get(&ObjectRef::new(name).within(&owner.namespace))
+                    .map(|j| (name, j))
+            })
+            .map(|(job_name, j)| {
                 let pods = ctx.stores.pods.state();
                 let pods = pods.iter().filter(|p| {
                     p.namespace().as_deref() == Some(owner.namespace.as_str())
@@ -675,7 +684,7 @@ async fn failover_pass(
             lagging: lagging.clone(),
             now: now(),
             leader_since: ctx.leader_since.clone(),
-            job_name: job_name.clone(),
+            sale: owner.name.clone(),
         };
         let d = failover::decide(&world);
         out.refused.extend(d.refused);

@@ -20,9 +20,17 @@ use super::{BuildConfig, Owner};
 use crate::crd::FlashSale;
 use crate::labels;
 
-/// The Job's name for the failover to `epoch` (one per epoch: a rerun finds it).
-pub fn recovery_job_name(sale: &str, epoch: u64) -> String {
-    format!("{sale}-recover-e{epoch}")
+/// The name of the Job of the failover to `epoch` that ships into pod `to`: one per
+/// epoch and candidate, so a rerun finds it, and a Job that shipped the tail into
+/// another node (a candidate lost and replaced) is never taken for this one's.
+/// `<sale>-recover-e<epoch>-<ordinal>`; the whole pod name when it has no ordinal.
+pub fn recovery_job_name(sale: &str, epoch: u64, to: &str) -> String {
+    let to = to
+        .rsplit_once('-')
+        .map(|(_, o)| o)
+        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or(to);
+    format!("{sale}-recover-e{epoch}-{to}")
 }
 
 /// The WAL claim of a node pod (`<claim template>-<pod>`, the StatefulSet's naming).
@@ -30,13 +38,14 @@ pub fn wal_claim_name(pod: &str) -> String {
     format!("wal-{pod}")
 }
 
-/// Ships `from_pod`'s WAL into the node at `to_url`.
+/// Ships `from_pod`'s WAL into pod `to_pod`, the node at `to_url`.
 pub fn build_recovery_job(
     owner: &Owner,
     sale: &FlashSale,
     config: &BuildConfig,
     epoch: u64,
     from_pod: &str,
+    to_pod: &str,
     to_url: &str,
 ) -> Job {
     let mut job_labels = labels::component_labels(&owner.name, labels::RECOVERY_APP);
@@ -60,7 +69,10 @@ pub fn build_recovery_job(
     .map(|s| s.to_string())
     .collect();
     Job {
-        metadata: owner.meta(recovery_job_name(&owner.name, epoch), job_labels.clone()),
+        metadata: owner.meta(
+            recovery_job_name(&owner.name, epoch, to_pod),
+            job_labels.clone(),
+        ),
         spec: Some(JobSpec {
             // 3 and 4 (the log unreadable, the node refused) cannot be cured by a rerun.
             pod_failure_policy: Some(PodFailurePolicy {

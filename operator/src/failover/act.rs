@@ -98,7 +98,7 @@ impl Actor<'_> {
                 let to_url = self.url(observed, to)?;
                 let epoch = self.sale.status.as_ref().map_or(0, |s| s.epoch);
                 let job = build::build_recovery_job(
-                    self.owner, self.sale, self.build, epoch, from, &to_url,
+                    self.owner, self.sale, self.build, epoch, from, to, &to_url,
                 );
                 crate::apply::create_job(self.client, &self.owner.namespace, &job)
                     .await

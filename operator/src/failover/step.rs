@@ -41,7 +41,9 @@ pub struct World<'a> {
     pub pods: &'a [PodView],
     /// The keeper's view of the primary's lease.
     pub lease: LeaseView,
-    /// The recovery Job of `status.failover.epoch`, if one exists.
+    /// The recovery Job of `status.epoch` that ships into `status.failover.candidate`,
+    /// if one exists (`build::recovery_job_name`). A Job that shipped into another
+    /// node is not this one.
     pub job: Option<JobState>,
     /// A switchover asked for with the `flashsale.dev/switchover-to` annotation.
     pub switchover_to: Option<String>,
@@ -59,8 +61,8 @@ pub struct World<'a> {
     /// When this operator became the leader: a lease granted by an earlier leader is over
     /// by `leader_since + leaseDuration + margin`.
     pub leader_since: Time,
-    /// The name of the recovery Job and the PVC it reads, for `from` (built by the caller).
-    pub job_name: String,
+    /// The sale's name (the recovery Jobs' names start with it).
+    pub sale: String,
 }
 
 /// Something to do, in order.
@@ -396,14 +398,15 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
             next.ranking = Some(rank::describe(&ranked));
             next.candidate_start_seq = Some(c.applied_seq);
             next.blocked = None;
-            if from.is_none() && w.job.is_none() {
-                // The old pod cannot be asked: start the recovery Job now (the fence
-                // holds), not a pass later.
+            let its_job = f.candidate.as_deref() == Some(c.name.as_str()) && w.job.is_some();
+            if from.is_none() && !its_job {
+                // The old pod cannot be asked: start the recovery Job into this
+                // candidate now (the fence holds), not a pass later.
                 d.actions.push(Action::CreateJob {
                     from: f.from.clone(),
                     to: c.name.clone(),
                 });
-                next.tail_source = Some(job_source(w, &f.from));
+                next.tail_source = Some(job_source(w, &f.from, &c.name));
             }
             next.candidate = Some(c.name);
         }
@@ -430,9 +433,10 @@ fn process_gone(w: &World, from: &str) -> bool {
     }
 }
 
-/// `Job <name> (PVC <claim>)`: where a tail recovered by the Job comes from.
-fn job_source(w: &World, from: &str) -> String {
-    format!("Job {} (PVC wal-{from})", w.job_name)
+/// `Job <name> (PVC <claim>)`: where a tail recovered by the Job into `to` comes from.
+fn job_source(w: &World, from: &str, to: &str) -> String {
+    let job = crate::build::recovery_job_name(&w.sale, w.status.epoch, to);
+    format!("Job {job} (PVC {})", crate::build::wal_claim_name(from))
 }
 
 fn same(w: &World, failover: FailoverState) -> Next {
@@ -497,7 +501,7 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
             ..Decision::default()
         };
     }
-    let by_job = job_source(w, &f.from);
+    let by_job = job_source(w, &f.from, &candidate);
     match &w.job {
         None => {
             let mut next = f.clone();

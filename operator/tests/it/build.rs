@@ -384,9 +384,16 @@ fn the_recovery_job_ships_the_old_primarys_volume_into_the_candidate() {
         &BuildConfig::default(),
         4,
         "spring-0",
+        "spring-1",
         "http://10.0.0.11:8080",
     );
-    assert_eq!(job.metadata.name.as_deref(), Some("spring-recover-e4"));
+    // One Job per epoch and candidate: a Job that shipped into another node is never
+    // taken for this one's.
+    assert_eq!(job.metadata.name.as_deref(), Some("spring-recover-e4-1"));
+    assert_ne!(
+        build::recovery_job_name("spring", 4, "spring-1"),
+        build::recovery_job_name("spring", 4, "spring-2")
+    );
     assert_eq!(
         job.metadata.owner_references.as_ref().unwrap()[0].name,
         "spring"

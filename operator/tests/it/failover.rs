@@ -117,7 +117,7 @@ fn world<'a>(status: &'a FlashSaleStatus, pods: &'a [PodView], now_ms: i64) -> W
         lagging: vec![],
         now: at(now_ms),
         leader_since: at(-3_600_000),
-        job_name: "s-recover-e4".into(),
+        sale: "s".into(),
     }
 }
 
@@ -497,6 +497,51 @@ fn a_silent_old_pod_is_read_by_a_recovery_job() {
     };
     let f = next_failover(&decide(&w));
     assert_eq!((f.step, f.tail_end), (FailoverStep::Promoting, Some(101)));
+}
+
+/// The candidate a recovery Job shipped the tail into stops answering, and another is
+/// chosen: it gets a Job of its own. The first Job's success is not this candidate's
+/// tail (promoting on it lost every record only the old primary had).
+#[test]
+fn a_candidate_chosen_again_after_its_job_gets_a_job_of_its_own() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    p[1].node = Some(Err("timed out".into()));
+    let mut w = world(&s, &p, 7_000);
+    w.job = Some(JobState::Succeeded); // into s-1
+    let lost = next_failover(&decide(&w));
+    assert_eq!(
+        (lost.step, lost.candidate.as_deref()),
+        (FailoverStep::Fencing, None)
+    );
+    assert!(lost.blocked.unwrap().starts_with("CandidateLost"));
+    // Chosen again: s-2. A Job the world still reports is not its Job.
+    let s = in_failover(FailoverState {
+        blocked: None,
+        ..lost
+    });
+    p[0].role_label = None; // unlabelled when it was fenced
+    let mut w = world(&s, &p, 7_100);
+    w.job = Some(JobState::Succeeded);
+    let d = decide(&w);
+    assert!(
+        d.actions.contains(&Action::CreateJob {
+            from: "s-0".into(),
+            to: "s-2".into()
+        }),
+        "{:?}",
+        d.actions
+    );
+    let f = next_failover(&d);
+    assert_eq!(
+        (f.step, f.candidate.as_deref()),
+        (FailoverStep::Recovering, Some("s-2"))
+    );
+    assert_eq!(
+        f.tail_source.as_deref(),
+        Some("Job s-recover-e4-2 (PVC wal-s-0)")
+    );
 }
 
 #[test]
