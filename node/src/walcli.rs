@@ -76,6 +76,11 @@ pub enum WalCommand {
         /// Tries per request before giving up (exit 5).
         #[arg(long, default_value_t = 5)]
         attempts: u32,
+        /// The epoch the log must reach (the old primary's): a log that never got
+        /// there — an empty volume in its place, another node's log — is not the tail
+        /// to recover (exit 3), even though shipping it would succeed.
+        #[arg(long)]
+        expect_epoch: Option<u64>,
     },
 }
 
@@ -93,6 +98,7 @@ pub fn run(cmd: WalCommand) -> anyhow::Result<()> {
             admin_token,
             chunk_bytes,
             attempts,
+            expect_epoch,
         } => {
             let token = match (admin_token, admin_token_file) {
                 (Some(t), _) => t,
@@ -114,6 +120,7 @@ pub fn run(cmd: WalCommand) -> anyhow::Result<()> {
                 token,
                 chunk_bytes: chunk_bytes.max(1),
                 attempts: attempts.max(1),
+                expect_epoch,
             };
             match crate::walship::ship(&plan) {
                 Ok(report) => {

@@ -31,6 +31,8 @@ pub struct ShipPlan {
     pub token: String,
     pub chunk_bytes: usize,
     pub attempts: u32,
+    /// The epoch the log must reach; `None`: any log.
+    pub expect_epoch: Option<u64>,
 }
 
 /// What was shipped (printed as one JSON line).
@@ -137,6 +139,15 @@ fn read_source(path: &std::path::Path) -> Result<Source, ShipError> {
 /// Ships the log's tail to the node.
 pub fn ship(plan: &ShipPlan) -> Result<ShipReport, ShipError> {
     let source = read_source(&plan.dir)?;
+    let reached = source.epochs.last().map_or(0, |e| e.epoch);
+    if let Some(expected) = plan.expect_epoch
+        && reached < expected
+    {
+        return Err(ShipError::Source(format!(
+            "{}: the log reaches epoch {reached}, not {expected}: it is not the log to recover",
+            plan.dir.display()
+        )));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -274,6 +274,30 @@ async fn ship_exit_codes_say_whether_a_retry_can_help() {
     assert!(err.contains("diverged"), "{err}");
 }
 
+/// The recovery Job names the old primary's epoch: a volume whose log never reached it
+/// (an empty one in its place, another node's log) is not the tail. Shipping it would
+/// succeed and leave the candidate without the old primary's sales: 3, nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_refuses_a_log_that_never_reached_the_expected_epoch() {
+    let src = sample_dir_at_epoch(7).await;
+    let empty = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(&dir.path().join("t"), &["--role", "standby"]);
+    for (log, expect) in [(empty.path(), "1"), (src.path(), "8")] {
+        let (code, _, err) = ship(log, &node.url(""), &["--expect-epoch", expect]);
+        assert_eq!(code, 3, "{err}");
+        assert!(err.contains("it is not the log to recover"), "{err}");
+    }
+    assert_eq!(
+        metric(&node, "flashsale_engine_records_total").await,
+        0.0,
+        "nothing was sent"
+    );
+    let (code, report, err) = ship(src.path(), &node.url(""), &["--expect-epoch", "7"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report["targetAppliedSeq"], report["logEnd"], "{report}");
+}
+
 /// Like `sample_dir`, written by a primary of `epoch` (so its records are of that epoch).
 async fn sample_dir_at_epoch(epoch: u64) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();

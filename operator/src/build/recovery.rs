@@ -62,6 +62,12 @@ pub fn build_recovery_job(
         &format!("{DATA_MOUNT}/wal"),
         "--to",
         to_url,
+        // A primary's log holds its sale's config and role at epoch 1 or later; a volume
+        // with none (an empty one in the old one's place) is not the tail, and fails the
+        // Job (3). Not the old primary's own epoch: a candidate that died while being
+        // promoted (the next failover is from it) may not have logged its epoch.
+        "--expect-epoch",
+        "1",
         "--admin-token-file",
         &format!("{ADMIN_MOUNT}/{}", labels::ADMIN_TOKEN_KEY),
     ]

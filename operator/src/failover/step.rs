@@ -486,7 +486,7 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
             ..Decision::default()
         }
     };
-    if let Some(old) = answering(w, &f.from) {
+    if let Some(old) = answering(w, &f.from).filter(|o| holds_the_old_log(o, f)) {
         // From the old pod: its log is final (it is fenced).
         if c.applied_seq >= old.durable_seq {
             return promote(old.durable_seq, format!("pod {}", f.from), None);
@@ -523,6 +523,17 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         Some(JobState::Succeeded) => promote(c.applied_seq, by_job, None),
         Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
     }
+}
+
+/// Whether the old pod, answering, still holds the log the old primary wrote: at an
+/// epoch (a node that came back on an empty volume reports 0; the recovery Job's `wal
+/// ship --expect-epoch 1` refuses such a volume too) and at least as far as it said it
+/// was durable when it was fenced. Otherwise its answer says nothing of the tail, and
+/// promoting on it would lose every acknowledged sale only the old primary had. (Not
+/// "at epoch `f.epoch - 1`": a candidate that died while being promoted, which the
+/// next failover is from, may not have logged the epoch it was given.)
+fn holds_the_old_log(old: &flashsale_core::admin::NodeStatus, f: &FailoverState) -> bool {
+    old.epoch >= 1 && old.durable_seq >= f.from_durable_seq.unwrap_or(0)
 }
 
 /// The tail cannot be read: quorum mode promotes once every other node reported (each

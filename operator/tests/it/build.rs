@@ -407,7 +407,8 @@ fn the_recovery_job_ships_the_old_primarys_volume_into_the_candidate() {
     let c = &pod.containers[0];
     assert_eq!(
         c.args.as_ref().unwrap().join(" "),
-        "wal ship /var/lib/flashsale/wal --to http://10.0.0.11:8080 --admin-token-file /etc/flashsale/admin/token"
+        "wal ship /var/lib/flashsale/wal --to http://10.0.0.11:8080 --expect-epoch 1 --admin-token-file /etc/flashsale/admin/token",
+        "an empty volume is not the tail"
     );
     let wal = pod
         .volumes

@@ -499,6 +499,45 @@ fn a_silent_old_pod_is_read_by_a_recovery_job() {
     assert_eq!((f.step, f.tail_end), (FailoverStep::Promoting, Some(101)));
 }
 
+/// An old pod that answers from a log other than the one it wrote as the primary (it
+/// came back on an empty volume: `standby@0`, or behind what it said was durable) is
+/// not the tail's source: the recovery Job reads the volume (and its `--expect-epoch`
+/// refuses an empty one). Promoting on its answer lost every sale only it had.
+#[test]
+fn an_old_pod_back_on_another_log_is_not_the_tail() {
+    let mut f = failover(FailoverStep::Recovering);
+    f.candidate = Some("s-1".into());
+    f.candidate_start_seq = Some(98);
+    f.fenced = Some("process gone".into());
+    f.from_durable_seq = Some(100);
+    let s = in_failover(f);
+    for (epoch, durable) in [(0, 0), (4, 99)] {
+        let mut p = parked(pods());
+        p[0].node = Some(Ok(node(Role::Standby, epoch, durable, "dd")));
+        let d = decide(&world(&s, &p, 7_000));
+        assert_eq!(
+            d.actions,
+            [Action::CreateJob {
+                from: "s-0".into(),
+                to: "s-1".into()
+            }],
+            "epoch {epoch}, durable {durable}"
+        );
+    }
+    // Its own log, parked or restarted from it (or from an epoch it held before, when
+    // a promotion to the next one was never logged): the source, as before.
+    for epoch in [2, 3, 4] {
+        let mut p = parked(pods());
+        p[0].node = Some(Ok(node(Role::Standby, epoch, 100, "dd")));
+        let d = decide(&world(&s, &p, 7_000));
+        assert!(
+            matches!(&d.actions[..], [Action::CopyTail { from, .. }] if from == "s-0"),
+            "{:?}",
+            d.actions
+        );
+    }
+}
+
 /// The candidate a recovery Job shipped the tail into stops answering, and another is
 /// chosen: it gets a Job of its own. The first Job's success is not this candidate's
 /// tail (promoting on it lost every record only the old primary had).
