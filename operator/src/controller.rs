@@ -102,6 +102,9 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// How often a healthy sale is re-read (sold counts in status).
     pub resync_ms: u64,
+    /// Whether this replica may still renew the nodes' selling leases
+    /// (`failover::leadership`).
+    pub leading: failover::leadership::Leading,
 }
 
 /// What every reconcile shares.
@@ -241,6 +244,7 @@ pub async fn run(
             .nodes
             .with_timeout(failover::timing::renew_every(failover::timing::LEASE_MIN)),
         settings.metrics.clone(),
+        settings.leading.clone(),
     );
     let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(64);
     let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();

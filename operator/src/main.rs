@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use flashsale_operator::build::BuildConfig;
 use flashsale_operator::controller::{self, Settings};
+use flashsale_operator::failover::leadership::{self, Leading};
 use flashsale_operator::http::{self, HttpState};
 use flashsale_operator::metrics::Metrics;
 use flashsale_operator::nodes::NodeClient;
@@ -89,6 +90,41 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Reads the leader Lease every quarter of its duration and calls `lost` once it is
+/// another's, or once its last `renewTime` plus its duration has passed without a later
+/// one seen (the Lease manager's renewals failing, or the API server out of reach):
+/// from then on another replica may lead (`failover::leadership`).
+async fn lead_while_leased(
+    api: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: String,
+    identity: String,
+    duration: std::time::Duration,
+    lost: impl FnOnce(String),
+) {
+    use std::time::{Duration, SystemTime};
+    let every = (duration / 4).max(Duration::from_millis(250));
+    // Just acquired: its renewTime is at most moments old; half a duration is sure.
+    let mut until = SystemTime::now() + duration / 2;
+    loop {
+        match tokio::time::timeout(every, api.get(&name)).await {
+            Ok(Ok(l)) => match leadership::held_until(&l.spec.unwrap_or_default(), &identity) {
+                Ok(Some(t)) => until = until.max(t),
+                Ok(None) => {}
+                Err(why) => return lost(why),
+            },
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the leader Lease"),
+            Err(_) => tracing::warn!("reading the leader Lease timed out"),
+        }
+        if SystemTime::now() >= until {
+            return lost(format!(
+                "not renewed for its duration ({} s): another replica may lead",
+                duration.as_secs()
+            ));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn terminated() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -162,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     let mut lease = None;
+    let leading = Leading::default();
     if args.leader_elect {
         let namespace = args
             .lease_namespace
@@ -185,16 +222,31 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!(%identity, "leading");
         metrics.leader.set(1);
-        // Losing the Lease stops this replica; its restart re-contends.
-        let stop_tx = stop_tx.clone();
-        let mut watch_leader = is_leader.clone();
-        let watcher = tokio::spawn(async move {
-            if watch_leader.wait_for(|l| !*l).await.is_ok() {
-                tracing::error!("lost the leader Lease: stopping");
+        // Losing the Lease stops this replica; its restart re-contends. No selling
+        // lease is renewed from then on, not even while the controller winds down.
+        let on_lost = {
+            let (stop_tx, leading) = (stop_tx.clone(), leading.clone());
+            move |why: String| {
+                leading.turn_off();
+                tracing::error!(%why, "lost the leader Lease: stopping");
                 let _ = stop_tx.send(true);
             }
+        };
+        let mut watch_leader = is_leader.clone();
+        let lost = on_lost.clone();
+        let watcher = tokio::spawn(async move {
+            if watch_leader.wait_for(|l| !*l).await.is_ok() {
+                lost("the Lease manager says so".into());
+            }
         });
-        lease = Some((is_leader, watcher, task));
+        let deadline = tokio::spawn(lead_while_leased(
+            kube::Api::namespaced(client.clone(), &namespace),
+            args.lease_name.clone(),
+            identity.clone(),
+            std::time::Duration::from_secs(args.lease_duration_s),
+            on_lost,
+        ));
+        lease = Some((is_leader, watcher, deadline, task));
     }
 
     let nodes = NodeClient::new(args.node_timeout_ms).context("node admin client")?;
@@ -215,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
         reporter,
         metrics: metrics.clone(),
         resync_ms: args.resync_ms,
+        leading,
     };
     let leader_since = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
     controller::run(
@@ -227,10 +280,12 @@ async fn main() -> anyhow::Result<()> {
     .await;
     tracing::info!("controller stopped");
 
-    if let Some((is_leader, watcher, task)) = lease {
+    if let Some((is_leader, watcher, deadline, task)) = lease {
         // Dropping every receiver makes the lease task release the Lease for a fast hand-over.
         watcher.abort();
         let _ = watcher.await;
+        deadline.abort();
+        let _ = deadline.await;
         drop(is_leader);
         let _ = task.await;
         metrics.leader.set(0);

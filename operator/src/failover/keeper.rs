@@ -17,6 +17,7 @@ use flashsale_core::admin::LeaseRenewal;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::mpsc;
 
+use super::leadership::Leading;
 use super::timing::{FENCE_MARGIN, renew_every};
 use crate::nodes::{NodeClient, NodeError};
 
@@ -70,6 +71,8 @@ pub struct Keeper {
     nodes: NodeClient,
     entries: Mutex<HashMap<String, Entry>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Off once this replica may no longer lead: nothing more is sent.
+    leading: Leading,
 }
 
 fn wall(at: Instant) -> Time {
@@ -81,11 +84,17 @@ fn wall(at: Instant) -> Time {
 }
 
 impl Keeper {
-    pub fn new(nodes: NodeClient, metrics: Arc<crate::metrics::Metrics>) -> Arc<Self> {
+    /// Renews only while `leading` is on (`failover::leadership`).
+    pub fn new(
+        nodes: NodeClient,
+        metrics: Arc<crate::metrics::Metrics>,
+        leading: Leading,
+    ) -> Arc<Self> {
         Arc::new(Self {
             nodes,
             entries: Mutex::new(HashMap::new()),
             metrics,
+            leading,
         })
     }
 
@@ -153,6 +162,9 @@ impl Keeper {
 
     /// Renews `sale`'s lease now, once, and says whether the node took it.
     pub async fn renew_now(&self, sale: &str) -> Result<(), String> {
+        if !self.leading.is_on() {
+            return Err("this replica no longer leads: no lease is renewed".into());
+        }
         self.renew(sale).await;
         let view = self.view(sale);
         match view.failing {
@@ -169,7 +181,7 @@ impl Keeper {
             let Some(e) = entries.get_mut(sale) else {
                 return;
             };
-            if !e.held || e.busy {
+            if !e.held || e.busy || !self.leading.is_on() {
                 return;
             }
             e.busy = true;
@@ -200,8 +212,8 @@ impl Keeper {
                 let Some(e) = entries.get_mut(sale) else {
                     return;
                 };
-                if !e.held {
-                    // Stopped meanwhile: nothing more is sent.
+                if !e.held || !self.leading.is_on() {
+                    // Stopped meanwhile, or no longer leading: nothing more is sent.
                     e.busy = false;
                     return;
                 }

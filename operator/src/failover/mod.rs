@@ -21,6 +21,7 @@
 pub mod act;
 pub mod detect;
 pub mod keeper;
+pub mod leadership;
 pub mod rank;
 pub mod recover;
 pub mod step;

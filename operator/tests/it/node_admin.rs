@@ -48,6 +48,10 @@ fn node_binary() -> PathBuf {
 }
 
 async fn start_node() -> Node {
+    start_node_with(&[]).await
+}
+
+async fn start_node_with(extra: &[&str]) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -66,6 +70,7 @@ async fn start_node() -> Node {
         ])
         .arg("--data-dir")
         .arg(dir.path().join("wal"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -152,4 +157,67 @@ async fn what_the_operator_pushes_makes_a_standby_node_sell_and_roll_out_changes
     assert!(err.is_refusal(), "{err}");
     let err = client.status(&node.url, "wrong-token").await.unwrap_err();
     assert!(err.is_refusal(), "{err}");
+}
+
+/// A replica that no longer leads (`failover::leadership`: its leader Lease could have
+/// been taken over) renews no selling lease, even while its controller winds down: the
+/// primary's lease only runs out, so the new leader's fence holds and no two primaries
+/// sell. Before, a leader cut off from the API server kept renewing it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_whose_replica_no_longer_leads_renews_no_lease() {
+    use flashsale_operator::failover::keeper::{Keeper, Target};
+    use flashsale_operator::failover::leadership::Leading;
+
+    let node = start_node_with(&["--lease", "required"]).await;
+    let client = NodeClient::new(2_000).unwrap();
+    client
+        .put_config(&node.url, TOKEN, &validate(&sale()).unwrap())
+        .await
+        .unwrap();
+    let primary = RoleAssignment {
+        role: Role::Primary,
+        epoch: 1,
+        primary_url: None,
+    };
+    client.put_role(&node.url, TOKEN, &primary).await.unwrap();
+    let leading = Leading::default();
+    let keeper = Keeper::new(
+        client.clone(),
+        std::sync::Arc::new(flashsale_operator::metrics::Metrics::default()),
+        leading.clone(),
+    );
+    keeper.hold(
+        "ns/spring",
+        Target {
+            pod: "spring-0".into(),
+            url: node.url.clone(),
+            admin_token: TOKEN.into(),
+            epoch: 1,
+            lease: Duration::from_secs(6),
+        },
+    );
+    keeper.renew_now("ns/spring").await.unwrap();
+    assert_eq!(purchase(&node.url, "leased").await, 201, "leased, it sells");
+    let remaining = |c: NodeClient, url: String| async move {
+        c.status(&url, TOKEN)
+            .await
+            .unwrap()
+            .lease
+            .unwrap()
+            .remaining_ms
+    };
+    leading.turn_off();
+    assert!(keeper.renew_now("ns/spring").await.is_err());
+    let before = remaining(client.clone(), node.url.clone()).await;
+    // The keeper's own loop, renewing every 750 ms when it may: 2 s of it.
+    let (wake, _woken) = tokio::sync::mpsc::channel(8);
+    keeper
+        .clone()
+        .run(wake, tokio::time::sleep(Duration::from_secs(2)))
+        .await;
+    let after = remaining(client.clone(), node.url.clone()).await;
+    assert!(
+        after + 1_500 <= before,
+        "the lease was renewed: {before} ms left, then {after} ms"
+    );
 }
