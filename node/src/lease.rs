@@ -6,7 +6,7 @@
 //! and the client's retry with the same key finds it there.
 //!
 //! Renewal without trusting another clock: the node hands out tokens
-//! `<instance>:<issued_ms>` (its own monotonic clock since it started); the operator
+//! `<instance>:<issued_ms>` (its own clock since it started: time since boot, suspended time included — `SystemMonotonic`); the operator
 //! renews with the newest token it holds, and the lease becomes
 //! `max(current end, token's issue time + duration)`. A renewal that arrives late —
 //! buffered while the process was frozen — therefore cannot extend the lease past
@@ -18,6 +18,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+#[cfg(not(target_os = "linux"))]
 use std::time::Instant;
 
 use flashsale_core::admin::{LeaseMode, LeaseRenewal, LeaseStatus};
@@ -27,21 +29,41 @@ pub trait Monotonic: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> u64;
 }
 
-/// The process's monotonic clock, from when it was made.
+/// The machine's clock for leases, from when this was made: on Linux `CLOCK_BOOTTIME`,
+/// which goes on while the machine is suspended. `CLOCK_MONOTONIC` (Rust's `Instant`)
+/// stops then: a primary's machine suspended past its lease would wake up still holding
+/// it by that clock, long after the operator took it as over and promoted another, and
+/// sell beside the new primary. (A frozen process — SIGSTOP, a long pause — is the same
+/// on both clocks.) Elsewhere, `Instant`.
 #[derive(Debug)]
-pub struct SystemMonotonic(Instant);
+pub struct SystemMonotonic(Duration);
 
 impl Default for SystemMonotonic {
     fn default() -> Self {
-        Self(Instant::now())
+        Self(machine_clock())
     }
 }
 
 impl Monotonic for SystemMonotonic {
     fn now_ms(&self) -> u64 {
         // Starts at 1: 0 means "no lease".
-        self.0.elapsed().as_millis() as u64 + 1
+        machine_clock().saturating_sub(self.0).as_millis() as u64 + 1
     }
+}
+
+/// Time since boot, suspended time included (`CLOCK_BOOTTIME`, through the vDSO).
+#[cfg(target_os = "linux")]
+fn machine_clock() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .expect("CLOCK_BOOTTIME exists on every Linux since 2.6.39");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// Time since this process first asked (`Instant`).
+#[cfg(not(target_os = "linux"))]
+fn machine_clock() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 /// A monotonic clock that moves only when told to.
