@@ -3,9 +3,13 @@
 //!
 //! - At most `connections_max` connections are open. When a new one arrives at the
 //!   limit, the connection idle the longest — no request in progress: before its first
-//!   request, between requests, or still trickling a request head — is closed to make
-//!   room. Only when every open connection is in a request does a newcomer wait (it is
-//!   accepted and held unserved, and the ones after it wait in the kernel's backlog).
+//!   request, between requests, still trickling a request head, or with a head whose
+//!   body has not all come — is closed to make room (a request whose body has not all
+//!   come has not reached the engine). Only when every open connection has a whole
+//!   request in progress does a newcomer wait (it is accepted and held unserved, and
+//!   the ones after it wait in the kernel's backlog). Counting a connection busy from
+//!   its request's head instead let a crowd of heads with stalled bodies hold every
+//!   slot until the request timeout, and send the next.
 //! - A connection with no request in progress for `idle_timeout` is closed (hyper's
 //!   header-read timeout, which runs from when a connection is ready for its next
 //!   request until that request's head is complete).
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -116,16 +121,58 @@ impl Registry {
     }
 }
 
-/// Marks its connection idle again when the request it was made for is answered (or
-/// dropped).
+/// A request on its connection: marks the connection busy once the request's body has
+/// all come ([`InRequest::mark`]), and idle again when the request is answered (or
+/// dropped) and its body let go — the last of the two holding it.
 struct InRequest {
     registry: Arc<Registry>,
     id: u64,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl InRequest {
+    fn mark(&self) {
+        if !self.busy.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.registry.set_busy(self.id, 1);
+        }
+    }
 }
 
 impl Drop for InRequest {
     fn drop(&mut self) {
-        self.registry.set_busy(self.id, -1);
+        if *self.busy.get_mut() {
+            self.registry.set_busy(self.id, -1);
+        }
+    }
+}
+
+/// A request's body that marks its request busy once it has all come.
+struct MarkedBody<B> {
+    inner: B,
+    request: Arc<InRequest>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for MarkedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.request.mark();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -190,15 +237,24 @@ pub async fn serve(
             let registry = registry.clone();
             let app = app.clone();
             hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                registry.set_busy(id, 1);
-                let guard = InRequest {
+                let request = Arc::new(InRequest {
                     registry: registry.clone(),
                     id,
-                };
+                    busy: false.into(),
+                });
+                if req.body().is_end_stream() {
+                    request.mark();
+                }
+                let req = req.map(|inner| {
+                    Body::new(MarkedBody {
+                        inner,
+                        request: request.clone(),
+                    })
+                });
                 let app = app.clone();
                 async move {
-                    let res = app.oneshot(req.map(Body::new)).await;
-                    drop(guard);
+                    let res = app.oneshot(req).await;
+                    drop(request);
                     res.map_err(|e: Infallible| match e {})
                 }
             })
@@ -243,6 +299,57 @@ mod tests {
             idle_since: Instant::now() - Duration::from_millis(idle_for_ms),
             close: Arc::new(Notify::new()),
         }
+    }
+
+    /// A request counts as busy (never closed to make room) only once its body has all
+    /// come, and until both its answer and its body are done with.
+    #[tokio::test]
+    async fn a_request_is_busy_from_the_end_of_its_body_until_it_is_done() {
+        use http_body_util::BodyExt;
+        let r = Arc::new(Registry::default());
+        r.lock().insert(7, conn(0, 0));
+        let busy = |r: &Registry| r.lock()[&7].busy;
+        let request = Arc::new(InRequest {
+            registry: r.clone(),
+            id: 7,
+            busy: false.into(),
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
+        >(2);
+        let mut body = MarkedBody {
+            inner: http_body_util::StreamBody::new(tokio_stream_from(rx)),
+            request: request.clone(),
+        };
+        tx.send(Ok(hyper::body::Frame::data("{\"sku\":".into())))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            busy(&r),
+            0,
+            "part of the body: closable like an idle connection"
+        );
+        assert!(r.make_room(1), "it makes room");
+        r.lock().insert(7, conn(0, 0));
+        tx.send(Ok(hyper::body::Frame::data("1}".into())))
+            .await
+            .unwrap();
+        drop(tx);
+        body.frame().await.unwrap().unwrap();
+        assert!(body.frame().await.is_none());
+        assert_eq!(busy(&r), 1, "the whole body: a request in progress");
+        assert!(!r.make_room(1), "never closed to make room");
+        drop(body);
+        assert_eq!(busy(&r), 1, "its answer is not done yet");
+        drop(request);
+        assert_eq!(busy(&r), 0);
+    }
+
+    fn tokio_stream_from<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures::Stream<Item = T> + Unpin {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     #[test]
