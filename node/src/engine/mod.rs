@@ -402,6 +402,11 @@ impl Drop for Inner {
     }
 }
 
+/// The hash a purchase's key is filed and looked up by: its customer's key.
+fn purchase_key_hash(req: &PurchaseRequest) -> u64 {
+    key_hash(&req.customer, &req.idempotency_key)
+}
+
 /// Slots of [`InflightKeys`] (4 bytes each).
 const INFLIGHT_SLOTS: usize = 1 << 14;
 
@@ -537,8 +542,7 @@ impl EngineHandle {
     /// [`Self::purchase`], saying whether the answer is a replay (the HTTP layer marks
     /// it `Idempotent-Replayed: true`).
     pub async fn purchase_answer(&self, req: PurchaseRequest) -> Result<OrderAnswer, SellError> {
-        let inflight =
-            InflightKey::enter(&self.inner.inflight_keys, key_hash(&req.idempotency_key));
+        let inflight = InflightKey::enter(&self.inner.inflight_keys, purchase_key_hash(&req));
         self.order_answer_of(Command::Purchase(req), Some(inflight))
             .await
     }
@@ -555,13 +559,17 @@ impl EngineHandle {
     /// purchase on to the engine), and the sequencer updates the read view before it
     /// answers; so a key is always in one of the two.
     pub fn sold_out_early(&self, req: &PurchaseRequest) -> Option<SellError> {
-        let hash = key_hash(&req.idempotency_key);
+        let hash = purchase_key_hash(req);
         if self.inner.inflight_keys.may_hold(hash) {
             return None;
         }
         let view = self.inner.view.read();
         let remaining = view.item(&req.sku)?.remaining;
-        if remaining > 0 || view.order_with_key(hash, &req.idempotency_key).is_some() {
+        if remaining > 0
+            || view
+                .order_with_key(hash, &req.customer, &req.idempotency_key)
+                .is_some()
+        {
             return None;
         }
         Some(SellError::SoldOut {
@@ -607,12 +615,9 @@ impl EngineHandle {
             }
             return Front::Forward(primary.clone());
         }
-        let hash = key_hash(&req.idempotency_key);
-        if let Some(o) = view.order_with_key(hash, &req.idempotency_key) {
-            return if view.sku(o.item) == Some(req.sku.as_str())
-                && o.quantity == req.quantity
-                && o.customer() == req.customer
-            {
+        let hash = purchase_key_hash(req);
+        if let Some(o) = view.order_with_key(hash, &req.customer, &req.idempotency_key) {
+            return if view.sku(o.item) == Some(req.sku.as_str()) && o.quantity == req.quantity {
                 Front::Replay(view.first_answer(o))
             } else {
                 Front::Refuse(SellError::IdempotencyConflict(req.idempotency_key.clone()))
@@ -826,7 +831,7 @@ mod tests {
     #[test]
     fn a_key_reads_in_flight_until_its_last_purchase_is_answered() {
         let keys = Arc::new(InflightKeys::default());
-        let (a, b) = (key_hash("a"), key_hash("b"));
+        let (a, b) = (key_hash("c", "a"), key_hash("c", "b"));
         // A key sharing a's slot: it reads in flight while a is (a missed fast answer,
         // never a wrong one), and a reads so while it is.
         let twin = a ^ 1;

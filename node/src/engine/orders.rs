@@ -337,9 +337,12 @@ impl KeyIndex {
         tag | tag << ID_BITS
     }
 
-    /// Files order `id` of `orders` under its key (a key not filed yet).
+    /// Files order `id` of `orders` under its customer's key (one not filed yet).
     pub fn insert(&mut self, id: u64, orders: &OrderTable) {
-        let hash = key_hash(orders.get(id).map_or("", |o| o.idempotency_key()));
+        let hash = orders.get(id).map_or_else(
+            || key_hash("", ""),
+            |o| key_hash(o.customer(), o.idempotency_key()),
+        );
         if id > ID_MASK {
             self.wide.insert_unique(hash, (hash, id), |e| e.0);
             return;
@@ -349,17 +352,21 @@ impl KeyIndex {
             .insert_unique(Self::placed(entry), entry, |e| Self::placed(*e));
     }
 
-    /// The order in `orders` holding key `key`, whose [`key_hash`] is `hash`.
+    /// The order in `orders` holding `customer`'s key `key`, whose [`key_hash`] is
+    /// `hash`.
     pub fn find<'a>(
         &self,
         hash: u64,
+        customer: &str,
         key: &str,
         orders: &'a OrderTable,
     ) -> Option<&'a StoredOrder> {
         // The order a matching entry names, kept by the match itself (one lookup).
         let mut found = None;
         let mut holds = |id: u64| {
-            found = orders.get(id).filter(|o| o.idempotency_key() == key);
+            found = orders
+                .get(id)
+                .filter(|o| o.idempotency_key() == key && o.customer() == customer);
             found.is_some()
         };
         let tag = Self::tag(hash);
@@ -382,13 +389,15 @@ impl KeyIndex {
     }
 }
 
-/// The hash of an idempotency key in a [`KeyIndex`] and in the engine's in-flight set
-/// (seeded once per process).
-pub fn key_hash(key: &str) -> u64 {
+/// The hash of `customer`'s idempotency key `key` in a [`KeyIndex`] and in the
+/// engine's in-flight set (seeded once per process). A key is its customer's: the same
+/// key from another customer is another purchase, so nobody can take a key someone
+/// else will use (Stripe scopes its keys to an account the same way).
+pub fn key_hash(customer: &str, key: &str) -> u64 {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
     SEED.get_or_init(foldhash::fast::RandomState::default)
-        .hash_one(key)
+        .hash_one((customer, key))
 }
 
 /// The reserved orders' expiries, (expires at, order id), earliest first. Holds come
@@ -611,6 +620,7 @@ mod tests {
 
     #[test]
     fn the_key_index_finds_every_key_through_its_tables_growing_and_no_other() {
+        const ANN: &str = "ann ✓"; // `order`'s customer
         let mut table = OrderTable::default();
         let mut index = KeyIndex::default();
         let n = 40_000u64; // every shard's table grows several times
@@ -622,17 +632,27 @@ mod tests {
         }
         for id in (1..=n).step_by(7) {
             let key = format!("key-{id}");
-            let found = index.find(key_hash(&key), &key, &table).map(|o| o.id);
+            let found = index
+                .find(key_hash(ANN, &key), ANN, &key, &table)
+                .map(|o| o.id);
             assert_eq!(found, Some(id), "{key}");
         }
         for absent in ["key-0", "key-40001", ""] {
-            assert!(index.find(key_hash(absent), absent, &table).is_none());
+            assert!(
+                index
+                    .find(key_hash(ANN, absent), ANN, absent, &table)
+                    .is_none()
+            );
         }
         // A key whose hash matches a stored one but which differs is not that order.
-        let hash = key_hash("key-5");
-        assert!(index.find(hash, "key-5x", &table).is_none());
+        let hash = key_hash(ANN, "key-5");
+        assert!(index.find(hash, ANN, "key-5x", &table).is_none());
+        // A key is its customer's: another customer's same key is not that order.
+        let theirs = key_hash("bob", "key-5");
+        assert!(index.find(theirs, "bob", "key-5", &table).is_none());
+        assert!(index.find(hash, "bob", "key-5", &table).is_none());
         index.clear();
-        assert!(index.find(hash, "key-5", &table).is_none());
+        assert!(index.find(hash, ANN, "key-5", &table).is_none());
         // Ids past the entries' 40 bits (a log that far along) are filed and found too.
         let mut table = OrderTable::default();
         for (id, key) in [(1 << 41, "wide-a"), ((1 << 41) + 1, "wide-b")] {
@@ -643,13 +663,23 @@ mod tests {
         }
         for (id, key) in [(1 << 41, "wide-a"), ((1 << 41) + 1, "wide-b")] {
             assert_eq!(
-                index.find(key_hash(key), key, &table).map(|o| o.id),
+                index
+                    .find(key_hash(ANN, key), ANN, key, &table)
+                    .map(|o| o.id),
                 Some(id)
             );
         }
-        assert!(index.find(key_hash("wide-c"), "wide-c", &table).is_none());
+        assert!(
+            index
+                .find(key_hash(ANN, "wide-c"), ANN, "wide-c", &table)
+                .is_none()
+        );
         index.clear();
-        assert!(index.find(key_hash("wide-a"), "wide-a", &table).is_none());
+        assert!(
+            index
+                .find(key_hash(ANN, "wide-a"), ANN, "wide-a", &table)
+                .is_none()
+        );
     }
 
     #[test]

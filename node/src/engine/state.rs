@@ -291,9 +291,10 @@ impl State {
         }
     }
 
-    /// The order holding idempotency key `key`.
-    fn order_with_key(&self, key: &str) -> Option<&StoredOrder> {
-        self.idempotency.find(key_hash(key), key, &self.orders)
+    /// The order holding `customer`'s idempotency key `key`.
+    fn order_with_key(&self, customer: &str, key: &str) -> Option<&StoredOrder> {
+        self.idempotency
+            .find(key_hash(customer, key), customer, key, &self.orders)
     }
 
     /// Order `o` as the API shows it.
@@ -501,9 +502,9 @@ impl State {
             ));
         };
         req.check()?;
-        if let Some(o) = self.order_with_key(&req.idempotency_key) {
+        if let Some(o) = self.order_with_key(&req.customer, &req.idempotency_key) {
             let sku = &self.items[o.item as usize].sku;
-            if *sku == req.sku && o.quantity == req.quantity && o.customer() == req.customer {
+            if *sku == req.sku && o.quantity == req.quantity {
                 return Ok(Decision::Replay(o.first_answer(sku)));
             }
             return Err(SellError::IdempotencyConflict(req.idempotency_key.clone()));

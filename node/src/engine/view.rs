@@ -153,9 +153,10 @@ impl ReadView {
             .collect()
     }
 
-    /// The durable order holding idempotency key `key` (hash `hash`), if one does.
-    pub fn order_with_key(&self, hash: u64, key: &str) -> Option<&StoredOrder> {
-        self.keys.find(hash, key, &self.orders)
+    /// The durable order holding `customer`'s idempotency key `key` (hash `hash`), if
+    /// one does.
+    pub fn order_with_key(&self, hash: u64, customer: &str, key: &str) -> Option<&StoredOrder> {
+        self.keys.find(hash, customer, key, &self.orders)
     }
 }
 

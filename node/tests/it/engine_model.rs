@@ -141,7 +141,8 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
         e.configure(config(&stock)).await.unwrap();
         // Every order ever acknowledged, as last acknowledged; first answers by key.
         let mut acked: HashMap<u64, Order> = HashMap::new();
-        let mut first: HashMap<String, (PurchaseRequest, Order)> = HashMap::new();
+        // A key is its customer's (another customer's same key is another purchase).
+        let mut first: HashMap<(String, String), (PurchaseRequest, Order)> = HashMap::new();
         let mut ids: Vec<u64> = Vec::new();
         for op in ops {
             match op {
@@ -159,7 +160,8 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
                     };
                     let before = e.item(SKUS[sku]).unwrap();
                     let res = e.purchase(req.clone()).await;
-                    match (&res, first.get(&req.idempotency_key)) {
+                    let scoped = (req.customer.clone(), req.idempotency_key.clone());
+                    match (&res, first.get(&scoped)) {
                         (Ok(o), Some((r0, o0))) => {
                             prop_assert_eq!(r0, &req, "same key, other body, yet accepted");
                             prop_assert_eq!(o, o0, "an idempotent retry must get the first answer");
@@ -180,7 +182,7 @@ fn run(ops: Vec<Op>, snapshot_every: u64, segment_bytes: u64) -> Result<(), Test
                                 before.remaining
                             );
                             prop_assert_eq!(o.state, OrderState::Reserved);
-                            first.insert(req.idempotency_key.clone(), (req.clone(), o.clone()));
+                            first.insert(scoped, (req.clone(), o.clone()));
                             acked.insert(o.id, o.clone());
                             ids.push(o.id);
                         }

@@ -359,6 +359,51 @@ async fn orders_belong_to_their_customer_and_retries_tell_the_truth() {
     assert_eq!(get(&node, "/v1/items/tee").await.body["remaining"], 3);
 }
 
+/// An idempotency key is its customer's. Another customer who uses it first (a guessed
+/// or leaked key) buys for themselves and takes nothing from its owner, whose purchase
+/// and retries work as if they had not; nor does the answer tell anyone else whether the
+/// key was used. (Keys were global: the owner got 409 `idempotency_conflict` for good.)
+#[tokio::test]
+async fn a_key_is_its_customers_and_nobody_else_can_take_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(&dir, &[("tee", 3, 0)], &[]);
+    let squatter = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "mallory", "alice-1"),
+    )
+    .await;
+    assert_eq!(squatter.status, 201, "{:?}", squatter.body);
+    let alice = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "alice", "alice-1"),
+    )
+    .await;
+    assert_eq!(alice.status, 201, "{:?}", alice.body);
+    assert_eq!(alice.body["customer"], "alice");
+    assert_ne!(alice.body["id"], squatter.body["id"]);
+    let retry = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "alice", "alice-1"),
+    )
+    .await;
+    assert_eq!(
+        (retry.status, &retry.body["id"]),
+        (StatusCode::CREATED, &alice.body["id"]),
+        "alice's retry gets alice's order"
+    );
+    // A probe with the key under another name learns nothing about it.
+    let probe = post(
+        &node,
+        "/v1/purchases",
+        &purchase("no-such", 1, "eve", "alice-1"),
+    )
+    .await;
+    assert_error(&probe, 404, "unknown_item");
+}
+
 #[tokio::test]
 async fn idempotent_replay_returns_the_same_order_also_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
