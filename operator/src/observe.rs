@@ -26,8 +26,9 @@ pub struct PodView {
     pub running: bool,
     /// Its readiness probe passes (role and config known to the node).
     pub ready: bool,
-    /// The node's container runs (the kubelet's word; `false` also while it waits to be
-    /// restarted): a failover's proof that the old process is gone.
+    /// The node's container runs (the kubelet's word, also while the pod is being
+    /// deleted; `false` while it waits to be restarted): `false` is a failover's proof
+    /// that the old process is gone.
     pub container_running: bool,
     /// The `flashsale.dev/role` label.
     pub role_label: Option<String>,
@@ -56,7 +57,7 @@ impl PodView {
             .and_then(|c| c.state.as_ref())
             .is_some_and(|st| st.running.is_some());
         Self {
-            container_running: running && container_running,
+            container_running,
             ordinal,
             ip: status
                 .and_then(|s| s.pod_ip.clone())

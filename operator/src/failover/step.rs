@@ -416,11 +416,15 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
     d
 }
 
-/// The old primary's process is gone: its pod is missing or not running (the kubelet
-/// reports it), or a run of the node other than the one the lease was granted to answers.
+/// The old primary's process is gone: its pod is missing, or its container is not
+/// running (the kubelet reports it), or a run of the node other than the one the lease
+/// was granted to answers. A pod being deleted is not proof: its container runs until
+/// it exits (a graceful deletion drains requests in flight, which it may still
+/// acknowledge; a deletion whose kubelet is cut off never ends), so its lease is waited
+/// out like a silent primary's.
 fn process_gone(w: &World, from: &str) -> bool {
     let Some(p) = pod(w, from) else { return true };
-    if !p.running || !p.container_running {
+    if !p.container_running {
         return true;
     }
     let instance = p

@@ -387,10 +387,11 @@ fn a_stepped_down_or_dead_old_primary_needs_no_lease_wait() {
     let f = next_failover(&decide(&world(&s, &down, 100)));
     assert_eq!(f.fenced.as_deref(), Some("stepped down"));
     assert_eq!(f.from_durable_seq, Some(100));
-    // Its process is gone: the pod is not running, or another run of it answers.
+    // Its process is gone: its container is not running (also when the pod is not),
+    // the pod is gone, or another run of it answers.
     for gone in [
         |p: &mut Vec<PodView>| p[0].container_running = false,
-        |p: &mut Vec<PodView>| p[0].running = false,
+        |p: &mut Vec<PodView>| (p[0].running, p[0].container_running) = (false, false),
         |p: &mut Vec<PodView>| {
             p.remove(0);
         },
@@ -409,6 +410,18 @@ fn a_stepped_down_or_dead_old_primary_needs_no_lease_wait() {
         let f = next_failover(&decide(&world(&s, &v, 100)));
         assert_eq!(f.fenced.as_deref(), Some("process gone"), "{v:?}");
     }
+    // A pod being deleted whose container still runs (draining requests it may still
+    // acknowledge, or its kubelet cut off) is no proof: its lease is waited out.
+    let mut deleting = down.clone();
+    deleting[0].running = false;
+    deleting[0].node = Some(Err("refused".into()));
+    let d = decide(&world(&s, &deleting, 100));
+    assert_eq!(
+        d.next.and_then(|n| n.failover).and_then(|f| f.fenced),
+        None,
+        "fenced at once: {:?}",
+        d.actions
+    );
     let mut restarted = down.clone();
     restarted[0].node = Some(Ok(node(Role::Primary, 3, 100, "ab"))); // a new run
     let d = decide(&world(&s, &restarted, 100));
