@@ -7,7 +7,9 @@
 //! A renewal carries the newest token the node gave; the node extends its lease to that
 //! token's issue time + the duration. So what bounds the lease is when the operator
 //! *received* the newest token it ever *sent*: that instant is kept per sale, and
-//! `lease_end` is it + duration + margin. Stopping (the fence) freezes it.
+//! `lease_end` is it + duration + margin — the latest such end, when the duration
+//! changed for the same node and epoch (a shortened `leaseDuration` does not shorten
+//! what the node already holds). Stopping (the fence) freezes it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,8 +58,11 @@ struct Entry {
     held: bool,
     /// The newest token received, and when.
     token: Option<(String, Instant)>,
-    /// When the newest token sent was received (what bounds the lease).
-    sent: Option<Instant>,
+    /// The lease that ends last of those sent to this pod at this epoch: when its token
+    /// was received, and its duration. A renewal for a shorter lease (the spec's
+    /// `leaseDuration` shortened) does not shorten what the node holds (its end is the
+    /// latest of what it was granted), so the fence waits for this.
+    longest: Option<(Instant, Duration)>,
     failing: Option<(Instant, SystemTime, String)>,
     /// When the last renewal succeeded: renewals have failed since then, once they fail.
     last_ok: Option<SystemTime>,
@@ -103,6 +108,12 @@ impl Keeper {
         let mut entries = self.entries.lock().expect("not poisoned");
         match entries.get_mut(sale) {
             Some(e) if e.target == target => e.held = true,
+            // The same node at the same epoch with another lease duration: what was
+            // granted before still bounds its lease.
+            Some(e) if e.target.pod == target.pod && e.target.epoch == target.epoch => {
+                e.target = target;
+                e.held = true;
+            }
             _ => {
                 entries.insert(
                     sale.to_string(),
@@ -110,7 +121,7 @@ impl Keeper {
                         target,
                         held: true,
                         token: None,
-                        sent: None,
+                        longest: None,
                         failing: None,
                         last_ok: None,
                         granted: false,
@@ -148,9 +159,9 @@ impl Keeper {
                 Time(jiff::Timestamp::try_from(*at).unwrap_or_else(|_| jiff::Timestamp::now()))
             }),
             failing: e.failing.as_ref().map(|(_, _, why)| why.clone()),
-            lease_end: e.sent.map(|r| {
+            lease_end: e.longest.map(|(r, lease)| {
                 let end = wall(r);
-                Time(end.0 + e.target.lease + FENCE_MARGIN)
+                Time(end.0 + lease + FENCE_MARGIN)
             }),
             instance: e
                 .token
@@ -217,7 +228,11 @@ impl Keeper {
                     e.busy = false;
                     return;
                 }
-                e.sent = Some(e.sent.map_or(received, |s| s.max(received)));
+                let lease = target.lease;
+                e.longest = Some(match e.longest {
+                    Some((r, l)) if r + l >= received + lease => (r, l),
+                    _ => (received, lease),
+                });
             }
             let renewal = LeaseRenewal {
                 epoch: target.epoch,

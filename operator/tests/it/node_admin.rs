@@ -221,3 +221,66 @@ async fn a_keeper_whose_replica_no_longer_leads_renews_no_lease() {
         "the lease was renewed: {before} ms left, then {after} ms"
     );
 }
+
+/// `leaseDuration` shortened while a primary holds a lease granted for the longer one:
+/// the node keeps the later end (a lease is never shortened), so the keeper's account of
+/// when any lease it granted is over — the fence's deadline — keeps it too. It used to
+/// take the new duration from the last renewal on, and a failover could promote another
+/// primary while this one still held its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortened_lease_duration_keeps_the_fence_behind_the_longer_lease_granted() {
+    use flashsale_operator::failover::keeper::{Keeper, Target};
+    use flashsale_operator::failover::leadership::Leading;
+
+    let node = start_node_with(&["--lease", "required"]).await;
+    let client = NodeClient::new(2_000).unwrap();
+    client
+        .put_config(&node.url, TOKEN, &validate(&sale()).unwrap())
+        .await
+        .unwrap();
+    let primary = RoleAssignment {
+        role: Role::Primary,
+        epoch: 1,
+        primary_url: None,
+    };
+    client.put_role(&node.url, TOKEN, &primary).await.unwrap();
+    let keeper = Keeper::new(
+        client.clone(),
+        std::sync::Arc::new(flashsale_operator::metrics::Metrics::default()),
+        Leading::default(),
+    );
+    let target = |secs| Target {
+        pod: "spring-0".into(),
+        url: node.url.clone(),
+        admin_token: TOKEN.into(),
+        epoch: 1,
+        lease: Duration::from_secs(secs),
+    };
+    let end_in_ms = |k: &Keeper| {
+        let end = k.view("ns/spring").lease_end.expect("a lease granted").0;
+        end.duration_since(jiff::Timestamp::now()).as_millis() as i64
+    };
+    // Two renewals: the second's token is the first's answer.
+    keeper.hold("ns/spring", target(60));
+    keeper.renew_now("ns/spring").await.unwrap();
+    keeper.renew_now("ns/spring").await.unwrap();
+    keeper.hold("ns/spring", target(6));
+    keeper.renew_now("ns/spring").await.unwrap();
+    keeper.renew_now("ns/spring").await.unwrap();
+    let held = client
+        .status(&node.url, TOKEN)
+        .await
+        .unwrap()
+        .lease
+        .unwrap()
+        .remaining_ms;
+    assert!(
+        held > 50_000,
+        "the node still holds the longer lease: {held} ms"
+    );
+    let end = end_in_ms(&keeper);
+    assert!(
+        end as u64 >= held,
+        "the fence's deadline ({end} ms from now) is before the node's lease ends ({held} ms)"
+    );
+}
