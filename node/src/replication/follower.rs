@@ -187,6 +187,11 @@ impl<R: Replica> Follower<R> {
     async fn on_messages(&self, messages: Vec<Vec<u8>>) -> Result<(), ReplError> {
         let mine = self.replica.epoch();
         let applied = self.replica.applied_seq();
+        // The epoch of this node's last record: a live batch of a newer one starts where
+        // another primary took over, and only the primary can say whether this log is a
+        // prefix of its own there (a node that followed a fenced primary may hold records
+        // the new one never had); catching up asks it (`prev_epoch`), the stream cannot.
+        let last_epoch = epoch_at(&self.replica.history(), applied, applied).unwrap_or(0);
         let mut merged: Option<Batch> = None;
         let mut sent_at_us = Vec::with_capacity(messages.len());
         let mut gap = None;
@@ -216,6 +221,14 @@ impl<R: Replica> Follower<R> {
                     applied: next - 1,
                     first: b.first_seq,
                     last: b.last_seq,
+                });
+                break;
+            }
+            let known = merged.as_ref().map_or(last_epoch, |m| m.epoch);
+            if b.epoch > known {
+                gap = Some(ReplError::NewEpoch {
+                    epoch: b.epoch,
+                    after: known,
                 });
                 break;
             }

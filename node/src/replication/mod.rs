@@ -45,6 +45,10 @@ pub enum ReplError {
     Damaged(#[from] WireError),
     #[error("batch {first}..={last} does not follow {applied}")]
     Gap { applied: u64, first: u64, last: u64 },
+    #[error(
+        "a live batch of epoch {epoch} after records of epoch {after}: its boundary is checked by catching up"
+    )]
+    NewEpoch { epoch: u64, after: u64 },
     #[error("batch of epoch {theirs} is older than this node's epoch {mine}")]
     StaleEpoch { mine: u64, theirs: u64 },
     #[error("applying a batch: {0}")]

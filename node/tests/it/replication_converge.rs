@@ -257,4 +257,38 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
     }
     let after = assert_converged(&http, &primary, s).await;
     assert_eq!(after, before, "a refused batch changed the secondary");
+
+    // What a primary of a newer epoch would publish (one that took over where this
+    // node's log may not be a prefix of its own): not applied from the stream; catching
+    // up asks the node's primary, which has no such record.
+    let newer = encode_message(
+        0,
+        &encode_batch(99, seq, seq, &{
+            let mut frames = Vec::new();
+            encode_record(
+                &Record {
+                    seq,
+                    epoch: 99,
+                    at_ms: 1_800_000_000_000,
+                    body: RecordBody::Purchase {
+                        sku: "a".into(),
+                        quantity: 1,
+                        customer: "ghost".into(),
+                        idempotency_key: "from-elsewhere".into(),
+                        expires_at_ms: 1_800_000_060_000,
+                    },
+                },
+                &mut frames,
+            )
+            .unwrap();
+            frames
+        }),
+    );
+    assert_eq!(redis.publish(replication_support::node::CHANNEL, &newer), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = assert_converged(&http, &primary, s).await;
+    assert_eq!(
+        after, before,
+        "a newer epoch's batch was applied from the stream"
+    );
 }
