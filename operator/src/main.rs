@@ -93,7 +93,9 @@ fn init_tracing(format: LogFormat) {
 /// Reads the leader Lease every quarter of its duration and calls `lost` once it is
 /// another's, or once its last `renewTime` plus its duration has passed without a later
 /// one seen (the Lease manager's renewals failing, or the API server out of reach):
-/// from then on another replica may lead (`failover::leadership`).
+/// from then on another replica may lead (`failover::leadership`). A read may take up
+/// to the Lease's duration (a slow API server is not a lost Lease); the deadline is
+/// watched meanwhile.
 async fn lead_while_leased(
     api: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
     name: String,
@@ -105,23 +107,30 @@ async fn lead_while_leased(
     let every = (duration / 4).max(Duration::from_millis(250));
     // Just acquired: its renewTime is at most moments old; half a duration is sure.
     let mut until = SystemTime::now() + duration / 2;
+    let left = |until: SystemTime| until.duration_since(SystemTime::now()).unwrap_or_default();
     loop {
-        match tokio::time::timeout(every, api.get(&name)).await {
-            Ok(Ok(l)) => match leadership::held_until(&l.spec.unwrap_or_default(), &identity) {
-                Ok(Some(t)) => until = until.max(t),
-                Ok(None) => {}
-                Err(why) => return lost(why),
+        tokio::select! {
+            read = tokio::time::timeout(duration, api.get(&name)) => match read {
+                Ok(Ok(l)) => match leadership::held_until(&l.spec.unwrap_or_default(), &identity) {
+                    Ok(Some(t)) => until = until.max(t),
+                    Ok(None) => {}
+                    Err(why) => return lost(why),
+                },
+                Ok(Err(e)) => tracing::warn!(error = %e, "reading the leader Lease"),
+                Err(_) => tracing::warn!("reading the leader Lease timed out"),
             },
-            Ok(Err(e)) => tracing::warn!(error = %e, "reading the leader Lease"),
-            Err(_) => tracing::warn!("reading the leader Lease timed out"),
+            _ = tokio::time::sleep(left(until)) => {}
         }
-        if SystemTime::now() >= until {
+        if left(until).is_zero() {
             return lost(format!(
                 "not renewed for its duration ({} s): another replica may lead",
                 duration.as_secs()
             ));
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(left(until)) => {}
+        }
     }
 }
 

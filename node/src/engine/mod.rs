@@ -584,7 +584,7 @@ impl EngineHandle {
     /// else the engine. On a secondary that knows its primary: what its copy answers
     /// correctly — an unknown item, a quantity over the item's limit, the sale window,
     /// sold out with nothing held, the replay of a key one of its orders holds (or a
-    /// conflict with it) — else forward; a copy not `caught_up` forwards everything. A
+    /// conflict with it) — else forward; a copy not `caught_up` forwards everything but a quantity of 0. A
     /// copy behind its primary can only under-count what was sold, and with nothing
     /// held no unit can come back, so a late copy's sold out is still true (short of a
     /// stock increase it has not applied yet). Its config may be late too: an item just

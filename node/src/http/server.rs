@@ -4,8 +4,9 @@
 //! - At most `connections_max` connections are open. When a new one arrives at the
 //!   limit, the connection idle the longest — no request in progress: before its first
 //!   request, between requests, still trickling a request head, or with a head whose
-//!   body has not all come — is closed to make room (a request whose body has not all
-//!   come has not reached the engine). Only when every open connection has a whole
+//!   body has not all come and is still awaited — is closed to make room (such a
+//!   request has not reached the engine; a handler that takes no body lets it go
+//!   unread, and its request counts busy from then). Only when every open connection has a whole
 //!   request in progress does a newcomer wait (it is accepted and held unserved, and
 //!   the ones after it wait in the kernel's backlog). Counting a connection busy from
 //!   its request's head instead let a crowd of heads with stalled bodies hold every
@@ -146,7 +147,9 @@ impl Drop for InRequest {
     }
 }
 
-/// A request's body that marks its request busy once it has all come.
+/// A request's body that marks its request busy once it has all come, or once it is
+/// let go unread (a handler that takes no body, a confirm or cancel sent with one,
+/// goes on to the engine without reading it).
 struct MarkedBody<B> {
     inner: B,
     request: Arc<InRequest>,
@@ -173,6 +176,12 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for MarkedBody<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for MarkedBody<B> {
+    fn drop(&mut self) {
+        self.request.mark();
     }
 }
 
@@ -342,6 +351,22 @@ mod tests {
         assert!(!r.make_room(1), "never closed to make room");
         drop(body);
         assert_eq!(busy(&r), 1, "its answer is not done yet");
+        drop(request);
+        assert_eq!(busy(&r), 0);
+        // A body let go unread (a route that takes none): busy from then on.
+        let request = Arc::new(InRequest {
+            registry: r.clone(),
+            id: 7,
+            busy: false.into(),
+        });
+        let (_tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
+        >(1);
+        drop(MarkedBody {
+            inner: http_body_util::StreamBody::new(tokio_stream_from(rx)),
+            request: request.clone(),
+        });
+        assert_eq!(busy(&r), 1, "in the handler, body unread");
         drop(request);
         assert_eq!(busy(&r), 0);
     }

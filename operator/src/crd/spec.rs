@@ -262,7 +262,11 @@ pub struct FailoverSpec {
     /// How long the primary's selling lease lasts without a renewal (renewed every
     /// eighth of it). A fenced primary stops selling when it ends; a failover waits it
     /// out unless the old primary stepped down or its process is gone. At least 6s, so
-    /// the operator's own leader hand-over never lets a lease lapse.
+    /// the operator's own leader hand-over never lets a lease lapse. Shortened while a
+    /// sale runs, the primary keeps the longer lease already granted (a lease is never
+    /// shortened), and the fence waits for that; a new operator leader does not know
+    /// it, so do not roll or lose the operator within the old duration after shortening
+    /// it.
     #[serde(default = "default_lease_duration")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('6s') && duration(self) <= duration('10m')")
         .message("failover.leaseDuration: must be between 6s and 10m"))]

@@ -71,6 +71,23 @@ struct Entry {
     busy: bool,
 }
 
+impl Entry {
+    /// A target held from now on, nothing known of it yet.
+    fn fresh(target: Target) -> Self {
+        Entry {
+            target,
+            held: true,
+            token: None,
+            longest: None,
+            failing: None,
+            last_ok: None,
+            granted: false,
+            next_at: Instant::now(),
+            busy: false,
+        }
+    }
+}
+
 /// Renews leases; shared by the controller (hold, stop, view) and its own task.
 pub struct Keeper {
     nodes: NodeClient,
@@ -108,27 +125,15 @@ impl Keeper {
         let mut entries = self.entries.lock().expect("not poisoned");
         match entries.get_mut(sale) {
             Some(e) if e.target == target => e.held = true,
-            // The same node at the same epoch with another lease duration: what was
-            // granted before still bounds its lease.
+            // The same node at the same epoch with another lease duration (or address):
+            // a fresh account, but what was granted before still bounds its lease.
             Some(e) if e.target.pod == target.pod && e.target.epoch == target.epoch => {
-                e.target = target;
-                e.held = true;
+                let longest = e.longest;
+                *e = Entry::fresh(target);
+                e.longest = longest;
             }
             _ => {
-                entries.insert(
-                    sale.to_string(),
-                    Entry {
-                        target,
-                        held: true,
-                        token: None,
-                        longest: None,
-                        failing: None,
-                        last_ok: None,
-                        granted: false,
-                        next_at: Instant::now(),
-                        busy: false,
-                    },
-                );
+                entries.insert(sale.to_string(), Entry::fresh(target));
             }
         }
     }

@@ -379,7 +379,13 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
     next.fenced = Some(proof.to_string());
     next.fenced_at = Some(w.now.clone());
     next.fence_until = Some(deadline);
-    next.from_durable_seq = from.map(|s| s.durable_seq);
+    // The most the old primary was ever seen to have durable: a later fence (the
+    // candidate lost, fencing again) must not lower it, nor forget it when the old pod
+    // is silent or back on an empty volume.
+    next.from_durable_seq = match (f.from_durable_seq, from.map(|s| s.durable_seq)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     match chosen {
         None => {
             next.blocked = Some(match &f.candidate {
@@ -529,15 +535,17 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
     }
 }
 
-/// Whether the old pod, answering, still holds the log the old primary wrote: at an
-/// epoch (a node that came back on an empty volume reports 0; the recovery Job's `wal
-/// ship --expect-epoch 1` refuses such a volume too) and at least as far as it said it
-/// was durable when it was fenced. Otherwise its answer says nothing of the tail, and
-/// promoting on it would lose every acknowledged sale only the old primary had. (Not
-/// "at epoch `f.epoch - 1`": a candidate that died while being promoted, which the
-/// next failover is from, may not have logged the epoch it was given.)
+/// Whether the old pod, answering, still holds the log the old primary wrote: records
+/// of an epoch in its log (a node back on an empty volume has none — its epoch in
+/// memory says nothing, parking sets it; the recovery Job's `wal ship --expect-epoch 1`
+/// refuses such a volume too) and at least as far as it was ever seen durable while
+/// fenced. Otherwise its answer says nothing of the tail, and promoting on it would lose
+/// every acknowledged sale only the old primary had. (Not "at epoch `f.epoch - 1`": a
+/// candidate that died while being promoted, which the next failover is from, may not
+/// have logged the epoch it was given.)
 fn holds_the_old_log(old: &flashsale_core::admin::NodeStatus, f: &FailoverState) -> bool {
-    old.epoch >= 1 && old.durable_seq >= f.from_durable_seq.unwrap_or(0)
+    let logged = old.epochs.last().map_or(0, |e| e.epoch);
+    logged >= 1 && old.durable_seq >= f.from_durable_seq.unwrap_or(0)
 }
 
 /// The tail cannot be read: quorum mode promotes once every other node reported (each

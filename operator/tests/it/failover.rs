@@ -5,6 +5,7 @@
 //! epoch is written before any node hears of it.
 
 use flashsale_core::admin::{LeaseMode, LeaseStatus, NodeStatus, Role};
+use flashsale_core::replication::EpochStart;
 use flashsale_operator::crd::{
     FailoverKind, FailoverState, FailoverStep, FlashSaleStatus, PrimaryStatus, TailPolicy,
 };
@@ -38,7 +39,14 @@ fn node(role: Role, epoch: u64, durable: u64, instance: &str) -> NodeStatus {
             epoch,
             remaining_ms: 0,
         }),
-        epochs: vec![],
+        // Its log: records of `epoch` (none in an empty one).
+        epochs: (durable > 0)
+            .then_some(EpochStart {
+                epoch,
+                first_seq: 1,
+            })
+            .into_iter()
+            .collect(),
         load: Default::default(),
     }
 }
@@ -524,7 +532,7 @@ fn an_old_pod_back_on_another_log_is_not_the_tail() {
     f.fenced = Some("process gone".into());
     f.from_durable_seq = Some(100);
     let s = in_failover(f);
-    for (epoch, durable) in [(0, 0), (4, 99)] {
+    for (epoch, durable) in [(0, 0), (4, 0), (4, 99)] {
         let mut p = parked(pods());
         p[0].node = Some(Ok(node(Role::Standby, epoch, durable, "dd")));
         let d = decide(&world(&s, &p, 7_000));
@@ -537,6 +545,33 @@ fn an_old_pod_back_on_another_log_is_not_the_tail() {
             "epoch {epoch}, durable {durable}"
         );
     }
+    // (4, 0): an empty one parked by the fence reports the new epoch: its log has none.
+    // So too when nothing was known durable of it (it never answered while fenced).
+    let mut unknown = s.failover.clone().unwrap();
+    unknown.from_durable_seq = None;
+    let unknown = in_failover(unknown);
+    let mut p = parked(pods());
+    p[0].node = Some(Ok(node(Role::Standby, 4, 0, "dd")));
+    assert_eq!(
+        decide(&world(&unknown, &p, 7_000)).actions,
+        [Action::CreateJob {
+            from: "s-0".into(),
+            to: "s-1".into()
+        }]
+    );
+    // Fencing again (the candidate lost) neither lowers nor forgets what was durable.
+    let mut again = s.failover.clone().unwrap();
+    again.step = FailoverStep::Fencing;
+    again.candidate = None;
+    let again = in_failover(again);
+    let mut p = parked(pods());
+    p[0].node = Some(Ok(node(Role::Standby, 4, 0, "dd")));
+    p[0].role_label = None;
+    let f = next_failover(&decide(&world(&again, &p, 7_000)));
+    assert_eq!(f.from_durable_seq, Some(100));
+    p[0].node = Some(Err("timed out".into()));
+    let f = next_failover(&decide(&world(&again, &p, 7_000)));
+    assert_eq!(f.from_durable_seq, Some(100));
     // Its own log, parked or restarted from it (or from an epoch it held before, when
     // a promotion to the next one was never logged): the source, as before.
     for epoch in [2, 3, 4] {
