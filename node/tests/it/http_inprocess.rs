@@ -186,6 +186,93 @@ async fn run_stops_on_its_shutdown_future_after_answering_what_was_in_flight() {
     engine.shutdown().await;
 }
 
+/// Lets held syncs go when dropped: a failed assertion still lets the engine stop.
+struct Release(stock_node::wal::MemDir);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold_syncs(false);
+    }
+}
+
+/// A retry racing its first attempt (below), set up to the moment the retry comes:
+/// k0 held a unit for a second and kx took the last one while k1's first attempt
+/// queued; k0's hold ran out, and k1 took its unit in a batch whose sync is held; the
+/// view says sold out.
+struct SyncRace {
+    // Dropped first: the held syncs go before the engine stops.
+    release: Release,
+    engine: EngineHandle,
+    app: axum::Router,
+    attempt: tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>>,
+}
+
+impl SyncRace {
+    async fn start(limits: Limits) -> Self {
+        const T0: i64 = 1_700_000_000_000;
+        let disk = stock_node::wal::MemDir::new();
+        let clock = std::sync::Arc::new(ManualClock::new(T0));
+        let opts = EngineOptions {
+            dir: Some(std::sync::Arc::new(disk.clone())),
+            clock: clock.clone(),
+            ..Default::default()
+        };
+        let (engine, state) = on_sale(opts, 2, 1_000, limits, None).await;
+        let release = Release(disk.clone());
+        let app = app(state);
+        let waiting_syncs = |n: usize| {
+            let disk = disk.clone();
+            async move {
+                let t0 = std::time::Instant::now();
+                while disk.syncs_waiting() != n {
+                    assert!(t0.elapsed() < Duration::from_secs(5), "no sync waiting");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // k0 holds one unit for a second; one unit is left.
+        let (status, _) = answer(app.clone().oneshot(buy("k0")).await.unwrap()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        disk.hold_syncs(true);
+        // kx takes the last unit; its batch waits in its sync.
+        let kx = tokio::spawn(app.clone().oneshot(buy("kx")));
+        waiting_syncs(1).await;
+        // The first attempt of k1 is let in (the view still shows a unit) and queues.
+        let attempt = tokio::spawn(app.clone().oneshot(buy("k1")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // k0's hold runs out: when the sequencer takes k1, the expiry gives its unit back.
+        clock.advance(2_000);
+        disk.release_one();
+        let (status, _) = answer(kx.await.unwrap().unwrap()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        // k1 is decided (expiry, then k1 takes the unit) and waits in the next sync; the
+        // view says sold out.
+        waiting_syncs(1).await;
+        assert_eq!(engine.item("tee").unwrap().remaining, 0);
+        Self {
+            release,
+            engine,
+            app,
+            attempt,
+        }
+    }
+
+    /// Sends the retry, and lets the syncs go once it waits: the retry's answer, and
+    /// the first attempt (the engine is let go after both).
+    async fn retry(
+        self,
+    ) -> (
+        axum::response::Response,
+        tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>>,
+        EngineHandle,
+    ) {
+        let retry = tokio::spawn(self.app.clone().oneshot(buy("k1")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(self.release);
+        (retry.await.unwrap().unwrap(), self.attempt, self.engine)
+    }
+}
+
 /// A retry of a purchase whose first attempt is still waiting for its sync gets that
 /// order, never "sold out" (the sold-out fast path knows what is in flight). Here the
 /// first attempt was let in while a unit was left, the item then read sold out, and
@@ -193,50 +280,10 @@ async fn run_stops_on_its_shutdown_future_after_answering_what_was_in_flight() {
 /// when the retry came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_sold_out() {
-    const T0: i64 = 1_700_000_000_000;
-    let disk = stock_node::wal::MemDir::new();
-    let clock = std::sync::Arc::new(ManualClock::new(T0));
-    let opts = EngineOptions {
-        dir: Some(std::sync::Arc::new(disk.clone())),
-        clock: clock.clone(),
-        ..Default::default()
-    };
-    let (engine, state) = on_sale(opts, 2, 1_000, Limits::default(), None).await;
-    let app = app(state);
-    let waiting_syncs = |n: usize| {
-        let disk = disk.clone();
-        async move {
-            let t0 = std::time::Instant::now();
-            while disk.syncs_waiting() != n {
-                assert!(t0.elapsed() < Duration::from_secs(5), "no sync waiting");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    // k0 holds one unit for a second; one unit is left.
-    let (status, _) = answer(app.clone().oneshot(buy("k0")).await.unwrap()).await;
-    assert_eq!(status, StatusCode::CREATED);
-    disk.hold_syncs(true);
-    // kx takes the last unit; its batch waits in its sync.
-    let kx = tokio::spawn(app.clone().oneshot(buy("kx")));
-    waiting_syncs(1).await;
-    // The first attempt of k1 is let in (the view still shows a unit) and queues.
-    let attempt = tokio::spawn(app.clone().oneshot(buy("k1")));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // k0's hold runs out: when the sequencer takes k1, the expiry gives its unit back.
-    clock.advance(2_000);
-    disk.release_one();
-    let (status, _) = answer(kx.await.unwrap().unwrap()).await;
-    assert_eq!(status, StatusCode::CREATED);
-    // k1 is decided (expiry, then k1 takes the unit) and waits in the next sync; the
-    // view says sold out.
-    waiting_syncs(1).await;
-    assert_eq!(engine.item("tee").unwrap().remaining, 0);
-    let retry = tokio::spawn(app.clone().oneshot(buy("k1")));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    disk.hold_syncs(false);
+    let race = SyncRace::start(Limits::default()).await;
+    let (retry, attempt, _engine) = race.retry().await;
     let (s1, o1) = answer(attempt.await.unwrap().unwrap()).await;
-    let (s2, o2) = answer(retry.await.unwrap().unwrap()).await;
+    let (s2, o2) = answer(retry).await;
     assert_eq!(s1, StatusCode::CREATED, "{o1}");
     assert_eq!(
         (s2, &o2["id"]),
@@ -252,66 +299,19 @@ async fn a_retry_while_the_first_attempt_waits_for_its_sync_gets_the_order_not_s
 /// not until its request stops waiting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_first_attempt_timed_out_in_the_engine_gets_the_order_not_sold_out() {
-    const T0: i64 = 1_700_000_000_000;
-    let disk = stock_node::wal::MemDir::new();
-    let clock = std::sync::Arc::new(ManualClock::new(T0));
-    let opts = EngineOptions {
-        dir: Some(std::sync::Arc::new(disk.clone())),
-        clock: clock.clone(),
-        ..Default::default()
-    };
     let limits = Limits {
         request_timeout: Duration::from_millis(500),
         ..Limits::default()
     };
-    let (engine, state) = on_sale(opts, 2, 1_000, limits, None).await;
-    let app = app(state);
-    // Declared after the engine, so dropped before it: a failed assertion releases the
-    // held syncs and the engine can stop.
-    struct Release(stock_node::wal::MemDir);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0.hold_syncs(false);
-        }
-    }
-    let release = Release(disk.clone());
-    let waiting_syncs = |n: usize| {
-        let disk = disk.clone();
-        async move {
-            let t0 = std::time::Instant::now();
-            while disk.syncs_waiting() != n {
-                assert!(t0.elapsed() < Duration::from_secs(5), "no sync waiting");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    // As above: k0 holds a unit for a second, kx takes the last one while k1's first
-    // attempt queues, k0's hold runs out and k1 takes its unit in a batch whose sync
-    // is held; the view says sold out.
-    let (status, _) = answer(app.clone().oneshot(buy("k0")).await.unwrap()).await;
-    assert_eq!(status, StatusCode::CREATED);
-    disk.hold_syncs(true);
-    let kx = tokio::spawn(app.clone().oneshot(buy("kx")));
-    waiting_syncs(1).await;
-    let attempt = tokio::spawn(app.clone().oneshot(buy("k1")));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    clock.advance(2_000);
-    disk.release_one();
-    let (status, _) = answer(kx.await.unwrap().unwrap()).await;
-    assert_eq!(status, StatusCode::CREATED);
-    waiting_syncs(1).await;
-    assert_eq!(engine.item("tee").unwrap().remaining, 0);
+    let mut race = SyncRace::start(limits).await;
     // The first attempt gives up waiting; its purchase is still in the held sync.
-    let (s1, e1) = answer(attempt.await.unwrap().unwrap()).await;
+    let (s1, e1) = answer((&mut race.attempt).await.unwrap().unwrap()).await;
     assert_eq!(
         (s1, &e1["code"]),
         (StatusCode::SERVICE_UNAVAILABLE, &json!("unavailable")),
         "{e1}"
     );
-    let retry = tokio::spawn(app.clone().oneshot(buy("k1")));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    drop(release);
-    let res = retry.await.unwrap().unwrap();
+    let (res, _attempt, _engine) = race.retry().await;
     let replayed = res.headers().get("idempotent-replayed").cloned();
     let (s2, o2) = answer(res).await;
     assert_eq!(
@@ -343,12 +343,6 @@ async fn a_purchase_held_past_the_request_timeout_is_a_503_and_its_retry_gets_th
     let app = app(state);
     // Declared after the engine, so dropped before it: a failed assertion releases the
     // held syncs and the engine can stop (dropping it waits for its sequencer).
-    struct Release(stock_node::wal::MemDir);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0.hold_syncs(false);
-        }
-    }
     let release = Release(disk.clone());
     disk.hold_syncs(true);
     let t0 = std::time::Instant::now();

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use flashsale_core::admin::{Role, RoleAssignment};
 use flashsale_operator::crd::FlashSale;
+use flashsale_operator::failover::keeper::{Keeper, Target};
+use flashsale_operator::failover::leadership::Leading;
 use flashsale_operator::nodes::NodeClient;
 use flashsale_operator::validate::validate;
 
@@ -159,63 +161,86 @@ async fn what_the_operator_pushes_makes_a_standby_node_sell_and_roll_out_changes
     assert!(err.is_refusal(), "{err}");
 }
 
+/// A node that needs a selling lease, configured and primary at epoch 1, and a lease
+/// keeper for it (sale `ns/spring`, pod `spring-0`) renewing while `leading` is on.
+struct LeasedPrimary {
+    node: Node,
+    client: NodeClient,
+    keeper: std::sync::Arc<Keeper>,
+}
+
+impl LeasedPrimary {
+    async fn start(leading: Leading) -> Self {
+        let node = start_node_with(&["--lease", "required"]).await;
+        let client = NodeClient::new(2_000).unwrap();
+        client
+            .put_config(&node.url, TOKEN, &validate(&sale()).unwrap())
+            .await
+            .unwrap();
+        let primary = RoleAssignment {
+            role: Role::Primary,
+            epoch: 1,
+            primary_url: None,
+        };
+        client.put_role(&node.url, TOKEN, &primary).await.unwrap();
+        let keeper = Keeper::new(
+            client.clone(),
+            std::sync::Arc::new(flashsale_operator::metrics::Metrics::default()),
+            leading,
+        );
+        Self {
+            node,
+            client,
+            keeper,
+        }
+    }
+
+    /// The keeper renews a lease of `secs` seconds from now on.
+    fn hold(&self, secs: u64) {
+        self.keeper.hold(
+            "ns/spring",
+            Target {
+                pod: "spring-0".into(),
+                url: self.node.url.clone(),
+                admin_token: TOKEN.into(),
+                epoch: 1,
+                lease: Duration::from_secs(secs),
+            },
+        );
+    }
+
+    /// What the node says is left of its lease, in ms.
+    async fn lease_left_ms(&self) -> u64 {
+        let status = self.client.status(&self.node.url, TOKEN).await.unwrap();
+        status.lease.unwrap().remaining_ms
+    }
+}
+
 /// A replica that no longer leads (`failover::leadership`: its leader Lease could have
 /// been taken over) renews no selling lease, even while its controller winds down: the
 /// primary's lease only runs out, so the new leader's fence holds and no two primaries
 /// sell. Before, a leader cut off from the API server kept renewing it for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keeper_whose_replica_no_longer_leads_renews_no_lease() {
-    use flashsale_operator::failover::keeper::{Keeper, Target};
-    use flashsale_operator::failover::leadership::Leading;
-
-    let node = start_node_with(&["--lease", "required"]).await;
-    let client = NodeClient::new(2_000).unwrap();
-    client
-        .put_config(&node.url, TOKEN, &validate(&sale()).unwrap())
-        .await
-        .unwrap();
-    let primary = RoleAssignment {
-        role: Role::Primary,
-        epoch: 1,
-        primary_url: None,
-    };
-    client.put_role(&node.url, TOKEN, &primary).await.unwrap();
     let leading = Leading::default();
-    let keeper = Keeper::new(
-        client.clone(),
-        std::sync::Arc::new(flashsale_operator::metrics::Metrics::default()),
-        leading.clone(),
+    let p = LeasedPrimary::start(leading.clone()).await;
+    p.hold(6);
+    p.keeper.renew_now("ns/spring").await.unwrap();
+    assert_eq!(
+        purchase(&p.node.url, "leased").await,
+        201,
+        "leased, it sells"
     );
-    keeper.hold(
-        "ns/spring",
-        Target {
-            pod: "spring-0".into(),
-            url: node.url.clone(),
-            admin_token: TOKEN.into(),
-            epoch: 1,
-            lease: Duration::from_secs(6),
-        },
-    );
-    keeper.renew_now("ns/spring").await.unwrap();
-    assert_eq!(purchase(&node.url, "leased").await, 201, "leased, it sells");
-    let remaining = |c: NodeClient, url: String| async move {
-        c.status(&url, TOKEN)
-            .await
-            .unwrap()
-            .lease
-            .unwrap()
-            .remaining_ms
-    };
     leading.turn_off();
-    assert!(keeper.renew_now("ns/spring").await.is_err());
-    let before = remaining(client.clone(), node.url.clone()).await;
+    assert!(p.keeper.renew_now("ns/spring").await.is_err());
+    let before = p.lease_left_ms().await;
     // The keeper's own loop, renewing every 750 ms when it may: 2 s of it.
     let (wake, _woken) = tokio::sync::mpsc::channel(8);
-    keeper
+    p.keeper
         .clone()
         .run(wake, tokio::time::sleep(Duration::from_secs(2)))
         .await;
-    let after = remaining(client.clone(), node.url.clone()).await;
+    let after = p.lease_left_ms().await;
     assert!(
         after + 1_500 <= before,
         "the lease was renewed: {before} ms left, then {after} ms"
@@ -229,56 +254,25 @@ async fn a_keeper_whose_replica_no_longer_leads_renews_no_lease() {
 /// primary while this one still held its lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shortened_lease_duration_keeps_the_fence_behind_the_longer_lease_granted() {
-    use flashsale_operator::failover::keeper::{Keeper, Target};
-    use flashsale_operator::failover::leadership::Leading;
-
-    let node = start_node_with(&["--lease", "required"]).await;
-    let client = NodeClient::new(2_000).unwrap();
-    client
-        .put_config(&node.url, TOKEN, &validate(&sale()).unwrap())
-        .await
-        .unwrap();
-    let primary = RoleAssignment {
-        role: Role::Primary,
-        epoch: 1,
-        primary_url: None,
-    };
-    client.put_role(&node.url, TOKEN, &primary).await.unwrap();
-    let keeper = Keeper::new(
-        client.clone(),
-        std::sync::Arc::new(flashsale_operator::metrics::Metrics::default()),
-        Leading::default(),
-    );
-    let target = |secs| Target {
-        pod: "spring-0".into(),
-        url: node.url.clone(),
-        admin_token: TOKEN.into(),
-        epoch: 1,
-        lease: Duration::from_secs(secs),
-    };
-    let end_in_ms = |k: &Keeper| {
-        let end = k.view("ns/spring").lease_end.expect("a lease granted").0;
-        end.duration_since(jiff::Timestamp::now()).as_millis() as i64
-    };
-    // Two renewals: the second's token is the first's answer.
-    keeper.hold("ns/spring", target(60));
-    keeper.renew_now("ns/spring").await.unwrap();
-    keeper.renew_now("ns/spring").await.unwrap();
-    keeper.hold("ns/spring", target(6));
-    keeper.renew_now("ns/spring").await.unwrap();
-    keeper.renew_now("ns/spring").await.unwrap();
-    let held = client
-        .status(&node.url, TOKEN)
-        .await
-        .unwrap()
-        .lease
-        .unwrap()
-        .remaining_ms;
+    let p = LeasedPrimary::start(Leading::default()).await;
+    // Two renewals each: the second's token is the first's answer.
+    for secs in [60, 6] {
+        p.hold(secs);
+        p.keeper.renew_now("ns/spring").await.unwrap();
+        p.keeper.renew_now("ns/spring").await.unwrap();
+    }
+    let held = p.lease_left_ms().await;
     assert!(
         held > 50_000,
         "the node still holds the longer lease: {held} ms"
     );
-    let end = end_in_ms(&keeper);
+    let end = p
+        .keeper
+        .view("ns/spring")
+        .lease_end
+        .expect("a lease granted")
+        .0;
+    let end = end.duration_since(jiff::Timestamp::now()).as_millis() as i64;
     assert!(
         end as u64 >= held,
         "the fence's deadline ({end} ms from now) is before the node's lease ends ({held} ms)"
