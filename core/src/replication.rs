@@ -4,11 +4,21 @@
 //!
 //! A pub/sub message wraps one encoded WAL batch ([`crate::wal::encode_batch`], the
 //! same bytes the primary made durable) with the primary's clock at publish (for lag; in
-//! microseconds since the Unix epoch), and a checksum over everything:
+//! microseconds since the Unix epoch), a checksum over everything, and the sale's
+//! signature over everything ([`ChannelKey`]):
 //!
 //! ```text
-//! magic "FSR1" | sent_at_us i64 LE | batch_len u32 LE | crc32c u32 LE (of all before it and the batch) | batch
+//! magic "FSR2" | sent_at_us i64 LE | batch_len u32 LE | crc32c u32 LE (of all before it and the batch)
+//!   | batch | HMAC-SHA256 (32 bytes, of all before it)
 //! ```
+//!
+//! An ack is its JSON followed by the same kind of signature. The checksum tells damage
+//! from a forgery in the logs; the signature is what a node trusts. Whoever can reach
+//! the Redis (in the sale's namespace, or an external one shared with others) can
+//! publish on the channel: without the signature, a message with a right checksum was
+//! applied by every secondary (a forged sale in their copy, or a record that cannot
+//! apply stopping their engine), and a forged ack counted as a secondary's in quorum
+//! mode (a write acknowledged that no secondary held).
 //!
 //! Catch-up (`GET /admin/v1/wal?from=SEQ&max_bytes=N`, admin token) answers 200 with one
 //! encoded batch holding records `from..` (at most `max_bytes` of frames, at least one
@@ -25,9 +35,53 @@ use utoipa::ToSchema;
 
 use crate::wal::{Batch, WalError, decode_batch};
 
-const MSG_MAGIC: &[u8; 4] = b"FSR1";
-/// Message header: magic, sent_at_us, batch_len, crc.
+const MSG_MAGIC: &[u8; 4] = b"FSR2";
+/// Bytes of a signature (HMAC-SHA256).
+pub const TAG_BYTES: usize = 32;
+/// Message header: magic, sent_at_us, batch_len, crc (the batch and the signature follow).
 pub const MSG_HEADER_BYTES: usize = 4 + 8 + 4 + 4;
+/// The part of the header the checksum covers (with the batch).
+const MSG_CRC_COVERS: usize = 4 + 8 + 4;
+
+/// The key that signs a sale's replication messages and acks, and checks them: an
+/// HMAC-SHA256 key derived from the sale's admin token, which every node of the sale
+/// holds (the operator gives them one Secret) and nobody else needs. A node without an
+/// admin token signs with a key derived from nothing: its secondaries then trust
+/// whatever the channel carries (the README says so).
+#[derive(Clone)]
+pub struct ChannelKey(ring::hmac::Key);
+
+impl ChannelKey {
+    /// The key of a sale whose admin token is `secret` (`""`: none).
+    pub fn new(secret: &str) -> Self {
+        // Derived rather than the token itself, so a signature made here can never stand
+        // for anything signed with the token elsewhere.
+        let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let derived = ring::hmac::sign(&root, b"flashsale replication channel v2");
+        Self(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            derived.as_ref(),
+        ))
+    }
+
+    fn sign(&self, data: &[u8]) -> ring::hmac::Tag {
+        ring::hmac::sign(&self.0, data)
+    }
+
+    /// `signed` without its trailing signature, if that is this key's signature of the
+    /// rest (checked in constant time).
+    fn open<'a>(&self, signed: &'a [u8]) -> Option<&'a [u8]> {
+        let (data, tag) = signed.split_at(signed.len().checked_sub(TAG_BYTES)?);
+        ring::hmac::verify(&self.0, data, tag).ok()?;
+        Some(data)
+    }
+}
+
+impl fmt::Debug for ChannelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChannelKey(..)")
+    }
+}
 /// Largest batch a message may carry; bigger is damage (a group commit is far smaller).
 pub const MSG_BATCH_BYTES_MAX: usize = 64 << 20;
 /// Largest catch-up answer a secondary asks for, and a primary serves.
@@ -102,6 +156,8 @@ pub enum ReplicationError {
     BadLength(usize),
     #[error("message checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
+    #[error("not signed with this sale's key (a forgery, or another sale's admin token)")]
+    Unsigned,
     #[error("batch: {0}")]
     Batch(#[from] WalError),
     #[error("ack: {0}")]
@@ -116,8 +172,8 @@ pub struct Message {
     pub batch: Batch,
 }
 
-/// Wraps an encoded batch for PUBLISH.
-pub fn encode_message(sent_at_us: i64, batch: &[u8]) -> Vec<u8> {
+/// Wraps an encoded batch for PUBLISH, signed with `key`.
+pub fn encode_message(key: &ChannelKey, sent_at_us: i64, batch: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MSG_HEADER_BYTES + batch.len());
     out.extend_from_slice(MSG_MAGIC);
     out.extend_from_slice(&sent_at_us.to_le_bytes());
@@ -126,12 +182,15 @@ pub fn encode_message(sent_at_us: i64, batch: &[u8]) -> Vec<u8> {
     crc = crc32c::crc32c_append(crc, batch);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(batch);
+    let tag = key.sign(&out);
+    out.extend_from_slice(tag.as_ref());
     out
 }
 
-/// Decodes a message: checks its checksum and every record of its batch. Damaged
-/// bytes are an error, never a panic and never a partial batch.
-pub fn decode_message(buf: &[u8]) -> Result<Message, ReplicationError> {
+/// Decodes a message: checks its checksum, its signature with `key` and every record
+/// of its batch. Damaged or unsigned bytes are an error, never a panic and never a
+/// partial batch.
+pub fn decode_message(key: &ChannelKey, buf: &[u8]) -> Result<Message, ReplicationError> {
     if buf.len() < MSG_HEADER_BYTES {
         return Err(ReplicationError::Truncated {
             need: MSG_HEADER_BYTES,
@@ -146,18 +205,25 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, ReplicationError> {
     if len > MSG_BATCH_BYTES_MAX {
         return Err(ReplicationError::BadLength(len));
     }
-    let need = MSG_HEADER_BYTES + len;
+    let need = MSG_HEADER_BYTES + len + TAG_BYTES;
     if buf.len() != need {
         return Err(ReplicationError::Truncated {
             need,
             have: buf.len(),
         });
     }
-    let stored = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes"));
-    let batch = &buf[MSG_HEADER_BYTES..];
-    let computed = crc32c::crc32c_append(crc32c::crc32c(&buf[..16]), batch);
+    let stored = u32::from_le_bytes(
+        buf[MSG_CRC_COVERS..MSG_HEADER_BYTES]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    let batch = &buf[MSG_HEADER_BYTES..need - TAG_BYTES];
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&buf[..MSG_CRC_COVERS]), batch);
     if stored != computed {
         return Err(ReplicationError::Checksum { stored, computed });
+    }
+    if key.open(buf).is_none() {
+        return Err(ReplicationError::Unsigned);
     }
     Ok(Message {
         sent_at_us,
@@ -175,19 +241,26 @@ pub struct Ack {
     pub durable_seq: u64,
 }
 
-/// Longest ack accepted (a node name is a pod name: short).
+/// Longest ack accepted, signature included (a node name is a pod name: short).
 pub const ACK_BYTES_MAX: usize = 1024;
 
 impl Ack {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The ack's JSON followed by its signature with `key`.
+    pub fn encode(&self, key: &ChannelKey) -> Vec<u8> {
         // Serializing a plain struct to a Vec cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        let tag = key.sign(&out);
+        out.extend_from_slice(tag.as_ref());
+        out
     }
-    pub fn decode(buf: &[u8]) -> Result<Self, ReplicationError> {
+
+    /// An ack signed with `key`; anything else (an unsigned or forged one) is refused.
+    pub fn decode(key: &ChannelKey, buf: &[u8]) -> Result<Self, ReplicationError> {
         if buf.len() > ACK_BYTES_MAX {
             return Err(ReplicationError::BadAck(format!("{} bytes", buf.len())));
         }
-        serde_json::from_slice(buf).map_err(|e| ReplicationError::BadAck(e.to_string()))
+        let json = key.open(buf).ok_or(ReplicationError::Unsigned)?;
+        serde_json::from_slice(json).map_err(|e| ReplicationError::BadAck(e.to_string()))
     }
 }
 
@@ -351,12 +424,16 @@ mod tests {
             )
             .unwrap();
         }
-        encode_message(123, &encode_batch(2, 5, 7, &frames))
+        encode_message(&key(), 123, &encode_batch(2, 5, 7, &frames))
+    }
+
+    fn key() -> ChannelKey {
+        ChannelKey::new("the sale's admin token")
     }
 
     #[test]
     fn a_message_round_trips() {
-        let m = decode_message(&sample()).unwrap();
+        let m = decode_message(&key(), &sample()).unwrap();
         assert_eq!(
             (
                 m.sent_at_us,
@@ -375,36 +452,98 @@ mod tests {
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
-            assert!(decode_message(&bad).is_err(), "flip at {i} went unnoticed");
             assert!(
-                decode_message(&good[..i]).is_err(),
+                decode_message(&key(), &bad).is_err(),
+                "flip at {i} went unnoticed"
+            );
+            assert!(
+                decode_message(&key(), &good[..i]).is_err(),
                 "truncation at {i} went unnoticed"
             );
         }
         let mut longer = good.clone();
         longer.push(0);
-        assert!(decode_message(&longer).is_err());
+        assert!(decode_message(&key(), &longer).is_err());
+    }
+
+    /// What anyone who can publish on the channel could send: a batch with a right
+    /// checksum, signed with another key (or none). Refused as unsigned, so a secondary
+    /// never applies it.
+    #[test]
+    fn a_message_with_a_right_checksum_but_another_keys_signature_is_refused() {
+        let good = sample();
+        let forged = {
+            let m = decode_message(&key(), &good).unwrap();
+            let batch = &good[MSG_HEADER_BYTES..good.len() - TAG_BYTES];
+            encode_message(&ChannelKey::new("a guess"), m.sent_at_us, batch)
+        };
+        assert_eq!(
+            decode_message(&key(), &forged),
+            Err(ReplicationError::Unsigned)
+        );
+        // Another sale's token, and no token at all, are other keys too.
+        assert_eq!(
+            decode_message(&ChannelKey::new("another sale"), &good),
+            Err(ReplicationError::Unsigned)
+        );
+        assert_eq!(
+            decode_message(&ChannelKey::new(""), &good),
+            Err(ReplicationError::Unsigned)
+        );
+        // The batch changed and the checksum made right again: still refused.
+        let mut tampered = good.clone();
+        let end = tampered.len() - TAG_BYTES;
+        tampered[end - 1] ^= 0x01;
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&tampered[..MSG_CRC_COVERS]),
+            &tampered[MSG_HEADER_BYTES..end],
+        );
+        tampered[MSG_CRC_COVERS..MSG_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_message(&key(), &tampered),
+            Err(ReplicationError::Unsigned)
+        );
     }
 
     #[test]
-    fn acks_round_trip_and_junk_is_refused() {
+    fn acks_round_trip_and_junk_and_unsigned_ones_are_refused() {
         let a = Ack {
             node: "n-1".into(),
             epoch: 3,
             durable_seq: 99,
         };
-        assert_eq!(Ack::decode(&a.encode()).unwrap(), a);
-        assert!(Ack::decode(b"{\"node\":1}").is_err());
-        assert!(Ack::decode(&vec![b' '; ACK_BYTES_MAX + 1]).is_err());
+        assert_eq!(Ack::decode(&key(), &a.encode(&key())).unwrap(), a);
+        // A forged ack: the JSON alone, or signed with another key.
+        let json = serde_json::to_vec(&a).unwrap();
+        assert_eq!(Ack::decode(&key(), &json), Err(ReplicationError::Unsigned));
+        assert_eq!(
+            Ack::decode(&key(), &a.encode(&ChannelKey::new("a guess"))),
+            Err(ReplicationError::Unsigned)
+        );
+        let mut bumped = a.encode(&key());
+        bumped[..json.len()].copy_from_slice(
+            &serde_json::to_vec(&Ack {
+                durable_seq: 98,
+                ..a.clone()
+            })
+            .unwrap(),
+        );
+        assert_eq!(
+            Ack::decode(&key(), &bumped),
+            Err(ReplicationError::Unsigned)
+        );
+        assert!(Ack::decode(&key(), b"{\"node\":1}").is_err());
+        assert!(Ack::decode(&key(), &vec![b' '; ACK_BYTES_MAX + 1]).is_err());
     }
 
     proptest::proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let _ = decode_message(&bytes);
-            let mut framed = b"FSR1".to_vec();
+            let _ = decode_message(&key(), &bytes);
+            let mut framed = MSG_MAGIC.to_vec();
             framed.extend_from_slice(&bytes);
-            let _ = decode_message(&framed);
+            let _ = decode_message(&key(), &framed);
+            let _ = Ack::decode(&key(), &bytes);
         }
     }
 

@@ -9,10 +9,10 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flashsale_core::replication::{
-    EpochStart, FollowState, Reseed, common_prefix, decode_message, epoch_at,
+    ChannelKey, EpochStart, FollowState, Reseed, common_prefix, decode_message, epoch_at,
 };
 use flashsale_core::wal::Batch;
 use tokio::sync::{mpsc, watch};
@@ -59,6 +59,8 @@ const RETRY_MAX_MS: u64 = 2000;
 pub struct Follower<R> {
     pub replica: Arc<R>,
     pub primary: PrimaryClient,
+    /// The sale's key: a live message not signed with it is dropped as damaged.
+    pub key: ChannelKey,
     pub stats: Arc<Stats>,
     /// Durable sequence for the ack sender (quorum mode).
     pub durable: watch::Sender<u64>,
@@ -85,6 +87,8 @@ impl<R: Replica> Follower<R> {
         let mut retry_ms = RETRY_FIRST_MS;
         // Before following, make sure this node's log is a prefix of the primary's.
         let mut check_history = true;
+        // When a damaged message last sent the follower to catch up.
+        let mut damage_checked = Instant::now();
         loop {
             if check_history {
                 match self.check_history().await {
@@ -168,12 +172,24 @@ impl<R: Replica> Follower<R> {
                             Err(_) => break,
                         }
                     }
+                    let damaged = self.stats.damaged.get();
                     if let Err(e) = self.on_messages(messages).await {
                         if let ReplError::Gap { .. } = e {
                             self.stats.gaps.inc();
                         }
                         tracing::debug!(error = %e, "live batch not applied; catching up");
                         need_catchup = true;
+                    }
+                    // A damaged or unsigned message may have been a batch this node
+                    // needs, and the next good one may never come (a primary of another
+                    // version, or the last batch before a pause), nor a quiet stream while
+                    // bad ones keep coming: ask the primary, at most once per idle poll so
+                    // a flood of them is not one request to it each.
+                    if self.stats.damaged.get() > damaged
+                        && damage_checked.elapsed() >= self.idle_poll
+                    {
+                        damage_checked = Instant::now();
+                        (need_catchup, repairing) = (true, true);
                     }
                 }
             }
@@ -196,10 +212,12 @@ impl<R: Replica> Follower<R> {
         let mut sent_at_us = Vec::with_capacity(messages.len());
         let mut gap = None;
         for bytes in messages {
-            let msg = match decode_message(&bytes) {
+            let msg = match decode_message(&self.key, &bytes) {
                 Ok(m) => m,
                 Err(e) => {
-                    // Maybe a batch we needed: the next one will show the gap, or the idle poll.
+                    // Maybe a batch we needed: the next one will show the gap, or the idle
+                    // poll. Unsigned (a forgery) counts here too: either way, not the
+                    // primary's batch as it sent it.
                     tracing::debug!(error = %e, "damaged replication message dropped");
                     self.stats.damaged.inc();
                     continue;

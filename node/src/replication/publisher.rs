@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use flashsale_core::replication::encode_message;
+use flashsale_core::replication::{ChannelKey, encode_message};
 use redis::AsyncCommands;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +25,12 @@ const BACKOFF_MAX_MS: u64 = 2000;
 /// `redisConnected` is true from the start and turns false without waiting for a batch.
 const KEEPALIVE_MS: u64 = 1000;
 
-/// Publishes what `batches` yields (encoded WAL batches) while `is_primary()` holds.
+/// Publishes what `batches` yields (encoded WAL batches), signed with `key`, while
+/// `is_primary()` holds.
 pub async fn run<F>(
     client: redis::Client,
     channel: String,
+    key: ChannelKey,
     mut batches: broadcast::Receiver<Arc<CommittedBatch>>,
     is_primary: F,
     stats: Arc<Stats>,
@@ -71,7 +73,7 @@ pub async fn run<F>(
             link.stats.publish_dropped.inc();
             continue;
         };
-        let msg = encode_message(now_us(), &batch.bytes);
+        let msg = encode_message(&key, now_us(), &batch.bytes);
         let sent = tokio::time::timeout(
             Duration::from_millis(PUBLISH_TIMEOUT_MS),
             c.publish::<_, _, i64>(&channel, msg),

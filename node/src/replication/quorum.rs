@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use flashsale_core::replication::{Ack, ReplicationMode};
+use flashsale_core::replication::{Ack, ChannelKey, ReplicationMode};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::watch;
@@ -108,10 +108,13 @@ impl QuorumGate {
     }
 }
 
-/// Primary: listens to the ack channel until `shutdown`, reconnecting with backoff.
+/// Primary: listens to the ack channel until `shutdown`, reconnecting with backoff. Only
+/// acks signed with `key` count: an unsigned one (anyone who can reach the Redis could
+/// send it) would let a write be acknowledged that no secondary holds.
 pub async fn listen(
     client: redis::Client,
     ack_channel: String,
+    key: ChannelKey,
     gate: Arc<QuorumGate>,
     shutdown: CancellationToken,
 ) {
@@ -132,8 +135,9 @@ pub async fn listen(
                     _ = shutdown.cancelled() => return,
                 };
                 let Some(m) = m else { break };
-                if let Ok(ack) = Ack::decode(m.get_payload_bytes()) {
-                    gate.on_ack(&ack);
+                match Ack::decode(&key, m.get_payload_bytes()) {
+                    Ok(ack) => gate.on_ack(&ack),
+                    Err(e) => tracing::debug!(error = %e, "ack refused"),
                 }
             }
         }
@@ -151,6 +155,8 @@ pub struct AckTarget {
     pub ack_channel: String,
     /// This node's name.
     pub node: String,
+    /// The sale's key, which signs the acks.
+    pub key: ChannelKey,
     /// This node's epoch, read at each ack.
     pub epoch: SeqFn,
     /// Ack each change at once (quorum), not only every [`ACK_REPEAT_MS`].
@@ -170,6 +176,7 @@ pub async fn send_acks(
         client,
         ack_channel,
         node,
+        key,
         epoch,
         eager,
     } = to;
@@ -200,7 +207,7 @@ pub async fn send_acks(
         };
         let sent = tokio::time::timeout(
             Duration::from_millis(REDIS_TIMEOUT_MS),
-            c.publish::<_, _, i64>(&ack_channel, ack.encode()),
+            c.publish::<_, _, i64>(&ack_channel, ack.encode(&key)),
         )
         .await;
         if !matches!(sent, Ok(Ok(_))) {

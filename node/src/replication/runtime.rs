@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flashsale_core::admin::Role;
 use flashsale_core::replication::{
-    FollowState, ReplicationMode, ReplicationStatus, ack_channel, default_channel,
+    ChannelKey, FollowState, ReplicationMode, ReplicationStatus, ack_channel, default_channel,
 };
 use flashsale_core::wal::Batch;
 use tokio::sync::{mpsc, watch};
@@ -82,6 +82,7 @@ impl Replication {
             args.replication,
             channel.clone().unwrap_or_default(),
         ));
+        let key = ChannelKey::new(admin_token.as_deref().unwrap_or_default());
         let (e1, e2) = (engine.clone(), engine.clone());
         let gate = Arc::new(QuorumGate::new(
             args.replication,
@@ -115,6 +116,7 @@ impl Replication {
             tokio::spawn(publisher::run(
                 client.clone(),
                 channel.clone(),
+                key.clone(),
                 engine.subscribe_batches(),
                 move || e.positions().role == Role::Primary,
                 me.stats.clone(),
@@ -123,6 +125,7 @@ impl Replication {
             tokio::spawn(quorum::listen(
                 client.clone(),
                 ack_channel(channel),
+                key.clone(),
                 me.gate.clone(),
                 shutdown.clone(),
             ));
@@ -223,6 +226,7 @@ impl Replication {
         admin_token: Option<&str>,
         stop: CancellationToken,
     ) -> Result<(), ReplError> {
+        let key = ChannelKey::new(admin_token.unwrap_or_default());
         let primary = PrimaryClient::new(primary_url, admin_token.unwrap_or_default())?;
         let (tx, rx) = mpsc::channel(args.buffer_batches_max.max(1));
         let lost = Arc::new(AtomicBool::new(true));
@@ -244,6 +248,7 @@ impl Replication {
                 client,
                 ack_channel: ack_channel(&channel),
                 node: args.node_name.clone(),
+                key: key.clone(),
                 epoch: Arc::new(move || e.positions().epoch),
                 eager: args.replication == ReplicationMode::Quorum,
             };
@@ -263,6 +268,7 @@ impl Replication {
         let follower = Follower {
             replica: Arc::new(self.engine.clone()),
             primary,
+            key,
             stats: self.stats.clone(),
             durable: durable_tx,
             idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),

@@ -197,11 +197,11 @@ async fn a_secondary_joining_behind_a_busy_primary_becomes_ready_under_load() {
 }
 
 /// A batch from an older epoch (a deposed primary still publishing) is refused and
-/// counted; damaged bytes on the channel are dropped and counted; neither changes the
-/// secondary's sale.
+/// counted; damaged bytes on the channel, and a batch not signed with the sale's key,
+/// are dropped and counted; none changes the secondary's sale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_epochs_and_damaged_messages_are_refused() {
-    use flashsale_core::replication::encode_message;
+    use flashsale_core::replication::{ChannelKey, encode_message};
     use flashsale_core::wal::{Record, RecordBody, encode_batch, encode_record};
 
     let _serial = SERIAL.lock().await;
@@ -233,10 +233,12 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
         &mut frames,
     )
     .unwrap();
-    let stale = encode_message(0, &encode_batch(0, seq, seq, &frames));
+    let key = ChannelKey::new(replication_support::ADMIN_TOKEN);
+    let stale = encode_message(&key, 0, &encode_batch(0, seq, seq, &frames));
     assert_eq!(redis.publish(replication_support::node::CHANNEL, &stale), 1);
     let mut damaged = stale.clone();
-    let last = damaged.len() - 1;
+    // A byte of the batch (the signature is the last 32): a checksum mismatch.
+    let last = damaged.len() - flashsale_core::replication::TAG_BYTES - 1;
     damaged[last] ^= 0xff;
     assert_eq!(
         redis.publish(replication_support::node::CHANNEL, &damaged),
@@ -258,10 +260,58 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
     let after = assert_converged(&http, &primary, s).await;
     assert_eq!(after, before, "a refused batch changed the secondary");
 
+    // What anyone who can reach the Redis could publish: the very batch the primary
+    // would send next (its epoch, the next sequence, a purchase that applies), with a
+    // right checksum, signed with a key other than the sale's. Dropped as damaged.
+    let epoch = status(&http, &primary).await["epoch"].as_u64().unwrap();
+    let mut frames = Vec::new();
+    encode_record(
+        &Record {
+            seq,
+            epoch,
+            at_ms: 1_800_000_000_000,
+            body: RecordBody::Purchase {
+                sku: "a".into(),
+                quantity: 1,
+                customer: "forger".into(),
+                idempotency_key: "forged".into(),
+                expires_at_ms: 1_800_000_060_000,
+            },
+        },
+        &mut frames,
+    )
+    .unwrap();
+    let forged = encode_message(
+        &ChannelKey::new("a guess"),
+        0,
+        &encode_batch(epoch, seq, seq, &frames),
+    );
+    assert_eq!(
+        redis.publish(replication_support::node::CHANNEL, &forged),
+        1
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(&http, s).await;
+        if st["replication"]["damaged"].as_u64() >= Some(2)
+            || st["appliedSeq"].as_u64() > Some(before.applied_seq)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forged message was neither counted nor applied: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = assert_converged(&http, &primary, s).await;
+    assert_eq!(after, before, "a forged batch was applied");
+
     // What a primary of a newer epoch would publish (one that took over where this
     // node's log may not be a prefix of its own): not applied from the stream; catching
     // up asks the node's primary, which has no such record.
     let newer = encode_message(
+        &key,
         0,
         &encode_batch(99, seq, seq, &{
             let mut frames = Vec::new();
@@ -291,4 +341,69 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
         after, before,
         "a newer epoch's batch was applied from the stream"
     );
+}
+
+/// A secondary that hears only messages it cannot use (damaged, or signed with another
+/// key: a primary of another version during an upgrade, or a forger flooding the
+/// channel) while its primary sells still catches up: it asks the primary once per idle
+/// poll instead of waiting for a quiet stream that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_hearing_only_bad_messages_still_catches_up() {
+    use flashsale_core::replication::{ChannelKey, encode_message};
+    use flashsale_core::wal::encode_batch;
+    use replication_support::redis::publish;
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    // The primary publishes nowhere (no Redis on that port); the secondary hears the
+    // Redis, where only the forger publishes, every 50 ms (the idle poll is 1 s).
+    let nowhere = format!(
+        "redis://127.0.0.1:{}",
+        replication_support::redis::free_port()
+    );
+    let (primary, secondaries) = cluster(&http, dir.path(), &nowhere, &[redis.url()], &[]).await;
+    let s = &secondaries[0];
+    assert_converged(&http, &primary, s).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forger = std::thread::spawn({
+        let (stop, port) = (stop.clone(), redis.port);
+        let junk = encode_message(&ChannelKey::new("a guess"), 0, &encode_batch(1, 1, 0, &[]));
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                publish(port, replication_support::node::CHANNEL, &junk);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        let r = http
+            .post(primary.url("/v1/purchases"))
+            .json(&serde_json::json!({"sku": "a", "quantity": 1, "customer": format!("c{i}"), "idempotencyKey": format!("k{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let target = status(&http, &primary).await["durableSeq"].as_u64();
+    let sold = std::time::Instant::now();
+    let deadline = sold + Duration::from_secs(10);
+    let caught_up = loop {
+        let st = status(&http, s).await;
+        if st["appliedSeq"].as_u64() >= target {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("the secondary did not catch up in 10 s while hearing only bad messages: {st}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    forger.join().unwrap();
+    println!("caught up {:?} after the last purchase", sold.elapsed());
+    assert!(caught_up["replication"]["damaged"].as_u64() >= Some(1));
+    assert_converged(&http, &primary, s).await;
 }

@@ -1,13 +1,15 @@
 //! Quorum mode: the primary answers a purchase only once a secondary has it on disk.
 //! Kill the primary right after an acknowledged purchase: the purchase is in the
-//! secondary's WAL, read offline. Without a secondary, purchases answer 503.
+//! secondary's WAL, read offline. Without a secondary, purchases answer 503, whatever
+//! acks a forger publishes.
 
 use crate::replication_support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use replication_support::redis::Redis;
+use flashsale_core::replication::{Ack, ChannelKey, ack_channel};
+use replication_support::redis::{Redis, publish};
 use replication_support::*;
 
 fn purchase(key: &str) -> serde_json::Value {
@@ -98,6 +100,32 @@ async fn without_a_secondary_quorum_purchases_fail_with_503() {
     let http = client();
     let quorum = ["--replication", "quorum", "--quorum-timeout-ms", "500"];
     let (primary, _) = cluster(&http, dir.path(), &redis.url(), &[], &quorum).await;
+    // Meanwhile a forger who can reach the Redis acks everything for a secondary that
+    // does not exist: the ack alone (JSON, as it was unsigned before), and one signed
+    // with a key other than the sale's. Neither counts.
+    let epoch = status(&http, &primary).await["epoch"].as_u64().unwrap();
+    let ack = Ack {
+        node: "ghost-1".into(),
+        epoch,
+        durable_seq: 1_000_000,
+    };
+    let forgeries = [
+        serde_json::to_vec(&ack).unwrap(),
+        ack.encode(&ChannelKey::new("a guess")),
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forger = std::thread::spawn({
+        let (stop, port) = (stop.clone(), redis.port);
+        move || {
+            let channel = ack_channel(replication_support::node::CHANNEL);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for f in &forgeries {
+                    assert_eq!(publish(port, &channel, f), 1, "the primary hears acks");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
     let t0 = Instant::now();
     let r = http
         .post(primary.url("/v1/purchases"))
@@ -105,7 +133,9 @@ async fn without_a_secondary_quorum_purchases_fail_with_503() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    forger.join().unwrap();
+    assert_eq!(r.status(), 503, "acknowledged on a forged ack");
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["code"], "unavailable", "{e}");
     assert!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use flashsale_core::replication::{ReplicationMode, encode_message};
+use flashsale_core::replication::{ChannelKey, ReplicationMode, encode_message};
 use flashsale_core::wal::{Batch, Record, RecordBody, encode_batch, encode_record};
 use replication_support::node;
 use replication_support::redis::Redis;
@@ -116,6 +116,7 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
     let follower = Follower {
         replica: Arc::new(Stuck),
         primary: PrimaryClient::new(&empty_primary().await, "t").unwrap(),
+        key: ChannelKey::new("t"),
         stats: stats.clone(),
         durable,
         idle_poll: Duration::from_secs(60),
@@ -135,7 +136,11 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
         encode_record(&rec, &mut frames).unwrap();
     }
     let sent_at_us = stock_node::replication::now_us() + 10_000_000;
-    let msg = encode_message(sent_at_us, &encode_batch(1, 1, 10, &frames));
+    let msg = encode_message(
+        &ChannelKey::new("t"),
+        sent_at_us,
+        &encode_batch(1, 1, 10, &frames),
+    );
     tx.send(Event::Message(msg)).await.unwrap();
     let t0 = Instant::now();
     while stats.status(0).lag_records == 0 && t0.elapsed() < Duration::from_secs(5) {

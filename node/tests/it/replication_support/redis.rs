@@ -129,21 +129,7 @@ impl Redis {
 
     /// PUBLISH with a binary payload; returns the number of subscribers that got it.
     pub fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut req = format!(
-            "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
-            channel.len(),
-            payload.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(payload);
-        req.extend_from_slice(b"\r\n");
-        s.write_all(&req).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        let reply = String::from_utf8_lossy(&buf[..n]);
-        reply.trim_start_matches(':').trim().parse().unwrap_or(-1)
+        publish(self.port, channel, payload)
     }
 
     /// The server's log so far (all its runs).
@@ -170,4 +156,24 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// PUBLISH with a binary payload to the Redis on `port` (from any thread); returns the
+/// number of subscribers that got it.
+pub fn publish(port: u16, channel: &str, payload: &[u8]) -> i64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut req = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
+        channel.len(),
+        payload.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(payload);
+    req.extend_from_slice(b"\r\n");
+    s.write_all(&req).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    reply.trim_start_matches(':').trim().parse().unwrap_or(-1)
 }
