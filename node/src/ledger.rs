@@ -103,12 +103,29 @@ pub fn write(entries: &[LedgerEntry], format: Format, out: &mut impl Write) -> i
                 .map_err(io::Error::other)?;
             }
             for e in entries {
-                w.serialize(e).map_err(io::Error::other)?;
+                let cell = LedgerEntry {
+                    customer: spreadsheet_text(&e.customer),
+                    idempotency_key: spreadsheet_text(&e.idempotency_key),
+                    ..e.clone()
+                };
+                w.serialize(cell).map_err(io::Error::other)?;
             }
             w.flush()?;
         }
     }
     Ok(())
+}
+
+/// A client's string as a CSV cell a spreadsheet shows as text: one that starts like a
+/// formula (`=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`, as OWASP
+/// advises against CSV injection. A customer id is whatever a buyer sent, and a ledger
+/// is opened by whoever settles the sale: `=HYPERLINK(…)` there must not run. The JSON
+/// lines form keeps every string exact.
+fn spreadsheet_text(s: &str) -> String {
+    match s.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
+        _ => s.to_string(),
+    }
 }
 
 /// The ledger of a data directory, offline and read-only: the newest snapshot whose
@@ -241,5 +258,40 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["customer"], "a, \"quoted\" one");
         assert_eq!(lines[1]["confirmedAtMs"], 2002);
+    }
+
+    #[test]
+    fn a_customer_that_looks_like_a_formula_is_text_in_csv_and_exact_in_jsonl() {
+        let epochs = [EpochStart {
+            epoch: 1,
+            first_seq: 1,
+        }];
+        let evil = "=HYPERLINK(\"http://x\",\"pay\")";
+        let rows: Vec<LedgerEntry> = [
+            order(1, OrderState::Confirmed, evil),
+            order(2, OrderState::Confirmed, "@SUM(1)"),
+            order(3, OrderState::Confirmed, "a=b"),
+        ]
+        .iter()
+        .filter_map(|o| entry(o, &epochs, 3))
+        .collect();
+        let mut csv = Vec::new();
+        write(&rows, Format::Csv, &mut csv).unwrap();
+        let cells: Vec<Vec<String>> = csv::Reader::from_reader(&csv[..])
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect();
+        assert_eq!(cells[0][3], format!("'{evil}"));
+        assert_eq!(cells[1][3], "'@SUM(1)");
+        assert_eq!(
+            cells[2][3], "a=b",
+            "only a formula's first character counts"
+        );
+        let mut jsonl = Vec::new();
+        write(&rows, Format::Jsonl, &mut jsonl).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(String::from_utf8(jsonl).unwrap().lines().next().unwrap())
+                .unwrap();
+        assert_eq!(first["customer"], evil);
     }
 }
