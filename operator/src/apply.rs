@@ -168,6 +168,16 @@ pub async fn create_job(
     }
 }
 
+/// Deletes a Job and, in the background, its pods (gone already: fine).
+pub async fn delete_job(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), kube::Error> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), namespace);
+    delete_if_present(&jobs, name).await.map(|_| ())
+}
+
 /// Removes an annotation from the sale (a switchover request, once handled).
 pub async fn remove_sale_annotation(
     client: &kube::Client,

@@ -104,6 +104,13 @@ impl Actor<'_> {
                     .await
                     .map_err(|e| format!("creating the recovery Job: {e}"))
             }
+            Action::DeleteJob { to } => {
+                let epoch = self.sale.status.as_ref().map_or(0, |s| s.epoch);
+                let job = build::recovery_job_name(&self.owner.name, epoch, to);
+                crate::apply::delete_job(self.client, &self.owner.namespace, &job)
+                    .await
+                    .map_err(|e| format!("deleting the recovery Job {job}: {e}"))
+            }
             Action::Promote { pod, epoch } => {
                 let url = self.assign(observed, pod, Role::Primary, *epoch).await?;
                 // The lease at once: a primary without one is not ready and sells nothing.

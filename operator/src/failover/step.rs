@@ -83,6 +83,11 @@ pub enum Action {
     },
     /// Start the recovery Job: `stock-node wal ship` of `from`'s volume into `to`.
     CreateJob { from: String, to: String },
+    /// Delete the running recovery Job of this epoch that ships into `to`, a candidate
+    /// given up: it holds the old primary's volume, which a ReadWriteOnce claim lets
+    /// only one node mount, so the next candidate's Job would wait for it (up to its
+    /// 120 s deadline) before it could read the tail.
+    DeleteJob { to: String },
     /// Make `pod` the primary at `epoch`, grant its lease, label it.
     Promote { pod: String, epoch: u64 },
     /// Remove the switchover annotation (done, or refused).
@@ -469,7 +474,14 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         };
     };
     let Some(c) = answering(w, &candidate) else {
-        // The candidate went away before it sold: choose again (nobody was promoted).
+        // The candidate went away before it sold: choose again (nobody was promoted),
+        // and stop its Job if it still runs.
+        let actions = match w.job {
+            Some(JobState::Running) => vec![Action::DeleteJob {
+                to: candidate.clone(),
+            }],
+            _ => Vec::new(),
+        };
         let mut next = f.clone();
         next.step = FailoverStep::Fencing;
         next.candidate = None;
@@ -478,6 +490,7 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
             "CandidateLost: {candidate} stopped answering; choosing again"
         ));
         return Decision {
+            actions,
             next: Some(same(w, next)),
             requeue_ms: Some(0),
             ..Decision::default()

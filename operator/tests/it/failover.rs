@@ -631,6 +631,29 @@ fn a_candidate_chosen_again_after_its_job_gets_a_job_of_its_own() {
     );
 }
 
+/// A candidate given up while its recovery Job still runs: the Job is deleted, since it
+/// holds the old primary's ReadWriteOnce volume the next candidate's Job needs. A Job
+/// already finished is left to its TTL.
+#[test]
+fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    p[1].node = Some(Err("timed out".into())); // s-1, the candidate
+    let mut w = world(&s, &p, 7_000);
+    w.job = Some(JobState::Running); // into s-1
+    let d = decide(&w);
+    assert_eq!(d.actions, vec![Action::DeleteJob { to: "s-1".into() }]);
+    assert!(
+        next_failover(&d)
+            .blocked
+            .unwrap()
+            .starts_with("CandidateLost")
+    );
+    w.job = Some(JobState::Succeeded);
+    assert_eq!(decide(&w).actions, vec![]);
+}
+
 #[test]
 fn an_unreadable_tail_blocks_async_mode_unless_loss_is_allowed() {
     let s = recovering();
