@@ -84,8 +84,8 @@ pub struct LoadStatus {
     /// Answers by kind of request: `purchase`, `confirm`, `cancel`, `read` (items and
     /// orders), `forward` (a batch from a secondary, on the primary), `admin`, `ops` (probes, metrics, the OpenAPI document), `other`.
     pub answered: std::collections::BTreeMap<String, u64>,
-    /// Requests refused for load: `rate` (429, over the admission rate) and `busy`
-    /// (503, the engine's queue full).
+    /// Requests refused for load: `rate` (429, over the admission rate), `busy` (503,
+    /// the engine's queue full) and `memory` (503, a purchase past the memory budget).
     pub refused_for_load: std::collections::BTreeMap<String, u64>,
     /// Purchases, confirms and cancels holding a place in the engine's queue now.
     pub engine_inflight: u64,

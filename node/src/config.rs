@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// Token bucket size: requests admitted at once above the rate (0 = one second's worth).
     #[arg(long, env = "STOCK_NODE_ADMISSION_BURST", default_value_t = 0)]
     pub admission_burst: u32,
+    /// New purchases stop (503) once the process's resident memory reaches this many
+    /// bytes; confirms, cancels and reads go on. Absent: 90% of the memory limit of its
+    /// cgroup (the pod's limit), none without one. 0: no budget.
+    #[arg(long, env = "STOCK_NODE_MEMORY_MAX_BYTES")]
+    pub memory_max_bytes: Option<u64>,
     /// Purchases, confirms and cancels waiting for the engine at once; more answer 503.
     #[arg(long, env = "STOCK_NODE_ENGINE_INFLIGHT_MAX", default_value_t = 4096)]
     pub engine_inflight_max: usize,

@@ -425,6 +425,7 @@ impl Metrics {
             refused_for_load: [
                 ("rate".to_string(), admission.refused_rate),
                 ("busy".to_string(), admission.refused_busy),
+                ("memory".to_string(), admission.refused_memory),
             ]
             .into_iter()
             .collect(),
@@ -460,6 +461,12 @@ impl Metrics {
         raise_to(
             &self.refused.get_or_create(&ReasonLabels { reason: "busy" }),
             admission.refused_busy,
+        );
+        raise_to(
+            &self
+                .refused
+                .get_or_create(&ReasonLabels { reason: "memory" }),
+            admission.refused_memory,
         );
         self.engine_inflight.set(clamp(admission.inflight));
         self.engine_inflight_max.set(clamp(admission.inflight_max));

@@ -101,11 +101,21 @@ pub async fn serve(
         idle_timeout: std::time::Duration::from_millis(args.idle_timeout_ms),
         shutdown_drain: std::time::Duration::from_millis(args.shutdown_drain_ms),
     };
+    let memory_max = args
+        .memory_max_bytes
+        .or_else(crate::admission::default_memory_max);
     let admission = Admission::new(
         args.admission_rate_per_s,
         args.admission_burst,
         args.engine_inflight_max,
-    );
+    )
+    .with_memory_max(memory_max);
+    if let Some(m) = memory_max.filter(|&m| m > 0) {
+        tracing::info!(
+            budget_mib = m >> 20,
+            "new purchases stop at this resident memory"
+        );
+    }
     // Replication runs beside the server and stops with it (see `crate::replication`).
     let replication_stop = tokio_util::sync::CancellationToken::new();
     let replication = crate::replication::runtime::Replication::start(
@@ -136,7 +146,22 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     let st = state.node_status();
     tracing::info!(%addr, role = ?st.role, epoch = st.epoch, sale = ?st.sale, ?durability, "listening");
+    let sampler = memory_max.filter(|&m| m > 0).map(|_| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(
+                crate::admission::MEMORY_SAMPLE_MS,
+            ));
+            loop {
+                every.tick().await;
+                state.admission.sample_memory();
+            }
+        })
+    });
     let served = run(listener, state, shutdown).await;
+    if let Some(s) = sampler {
+        s.abort();
+    }
     replication_stop.cancel();
     // Whatever happened to the server, what the engine acknowledged is made durable.
     engine.shutdown().await;

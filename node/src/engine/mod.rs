@@ -547,6 +547,19 @@ impl EngineHandle {
             .await
     }
 
+    /// Whether an order holds `req`'s key, durable or on its way (the in-flight filter
+    /// may say yes for a key it does not hold: rarely, and never no for one it does).
+    pub fn may_hold_key(&self, req: &PurchaseRequest) -> bool {
+        let hash = purchase_key_hash(req);
+        self.inner.inflight_keys.may_hold(hash)
+            || self
+                .inner
+                .view
+                .read()
+                .order_with_key(hash, &req.customer, &req.idempotency_key)
+                .is_some()
+    }
+
     /// The sold-out fast path: `Some(SoldOut)` when the purchase can be refused from
     /// the read view without a place in the queue — the item has nothing left, and no
     /// order holds the key, durable or on its way (a retry of a purchase that is still

@@ -78,7 +78,9 @@ impl From<Refusal> for ApiError {
                 e.0.retry_after_s = Some(retry_after_s);
                 e
             }
-            Refusal::Busy { .. } => ApiError::new(ErrorCode::Unavailable, r.to_string()),
+            Refusal::Busy { .. } | Refusal::Memory { .. } => {
+                ApiError::new(ErrorCode::Unavailable, r.to_string())
+            }
         }
     }
 }

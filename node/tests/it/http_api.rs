@@ -1208,3 +1208,142 @@ async fn post_chunked(addr: &str, body: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// VmRSS of a process, in bytes.
+fn resident_bytes_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A crowd buying and cancelling in a loop grows a node without bound (every order is
+/// kept for its key). Past its memory budget the node refuses new purchases, 503 naming
+/// the budget, instead of growing until the kernel kills it; every order it holds can
+/// still be read, confirmed and cancelled, and a retry of a purchase it has gets its
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_orders() {
+    // The budget: what a node like this one holds once serving, and 3 MiB more.
+    let dir = tempfile::tempdir().unwrap();
+    let probe = lone_node(&dir, &[("tee", 1_000_000, 0)], &[]);
+    assert_eq!(get(&probe, "/v1/items/tee").await.status, 200);
+    let budget = resident_bytes_of(probe.pid()) + (3 << 20);
+    drop(probe);
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(
+        &dir,
+        &[("tee", 1_000_000, 0)],
+        &["--memory-max-bytes", &budget.to_string()],
+    );
+    let kept = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "keeper", "kept"),
+    )
+    .await;
+    assert_eq!(kept.status, 201);
+    let kept_id = kept.body["id"].as_u64().unwrap();
+
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(90);
+    let refusal = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let cycles = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let crowd: Vec<_> = (0..16)
+        .map(|w| {
+            let (base, refusal, cycles) = (node.url(""), refusal.clone(), cycles.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut i = 0;
+                while refusal.get().is_none() && std::time::Instant::now() < deadline {
+                    i += 1;
+                    let customer = format!("looper-{w}");
+                    let r = http
+                        .post(format!("{base}/v1/purchases"))
+                        .json(&purchase("tee", 1, &customer, &format!("loop-{w}-{i}")))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status();
+                    let body: Value = r.json().await.unwrap();
+                    if status == 503 {
+                        let _ = refusal.set(body);
+                        return;
+                    }
+                    assert_eq!(status, 201, "{body}");
+                    let id = body["id"].as_u64().unwrap();
+                    let r = http
+                        .post(format!("{base}/v1/orders/{id}/cancel"))
+                        .header("Flashsale-Customer", &customer)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in crowd {
+        t.await.unwrap();
+    }
+    let cycles = cycles.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(refused) = refusal.get() else {
+        panic!(
+            "{cycles} purchase-cancel cycles in {:?}, and no purchase refused past a budget of {} MiB: the node holds {} MiB",
+            started.elapsed(),
+            budget >> 20,
+            resident_bytes_of(node.pid()) >> 20
+        );
+    };
+    println!(
+        "refused after {cycles} purchase-cancel cycles in {:?}: {refused}",
+        started.elapsed()
+    );
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("memory budget"),
+        "{refused}"
+    );
+    // Still refused: a new purchase does not get in.
+    let again = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "newcomer", "n1"),
+    )
+    .await;
+    assert_error(&again, 503, "unavailable");
+    // What it holds goes on: a retry of a purchase it has, reading, confirming.
+    let retry = post(
+        &node,
+        "/v1/purchases",
+        &purchase("tee", 1, "keeper", "kept"),
+    )
+    .await;
+    assert_eq!((retry.status.as_u16(), retry.replayed), (201, true));
+    assert_eq!(retry.body["id"], kept_id);
+    let path = format!("/v1/orders/{kept_id}");
+    assert_eq!(get_as(&node, &path, "keeper").await.status, 200);
+    let confirmed = post_as(&node, &format!("{path}/confirm"), "keeper").await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.body);
+    let st = admin(
+        &node,
+        Method::GET,
+        "/admin/v1/status",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert!(
+        st.body["load"]["refusedForLoad"]["memory"].as_u64() >= Some(2),
+        "{}",
+        st.body["load"]
+    );
+}

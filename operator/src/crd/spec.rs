@@ -153,7 +153,10 @@ pub struct NodesSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
-    /// CPU and memory for each node; absent = small defaults.
+    /// CPU and memory for each node; absent = 250m CPU and 128Mi requested, a 512Mi
+    /// memory limit. A node takes no new purchases past 90% of its memory limit (503;
+    /// its orders stay served): every order is kept, about 200 bytes each, so the limit
+    /// is how many orders a node can hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// The WAL volume of each node. Size and class are fixed once the sale exists (a
