@@ -47,6 +47,8 @@ impl ApiError {
 /// `Retry-After` of a retryable answer that names no wait of its own: a failover or a
 /// busy engine is over in about this long; a client retrying sooner only adds load.
 pub const RETRY_AFTER_DEFAULT_S: u64 = 1;
+/// `Retry-After` of a purchase refused past the memory budget.
+pub const MEMORY_RETRY_AFTER_S: u64 = 60;
 
 impl From<SellError> for ApiError {
     fn from(e: SellError) -> ApiError {
@@ -78,8 +80,12 @@ impl From<Refusal> for ApiError {
                 e.0.retry_after_s = Some(retry_after_s);
                 e
             }
-            Refusal::Busy { .. } | Refusal::Memory { .. } => {
-                ApiError::new(ErrorCode::Unavailable, r.to_string())
+            Refusal::Busy { .. } => ApiError::new(ErrorCode::Unavailable, r.to_string()),
+            // A full node stays full until it is given more memory: not a retry a second.
+            Refusal::Memory { .. } => {
+                let mut e = ApiError::new(ErrorCode::Unavailable, r.to_string());
+                e.0.retry_after_s = Some(MEMORY_RETRY_AFTER_S);
+                e
             }
         }
     }

@@ -1305,6 +1305,7 @@ async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_order
         started.elapsed()
     );
     assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert_eq!(refused["retryAfterS"], 60, "{refused}");
     assert!(
         refused["detail"]
             .as_str()
