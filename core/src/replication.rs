@@ -52,12 +52,17 @@ const MSG_CRC_COVERS: usize = 4 + 8 + 4;
 pub struct ChannelKey(ring::hmac::Key);
 
 impl ChannelKey {
-    /// The key of a sale whose admin token is `secret` (`""`: none).
-    pub fn new(secret: &str) -> Self {
+    /// The key of the channel `channel` of a sale whose admin token is `secret` (`""`:
+    /// none).
+    pub fn new(secret: &str, channel: &str) -> Self {
         // Derived rather than the token itself, so a signature made here can never stand
-        // for anything signed with the token elsewhere.
+        // for anything signed with the token elsewhere; and per channel, so two sales
+        // that share a Redis and a token (hand-run nodes; the operator gives each sale
+        // its own token) cannot replay each other's batches.
         let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-        let derived = ring::hmac::sign(&root, b"flashsale replication channel v2");
+        let mut label = b"flashsale replication channel v2\n".to_vec();
+        label.extend_from_slice(channel.as_bytes());
+        let derived = ring::hmac::sign(&root, &label);
         Self(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             derived.as_ref(),
@@ -66,6 +71,12 @@ impl ChannelKey {
 
     fn sign(&self, data: &[u8]) -> ring::hmac::Tag {
         ring::hmac::sign(&self.0, data)
+    }
+
+    /// Whether `buf` ends with this key's signature of the rest (a message or an ack as
+    /// sent): what a secondary checks before it queues a message at all.
+    pub fn signed(&self, buf: &[u8]) -> bool {
+        self.open(buf).is_some()
     }
 
     /// `signed` without its trailing signature, if that is this key's signature of the
@@ -428,7 +439,7 @@ mod tests {
     }
 
     fn key() -> ChannelKey {
-        ChannelKey::new("the sale's admin token")
+        ChannelKey::new("the sale's admin token", "flashsale:s:wal")
     }
 
     #[test]
@@ -475,21 +486,30 @@ mod tests {
         let forged = {
             let m = decode_message(&key(), &good).unwrap();
             let batch = &good[MSG_HEADER_BYTES..good.len() - TAG_BYTES];
-            encode_message(&ChannelKey::new("a guess"), m.sent_at_us, batch)
+            encode_message(
+                &ChannelKey::new("a guess", "flashsale:s:wal"),
+                m.sent_at_us,
+                batch,
+            )
         };
         assert_eq!(
             decode_message(&key(), &forged),
             Err(ReplicationError::Unsigned)
         );
-        // Another sale's token, and no token at all, are other keys too.
-        assert_eq!(
-            decode_message(&ChannelKey::new("another sale"), &good),
-            Err(ReplicationError::Unsigned)
-        );
-        assert_eq!(
-            decode_message(&ChannelKey::new(""), &good),
-            Err(ReplicationError::Unsigned)
-        );
+        // Another sale's token, no token at all, and the same token on another sale's
+        // channel are other keys too.
+        for other in [
+            ChannelKey::new("another sale", "flashsale:s:wal"),
+            ChannelKey::new("", "flashsale:s:wal"),
+            ChannelKey::new("the sale's admin token", "flashsale:t:wal"),
+        ] {
+            assert!(!other.signed(&good));
+            assert_eq!(
+                decode_message(&other, &good),
+                Err(ReplicationError::Unsigned)
+            );
+        }
+        assert!(key().signed(&good));
         // The batch changed and the checksum made right again: still refused.
         let mut tampered = good.clone();
         let end = tampered.len() - TAG_BYTES;
@@ -517,7 +537,10 @@ mod tests {
         let json = serde_json::to_vec(&a).unwrap();
         assert_eq!(Ack::decode(&key(), &json), Err(ReplicationError::Unsigned));
         assert_eq!(
-            Ack::decode(&key(), &a.encode(&ChannelKey::new("a guess"))),
+            Ack::decode(
+                &key(),
+                &a.encode(&ChannelKey::new("a guess", "flashsale:s:wal"))
+            ),
             Err(ReplicationError::Unsigned)
         );
         let mut bumped = a.encode(&key());

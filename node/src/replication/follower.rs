@@ -87,8 +87,11 @@ impl<R: Replica> Follower<R> {
         let mut retry_ms = RETRY_FIRST_MS;
         // Before following, make sure this node's log is a prefix of the primary's.
         let mut check_history = true;
-        // When a damaged message last sent the follower to catch up.
-        let mut damage_checked = Instant::now();
+        // When the primary was last heard: a batch of its epoch or newer on the stream,
+        // or a catch-up. A stream quiet for the idle poll, or carrying nothing of the
+        // primary's (damaged or stale messages, a primary of another version), may have
+        // lost a batch this node needs: ask the primary then, once per idle poll.
+        let mut heard = Instant::now();
         loop {
             if check_history {
                 match self.check_history().await {
@@ -112,6 +115,7 @@ impl<R: Replica> Follower<R> {
                 self.stats.set_state(FollowState::CatchingUp);
                 match self.catch_up(&mut fetched).await {
                     Ok(true) => {
+                        heard = Instant::now();
                         if repairing && fetched > 0 {
                             self.stats.gaps.inc();
                         }
@@ -141,8 +145,12 @@ impl<R: Replica> Follower<R> {
             }
             let event = tokio::select! {
                 e = events.recv() => e,
-                // A quiet stream may have lost its last message: ask the primary.
-                _ = tokio::time::sleep(self.idle_poll) => { (need_catchup, repairing) = (true, true); continue }
+                // Nothing of the primary's for an idle poll: ask it.
+                _ = tokio::time::sleep_until((heard + self.idle_poll).into()) => {
+                    heard = Instant::now();
+                    (need_catchup, repairing) = (true, true);
+                    continue
+                }
                 _ = shutdown.cancelled() => return,
             };
             match event {
@@ -172,24 +180,16 @@ impl<R: Replica> Follower<R> {
                             Err(_) => break,
                         }
                     }
-                    let damaged = self.stats.damaged.get();
-                    if let Err(e) = self.on_messages(messages).await {
-                        if let ReplError::Gap { .. } = e {
-                            self.stats.gaps.inc();
+                    match self.on_messages(messages).await {
+                        Ok(true) => heard = Instant::now(),
+                        Ok(false) => {}
+                        Err(e) => {
+                            if let ReplError::Gap { .. } = e {
+                                self.stats.gaps.inc();
+                            }
+                            tracing::debug!(error = %e, "live batch not applied; catching up");
+                            need_catchup = true;
                         }
-                        tracing::debug!(error = %e, "live batch not applied; catching up");
-                        need_catchup = true;
-                    }
-                    // A damaged or unsigned message may have been a batch this node
-                    // needs, and the next good one may never come (a primary of another
-                    // version, or the last batch before a pause), nor a quiet stream while
-                    // bad ones keep coming: ask the primary, at most once per idle poll so
-                    // a flood of them is not one request to it each.
-                    if self.stats.damaged.get() > damaged
-                        && damage_checked.elapsed() >= self.idle_poll
-                    {
-                        damage_checked = Instant::now();
-                        (need_catchup, repairing) = (true, true);
                     }
                 }
             }
@@ -199,8 +199,9 @@ impl<R: Replica> Follower<R> {
     /// Live messages in arrival order: decode each, drop the damaged (counted) and
     /// stale-epoch (counted) ones, skip what is applied already, merge the contiguous
     /// rest into one batch and apply it. A gap stops the merge: what came before it is
-    /// applied, then `Gap` sends the follower to catch up.
-    async fn on_messages(&self, messages: Vec<Vec<u8>>) -> Result<(), ReplError> {
+    /// applied, then `Gap` sends the follower to catch up. `Ok(true)`: one of them was
+    /// the primary's (its epoch or newer, signed), applied or already applied.
+    async fn on_messages(&self, messages: Vec<Vec<u8>>) -> Result<bool, ReplError> {
         let mine = self.replica.epoch();
         let applied = self.replica.applied_seq();
         // The epoch of this node's last record: a live batch of a newer one starts where
@@ -211,6 +212,7 @@ impl<R: Replica> Follower<R> {
         let mut merged: Option<Batch> = None;
         let mut sent_at_us = Vec::with_capacity(messages.len());
         let mut gap = None;
+        let mut heard = false;
         for bytes in messages {
             let msg = match decode_message(&self.key, &bytes) {
                 Ok(m) => m,
@@ -228,6 +230,7 @@ impl<R: Replica> Follower<R> {
                 self.stats.stale_epochs.inc();
                 continue;
             }
+            heard = true;
             self.stats.saw_primary_seq(b.last_seq);
             let next = merged.as_ref().map_or(applied, |m| m.last_seq) + 1;
             if b.last_seq < next {
@@ -275,7 +278,7 @@ impl<R: Replica> Follower<R> {
                 self.stats.lag_ms.observe(lag_us as f64 / 1000.0);
             }
         }
-        gap.map_or(Ok(()), Err)
+        gap.map_or(Ok(heard), Err)
     }
 
     /// Applies the part of `batch` after this node's applied sequence. `Ok(false)` for

@@ -82,7 +82,6 @@ impl Replication {
             args.replication,
             channel.clone().unwrap_or_default(),
         ));
-        let key = ChannelKey::new(admin_token.as_deref().unwrap_or_default());
         let (e1, e2) = (engine.clone(), engine.clone());
         let gate = Arc::new(QuorumGate::new(
             args.replication,
@@ -112,6 +111,7 @@ impl Replication {
             (r, _) => r,
         };
         if let (Some(client), Some(channel)) = (&redis, &channel) {
+            let key = ChannelKey::new(admin_token.as_deref().unwrap_or_default(), channel);
             let e = engine.clone();
             tokio::spawn(publisher::run(
                 client.clone(),
@@ -226,13 +226,17 @@ impl Replication {
         admin_token: Option<&str>,
         stop: CancellationToken,
     ) -> Result<(), ReplError> {
-        let key = ChannelKey::new(admin_token.unwrap_or_default());
+        let key = ChannelKey::new(
+            admin_token.unwrap_or_default(),
+            channel.as_deref().unwrap_or_default(),
+        );
         let primary = PrimaryClient::new(primary_url, admin_token.unwrap_or_default())?;
         let (tx, rx) = mpsc::channel(args.buffer_batches_max.max(1));
         let lost = Arc::new(AtomicBool::new(true));
         let (durable_tx, durable_rx) = watch::channel(0u64);
         if let (Some(client), Some(channel)) = (redis, channel) {
             let sink = StreamSink {
+                key: key.clone(),
                 events: tx,
                 lost: lost.clone(),
                 stats: self.stats.clone(),

@@ -1,7 +1,9 @@
 //! The live stream on a secondary: SUBSCRIBE to the sale's channel, hand each message
 //! to the follower through a bounded queue, reconnect with backoff when Redis goes
-//! away. It never decides anything: whatever it could not deliver (a full queue, a
-//! lost connection) it reports as `lost`, and the follower repairs it by catch-up.
+//! away. It decides nothing but whether a message is signed with the sale's key: one
+//! that is not is dropped here and counted as damaged, so a flood of them cannot fill
+//! the queue. Whatever it could not deliver (a full queue, a lost connection) it
+//! reports as `lost`, and the follower repairs it by catch-up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -30,6 +32,8 @@ const CONNECT_TIMEOUT_MS: u64 = 2000;
 
 /// Where the stream reports to.
 pub struct StreamSink {
+    /// The sale's key: only what it signed is queued.
+    pub key: flashsale_core::replication::ChannelKey,
     pub events: mpsc::Sender<Event>,
     /// Set when something was not delivered; the follower clears it and catches up.
     pub lost: Arc<AtomicBool>,
@@ -59,7 +63,13 @@ pub async fn run(
                         _ = shutdown.cancelled() => return,
                     };
                     let Some(msg) = msg else { break };
-                    let bytes = msg.get_payload_bytes().to_vec();
+                    let bytes = msg.get_payload_bytes();
+                    if !sink.key.signed(bytes) {
+                        tracing::debug!(%channel, "unsigned replication message dropped");
+                        sink.stats.damaged.inc();
+                        continue;
+                    }
+                    let bytes = bytes.to_vec();
                     match sink.events.try_send(Event::Message(bytes)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => sink.lost.store(true, Relaxed),

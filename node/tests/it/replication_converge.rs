@@ -233,7 +233,10 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
         &mut frames,
     )
     .unwrap();
-    let key = ChannelKey::new(replication_support::ADMIN_TOKEN);
+    let key = ChannelKey::new(
+        replication_support::ADMIN_TOKEN,
+        replication_support::node::CHANNEL,
+    );
     let stale = encode_message(&key, 0, &encode_batch(0, seq, seq, &frames));
     assert_eq!(redis.publish(replication_support::node::CHANNEL, &stale), 1);
     let mut damaged = stale.clone();
@@ -282,7 +285,7 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
     )
     .unwrap();
     let forged = encode_message(
-        &ChannelKey::new("a guess"),
+        &ChannelKey::new("a guess", replication_support::node::CHANNEL),
         0,
         &encode_batch(epoch, seq, seq, &frames),
     );
@@ -369,7 +372,11 @@ async fn a_secondary_hearing_only_bad_messages_still_catches_up() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forger = std::thread::spawn({
         let (stop, port) = (stop.clone(), redis.port);
-        let junk = encode_message(&ChannelKey::new("a guess"), 0, &encode_batch(1, 1, 0, &[]));
+        let junk = encode_message(
+            &ChannelKey::new("a guess", replication_support::node::CHANNEL),
+            0,
+            &encode_batch(1, 1, 0, &[]),
+        );
         move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 publish(port, replication_support::node::CHANNEL, &junk);

@@ -116,7 +116,7 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
     let follower = Follower {
         replica: Arc::new(Stuck),
         primary: PrimaryClient::new(&empty_primary().await, "t").unwrap(),
-        key: ChannelKey::new("t"),
+        key: ChannelKey::new("t", "c"),
         stats: stats.clone(),
         durable,
         idle_poll: Duration::from_secs(60),
@@ -137,7 +137,7 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
     }
     let sent_at_us = stock_node::replication::now_us() + 10_000_000;
     let msg = encode_message(
-        &ChannelKey::new("t"),
+        &ChannelKey::new("t", "c"),
         sent_at_us,
         &encode_batch(1, 1, 10, &frames),
     );
