@@ -408,7 +408,17 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
 
     // failover (pure decisions, their actions, to a fixpoint; at most one transition)
     let key = format!("{}/{}", owner.namespace, owner.name);
-    let lease_duration: Duration = sale.spec.failover.lease_duration.into();
+    // Granted: never longer than the status records; fenced with: the longest any
+    // leader may have granted (`failover::timing::lease_durations`).
+    let leases_now = failover::timing::lease_durations(
+        sale.spec.failover.lease_duration.into(),
+        prev.lease_duration_ms.map(Duration::from_millis),
+        prev.failover.is_none(),
+        &now,
+        &ctx.leader_since,
+        ctx.keeper.view(&key).lease_end.as_ref(),
+    );
+    let lease_duration = leases_now.grant;
     // The clock read after the nodes answered: a deadline is judged by when the
     // decision is made, not by when the pass began (safe: a later reading only says
     // less time is left).
@@ -420,6 +430,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         &mut observed,
         &key,
         lease_duration,
+        leases_now.longest,
     )
     .await;
     let (epoch_now, primary_now) = match &fo.next {
@@ -514,6 +525,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         &done.assessment,
     );
     let (mut next, mut notes) = (done.status, done.notes);
+    next.lease_duration_ms = Some(leases_now.record.as_millis() as u64);
 
     // autoscale (leader only: only the leader reconciles)
     // From the pod, or from the name (`<sale>-<n>`) while the pod cache misses it: the
@@ -636,6 +648,7 @@ async fn failover_pass(
     observed: &mut Observed,
     key: &str,
     lease: Duration,
+    lease_longest: Duration,
 ) -> FailoverPass {
     let mut out = FailoverPass::default();
     let Some(token) = observed.admin_token.clone() else {
@@ -681,7 +694,7 @@ async fn failover_pass(
             replicas: sale.spec.nodes.replicas,
             unhealthy_after_ms: Duration::from(sale.spec.failover.unhealthy_after).as_millis()
                 as u64,
-            lease_ms: lease.as_millis() as u64,
+            lease_ms: lease_longest.as_millis() as u64,
             tail_policy: sale.spec.failover.tail_policy,
             quorum: sale.spec.replication.mode == ReplicationMode::Quorum,
             max_lag_records: sale.spec.replication.max_lag_records.max(0) as u64,

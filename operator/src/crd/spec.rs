@@ -267,9 +267,9 @@ pub struct FailoverSpec {
     /// out unless the old primary stepped down or its process is gone. At least 6s, so
     /// the operator's own leader hand-over never lets a lease lapse. Shortened while a
     /// sale runs, the primary keeps the longer lease already granted (a lease is never
-    /// shortened), and the fence waits for that; a new operator leader does not know
-    /// it, so do not roll or lose the operator within the old duration after shortening
-    /// it.
+    /// shortened), and a fence waits for that, also after the operator's leader changes
+    /// (`status.leaseDurationMs` keeps the longer duration until every such lease is
+    /// over); lengthened, the longer lease is granted once the status records it.
     #[serde(default = "default_lease_duration")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('6s') && duration(self) <= duration('10m')")
         .message("failover.leaseDuration: must be between 6s and 10m"))]

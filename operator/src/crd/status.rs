@@ -35,6 +35,13 @@ pub struct FlashSaleStatus {
     #[serde(default)]
     #[schemars(with = "i64")]
     pub epoch: u64,
+    /// The longest selling lease (ms) an operator leader may have granted this sale's
+    /// primary: `spec.failover.leaseDuration`, or the longer one it was until every
+    /// lease that long is over (a lengthened duration is recorded here before it is
+    /// granted). A new operator leader fences with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub lease_duration_ms: Option<u64>,
     /// Per-item figures read from the primary's admin status.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["sku".into()]))]

@@ -50,6 +50,8 @@ pub struct World<'a> {
     /// `spec.nodes.replicas`: a scale-down below the primary's ordinal switches over first.
     pub replicas: i32,
     pub unhealthy_after_ms: u64,
+    /// The longest lease any leader may have granted the primary (`status.leaseDurationMs`
+    /// or the spec's `leaseDuration`, whichever is longer).
     pub lease_ms: u64,
     pub tail_policy: TailPolicy,
     pub quorum: bool,
@@ -475,13 +477,16 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
     };
     let Some(c) = answering(w, &candidate) else {
         // The candidate went away before it sold: choose again (nobody was promoted),
-        // and stop its Job if it still runs.
-        let actions = match w.job {
-            Some(JobState::Running) => vec![Action::DeleteJob {
-                to: candidate.clone(),
-            }],
-            _ => Vec::new(),
-        };
+        // once its Job no longer runs. A running one is deleted first, pass after pass
+        // until it is gone (a failed delete is asked again): the next candidate's Job
+        // needs the volume it holds.
+        if w.job == Some(JobState::Running) {
+            return Decision {
+                actions: vec![Action::DeleteJob { to: candidate }],
+                requeue_ms: Some(POLL_MS),
+                ..Decision::default()
+            };
+        }
         let mut next = f.clone();
         next.step = FailoverStep::Fencing;
         next.candidate = None;
@@ -490,7 +495,6 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
             "CandidateLost: {candidate} stopped answering; choosing again"
         ));
         return Decision {
-            actions,
             next: Some(same(w, next)),
             requeue_ms: Some(0),
             ..Decision::default()

@@ -19,6 +19,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 /// Renewals per lease duration.
 pub const RENEWALS_PER_LEASE: u32 = 8;
 /// Added to every fence deadline.
@@ -63,9 +65,90 @@ pub fn check_handover(leader_lease: Duration, lease_min: Duration) -> Result<(),
     }
 }
 
+/// The lease durations of a pass, given the spec's `leaseDuration` and the longest one
+/// the status says a leader may have granted (`status.leaseDurationMs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseDurations {
+    /// What the keeper grants with this pass: never longer than the status records,
+    /// so a lease longer than any recorded one is granted only once the status that
+    /// records it is written (a leader that dies between the two leaves its successor
+    /// knowing the longer lease).
+    pub grant: Duration,
+    /// The longest lease any leader may have granted: what a fence waits for when it
+    /// cannot know better (a new leader), at least the spec's.
+    pub longest: Duration,
+    /// What this pass writes as `status.leaseDurationMs`.
+    pub record: Duration,
+}
+
+/// What a pass grants, fences with and records (see [`LeaseDurations`]). A lengthened
+/// spec is recorded in this pass and granted from the next; a shortened one is granted
+/// at once, and recorded once no longer lease can be left: every earlier leader's over
+/// (`leader_since` + the recorded duration + the margin has passed) and every one this
+/// leader's keeper granted (`granted_end`, the end of the longest, if any) ending within
+/// the new duration. Not while a failover runs (`settled` false): its fence may still
+/// need the longer figure. Without a record (a sale from before the field) the spec is
+/// taken, as before it.
+pub fn lease_durations(
+    spec: Duration,
+    recorded: Option<Duration>,
+    settled: bool,
+    now: &Time,
+    leader_since: &Time,
+    granted_end: Option<&Time>,
+) -> LeaseDurations {
+    let Some(recorded) = recorded else {
+        return LeaseDurations {
+            grant: spec,
+            longest: spec,
+            record: spec,
+        };
+    };
+    let others_over = now.0 >= leader_since.0 + recorded + FENCE_MARGIN;
+    let mine_short = granted_end.is_none_or(|end| end.0 <= now.0 + spec + FENCE_MARGIN);
+    let record = if spec >= recorded || (settled && others_over && mine_short) {
+        spec
+    } else {
+        recorded
+    };
+    LeaseDurations {
+        grant: spec.min(recorded),
+        longest: spec.max(recorded),
+        record,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_longer_lease_is_recorded_before_it_is_granted_and_a_shorter_one_after_the_longer_ended() {
+        let s = Duration::from_secs;
+        let at = |secs: i64| Time(jiff::Timestamp::from_second(1_000_000 + secs).unwrap());
+        let t0 = &at(0);
+        // Lengthened 6 s → 60 s: recorded in this pass, granted from the next.
+        let d = lease_durations(s(60), Some(s(6)), true, t0, &at(-3600), None);
+        assert_eq!((d.grant, d.longest, d.record), (s(6), s(60), s(60)));
+        let d = lease_durations(s(60), Some(s(60)), true, t0, &at(-3600), None);
+        assert_eq!((d.grant, d.longest, d.record), (s(60), s(60), s(60)));
+        // Shortened 60 s → 6 s: granted at once, the fence still waits 60 s, and the
+        // record stays while a 60 s lease this leader granted may run.
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), Some(&at(50)));
+        assert_eq!((d.grant, d.longest, d.record), (s(6), s(60), s(60)));
+        // ... or one an earlier leader granted (this one leads for 10 s only).
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-10), Some(&at(5)));
+        assert_eq!(d.record, s(60));
+        // ... or a failover runs.
+        let d = lease_durations(s(6), Some(s(60)), false, t0, &at(-3600), Some(&at(5)));
+        assert_eq!(d.record, s(60));
+        // Every longer lease over: the shorter one is recorded.
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), Some(&at(5)));
+        assert_eq!((d.grant, d.longest, d.record), (s(6), s(60), s(6)));
+        // A sale from before the record: the spec, as before.
+        let d = lease_durations(s(6), None, true, t0, t0, None);
+        assert_eq!((d.grant, d.longest, d.record), (s(6), s(6), s(6)));
+    }
 
     #[test]
     fn the_default_leader_lease_hands_over_within_the_shortest_node_lease() {

@@ -4,6 +4,8 @@
 //! done or failed — including that a resumed decision is the same one and that a new
 //! epoch is written before any node hears of it.
 
+use std::time::Duration;
+
 use flashsale_core::admin::{LeaseMode, LeaseStatus, NodeStatus, Role};
 use flashsale_core::replication::EpochStart;
 use flashsale_operator::crd::{
@@ -370,6 +372,38 @@ fn after_an_operator_restart_the_fence_waits_a_lease_from_when_it_became_leader(
     );
     let d = decide(&World {
         now: at(5_000 + 6_500),
+        ..w.clone()
+    });
+    assert_eq!(next_failover(&d).fenced.as_deref(), Some("lease expired"));
+
+    // leaseDuration shortened from 60 s to 6 s just before this leader took over: the
+    // primary may hold a 60 s lease its predecessor granted, which the status records.
+    let longest = flashsale_operator::failover::timing::lease_durations(
+        Duration::from_secs(6),
+        Some(Duration::from_secs(60)),
+        false,
+        &w.now,
+        &w.leader_since,
+        None,
+    )
+    .longest;
+    let w = World {
+        lease_ms: longest.as_millis() as u64,
+        ..w
+    };
+    let d = decide(&World {
+        now: at(5_000 + 6_500),
+        ..w.clone()
+    });
+    assert!(
+        d.next
+            .as_ref()
+            .and_then(|n| n.failover.as_ref())
+            .is_none_or(|f| f.fenced.is_none()),
+        "fenced after the spec's 6 s while a 60 s lease may run"
+    );
+    let d = decide(&World {
+        now: at(5_000 + 60_500),
         ..w
     });
     assert_eq!(next_failover(&d).fenced.as_deref(), Some("lease expired"));
@@ -631,9 +665,10 @@ fn a_candidate_chosen_again_after_its_job_gets_a_job_of_its_own() {
     );
 }
 
-/// A candidate given up while its recovery Job still runs: the Job is deleted, since it
-/// holds the old primary's ReadWriteOnce volume the next candidate's Job needs. A Job
-/// already finished is left to its TTL.
+/// A candidate given up while its recovery Job still runs: the Job is deleted, pass after
+/// pass until it is gone, before another candidate is chosen, since it holds the old
+/// primary's ReadWriteOnce volume the next candidate's Job needs. A Job already
+/// finished is left to its TTL.
 #[test]
 fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
     let s = recovering();
@@ -644,14 +679,19 @@ fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
     w.job = Some(JobState::Running); // into s-1
     let d = decide(&w);
     assert_eq!(d.actions, vec![Action::DeleteJob { to: "s-1".into() }]);
-    assert!(
-        next_failover(&d)
-            .blocked
-            .unwrap()
-            .starts_with("CandidateLost")
-    );
-    w.job = Some(JobState::Succeeded);
-    assert_eq!(decide(&w).actions, vec![]);
+    assert_eq!(d.next, None, "chose again while the Job still runs");
+    // Deleted (or never there, or done): s-1 is given up, with nothing to delete.
+    for job in [None, Some(JobState::Succeeded)] {
+        w.job = job;
+        let d = decide(&w);
+        assert_eq!(d.actions, vec![]);
+        assert!(
+            next_failover(&d)
+                .blocked
+                .unwrap()
+                .starts_with("CandidateLost")
+        );
+    }
 }
 
 #[test]
