@@ -253,6 +253,10 @@ pub enum SellError {
     Fenced(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A new purchase past the node's memory budget (503 `unavailable`, a long
+    /// `Retry-After`: a full node stays full until it is given more memory).
+    #[error("unavailable: {0}")]
+    Full(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("diverged: {0}")]
@@ -284,7 +288,7 @@ impl SellError {
             Ended { .. } => ErrorCode::Ended,
             NotPrimary { .. } => ErrorCode::NotPrimary,
             Fenced(_) => ErrorCode::Fenced,
-            Unavailable(_) => ErrorCode::Unavailable,
+            Unavailable(_) | Full(_) => ErrorCode::Unavailable,
             Internal(_) => ErrorCode::Internal,
             Diverged(_) => ErrorCode::Diverged,
         }

@@ -3,6 +3,7 @@
 //! memory budget for new purchases (open connections are bounded by `http::server`).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -16,12 +17,6 @@ pub enum Refusal {
     Rate { rate_per_s: u32, retry_after_s: u64 },
     #[error("{inflight_max} requests already wait for the engine; try again shortly")]
     Busy { inflight_max: usize },
-    #[error(
-        "the node holds {} MiB of its {} MiB memory budget (--memory-max-bytes): it takes no new purchases; confirms, cancels, reads and retries of purchases it has go on. Give its pod more memory and restart it",
-        resident_bytes >> 20,
-        max_bytes >> 20
-    )]
-    Memory { resident_bytes: u64, max_bytes: u64 },
 }
 
 /// Limits of one node, shared by every request.
@@ -36,12 +31,9 @@ pub struct Admission {
     refused_rate: AtomicU64,
     /// Requests refused for a full engine queue (503), since start.
     refused_busy: AtomicU64,
-    /// The memory budget for new purchases, if any ([`Self::check_memory`]).
-    memory_max_bytes: Option<u64>,
-    /// The process's resident memory as last sampled ([`Self::sample_memory`]).
-    resident_bytes: AtomicU64,
-    /// Purchases refused over the memory budget (503), since start.
-    refused_memory: AtomicU64,
+    /// The memory budget for new purchases, if any (the engine checks it; here for the
+    /// load figures).
+    memory: Option<Arc<MemoryBudget>>,
 }
 
 /// The admission's load figures at one moment.
@@ -71,51 +63,14 @@ impl Admission {
             inflight_max,
             refused_rate: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
-            memory_max_bytes: None,
-            resident_bytes: AtomicU64::new(0),
-            refused_memory: AtomicU64::new(0),
+            memory: None,
         }
     }
 
-    /// With a memory budget for new purchases (`None` or 0: none). Sample the process's
-    /// memory ([`Self::sample_memory`]) every [`MEMORY_SAMPLE_MS`] while it serves.
-    pub fn with_memory_max(mut self, max_bytes: Option<u64>) -> Admission {
-        self.memory_max_bytes = max_bytes.filter(|&m| m > 0);
-        self.sample_memory();
+    /// With the memory budget the engine checks, for [`Self::load`].
+    pub fn with_memory(mut self, memory: Option<Arc<MemoryBudget>>) -> Admission {
+        self.memory = memory;
         self
-    }
-
-    /// Reads the process's resident memory (what the pod's memory limit counts).
-    pub fn sample_memory(&self) {
-        if self.memory_max_bytes.is_some()
-            && let Some(bytes) = resident_bytes()
-        {
-            self.resident_bytes.store(bytes, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a new purchase may take memory: no, once the process's resident memory
-    /// has reached the budget. Every order is kept for the sale's life (its key answers
-    /// retries), so a crowd that buys and cancels in a loop grows the node without
-    /// bound; past the pod's limit the kernel kills it, and it would be killed again as
-    /// it loads the same orders on restart. Refusing new purchases instead keeps every
-    /// order it holds confirmable, cancellable and readable, as Redis refuses writes
-    /// past its `maxmemory` (`noeviction`). Checked where a purchase enters the engine;
-    /// `is_retry` (asked only past the budget) says whether it is a retry of an order
-    /// the node has, which takes no memory and gets its order.
-    pub fn check_memory(&self, is_retry: impl FnOnce() -> bool) -> Result<(), Refusal> {
-        let Some(max_bytes) = self.memory_max_bytes else {
-            return Ok(());
-        };
-        let resident_bytes = self.resident_bytes.load(Ordering::Relaxed);
-        if resident_bytes < max_bytes || is_retry() {
-            return Ok(());
-        }
-        self.refused_memory.fetch_add(1, Ordering::Relaxed);
-        Err(Refusal::Memory {
-            resident_bytes,
-            max_bytes,
-        })
     }
 
     /// Takes one token, or says how long until one is there.
@@ -156,7 +111,7 @@ impl Admission {
             inflight_max: self.inflight_max as u64,
             refused_rate: self.refused_rate.load(Ordering::Relaxed),
             refused_busy: self.refused_busy.load(Ordering::Relaxed),
-            refused_memory: self.refused_memory.load(Ordering::Relaxed),
+            refused_memory: self.memory.as_ref().map_or(0, |m| m.refused()),
         }
     }
 }
@@ -169,6 +124,79 @@ pub struct Place<'a>(&'a AtomicUsize);
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The process's resident memory against a budget for new purchases
+/// (`--memory-max-bytes`), sampled every [`MEMORY_SAMPLE_MS`] ([`Self::sample`]).
+///
+/// Every order is kept for the sale's life (its key answers retries), so a crowd that
+/// buys and cancels in a loop grows the node without bound; past the pod's limit the
+/// kernel kills it, and it would be killed again as it loads the same orders on
+/// restart. Past the budget the engine refuses a new purchase instead, after every
+/// refusal of its own (not the primary, the sale window, sold out, a limit) and
+/// never a retry of an order it has ([`Self::refuse`]): every order it holds stays
+/// confirmable, cancellable and readable, as Redis refuses writes past its `maxmemory`
+/// (`noeviction`). Resident memory is what the limit counts, but the allocator keeps
+/// some of what it freed: a spike (a large forwarded batch, a catch-up answer) can
+/// leave it above the orders' share for a while.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    max_bytes: u64,
+    resident_bytes: AtomicU64,
+    refused: AtomicU64,
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryBudget {
+    /// A budget of `max_bytes` (at least 1), sampled once now.
+    pub fn new(max_bytes: u64) -> Arc<MemoryBudget> {
+        let b = Arc::new(MemoryBudget {
+            max_bytes: max_bytes.max(1),
+            resident_bytes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            full: std::sync::atomic::AtomicBool::new(false),
+        });
+        b.sample();
+        b
+    }
+
+    /// Reads the process's resident memory; logs when it reaches the budget and when it
+    /// is below it again.
+    pub fn sample(&self) {
+        let Some(bytes) = resident_bytes() else {
+            return;
+        };
+        self.resident_bytes.store(bytes, Ordering::Relaxed);
+        let full = bytes >= self.max_bytes;
+        if self.full.swap(full, Ordering::Relaxed) != full {
+            if full {
+                tracing::warn!(
+                    resident_mib = bytes >> 20,
+                    budget_mib = self.max_bytes >> 20,
+                    "memory budget reached: no new purchases until the pod has more memory"
+                );
+            } else {
+                tracing::info!(resident_mib = bytes >> 20, "below the memory budget again");
+            }
+        }
+    }
+
+    /// The refusal of a new purchase past the budget (counted), or `None`. The client
+    /// is told the node is full, not its figures (those are in the log and metrics).
+    pub fn refuse(&self) -> Option<flashsale_core::SellError> {
+        if self.resident_bytes.load(Ordering::Relaxed) < self.max_bytes {
+            return None;
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Some(flashsale_core::SellError::Full(
+            "this node holds as many orders as its memory allows: it takes no new purchases; orders it holds can still be confirmed, cancelled and read".into(),
+        ))
+    }
+
+    /// Purchases refused past the budget, since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -196,13 +224,34 @@ pub fn resident_bytes() -> Option<u64> {
 /// container; none without a limit. The 10% left is for what is not orders: the
 /// allocator's slack, a snapshot being written, connections' buffers.
 pub fn default_memory_max() -> Option<u64> {
-    let limit = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read_to_string(p).ok())?;
-    cgroup_budget(&limit)
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    limit_files(&own)
+        .into_iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|limit| cgroup_budget(&limit))
+}
+
+/// Where the memory limit of the process's cgroup may be, first first: its own
+/// cgroup's file (from `/proc/self/cgroup`: `0::/path` on cgroup v2, `N:memory:/path`
+/// on v1; the path is `/` inside a container's cgroup namespace, the whole path
+/// without one), then the mount's root file.
+fn limit_files(proc_self_cgroup: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let path = path.unwrap_or_default().trim_end_matches('/');
+        match controllers {
+            Some("") => files.push(format!("/sys/fs/cgroup{path}/memory.max")),
+            Some(c) if c.split(',').any(|c| c == "memory") => {
+                files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+            }
+            _ => {}
+        }
+    }
+    files.push("/sys/fs/cgroup/memory.max".into());
+    files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".into());
+    files
 }
 
 /// 90% of a cgroup memory limit as its file holds it (`max`, or a huge number, = none).
@@ -256,27 +305,37 @@ mod tests {
 
     #[test]
     fn past_the_memory_budget_purchases_are_refused_and_counted() {
-        let a = Admission::new(0, 0, 2).with_memory_max(Some(1 << 40));
-        let rss = a.resident_bytes.load(Ordering::Relaxed);
-        assert!(rss > 1 << 20, "this process's memory was read: {rss}");
-        a.check_memory(|| false).unwrap();
-        let a = Admission::new(0, 0, 2).with_memory_max(Some(rss / 2));
-        // A retry of an order the node has gets in.
-        a.check_memory(|| true).unwrap();
-        match a.check_memory(|| false) {
-            Err(r @ Refusal::Memory { .. }) => {
-                assert!(r.to_string().contains("memory budget"), "{r}")
-            }
-            other => panic!("expected a memory refusal, got {other:?}"),
-        }
+        let rss = resident_bytes().expect("this process's memory can be read");
+        assert!(rss > 1 << 20, "{rss}");
+        let roomy = MemoryBudget::new(1 << 40);
+        assert_eq!(roomy.refuse(), None);
+        let full = MemoryBudget::new(rss / 2);
+        let e = full.refuse().expect("refused past the budget");
+        assert_eq!(e.code(), flashsale_core::ErrorCode::Unavailable);
+        assert!(e.to_string().contains("memory"), "{e}");
+        assert_eq!(full.refused(), 1);
+        let a = Admission::new(0, 0, 2).with_memory(Some(full));
         assert_eq!(a.load().refused_memory, 1);
-        // No budget (none given, or 0): never refused.
-        for m in [None, Some(0)] {
-            Admission::new(0, 0, 2)
-                .with_memory_max(m)
-                .check_memory(|| false)
-                .unwrap();
-        }
+    }
+
+    #[test]
+    fn the_cgroup_limit_is_read_from_the_process_s_own_cgroup_first() {
+        // cgroup v2 without a cgroup namespace (a systemd service), and inside one.
+        assert_eq!(
+            limit_files("0::/system.slice/shop.service\n")[0],
+            "/sys/fs/cgroup/system.slice/shop.service/memory.max"
+        );
+        assert_eq!(limit_files("0::/\n")[0], "/sys/fs/cgroup/memory.max");
+        // cgroup v1 (hybrid: the v2 line is there too, for nothing).
+        let v1 = limit_files("4:memory:/kubepods/pod1/c1\n1:cpu,cpuacct:/x\n0::/\n");
+        assert_eq!(
+            v1[0],
+            "/sys/fs/cgroup/memory/kubepods/pod1/c1/memory.limit_in_bytes"
+        );
+        assert_eq!(
+            v1.last().unwrap(),
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+        );
     }
 
     #[test]

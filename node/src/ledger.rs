@@ -117,14 +117,19 @@ pub fn write(entries: &[LedgerEntry], format: Format, out: &mut impl Write) -> i
 }
 
 /// A client's string as a CSV cell a spreadsheet shows as text: one that starts like a
-/// formula (`=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`, as OWASP
-/// advises against CSV injection. A customer id is whatever a buyer sent, and a ledger
-/// is opened by whoever settles the sale: `=HYPERLINK(…)` there must not run. The JSON
-/// lines form keeps every string exact.
+/// formula gets a leading `'`, as OWASP advises against CSV injection. A customer id is
+/// whatever a buyer sent, and a ledger is opened by whoever settles the sale:
+/// `=HYPERLINK(…)` there must not run. Like a formula: `=`, `+`, `-` or `@` (or their
+/// full-width forms, which some spreadsheets fold into them) first, or after leading
+/// white space (which some trim), or a control character first (a tab, a carriage
+/// return). The JSON lines form keeps every string exact.
 fn spreadsheet_text(s: &str) -> String {
-    match s.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
-        _ => s.to_string(),
+    let formula = |c: char| matches!(c, '=' | '+' | '-' | '@' | '＝' | '＋' | '－' | '＠');
+    let risky = s.starts_with(char::is_control) || s.trim_start().starts_with(formula);
+    if risky {
+        format!("'{s}")
+    } else {
+        s.to_string()
     }
 }
 
@@ -271,9 +276,12 @@ mod tests {
             order(1, OrderState::Confirmed, evil),
             order(2, OrderState::Confirmed, "@SUM(1)"),
             order(3, OrderState::Confirmed, "a=b"),
+            order(4, OrderState::Confirmed, " =1+1"),
+            order(5, OrderState::Confirmed, "＝1+1"),
+            order(6, OrderState::Confirmed, "\n=1"),
         ]
         .iter()
-        .filter_map(|o| entry(o, &epochs, 3))
+        .filter_map(|o| entry(o, &epochs, 6))
         .collect();
         let mut csv = Vec::new();
         write(&rows, Format::Csv, &mut csv).unwrap();
@@ -287,6 +295,9 @@ mod tests {
             cells[2][3], "a=b",
             "only a formula's first character counts"
         );
+        assert_eq!(cells[3][3], "' =1+1");
+        assert_eq!(cells[4][3], "'＝1+1");
+        assert_eq!(cells[5][3], "'\n=1");
         let mut jsonl = Vec::new();
         write(&rows, Format::Jsonl, &mut jsonl).unwrap();
         let first: serde_json::Value =

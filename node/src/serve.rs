@@ -79,6 +79,14 @@ pub async fn serve(
         args.lease.into(),
         std::sync::Arc::new(crate::lease::SystemMonotonic::default()),
     ));
+    let memory = args
+        .memory_max_bytes
+        .or_else(crate::admission::default_memory_max)
+        .filter(|&m| m > 0)
+        .map(crate::admission::MemoryBudget::new);
+    if let Some(m) = &memory {
+        tracing::info!(budget = ?m, "new purchases stop at this resident memory");
+    }
     let engine = Engine::open(EngineOptions {
         lease,
         data_dir: args.data_dir.clone(),
@@ -88,6 +96,7 @@ pub async fn serve(
         segment_bytes_max: args.segment_bytes_max,
         commit_interval_min: std::time::Duration::from_micros(args.group_commit_interval_us),
         initial_role,
+        memory: memory.clone(),
         ..Default::default()
     })?;
     if let Some(mut sale) = sale {
@@ -101,21 +110,12 @@ pub async fn serve(
         idle_timeout: std::time::Duration::from_millis(args.idle_timeout_ms),
         shutdown_drain: std::time::Duration::from_millis(args.shutdown_drain_ms),
     };
-    let memory_max = args
-        .memory_max_bytes
-        .or_else(crate::admission::default_memory_max);
     let admission = Admission::new(
         args.admission_rate_per_s,
         args.admission_burst,
         args.engine_inflight_max,
     )
-    .with_memory_max(memory_max);
-    if let Some(m) = memory_max.filter(|&m| m > 0) {
-        tracing::info!(
-            budget_mib = m >> 20,
-            "new purchases stop at this resident memory"
-        );
-    }
+    .with_memory(memory.clone());
     // Replication runs beside the server and stops with it (see `crate::replication`).
     let replication_stop = tokio_util::sync::CancellationToken::new();
     let replication = crate::replication::runtime::Replication::start(
@@ -146,15 +146,14 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     let st = state.node_status();
     tracing::info!(%addr, role = ?st.role, epoch = st.epoch, sale = ?st.sale, ?durability, "listening");
-    let sampler = memory_max.filter(|&m| m > 0).map(|_| {
-        let state = state.clone();
+    let sampler = memory.map(|m| {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(
                 crate::admission::MEMORY_SAMPLE_MS,
             ));
             loop {
                 every.tick().await;
-                state.admission.sample_memory();
+                m.sample();
             }
         })
     });

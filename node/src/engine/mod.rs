@@ -102,6 +102,9 @@ pub struct EngineOptions {
     /// The selling lease a primary needs to acknowledge a write (`crate::lease`); off
     /// by default (a lone node).
     pub lease: Arc<Lease>,
+    /// Past it, a new purchase is refused (`crate::admission::MemoryBudget`); none by
+    /// default.
+    pub memory: Option<Arc<crate::admission::MemoryBudget>>,
 }
 
 impl std::fmt::Debug for dyn WalDir {
@@ -137,6 +140,7 @@ impl Default for EngineOptions {
             clock: Arc::new(SystemClock),
             dir: None,
             lease: Arc::new(Lease::off()),
+            memory: None,
         }
     }
 }
@@ -349,6 +353,7 @@ impl Engine {
             batch_started: std::time::Instant::now(),
             pending: Vec::with_capacity(opts.batch_records_max.min(65_536)),
             lease: opts.lease.clone(),
+            memory: opts.memory.clone(),
             fenced_batch: false,
             paced_from: None,
         };
@@ -545,19 +550,6 @@ impl EngineHandle {
         let inflight = InflightKey::enter(&self.inner.inflight_keys, purchase_key_hash(&req));
         self.order_answer_of(Command::Purchase(req), Some(inflight))
             .await
-    }
-
-    /// Whether an order holds `req`'s key, durable or on its way (the in-flight filter
-    /// may say yes for a key it does not hold: rarely, and never no for one it does).
-    pub fn may_hold_key(&self, req: &PurchaseRequest) -> bool {
-        let hash = purchase_key_hash(req);
-        self.inner.inflight_keys.may_hold(hash)
-            || self
-                .inner
-                .view
-                .read()
-                .order_with_key(hash, &req.customer, &req.idempotency_key)
-                .is_some()
     }
 
     /// The sold-out fast path: `Some(SoldOut)` when the purchase can be refused from

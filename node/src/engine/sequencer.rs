@@ -84,6 +84,8 @@ pub(crate) struct Sequencer {
     pub pending: Vec<(Reply, Result<Answer, SellError>, bool, bool)>,
     /// The selling lease (FAILOVER.md I1; `crate::lease`).
     pub lease: Arc<Lease>,
+    /// The memory budget for new purchases, if any.
+    pub memory: Option<Arc<crate::admission::MemoryBudget>>,
     /// The batch just made durable was made after the lease ended.
     pub fenced_batch: bool,
     /// When the last sync of a batch `paces_next` approved started: the next batch is
@@ -336,6 +338,13 @@ impl Sequencer {
             Err(e) => Err(e),
             Ok(Decision::Replay(order)) => Ok(Answer::Replayed(order)),
             Ok(Decision::Nothing) => Ok(Answer::Done),
+            // A new order past the memory budget: refused after every refusal of the
+            // state's own, and never a retry (a replay, above).
+            Ok(Decision::Write(RecordBody::Purchase { .. }))
+                if let Some(full) = self.memory.as_ref().and_then(|m| m.refuse()) =>
+            {
+                Err(full)
+            }
             Ok(Decision::Write(body)) => match self.write(body, now) {
                 Err(e) => Err(e),
                 Ok((seq, body)) => Ok(self.written_answer(seq, body)),

@@ -53,8 +53,13 @@ pub const MEMORY_RETRY_AFTER_S: u64 = 60;
 impl From<SellError> for ApiError {
     fn from(e: SellError) -> ApiError {
         let mut body = e.body();
-        if let SellError::NotOpen { starts_at_ms } = e {
-            body.retry_after_s = Some(seconds_until(starts_at_ms, now_ms()));
+        match e {
+            SellError::NotOpen { starts_at_ms } => {
+                body.retry_after_s = Some(seconds_until(starts_at_ms, now_ms()));
+            }
+            // A full node stays full until it is given more memory: not a retry a second.
+            SellError::Full(_) => body.retry_after_s = Some(MEMORY_RETRY_AFTER_S),
+            _ => {}
         }
         ApiError(Box::new(body))
     }
@@ -81,12 +86,6 @@ impl From<Refusal> for ApiError {
                 e
             }
             Refusal::Busy { .. } => ApiError::new(ErrorCode::Unavailable, r.to_string()),
-            // A full node stays full until it is given more memory: not a retry a second.
-            Refusal::Memory { .. } => {
-                let mut e = ApiError::new(ErrorCode::Unavailable, r.to_string());
-                e.0.retry_after_s = Some(MEMORY_RETRY_AFTER_S);
-                e
-            }
         }
     }
 }

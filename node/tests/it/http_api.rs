@@ -1222,8 +1222,8 @@ fn resident_bytes_of(pid: u32) -> u64 {
 }
 
 /// A crowd buying and cancelling in a loop grows a node without bound (every order is
-/// kept for its key). Past its memory budget the node refuses new purchases, 503 naming
-/// the budget, instead of growing until the kernel kills it; every order it holds can
+/// kept for its key). Past its memory budget the node refuses new purchases, 503 saying
+/// it is full, instead of growing until the kernel kills it; every order it holds can
 /// still be read, confirmed and cancelled, and a retry of a purchase it has gets its
 /// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1307,10 +1307,7 @@ async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_order
     assert_eq!(refused["code"], "unavailable", "{refused}");
     assert_eq!(refused["retryAfterS"], 60, "{refused}");
     assert!(
-        refused["detail"]
-            .as_str()
-            .unwrap()
-            .contains("memory budget"),
+        refused["detail"].as_str().unwrap().contains("memory"),
         "{refused}"
     );
     // Still refused: a new purchase does not get in.
@@ -1321,6 +1318,14 @@ async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_order
     )
     .await;
     assert_error(&again, 503, "unavailable");
+    // What the engine refuses on its own is refused as such, not as full.
+    let unknown = post(
+        &node,
+        "/v1/purchases",
+        &purchase("hat", 1, "newcomer", "n2"),
+    )
+    .await;
+    assert_error(&unknown, 404, "unknown_item");
     // What it holds goes on: a retry of a purchase it has, reading, confirming.
     let retry = post(
         &node,
