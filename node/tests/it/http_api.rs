@@ -1310,29 +1310,17 @@ async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_order
         refused["detail"].as_str().unwrap().contains("memory"),
         "{refused}"
     );
+    let buy = |sku: &'static str, customer: &'static str, key: &'static str| {
+        let body = purchase(sku, 1, customer, key);
+        let node = &node;
+        async move { post(node, "/v1/purchases", &body).await }
+    };
     // Still refused: a new purchase does not get in.
-    let again = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "newcomer", "n1"),
-    )
-    .await;
-    assert_error(&again, 503, "unavailable");
+    assert_error(&buy("tee", "newcomer", "n1").await, 503, "unavailable");
     // What the engine refuses on its own is refused as such, not as full.
-    let unknown = post(
-        &node,
-        "/v1/purchases",
-        &purchase("hat", 1, "newcomer", "n2"),
-    )
-    .await;
-    assert_error(&unknown, 404, "unknown_item");
+    assert_error(&buy("hat", "newcomer", "n2").await, 404, "unknown_item");
     // What it holds goes on: a retry of a purchase it has, reading, confirming.
-    let retry = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "keeper", "kept"),
-    )
-    .await;
+    let retry = buy("tee", "keeper", "kept").await;
     assert_eq!((retry.status.as_u16(), retry.replayed), (201, true));
     assert_eq!(retry.body["id"], kept_id);
     let path = format!("/v1/orders/{kept_id}");
