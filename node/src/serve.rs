@@ -84,8 +84,11 @@ pub async fn serve(
         .or_else(crate::admission::default_memory_max)
         .filter(|&m| m > 0)
         .map(crate::admission::MemoryBudget::new);
-    if let Some(m) = &memory {
-        tracing::info!(budget = ?m, "new purchases stop at this resident memory");
+    match &memory {
+        Some(m) => tracing::info!(budget = ?m, "new purchases stop at this resident memory"),
+        None => tracing::info!(
+            "no memory budget: no --memory-max-bytes, and no cgroup memory limit found"
+        ),
     }
     let engine = Engine::open(EngineOptions {
         lease,

@@ -416,7 +416,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         prev.failover.is_none(),
         &now,
         &ctx.leader_since,
-        ctx.keeper.view(&key).lease_end.as_ref(),
+        &ctx.keeper.view(&key),
     );
     let lease_duration = leases_now.grant;
     // The clock read after the nodes answered: a deadline is judged by when the
@@ -472,11 +472,12 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
                 primary,
                 epoch: prev.epoch,
                 config_hash: &hash,
-                lease_held: lease.held
-                    && lease.granted
-                    && lease.pod.as_deref() == primary
-                    && lease.url == primary_url
-                    && lease.epoch == prev.epoch.max(1),
+                lease_held: lease.renews(
+                    primary,
+                    primary_url.as_deref(),
+                    prev.epoch.max(1),
+                    lease_duration,
+                ),
                 first_assignment: prev.items.is_empty() && prev.last_failover.is_none(),
             },
             &staying,

@@ -53,6 +53,9 @@ const MERGE_BYTES_MAX: usize = 8 << 20;
 const CATCHUP_ROUNDS_MAX: usize = 64;
 /// Wait after a failed catch-up before the next attempt, doubling up to the max.
 const RETRY_FIRST_MS: u64 = 50;
+/// Catch-ups for what the stream lost (a full queue, a reconnect) are at least this far
+/// apart.
+const LOST_CATCHUP_EVERY: Duration = Duration::from_millis(100);
 const RETRY_MAX_MS: u64 = 2000;
 
 /// Everything the follower works with.
@@ -92,6 +95,9 @@ impl<R: Replica> Follower<R> {
         // primary's (damaged or stale messages, a primary of another version), may have
         // lost a batch this node needs: ask the primary then, once per idle poll.
         let mut heard = Instant::now();
+        let mut last_catchup = Instant::now()
+            .checked_sub(LOST_CATCHUP_EVERY)
+            .unwrap_or_else(Instant::now);
         loop {
             if check_history {
                 match self.check_history().await {
@@ -107,7 +113,11 @@ impl<R: Replica> Follower<R> {
                     }
                 }
             }
-            if lost.swap(false, Relaxed) {
+            // What the stream could not deliver, repaired at most every
+            // LOST_CATCHUP_EVERY: a flood (replayed signed messages fill the queue too)
+            // must not make every turn of this loop a request to the primary.
+            if lost.load(Relaxed) && last_catchup.elapsed() >= LOST_CATCHUP_EVERY {
+                lost.store(false, Relaxed);
                 need_catchup = true;
                 repairing = true;
             }
@@ -116,6 +126,7 @@ impl<R: Replica> Follower<R> {
                 match self.catch_up(&mut fetched).await {
                     Ok(true) => {
                         heard = Instant::now();
+                        last_catchup = heard;
                         if repairing && fetched > 0 {
                             self.stats.gaps.inc();
                         }
@@ -145,6 +156,8 @@ impl<R: Replica> Follower<R> {
             }
             let event = tokio::select! {
                 e = events.recv() => e,
+                // A loss to repair once the last catch-up is far enough behind.
+                _ = tokio::time::sleep_until((last_catchup + LOST_CATCHUP_EVERY).into()), if lost.load(Relaxed) => continue,
                 // Nothing of the primary's for an idle poll: ask it.
                 _ = tokio::time::sleep_until((heard + self.idle_poll).into()) => {
                     heard = Instant::now();
@@ -230,13 +243,14 @@ impl<R: Replica> Follower<R> {
                 self.stats.stale_epochs.inc();
                 continue;
             }
-            heard = true;
             self.stats.saw_primary_seq(b.last_seq);
             let next = merged.as_ref().map_or(applied, |m| m.last_seq) + 1;
             if b.last_seq < next {
+                // (Not heard: a replayed old message must not keep the idle poll away.)
                 self.stats.duplicates.inc();
                 continue;
             }
+            heard = true;
             if b.first_seq > next {
                 gap = Some(ReplError::Gap {
                     applied: next - 1,

@@ -51,6 +51,28 @@ pub struct LeaseView {
     pub instance: Option<String>,
     /// A renewal has succeeded for this target.
     pub granted: bool,
+    /// The lease duration the keeper renews with now.
+    pub duration: Option<Duration>,
+}
+
+impl LeaseView {
+    /// Whether the keeper renews, and has granted, `pod`'s lease at `url` and `epoch`
+    /// with `duration`. Not: the primary's lease is held anew (`roles::Step::GrantLease`),
+    /// which is also how a changed `leaseDuration` reaches the keeper.
+    pub fn renews(
+        &self,
+        pod: Option<&str>,
+        url: Option<&str>,
+        epoch: u64,
+        duration: Duration,
+    ) -> bool {
+        self.held
+            && self.granted
+            && self.pod.as_deref() == pod
+            && self.url.as_deref() == url
+            && self.epoch == epoch
+            && self.duration == Some(duration)
+    }
 }
 
 struct Entry {
@@ -173,6 +195,7 @@ impl Keeper {
                 .as_ref()
                 .and_then(|(t, _)| t.split_once(':').map(|(i, _)| i.to_string())),
             granted: e.granted,
+            duration: Some(e.target.lease),
         }
     }
 

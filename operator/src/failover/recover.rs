@@ -110,6 +110,8 @@ pub fn job_state<'a>(job: &Job, pods: impl IntoIterator<Item = &'a Pod>) -> JobS
     };
     if is("Complete") || is("SuccessCriteriaMet") {
         JobState::Succeeded
+    } else if job.metadata.deletion_timestamp.is_some() {
+        JobState::Deleting
     } else if is("Failed") || is("FailureTarget") {
         let why = conditions
             .iter()

@@ -29,6 +29,8 @@ use crate::observe::PodView;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
     Running,
+    /// Deleted, its pods still stopping (they may still hold the volume).
+    Deleting,
     Succeeded,
     Failed(String),
 }
@@ -480,9 +482,18 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         // once its Job no longer runs. A running one is deleted first, pass after pass
         // until it is gone (a failed delete is asked again): the next candidate's Job
         // needs the volume it holds.
+        // (One being deleted by someone else, its pods stuck stopping, is not waited
+        // for: nothing more can be done about it here.)
         if w.job == Some(JobState::Running) {
+            let mut next = f.clone();
+            next.blocked = Some(format!(
+                "CandidateLost: {candidate} stopped answering; deleting its recovery Job before choosing again"
+            ));
             return Decision {
                 actions: vec![Action::DeleteJob { to: candidate }],
+                // Written once (then the same); a status to write also ends the pass's
+                // rounds, so the delete is asked once a pass.
+                next: Some(same(w, next)),
                 requeue_ms: Some(POLL_MS),
                 ..Decision::default()
             };
@@ -543,7 +554,7 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
                 ..Decision::default()
             }
         }
-        Some(JobState::Running) => Decision {
+        Some(JobState::Running | JobState::Deleting) => Decision {
             requeue_ms: Some(POLL_MS),
             ..Decision::default()
         },

@@ -27,6 +27,8 @@ pub const RENEWALS_PER_LEASE: u32 = 8;
 pub const FENCE_MARGIN: Duration = Duration::from_millis(500);
 /// The CRD's shortest `spec.failover.leaseDuration` (its CEL rule says 6s).
 pub const LEASE_MIN: Duration = Duration::from_secs(6);
+/// The CRD's longest `spec.failover.leaseDuration` (its CEL rule says 10m).
+pub const LEASE_MAX: Duration = Duration::from_secs(600);
 /// kube-lease-manager's longest wait before a standby takes an expired Lease.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 /// A new leader's caches and its first renewal.
@@ -85,19 +87,21 @@ pub struct LeaseDurations {
 /// spec is recorded in this pass and granted from the next; a shortened one is granted
 /// at once, and recorded once no longer lease can be left: every earlier leader's over
 /// (`leader_since` + the recorded duration + the margin has passed) and every one this
-/// leader's keeper granted (`granted_end`, the end of the longest, if any) ending within
-/// the new duration. Not while a failover runs (`settled` false): its fence may still
-/// need the longer figure. Without a record (a sale from before the field) the spec is
-/// taken, as before it.
+/// leader's keeper granted (`keeper.lease_end`, the end of the longest, if any) ending
+/// within the new duration, and the keeper renewing with it (`keeper.duration`: it
+/// takes a new duration when the lease is held anew, `crate::roles`). Not while a
+/// failover runs (`settled` false): its fence may still need the longer figure. Without
+/// a record (a sale from before the field) the spec is taken, as before it. A record
+/// outside the CRD's bounds (edited by hand) is read as the nearest bound.
 pub fn lease_durations(
     spec: Duration,
     recorded: Option<Duration>,
     settled: bool,
     now: &Time,
     leader_since: &Time,
-    granted_end: Option<&Time>,
+    keeper: &super::keeper::LeaseView,
 ) -> LeaseDurations {
-    let Some(recorded) = recorded else {
+    let Some(recorded) = recorded.map(|r| r.clamp(LEASE_MIN, LEASE_MAX)) else {
         return LeaseDurations {
             grant: spec,
             longest: spec,
@@ -105,7 +109,11 @@ pub fn lease_durations(
         };
     };
     let others_over = now.0 >= leader_since.0 + recorded + FENCE_MARGIN;
-    let mine_short = granted_end.is_none_or(|end| end.0 <= now.0 + spec + FENCE_MARGIN);
+    let mine_short = keeper
+        .lease_end
+        .as_ref()
+        .is_none_or(|end| end.0 <= now.0 + spec + FENCE_MARGIN)
+        && keeper.duration.is_none_or(|d| d <= spec);
     let record = if spec >= recorded || (settled && others_over && mine_short) {
         spec
     } else {
@@ -127,27 +135,42 @@ mod tests {
         let s = Duration::from_secs;
         let at = |secs: i64| Time(jiff::Timestamp::from_second(1_000_000 + secs).unwrap());
         let t0 = &at(0);
+        // The keeper renewing with `secs`, its longest grant ending at `end`.
+        let keeper = |secs: u64, end: i64| super::super::keeper::LeaseView {
+            duration: Some(s(secs)),
+            lease_end: Some(at(end)),
+            ..Default::default()
+        };
+        let none = super::super::keeper::LeaseView::default();
         // Lengthened 6 s → 60 s: recorded in this pass, granted from the next.
-        let d = lease_durations(s(60), Some(s(6)), true, t0, &at(-3600), None);
+        let d = lease_durations(s(60), Some(s(6)), true, t0, &at(-3600), &none);
         assert_eq!((d.grant, d.longest, d.record), (s(6), s(60), s(60)));
-        let d = lease_durations(s(60), Some(s(60)), true, t0, &at(-3600), None);
+        let d = lease_durations(s(60), Some(s(60)), true, t0, &at(-3600), &none);
         assert_eq!((d.grant, d.longest, d.record), (s(60), s(60), s(60)));
         // Shortened 60 s → 6 s: granted at once, the fence still waits 60 s, and the
-        // record stays while a 60 s lease this leader granted may run.
-        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), Some(&at(50)));
+        // record stays while a 60 s lease this leader granted may run ...
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), &keeper(6, 50));
         assert_eq!((d.grant, d.longest, d.record), (s(6), s(60), s(60)));
-        // ... or one an earlier leader granted (this one leads for 10 s only).
-        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-10), Some(&at(5)));
+        // ... or the keeper still renews with 60 s (not held anew yet) ...
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), &keeper(60, 5));
+        assert_eq!(d.record, s(60));
+        // ... or one an earlier leader granted (this one leads for 10 s only) ...
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-10), &keeper(6, 5));
         assert_eq!(d.record, s(60));
         // ... or a failover runs.
-        let d = lease_durations(s(6), Some(s(60)), false, t0, &at(-3600), Some(&at(5)));
+        let d = lease_durations(s(6), Some(s(60)), false, t0, &at(-3600), &keeper(6, 5));
         assert_eq!(d.record, s(60));
         // Every longer lease over: the shorter one is recorded.
-        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), Some(&at(5)));
+        let d = lease_durations(s(6), Some(s(60)), true, t0, &at(-3600), &keeper(6, 5));
         assert_eq!((d.grant, d.longest, d.record), (s(6), s(60), s(6)));
         // A sale from before the record: the spec, as before.
-        let d = lease_durations(s(6), None, true, t0, t0, None);
+        let d = lease_durations(s(6), None, true, t0, t0, &none);
         assert_eq!((d.grant, d.longest, d.record), (s(6), s(6), s(6)));
+        // A record edited out of bounds reads as the nearest bound.
+        let d = lease_durations(s(6), Some(Duration::MAX), true, t0, t0, &none);
+        assert_eq!(d.longest, LEASE_MAX);
+        let d = lease_durations(s(60), Some(Duration::ZERO), true, t0, t0, &none);
+        assert_eq!(d.grant, LEASE_MIN);
     }
 
     #[test]

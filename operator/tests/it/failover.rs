@@ -108,6 +108,7 @@ fn leased(r_ms: i64) -> LeaseView {
         lease_end: Some(at(r_ms + 6_000 + 500)),
         instance: Some("aa".into()),
         granted: true,
+        duration: Some(Duration::from_secs(6)),
     }
 }
 
@@ -384,7 +385,7 @@ fn after_an_operator_restart_the_fence_waits_a_lease_from_when_it_became_leader(
         false,
         &w.now,
         &w.leader_since,
-        None,
+        &LeaseView::default(),
     )
     .longest;
     let w = World {
@@ -679,9 +680,16 @@ fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
     w.job = Some(JobState::Running); // into s-1
     let d = decide(&w);
     assert_eq!(d.actions, vec![Action::DeleteJob { to: "s-1".into() }]);
-    assert_eq!(d.next, None, "chose again while the Job still runs");
-    // Deleted (or never there, or done): s-1 is given up, with nothing to delete.
-    for job in [None, Some(JobState::Succeeded)] {
+    let f = next_failover(&d);
+    assert_eq!(
+        (f.step, f.candidate.as_deref()),
+        (FailoverStep::Recovering, Some("s-1")),
+        "chose again while the Job still runs"
+    );
+    assert!(f.blocked.unwrap().contains("deleting its recovery Job"));
+    // Deleted (or being deleted, never there, or done): s-1 is given up, with nothing
+    // to delete.
+    for job in [None, Some(JobState::Deleting), Some(JobState::Succeeded)] {
         w.job = job;
         let d = decide(&w);
         assert_eq!(d.actions, vec![]);
@@ -862,4 +870,22 @@ fn a_scale_down_that_would_remove_the_primary_switches_over_first() {
     assert!(f.candidate.is_some_and(|c| c == "s-0" || c == "s-1"));
     w.replicas = 3;
     assert!(decide(&w).next.is_none());
+}
+
+/// The primary's lease counts as held only with the spec's duration: a changed
+/// `leaseDuration` is granted by holding the lease anew (the keeper kept renewing with
+/// the old one until a promotion or a restart, while the status said otherwise).
+#[test]
+fn a_lease_renewed_with_another_duration_is_held_anew() {
+    let l = leased(0);
+    let url = Some("http://10.0.0.10:8080");
+    assert!(l.renews(Some("s-0"), url, 3, Duration::from_secs(6)));
+    assert!(!l.renews(Some("s-0"), url, 3, Duration::from_secs(60)));
+    assert!(!l.renews(Some("s-1"), url, 3, Duration::from_secs(6)));
+    assert!(!l.renews(Some("s-0"), url, 4, Duration::from_secs(6)));
+    let stopped = LeaseView {
+        held: false,
+        ..leased(0)
+    };
+    assert!(!stopped.renews(Some("s-0"), url, 3, Duration::from_secs(6)));
 }
