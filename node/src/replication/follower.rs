@@ -117,6 +117,7 @@ impl<R: Replica> Follower<R> {
             // LOST_CATCHUP_EVERY: a flood (replayed signed messages fill the queue too)
             // must not make every turn of this loop a request to the primary.
             if lost.load(Relaxed) && last_catchup.elapsed() >= LOST_CATCHUP_EVERY {
+                last_catchup = Instant::now();
                 lost.store(false, Relaxed);
                 need_catchup = true;
                 repairing = true;

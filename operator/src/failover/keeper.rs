@@ -110,6 +110,11 @@ impl Entry {
     }
 }
 
+/// How long [`Keeper::renew_now`] waits for a renewal in flight, at most (a renewal is
+/// bounded by the node client's timeout).
+const RENEW_NOW_WAIT: Duration = Duration::from_millis(50);
+const RENEW_NOW_WAITS: u32 = 60;
+
 /// Renews leases; shared by the controller (hold, stop, view) and its own task.
 pub struct Keeper {
     nodes: NodeClient,
@@ -199,12 +204,20 @@ impl Keeper {
         }
     }
 
-    /// Renews `sale`'s lease now, once, and says whether the node took it.
+    /// Renews `sale`'s lease now, once, and says whether the node took it. A renewal
+    /// already in flight (the keeper's own tick, or one for the target a new `hold`
+    /// replaced, as when `leaseDuration` changes) is waited for, a bounded while, and
+    /// this one made after it: otherwise it would be skipped and read as refused.
     pub async fn renew_now(&self, sale: &str) -> Result<(), String> {
-        if !self.leading.is_on() {
-            return Err("this replica no longer leads: no lease is renewed".into());
+        for _ in 0..RENEW_NOW_WAITS {
+            if !self.leading.is_on() {
+                return Err("this replica no longer leads: no lease is renewed".into());
+            }
+            if self.renew(sale).await {
+                break;
+            }
+            tokio::time::sleep(RENEW_NOW_WAIT).await;
         }
-        self.renew(sale).await;
         let view = self.view(sale);
         match view.failing {
             None if view.granted => Ok(()),
@@ -213,15 +226,19 @@ impl Keeper {
         }
     }
 
-    /// One renewal of `sale`'s lease (skipped while one is in flight or when stopped).
-    async fn renew(&self, sale: &str) {
+    /// One renewal of `sale`'s lease (skipped when stopped); false when skipped because
+    /// one is in flight.
+    async fn renew(&self, sale: &str) -> bool {
         let (target, mut token) = {
             let mut entries = self.entries.lock().expect("not poisoned");
             let Some(e) = entries.get_mut(sale) else {
-                return;
+                return true;
             };
-            if !e.held || e.busy || !self.leading.is_on() {
-                return;
+            if e.busy {
+                return false;
+            }
+            if !e.held || !self.leading.is_on() {
+                return true;
             }
             e.busy = true;
             (e.target.clone(), e.token.clone())
@@ -249,12 +266,12 @@ impl Keeper {
             {
                 let mut entries = self.entries.lock().expect("not poisoned");
                 let Some(e) = entries.get_mut(sale) else {
-                    return;
+                    return true;
                 };
                 if !e.held || !self.leading.is_on() {
                     // Stopped meanwhile, or no longer leading: nothing more is sent.
                     e.busy = false;
-                    return;
+                    return true;
                 }
                 let lease = target.lease;
                 e.longest = Some(match e.longest {
@@ -295,11 +312,11 @@ impl Keeper {
         }
         let mut entries = self.entries.lock().expect("not poisoned");
         let Some(e) = entries.get_mut(sale) else {
-            return;
+            return true;
         };
         e.busy = false;
         if e.target != target {
-            return;
+            return true;
         }
         let period = renew_every(target.lease);
         match outcome {
@@ -326,6 +343,7 @@ impl Keeper {
                 self.metrics.lease_renewal(false);
             }
         }
+        true
     }
 
     /// Renews every held lease when due, until `shutdown`; sends a sale's key to `wake`

@@ -110,8 +110,6 @@ pub fn job_state<'a>(job: &Job, pods: impl IntoIterator<Item = &'a Pod>) -> JobS
     };
     if is("Complete") || is("SuccessCriteriaMet") {
         JobState::Succeeded
-    } else if job.metadata.deletion_timestamp.is_some() {
-        JobState::Deleting
     } else if is("Failed") || is("FailureTarget") {
         let why = conditions
             .iter()
@@ -119,6 +117,8 @@ pub fn job_state<'a>(job: &Job, pods: impl IntoIterator<Item = &'a Pod>) -> JobS
             .and_then(|c| c.message.clone().or(c.reason.clone()))
             .unwrap_or_else(|| "the Job failed".into());
         JobState::Failed(why)
+    } else if job.metadata.deletion_timestamp.is_some() {
+        JobState::Deleting
     } else {
         JobState::Running
     }
@@ -147,6 +147,25 @@ mod tests {
         );
         let failed: Job = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "j"},
+            "status": {"conditions": [{"type": "Failed", "status": "True", "message": "exit 3"}]}
+        }))
+        .unwrap();
+        assert_eq!(job_state(&failed, []), JobState::Failed("exit 3".into()));
+    }
+
+    #[test]
+    fn a_job_being_deleted_is_deleting_unless_it_already_ended() {
+        let deleting: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j", "deletionTimestamp": "2026-12-02T08:00:00Z"}
+        }))
+        .unwrap();
+        assert_eq!(job_state(&deleting, [&pod("Running")]), JobState::Deleting);
+        assert_eq!(
+            job_state(&deleting, [&pod("Succeeded")]),
+            JobState::Succeeded
+        );
+        let failed: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j", "deletionTimestamp": "2026-12-02T08:00:00Z"},
             "status": {"conditions": [{"type": "Failed", "status": "True", "message": "exit 3"}]}
         }))
         .unwrap();
