@@ -255,8 +255,10 @@ pub enum SellError {
     Unavailable(String),
     /// A new purchase past the node's memory budget (503 `unavailable`, a long
     /// `Retry-After`: a full node stays full until it is given more memory).
-    #[error("unavailable: {0}")]
-    Full(String),
+    #[error(
+        "unavailable: this node holds as many orders as its memory allows: it takes no new purchases; orders it holds can still be confirmed, cancelled and read"
+    )]
+    Full,
     #[error("internal error: {0}")]
     Internal(String),
     #[error("diverged: {0}")]
@@ -288,7 +290,7 @@ impl SellError {
             Ended { .. } => ErrorCode::Ended,
             NotPrimary { .. } => ErrorCode::NotPrimary,
             Fenced(_) => ErrorCode::Fenced,
-            Unavailable(_) | Full(_) => ErrorCode::Unavailable,
+            Unavailable(_) | Full => ErrorCode::Unavailable,
             Internal(_) => ErrorCode::Internal,
             Diverged(_) => ErrorCode::Diverged,
         }

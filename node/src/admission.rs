@@ -189,9 +189,7 @@ impl MemoryBudget {
             return None;
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
-        Some(flashsale_core::SellError::Full(
-            "this node holds as many orders as its memory allows: it takes no new purchases; orders it holds can still be confirmed, cancelled and read".into(),
-        ))
+        Some(flashsale_core::SellError::Full)
     }
 
     /// Purchases refused past the budget, since start.

@@ -422,17 +422,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     // The clock read after the nodes answered: a deadline is judged by when the
     // decision is made, not by when the pass began (safe: a later reading only says
     // less time is left).
-    let fo = failover_pass(
-        ctx,
-        sale,
-        &owner,
-        &prev,
-        &mut observed,
-        &key,
-        lease_duration,
-        leases_now.longest,
-    )
-    .await;
+    let fo = failover_pass(ctx, sale, &owner, &prev, &mut observed, &key, leases_now).await;
     let (epoch_now, primary_now) = match &fo.next {
         Some(n) => (n.epoch, n.primary.clone()),
         None => (prev.epoch, prev.primary.as_ref().map(|p| p.pod.clone())),
@@ -648,8 +638,7 @@ async fn failover_pass(
     prev: &FlashSaleStatus,
     observed: &mut Observed,
     key: &str,
-    lease: Duration,
-    lease_longest: Duration,
+    leases: failover::timing::LeaseDurations,
 ) -> FailoverPass {
     let mut out = FailoverPass::default();
     let Some(token) = observed.admin_token.clone() else {
@@ -695,7 +684,7 @@ async fn failover_pass(
             replicas: sale.spec.nodes.replicas,
             unhealthy_after_ms: Duration::from(sale.spec.failover.unhealthy_after).as_millis()
                 as u64,
-            lease_ms: lease_longest.as_millis() as u64,
+            lease_ms: leases.longest.as_millis() as u64,
             tail_policy: sale.spec.failover.tail_policy,
             quorum: sale.spec.replication.mode == ReplicationMode::Quorum,
             max_lag_records: sale.spec.replication.max_lag_records.max(0) as u64,
@@ -718,7 +707,7 @@ async fn failover_pass(
                 out.deferred.push(a);
             }
         }
-        let Some(actor) = actor(ctx, sale, owner, Some(token.as_str()), key, lease) else {
+        let Some(actor) = actor(ctx, sale, owner, Some(token.as_str()), key, leases.grant) else {
             return out;
         };
         let mut failed = false;

@@ -58,7 +58,7 @@ impl From<SellError> for ApiError {
                 body.retry_after_s = Some(seconds_until(starts_at_ms, now_ms()));
             }
             // A full node stays full until it is given more memory: not a retry a second.
-            SellError::Full(_) => body.retry_after_s = Some(MEMORY_RETRY_AFTER_S),
+            SellError::Full => body.retry_after_s = Some(MEMORY_RETRY_AFTER_S),
             _ => {}
         }
         ApiError(Box::new(body))

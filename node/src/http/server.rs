@@ -318,18 +318,7 @@ mod tests {
         let r = Arc::new(Registry::default());
         r.lock().insert(7, conn(0, 0));
         let busy = |r: &Registry| r.lock()[&7].busy;
-        let request = Arc::new(InRequest {
-            registry: r.clone(),
-            id: 7,
-            busy: false.into(),
-        });
-        let (tx, rx) = tokio::sync::mpsc::channel::<
-            Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
-        >(2);
-        let mut body = MarkedBody {
-            inner: http_body_util::StreamBody::new(tokio_stream_from(rx)),
-            request: request.clone(),
-        };
+        let (request, tx, mut body) = marked(&r);
         tx.send(Ok(hyper::body::Frame::data("{\"sku\":".into())))
             .await
             .unwrap();
@@ -354,27 +343,39 @@ mod tests {
         drop(request);
         assert_eq!(busy(&r), 0);
         // A body let go unread (a route that takes none): busy from then on.
-        let request = Arc::new(InRequest {
-            registry: r.clone(),
-            id: 7,
-            busy: false.into(),
-        });
-        let (_tx, rx) = tokio::sync::mpsc::channel::<
-            Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
-        >(1);
-        drop(MarkedBody {
-            inner: http_body_util::StreamBody::new(tokio_stream_from(rx)),
-            request: request.clone(),
-        });
+        let (request, _tx, body) = marked(&r);
+        drop(body);
         assert_eq!(busy(&r), 1, "in the handler, body unread");
         drop(request);
         assert_eq!(busy(&r), 0);
     }
 
-    fn tokio_stream_from<T>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures::Stream<Item = T> + Unpin {
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    type Frames = tokio::sync::mpsc::Sender<
+        Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
+    >;
+
+    /// Request 7 of `r`, and its body as the server hands it over, fed by the sender.
+    fn marked(
+        r: &Arc<Registry>,
+    ) -> (
+        Arc<InRequest>,
+        Frames,
+        MarkedBody<
+            impl hyper::body::Body<Data = hyper::body::Bytes, Error = std::convert::Infallible> + Unpin,
+        >,
+    ) {
+        let request = Arc::new(InRequest {
+            registry: r.clone(),
+            id: 7,
+            busy: false.into(),
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let frames = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let body = MarkedBody {
+            inner: http_body_util::StreamBody::new(frames),
+            request: request.clone(),
+        };
+        (request, tx, body)
     }
 
     #[test]

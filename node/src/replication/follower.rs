@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use flashsale_core::replication::{
-    ChannelKey, EpochStart, FollowState, Reseed, common_prefix, decode_message, epoch_at,
+    EpochStart, FollowState, Message, Reseed, common_prefix, epoch_at,
 };
 use flashsale_core::wal::Batch;
 use tokio::sync::{mpsc, watch};
@@ -62,8 +62,6 @@ const RETRY_MAX_MS: u64 = 2000;
 pub struct Follower<R> {
     pub replica: Arc<R>,
     pub primary: PrimaryClient,
-    /// The sale's key: a live message not signed with it is dropped as damaged.
-    pub key: ChannelKey,
     pub stats: Arc<Stats>,
     /// Durable sequence for the ack sender (quorum mode).
     pub durable: watch::Sender<u64>,
@@ -175,16 +173,16 @@ impl<R: Replica> Follower<R> {
                     repairing |= self.ready.load(Relaxed);
                     need_catchup = true;
                 }
-                Some(Event::Message(bytes)) => {
+                Some(Event::Message(message, bytes)) => {
                     // A backlog is applied as one batch (one fsync here), like the
                     // primary's group commit.
-                    let mut bytes_total = bytes.len();
-                    let mut messages = vec![bytes];
+                    let mut bytes_total = bytes;
+                    let mut messages = vec![message];
                     while messages.len() < MERGE_MESSAGES_MAX && bytes_total < MERGE_BYTES_MAX {
                         match events.try_recv() {
-                            Ok(Event::Message(b)) => {
-                                bytes_total += b.len();
-                                messages.push(b);
+                            Ok(Event::Message(m, bytes)) => {
+                                bytes_total += bytes;
+                                messages.push(m);
                             }
                             Ok(Event::Subscribed) => {
                                 repairing = true;
@@ -210,12 +208,12 @@ impl<R: Replica> Follower<R> {
         }
     }
 
-    /// Live messages in arrival order: decode each, drop the damaged (counted) and
-    /// stale-epoch (counted) ones, skip what is applied already, merge the contiguous
+    /// Live messages in arrival order (decoded and checked by the stream): drop the
+    /// stale-epoch ones (counted), skip what is applied already, merge the contiguous
     /// rest into one batch and apply it. A gap stops the merge: what came before it is
     /// applied, then `Gap` sends the follower to catch up. `Ok(true)`: one of them was
-    /// the primary's (its epoch or newer, signed), applied or already applied.
-    async fn on_messages(&self, messages: Vec<Vec<u8>>) -> Result<bool, ReplError> {
+    /// new from the primary (its epoch or newer, past what this node applied).
+    async fn on_messages(&self, messages: Vec<Message>) -> Result<bool, ReplError> {
         let mine = self.replica.epoch();
         let applied = self.replica.applied_seq();
         // The epoch of this node's last record: a live batch of a newer one starts where
@@ -227,18 +225,7 @@ impl<R: Replica> Follower<R> {
         let mut sent_at_us = Vec::with_capacity(messages.len());
         let mut gap = None;
         let mut heard = false;
-        for bytes in messages {
-            let msg = match decode_message(&self.key, &bytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    // Maybe a batch we needed: the next one will show the gap, or the idle
-                    // poll. Unsigned (a forgery) counts here too: either way, not the
-                    // primary's batch as it sent it.
-                    tracing::debug!(error = %e, "damaged replication message dropped");
-                    self.stats.damaged.inc();
-                    continue;
-                }
-            };
+        for msg in messages {
             let mut b = msg.batch;
             if b.epoch < mine {
                 self.stats.stale_epochs.inc();

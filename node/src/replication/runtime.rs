@@ -272,7 +272,6 @@ impl Replication {
         let follower = Follower {
             replica: Arc::new(self.engine.clone()),
             primary,
-            key,
             stats: self.stats.clone(),
             durable: durable_tx,
             idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),

@@ -1,8 +1,8 @@
 //! The live stream on a secondary: SUBSCRIBE to the sale's channel, hand each message
 //! to the follower through a bounded queue, reconnect with backoff when Redis goes
-//! away. It decides nothing but whether a message is signed with the sale's key: one
-//! that is not is dropped here and counted as damaged, so a flood of them cannot fill
-//! the queue. Whatever it could not deliver (a full queue, a lost connection) it
+//! away. It decodes each message (checksum, the sale's signature, the batch): one that
+//! does not decode is dropped here and counted as damaged, so a flood of them cannot
+//! fill the queue. Whatever it could not deliver (a full queue, a lost connection) it
 //! reports as `lost`, and the follower repairs it by catch-up.
 
 use std::sync::Arc;
@@ -13,6 +13,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use flashsale_core::replication::{Message, decode_message};
+
 use super::Stats;
 
 /// What the follower hears from the stream.
@@ -20,8 +22,9 @@ use super::Stats;
 pub enum Event {
     /// (Re)subscribed: anything published before now may have been missed.
     Subscribed,
-    /// One message's bytes, undecoded.
-    Message(Vec<u8>),
+    /// One message, its checksum and signature checked and its batch decoded, and how
+    /// many bytes it came in.
+    Message(Message, usize),
 }
 
 /// Backoff between reconnect attempts, doubling from the first to the last.
@@ -64,13 +67,18 @@ pub async fn run(
                     };
                     let Some(msg) = msg else { break };
                     let bytes = msg.get_payload_bytes();
-                    if !sink.key.signed(bytes) {
-                        tracing::debug!(%channel, "unsigned replication message dropped");
-                        sink.stats.damaged.inc();
-                        continue;
-                    }
-                    let bytes = bytes.to_vec();
-                    match sink.events.try_send(Event::Message(bytes)) {
+                    let message = match decode_message(&sink.key, bytes) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Maybe a batch the follower needed: the next one shows the
+                            // gap, or the idle poll. Unsigned (a forgery) counts here
+                            // too: either way, not the primary's batch as it sent it.
+                            tracing::debug!(%channel, error = %e, "damaged replication message dropped");
+                            sink.stats.damaged.inc();
+                            continue;
+                        }
+                    };
+                    match sink.events.try_send(Event::Message(message, bytes.len())) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => sink.lost.store(true, Relaxed),
                         Err(mpsc::error::TrySendError::Closed(_)) => return,

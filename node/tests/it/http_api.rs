@@ -77,6 +77,16 @@ async fn post(node: &Node, path: &str, body: &Value) -> Answer {
     .await
 }
 
+/// `POST /v1/purchases` of `purchase(sku, quantity, customer, key)`.
+async fn buy(node: &Node, sku: &str, quantity: u32, customer: &str, key: &str) -> Answer {
+    post(
+        node,
+        "/v1/purchases",
+        &purchase(sku, quantity, customer, key),
+    )
+    .await
+}
+
 /// An order route, as `customer` (the `Flashsale-Customer` header).
 async fn get_as(node: &Node, path: &str, customer: &str) -> Answer {
     send_as(Method::GET, &node.url(path), None, Some(customer), None).await
@@ -173,7 +183,7 @@ async fn purchase_confirm_cancel_and_read_back() {
     assert_eq!(items.status, 200);
     assert_eq!(items.body.as_array().unwrap().len(), 2);
 
-    let bought = post(&node, "/v1/purchases", &purchase("tee", 2, "alice", "k1")).await;
+    let bought = buy(&node, "tee", 2, "alice", "k1").await;
     assert_eq!(bought.status, 201, "{}", bought.body);
     assert_eq!(bought.body["state"], "reserved");
     assert_eq!(bought.body["quantity"], 2);
@@ -199,13 +209,9 @@ async fn purchase_confirm_cancel_and_read_back() {
     );
 
     // Cancelling a reservation gives its stock back to the next buyer.
-    let cap = post(&node, "/v1/purchases", &purchase("cap", 1, "bob", "k2")).await;
+    let cap = buy(&node, "cap", 1, "bob", "k2").await;
     assert_eq!(cap.status, 201);
-    assert_error(
-        &post(&node, "/v1/purchases", &purchase("cap", 1, "carol", "k3")).await,
-        409,
-        "sold_out",
-    );
+    assert_error(&buy(&node, "cap", 1, "carol", "k3").await, 409, "sold_out");
     let cap_id = cap.body["id"].as_u64().unwrap();
     let cancelled = post_as(&node, &format!("/v1/orders/{cap_id}/cancel"), "bob").await;
     assert_eq!(
@@ -213,12 +219,7 @@ async fn purchase_confirm_cancel_and_read_back() {
         (200, &json!("cancelled"))
     );
     assert_eq!(get(&node, "/v1/items/cap").await.body["remaining"], 1);
-    assert_eq!(
-        post(&node, "/v1/purchases", &purchase("cap", 1, "carol", "k4"))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(buy(&node, "cap", 1, "carol", "k4").await.status, 201);
     // A cancelled order cannot be confirmed.
     assert_error(
         &post_as(&node, &format!("/v1/orders/{cap_id}/confirm"), "bob").await,
@@ -254,7 +255,7 @@ async fn the_idempotency_key_header_is_the_body_field_and_they_must_agree() {
     let again = post_keyed(&node, "h-1", &bare).await;
     assert_eq!((again.status.as_u16(), again.replayed), (201, true));
     assert_eq!(again.body["id"], first.body["id"]);
-    let by_body = post(&node, "/v1/purchases", &purchase("tee", 1, "alice", "h-1")).await;
+    let by_body = buy(&node, "tee", 1, "alice", "h-1").await;
     assert_eq!((by_body.status.as_u16(), by_body.replayed), (201, true));
     // Header and body both, the same: fine.
     let both = post_keyed(&node, "h-2", &purchase("tee", 1, "alice", "h-2")).await;
@@ -279,7 +280,7 @@ async fn the_idempotency_key_header_is_the_body_field_and_they_must_agree() {
 async fn orders_belong_to_their_customer_and_retries_tell_the_truth() {
     let dir = tempfile::tempdir().unwrap();
     let node = lone_node(&dir, &[("tee", 5, 0)], &[]);
-    let first = post(&node, "/v1/purchases", &purchase("tee", 2, "alice", "k1")).await;
+    let first = buy(&node, "tee", 2, "alice", "k1").await;
     assert_eq!((first.status.as_u16(), first.replayed), (201, false));
     let id = first.body["id"].as_u64().unwrap();
     let order = format!("/v1/orders/{id}");
@@ -339,7 +340,7 @@ async fn orders_belong_to_their_customer_and_retries_tell_the_truth() {
         "order_state",
     );
     // A purchase replayed after the confirm answers its first answer again, and says so.
-    let again = post(&node, "/v1/purchases", &purchase("tee", 2, "alice", "k1")).await;
+    let again = buy(&node, "tee", 2, "alice", "k1").await;
     assert_eq!((again.status.as_u16(), again.replayed), (201, true));
     assert_eq!(
         (again.body["id"].as_u64(), &again.body["state"]),
@@ -347,7 +348,7 @@ async fn orders_belong_to_their_customer_and_retries_tell_the_truth() {
     );
 
     // A cancel retried is a success too.
-    let other = post(&node, "/v1/purchases", &purchase("tee", 1, "bob", "k2")).await;
+    let other = buy(&node, "tee", 1, "bob", "k2").await;
     let other = format!("/v1/orders/{}", other.body["id"]);
     let x1 = post_as(&node, &format!("{other}/cancel"), "bob").await;
     let x2 = post_as(&node, &format!("{other}/cancel"), "bob").await;
@@ -367,40 +368,20 @@ async fn orders_belong_to_their_customer_and_retries_tell_the_truth() {
 async fn a_key_is_its_customers_and_nobody_else_can_take_it() {
     let dir = tempfile::tempdir().unwrap();
     let node = lone_node(&dir, &[("tee", 3, 0)], &[]);
-    let squatter = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "mallory", "alice-1"),
-    )
-    .await;
+    let squatter = buy(&node, "tee", 1, "mallory", "alice-1").await;
     assert_eq!(squatter.status, 201, "{:?}", squatter.body);
-    let alice = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "alice", "alice-1"),
-    )
-    .await;
+    let alice = buy(&node, "tee", 1, "alice", "alice-1").await;
     assert_eq!(alice.status, 201, "{:?}", alice.body);
     assert_eq!(alice.body["customer"], "alice");
     assert_ne!(alice.body["id"], squatter.body["id"]);
-    let retry = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "alice", "alice-1"),
-    )
-    .await;
+    let retry = buy(&node, "tee", 1, "alice", "alice-1").await;
     assert_eq!(
         (retry.status, &retry.body["id"]),
         (StatusCode::CREATED, &alice.body["id"]),
         "alice's retry gets alice's order"
     );
     // A probe with the key under another name learns nothing about it.
-    let probe = post(
-        &node,
-        "/v1/purchases",
-        &purchase("no-such", 1, "eve", "alice-1"),
-    )
-    .await;
+    let probe = buy(&node, "no-such", 1, "eve", "alice-1").await;
     assert_error(&probe, 404, "unknown_item");
 }
 
@@ -408,19 +389,9 @@ async fn a_key_is_its_customers_and_nobody_else_can_take_it() {
 async fn idempotent_replay_returns_the_same_order_also_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let node = lone_node(&dir, &[("tee", 3, 0)], &[]);
-    let first = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "alice", "same-key"),
-    )
-    .await;
+    let first = buy(&node, "tee", 1, "alice", "same-key").await;
     assert_eq!(first.status, 201);
-    let again = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "alice", "same-key"),
-    )
-    .await;
+    let again = buy(&node, "tee", 1, "alice", "same-key").await;
     assert_eq!(
         (again.status, &again.body),
         (StatusCode::CREATED, &first.body)
@@ -430,23 +401,13 @@ async fn idempotent_replay_returns_the_same_order_also_after_a_restart() {
         2,
         "a replay must not sell again"
     );
-    let other = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 2, "alice", "same-key"),
-    )
-    .await;
+    let other = buy(&node, "tee", 2, "alice", "same-key").await;
     assert_error(&other, 409, "idempotency_conflict");
 
     // A clean stop exits 0; the order survives it.
     assert!(node.stop().success());
     let mut node = Node::start(&dir.path().join("data"), &[]);
-    let replay = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "alice", "same-key"),
-    )
-    .await;
+    let replay = buy(&node, "tee", 1, "alice", "same-key").await;
     assert_eq!(
         (replay.status, &replay.body["id"]),
         (StatusCode::CREATED, &first.body["id"])
@@ -456,12 +417,7 @@ async fn idempotent_replay_returns_the_same_order_also_after_a_restart() {
     // Also after kill -9 (no final sync): acknowledged means durable.
     node.kill9();
     let node = Node::start(&dir.path().join("data"), &[]);
-    let replay = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "alice", "same-key"),
-    )
-    .await;
+    let replay = buy(&node, "tee", 1, "alice", "same-key").await;
     assert_eq!(replay.body["id"], first.body["id"]);
 }
 
@@ -509,7 +465,7 @@ async fn bad_requests_are_json_400s_naming_the_field() {
         );
     }
     let long_key = "k".repeat(1000);
-    let a = post(&node, "/v1/purchases", &purchase("tee", 1, "c", &long_key)).await;
+    let a = buy(&node, "tee", 1, "c", &long_key).await;
     assert_eq!(a.body["field"], "idempotencyKey");
     let a = get(&node, "/v1/orders/not-a-number").await;
     assert_error(&a, 400, "bad_request");
@@ -523,11 +479,7 @@ async fn unknown_things_limits_and_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let node = lone_node(&dir, &[("tee", 3, 2)], &["--body-bytes-max", "1024"]);
     assert_error(&get(&node, "/v1/items/nope").await, 404, "unknown_item");
-    assert_error(
-        &post(&node, "/v1/purchases", &purchase("nope", 1, "c", "k0")).await,
-        404,
-        "unknown_item",
-    );
+    assert_error(&buy(&node, "nope", 1, "c", "k0").await, 404, "unknown_item");
     assert_error(
         &get_as(&node, "/v1/orders/999999", "c").await,
         404,
@@ -539,42 +491,23 @@ async fn unknown_things_limits_and_sizes() {
         "unknown_order",
     );
 
-    let zero = post(&node, "/v1/purchases", &purchase("tee", 0, "c", "k1")).await;
+    let zero = buy(&node, "tee", 0, "c", "k1").await;
     assert_error(&zero, 422, "bad_quantity");
     assert_eq!(zero.body["field"], "quantity");
-    assert_eq!(
-        post(&node, "/v1/purchases", &purchase("tee", 2, "alice", "k2"))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(buy(&node, "tee", 2, "alice", "k2").await.status, 201);
     // The per-customer limit counts what alice already holds.
     assert_error(
-        &post(&node, "/v1/purchases", &purchase("tee", 1, "alice", "k3")).await,
+        &buy(&node, "tee", 1, "alice", "k3").await,
         422,
         "limit_exceeded",
     );
-    assert_error(
-        &post(&node, "/v1/purchases", &purchase("tee", 2, "bob", "k4")).await,
-        409,
-        "sold_out",
-    );
-    assert_eq!(
-        post(&node, "/v1/purchases", &purchase("tee", 1, "bob", "k5"))
-            .await
-            .status,
-        201
-    );
+    assert_error(&buy(&node, "tee", 2, "bob", "k4").await, 409, "sold_out");
+    assert_eq!(buy(&node, "tee", 1, "bob", "k5").await.status, 201);
     // Sold out now: answered from memory, with the same body.
-    let gone = post(&node, "/v1/purchases", &purchase("tee", 1, "carol", "k6")).await;
+    let gone = buy(&node, "tee", 1, "carol", "k6").await;
     assert_error(&gone, 409, "sold_out");
     // …but a replay of an acknowledged key still gets its order back.
-    assert_eq!(
-        post(&node, "/v1/purchases", &purchase("tee", 1, "bob", "k5"))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(buy(&node, "tee", 1, "bob", "k5").await.status, 201);
 
     let big = format!(
         r#"{{"sku":"tee","quantity":1,"customer":"{}","idempotencyKey":"k"}}"#,
@@ -682,7 +615,7 @@ async fn the_sale_window_and_the_admission_rate() {
             .status,
         200
     );
-    let early = post(&node, "/v1/purchases", &purchase("tee", 1, "c", "w1")).await;
+    let early = buy(&node, "tee", 1, "c", "w1").await;
     assert_error(&early, 409, "not_open");
     // Retry-After: the seconds until the window opens (an hour away).
     let wait: u64 = early.retry_after.as_deref().unwrap().parse().unwrap();
@@ -693,22 +626,13 @@ async fn the_sale_window_and_the_admission_rate() {
             .status,
         200
     );
-    assert_error(
-        &post(&node, "/v1/purchases", &purchase("tee", 1, "c", "w2")).await,
-        410,
-        "ended",
-    );
+    assert_error(&buy(&node, "tee", 1, "c", "w2").await, 410, "ended");
 
     // The burst of 3 is spent (or nearly: a token comes back every second), so within
     // a few quick calls the bucket is empty and the node says when to come back.
     let mut limited = None;
     for i in 0..5 {
-        let a = post(
-            &node,
-            "/v1/purchases",
-            &purchase("tee", 1, "c", &format!("r{i}")),
-        )
-        .await;
+        let a = buy(&node, "tee", 1, "c", &format!("r{i}")).await;
         if a.status == 429 {
             limited = Some(a);
             break;
@@ -805,7 +729,7 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
         "{}",
         ready.body
     );
-    let refused = post(&node, "/v1/purchases", &purchase("tee", 1, "c", "s1")).await;
+    let refused = buy(&node, "tee", 1, "c", "s1").await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     // … and closes the connection after saying so: a client that came through the
     // primary Service reconnects (to the new primary) instead of asking it again.
@@ -856,12 +780,7 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
         (ready.status.as_u16(), &ready.body["role"]),
         (200, &json!("primary"))
     );
-    assert_eq!(
-        post(&node, "/v1/purchases", &purchase("tee", 1, "c", "s2"))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(buy(&node, "tee", 1, "c", "s2").await.status, 201);
     let stale = json!({"role": "primary", "epoch": 2});
     assert_error(
         &admin(
@@ -1240,12 +1159,7 @@ async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_order
         &[("tee", 1_000_000, 0)],
         &["--memory-max-bytes", &budget.to_string()],
     );
-    let kept = post(
-        &node,
-        "/v1/purchases",
-        &purchase("tee", 1, "keeper", "kept"),
-    )
-    .await;
+    let kept = buy(&node, "tee", 1, "keeper", "kept").await;
     assert_eq!(kept.status, 201);
     let kept_id = kept.body["id"].as_u64().unwrap();
 
@@ -1310,17 +1224,20 @@ async fn past_its_memory_budget_a_node_refuses_new_purchases_and_keeps_its_order
         refused["detail"].as_str().unwrap().contains("memory"),
         "{refused}"
     );
-    let buy = |sku: &'static str, customer: &'static str, key: &'static str| {
-        let body = purchase(sku, 1, customer, key);
-        let node = &node;
-        async move { post(node, "/v1/purchases", &body).await }
-    };
     // Still refused: a new purchase does not get in.
-    assert_error(&buy("tee", "newcomer", "n1").await, 503, "unavailable");
+    assert_error(
+        &buy(&node, "tee", 1, "newcomer", "n1").await,
+        503,
+        "unavailable",
+    );
     // What the engine refuses on its own is refused as such, not as full.
-    assert_error(&buy("hat", "newcomer", "n2").await, 404, "unknown_item");
+    assert_error(
+        &buy(&node, "hat", 1, "newcomer", "n2").await,
+        404,
+        "unknown_item",
+    );
     // What it holds goes on: a retry of a purchase it has, reading, confirming.
-    let retry = buy("tee", "keeper", "kept").await;
+    let retry = buy(&node, "tee", 1, "keeper", "kept").await;
     assert_eq!((retry.status.as_u16(), retry.replayed), (201, true));
     assert_eq!(retry.body["id"], kept_id);
     let path = format!("/v1/orders/{kept_id}");

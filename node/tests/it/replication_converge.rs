@@ -213,31 +213,40 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
     let s = &secondaries[0];
     let before = assert_converged(&http, &primary, s).await;
 
-    // What an old primary of epoch 0 would publish next: a purchase at the next sequence.
-    let seq = before.applied_seq + 1;
-    let body = RecordBody::Purchase {
-        sku: "a".into(),
-        quantity: 1,
-        customer: "ghost".into(),
-        idempotency_key: "from-the-past".into(),
-        expires_at_ms: i64::MAX,
+    // One purchase at `seq` of `epoch`, as a message signed with `key`.
+    let purchase_message = |key: &ChannelKey,
+                            epoch: u64,
+                            seq: u64,
+                            at_ms: i64,
+                            idempotency_key: &str,
+                            expires_at_ms: i64| {
+        let mut frames = Vec::new();
+        let body = RecordBody::Purchase {
+            sku: "a".into(),
+            quantity: 1,
+            customer: "ghost".into(),
+            idempotency_key: idempotency_key.into(),
+            expires_at_ms,
+        };
+        encode_record(
+            &Record {
+                seq,
+                epoch,
+                at_ms,
+                body,
+            },
+            &mut frames,
+        )
+        .unwrap();
+        encode_message(key, 0, &encode_batch(epoch, seq, seq, &frames))
     };
-    let mut frames = Vec::new();
-    encode_record(
-        &Record {
-            seq,
-            epoch: 0,
-            at_ms: 1,
-            body,
-        },
-        &mut frames,
-    )
-    .unwrap();
     let key = ChannelKey::new(
         replication_support::ADMIN_TOKEN,
         replication_support::node::CHANNEL,
     );
-    let stale = encode_message(&key, 0, &encode_batch(0, seq, seq, &frames));
+    // What an old primary of epoch 0 would publish next: a purchase at the next sequence.
+    let seq = before.applied_seq + 1;
+    let stale = purchase_message(&key, 0, seq, 1, "from-the-past", i64::MAX);
     assert_eq!(redis.publish(replication_support::node::CHANNEL, &stale), 1);
     let mut damaged = stale.clone();
     // A byte of the batch (the signature is the last 32): a checksum mismatch.
@@ -267,27 +276,13 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
     // would send next (its epoch, the next sequence, a purchase that applies), with a
     // right checksum, signed with a key other than the sale's. Dropped as damaged.
     let epoch = status(&http, &primary).await["epoch"].as_u64().unwrap();
-    let mut frames = Vec::new();
-    encode_record(
-        &Record {
-            seq,
-            epoch,
-            at_ms: 1_800_000_000_000,
-            body: RecordBody::Purchase {
-                sku: "a".into(),
-                quantity: 1,
-                customer: "forger".into(),
-                idempotency_key: "forged".into(),
-                expires_at_ms: 1_800_000_060_000,
-            },
-        },
-        &mut frames,
-    )
-    .unwrap();
-    let forged = encode_message(
+    let forged = purchase_message(
         &ChannelKey::new("a guess", replication_support::node::CHANNEL),
-        0,
-        &encode_batch(epoch, seq, seq, &frames),
+        epoch,
+        seq,
+        1_800_000_000_000,
+        "forged",
+        1_800_000_060_000,
     );
     assert_eq!(
         redis.publish(replication_support::node::CHANNEL, &forged),
@@ -313,29 +308,13 @@ async fn stale_epochs_and_damaged_messages_are_refused() {
     // What a primary of a newer epoch would publish (one that took over where this
     // node's log may not be a prefix of its own): not applied from the stream; catching
     // up asks the node's primary, which has no such record.
-    let newer = encode_message(
+    let newer = purchase_message(
         &key,
-        0,
-        &encode_batch(99, seq, seq, &{
-            let mut frames = Vec::new();
-            encode_record(
-                &Record {
-                    seq,
-                    epoch: 99,
-                    at_ms: 1_800_000_000_000,
-                    body: RecordBody::Purchase {
-                        sku: "a".into(),
-                        quantity: 1,
-                        customer: "ghost".into(),
-                        idempotency_key: "from-elsewhere".into(),
-                        expires_at_ms: 1_800_000_060_000,
-                    },
-                },
-                &mut frames,
-            )
-            .unwrap();
-            frames
-        }),
+        99,
+        seq,
+        1_800_000_000_000,
+        "from-elsewhere",
+        1_800_000_060_000,
     );
     assert_eq!(redis.publish(replication_support::node::CHANNEL, &newer), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;

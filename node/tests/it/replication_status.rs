@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use flashsale_core::replication::{ChannelKey, ReplicationMode, encode_message};
+use flashsale_core::replication::{ChannelKey, ReplicationMode, decode_message, encode_message};
 use flashsale_core::wal::{Batch, Record, RecordBody, encode_batch, encode_record};
 use replication_support::node;
 use replication_support::redis::Redis;
@@ -116,7 +116,6 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
     let follower = Follower {
         replica: Arc::new(Stuck),
         primary: PrimaryClient::new(&empty_primary().await, "t").unwrap(),
-        key: ChannelKey::new("t", "c"),
         stats: stats.clone(),
         durable,
         idle_poll: Duration::from_secs(60),
@@ -136,12 +135,10 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
         encode_record(&rec, &mut frames).unwrap();
     }
     let sent_at_us = stock_node::replication::now_us() + 10_000_000;
-    let msg = encode_message(
-        &ChannelKey::new("t", "c"),
-        sent_at_us,
-        &encode_batch(1, 1, 10, &frames),
-    );
-    tx.send(Event::Message(msg)).await.unwrap();
+    let key = ChannelKey::new("t", "c");
+    let bytes = encode_message(&key, sent_at_us, &encode_batch(1, 1, 10, &frames));
+    let msg = decode_message(&key, &bytes).unwrap();
+    tx.send(Event::Message(msg, bytes.len())).await.unwrap();
     let t0 = Instant::now();
     while stats.status(0).lag_records == 0 && t0.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
