@@ -254,7 +254,8 @@ pub struct FailoverState {
     #[schemars(with = "Option<Time>")]
     pub recovered_at: Option<Time>,
     /// Why it cannot go on right now (`NoCandidate: …`, `TailUnavailable: …`,
-    /// `QuorumUnsafe: …`); retried on every pass.
+    /// `QuorumUnsafe: …`, `CandidateLost: …`, `RecoveryJobDeleting: …`); retried on
+    /// every pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
 }

@@ -121,6 +121,9 @@ pub struct Next {
 
 const POLL_MS: u64 = 250;
 
+/// The reason a failover waits for its recovery Job, deleted, to be gone.
+const JOB_DELETING: &str = "RecoveryJobDeleting";
+
 fn ms_between(a: &Time, b: &Time) -> i64 {
     b.0.as_millisecond() - a.0.as_millisecond()
 }
@@ -544,20 +547,44 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         None => {
             let mut next = f.clone();
             next.tail_source = Some(by_job);
+            if next
+                .blocked
+                .as_deref()
+                .is_some_and(|b| b.starts_with(JOB_DELETING))
+            {
+                // The Job it waited for is gone: this one is the failover's again.
+                next.blocked = None;
+            }
             Decision {
                 actions: vec![Action::CreateJob {
                     from: f.from.clone(),
                     to: candidate,
                 }],
-                next: (f.tail_source != next.tail_source).then(|| same(w, next)),
+                next: (f.tail_source != next.tail_source || f.blocked != next.blocked)
+                    .then(|| same(w, next)),
                 requeue_ms: Some(POLL_MS),
                 ..Decision::default()
             }
         }
-        Some(JobState::Running | JobState::Deleting) => Decision {
+        Some(JobState::Running) => Decision {
             requeue_ms: Some(POLL_MS),
             ..Decision::default()
         },
+        Some(JobState::Deleting) => {
+            // Deleted by someone else (or its deadline), its pods still stopping: they may
+            // hold the old primary's volume, so a new Job would wait for it anyway. Said
+            // in the status (a Warning once), not waited for in silence; once it is gone
+            // a new Job starts (`None` above).
+            let mut next = f.clone();
+            next.blocked = Some(format!(
+                "{JOB_DELETING}: the recovery Job into {candidate} is being deleted and its pods are still stopping; a new one starts once it is gone ({by_job})"
+            ));
+            Decision {
+                next: (next.blocked != f.blocked).then(|| same(w, next)),
+                requeue_ms: Some(POLL_MS),
+                ..Decision::default()
+            }
+        }
         Some(JobState::Succeeded) => promote(c.applied_seq, by_job, None),
         Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
     }

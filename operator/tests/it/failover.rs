@@ -555,6 +555,48 @@ fn a_silent_old_pod_is_read_by_a_recovery_job() {
     assert_eq!((f.step, f.tail_end), (FailoverStep::Promoting, Some(101)));
 }
 
+/// A live candidate's recovery Job deleted by someone else, its pods slow to stop, is
+/// waited for in the status (`blocked`, so `describe` says why the failover stands
+/// still), and once it is gone a new one starts, the wait's reason cleared.
+#[test]
+fn a_recovery_job_being_deleted_is_said_and_then_started_again() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    // The Job was started (its source written), then deleted.
+    let source = next_failover(&decide(&world(&s, &p, 7_000))).tail_source;
+    let mut started = s.clone();
+    if let Some(f) = started.failover.as_mut() {
+        f.tail_source = source;
+    }
+    let mut w = world(&started, &p, 7_100);
+    w.job = Some(JobState::Deleting);
+    let d = decide(&w);
+    assert!(d.actions.is_empty(), "acted on a Job being deleted: {d:?}");
+    let f = next_failover(&d);
+    let blocked = f.blocked.clone().expect("the wait is said in the status");
+    assert!(
+        blocked.starts_with("RecoveryJobDeleting") && blocked.contains("s-1"),
+        "{blocked}"
+    );
+    // Said once: the same status is not written again.
+    let waiting = in_failover(f);
+    let mut again = world(&waiting, &p, 7_400);
+    again.job = Some(JobState::Deleting);
+    assert!(decide(&again).next.is_none());
+    // Gone: a new Job into the same candidate, the reason cleared.
+    again.job = None;
+    let d = decide(&again);
+    assert_eq!(
+        d.actions,
+        [Action::CreateJob {
+            from: "s-0".into(),
+            to: "s-1".into()
+        }]
+    );
+    assert_eq!(next_failover(&d).blocked, None);
+}
+
 /// An old pod that answers from a log other than the one it wrote as the primary (it
 /// came back on an empty volume: `standby@0`, or behind what it said was durable) is
 /// not the tail's source: the recovery Job reads the volume (and its `--expect-epoch`
