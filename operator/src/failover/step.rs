@@ -566,15 +566,29 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
                 ..Decision::default()
             }
         }
-        Some(JobState::Running) => Decision {
-            requeue_ms: Some(POLL_MS),
-            ..Decision::default()
-        },
+        Some(JobState::Running) => {
+            // A new Job runs: a wait for the one deleted before it is over (its clearing
+            // may not have been written with the Job's creation: a conflict).
+            let mut next = f.clone();
+            if next
+                .blocked
+                .as_deref()
+                .is_some_and(|b| b.starts_with(JOB_DELETING))
+            {
+                next.blocked = None;
+            }
+            Decision {
+                next: (next.blocked != f.blocked).then(|| same(w, next)),
+                requeue_ms: Some(POLL_MS),
+                ..Decision::default()
+            }
+        }
         Some(JobState::Deleting) => {
-            // Deleted by someone else (or its deadline), its pods still stopping: they may
-            // hold the old primary's volume, so a new Job would wait for it anyway. Said
-            // in the status (a Warning once), not waited for in silence; once it is gone
-            // a new Job starts (`None` above).
+            // Deleted by someone else while the Job object remains (a foreground
+            // delete: until its pods are gone, and they may hold the old primary's
+            // volume, which a new Job would wait for anyway). Said in the status (a
+            // Warning once), not waited for in silence; once it is gone a new Job
+            // starts (`None` above).
             let mut next = f.clone();
             next.blocked = Some(format!(
                 "{JOB_DELETING}: the recovery Job into {candidate} is being deleted and its pods are still stopping; a new one starts once it is gone ({by_job})"

@@ -595,6 +595,9 @@ fn a_recovery_job_being_deleted_is_said_and_then_started_again() {
         }]
     );
     assert_eq!(next_failover(&d).blocked, None);
+    // The clearing lost (a conflict on the write), the new Job seen running: cleared then.
+    again.job = Some(JobState::Running);
+    assert_eq!(next_failover(&decide(&again)).blocked, None);
 }
 
 /// An old pod that answers from a log other than the one it wrote as the primary (it
