@@ -479,8 +479,11 @@ async fn order_action(
     if let Some(forwarded) = forward_order_action(s, headers, id.clone(), action).await {
         return forwarded;
     }
-    let id = owned_order(s, headers, id?)?;
+    let id = id?;
+    // The token first: a guess at another customer's order (answered like a missing
+    // one) costs what any request does, so guessing is bounded by the admission rate.
     s.admission.check_rate()?;
+    let id = owned_order(s, headers, id)?;
     let _place = s.admission.enter_engine()?;
     Ok(answered(StatusCode::OK, action.run(s, id).await?))
 }
@@ -506,12 +509,14 @@ pub async fn get_order(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<Order>, ApiError> {
-    let id = owned_order(&s, &headers, order_id(id)?)?;
-    // The admission rate bounds the crowd; whoever holds the admin token (the operator,
-    // a support tool reading orders back) is not it.
+    let id = order_id(id)?;
+    // The admission rate bounds the crowd, guesses at other customers' orders included
+    // (they cost a token before the order is looked at); whoever holds the admin token
+    // (the operator, a support tool reading orders back) is not it.
     if !super::admin::is_admin(&s, &headers) {
         s.admission.check_rate()?;
     }
+    let id = owned_order(&s, &headers, id)?;
     s.engine
         .order(id)
         .map(axum::Json)

@@ -1048,6 +1048,48 @@ async fn loose_ends_of_the_api_answer_a_clear_json_error_and_change_nothing() {
     assert_eq!(st.body["role"], "primary");
 }
 
+/// Guessing at orders is bounded by the admission rate like any request: a guess that
+/// names another customer (answered like a missing order, 404) costs a token, so a
+/// crowd cannot try customers for an order id faster than the node admits requests.
+#[tokio::test]
+async fn guesses_at_other_customers_orders_cost_admission_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lone_node(
+        &dir,
+        &[("tee", 5, 0)],
+        &["--admission-rate-per-s", "1", "--admission-burst", "2"],
+    );
+    let bought = buy(&node, "tee", 1, "ann", "k1").await;
+    assert_eq!(bought.status, 201, "{}", bought.body);
+    let id = bought.body["id"].as_u64().unwrap();
+    let path = format!("/v1/orders/{id}");
+    for route in ["", "/cancel"] {
+        let mut limited = None;
+        for i in 0..6 {
+            let guess = format!("guess-{i}");
+            let a = if route.is_empty() {
+                get_as(&node, &path, &guess).await
+            } else {
+                post_as(&node, &format!("{path}{route}"), &guess).await
+            };
+            if a.status == 429 {
+                limited = Some(a);
+                break;
+            }
+            assert_error(&a, 404, "unknown_order");
+        }
+        let limited = limited.unwrap_or_else(|| {
+            panic!("6 quick guesses at `{path}{route}` over a burst of 2 at 1/s: none refused")
+        });
+        assert_error(&limited, 429, "rate_limited");
+    }
+    // The order is untouched, and its customer reads it once a token is back.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let mine = get_as(&node, &path, "ann").await;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(mine.body["state"], "reserved");
+}
+
 /// The load counters an autoscaler (or KEDA, or prometheus-adapter) reads: what the
 /// node answered by kind, what it refused for load, its engine queue, its CPU — in
 /// `/admin/v1/status` and in `/metrics`, the same figures.
