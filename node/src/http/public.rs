@@ -468,7 +468,7 @@ impl OrderAction {
 }
 
 /// `POST /v1/orders/{id}/confirm` or `/cancel`: forwarded on a secondary that forwards,
-/// else the caller's own order (see [`owned_order`]) into the engine.
+/// else the caller's own order (see [`caller_customer`]) into the engine.
 async fn order_action(
     s: &AppState,
     headers: &HeaderMap,
@@ -480,10 +480,12 @@ async fn order_action(
         return forwarded;
     }
     let id = id?;
-    // The token first: a guess at another customer's order (answered like a missing
-    // one) costs what any request does, so guessing is bounded by the admission rate.
+    let customer = caller_customer(s, headers)?;
+    // The token before the order is looked at: a guess at another customer's order
+    // (answered like a missing one) costs what any request does, so guessing is
+    // bounded by the admission rate.
     s.admission.check_rate()?;
-    let id = owned_order(s, headers, id)?;
+    owns(s, id, customer)?;
     let _place = s.admission.enter_engine()?;
     Ok(answered(StatusCode::OK, action.run(s, id).await?))
 }
@@ -510,34 +512,31 @@ pub async fn get_order(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<axum::Json<Order>, ApiError> {
     let id = order_id(id)?;
+    let customer = caller_customer(&s, &headers)?;
     // The admission rate bounds the crowd, guesses at other customers' orders included
     // (they cost a token before the order is looked at); whoever holds the admin token
     // (the operator, a support tool reading orders back) is not it.
-    if !super::admin::is_admin(&s, &headers) {
+    if customer.is_some() {
         s.admission.check_rate()?;
     }
-    let id = owned_order(&s, &headers, id)?;
+    owns(&s, id, customer)?;
     s.engine
         .order(id)
         .map(axum::Json)
         .ok_or_else(|| SellError::UnknownOrder(id).into())
 }
 
-/// The order `id` names, if the caller names its customer in `Flashsale-Customer` (or
-/// carries the node's admin token): an order belongs to the customer it was bought
-/// for, and a caller that knows only its id can neither read, confirm nor cancel it.
-/// Another customer's order answers exactly like an order that does not exist (404
-/// `unknown_order`), so ids reveal nothing.
-fn owned_order(s: &AppState, headers: &HeaderMap, id: u64) -> Result<u64, ApiError> {
+/// Whose orders the caller may act on: `None` for the node's admin token (the operator,
+/// or whoever holds it, may act on any order), else the customer its
+/// `Flashsale-Customer` header names (a 400 without one). An order belongs to the
+/// customer it was bought for, and a caller that knows only its id can neither read,
+/// confirm nor cancel it: [`owns`] answers another customer's order exactly like one
+/// that does not exist (404 `unknown_order`), so ids reveal nothing.
+fn caller_customer<'h>(s: &AppState, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
     if super::admin::is_admin(s, headers) {
-        // The operator (or whoever holds the node's admin token) may act on any order.
-        return Ok(id);
+        return Ok(None);
     }
-    let customer = customer_of(headers)?;
-    match s.engine.order(id) {
-        Some(o) if o.customer == customer => Ok(id),
-        _ => Err(SellError::UnknownOrder(id).into()),
-    }
+    customer_of(headers).map(Some)
 }
 
 /// The `Flashsale-Customer` header (UTF-8, as the customer id was bought with), or a 400

@@ -1083,6 +1083,13 @@ async fn guesses_at_other_customers_orders_cost_admission_tokens() {
         });
         assert_error(&limited, 429, "rate_limited");
     }
+    // With the bucket empty, a request naming no customer still gets the 400 naming
+    // the header (it takes no token), on the read and on the cancel.
+    let nameless = get(&node, &path).await;
+    assert_error(&nameless, 400, "bad_request");
+    assert_eq!(nameless.body["field"], "Flashsale-Customer");
+    let nameless = post(&node, &format!("{path}/cancel"), &json!({})).await;
+    assert_error(&nameless, 400, "bad_request");
     // The order is untouched, and its customer reads it once a token is back.
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     let mine = get_as(&node, &path, "ann").await;
