@@ -27,7 +27,9 @@ pub async fn list_items(State(s): State<AppState>) -> Result<axum::Json<Vec<Item
 /// One item's stock.
 #[utoipa::path(get, path = "/v1/items/{sku}", tag = "items",
     params(("sku" = String, Path, description = "the item's SKU")),
-    responses((status = 200, body = ItemView), (status = 404, body = ErrorBody, description = "unknown_item")))]
+    responses((status = 200, body = ItemView),
+        (status = 400, body = ErrorBody, description = "bad_request: the sku in the path is not text"),
+        (status = 404, body = ErrorBody, description = "unknown_item")))]
 pub async fn get_item(
     State(s): State<AppState>,
     sku: Result<Path<String>, PathRejection>,
