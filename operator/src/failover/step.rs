@@ -543,61 +543,45 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         };
     }
     let by_job = job_source(w, &f.from, &candidate);
+    // What the pass writes, when it differs from `f`: a wait for a deleted Job is over
+    // unless the Job is still being deleted (its clearing may not have been written
+    // with the new Job's creation: a conflict; it is cleared when that Job is seen).
+    let mut next = f.clone();
+    if next
+        .blocked
+        .as_deref()
+        .is_some_and(|b| b.starts_with(JOB_DELETING))
+    {
+        next.blocked = None;
+    }
+    let wait = |actions: Vec<Action>, next: FailoverState| Decision {
+        actions,
+        next: (next != *f).then(|| same(w, next)),
+        requeue_ms: Some(POLL_MS),
+        ..Decision::default()
+    };
     match &w.job {
         None => {
-            let mut next = f.clone();
             next.tail_source = Some(by_job);
-            if next
-                .blocked
-                .as_deref()
-                .is_some_and(|b| b.starts_with(JOB_DELETING))
-            {
-                // The Job it waited for is gone: this one is the failover's again.
-                next.blocked = None;
-            }
-            Decision {
-                actions: vec![Action::CreateJob {
+            wait(
+                vec![Action::CreateJob {
                     from: f.from.clone(),
                     to: candidate,
                 }],
-                next: (f.tail_source != next.tail_source || f.blocked != next.blocked)
-                    .then(|| same(w, next)),
-                requeue_ms: Some(POLL_MS),
-                ..Decision::default()
-            }
+                next,
+            )
         }
-        Some(JobState::Running) => {
-            // A new Job runs: a wait for the one deleted before it is over (its clearing
-            // may not have been written with the Job's creation: a conflict).
-            let mut next = f.clone();
-            if next
-                .blocked
-                .as_deref()
-                .is_some_and(|b| b.starts_with(JOB_DELETING))
-            {
-                next.blocked = None;
-            }
-            Decision {
-                next: (next.blocked != f.blocked).then(|| same(w, next)),
-                requeue_ms: Some(POLL_MS),
-                ..Decision::default()
-            }
-        }
+        Some(JobState::Running) => wait(vec![], next),
         Some(JobState::Deleting) => {
             // Deleted by someone else while the Job object remains (a foreground
             // delete: until its pods are gone, and they may hold the old primary's
             // volume, which a new Job would wait for anyway). Said in the status (a
             // Warning once), not waited for in silence; once it is gone a new Job
             // starts (`None` above).
-            let mut next = f.clone();
             next.blocked = Some(format!(
                 "{JOB_DELETING}: the recovery Job into {candidate} is being deleted and its pods are still stopping; a new one starts once it is gone ({by_job})"
             ));
-            Decision {
-                next: (next.blocked != f.blocked).then(|| same(w, next)),
-                requeue_ms: Some(POLL_MS),
-                ..Decision::default()
-            }
+            wait(vec![], next)
         }
         Some(JobState::Succeeded) => promote(c.applied_seq, by_job, None),
         Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
