@@ -161,8 +161,17 @@ pub enum EngineError {
     Locked(String),
 }
 
+/// How long [`lock_dir`] waits for a `LOCK` held by someone else before it refuses.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Takes the data directory's `LOCK` file (an advisory `flock`, released by the kernel
 /// when the process dies, so a `kill -9` never leaves it stuck).
+///
+/// A lock held by someone else is waited for up to [`LOCK_WAIT`] before the open is
+/// refused with [`EngineError::Locked`]: the lock belongs to the open file, so it
+/// outlives its engine for a moment wherever a copy of the descriptor does — in a
+/// process forked meanwhile by another thread that has not yet exec'd, or in a node
+/// still exiting. A second writer holds it for good and is still refused.
 fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, EngineError> {
     let name = path.join("LOCK");
     let io = |e| EngineError::Wal(WalDirError::io(format!("lock {}", name.display()), e));
@@ -172,12 +181,18 @@ fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, EngineError> {
         .write(true)
         .open(&name)
         .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(EngineError::Locked(path.display().to_string()))
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(EngineError::Locked(path.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 

@@ -99,6 +99,30 @@ async fn a_data_dir_has_one_writer() {
     Engine::open(opts).expect("free again once the first engine is gone");
 }
 
+/// A `LOCK` held for a moment by something else is waited for, not refused: a copy of
+/// the lock outlives its engine while a process forked meanwhile has not yet exec'd
+/// (the test binary spawns children in parallel), or while a node that stopped is
+/// still exiting. Here a second open file description on `LOCK` plays that holder.
+#[tokio::test]
+async fn a_lock_held_for_a_moment_is_waited_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        data_dir: tmp.path().to_owned(),
+        initial_role: Some(Role::Primary),
+        ..Default::default()
+    };
+    drop(Engine::open(opts.clone()).unwrap());
+    let holder = std::fs::File::open(tmp.path().join("LOCK")).unwrap();
+    holder.try_lock().expect("the engine released its lock");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(holder);
+    });
+    let e = Engine::open(opts).expect("the lock is free within the wait");
+    release.join().unwrap();
+    e.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     let dir = MemDir::new();
