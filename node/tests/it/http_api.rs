@@ -1064,7 +1064,11 @@ async fn guesses_at_other_customers_orders_cost_admission_tokens() {
     let id = bought.body["id"].as_u64().unwrap();
     let path = format!("/v1/orders/{id}");
     for route in ["", "/cancel"] {
+        // A full bucket (2 tokens) first: the guesses it pays for answer like a
+        // missing order, and the next is refused.
+        tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
         let mut limited = None;
+        let mut unknown = 0;
         for i in 0..6 {
             let guess = format!("guess-{i}");
             let a = if route.is_empty() {
@@ -1077,11 +1081,16 @@ async fn guesses_at_other_customers_orders_cost_admission_tokens() {
                 break;
             }
             assert_error(&a, 404, "unknown_order");
+            unknown += 1;
         }
         let limited = limited.unwrap_or_else(|| {
             panic!("6 quick guesses at `{path}{route}` over a burst of 2 at 1/s: none refused")
         });
         assert_error(&limited, 429, "rate_limited");
+        assert!(
+            unknown >= 1,
+            "`{path}{route}`: no guess answered before the 429"
+        );
     }
     // With the bucket empty, a request naming no customer still gets the 400 naming
     // the header (it takes no token), on the read and on the cancel.
