@@ -255,7 +255,7 @@ pub struct FailoverState {
     pub recovered_at: Option<Time>,
     /// Why it cannot go on right now (`NoCandidate: …`, `TailUnavailable: …`,
     /// `QuorumUnsafe: …`, `CandidateLost: …`, `RecoveryJobDeleting: …`); retried on
-    /// every pass.
+    /// every pass, and cleared once it no longer holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
 }

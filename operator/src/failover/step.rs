@@ -527,6 +527,14 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
             ..Decision::default()
         }
     };
+    // What the pass writes, when it differs from `f`. The candidate answers, so the
+    // reason in the status is what blocks it now, found again below (a Job being
+    // deleted, or failed): not one an earlier pass wrote. A `CandidateLost` whose
+    // candidate came back, or a `TailUnavailable` whose failed Job its TTL removed (a
+    // new one starts), no longer holds; nor a Job's deletion once it is gone (its
+    // clearing may have lost a conflict with the new Job's creation).
+    let mut next = f.clone();
+    next.blocked = None;
     if let Some(old) = answering(w, &f.from).filter(|o| holds_the_old_log(o, f)) {
         // From the old pod: its log is final (it is fenced).
         if c.applied_seq >= old.durable_seq {
@@ -538,22 +546,12 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
                 to: candidate,
                 from_seq: c.applied_seq,
             }],
+            next: (next != *f).then(|| same(w, next)),
             requeue_ms: Some(0),
             ..Decision::default()
         };
     }
     let by_job = job_source(w, &f.from, &candidate);
-    // What the pass writes, when it differs from `f`: a wait for a deleted Job is over
-    // unless the Job is still being deleted (its clearing may not have been written
-    // with the new Job's creation: a conflict; it is cleared when that Job is seen).
-    let mut next = f.clone();
-    if next
-        .blocked
-        .as_deref()
-        .is_some_and(|b| b.starts_with(JOB_DELETING))
-    {
-        next.blocked = None;
-    }
     let wait = |actions: Vec<Action>, next: FailoverState| Decision {
         actions,
         next: (next != *f).then(|| same(w, next)),

@@ -747,6 +747,55 @@ fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
     }
 }
 
+/// A reason in the status is what blocks the failover now, not what once did: the
+/// candidate lost while its Job runs answers again (the Job was asked to go, and may or
+/// may not have), or a failed Job's TTL removed it and a new one starts. Before, each
+/// reason stayed in the status until promotion.
+#[test]
+fn a_reason_that_no_longer_holds_leaves_the_status() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    let answers = p[1].node.clone();
+    p[1].node = Some(Err("timed out".into())); // s-1, the candidate
+    let mut w = world(&s, &p, 7_000);
+    w.job = Some(JobState::Running);
+    let lost = next_failover(&decide(&w));
+    assert!(lost.blocked.clone().unwrap().starts_with("CandidateLost"));
+    // s-1 answers again, its Job still running or already gone.
+    p[1].node = answers;
+    let lost = in_failover(lost);
+    for job in [Some(JobState::Running), None] {
+        let mut w = world(&lost, &p, 7_400);
+        w.job = job.clone();
+        let d = decide(&w);
+        assert_eq!(next_failover(&d).blocked, None, "job {job:?}");
+    }
+    // A failed Job: TailUnavailable. Removed by its TTL: a new Job, the reason gone.
+    let mut w = world(&s, &p, 8_000);
+    w.job = Some(JobState::Failed("the log cannot be read".into()));
+    let failed = next_failover(&decide(&w));
+    assert!(
+        failed
+            .blocked
+            .clone()
+            .unwrap()
+            .starts_with("TailUnavailable")
+    );
+    let failed = in_failover(failed);
+    let mut w = world(&failed, &p, 600_000);
+    w.job = None;
+    let d = decide(&w);
+    assert_eq!(
+        d.actions,
+        [Action::CreateJob {
+            from: "s-0".into(),
+            to: "s-1".into()
+        }]
+    );
+    assert_eq!(next_failover(&d).blocked, None);
+}
+
 #[test]
 fn an_unreadable_tail_blocks_async_mode_unless_loss_is_allowed() {
     let s = recovering();
