@@ -769,7 +769,13 @@ fn a_reason_that_no_longer_holds_leaves_the_status() {
         let mut w = world(&lost, &p, 7_400);
         w.job = job.clone();
         let d = decide(&w);
-        assert_eq!(next_failover(&d).blocked, None, "job {job:?}");
+        let cleared = next_failover(&d);
+        assert_eq!(cleared.blocked, None, "job {job:?}");
+        // Written once: the next pass has nothing to write.
+        let cleared = in_failover(cleared);
+        let mut w = world(&cleared, &p, 7_600);
+        w.job = job.clone();
+        assert_eq!(decide(&w).next, None, "job {job:?}");
     }
     // A failed Job: TailUnavailable. Removed by its TTL: a new Job, the reason gone.
     let mut w = world(&s, &p, 8_000);
@@ -792,6 +798,18 @@ fn a_reason_that_no_longer_holds_leaves_the_status() {
             from: "s-0".into(),
             to: "s-1".into()
         }]
+    );
+    assert_eq!(next_failover(&d).blocked, None);
+    // The old pod answers from its log again: the tail is copied from it, the reason
+    // gone with the failed Job still there.
+    let p = parked(pods());
+    let mut w = world(&failed, &p, 600_000);
+    w.job = Some(JobState::Failed("the log cannot be read".into()));
+    let d = decide(&w);
+    assert!(
+        matches!(&d.actions[..], [Action::CopyTail { from, .. }] if from == "s-0"),
+        "{:?}",
+        d.actions
     );
     assert_eq!(next_failover(&d).blocked, None);
 }
