@@ -125,6 +125,8 @@ sed 's/^/  /' <<<"$out" >&2
 grep -qE "^$primary +primary +1 +true +[0-9]+ +[0-9]+ +- " <<<"$out" || fail "status does not show $primary as the ready primary at epoch 1"
 [ "$(grep -cE " secondary +1 +true " <<<"$out")" = 2 ] || fail "status does not show 2 ready secondaries"
 grep -qE " secondary +1 +true .* [1-9][0-9]*/[1-9][0-9]*b$" <<<"$out" || fail "status shows no secondary that forwarded"
+grep -qE "sold $sold / held [0-9]+ / remaining [0-9]+ of [0-9]+ \(live from $primary\)$" <<<"$out" ||
+  fail "status does not show the $sold units sold, live from the primary $primary"
 ledger=$(kubectl flashsale ledger "$SALE" -n "$NS") || fail "kubectl flashsale ledger failed"
 sold_now=$(jp "flashsale/$SALE" '{.status.sold}')
 LEDGER=$ledger python3 - "$sold_now" <<'PY' || fail "the ledger is not the sale's confirmed orders"
