@@ -584,7 +584,8 @@ impl EngineHandle {
             return None;
         }
         let view = self.inner.view.read();
-        let remaining = view.item(&req.sku)?.remaining;
+        let item = view.item(&req.sku)?;
+        let (remaining, held) = (item.remaining, item.held);
         if remaining > 0
             || view
                 .order_with_key(hash, &req.customer, &req.idempotency_key)
@@ -592,11 +593,41 @@ impl EngineHandle {
         {
             return None;
         }
+        // Units held can come back, and this very key may have bought one where this
+        // node did not see it (a retry whose first answer was lost): only the sale's
+        // own state can say "sold out" then (see [`Self::authoritative`]); other nodes
+        // leave it to the engine, which refuses them `not_primary` or `fenced`.
+        if held > 0 && self.authority_of(&view).is_err() {
+            return None;
+        }
         Some(SellError::SoldOut {
             sku: req.sku.clone(),
             remaining,
             requested: req.quantity,
         })
+    }
+
+    /// Whether this node's own state is the sale's: the primary, holding its selling
+    /// lease (always, with the lease off). A secondary's or a parked standby's copy may
+    /// lack what the primary has, and a primary whose lease lapsed may have been replaced
+    /// by one that has sold since, so from any of them "no such order", or "sold out"
+    /// while units are held, could be false. `Err`: what such a node answers instead (503
+    /// `not_primary` or `fenced`: retry, with the same key).
+    pub fn authoritative(&self) -> Result<(), SellError> {
+        self.authority_of(&self.inner.view.read())
+    }
+
+    fn authority_of(&self, view: &ReadView) -> Result<(), SellError> {
+        match view.status.role {
+            Role::Primary if self.inner.lease.holds(view.status.epoch) => Ok(()),
+            Role::Primary => Err(SellError::Fenced(format!(
+                "this primary holds no selling lease for epoch {}: another may be selling; retry",
+                view.status.epoch
+            ))),
+            _ => Err(SellError::NotPrimary {
+                primary: view.status.primary_url.clone(),
+            }),
+        }
     }
 
     /// Where a purchase that passed the HTTP checks goes (see `crate::forward`). On the

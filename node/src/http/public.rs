@@ -342,20 +342,14 @@ async fn forwarded_action(
     customer: Option<String>,
     action: OrderAction,
 ) -> Result<OrderAnswer, ApiError> {
-    not_primary_first(s)?;
+    // A node that is no longer the sale's authority (demoted since the secondary chose
+    // it) says so before it looks for the order: its copy may lack an order the new
+    // primary made, and "no such order" would be a final answer where the client must
+    // retry.
+    s.engine.authoritative()?;
     owns(s, id, customer.as_deref())?;
     let _place = s.admission.enter_engine()?;
     Ok(action.run(s, id).await?)
-}
-
-/// A node that is not the primary (demoted since the secondary chose it) says so before
-/// it looks for the order: its copy may lack an order the new primary made, and "no such
-/// order" would be a final answer where the client must retry.
-fn not_primary_first(s: &AppState) -> Result<(), ApiError> {
-    if s.engine.is_primary() {
-        return Ok(());
-    }
-    Err(SellError::NotPrimary { primary: None }.into())
 }
 
 /// `customer`'s order `id` (any order when `None`: the caller held the admin token).
@@ -487,6 +481,9 @@ async fn order_action(
     // (answered like a missing one) costs what any request does, so guessing is
     // bounded by the admission rate.
     s.admission.check_rate()?;
+    // Only the sale's own state may say "no such order" (a parked standby's copy, in a
+    // failover, may not have an order the old primary acknowledged).
+    s.engine.authoritative()?;
     owns(s, id, customer)?;
     let _place = s.admission.enter_engine()?;
     Ok(answered(StatusCode::OK, action.run(s, id).await?))
@@ -507,7 +504,8 @@ fn counted(s: &AppState, r: Result<OrderAnswer, SellError>) -> Result<OrderAnswe
     responses((status = 200, body = Order),
         (status = 400, body = ErrorBody, description = "bad_request: the id is not a number or the customer header is missing"),
         (status = 404, body = ErrorBody, description = "unknown_order: no such order for this customer"),
-        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After")))]
+        (status = 429, body = ErrorBody, description = "rate_limited, with Retry-After"),
+        (status = 503, body = ErrorBody, description = "unavailable: busy or shutting down, or a copy (a secondary, or any node but the primary holding its lease) that has not yet applied the record this id would be: retry, or read from the primary")))]
 pub async fn get_order(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -524,6 +522,15 @@ pub async fn get_order(
     // Another customer's order is answered like one that does not exist (`owns`).
     match s.engine.order(id) {
         Some(o) if customer.is_none_or(|c| o.customer == c) => Ok(axum::Json(o)),
+        // An order's id is its purchase's record: an id past what a copy has applied
+        // may be an order the primary made since, not yet known here rather than unknown.
+        None if s.engine.authoritative().is_err() && id > s.engine.positions().applied_seq => {
+            Err(SellError::Unavailable(format!(
+                "this node's copy has applied records up to {}; order {id} may be newer: retry, or read it from the primary",
+                s.engine.positions().applied_seq
+            ))
+            .into())
+        }
         _ => Err(SellError::UnknownOrder(id).into()),
     }
 }

@@ -252,3 +252,81 @@ async fn readiness_follows_the_lease() {
     assert_eq!(body["code"], "fenced");
     assert!(body["lease"]["token"].as_str().unwrap().contains(':'));
 }
+
+/// Only the sale's own state says "sold out" while units are held, or "no such order":
+/// the primary holding its lease. A primary whose lease lapsed (a new one may be
+/// selling: an expiry there may have freed a unit this very key bought) and a parked
+/// standby (its copy, in a failover, may lack an order the old primary acknowledged)
+/// answer 503 instead, and the client retries with the same key. Before, both answered
+/// from their own state: 409 `sold_out` to a retry, 404 `unknown_order` to a confirm.
+#[tokio::test]
+async fn only_the_leased_primary_says_sold_out_or_unknown_order() {
+    let n = primary().await;
+    for i in 0..10 {
+        n.engine.purchase(buy(&format!("k{i}"))).await.unwrap();
+    }
+    let state = AppState::new(
+        n.engine.clone(),
+        Admission::new(0, 0, 64),
+        Metrics::new(n.engine.metrics()),
+        Some("t".into()),
+        Limits::default(),
+    );
+    let send = |req: Request<Body>| {
+        let state = state.clone();
+        async move {
+            let res = app(state).oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (
+                status.as_u16(),
+                body["code"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    let retry = || {
+        Request::post("/v1/purchases")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"sku":"tee","quantity":1,"customer":"late","idempotencyKey":"late"}"#,
+            ))
+            .unwrap()
+    };
+    let confirm = || {
+        Request::post("/v1/orders/999/confirm")
+            .header("flashsale-customer", "late")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let read = |id: u64| {
+        Request::get(format!("/v1/orders/{id}"))
+            .header("flashsale-customer", "late")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // The primary with its lease: its state is the sale's.
+    assert_eq!(send(retry()).await, (409, "sold_out".into()));
+    assert_eq!(send(confirm()).await, (404, "unknown_order".into()));
+    assert_eq!(send(read(999)).await, (404, "unknown_order".into()));
+    // Its lease lapsed.
+    n.clock.advance(LEASE_MS);
+    assert_eq!(send(retry()).await, (503, "fenced".into()));
+    assert_eq!(send(confirm()).await, (503, "fenced".into()));
+    assert_eq!(send(read(999)).await, (503, "unavailable".into()));
+    // An order it has, of another customer, still reads as missing.
+    assert_eq!(send(read(3)).await, (404, "unknown_order".into()));
+    // Parked as a standby.
+    n.engine
+        .set_role(RoleAssignment {
+            role: Role::Standby,
+            epoch: 2,
+            primary_url: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(send(retry()).await, (503, "not_primary".into()));
+    assert_eq!(send(confirm()).await, (503, "not_primary".into()));
+    assert_eq!(send(read(999)).await, (503, "unavailable".into()));
+    assert_eq!(send(read(3)).await, (404, "unknown_order".into()));
+}
