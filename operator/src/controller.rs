@@ -387,8 +387,7 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     let primary_ordinal = prev
         .primary
         .as_ref()
-        .and_then(|p| observed.pod(&p.pod))
-        .and_then(|p| p.ordinal);
+        .and_then(|p| observed.ordinal_of(&p.pod));
     let desired = build::desired(
         &owner,
         sale,
@@ -519,14 +518,9 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     next.lease_duration_ms = Some(leases_now.record.as_millis() as u64);
 
     // autoscale (leader only: only the leader reconciles)
-    // From the pod, or from the name (`<sale>-<n>`) while the pod cache misses it: the
-    // floor must not fall to 1 because a cache is late.
-    let primary_ordinal_now = primary_now.as_deref().and_then(|name| {
-        observed
-            .pod(name)
-            .and_then(|p| p.ordinal)
-            .or_else(|| name.rsplit('-').next()?.parse().ok())
-    });
+    let primary_ordinal_now = primary_now
+        .as_deref()
+        .and_then(|name| observed.ordinal_of(name));
     let scaled = ctx
         .autoscalers
         .pass(

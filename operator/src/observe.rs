@@ -129,6 +129,18 @@ impl Observed {
     pub fn pod(&self, name: &str) -> Option<&PodView> {
         self.pods.iter().find(|p| p.name == name)
     }
+
+    /// The ordinal of the sale's node pod `name`: from the pod, or from its name
+    /// (`<sale>-<n>`) while the pod cache misses it (just evicted, or a cache late after
+    /// a restart). The StatefulSet's floor and the autoscaler's are one past the
+    /// primary's ordinal, and must not fall because a pod is briefly gone: the
+    /// StatefulSet would then be shrunk past the primary, removing it without a
+    /// switchover.
+    pub fn ordinal_of(&self, name: &str) -> Option<u32> {
+        self.pod(name)
+            .and_then(|p| p.ordinal)
+            .or_else(|| name.rsplit('-').next()?.parse().ok())
+    }
 }
 
 /// What the caches hold of one sale: its StatefulSet, node pods, admin token and Redis.
@@ -213,5 +225,17 @@ pub async fn ask_nodes(nodes: &NodeClient, observed: &mut Observed) {
     let answers = join_all(asks).await;
     for (view, answer) in observed.pods.iter_mut().zip(answers) {
         view.node = answer;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ordinal_outlives_its_pod_in_the_cache() {
+        let observed = Observed::default();
+        assert_eq!(observed.ordinal_of("my-sale-2"), Some(2));
+        assert_eq!(observed.ordinal_of("nonumber"), None);
     }
 }

@@ -280,6 +280,12 @@ pub fn switchover_refusal(w: &World, primary: &str, target: &str) -> Option<Stri
     let Some(p) = pod(w, target) else {
         return Some(format!("no node pod {target} in this sale"));
     };
+    if let Some(o) = p.ordinal.filter(|&o| o as i32 >= w.replicas) {
+        return Some(format!(
+            "{target} (ordinal {o}) is to be removed: the sale is scaling to {} nodes",
+            w.replicas
+        ));
+    }
     let Some(s) = p.node_status().filter(|_| p.running) else {
         return Some(format!("{target} does not answer"));
     };
@@ -383,8 +389,17 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
         return d;
     }
     let ranked = rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging);
+    // A switchover's target, while it is eligible; gone (deleted by a scale-down that
+    // raced the request, say), the best node that stays is chosen instead: the primary
+    // has already stepped down, and waiting for a target that will not come back
+    // would stop the sale for good.
     let chosen = match &f.candidate {
-        Some(c) => ranked.iter().find(|r| &r.name == c).cloned(),
+        Some(c) => ranked.iter().find(|r| &r.name == c).cloned().or_else(|| {
+            ranked
+                .iter()
+                .find(|r| r.ordinal.is_none_or(|o| (o as i32) < w.replicas))
+                .cloned()
+        }),
         None => ranked.first().cloned(),
     };
     let mut next = f.clone();
@@ -401,7 +416,9 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
     match chosen {
         None => {
             next.blocked = Some(match &f.candidate {
-                Some(c) => format!("NoCandidate: the switchover target {c} is no longer eligible"),
+                Some(c) => format!(
+                    "NoCandidate: the switchover target {c} is no longer eligible, nor is any node that stays"
+                ),
                 None => "NoCandidate: no node answers as a secondary with the sale".to_string(),
             });
             if next.blocked == f.blocked && next.fenced == f.fenced {

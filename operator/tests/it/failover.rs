@@ -958,6 +958,40 @@ fn a_switchover_is_refused_with_a_reason_when_the_target_cannot_take_over() {
     );
 }
 
+/// A switchover to a node a scale-down is removing is refused; and one whose target
+/// went away after it began (a scale-down that raced the request deleted it) takes the
+/// best node that stays. Before, it was accepted, and then waited for the target for
+/// good (`NoCandidate`) with the primary already stepped down: the sale sold nothing.
+#[test]
+fn a_switchover_never_waits_for_a_target_being_removed() {
+    let s = status();
+    let p = pods();
+    let mut w = world(&s, &p, 0);
+    w.replicas = 2;
+    w.switchover_to = Some("s-2".into());
+    let d = decide(&w);
+    assert!(
+        d.refused.as_deref().unwrap().contains("is to be removed"),
+        "{d:?}"
+    );
+    assert_eq!(d.actions, [Action::ClearSwitchoverRequest]);
+    // Begun towards s-2, which is then deleted.
+    let mut f = failover(FailoverStep::Fencing);
+    f.kind = FailoverKind::Switchover;
+    f.candidate = Some("s-2".into());
+    let s = in_failover(f);
+    let mut p = parked(pods());
+    p.pop();
+    p[0].role_label = None; // unlabelled when it stepped down
+    let mut w = world(&s, &p, 100);
+    w.replicas = 2;
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        (f.step, f.candidate.as_deref(), f.blocked),
+        (FailoverStep::Recovering, Some("s-1"), None)
+    );
+}
+
 #[test]
 fn a_scale_down_that_would_remove_the_primary_switches_over_first() {
     let mut s = status();
