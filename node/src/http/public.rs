@@ -78,9 +78,25 @@ pub async fn purchase(
         Err(e) => e.code().code(),
     });
     match answer {
-        Ok(a) => answered(StatusCode::CREATED, a),
+        Ok((a, Held::Here)) => answered(StatusCode::CREATED, a),
+        Ok((a, Held::Elsewhere)) => held_elsewhere(answered(StatusCode::CREATED, a)),
         Err(e) => e.into_response(),
     }
+}
+
+/// Where a successful answer's durability was made sure of (in quorum mode, the hold
+/// of `super::replication::hold_and_mark`): by this node's engine, so the answer waits
+/// for a secondary's ack; or elsewhere (see [`super::replication::HeldElsewhere`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    Here,
+    Elsewhere,
+}
+
+fn held_elsewhere(mut res: Response) -> Response {
+    res.extensions_mut()
+        .insert(super::replication::HeldElsewhere);
+    res
 }
 
 /// The header that may carry a purchase's idempotency key.
@@ -192,7 +208,7 @@ fn answered(status: StatusCode, a: OrderAnswer) -> Response {
     res
 }
 
-async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiError> {
+async fn sell(s: &AppState, req: PurchaseRequest) -> Result<(OrderAnswer, Held), ApiError> {
     s.admission.check_rate()?;
     check_purchase(&req)?;
     // The sold-out fast path (the crowd that arrives after the last unit is answered
@@ -204,16 +220,21 @@ async fn sell(s: &AppState, req: PurchaseRequest) -> Result<OrderAnswer, ApiErro
         &s.forwarder,
     ) {
         (Front::Refuse(e), _) => Err(e.into()),
-        (Front::Replay(order), _) => Ok(OrderAnswer {
-            order,
-            replayed: true,
-        }),
-        (Front::Forward(primary), Some(f)) => {
-            f.forward(primary, ForwardOp::Purchase { request: req })
-                .await
-        }
+        (Front::Replay(order), _) => Ok((
+            OrderAnswer {
+                order,
+                replayed: true,
+            },
+            Held::Elsewhere,
+        )),
+        (Front::Forward(primary), Some(f)) => f
+            .forward(primary, ForwardOp::Purchase { request: req })
+            .await
+            .map(|a| (a, Held::Elsewhere)),
         // Without forwarding, the engine refuses it (`not_primary`, naming the primary).
-        (Front::Forward(_) | Front::Engine, _) => take_purchase(s, req).await,
+        (Front::Forward(_) | Front::Engine, _) => {
+            take_purchase(s, req).await.map(|a| (a, Held::Here))
+        }
     }
 }
 
@@ -395,7 +416,10 @@ async fn forward_order_action(
             OrderAction::Confirm => ForwardOp::Confirm { id, customer },
             OrderAction::Cancel => ForwardOp::Cancel { id, customer },
         };
-        Ok(answered(StatusCode::OK, f.forward(primary, op).await?))
+        Ok(held_elsewhere(answered(
+            StatusCode::OK,
+            f.forward(primary, op).await?,
+        )))
     };
     Some(answer.await)
 }

@@ -364,6 +364,7 @@ fn batch_len(buf: &[u8]) -> Result<usize, WalError> {
 ///
 /// `hold` is [`holds`] of the request, taken before the handler consumed it.
 pub async fn hold_and_mark(s: &AppState, hold: bool, resp: Response) -> Response {
+    let hold = hold && resp.extensions().get::<HeldElsewhere>().is_none();
     let mut resp = if hold {
         quorum_hold(s, resp).await
     } else {
@@ -404,18 +405,21 @@ impl PositionHeaders {
 }
 
 /// Whether `req`'s answer waits for the quorum if it succeeds: a `POST` in quorum mode,
-/// unless it is a public answer on a secondary (a forwarded one, which the primary
-/// already held for its quorum).
+/// unless its answer says it needs no hold ([`HeldElsewhere`]). That is decided by the
+/// answer, not here: the node's role when the request arrived says nothing of who
+/// answered it (a standby promoted while a purchase's body was still arriving sells it
+/// from its own engine, and that 201 must wait for the quorum like any other).
 pub fn holds(s: &AppState, req: &Request) -> bool {
-    let Some(r) = s.replication.as_ref() else {
-        return false;
-    };
-    if r.gate.mode != ReplicationMode::Quorum || req.method() != Method::POST {
-        return false;
-    }
-    let forwarded = req.uri().path().starts_with("/v1/") && !s.engine.is_primary();
-    !forwarded
+    s.replication
+        .as_ref()
+        .is_some_and(|r| r.gate.mode == ReplicationMode::Quorum && req.method() == Method::POST)
 }
+
+/// Marks an answer the quorum hold skips: one the primary's hold already covered (an
+/// answer forwarded from the primary), or a replay a secondary answers from an order in
+/// its own copy (durable on that secondary: it is a replica).
+#[derive(Clone, Copy, Debug)]
+pub struct HeldElsewhere;
 
 /// The quorum hold of [`hold_and_mark`], for an answer that [`holds`].
 async fn quorum_hold(s: &AppState, resp: Response) -> Response {

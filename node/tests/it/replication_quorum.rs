@@ -154,3 +154,43 @@ async fn without_a_secondary_quorum_purchases_fail_with_503() {
     let st = status(&http, &primary).await;
     assert_eq!(st["replication"]["mode"], "quorum");
 }
+
+/// The quorum hold follows who answered, not the node's role when the request
+/// arrived: a standby promoted while a purchase's body is still on its way sells it
+/// from its own engine, and that answer waits for a secondary's ack like any other
+/// (here there is none: 503, "retry with the same key"). Before,
+/// the hold was decided from the headers, where a standby's public request counted as
+/// one to forward, and the purchase was acknowledged with no secondary holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_answered_after_a_promotion_waits_for_the_quorum() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let http = client();
+    let quorum = ["--replication", "quorum", "--quorum-timeout-ms", "500"];
+    let (node, _) = cluster(&http, dir.path(), &redis.url(), &[], &quorum).await;
+    set_role(&http, &node, "standby", 2, None).await;
+    // The headers and a part of the body, then the promotion, then the rest.
+    let body = serde_json::to_vec(&purchase("late")).unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/purchases HTTP/1.1\r\nhost: node\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_role(&http, &node, "primary", 3, None).await;
+    tcp.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "acknowledged without a secondary: {answer}"
+    );
+    assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+}
