@@ -51,6 +51,10 @@ pub struct Params {
     pub prescale_replicas: u32,
     /// After the window ends, back to the minimum.
     pub ends_at_ms: Option<i64>,
+    /// A scale-down held for a reason outside the load (shown as `down_blocked`): the
+    /// primary fails its checks, and a failover may begin that needs every secondary.
+    /// Scale-ups go on.
+    pub down_held: Option<&'static str>,
 }
 
 /// What the autoscaler is doing (shown in `status.autoscaler.mode`).
@@ -112,6 +116,8 @@ pub struct Memory {
     /// (when, what the load asked for): the scale-down stabilisation window.
     recommendations: VecDeque<(i64, u32)>,
     panic_until_ms: Option<i64>,
+    /// When this history began (a new leader's memory), or when the last hold ended:
+    /// no scale-down for a window after it ([`Memory::hold`]).
     started_ms: Option<i64>,
     /// When the count last changed (a scale-down waits the stabilisation window after
     /// any change: one node at a time, spaced).
@@ -133,6 +139,13 @@ impl Memory {
         {
             self.samples.pop_front();
         }
+    }
+
+    /// The count is held (a failover moves the primary, or the primary is failing):
+    /// the samples of the outage say little of the crowd, so once the hold ends no
+    /// scale-down for a window, as for a new leader.
+    pub fn hold(&mut self, now_ms: i64) {
+        self.started_ms = Some(now_ms);
     }
 
     fn mean_demand(&self, now_ms: i64, window_ms: i64) -> f64 {
@@ -171,6 +184,13 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         panic_started: false,
     };
 
+    // A new leader (its memory empty: when the count last changed is unknown), or the
+    // end of a hold: no scale-down for the longer of the stable window and the
+    // stabilisation window.
+    let new_leader = mem
+        .started_ms
+        .is_some_and(|s| now_ms - s < p.stable_window_ms.max(p.scale_down_stabilization_ms));
+
     // After the window: back to the minimum, whatever the load.
     if p.ends_at_ms.is_some_and(|e| now_ms >= e) {
         d.mode = Mode::Ended;
@@ -178,11 +198,18 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         let spaced = mem
             .changed_ms
             .is_none_or(|c| now_ms - c >= p.scale_down_stabilization_ms);
-        d.desired = if current > floor && spaced {
+        d.desired = if current > floor && spaced && !new_leader && p.down_held.is_none() {
             current - 1
         } else {
             clamp(current)
         };
+        if current > floor {
+            if let Some(why) = p.down_held {
+                d.down_blocked = Some(why);
+            } else if new_leader {
+                d.down_blocked = Some("a new leader's first window");
+            }
+        }
         if d.desired != current {
             mem.changed_ms = Some(now_ms);
         }
@@ -270,10 +297,10 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
             .map(|(_, w)| *w)
             .max()
             .unwrap_or(current);
-        let new_leader = mem
-            .started_ms
-            .is_some_and(|s| now_ms - s < p.stable_window_ms);
-        if panic {
+        if let Some(why) = p.down_held {
+            d.down_blocked = Some(why);
+            current
+        } else if panic {
             d.down_blocked = Some("panic");
             current
         } else if prescale {
@@ -326,6 +353,7 @@ mod tests {
             prescale_lead_ms: 60_000,
             prescale_replicas: 6,
             ends_at_ms: None,
+            down_held: None,
         }
     }
 
@@ -467,6 +495,58 @@ mod tests {
         assert!(ds[..29].iter().all(|d| d.desired == 4), "{:?}", ds[28]);
         assert_eq!(ds[10].down_blocked, Some("a new leader's first window"));
         assert!(ds[39].desired < 4);
+    }
+
+    /// A new leader knows nothing of when the count last changed: it waits the longer
+    /// of the stable and the stabilisation windows before a scale-down, after the
+    /// sale's end too (a crash-looping operator removed a node per restart there).
+    /// Before, the stable window alone, and after the end no wait at all.
+    #[test]
+    fn a_new_leader_waits_the_longer_window_after_the_end_too() {
+        let mut p = params();
+        p.scale_down_stabilization_ms = 60_000;
+        let ds = run(&p, 4, 70, |_| 20.0);
+        assert!(ds[..59].iter().all(|d| d.desired == 4), "{:?}", ds[45]);
+        assert_eq!(ds[45].down_blocked, Some("a new leader's first window"));
+        assert!(ds[69].desired < 4);
+        p.ends_at_ms = Some(0);
+        let ds = run(&p, 4, 70, |_| 20.0);
+        assert_eq!((ds[0].mode, ds[0].desired), (Mode::Ended, 4));
+        assert!(ds[..59].iter().all(|d| d.desired == 4), "{:?}", ds[30]);
+        assert_eq!(ds[69].desired, 3, "one node down once the window passed");
+    }
+
+    /// While the primary fails its checks (before a failover begins), no scale-down:
+    /// the failover may need the very secondary it would remove. Scale-ups go on.
+    #[test]
+    fn a_failing_primary_holds_scale_downs_not_scale_ups() {
+        let mut p = params();
+        p.down_held = Some("a failing primary");
+        let ds = run(&p, 4, 100, |_| 20.0);
+        assert!(ds.iter().all(|d| d.desired == 4), "{:?}", ds[99]);
+        assert_eq!(ds[99].down_blocked, Some("a failing primary"));
+        let ds = run(&p, 1, 5, |_| 350.0);
+        assert!(ds[4].desired > 1, "{:?}", ds[4]);
+    }
+
+    /// A hold (a failover or a switchover) starts the window again: the outage's
+    /// samples (demand near zero: the crowd could not buy) must not scale the sale
+    /// down the moment the new primary sells.
+    #[test]
+    fn no_scale_down_for_a_window_after_a_hold() {
+        let p = params();
+        let mut mem = Memory::default();
+        for t in 0..100 {
+            mem.record(sample(t * 1000, 20.0, 4), 120_000);
+        }
+        mem.hold(100_000);
+        let d = decide(&mut mem, &p, 4, 101_000);
+        assert_eq!(
+            (d.desired, d.down_blocked),
+            (4, Some("a new leader's first window"))
+        );
+        mem.record(sample(131_000, 20.0, 4), 120_000);
+        assert_eq!(decide(&mut mem, &p, 4, 131_000).desired, 3);
     }
 
     #[test]

@@ -532,6 +532,9 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
             primary_now.as_deref(),
             primary_ordinal_now,
             in_failover,
+            // While the primary fails its checks before a failover begins, no
+            // scale-down: it could remove the secondary the failover will need.
+            fo.primary_failing,
         )
         .await;
     if let Some(a) = &scaled.status {
@@ -596,6 +599,8 @@ struct FailoverPass {
     /// sale's resourceVersion, which the status write is guarded by).
     deferred: Vec<failover::Action>,
     requeue_ms: Option<u64>,
+    /// The primary fails its checks, not yet long enough for a failover.
+    primary_failing: bool,
 }
 
 fn actor<'a>(
@@ -689,6 +694,7 @@ async fn failover_pass(
         };
         let d = failover::decide(&world);
         out.refused.extend(d.refused);
+        out.primary_failing |= d.primary_failing;
         if let Some(ms) = d.requeue_ms {
             out.requeue_ms = Some(out.requeue_ms.map_or(ms, |m: u64| m.min(ms)));
         }

@@ -145,6 +145,7 @@ pub fn params(sale: &FlashSale, primary_ordinal: Option<u32>) -> Params {
         prescale_lead_ms: ms(&a.pre_scale_lead),
         prescale_replicas: a.pre_scale_replicas.unwrap_or(a.max_replicas).max(1) as u32,
         ends_at_ms: at(&sale.spec.window.ends_at),
+        down_held: None,
     }
 }
 
@@ -189,6 +190,7 @@ impl Autoscalers {
         primary: Option<&str>,
         primary_ordinal: Option<u32>,
         in_failover: bool,
+        primary_failing: bool,
     ) -> Pass {
         let mut out = Pass {
             status: None,
@@ -253,7 +255,8 @@ impl Autoscalers {
         }
 
         let now = now_ms();
-        let p = params(sale, primary_ordinal);
+        let mut p = params(sale, primary_ordinal);
+        p.down_held = primary_failing.then_some("a failing primary");
         let decision = {
             let mut sales = self.lock();
             let s = sales.entry(key.to_string()).or_default();
@@ -267,7 +270,9 @@ impl Autoscalers {
             s.primary_refused = primary.zip(refused_now).map(|(p, n)| (p.to_string(), n));
             s.mem.record(sample, KEEP_MS);
             if in_failover {
-                // The primary moves: hold the count (samples still count).
+                // The primary moves: hold the count (samples still count), and a
+                // window with no scale-down after.
+                s.mem.hold(now);
                 s.mode = Some(Mode::Holding);
                 status.mode = Mode::Holding.as_str().into();
                 out.status = Some(status);

@@ -108,6 +108,10 @@ pub struct Decision {
     pub refused: Option<String>,
     /// Look again this soon (ms), whatever else happens.
     pub requeue_ms: Option<u64>,
+    /// The primary fails its checks, not yet for `unhealthyAfter`: nothing moves yet,
+    /// but the autoscaler holds the count (a scale-down now could remove the secondary
+    /// the failover about to begin needs).
+    pub primary_failing: bool,
 }
 
 /// The failover part of the next status.
@@ -209,8 +213,8 @@ fn begin(
             }),
             last_failover: w.status.last_failover.clone(),
         }),
-        refused: None,
         requeue_ms: Some(0),
+        ..Decision::default()
     }
 }
 
@@ -242,6 +246,7 @@ fn steady(w: &World, primary: &str) -> Decision {
         }
         return Decision {
             requeue_ms: Some((w.unhealthy_after_ms - failing_ms).min(POLL_MS)),
+            primary_failing: true,
             ..Decision::default()
         };
     }

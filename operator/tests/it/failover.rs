@@ -225,13 +225,16 @@ fn a_primary_back_before_unhealthy_after_is_not_failed_over() {
     s.conditions[0].last_transition_time = at(-3_000);
     let mut p = pods();
     p[0].node = Some(Err("unreachable".into()));
-    // Failing for 3 s of 4: look again soon, nothing else.
+    // Failing for 3 s of 4: look again soon, nothing else, but the autoscaler is told
+    // to hold (a scale-down now could remove the secondary the failover will need).
     let d = decide(&world(&s, &p, 0));
     assert!(d.next.is_none() && d.actions.is_empty(), "{d:?}");
     assert!(d.requeue_ms.unwrap() <= 1_000);
+    assert!(d.primary_failing);
     // Back (a kill -9 the pod restarted): nothing at all.
     let healthy = pods();
-    assert!(decide(&world(&s, &healthy, 3_500)).next.is_none());
+    let d = decide(&world(&s, &healthy, 3_500));
+    assert!(d.next.is_none() && !d.primary_failing);
 }
 
 #[test]
