@@ -695,6 +695,12 @@ async fn failover_pass(
         let d = failover::decide(&world);
         out.refused.extend(d.refused);
         out.primary_failing |= d.primary_failing;
+        if let Some(why) = d.scale_down_waits {
+            out.problems.push(Problem {
+                reason: "ScaleDownWaits",
+                message: why,
+            });
+        }
         if let Some(ms) = d.requeue_ms {
             out.requeue_ms = Some(out.requeue_ms.map_or(ms, |m: u64| m.min(ms)));
         }

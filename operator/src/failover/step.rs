@@ -112,6 +112,9 @@ pub struct Decision {
     /// but the autoscaler holds the count (a scale-down now could remove the secondary
     /// the failover about to begin needs).
     pub primary_failing: bool,
+    /// A scale-down that would remove the primary waits, and why: no node that stays
+    /// can take over now (said in the status as a problem, not waited for in silence).
+    pub scale_down_waits: Option<String>,
 }
 
 /// The failover part of the next status.
@@ -258,21 +261,33 @@ fn steady(w: &World, primary: &str) -> Decision {
         let best = rank::rank(w.pods, primary, w.status.epoch, &w.lagging)
             .into_iter()
             .find(|c| c.ordinal.is_some_and(|co| (co as i32) < w.replicas));
-        if let Some(c) = best
-            && switchover_refusal(w, primary, &c.name).is_none()
-        {
-            return begin(
-                w,
-                FailoverKind::Switchover,
-                primary,
-                format!(
-                    "scale-down to {} nodes would remove the primary {primary} (ordinal {o})",
-                    w.replicas
-                ),
-                w.now.clone(),
-                Some(c.name),
-            );
-        }
+        let why = match best {
+            Some(c) => match switchover_refusal(w, primary, &c.name) {
+                None => {
+                    return begin(
+                        w,
+                        FailoverKind::Switchover,
+                        primary,
+                        format!(
+                            "scale-down to {} nodes would remove the primary {primary} (ordinal {o})",
+                            w.replicas
+                        ),
+                        w.now.clone(),
+                        Some(c.name),
+                    );
+                }
+                Some(why) => why,
+            },
+            None => "no node that stays answers as a secondary with the sale".to_string(),
+        };
+        return Decision {
+            scale_down_waits: Some(format!(
+                "the scale-down to {} nodes waits: the primary {primary} (ordinal {o}) cannot switch over to a node that stays ({why})",
+                w.replicas
+            )),
+            requeue_ms: Some(1_000),
+            ..Decision::default()
+        };
     }
     Decision::default()
 }

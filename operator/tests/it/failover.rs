@@ -1019,6 +1019,20 @@ fn a_scale_down_that_would_remove_the_primary_switches_over_first() {
     assert!(f.candidate.is_some_and(|c| c == "s-0" || c == "s-1"));
     w.replicas = 3;
     assert!(decide(&w).next.is_none());
+    // No node that stays can take over (neither is ready): the wait is said, with
+    // why, not kept silent.
+    p[0].ready = false;
+    p[1].ready = false;
+    let mut w = world(&s, &p, 0);
+    w.lease.pod = Some("s-2".into());
+    w.replicas = 2;
+    let d = decide(&w);
+    assert!(d.next.is_none(), "{d:?}");
+    let why = d.scale_down_waits.expect("the wait is said");
+    assert!(
+        why.contains("scale-down to 2 nodes waits") && why.contains("not a ready secondary"),
+        "{why}"
+    );
 }
 
 /// The primary's lease counts as held only with the spec's duration: a changed
