@@ -88,6 +88,29 @@ impl Node {
             .unwrap();
     }
 
+    /// Parked as a standby at epoch 2 (what a failover does to the old primary).
+    async fn park(&self) {
+        self.engine
+            .set_role(RoleAssignment {
+                role: Role::Standby,
+                epoch: 2,
+                primary_url: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The node's HTTP API over this engine (admin token `t`, no admission limits).
+    fn http(&self) -> AppState {
+        AppState::new(
+            self.engine.clone(),
+            Admission::new(0, 0, 64),
+            Metrics::new(self.engine.metrics()),
+            Some("t".into()),
+            Limits::default(),
+        )
+    }
+
     fn wal_bytes(&self) -> Vec<u8> {
         self.disk.with_files(|f| {
             f.iter()
@@ -178,14 +201,7 @@ async fn a_step_down_is_not_logged_and_stops_selling_at_once() {
         n.engine.purchase(buy(&format!("k{i}"))).await.unwrap();
     }
     let before = n.wal_bytes();
-    n.engine
-        .set_role(RoleAssignment {
-            role: Role::Standby,
-            epoch: 2,
-            primary_url: None,
-        })
-        .await
-        .unwrap();
+    n.park().await;
     assert_eq!(n.wal_bytes(), before, "a demotion wrote to the log");
     assert_eq!(n.lease.remaining_ms(), 0, "the lease goes with the role");
     assert!(matches!(
@@ -197,13 +213,7 @@ async fn a_step_down_is_not_logged_and_stops_selling_at_once() {
 #[tokio::test]
 async fn readiness_follows_the_lease() {
     let n = primary().await;
-    let state = AppState::new(
-        n.engine.clone(),
-        Admission::new(0, 0, 64),
-        Metrics::new(n.engine.metrics()),
-        Some("t".into()),
-        Limits::default(),
-    );
+    let state = n.http();
     let ready = || async {
         let res = app(state.clone())
             .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
@@ -265,13 +275,7 @@ async fn only_the_leased_primary_says_sold_out_or_unknown_order() {
     for i in 0..10 {
         n.engine.purchase(buy(&format!("k{i}"))).await.unwrap();
     }
-    let state = AppState::new(
-        n.engine.clone(),
-        Admission::new(0, 0, 64),
-        Metrics::new(n.engine.metrics()),
-        Some("t".into()),
-        Limits::default(),
-    );
+    let state = n.http();
     let send = |req: Request<Body>| {
         let state = state.clone();
         async move {
@@ -317,14 +321,7 @@ async fn only_the_leased_primary_says_sold_out_or_unknown_order() {
     // An order it has, of another customer, still reads as missing.
     assert_eq!(send(read(3)).await, (404, "unknown_order".into()));
     // Parked as a standby.
-    n.engine
-        .set_role(RoleAssignment {
-            role: Role::Standby,
-            epoch: 2,
-            primary_url: None,
-        })
-        .await
-        .unwrap();
+    n.park().await;
     assert_eq!(send(retry()).await, (503, "not_primary".into()));
     assert_eq!(send(confirm()).await, (503, "not_primary".into()));
     assert_eq!(send(read(999)).await, (503, "unavailable".into()));
