@@ -116,9 +116,11 @@ pub struct Memory {
     /// (when, what the load asked for): the scale-down stabilisation window.
     recommendations: VecDeque<(i64, u32)>,
     panic_until_ms: Option<i64>,
-    /// When this history began (a new leader's memory), or when the last hold ended:
-    /// no scale-down for a window after it ([`Memory::hold`]).
+    /// When this history began (a new leader's memory): no scale-down for a window.
     started_ms: Option<i64>,
+    /// The last pass that held the count for a failover: no scale-down for a window
+    /// after it either ([`Memory::hold`]).
+    held_ms: Option<i64>,
     /// When the count last changed (a scale-down waits the stabilisation window after
     /// any change: one node at a time, spaced).
     changed_ms: Option<i64>,
@@ -141,11 +143,11 @@ impl Memory {
         }
     }
 
-    /// The count is held (a failover moves the primary, or the primary is failing):
-    /// the samples of the outage say little of the crowd, so once the hold ends no
+    /// The count is held while a failover or switchover moves the primary: the
+    /// samples of the outage say little of the crowd, so once the hold ends no
     /// scale-down for a window, as for a new leader.
     pub fn hold(&mut self, now_ms: i64) {
-        self.started_ms = Some(now_ms);
+        self.held_ms = Some(now_ms);
     }
 
     fn mean_demand(&self, now_ms: i64, window_ms: i64) -> f64 {
@@ -187,9 +189,15 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
     // A new leader (its memory empty: when the count last changed is unknown), or the
     // end of a hold: no scale-down for the longer of the stable window and the
     // stabilisation window.
-    let new_leader = mem
-        .started_ms
-        .is_some_and(|s| now_ms - s < p.stable_window_ms.max(p.scale_down_stabilization_ms));
+    let window = p.stable_window_ms.max(p.scale_down_stabilization_ms);
+    let recent = |t: Option<i64>| t.is_some_and(|t| now_ms - t < window);
+    let fresh = if recent(mem.started_ms) {
+        Some("a new leader's first window")
+    } else if recent(mem.held_ms) {
+        Some("the window after a failover")
+    } else {
+        None
+    };
 
     // After the window: back to the minimum, whatever the load.
     if p.ends_at_ms.is_some_and(|e| now_ms >= e) {
@@ -198,17 +206,14 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         let spaced = mem
             .changed_ms
             .is_none_or(|c| now_ms - c >= p.scale_down_stabilization_ms);
-        d.desired = if current > floor && spaced && !new_leader && p.down_held.is_none() {
+        let held = p.down_held.or(fresh);
+        d.desired = if current > floor && spaced && held.is_none() {
             current - 1
         } else {
             clamp(current)
         };
         if current > floor {
-            if let Some(why) = p.down_held {
-                d.down_blocked = Some(why);
-            } else if new_leader {
-                d.down_blocked = Some("a new leader's first window");
-            }
+            d.down_blocked = held;
         }
         if d.desired != current {
             mem.changed_ms = Some(now_ms);
@@ -306,8 +311,8 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         } else if prescale {
             d.down_blocked = Some("pre-scale");
             current
-        } else if new_leader {
-            d.down_blocked = Some("a new leader's first window");
+        } else if let Some(why) = fresh {
+            d.down_blocked = Some(why);
             current
         } else if highest >= current
             || mem
@@ -543,7 +548,7 @@ mod tests {
         let d = decide(&mut mem, &p, 4, 101_000);
         assert_eq!(
             (d.desired, d.down_blocked),
-            (4, Some("a new leader's first window"))
+            (4, Some("the window after a failover"))
         );
         mem.record(sample(131_000, 20.0, 4), 120_000);
         assert_eq!(decide(&mut mem, &p, 4, 131_000).desired, 3);

@@ -214,6 +214,18 @@ pub struct OrderAnswer {
     pub replayed: bool,
 }
 
+/// What [`EngineHandle::look_up`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Order),
+    /// Not in this copy, which has applied records only up to `applied_seq`: the
+    /// order may exist where the sale's state is.
+    NotSeenYet {
+        applied_seq: u64,
+    },
+    Unknown,
+}
+
 /// Where [`EngineHandle::front`] sends a purchase.
 #[derive(Debug)]
 pub enum Front {
@@ -755,6 +767,24 @@ impl EngineHandle {
 
     pub fn order(&self, id: u64) -> Option<Order> {
         self.inner.view.read().order(id)
+    }
+
+    /// Order `id` as a read should answer it, decided under one look at the view (a
+    /// batch applied between two looks could make a missing order read as unknown
+    /// when it was only not seen yet).
+    pub fn look_up(&self, id: u64) -> Lookup {
+        let view = self.inner.view.read();
+        match view.order(id) {
+            Some(o) => Lookup::Found(o),
+            // An order's id is its purchase's record: past what this copy applied, it
+            // may be an order the sale made since, unless this node is the sale's state.
+            None if id > view.status.applied_seq && self.authority_of(&view).is_err() => {
+                Lookup::NotSeenYet {
+                    applied_seq: view.status.applied_seq,
+                }
+            }
+            None => Lookup::Unknown,
+        }
     }
 
     /// The order ledger of the durable state the reads show (`crate::ledger`): every

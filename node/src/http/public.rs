@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::{ErrorBody, ItemView, Order, PurchaseRequest, SellError};
 
-use crate::engine::{Front, OrderAnswer};
+use crate::engine::{Front, Lookup, OrderAnswer};
 use crate::forward::{
     BATCH_ACCEPT_MAX, ForwardAnswer, ForwardAnswers, ForwardBatch, ForwardOp, ORDER_ID_MAX,
 };
@@ -367,7 +367,7 @@ async fn forwarded_action(
     // it) says so before it looks for the order: its copy may lack an order the new
     // primary made, and "no such order" would be a final answer where the client must
     // retry.
-    s.engine.authoritative()?;
+    authoritative(s)?;
     owns(s, id, customer.as_deref())?;
     let _place = s.admission.enter_engine()?;
     Ok(action.run(s, id).await?)
@@ -507,14 +507,15 @@ async fn order_action(
     s.admission.check_rate()?;
     // Only the sale's own state may say "no such order" (a parked standby's copy, in a
     // failover, may not have an order the old primary acknowledged).
-    s.engine.authoritative()?;
+    authoritative(s)?;
     owns(s, id, customer)?;
     let _place = s.admission.enter_engine()?;
     Ok(answered(StatusCode::OK, action.run(s, id).await?))
 }
 
-/// Counts a confirm or cancel answered `fenced` (purchases count by code).
-fn counted(s: &AppState, r: Result<OrderAnswer, SellError>) -> Result<OrderAnswer, SellError> {
+/// Counts a confirm or cancel answered `fenced`, by the engine or before it (purchases
+/// count by code).
+fn counted<T>(s: &AppState, r: Result<T, SellError>) -> Result<T, SellError> {
     if let Err(SellError::Fenced(_)) = &r {
         s.metrics.fenced();
     }
@@ -544,19 +545,20 @@ pub async fn get_order(
         s.admission.check_rate()?;
     }
     // Another customer's order is answered like one that does not exist (`owns`).
-    match s.engine.order(id) {
-        Some(o) if customer.is_none_or(|c| o.customer == c) => Ok(axum::Json(o)),
-        // An order's id is its purchase's record: an id past what a copy has applied
-        // may be an order the primary made since, not yet known here rather than unknown.
-        None if s.engine.authoritative().is_err() && id > s.engine.positions().applied_seq => {
-            Err(SellError::Unavailable(format!(
-                "this node's copy has applied records up to {}; order {id} may be newer: retry, or read it from the primary",
-                s.engine.positions().applied_seq
-            ))
-            .into())
-        }
-        _ => Err(SellError::UnknownOrder(id).into()),
+    match s.engine.look_up(id) {
+        Lookup::Found(o) if customer.is_none_or(|c| o.customer == c) => Ok(axum::Json(o)),
+        Lookup::NotSeenYet { applied_seq } => Err(SellError::Unavailable(format!(
+            "this node's copy has applied records up to {applied_seq}; order {id} may be newer: retry, or read it from the primary"
+        ))
+        .into()),
+        Lookup::Found(_) | Lookup::Unknown => Err(SellError::UnknownOrder(id).into()),
     }
+}
+
+/// [`crate::engine::EngineHandle::authoritative`], counting a `fenced` answer as the
+/// engine's would be (`flashsale_fenced_answers_total`).
+fn authoritative(s: &AppState) -> Result<(), SellError> {
+    counted(s, s.engine.authoritative())
 }
 
 /// Whose orders the caller may act on: `None` for the node's admin token (the operator,

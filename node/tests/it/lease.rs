@@ -316,7 +316,24 @@ async fn only_the_leased_primary_says_sold_out_or_unknown_order() {
     // Its lease lapsed.
     n.clock.advance(LEASE_MS);
     assert_eq!(send(retry()).await, (503, "fenced".into()));
+    let fenced = || {
+        let state = state.clone();
+        async move {
+            let res = app(state)
+                .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let text = res.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&text)
+                .lines()
+                .find_map(|l| l.strip_prefix("flashsale_fenced_answers_total "))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .expect("flashsale_fenced_answers_total in /metrics")
+        }
+    };
+    let before = fenced().await;
     assert_eq!(send(confirm()).await, (503, "fenced".into()));
+    assert_eq!(fenced().await, before + 1, "the fenced confirm is counted");
     assert_eq!(send(read(999)).await, (503, "unavailable".into()));
     // An order it has, of another customer, still reads as missing.
     assert_eq!(send(read(3)).await, (404, "unknown_order".into()));

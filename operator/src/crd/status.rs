@@ -111,7 +111,8 @@ pub struct AutoscalerStatus {
     pub last_scale_reason: Option<String>,
     /// Why a scale-down the load asks for is held back now (as an HPA's
     /// `ScaleDownStabilized`): `panic`, `pre-scale`, `a new leader's first window`,
-    /// `stabilisation window`, `a failing primary` or `floor`. Absent when none is.
+    /// `the window after a failover`, `stabilisation window`, `a failing primary` or
+    /// `floor`. Absent when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_held_by: Option<String>,
 }

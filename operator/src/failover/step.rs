@@ -409,18 +409,27 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
         return d;
     }
     let ranked = rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging);
-    // A switchover's target, while it is eligible; gone (deleted by a scale-down that
-    // raced the request, say), the best node that stays is chosen instead: the primary
-    // has already stepped down, and waiting for a target that will not come back
-    // would stop the sale for good.
+    // A node the StatefulSet keeps (an ordinal below `spec.nodes.replicas`) is
+    // preferred: one past it is removed, with its copy, before or soon after it sells.
+    let stays = |r: &&Candidate| r.ordinal.is_none_or(|o| (o as i32) < w.replicas);
+    let best = || ranked.iter().find(stays).or(ranked.first()).cloned();
+    // A switchover's target, while it is eligible. Gone for good — its pod deleted or
+    // stopping, or to be removed by a scale-down that raced the request — the best
+    // node is chosen instead: the primary has already stepped down, and waiting for a
+    // target that will not come back would stop the sale for good. (A target that
+    // only missed a status answer is waited for: `NoCandidate`, asked again.)
     let chosen = match &f.candidate {
-        Some(c) => ranked.iter().find(|r| &r.name == c).cloned().or_else(|| {
-            ranked
-                .iter()
-                .find(|r| r.ordinal.is_none_or(|o| (o as i32) < w.replicas))
-                .cloned()
-        }),
-        None => ranked.first().cloned(),
+        Some(c) => {
+            let target = pod(w, c);
+            let gone = target
+                .is_none_or(|p| !p.running || p.ordinal.is_some_and(|o| o as i32 >= w.replicas));
+            if gone {
+                best()
+            } else {
+                ranked.iter().find(|r| &r.name == c).cloned()
+            }
+        }
+        None => best(),
     };
     let mut next = f.clone();
     next.fenced = Some(proof.to_string());
@@ -437,7 +446,7 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
         None => {
             next.blocked = Some(match &f.candidate {
                 Some(c) => format!(
-                    "NoCandidate: the switchover target {c} is no longer eligible, nor is any node that stays"
+                    "NoCandidate: the switchover target {c} does not answer as a secondary with the sale (waited for while its pod runs; once it is gone another is chosen)"
                 ),
                 None => "NoCandidate: no node answers as a secondary with the sale".to_string(),
             });

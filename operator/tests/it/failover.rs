@@ -993,6 +993,17 @@ fn a_switchover_never_waits_for_a_target_being_removed() {
         (f.step, f.candidate.as_deref(), f.blocked),
         (FailoverStep::Recovering, Some("s-1"), None)
     );
+    // A target that only missed a status answer, its pod running, is waited for.
+    let mut p = parked(pods());
+    p[0].role_label = None;
+    p[2].node = Some(Err("timed out".into()));
+    let w = world(&s, &p, 100);
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        (f.step, f.candidate.as_deref()),
+        (FailoverStep::Fencing, Some("s-2"))
+    );
+    assert!(f.blocked.unwrap().starts_with("NoCandidate"));
 }
 
 #[test]
