@@ -384,17 +384,13 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     observe::ask_nodes(&ctx.settings.nodes, &mut observed).await;
 
     // desired (pure) and apply
-    let primary_ordinal = prev
-        .primary
-        .as_ref()
-        .and_then(|p| observed.ordinal_of(&p.pod));
     let desired = build::desired(
         &owner,
         sale,
         &ctx.settings.build,
         &observed.existing,
         &apply::new_admin_token(),
-        primary_ordinal,
+        observed.floor_ordinal(&prev),
     );
     let applied = apply::apply(&ctx.client, &owner.namespace, &desired, &observed.existing)
         .await

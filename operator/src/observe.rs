@@ -141,6 +141,22 @@ impl Observed {
             .and_then(|p| p.ordinal)
             .or_else(|| name.rsplit('-').next()?.parse().ok())
     }
+
+    /// The highest ordinal the StatefulSet must keep: the primary's, and during a
+    /// failover or switchover its candidate's too (a lowered `spec.nodes.replicas` must
+    /// not remove the node being promoted, with the tail just shipped into it).
+    pub fn floor_ordinal(&self, status: &crate::crd::FlashSaleStatus) -> Option<u32> {
+        let primary = status.primary.as_ref().map(|p| p.pod.as_str());
+        let candidate = status
+            .failover
+            .as_ref()
+            .and_then(|f| f.candidate.as_deref());
+        [primary, candidate]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.ordinal_of(name))
+            .max()
+    }
 }
 
 /// What the caches hold of one sale: its StatefulSet, node pods, admin token and Redis.
@@ -237,5 +253,30 @@ mod tests {
         let observed = Observed::default();
         assert_eq!(observed.ordinal_of("my-sale-2"), Some(2));
         assert_eq!(observed.ordinal_of("nonumber"), None);
+    }
+
+    /// During a failover the floor keeps the candidate's pod as well as the
+    /// primary's: before, a lowered count could remove the node being promoted.
+    #[test]
+    fn the_floor_keeps_the_primary_and_the_candidate_being_promoted() {
+        use crate::crd::{FailoverState, FlashSaleStatus, PrimaryStatus};
+        let observed = Observed::default();
+        let mut status = FlashSaleStatus {
+            primary: Some(PrimaryStatus {
+                pod: "s-0".into(),
+                endpoint: None,
+            }),
+            ..FlashSaleStatus::default()
+        };
+        assert_eq!(observed.floor_ordinal(&status), Some(0));
+        let failover: FailoverState = serde_json::from_value(serde_json::json!({
+            "kind": "Failover", "from": "s-0", "epoch": 2, "step": "Recovering",
+            "reason": "test", "detectedAt": "2026-12-02T10:00:00Z",
+            "fenceStartedAt": "2026-12-02T10:00:00Z", "fromLeased": true,
+            "candidate": "s-2"
+        }))
+        .unwrap();
+        status.failover = Some(failover);
+        assert_eq!(observed.floor_ordinal(&status), Some(2));
     }
 }

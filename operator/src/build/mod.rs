@@ -119,9 +119,11 @@ pub struct Desired {
 }
 
 /// The whole desired state of a sale. Pure: `fresh_token` is drawn by the caller and
-/// used only if the admin Secret does not exist yet. `primary_ordinal`: the primary's
-/// pod ordinal — the StatefulSet never shrinks below it (a StatefulSet removes the
-/// highest ordinals; a scale-down that would remove the primary switches over first).
+/// used only if the admin Secret does not exist yet. `primary_ordinal`: the highest
+/// ordinal to keep, the primary's pod's (and a failover's candidate's:
+/// `Observed::floor_ordinal`) — the StatefulSet never shrinks below it (a StatefulSet
+/// removes the highest ordinals; a scale-down that would remove the primary switches
+/// over first).
 pub fn desired(
     owner: &Owner,
     sale: &FlashSale,
