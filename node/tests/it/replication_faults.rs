@@ -5,7 +5,7 @@
 
 use crate::replication_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use replication_support::drop_proxy::DropProxy;
 use replication_support::node;
@@ -75,8 +75,14 @@ async fn redis_killed_and_restarted_mid_sale() {
             assert_eq!(state.orders[id]["idempotencyKey"], key.as_str());
         }
         // …and the secondaries reconnect to the restarted Redis and go back to live,
-        // having counted what the stream missed meanwhile as repaired gaps.
-        let r = repl(&http, s).await;
+        // having counted what the stream missed meanwhile as repaired gaps. (Converged
+        // is not yet live: the catch-up a resubscribe starts may still be finishing.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut r = repl(&http, s).await;
+        while r["state"] != "live" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            r = repl(&http, s).await;
+        }
         assert_eq!(r["redisConnected"], true, "{r}");
         assert_eq!(r["state"], "live", "{r}");
         assert!(
