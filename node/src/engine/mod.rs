@@ -722,11 +722,6 @@ impl EngineHandle {
         Front::Forward(primary.clone())
     }
 
-    /// Whether this node is the primary (as of its read view).
-    pub fn is_primary(&self) -> bool {
-        self.inner.view.read().status.role == Role::Primary
-    }
-
     /// The primary's base URL when this node is a secondary that forwards (confirms
     /// and cancels go there without looking at the local copy, which may not have the
     /// order yet).

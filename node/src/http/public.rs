@@ -379,9 +379,14 @@ fn owns(s: &AppState, id: u64, customer: Option<&str>) -> Result<(), ApiError> {
         return Ok(());
     };
     match s.engine.order(id) {
-        Some(o) if o.customer == customer => Ok(()),
+        Some(o) if belongs(&o, Some(customer)) => Ok(()),
         _ => Err(SellError::UnknownOrder(id).into()),
     }
+}
+
+/// Whether `o` is `customer`'s (any order is, for `None`: the admin token).
+fn belongs(o: &Order, customer: Option<&str>) -> bool {
+    customer.is_none_or(|c| o.customer == c)
 }
 
 /// A confirm or cancel on a secondary that forwards: to the primary, with the caller's
@@ -546,7 +551,7 @@ pub async fn get_order(
     }
     // Another customer's order is answered like one that does not exist (`owns`).
     match s.engine.look_up(id) {
-        Lookup::Found(o) if customer.is_none_or(|c| o.customer == c) => Ok(axum::Json(o)),
+        Lookup::Found(o) if belongs(&o, customer) => Ok(axum::Json(o)),
         Lookup::NotSeenYet { applied_seq } => Err(SellError::Unavailable(format!(
             "this node's copy has applied records up to {applied_seq}; order {id} may be newer: retry, or read it from the primary"
         ))
