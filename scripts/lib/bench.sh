@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the HTTP benchmarks (bench-node.sh, bench-replication.sh, bench-forward.sh) share:
-# set-up of the tools and the release build, a work dir cleaned on exit, nodes started
+# set-up of the tools and the node's dist build, a work dir cleaned on exit, nodes started
 # and asked, and wrk runs parsed into one results line each. Sourced, not run; the caller sets BENCH (its name for messages),
 # CONNS, DURATION_S and LOAD_CPU first.
 
@@ -14,9 +14,10 @@ bench_setup() {
   for tool in wrk taskset curl python3 "$@"; do
     command -v "$tool" >/dev/null || { echo "$BENCH: $tool missing" >&2; exit 1; }
   done
-  cargo build --release -p stock-node
+  # The node as it ships: the dist profile (release with fat LTO, Cargo.toml).
+  cargo build --profile dist -p stock-node
   # shellcheck disable=SC2034 # used by the scripts that source this file
-  BIN="$CARGO_TARGET_DIR/release/stock-node"
+  BIN="$CARGO_TARGET_DIR/dist/stock-node"
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/$BENCH.XXXXXX")"
   PIDS=()
   trap bench_cleanup EXIT
