@@ -170,7 +170,13 @@ fn nodes_for(demand: f64, target: f64) -> u32 {
 /// The decision at `now_ms` for a sale that runs `current` nodes.
 pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decision {
     let floor = p.min.max(p.floor).min(p.max.max(p.floor));
-    let ceiling = p.max.max(floor);
+    // A hold on scale-downs (a failing primary) holds the ceiling's cut too: a
+    // `maxReplicas` lowered below the count waits, as the load's scale-down does.
+    let over_ceiling = current > p.max.max(floor);
+    let ceiling = match p.down_held {
+        Some(_) => p.max.max(floor).max(current),
+        None => p.max.max(floor),
+    };
     let clamp = |n: u32| n.clamp(floor, ceiling);
     let last = mem.samples.back().copied();
     let stable_demand = mem.mean_demand(now_ms, p.stable_window_ms);
@@ -182,7 +188,7 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         panic_demand,
         wanted: current,
         limited: false,
-        down_blocked: None,
+        down_blocked: p.down_held.filter(|_| over_ceiling),
         panic_started: false,
     };
 
@@ -213,7 +219,7 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
             clamp(current)
         };
         if current > floor {
-            d.down_blocked = held;
+            d.down_blocked = held.or(d.down_blocked);
         }
         if d.desired != current {
             mem.changed_ms = Some(now_ms);
@@ -532,6 +538,22 @@ mod tests {
         assert_eq!(ds[99].down_blocked, Some("a failing primary"));
         let ds = run(&p, 1, 5, |_| 350.0);
         assert!(ds[4].desired > 1, "{:?}", ds[4]);
+        // A maxReplicas lowered below the count waits too, whatever the mode (with
+        // samples, without them, after the end); once the primary is well, it applies.
+        p.max = 2;
+        for ends in [None, Some(0)] {
+            p.ends_at_ms = ends;
+            let ds = run(&p, 4, 5, |_| 20.0);
+            assert!(ds.iter().all(|d| d.desired == 4), "{ends:?}: {:?}", ds[4]);
+            assert_eq!(ds[4].down_blocked, Some("a failing primary"));
+        }
+        p.ends_at_ms = None;
+        let mut mem = Memory::default();
+        let blind = decide(&mut mem, &p, 4, 0);
+        assert_eq!((blind.mode, blind.desired), (Mode::Blind, 4));
+        assert_eq!(blind.down_blocked, Some("a failing primary"));
+        p.down_held = None;
+        assert_eq!(decide(&mut mem, &p, 4, 0).desired, 2);
     }
 
     /// A hold (a failover or a switchover) starts the window again: the outage's
