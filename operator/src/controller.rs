@@ -84,6 +84,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The sale was gone when its finalizer was to be removed: an earlier pass removed
+    /// it and the apiserver deleted the sale, while this pass ran its cleanup again on
+    /// the cached object. The deletion is done, not failed.
+    fn is_deletion_done(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        matches!(self, Error::Finalizer(e)
+            if matches!(&**e, F::RemoveFinalizer(kube::Error::Api(s)) if s.code == 404))
+    }
+
     fn is_teardown_pending(&self) -> bool {
         use kube::runtime::finalizer::Error as F;
         match self {
@@ -320,6 +329,10 @@ async fn reconcile(sale: Arc<FlashSale>, ctx: Arc<Context>) -> Result<Action, Er
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = match result {
+        Err(e) if e.is_deletion_done() => Ok(Action::await_change()),
+        r => r,
+    };
     // Nodes still stopping on delete is progress, not a failure.
     let ok = match &result {
         Ok(_) => true,
@@ -545,6 +558,11 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         m.autoscaler_desired
             .get_or_create(&labels)
             .set(i64::from(a.desired_replicas));
+    } else {
+        // Autoscaling off: no autoscaler series for the sale.
+        ctx.settings
+            .metrics
+            .forget_autoscaler(&owner.namespace, &owner.name);
     }
     next.autoscaler = scaled.status;
     notes.extend(scaled.notes);
@@ -826,6 +844,9 @@ async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
         .forget(&format!("{}/{}", owner.namespace, owner.name));
     ctx.autoscalers
         .forget(&format!("{}/{}", owner.namespace, owner.name));
+    ctx.settings
+        .metrics
+        .forget_autoscaler(&owner.namespace, &owner.name);
     apply::delete_statefulset(&ctx.client, &owner.namespace, &owner.name)
         .await
         .map_err(Error::Cleanup)?;
@@ -843,4 +864,30 @@ async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
         .publish(sale, sale.resource_version(), &[note], false)
         .await;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    /// A pass whose finalizer removal found the sale already gone has finished the
+    /// deletion: it is not a failed reconcile (it was logged and counted as one, and
+    /// retried). Another failure to remove the finalizer still is.
+    #[test]
+    fn a_sale_gone_before_its_finalizer_is_removed_is_a_finished_deletion() {
+        let api = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("flashsales \"s\" not found", "")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let remove = |e| Error::Finalizer(Box::new(F::RemoveFinalizer(e)));
+        assert!(remove(api(404)).is_deletion_done());
+        assert!(!remove(api(422)).is_deletion_done());
+        assert!(!remove(api(500)).is_deletion_done());
+        let cleanup = Error::Finalizer(Box::new(F::CleanupFailed(Error::CachesNotReady)));
+        assert!(!cleanup.is_deletion_done());
+    }
 }

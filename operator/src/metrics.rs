@@ -210,6 +210,18 @@ impl Metrics {
         }
     }
 
+    /// Drops a sale's autoscaler series: the sale is deleted, or its autoscaling is
+    /// off. A gauge left behind would go on saying what the autoscaler wants for a sale
+    /// it no longer scales.
+    pub fn forget_autoscaler(&self, namespace: &str, sale: &str) {
+        let labels = SaleLabels {
+            namespace: namespace.to_string(),
+            sale: sale.to_string(),
+        };
+        self.autoscaler_demand.remove(&labels);
+        self.autoscaler_desired.remove(&labels);
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -220,4 +232,33 @@ impl Metrics {
 
 fn chrono_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deleted sale's (or one whose autoscaling is off) autoscaler series leave the
+    /// exposition; another sale's stay.
+    #[test]
+    fn a_forgotten_sale_has_no_autoscaler_series() {
+        let m = Metrics::default();
+        for sale in ["gone", "kept"] {
+            let labels = SaleLabels {
+                namespace: "ns".into(),
+                sale: sale.into(),
+            };
+            m.autoscaler_demand.get_or_create(&labels).set(12.5);
+            m.autoscaler_desired.get_or_create(&labels).set(3);
+        }
+        m.forget_autoscaler("ns", "gone");
+        let text = m.encode();
+        let series = |sale: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("flashsale_operator_autoscaler_"))
+                .filter(|l| l.contains(&format!("sale=\"{sale}\"")))
+                .count()
+        };
+        assert_eq!((series("gone"), series("kept")), (0, 2), "{text}");
+    }
 }

@@ -13,6 +13,7 @@
 #                drops (ScaledDown), and the primary is never removed or changed
 #   3. HPA       an HPA on the FlashSale (minReplicas 2) scales it through the real HPA
 #                controller; the autoscaler stands down (AutoscalingConflict, External)
+#   4. deleted   the sale deleted: its autoscaler series leave the operator's /metrics
 # Every wait is bounded; the namespace is removed even on failure.
 #
 #   bash operator/tests/e2e-autoscale.sh   # cluster FLASHSALE_E2E_CLUSTER (default e2e)
@@ -217,4 +218,11 @@ conflict() { kubectl get events.events.k8s.io -n "$NS" --field-selector reason=A
 wait_for 30 "an AutoscalingConflict Event" conflict
 sleep 5
 [ "$(replicas)" = 2 ] || fail "replicas moved off the HPA's 2 while it targets the sale: $(replicas)"
+
+log "4. the sale deleted: its autoscaler series leave the operator's metrics"
+series() { op_metrics | grep -E "^flashsale_operator_autoscaler_[a-z_]+[{].*sale=\"$SALE\"" || true; }
+[ -n "$(series)" ] || fail "no autoscaler series for the sale before its deletion"
+kubectl delete -n "$NS" "flashsale/$SALE" --timeout=90s >/dev/null
+gone() { m=$(op_metrics) && ! grep -qE "^flashsale_operator_autoscaler_[a-z_]+[{].*sale=\"$SALE\"" <<<"$m"; }
+wait_for 15 "no autoscaler series for the deleted sale" gone
 log "PASS"

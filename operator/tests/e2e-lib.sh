@@ -76,3 +76,11 @@ e2e_python_venv() {
     "$venv/bin/pip" install -q --disable-pip-version-check 'matplotlib==3.9.*' >&2
   fi
 }
+
+# op_metrics: the leading operator's /metrics (Prometheus text).
+op_metrics() {
+  local leader ip
+  leader=$(kubectl get lease -n "$OP_NS" "$RELEASE-flashsale-operator" -o jsonpath='{.spec.holderIdentity}')
+  ip=$(kubectl get pod -n "$OP_NS" "$leader" -o jsonpath='{.status.podIP}')
+  curl -sf --max-time 3 "http://$ip:8081/metrics"
+}

@@ -101,12 +101,6 @@ show_seqs() {
   log "$line"
 }
 
-op_metrics() {
-  local leader ip
-  leader=$(kubectl get lease -n "$OP_NS" "$RELEASE-flashsale-operator" -o jsonpath='{.spec.holderIdentity}')
-  ip=$(kubectl get pod -n "$OP_NS" "$leader" -o jsonpath='{.status.podIP}')
-  curl -sf --max-time 3 "http://$ip:8081/metrics"
-}
 # status_in_sync: the FlashSale status lists every node, answering, nobody lagging,
 # ReplicationHealthy True; and the operator's metrics show lag 0 for each secondary.
 status_in_sync() {
