@@ -409,10 +409,7 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
         return d;
     }
     let ranked = rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging);
-    // A node the StatefulSet keeps (an ordinal below `spec.nodes.replicas`) is
-    // preferred: one past it is removed, with its copy, before or soon after it sells.
-    let stays = |r: &&Candidate| r.ordinal.is_none_or(|o| (o as i32) < w.replicas);
-    let best = || ranked.iter().find(stays).or(ranked.first()).cloned();
+    let best = || preferred(w, &ranked);
     // A switchover's target, while it is eligible. Gone for good — its pod deleted or
     // stopping, or to be removed by a scale-down that raced the request — the best
     // node is chosen instead: the primary has already stepped down, and waiting for a
@@ -645,6 +642,14 @@ fn holds_the_old_log(old: &flashsale_core::admin::NodeStatus, f: &FailoverState)
     logged >= 1 && old.durable_seq >= f.from_durable_seq.unwrap_or(0)
 }
 
+/// The candidate of a ranking: the best node the StatefulSet keeps (an ordinal below
+/// `spec.nodes.replicas`), else the best of all. A node past it is removed, with its
+/// copy, before or soon after it sells.
+fn preferred(w: &World, ranked: &[Candidate]) -> Option<Candidate> {
+    let stays = |r: &&Candidate| r.ordinal.is_none_or(|o| (o as i32) < w.replicas);
+    ranked.iter().find(stays).or(ranked.first()).cloned()
+}
+
 /// The tail cannot be read: quorum mode promotes once every other node reported (each
 /// acknowledged sale is durable on one of them); async mode waits, unless the spec
 /// allows losing what only the old primary had.
@@ -659,19 +664,17 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
             ..Decision::default()
         }
     };
-    let best: Option<Candidate> =
-        rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging)
-            .into_iter()
-            .next();
+    let ranked = rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging);
+    // Without the tail the candidate is the node that holds the most, even one a
+    // scale-down is removing (the floor keeps it until the promotion is done): a node
+    // that stays but holds less would lose acknowledged sales, which in quorum mode
+    // only the most durable secondary is sure to have. Among equals the ranking's
+    // lowest ordinal, the one a scale-down keeps longest, comes first.
+    let best = ranked.first().cloned();
     let go = |c: Candidate, source: &str| {
         let mut next = f.clone();
         next.step = FailoverStep::Promoting;
-        next.ranking = Some(rank::describe(&rank::rank(
-            w.pods,
-            &f.from,
-            f.epoch.saturating_sub(1),
-            &w.lagging,
-        )));
+        next.ranking = Some(rank::describe(&ranked));
         next.candidate = Some(c.name);
         next.tail_end = Some(c.applied_seq);
         next.tail_source = Some(source.to_string());

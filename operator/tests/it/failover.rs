@@ -852,13 +852,31 @@ fn quorum_mode_promotes_without_the_tail_once_every_secondary_reported() {
     if let Some(Ok(n)) = all[2].node.as_mut() {
         (n.applied_seq, n.durable_seq) = (99, 99); // s-2 now holds the most
     }
-    let w = World { pods: &all, ..w };
+    let mut w = World { pods: &all, ..w };
     let f = next_failover(&decide(&w));
     assert_eq!(f.step, FailoverStep::Promoting);
     assert_eq!(
         f.candidate.as_deref(),
         Some("s-2"),
         "the most durable of all"
+    );
+    // s-2 is being removed by a scale-down to 2 nodes, and still chosen: it alone is
+    // sure to hold every acknowledged sale (s-1 holds less, and nothing copies the
+    // tail into it).
+    w.replicas = 2;
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.candidate.as_deref(), Some("s-2"), "the most durable");
+    // Holding as much, the node that stays is chosen.
+    let mut tied = all.clone();
+    if let Some(Ok(n)) = tied[1].node.as_mut() {
+        (n.applied_seq, n.durable_seq) = (99, 99);
+    }
+    let w = World { pods: &tied, ..w };
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        f.candidate.as_deref(),
+        Some("s-1"),
+        "as durable, and it stays"
     );
 }
 
