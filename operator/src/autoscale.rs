@@ -57,6 +57,14 @@ pub struct Params {
     pub down_held: Option<&'static str>,
 }
 
+impl Params {
+    /// The fewest nodes: `min`, or the floor when higher, but never above `max` unless
+    /// the floor is.
+    pub fn lowest(&self) -> u32 {
+        self.min.max(self.floor).min(self.max.max(self.floor))
+    }
+}
+
 /// What the autoscaler is doing (shown in `status.autoscaler.mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -169,7 +177,7 @@ fn nodes_for(demand: f64, target: f64) -> u32 {
 
 /// The decision at `now_ms` for a sale that runs `current` nodes.
 pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decision {
-    let floor = p.min.max(p.floor).min(p.max.max(p.floor));
+    let floor = p.lowest();
     // A hold on scale-downs (a failing primary) holds the ceiling's cut too: a
     // `maxReplicas` lowered below the count waits, as the load's scale-down does.
     let over_ceiling = current > p.max.max(floor);

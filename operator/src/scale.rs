@@ -149,10 +149,26 @@ pub fn params(sale: &FlashSale, primary_ordinal: Option<u32>) -> Params {
     }
 }
 
-/// Why a scale happened, in words with its numbers (the Event's message).
+/// Why a scale happened, in words with its numbers (the Event's message). A count set
+/// outside the bounds (`kubectl scale`, a changed `minReplicas` or `maxReplicas`) is
+/// brought back with the bound named.
 pub fn reason(d: &Decision, from: u32, p: &Params, ready: u32) -> String {
+    let lowest = p.lowest();
+    let bound = if d.desired > from && from < lowest && d.desired > d.wanted {
+        if p.floor > p.min {
+            format!(
+                "; {from} is below the floor of {lowest} nodes (the primary's pod, and a secondary in quorum mode, are kept)"
+            )
+        } else {
+            format!("; {from} is below minReplicas {}", p.min)
+        }
+    } else if d.desired < from && from > p.max.max(lowest) {
+        format!("; {from} is above maxReplicas {}", p.max)
+    } else {
+        String::new()
+    };
     format!(
-        "{from} → {} nodes ({}): demand {:.0}/s over the stable window, {:.0}/s over the panic window; target {:.0}/s per node, {ready} ready; wanted {}{}",
+        "{from} → {} nodes ({}): demand {:.0}/s over the stable window, {:.0}/s over the panic window; target {:.0}/s per node, {ready} ready; wanted {}{}{bound}",
         d.desired,
         d.mode.as_str(),
         d.stable_demand,
@@ -406,5 +422,75 @@ async fn targeting_hpa(client: &kube::Client, ns: &str, name: &str) -> Result<Op
             tracing::warn!(error = %e, "autoscaler: listing HorizontalPodAutoscalers failed");
             Err(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::{Memory, decide};
+
+    fn knobs() -> Params {
+        Params {
+            min: 2,
+            max: 4,
+            target_per_node: 10.0,
+            stable_window_ms: 60_000,
+            panic_window_ms: 6_000,
+            panic_threshold: 2.0,
+            tolerance: 0.1,
+            scale_up_step_max: 4,
+            scale_down_stabilization_ms: 60_000,
+            floor: 1,
+            starts_at_ms: None,
+            prescale_lead_ms: 60_000,
+            prescale_replicas: 4,
+            ends_at_ms: None,
+            down_held: None,
+        }
+    }
+
+    /// A count set below the floor or above the ceiling (`kubectl scale`) is brought
+    /// back, and the Event's message names the bound; a scale for load names none.
+    #[test]
+    fn a_count_outside_the_bounds_is_brought_back_naming_the_bound() {
+        let mut p = knobs();
+        let why = |p: &Params, current| {
+            let d = decide(&mut Memory::default(), p, current, 0);
+            (d.desired, reason(&d, current, p, current))
+        };
+        let (to, msg) = why(&p, 1);
+        assert_eq!(to, 2);
+        assert!(msg.ends_with("; 1 is below minReplicas 2"), "{msg}");
+        p.floor = 3; // the primary is s-2
+        let (to, msg) = why(&p, 1);
+        assert_eq!(to, 3);
+        assert!(
+            msg.contains("below the floor of 3 nodes (the primary's pod"),
+            "{msg}"
+        );
+        p.floor = 1;
+        let (to, msg) = why(&p, 6);
+        assert_eq!(to, 4);
+        assert!(msg.ends_with("; 6 is above maxReplicas 4"), "{msg}");
+        // Within the bounds, a scale for load: no bound named.
+        let mut mem = Memory::default();
+        mem.record(
+            crate::autoscale::Sample {
+                at_ms: 0,
+                demand_per_s: 35.0,
+                answered: 2,
+                ready: 2,
+                primary_refused: false,
+                primary_inflight_ratio: 0.0,
+            },
+            120_000,
+        );
+        let d = decide(&mut mem, &p, 2, 0);
+        let msg = reason(&d, 2, &p, 2);
+        assert!(
+            d.desired > 2 && !msg.contains("minReplicas 2") && !msg.contains("above"),
+            "{msg}"
+        );
     }
 }
