@@ -180,10 +180,11 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
     let floor = p.lowest();
     // A hold on scale-downs (a failing primary) holds the ceiling's cut too: a
     // `maxReplicas` lowered below the count waits, as the load's scale-down does.
-    let over_ceiling = current > p.max.max(floor);
+    let max = p.max.max(floor);
+    let over_ceiling = current > max;
     let ceiling = match p.down_held {
-        Some(_) => p.max.max(floor).max(current),
-        None => p.max.max(floor),
+        Some(_) => max.max(current),
+        None => max,
     };
     let clamp = |n: u32| n.clamp(floor, ceiling);
     let last = mem.samples.back().copied();
@@ -288,7 +289,7 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
         wanted = wanted.max(p.prescale_replicas);
     }
     d.wanted = wanted;
-    d.limited = wanted > ceiling;
+    d.limited = wanted > max;
     d.mode = if panic {
         Mode::Panic
     } else if prescale {
