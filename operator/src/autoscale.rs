@@ -223,7 +223,7 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
             .is_none_or(|c| now_ms - c >= p.scale_down_stabilization_ms);
         let held = p.down_held.or(fresh);
         d.desired = if current > floor && spaced && held.is_none() {
-            current - 1
+            clamp(current - 1)
         } else {
             clamp(current)
         };

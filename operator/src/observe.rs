@@ -143,17 +143,21 @@ impl Observed {
     }
 
     /// The highest ordinal the StatefulSet must keep: the primary's, and during a
-    /// failover or switchover its candidate's too (a lowered `spec.nodes.replicas` must
-    /// not remove the node being promoted, with the tail just shipped into it).
+    /// failover or switchover its candidate's and every node's it began with (a
+    /// lowered `spec.nodes.replicas` must not remove the node being promoted, with the
+    /// tail just shipped into it, nor one whose volume may hold the only copy of an
+    /// acknowledged sale; a pod it had begun to remove comes back on its volume).
     pub fn floor_ordinal(&self, status: &crate::crd::FlashSaleStatus) -> Option<u32> {
         let primary = status.primary.as_ref().map(|p| p.pod.as_str());
-        let candidate = status
-            .failover
-            .as_ref()
-            .and_then(|f| f.candidate.as_deref());
+        let failover = status.failover.as_ref();
+        let candidate = failover.and_then(|f| f.candidate.as_deref());
+        let nodes = failover
+            .into_iter()
+            .flat_map(|f| f.nodes.iter().map(String::as_str));
         [primary, candidate]
             .into_iter()
             .flatten()
+            .chain(nodes)
             .filter_map(|name| self.ordinal_of(name))
             .max()
     }
@@ -276,7 +280,14 @@ mod tests {
             "candidate": "s-2"
         }))
         .unwrap();
-        status.failover = Some(failover);
+        status.failover = Some(failover.clone());
         assert_eq!(observed.floor_ordinal(&status), Some(2));
+        // Every node the failover began with is kept too, the candidate or not: s-3's
+        // volume may hold the only copy of an acknowledged sale (quorum mode).
+        status.failover = Some(FailoverState {
+            nodes: vec!["s-1".into(), "s-2".into(), "s-3".into()],
+            ..failover
+        });
+        assert_eq!(observed.floor_ordinal(&status), Some(3));
     }
 }

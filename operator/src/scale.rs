@@ -154,7 +154,7 @@ pub fn params(sale: &FlashSale, primary_ordinal: Option<u32>) -> Params {
 /// brought back with the bound named.
 pub fn reason(d: &Decision, from: u32, p: &Params, ready: u32) -> String {
     let lowest = p.lowest();
-    let bound = if d.desired > from && from < lowest && d.desired > d.wanted {
+    let bound = if d.desired > from && from < lowest {
         if p.floor > p.min {
             format!(
                 "; {from} is below the floor of {lowest} nodes (the primary's pod, and a secondary in quorum mode, are kept)"
@@ -473,6 +473,15 @@ mod tests {
         let (to, msg) = why(&p, 6);
         assert_eq!(to, 4);
         assert!(msg.ends_with("; 6 is above maxReplicas 4"), "{msg}");
+        // After the sale's end too (there the autoscaler wants the minimum anyway).
+        p.ends_at_ms = Some(0);
+        let (to, msg) = why(&p, 1);
+        assert_eq!(to, 2);
+        assert!(msg.ends_with("; 1 is below minReplicas 2"), "{msg}");
+        let (to, msg) = why(&p, 6);
+        assert_eq!(to, 4, "to maxReplicas in one step");
+        assert!(msg.ends_with("; 6 is above maxReplicas 4"), "{msg}");
+        p.ends_at_ms = None;
         // Within the bounds, a scale for load: no bound named.
         let mut mem = Memory::default();
         mem.record(

@@ -254,6 +254,13 @@ pub struct FailoverState {
     )]
     #[schemars(with = "Option<Time>")]
     pub recovered_at: Option<Time>,
+    /// The sale's other node pods when it began. The StatefulSet keeps each of them
+    /// until the failover ends (a scale-down waits, and a pod it had begun to remove
+    /// comes back on its volume), and in quorum mode each must report before a
+    /// promotion without the old primary's tail: an acknowledged sale may be on one of
+    /// them alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
     /// Why it cannot go on right now (`NoCandidate: …`, `TailUnavailable: …`,
     /// `QuorumUnsafe: …`, `CandidateLost: …`, `RecoveryJobDeleting: …`); retried on
     /// every pass, and cleared once it no longer holds.

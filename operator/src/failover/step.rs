@@ -212,6 +212,16 @@ fn begin(
                 tail_source: None,
                 tail_end: None,
                 recovered_at: None,
+                nodes: {
+                    let mut nodes: Vec<String> = w
+                        .pods
+                        .iter()
+                        .filter(|p| p.name != from)
+                        .map(|p| p.name.clone())
+                        .collect();
+                    nodes.sort();
+                    nodes
+                },
                 blocked: None,
             }),
             last_failover: w.status.last_failover.clone(),
@@ -654,7 +664,6 @@ fn preferred(w: &World, ranked: &[Candidate]) -> Option<Candidate> {
 /// acknowledged sale is durable on one of them); async mode waits, unless the spec
 /// allows losing what only the old primary had.
 fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
-    let others: Vec<&PodView> = w.pods.iter().filter(|p| p.name != f.from).collect();
     let blocked = |reason: String| {
         let mut next = f.clone();
         next.blocked = Some(reason);
@@ -665,17 +674,27 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         }
     };
     let ranked = rank::rank(w.pods, &f.from, f.epoch.saturating_sub(1), &w.lagging);
-    // Without the tail the candidate is the node that holds the most, even one a
-    // scale-down is removing (the floor keeps it until the promotion is done): a node
-    // that stays but holds less would lose acknowledged sales, which in quorum mode
-    // only the most durable secondary is sure to have. Among equals the ranking's
-    // lowest ordinal, the one a scale-down keeps longest, comes first.
-    let best = ranked.first().cloned();
+    // Without the tail the candidate is a node that holds the most, even one past
+    // `spec.nodes.replicas` (the floor keeps every node the failover began with, until
+    // it ends: `FailoverState::nodes`): a node that stays but holds less would lose
+    // acknowledged sales, which in quorum mode only the most durable secondary is sure
+    // to have. Among those that hold as much, one that stays.
+    let most = ranked
+        .iter()
+        .take_while(|c| {
+            ranked
+                .first()
+                .is_some_and(|t| (c.durable_seq, c.applied_seq) == (t.durable_seq, t.applied_seq))
+        })
+        .count();
+    let best = preferred(w, &ranked[..most]);
     let go = |c: Candidate, source: &str| {
         let mut next = f.clone();
         next.step = FailoverStep::Promoting;
         next.ranking = Some(rank::describe(&ranked));
         next.candidate = Some(c.name);
+        // Nothing is copied into it: the promotion reconciles no record.
+        next.candidate_start_seq = Some(c.applied_seq);
         next.tail_end = Some(c.applied_seq);
         next.tail_source = Some(source.to_string());
         next.recovered_at = Some(w.now.clone());
@@ -687,10 +706,17 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         }
     };
     if w.quorum {
-        let silent: Vec<&str> = others
-            .iter()
-            .filter(|p| !(p.running && p.node_status().is_some()))
-            .map(|p| p.name.as_str())
+        // Every node the failover began with, and any that has come since: one that
+        // does not answer — its pod gone too — is silent, not absent (its volume may
+        // hold the only copy of an acknowledged sale).
+        let mut names: Vec<&str> = f.nodes.iter().map(String::as_str).collect();
+        names.extend(w.pods.iter().map(|p| p.name.as_str()));
+        names.sort_unstable();
+        names.dedup();
+        let silent: Vec<&str> = names
+            .into_iter()
+            .filter(|n| *n != f.from)
+            .filter(|n| !pod(w, n).is_some_and(|p| p.running && p.node_status().is_some()))
             .collect();
         return match (silent.is_empty(), best) {
             (true, Some(c)) => go(

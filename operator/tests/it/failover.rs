@@ -152,6 +152,7 @@ fn failover(step: FailoverStep) -> FailoverState {
         tail_source: None,
         tail_end: None,
         recovered_at: None,
+        nodes: vec!["s-1".into(), "s-2".into()],
         blocked: None,
     }
 }
@@ -860,18 +861,30 @@ fn quorum_mode_promotes_without_the_tail_once_every_secondary_reported() {
         Some("s-2"),
         "the most durable of all"
     );
-    // s-2 is being removed by a scale-down to 2 nodes, and still chosen: it alone is
-    // sure to hold every acknowledged sale (s-1 holds less, and nothing copies the
-    // tail into it).
+    assert_eq!(
+        (f.candidate_start_seq, f.tail_end),
+        (Some(99), Some(99)),
+        "nothing copied, nothing reconciled"
+    );
+    // s-2's pod removed by a scale-down to 2 nodes (gone from the cache): s-2 is
+    // silent, not absent — sale 99, acknowledged on s-2's ack alone, is on its volume.
+    // Before, s-1 (98) was promoted and sale 99 lost.
     w.replicas = 2;
+    w.pods = &all[..2];
     let f = next_failover(&decide(&w));
-    assert_eq!(f.candidate.as_deref(), Some("s-2"), "the most durable");
-    // Holding as much, the node that stays is chosen.
+    assert_eq!(f.step, FailoverStep::Recovering);
+    let blocked = f.blocked.unwrap();
+    assert!(
+        blocked.starts_with("QuorumUnsafe") && blocked.ends_with("(silent: s-2)"),
+        "{blocked}"
+    );
+    // Both as durable: the one the scale-down keeps is chosen, lagging or not.
     let mut tied = all.clone();
     if let Some(Ok(n)) = tied[1].node.as_mut() {
         (n.applied_seq, n.durable_seq) = (99, 99);
     }
-    let w = World { pods: &tied, ..w };
+    w.pods = &tied;
+    w.lagging = vec!["s-1".into()];
     let f = next_failover(&decide(&w));
     assert_eq!(
         f.candidate.as_deref(),
