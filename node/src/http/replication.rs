@@ -264,14 +264,16 @@ pub async fn post_wal(
         rest = &rest[len..];
         let pos = s.engine.positions();
         // The boundary: the records this node already holds must be of the same
-        // epochs here; a tail that starts right after them names the epoch of the
-        // record before it (`prev_epoch`).
+        // epochs here, in every batch of the body (a later batch may overlap the log
+        // as much as the first: `wal export` writes several); a tail that starts right
+        // after them names the epoch of the record before it (`prev_epoch`) — after
+        // the first batch, that record was the body's own, checked here.
+        let st = s.engine.status();
+        for r in batch.records.iter().filter(|r| r.seq <= pos.applied_seq) {
+            check_boundary(&st.epochs, st.applied_seq, r.seq, r.epoch)?;
+        }
         if first {
             first = false;
-            let st = s.engine.status();
-            for r in batch.records.iter().filter(|r| r.seq <= pos.applied_seq) {
-                check_boundary(&st.epochs, st.applied_seq, r.seq, r.epoch)?;
-            }
             if batch.first_seq == pos.applied_seq + 1 && pos.applied_seq > 0 {
                 let Some(prev) = q.prev_epoch else {
                     return Err(ApiError::new(

@@ -211,6 +211,14 @@ async fn a_posted_tail_must_continue_the_log_it_is_posted_to() {
     // Overlapping records of another epoch: refused, nothing applied.
     let (code, e) = post(&http, &target, "", export(&three_dir, 3)).await;
     assert_eq!((code, e["code"].as_str()), (409, Some("diverged")), "{e}");
+    // The same in a body's second batch, after one that matches (`wal export` writes
+    // several): before, only the first batch was checked, and the other log's records
+    // past this one's end were applied after it — a mixed history.
+    let mut two = export(&one_dir, 1);
+    two.extend(export(&three_dir, 3));
+    let (code, e) = post(&http, &target, "", two).await;
+    assert_eq!((code, e["code"].as_str()), (409, Some("diverged")), "{e}");
+    assert_eq!(admin(&http, &target).await["appliedSeq"], have);
     // A tail right after the last record must say that record's epoch…
     let tail = export(&three_dir, have + 1);
     let (code, e) = post(&http, &target, "", tail.clone()).await;
