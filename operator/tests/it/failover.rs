@@ -41,10 +41,11 @@ fn node(role: Role, epoch: u64, durable: u64, instance: &str) -> NodeStatus {
             epoch,
             remaining_ms: 0,
         }),
-        // Its log: records of `epoch` (none in an empty one).
+        // Its log: one history shared by every node, records of epoch 1 (none in an
+        // empty one); a test of divergence gives a node another.
         epochs: (durable > 0)
             .then_some(EpochStart {
-                epoch,
+                epoch: 1,
                 first_seq: 1,
             })
             .into_iter()
@@ -208,6 +209,50 @@ fn the_ranking_is_durable_then_applied_then_not_lagging_then_ordinal_then_name()
         s.sale = None;
     }
     assert_eq!(names(rank(&nosale, "s-0", 3, &[])), ["s-2"]);
+}
+
+/// A node whose log parted from another's at an older epoch — an old primary come back
+/// that wrote on past where its replacement began, its catch-up not done yet — is never
+/// a candidate: promoted, it would lose the newer epoch's acknowledged sales. Before
+/// (from a review), it ranked first by its longer log.
+#[test]
+fn a_node_whose_log_parted_at_an_older_epoch_is_never_a_candidate() {
+    let history = |starts: &[(u64, u64)]| {
+        starts
+            .iter()
+            .map(|&(epoch, first_seq)| EpochStart { epoch, first_seq })
+            .collect::<Vec<_>>()
+    };
+    let mut p = vec![
+        // The primary of epoch 4, replaced without its tail; back, told epoch 5.
+        pod(0, Some(node(Role::Secondary, 5, 130, "aa"))),
+        // Epoch 5's primary, failing now, and its secondary.
+        pod(1, Some(node(Role::Primary, 5, 120, "bb"))),
+        pod(2, Some(node(Role::Secondary, 5, 118, "cc"))),
+    ];
+    for (i, h) in [
+        (0, [(1, 1), (4, 101)]),
+        (1, [(1, 1), (5, 101)]),
+        (2, [(1, 1), (5, 101)]),
+    ] {
+        if let Some(Ok(s)) = p[i].node.as_mut() {
+            s.epochs = history(&h);
+        }
+    }
+    let names = |r: Vec<flashsale_operator::failover::rank::Candidate>| {
+        r.into_iter().map(|c| c.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names(rank(&p, "s-1", 5, &[])), ["s-2"]);
+    // The failing primary silent too: s-2's log alone shows it.
+    p[1].node = Some(Err("timed out".into()));
+    assert_eq!(names(rank(&p, "s-1", 5, &[])), ["s-2"]);
+    // Its catch-up done (its log moved aside, started again from the primary's): a
+    // candidate again.
+    if let Some(Ok(s)) = p[0].node.as_mut() {
+        s.epochs = history(&[(1, 1), (5, 101)]);
+        (s.applied_seq, s.durable_seq) = (118, 118);
+    }
+    assert_eq!(names(rank(&p, "s-1", 5, &[])), ["s-0", "s-2"]);
 }
 
 // --- detection
