@@ -130,6 +130,7 @@ const POLL_MS: u64 = 250;
 
 /// The reason a failover waits for its recovery Job, deleted, to be gone.
 const JOB_DELETING: &str = "RecoveryJobDeleting";
+const TAIL_SHORT: &str = "TailShort";
 
 fn ms_between(a: &Time, b: &Time) -> i64 {
     b.0.as_millisecond() - a.0.as_millisecond()
@@ -634,7 +635,19 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
             ));
             wait(vec![], next)
         }
-        Some(JobState::Succeeded) => promote(c.applied_seq, by_job, None),
+        // The Job ended well, but the candidate holds less than the old primary was
+        // seen to have durable: not the whole tail (a replaced claim, an older Job's
+        // success). Promoting would lose what is missing; said and waited on.
+        Some(JobState::Succeeded) => match f.from_durable_seq.filter(|&d| c.applied_seq < d) {
+            None => promote(c.applied_seq, by_job, None),
+            Some(durable) => {
+                next.blocked = Some(format!(
+                    "{TAIL_SHORT}: the recovery Job succeeded, but {candidate} holds records up to {} and {} was seen durable up to {durable} ({by_job})",
+                    c.applied_seq, f.from
+                ));
+                wait(vec![], next)
+            }
+        },
         Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
     }
 }

@@ -595,13 +595,30 @@ fn a_silent_old_pod_is_read_by_a_recovery_job() {
     if let Some(Ok(n)) = shipped[1].node.as_mut() {
         n.applied_seq = 101;
     }
-    let w = World {
+    let mut w = World {
         pods: &shipped,
         job: Some(JobState::Succeeded),
         ..w
     };
     let f = next_failover(&decide(&w));
     assert_eq!((f.step, f.tail_end), (FailoverStep::Promoting, Some(101)));
+    // The old primary was seen durable up to 103 while fenced: a Job that succeeded
+    // with the candidate at 101 did not bring the whole tail. Said, not promoted
+    // (before, promoted, losing 102 and 103).
+    let mut short = s.clone();
+    if let Some(f) = short.failover.as_mut() {
+        f.from_durable_seq = Some(103);
+    }
+    w.status = &short;
+    let d = decide(&w);
+    let f = next_failover(&d);
+    assert_eq!(f.step, FailoverStep::Recovering);
+    let why = f.blocked.unwrap();
+    assert!(
+        why.starts_with("TailShort") && why.contains("up to 101") && why.contains("up to 103"),
+        "{why}"
+    );
+    assert!(d.actions.is_empty(), "{d:?}");
 }
 
 /// A live candidate's recovery Job deleted by someone else, its pods slow to stop, is
