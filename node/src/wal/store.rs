@@ -83,9 +83,22 @@ pub struct FsDir {
 }
 
 impl FsDir {
-    /// Uses `path`, creating it if needed.
+    /// Uses `path`, creating it if needed. A directory it creates is made durable in
+    /// its parent (each level, from the top), so the first synced records cannot lose
+    /// their directory's entry to a power failure.
     pub fn create(path: &Path) -> io::Result<Self> {
+        let missing: Vec<&Path> = path
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .collect();
         fs::create_dir_all(path)?;
+        for created in missing.iter().rev() {
+            let parent = created
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            File::open(parent)?.sync_all()?;
+        }
         Ok(Self {
             path: path.to_owned(),
         })
@@ -580,6 +593,17 @@ impl WalFile for MemAppender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Missing levels are created (and each synced into its parent); an existing
+    /// directory is used as it is.
+    #[test]
+    fn create_makes_every_missing_level() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a").join("b").join("wal");
+        FsDir::create(&deep).unwrap();
+        assert!(deep.is_dir());
+        FsDir::create(&deep).unwrap();
+    }
 
     #[test]
     fn a_spare_is_its_length_of_zeros_whatever_the_pieces() {
