@@ -275,10 +275,12 @@ pub struct FailoverSpec {
         .message("failover.leaseDuration: must be between 6s and 10m"))]
     pub lease_duration: Duration,
     /// When the old primary's WAL tail cannot be read (its node and its volume are
-    /// gone): `Required` (default) keeps the sale blocked rather than lose an
-    /// acknowledged sale — in quorum mode it promotes once every secondary has reported,
-    /// since each acknowledged sale is on one of them; `AllowLoss` promotes the most
-    /// advanced secondary and says, in a Warning, that sales may be lost.
+    /// gone, or its volume holds less than it was seen durable): `Required` (default)
+    /// keeps the sale blocked rather than lose an acknowledged sale — in quorum mode it
+    /// promotes once every secondary the failover began with has reported, since each
+    /// acknowledged sale is on one of them; `AllowLoss` promotes the most advanced
+    /// secondary and says, in a Warning, that sales may be lost (in quorum mode, once
+    /// every secondary that still has a pod has reported).
     #[serde(default)]
     pub tail_policy: TailPolicy,
 }

@@ -130,7 +130,6 @@ const POLL_MS: u64 = 250;
 
 /// The reason a failover waits for its recovery Job, deleted, to be gone.
 const JOB_DELETING: &str = "RecoveryJobDeleting";
-const TAIL_SHORT: &str = "TailShort";
 
 fn ms_between(a: &Time, b: &Time) -> i64 {
     b.0.as_millisecond() - a.0.as_millisecond()
@@ -638,15 +637,19 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         // The Job ended well, but the candidate holds less than the old primary was
         // seen to have durable: not the whole tail (a replaced claim, an older Job's
         // success). Promoting would lose what is missing; said and waited on.
+        // As an unreadable tail: quorum mode and AllowLoss may go on without it (the
+        // volume may hold less for good, e.g. a node that lost power under a sale that
+        // does not sync), async mode waits.
         Some(JobState::Succeeded) => match f.from_durable_seq.filter(|&d| c.applied_seq < d) {
             None => promote(c.applied_seq, by_job, None),
-            Some(durable) => {
-                next.blocked = Some(format!(
-                    "{TAIL_SHORT}: the recovery Job succeeded, but {candidate} holds records up to {} and {} was seen durable up to {durable} ({by_job})",
+            Some(durable) => tail_unavailable(
+                w,
+                f,
+                &format!(
+                    "the recovery Job succeeded, but {candidate} holds records up to {} and {} was seen durable up to {durable}: the volume holds less",
                     c.applied_seq, f.from
-                ));
-                wait(vec![], next)
-            }
+                ),
+            ),
         },
         Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
     }
@@ -722,7 +725,14 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         // Every node the failover began with, and any that has come since: one that
         // does not answer — its pod gone too — is silent, not absent (its volume may
         // hold the only copy of an acknowledged sale).
-        let mut names: Vec<&str> = f.nodes.iter().map(String::as_str).collect();
+        // `tailPolicy: AllowLoss` lets go of those whose pod is gone (a Kubernetes node
+        // lost for good would otherwise hold the sale stopped).
+        let allow_loss = w.tail_policy == TailPolicy::AllowLoss;
+        let mut names: Vec<&str> = if allow_loss {
+            Vec::new()
+        } else {
+            f.nodes.iter().map(String::as_str).collect()
+        };
         names.extend(w.pods.iter().map(|p| p.name.as_str()));
         names.sort_unstable();
         names.dedup();
@@ -737,11 +747,16 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
                 "none: the tail is unreadable; quorum mode, every secondary reported",
             ),
             (_, _) => blocked(format!(
-                "QuorumUnsafe: the old primary's tail is unreadable ({why}); waiting for every secondary to report (silent: {})",
+                "QuorumUnsafe: the old primary's tail is unreadable ({why}); waiting for every secondary to report (silent: {}{})",
                 if silent.is_empty() {
                     "none".to_string()
                 } else {
                     silent.join(", ")
+                },
+                if allow_loss {
+                    ""
+                } else {
+                    "; spec.failover.tailPolicy: AllowLoss goes on without a node whose pod is gone"
                 }
             )),
         };

@@ -615,10 +615,15 @@ fn a_silent_old_pod_is_read_by_a_recovery_job() {
     assert_eq!(f.step, FailoverStep::Recovering);
     let why = f.blocked.unwrap();
     assert!(
-        why.starts_with("TailShort") && why.contains("up to 101") && why.contains("up to 103"),
+        why.starts_with("TailUnavailable")
+            && why.contains("up to 101")
+            && why.contains("up to 103"),
         "{why}"
     );
     assert!(d.actions.is_empty(), "{d:?}");
+    // As an unreadable tail: AllowLoss goes on (the volume may hold less for good).
+    w.tail_policy = TailPolicy::AllowLoss;
+    assert_eq!(next_failover(&decide(&w)).step, FailoverStep::Promoting);
 }
 
 /// A live candidate's recovery Job deleted by someone else, its pods slow to stop, is
@@ -937,9 +942,17 @@ fn quorum_mode_promotes_without_the_tail_once_every_secondary_reported() {
     assert_eq!(f.step, FailoverStep::Recovering);
     let blocked = f.blocked.unwrap();
     assert!(
-        blocked.starts_with("QuorumUnsafe") && blocked.ends_with("(silent: s-2)"),
+        blocked.starts_with("QuorumUnsafe") && blocked.contains("(silent: s-2;"),
         "{blocked}"
     );
+    // AllowLoss lets go of a node whose pod is gone (a Kubernetes node lost for good).
+    w.tail_policy = TailPolicy::AllowLoss;
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        (f.step, f.candidate.as_deref()),
+        (FailoverStep::Promoting, Some("s-1"))
+    );
+    w.tail_policy = TailPolicy::Required;
     // Both as durable: the one the scale-down keeps is chosen, lagging or not.
     let mut tied = all.clone();
     if let Some(Ok(n)) = tied[1].node.as_mut() {
