@@ -159,6 +159,18 @@ fn export(data_dir: &std::path::Path, from: u64) -> Vec<u8> {
     out.stdout
 }
 
+/// The first `n` records of an exported body (one batch), as a batch of their own.
+fn first_records(body: &[u8], n: usize) -> Vec<u8> {
+    use flashsale_core::wal::{decode_batch, encode_batch, encode_record};
+    let batch = decode_batch(body).unwrap(); // a short log: one batch
+    let mut frames = Vec::new();
+    for r in &batch.records[..n] {
+        encode_record(r, &mut frames).unwrap();
+    }
+    let last = batch.records[n - 1].seq;
+    encode_batch(batch.epoch, batch.first_seq, last, &frames)
+}
+
 async fn post(http: &reqwest::Client, n: &Node, query: &str, body: Vec<u8>) -> (u16, Value) {
     let r = http
         .post(n.url(&format!("/admin/v1/wal{query}")))
@@ -218,6 +230,26 @@ async fn a_posted_tail_must_continue_the_log_it_is_posted_to() {
     two.extend(export(&three_dir, 3));
     let (code, e) = post(&http, &target, "", two).await;
     assert_eq!((code, e["code"].as_str()), (409, Some("diverged")), "{e}");
+    assert_eq!(admin(&http, &target).await["appliedSeq"], have);
+    // A later batch that starts right after this node's log, the record before it not
+    // in the body (records 1..=3 of this log, then the other's from have + 1): nothing
+    // said which log that record is of. Before, applied: the other log's records after
+    // this one's.
+    let mut gap = first_records(&export(&one_dir, 1), 3);
+    gap.extend(export(&three_dir, have + 1));
+    let (code, e) = post(&http, &target, "", gap).await;
+    assert_eq!(
+        (code, e["code"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("must follow each other"),
+        "{e}"
+    );
     assert_eq!(admin(&http, &target).await["appliedSeq"], have);
     // A tail right after the last record must say that record's epoch…
     let tail = export(&three_dir, have + 1);
