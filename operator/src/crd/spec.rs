@@ -279,8 +279,8 @@ pub struct FailoverSpec {
     /// keeps the sale blocked rather than lose an acknowledged sale — in quorum mode it
     /// promotes once every secondary the failover began with has reported, since each
     /// acknowledged sale is on one of them; `AllowLoss` promotes the most advanced
-    /// secondary and says, in a Warning, that sales may be lost (in quorum mode, once
-    /// every secondary that still has a pod has reported).
+    /// secondary and says, in a Warning, that sales may be lost (in quorum mode, without
+    /// the secondaries that do not report).
     #[serde(default)]
     pub tail_policy: TailPolicy,
 }

@@ -262,7 +262,7 @@ pub struct FailoverState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
     /// Why it cannot go on right now (`NoCandidate: …`, `TailUnavailable: …`,
-    /// `QuorumUnsafe: …`, `CandidateLost: …`, `RecoveryJobDeleting: …`); retried on
+    /// `QuorumUnsafe: …`, `CandidateLost: …`, `RecoveryJobDeleting: …`, `TailShort: …`); retried on
     /// every pass, and cleared once it no longer holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,

@@ -130,6 +130,7 @@ const POLL_MS: u64 = 250;
 
 /// The reason a failover waits for its recovery Job, deleted, to be gone.
 const JOB_DELETING: &str = "RecoveryJobDeleting";
+const TAIL_SHORT: &str = "TailShort";
 
 fn ms_between(a: &Time, b: &Time) -> i64 {
     b.0.as_millisecond() - a.0.as_millisecond()
@@ -637,19 +638,25 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         // The Job ended well, but the candidate holds less than the old primary was
         // seen to have durable: not the whole tail (a replaced claim, an older Job's
         // success). Promoting would lose what is missing; said and waited on.
-        // As an unreadable tail: quorum mode and AllowLoss may go on without it (the
-        // volume may hold less for good, e.g. a node that lost power under a sale that
-        // does not sync), async mode waits.
+        // First said and waited on for a pass: the candidate's status may predate the
+        // Job's end (it is asked before the Job's pod is read). Still short on a later
+        // pass, it is an unreadable tail: quorum mode and AllowLoss may go on without
+        // it (the volume may hold less for good, e.g. a node that lost power under a
+        // sale that does not sync), async mode waits.
         Some(JobState::Succeeded) => match f.from_durable_seq.filter(|&d| c.applied_seq < d) {
             None => promote(c.applied_seq, by_job, None),
-            Some(durable) => tail_unavailable(
-                w,
-                f,
-                &format!(
-                    "the recovery Job succeeded, but {candidate} holds records up to {} and {} was seen durable up to {durable}: the volume holds less",
+            Some(durable) => {
+                let why = format!(
+                    "{TAIL_SHORT}: the recovery Job succeeded, but {candidate} holds records up to {} and {} was seen durable up to {durable}",
                     c.applied_seq, f.from
-                ),
-            ),
+                );
+                if f.blocked.as_deref().is_some_and(|b| b.contains(TAIL_SHORT)) {
+                    tail_unavailable(w, f, &why)
+                } else {
+                    next.blocked = Some(why);
+                    wait(vec![], next)
+                }
+            }
         },
         Some(JobState::Failed(why)) => tail_unavailable(w, f, why),
     }
@@ -708,9 +715,12 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         let mut next = f.clone();
         next.step = FailoverStep::Promoting;
         next.ranking = Some(rank::describe(&ranked));
+        // Nothing more is copied into it: a new candidate reconciles no record (the
+        // same one keeps what a Job copied into it).
+        if f.candidate.as_deref() != Some(c.name.as_str()) {
+            next.candidate_start_seq = Some(c.applied_seq);
+        }
         next.candidate = Some(c.name);
-        // Nothing is copied into it: the promotion reconciles no record.
-        next.candidate_start_seq = Some(c.applied_seq);
         next.tail_end = Some(c.applied_seq);
         next.tail_source = Some(source.to_string());
         next.recovered_at = Some(w.now.clone());
@@ -725,14 +735,7 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         // Every node the failover began with, and any that has come since: one that
         // does not answer — its pod gone too — is silent, not absent (its volume may
         // hold the only copy of an acknowledged sale).
-        // `tailPolicy: AllowLoss` lets go of those whose pod is gone (a Kubernetes node
-        // lost for good would otherwise hold the sale stopped).
-        let allow_loss = w.tail_policy == TailPolicy::AllowLoss;
-        let mut names: Vec<&str> = if allow_loss {
-            Vec::new()
-        } else {
-            f.nodes.iter().map(String::as_str).collect()
-        };
+        let mut names: Vec<&str> = f.nodes.iter().map(String::as_str).collect();
         names.extend(w.pods.iter().map(|p| p.name.as_str()));
         names.sort_unstable();
         names.dedup();
@@ -741,22 +744,26 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
             .filter(|n| *n != f.from)
             .filter(|n| !pod(w, n).is_some_and(|p| p.running && p.node_status().is_some()))
             .collect();
-        return match (silent.is_empty(), best) {
-            (true, Some(c)) => go(
+        // `tailPolicy: AllowLoss` goes on without the silent ones, as in async mode (a
+        // Kubernetes node lost for good would otherwise hold the sale stopped).
+        return match (silent.is_empty(), best, w.tail_policy) {
+            (true, Some(c), _) => go(
                 c,
                 "none: the tail is unreadable; quorum mode, every secondary reported",
             ),
-            (_, _) => blocked(format!(
-                "QuorumUnsafe: the old primary's tail is unreadable ({why}); waiting for every secondary to report (silent: {}{})",
+            (false, Some(c), TailPolicy::AllowLoss) => go(
+                c,
+                &format!(
+                    "none: the tail is unreadable; quorum mode without {} (silent), tailPolicy AllowLoss (sales only they had may be lost)",
+                    silent.join(", ")
+                ),
+            ),
+            (_, _, _) => blocked(format!(
+                "QuorumUnsafe: the old primary's tail is unreadable ({why}); waiting for every secondary to report (silent: {}; spec.failover.tailPolicy: AllowLoss goes on without them)",
                 if silent.is_empty() {
                     "none".to_string()
                 } else {
                     silent.join(", ")
-                },
-                if allow_loss {
-                    ""
-                } else {
-                    "; spec.failover.tailPolicy: AllowLoss goes on without a node whose pod is gone"
                 }
             )),
         };

@@ -613,17 +613,38 @@ fn a_silent_old_pod_is_read_by_a_recovery_job() {
     let d = decide(&w);
     let f = next_failover(&d);
     assert_eq!(f.step, FailoverStep::Recovering);
-    let why = f.blocked.unwrap();
+    let why = f.blocked.clone().unwrap();
     assert!(
-        why.starts_with("TailUnavailable")
-            && why.contains("up to 101")
-            && why.contains("up to 103"),
+        why.starts_with("TailShort") && why.contains("up to 101") && why.contains("up to 103"),
         "{why}"
     );
     assert!(d.actions.is_empty(), "{d:?}");
-    // As an unreadable tail: AllowLoss goes on (the volume may hold less for good).
+    // That pass's status of the candidate may predate the Job's end: AllowLoss too
+    // waits a pass before it goes on without the tail.
     w.tail_policy = TailPolicy::AllowLoss;
-    assert_eq!(next_failover(&decide(&w)).step, FailoverStep::Promoting);
+    assert_eq!(next_failover(&decide(&w)).step, FailoverStep::Recovering);
+    // Still short on the next pass: an unreadable tail. Async mode waits, AllowLoss
+    // goes on (the volume may hold less for good), keeping what the Job copied.
+    let later = in_failover(f);
+    w.status = &later;
+    w.tail_policy = TailPolicy::Required;
+    let f = next_failover(&decide(&w));
+    let why = f.blocked.clone().unwrap();
+    assert!(
+        why.starts_with("TailUnavailable") && why.contains("TailShort"),
+        "{why}"
+    );
+    w.tail_policy = TailPolicy::AllowLoss;
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        (
+            f.step,
+            f.candidate.as_deref(),
+            f.candidate_start_seq,
+            f.tail_end
+        ),
+        (FailoverStep::Promoting, Some("s-1"), Some(98), Some(101))
+    );
 }
 
 /// A live candidate's recovery Job deleted by someone else, its pods slow to stop, is
@@ -945,12 +966,17 @@ fn quorum_mode_promotes_without_the_tail_once_every_secondary_reported() {
         blocked.starts_with("QuorumUnsafe") && blocked.contains("(silent: s-2;"),
         "{blocked}"
     );
-    // AllowLoss lets go of a node whose pod is gone (a Kubernetes node lost for good).
+    // AllowLoss goes on without a silent node, and says what may be lost.
     w.tail_policy = TailPolicy::AllowLoss;
     let f = next_failover(&decide(&w));
     assert_eq!(
         (f.step, f.candidate.as_deref()),
         (FailoverStep::Promoting, Some("s-1"))
+    );
+    let source = f.tail_source.unwrap();
+    assert!(
+        source.contains("without s-2") && source.contains("may be lost"),
+        "{source}"
     );
     w.tail_policy = TailPolicy::Required;
     // Both as durable: the one the scale-down keeps is chosen, lagging or not.
