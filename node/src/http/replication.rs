@@ -256,7 +256,8 @@ pub async fn post_wal(
     let mut rest = &body[..];
     let mut applied_records = 0u64;
     let mut first = true;
-    let mut prev_last: Option<u64> = None;
+    // The furthest record the body's batches so far reach.
+    let mut reached: Option<u64> = None;
     while !rest.is_empty() {
         let len = batch_len(rest)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body: {e}")))?;
@@ -274,19 +275,19 @@ pub async fn post_wal(
             check_boundary(&st.epochs, st.applied_seq, r.seq, r.epoch)?;
         }
         let starts_tail = batch.first_seq == pos.applied_seq + 1 && pos.applied_seq > 0;
-        if !first && starts_tail && prev_last != Some(pos.applied_seq) {
+        if !first && starts_tail && reached != Some(pos.applied_seq) {
             // A later batch that starts right after this node's log, whose record before
             // is not the body's: nothing said which log that record is of.
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "body: a batch starts at {} right after this node's log, but the batch before it in the body ends at {}: a body's batches must follow each other",
+                    "body: a batch starts at {} right after this node's log, but the batches before it in the body reach only {}: a body's batches must follow each other",
                     batch.first_seq,
-                    prev_last.unwrap_or(0)
+                    reached.unwrap_or(0)
                 ),
             ));
         }
-        prev_last = Some(batch.last_seq);
+        reached = Some(reached.map_or(batch.last_seq, |r| r.max(batch.last_seq)));
         if first {
             first = false;
             if starts_tail {
