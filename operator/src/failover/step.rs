@@ -637,12 +637,12 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
         }
         // The Job ended well, but the candidate holds less than the old primary was
         // seen to have durable: not the whole tail (a replaced claim, an older Job's
-        // success). Promoting would lose what is missing; said and waited on.
-        // First said and waited on for a pass: the candidate's status may predate the
-        // Job's end (it is asked before the Job's pod is read). Still short on a later
-        // pass, it is an unreadable tail: quorum mode and AllowLoss may go on without
-        // it (the volume may hold less for good, e.g. a node that lost power under a
-        // sale that does not sync), async mode waits.
+        // success), and promoting would lose what is missing. First said and waited on
+        // for a pass: the candidate's status may predate the Job's end (it is asked
+        // before the Job's pod is read). Still short on a later pass, it is an
+        // unreadable tail: quorum mode and AllowLoss may go on without it (the volume
+        // may hold less for good, e.g. a node that lost power under a sale that does
+        // not sync), async mode waits.
         Some(JobState::Succeeded) => match f.from_durable_seq.filter(|&d| c.applied_seq < d) {
             None => promote(c.applied_seq, by_job, None),
             Some(durable) => {
@@ -684,8 +684,9 @@ fn preferred(w: &World, ranked: &[Candidate]) -> Option<Candidate> {
 }
 
 /// The tail cannot be read: quorum mode promotes once every other node reported (each
-/// acknowledged sale is durable on one of them); async mode waits, unless the spec
-/// allows losing what only the old primary had.
+/// acknowledged sale is durable on one of them); async mode waits. `tailPolicy:
+/// AllowLoss` goes on without what cannot be read: the old primary's tail, and in
+/// quorum mode the secondaries that do not report.
 fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
     let blocked = |reason: String| {
         let mut next = f.clone();
