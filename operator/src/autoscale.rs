@@ -63,6 +63,33 @@ impl Params {
     pub fn lowest(&self) -> u32 {
         self.min.max(self.floor).min(self.max.max(self.floor))
     }
+
+    /// The most nodes: `max`, or the floor when higher.
+    pub fn highest(&self) -> u32 {
+        self.max.max(self.lowest())
+    }
+}
+
+/// Knobs for tests: 1..=6 nodes at 100/s each, 30 s windows, floor 1.
+#[cfg(test)]
+pub(crate) fn test_params() -> Params {
+    Params {
+        min: 1,
+        max: 6,
+        target_per_node: 100.0,
+        stable_window_ms: 30_000,
+        panic_window_ms: 3_000,
+        panic_threshold: 2.0,
+        tolerance: 0.1,
+        scale_up_step_max: 4,
+        scale_down_stabilization_ms: 30_000,
+        floor: 1,
+        starts_at_ms: None,
+        prescale_lead_ms: 60_000,
+        prescale_replicas: 6,
+        ends_at_ms: None,
+        down_held: None,
+    }
 }
 
 /// What the autoscaler is doing (shown in `status.autoscaler.mode`).
@@ -180,7 +207,7 @@ pub fn decide(mem: &mut Memory, p: &Params, current: u32, now_ms: i64) -> Decisi
     let floor = p.lowest();
     // A hold on scale-downs (a failing primary) holds the ceiling's cut too: a
     // `maxReplicas` lowered below the count waits, as the load's scale-down does.
-    let max = p.max.max(floor);
+    let max = p.highest();
     let over_ceiling = current > max;
     let ceiling = match p.down_held {
         Some(_) => max.max(current),
@@ -358,23 +385,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn params() -> Params {
-        Params {
-            min: 1,
-            max: 6,
-            target_per_node: 100.0,
-            stable_window_ms: 30_000,
-            panic_window_ms: 3_000,
-            panic_threshold: 2.0,
-            tolerance: 0.1,
-            scale_up_step_max: 4,
-            scale_down_stabilization_ms: 30_000,
-            floor: 1,
-            starts_at_ms: None,
-            prescale_lead_ms: 60_000,
-            prescale_replicas: 6,
-            ends_at_ms: None,
-            down_held: None,
-        }
+        test_params()
     }
 
     fn sample(at_ms: i64, demand: f64, ready: u32) -> Sample {

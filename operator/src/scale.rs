@@ -162,7 +162,7 @@ pub fn reason(d: &Decision, from: u32, p: &Params, ready: u32) -> String {
         } else {
             format!("; {from} is below minReplicas {}", p.min)
         }
-    } else if d.desired < from && from > p.max.max(lowest) {
+    } else if d.desired < from && from > p.highest() {
         format!("; {from} is above maxReplicas {}", p.max)
     } else {
         String::new()
@@ -435,18 +435,7 @@ mod tests {
             min: 2,
             max: 4,
             target_per_node: 10.0,
-            stable_window_ms: 60_000,
-            panic_window_ms: 6_000,
-            panic_threshold: 2.0,
-            tolerance: 0.1,
-            scale_up_step_max: 4,
-            scale_down_stabilization_ms: 60_000,
-            floor: 1,
-            starts_at_ms: None,
-            prescale_lead_ms: 60_000,
-            prescale_replicas: 4,
-            ends_at_ms: None,
-            down_held: None,
+            ..crate::autoscale::test_params()
         }
     }
 
