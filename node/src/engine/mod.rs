@@ -363,6 +363,7 @@ impl Engine {
                 durability: opts.durability,
                 batch_records_max: opts.batch_records_max.max(1),
                 batch_bytes_max: opts.batch_bytes_max.max(1),
+                tail_window_bytes: opts.tail_window_bytes() as usize,
                 expiry_tick_ms: opts.expiry_tick_ms,
                 snapshot_every_records: opts.snapshot_every_records,
                 commit_interval_min: opts.commit_interval_min,

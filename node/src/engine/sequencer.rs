@@ -19,7 +19,7 @@ use super::state::{Command, Decision, State};
 use super::view::ReadView;
 use super::{Answer, CommittedBatch};
 use crate::lease::Lease;
-use crate::wal::{SegmentWriter, WalDir};
+use crate::wal::{SegmentWriter, WalDir, WalDirError};
 
 /// Where a job's answer goes. A purchase's reply carries its key's place in the
 /// in-flight filter (`super::InflightKey`), let go once the answer is sent — after the
@@ -53,6 +53,8 @@ pub(crate) struct Limits {
     pub durability: Durability,
     pub batch_records_max: usize,
     pub batch_bytes_max: usize,
+    /// `EngineOptions::tail_window_bytes`: the most one write may hold unsynced.
+    pub tail_window_bytes: usize,
     pub expiry_tick_ms: u64,
     pub snapshot_every_records: u64,
     pub commit_interval_min: Duration,
@@ -435,19 +437,7 @@ impl Sequencer {
             let applied = self.batch_started.elapsed();
             let records = self.next_seq - self.batch_first_seq;
             let paced = self.paces_next();
-            let result = self.writer.append(&self.buf).and_then(|()| {
-                if self.sync_wanted() {
-                    let t0 = Instant::now();
-                    if paced {
-                        self.paced_from = Some(t0);
-                    }
-                    self.writer.sync()?;
-                    self.metrics
-                        .fsync_us
-                        .observe(t0.elapsed().as_micros() as f64);
-                }
-                Ok(())
-            });
+            let result = self.write_batch(paced);
             // Checked again now that the batch is durable: what was decided under the
             // lease but synced after it ended is not acknowledged, and not published.
             let lapsed = self.state.role == flashsale_core::admin::Role::Primary
@@ -512,6 +502,41 @@ impl Sequencer {
         self.compact();
     }
 
+    /// Appends the batch built in `buf` to the log and syncs it (when syncs are wanted).
+    ///
+    /// A batch over the tail window recovery cuts as torn
+    /// (`EngineOptions::tail_window_bytes`) — never a batch this node built, only a
+    /// secondary's: replicated batches merged after a backlog, a catch-up read (up to
+    /// 8 MiB) — goes in pieces of at most that (whole records), each synced before the
+    /// next. What power loss leaves unsynced is then at most one piece, which may reach
+    /// the disk in any order, within the window. Written whole, a hole near its start
+    /// with good records after it would be further from the end than that, and the node
+    /// would refuse to start on a log it wrote itself.
+    fn write_batch(&mut self, paced: bool) -> Result<(), WalDirError> {
+        let sync = self.sync_wanted();
+        let mut rest = &self.buf[..];
+        while !rest.is_empty() {
+            let piece = if sync {
+                piece_len(rest, self.limits.tail_window_bytes)
+            } else {
+                rest.len()
+            };
+            self.writer.append(&rest[..piece])?;
+            rest = &rest[piece..];
+            if sync {
+                let t0 = Instant::now();
+                if paced {
+                    self.paced_from = Some(t0);
+                }
+                self.writer.sync()?;
+                self.metrics
+                    .fsync_us
+                    .observe(t0.elapsed().as_micros() as f64);
+            }
+        }
+        Ok(())
+    }
+
     /// Drops the segments the snapshot thread's last snapshots cover.
     fn compact(&mut self) {
         let covered = self
@@ -564,4 +589,24 @@ impl Sequencer {
             Err(e) => tracing::warn!(error = %e, "snapshot failed"),
         }
     }
+}
+
+/// The length of the first piece of `frames` to write and sync on its own: whole
+/// frames up to `max` bytes, at least one (a frame that does not parse ends the piece
+/// with the rest; the engine encoded them, so it does not happen).
+fn piece_len(frames: &[u8], max: usize) -> usize {
+    if frames.len() <= max {
+        return frames.len();
+    }
+    let mut len = 0;
+    while len < frames.len() {
+        let Ok((_, used)) = flashsale_core::wal::peek_frame(&frames[len..]) else {
+            return frames.len();
+        };
+        if len > 0 && len + used > max {
+            break;
+        }
+        len += used;
+    }
+    len
 }

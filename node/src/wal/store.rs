@@ -427,6 +427,25 @@ impl MemDir {
         }
     }
 
+    /// Simulates power loss after the unsynced bytes reached the disk out of order:
+    /// each file keeps them all but the first `hole`, which read as zeros (the page
+    /// written back last was lost). A file with nothing unsynced is kept as it is.
+    pub fn crash_out_of_order(&self, hole: usize) {
+        for f in self.files.lock().values_mut() {
+            let end = f.data.len().min(f.synced + hole);
+            f.data[f.synced..end].fill(0);
+            f.synced = f.data.len();
+        }
+    }
+
+    /// A copy of the files as they are now, which the engine writing this one does
+    /// not touch.
+    pub fn copy(&self) -> MemDir {
+        let copy = MemDir::new();
+        *copy.files.lock() = self.files.lock().clone();
+        copy
+    }
+
     /// Makes every sync fail (`true`) or work again (`false`).
     pub fn set_fail_sync(&self, fail: bool) {
         self.fail_sync.store(fail, Ordering::SeqCst);
