@@ -96,6 +96,8 @@ pub const CATCHUP_BYTES_MAX: usize = 4 << 20;
 pub const WAL_ROUTE: &str = "/admin/v1/wal";
 /// Route a fresh secondary bootstraps from when the tail it needs was compacted away.
 pub const SNAPSHOT_ROUTE: &str = "/admin/v1/snapshot";
+/// `GET /admin/v1/snapshot`'s header: the sequence the snapshot covers.
+pub const HEADER_SNAPSHOT_SEQ: &str = "x-flashsale-snapshot-seq";
 /// Highest sequence durable on the answering node (catch-up answers, secondaries' reads).
 pub const HEADER_DURABLE_SEQ: &str = "x-flashsale-durable-seq";
 /// Highest sequence applied on the answering node: on a secondary's reads, how fresh

@@ -24,13 +24,12 @@ use flashsale_core::replication::{
 use flashsale_core::wal::{BATCH_HEADER_BYTES, WalError, decode_batch, peek_frame};
 use serde::Deserialize;
 
+use flashsale_core::replication::HEADER_SNAPSHOT_SEQ;
+
 use super::AppState;
 use super::error::ApiError;
 use crate::engine::EngineError;
 use crate::wal::WalDirError;
-
-/// The sequence a served snapshot covers.
-const HEADER_SNAPSHOT_SEQ: &str = "x-flashsale-snapshot-seq";
 
 /// `GET /admin/v1/wal` query.
 #[derive(Debug, Deserialize)]

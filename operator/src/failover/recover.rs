@@ -1,10 +1,14 @@
 //! Tail recovery, the I/O: copy the old primary's log into the candidate from the old
 //! pod (`GET /admin/v1/wal` → `POST /admin/v1/wal`, in bounded chunks, each checked by
-//! the candidate at its boundary), and read the recovery Job's state.
+//! the candidate at its boundary; a start compacted into the old primary's snapshot
+//! goes over as that snapshot first), and read the recovery Job's state.
 
 use std::time::Duration;
 
-use flashsale_core::replication::{HEADER_DURABLE_SEQ, WAL_ROUTE};
+use flashsale_core::admin::NodeStatus;
+use flashsale_core::replication::{
+    HEADER_DURABLE_SEQ, HEADER_SNAPSHOT_SEQ, SNAPSHOT_ROUTE, WAL_ROUTE, epoch_at,
+};
 use flashsale_core::wal::decode_batch;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -30,6 +34,7 @@ pub async fn copy_tail(
         let mut next = from_seq.max(1);
         let mut prev_epoch: Option<u64> = None;
         let mut applied = 0u64;
+        let mut past_snapshot = false;
         loop {
             let resp = http
                 .get(format!(
@@ -47,6 +52,13 @@ pub async fn copy_tail(
             match resp.status().as_u16() {
                 204 => return Ok(applied),
                 200 => {}
+                410 if !past_snapshot => {
+                    // Compacted into the old primary's snapshot: that first, then on.
+                    past_snapshot = true;
+                    (next, prev_epoch) =
+                        past_compacted(http, from_url, to_url, admin_token, next).await?;
+                    continue;
+                }
                 s => {
                     let body = resp.text().await.unwrap_or_default();
                     return Err(format!("the old primary answered {s}: {body}"));
@@ -85,6 +97,76 @@ pub async fn copy_tail(
     tokio::time::timeout(COPY_TIMEOUT, work)
         .await
         .map_err(|_| format!("copying the tail took over {COPY_TIMEOUT:?}"))?
+}
+
+/// The records from `next` on were compacted into the old primary's newest snapshot
+/// (410 `wal_compacted`), as its Job's `stock-node wal ship` finds on a volume: the
+/// candidate takes the snapshot (`PUT /admin/v1/snapshot`) unless it holds what it
+/// covers already (`next`, its last record, is the snapshot's). Returns where the copy
+/// goes on and the epoch of the record before it in the old primary's log, which the
+/// candidate checks its own against.
+async fn past_compacted(
+    http: &reqwest::Client,
+    from_url: &str,
+    to_url: &str,
+    admin_token: &str,
+    next: u64,
+) -> Result<(u64, Option<u64>), String> {
+    let status: NodeStatus = http
+        .get(format!("{from_url}/admin/v1/status"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("asking the old primary for its epochs: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("the old primary's status: {e}"))?;
+    let resp = http
+        .get(format!("{from_url}{SNAPSHOT_ROUTE}"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .map_err(|e| format!("reading the old primary's snapshot: {e}"))?;
+    if !resp.status().is_success() {
+        let s = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        return Err(format!(
+            "the old primary compacted its log from {next} and its snapshot is not served: {s}: {body}"
+        ));
+    }
+    let snapshot_seq = resp
+        .headers()
+        .get(HEADER_SNAPSHOT_SEQ)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("the old primary's snapshot has no {HEADER_SNAPSHOT_SEQ}"))?;
+    let last = if snapshot_seq > next {
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let installed: NodeStatus = http
+            .put(format!("{to_url}{SNAPSHOT_ROUTE}"))
+            .bearer_auth(admin_token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| format!("installing the old primary's snapshot on the candidate: {e}"))?
+            .error_for_status()
+            .map_err(|e| format!("the candidate refused the old primary's snapshot: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("the candidate's status: {e}"))?;
+        installed.applied_seq
+    } else {
+        next
+    };
+    let prev_epoch = epoch_at(&status.epochs, status.durable_seq, last).ok_or_else(|| {
+        format!(
+            "record {last} is not in the old primary's epoch history (its log ends at {})",
+            status.durable_seq
+        )
+    })?;
+    Ok((last + 1, Some(prev_epoch)))
 }
 
 /// A recovery Job's state, from its status conditions, or from its pods: one that

@@ -278,3 +278,113 @@ async fn a_shortened_lease_duration_keeps_the_fence_behind_the_longer_lease_gran
         "the fence's deadline ({end} ms from now) is before the node's lease ends ({held} ms)"
     );
 }
+
+/// A tail copied from an old primary that still answers (`failover::recover::copy_tail`)
+/// whose start the old primary compacted into a snapshot: the candidate takes the
+/// snapshot, then the records after it, and ends with the old primary's orders. Before,
+/// the copy failed on the 410 at every pass, and the failover waited for ever.
+#[tokio::test]
+async fn a_tail_copy_whose_start_was_compacted_goes_over_as_the_snapshot_then_the_rest() {
+    let old = start_node_with(&[
+        "--snapshot-every-records",
+        "20",
+        "--segment-bytes-max",
+        "2048",
+    ])
+    .await;
+    let candidate = start_node().await;
+    let client = NodeClient::new(2_000).unwrap();
+    let mut big = sale();
+    big.spec.items[0].stock = 100_000;
+    client
+        .put_config(&old.url, TOKEN, &validate(&big).unwrap())
+        .await
+        .unwrap();
+    let primary = RoleAssignment {
+        role: Role::Primary,
+        epoch: 1,
+        primary_url: None,
+    };
+    client.put_role(&old.url, TOKEN, &primary).await.unwrap();
+    // Each order bought and confirmed: the ledger lists confirmed orders.
+    let http = reqwest::Client::new();
+    let mut sold = 0;
+    let mut buy = async || {
+        sold += 1;
+        let customer = format!("c{sold}");
+        let order: serde_json::Value = http
+            .post(format!("{}/v1/purchases", old.url))
+            .json(&serde_json::json!({"sku": "sneaker-42", "quantity": 1, "customer": customer, "idempotencyKey": customer}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let confirmed = http
+            .post(format!("{}/v1/orders/{}/confirm", old.url, order["id"]))
+            .header("Flashsale-Customer", &customer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(confirmed.status(), 200, "{order}");
+    };
+    for _ in 0..60 {
+        buy().await;
+    }
+    // The snapshot is taken off the sequencer; a segment it covers goes at a commit
+    // after it: more purchases until record 1 is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let admin_get = |path: String| http.get(format!("{}{path}", old.url)).bearer_auth(TOKEN);
+    while admin_get("/admin/v1/wal?from=1".into())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 410
+    {
+        assert!(Instant::now() < deadline, "record 1 never compacted");
+        buy().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Records after the newest snapshot, to copy as records.
+    loop {
+        buy().await;
+        let snapshot = admin_get("/admin/v1/snapshot".into()).send().await.unwrap();
+        let seq: u64 = snapshot.headers()["x-flashsale-snapshot-seq"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if seq < client.status(&old.url, TOKEN).await.unwrap().durable_seq {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every record is in the snapshot");
+    }
+    let applied =
+        flashsale_operator::failover::recover::copy_tail(&http, &old.url, &candidate.url, TOKEN, 0)
+            .await
+            .expect("the tail goes over");
+    let (o, c) = (
+        client.status(&old.url, TOKEN).await.unwrap(),
+        client.status(&candidate.url, TOKEN).await.unwrap(),
+    );
+    assert!(applied > 0, "records after the snapshot were applied");
+    assert_eq!(
+        c.applied_seq, o.durable_seq,
+        "the candidate has the whole log"
+    );
+    let ledger = async |url: &str| {
+        http.get(format!("{url}/admin/v1/ledger"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let (lo, lc) = (ledger(&old.url).await, ledger(&candidate.url).await);
+    assert!(lo.lines().count() > 60, "{lo}");
+    assert_eq!(lc, lo, "every order of the old primary, with its id");
+}
