@@ -99,7 +99,8 @@ pub struct ServeArgs {
     /// `primary` sells at once; `standby` waits for the operator's role and config.
     #[arg(long, env = "STOCK_NODE_ROLE", value_enum, default_value = "primary")]
     pub role: StartRole,
-    /// Sale file (YAML or JSON, a SaleConfig) applied at start.
+    /// Sale file (YAML or JSON, a SaleConfig) applied at start; with `--role primary`
+    /// only (only the primary logs the sale's config).
     #[arg(long, env = "STOCK_NODE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Durability of purchases; default: the sale's own (fsync unless it says noSync).

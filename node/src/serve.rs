@@ -67,6 +67,19 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let admin_token = args.admin_token()?;
     let sale = args.config.as_deref().map(load_sale_config).transpose()?;
+    if let Some(path) = args
+        .config
+        .as_ref()
+        .filter(|_| args.role == StartRole::Standby)
+    {
+        // Only the primary logs the sale's config (FAILOVER.md I3): refused before the
+        // engine opens, so nothing changes.
+        return Err(ConfigError::Invalid {
+            path: path.clone(),
+            reason: "a sale file is for a node started as the primary (`--role primary`); a standby takes the sale once it is the primary (`PUT /admin/v1/role`, then `PUT /admin/v1/config`)".into(),
+        }
+        .into());
+    }
     let durability = args
         .durability
         .map(Into::into)

@@ -456,7 +456,13 @@ impl State {
                 Ok(Decision::Write(RecordBody::Cancel { order_id: id }))
             }
             Command::Configure(cfg) => {
-                if self.role == Role::Secondary {
+                // Only the primary logs the sale's config (FAILOVER.md I3: only epoch
+                // E's primary writes epoch-E records). A secondary takes it from the
+                // primary's log; a standby — a fresh node, a parked old primary —
+                // would write a record of an epoch it does not own, at a sequence
+                // where the primary's log may hold another record of that epoch: the
+                // epoch histories would agree and the two logs differ unnoticed.
+                if self.role != Role::Primary {
                     return Err(not_primary(self));
                 }
                 self.validate_config(&cfg)?;

@@ -84,10 +84,13 @@ pub async fn status(State(s): State<AppState>) -> axum::Json<NodeStatus> {
     axum::Json(s.node_status())
 }
 
-/// Configures a fresh node or changes the running sale.
+/// Configures a fresh primary or changes the running sale. Only the primary takes it:
+/// the config is a record in its log, and a secondary or standby would write one at
+/// an epoch it does not own (a secondary gets the sale from the primary's log).
 #[utoipa::path(put, path = "/admin/v1/config", tag = "admin", security(("bearer" = [])),
     request_body = SaleConfig,
-    responses((status = 200, body = NodeStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = NodeStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "not_primary: the node is not the primary; fenced: a primary without its selling lease")))]
 pub async fn put_config(
     State(s): State<AppState>,
     Json(config): Json<SaleConfig>,

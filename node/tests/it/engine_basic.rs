@@ -180,6 +180,7 @@ async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
     let e = Engine::open(EngineOptions {
         data_dir: tmp.path().into(),
         clock,
+        initial_role: Some(Role::Primary),
         ..Default::default()
     })
     .unwrap();
@@ -223,7 +224,12 @@ async fn roles_and_fencing() {
         ..Default::default()
     })
     .unwrap();
-    e.configure(sale(5, 0)).await.unwrap();
+    // Only the primary logs the sale's config (FAILOVER.md I3).
+    assert!(matches!(
+        e.configure(sale(5, 0)).await,
+        Err(SellError::NotPrimary { primary: None })
+    ));
+    assert_eq!(e.status().durable_seq, 0, "nothing logged");
     assert!(matches!(
         e.purchase(buy("shoe", 1, "a", "k")).await,
         Err(SellError::NotPrimary { primary: None })
@@ -253,9 +259,10 @@ async fn roles_and_fencing() {
     })
     .await
     .unwrap();
+    e.configure(sale(5, 0)).await.unwrap();
     e.purchase(buy("shoe", 1, "a", "k")).await.unwrap();
     let st = e.status();
-    // Logged: config, the primary assignment, the purchase. A secondary assignment
+    // Logged: the primary assignment, config, the purchase. A secondary assignment
     // is held in memory only (engine::replica), the stale one is refused.
     assert_eq!(
         (st.role, st.epoch, st.applied_seq, st.durable_seq),

@@ -720,6 +720,63 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
         Some(&sale),
     )
     .await;
+    // Only the primary takes the sale's config: a standby would log it at an epoch it
+    // does not own. Refused, and nothing changes.
+    assert_error(&a, 503, "not_primary");
+    let st = admin(
+        &node,
+        Method::GET,
+        "/admin/v1/status",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (&st.body["sale"], &st.body["appliedSeq"]),
+        (&json!(null), &json!(0)),
+        "{}",
+        st.body
+    );
+    let role = json!({"role": "primary", "epoch": 3});
+    let a = admin(
+        &node,
+        Method::PUT,
+        "/admin/v1/role",
+        Some(ADMIN_TOKEN),
+        Some(&role),
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), &a.body["epoch"]),
+        (200, &json!(3)),
+        "{}",
+        a.body
+    );
+    let a = admin(
+        &node,
+        Method::PUT,
+        "/admin/v1/config",
+        Some(ADMIN_TOKEN),
+        Some(&sale),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ready = get(&node, "/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), &ready.body["role"]),
+        (200, &json!("primary"))
+    );
+    assert_eq!(buy(&node, "tee", 1, "c", "s1").await.status, 201);
+    // Parked (as a failover parks the old primary): a standby with its sale.
+    let park = json!({"role": "standby", "epoch": 4});
+    let a = admin(
+        &node,
+        Method::PUT,
+        "/admin/v1/role",
+        Some(ADMIN_TOKEN),
+        Some(&park),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.body);
     // A standby with its sale is ready (to be promoted), but sells nothing.
     let ready = get(&node, "/readyz").await;
@@ -729,7 +786,7 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
         "{}",
         ready.body
     );
-    let refused = buy(&node, "tee", 1, "c", "s1").await;
+    let refused = buy(&node, "tee", 1, "c", "s3").await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     // … and closes the connection after saying so: a client that came through the
     // primary Service reconnects (to the new primary) instead of asking it again.
@@ -740,7 +797,7 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
             c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
                 .unwrap();
-            let body = r#"{"sku":"tee","quantity":1,"customer":"c","idempotencyKey":"s2"}"#;
+            let body = r#"{"sku":"tee","quantity":1,"customer":"c","idempotencyKey":"s4"}"#;
             write!(
                 c,
                 "POST /v1/purchases HTTP/1.1\r\nHost: n\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -760,28 +817,7 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
         "{answer}"
     );
 
-    let role = json!({"role": "primary", "epoch": 3});
-    let a = admin(
-        &node,
-        Method::PUT,
-        "/admin/v1/role",
-        Some(ADMIN_TOKEN),
-        Some(&role),
-    )
-    .await;
-    assert_eq!(
-        (a.status.as_u16(), &a.body["epoch"]),
-        (200, &json!(3)),
-        "{}",
-        a.body
-    );
-    let ready = get(&node, "/readyz").await;
-    assert_eq!(
-        (ready.status.as_u16(), &ready.body["role"]),
-        (200, &json!("primary"))
-    );
-    assert_eq!(buy(&node, "tee", 1, "c", "s2").await.status, 201);
-    let stale = json!({"role": "primary", "epoch": 2});
+    let stale = json!({"role": "primary", "epoch": 3});
     assert_error(
         &admin(
             &node,
@@ -794,6 +830,32 @@ async fn a_standby_node_waits_for_role_and_config_and_admin_needs_the_token() {
         409,
         "fenced",
     );
+
+    // A sale file at start is for a primary: a standby started with one is refused,
+    // naming the flag, before it opens (or creates) its data directory.
+    let file = dir.path().join("sale.json");
+    std::fs::write(&file, sale.to_string()).unwrap();
+    let data = dir.path().join("standby-with-sale");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stock-node"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--role",
+            "standby",
+            "--config",
+        ])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--role primary"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "the data directory was created");
 }
 
 #[tokio::test]

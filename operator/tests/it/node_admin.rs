@@ -121,7 +121,12 @@ async fn what_the_operator_pushes_makes_a_standby_node_sell_and_roll_out_changes
         "a standby node sells nothing"
     );
 
-    client.put_config(&node.url, TOKEN, &config).await.unwrap();
+    // The role first (`roles::plan`): a node takes the sale's config only as the primary.
+    let err = client
+        .put_config(&node.url, TOKEN, &config)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not_primary"), "{err}");
     let primary = RoleAssignment {
         role: Role::Primary,
         epoch: 1,
@@ -129,6 +134,7 @@ async fn what_the_operator_pushes_makes_a_standby_node_sell_and_roll_out_changes
     };
     let status = client.put_role(&node.url, TOKEN, &primary).await.unwrap();
     assert_eq!((status.role, status.epoch), (Role::Primary, 1));
+    client.put_config(&node.url, TOKEN, &config).await.unwrap();
     assert_eq!(purchase(&node.url, "first").await, 201, "the primary sells");
     let ready = reqwest::get(format!("{}/readyz", node.url))
         .await
@@ -173,10 +179,6 @@ impl LeasedPrimary {
     async fn start(leading: Leading) -> Self {
         let node = start_node_with(&["--lease", "required"]).await;
         let client = NodeClient::new(2_000).unwrap();
-        client
-            .put_config(&node.url, TOKEN, &validate(&sale()).unwrap())
-            .await
-            .unwrap();
         let primary = RoleAssignment {
             role: Role::Primary,
             epoch: 1,
@@ -188,11 +190,20 @@ impl LeasedPrimary {
             std::sync::Arc::new(flashsale_operator::metrics::Metrics::default()),
             leading,
         );
-        Self {
+        let p = Self {
             node,
             client,
             keeper,
-        }
+        };
+        // As the operator: the role, the lease, then the sale (a primary takes its
+        // config only under its lease).
+        p.hold(6);
+        p.keeper.renew_now("ns/spring").await.unwrap();
+        p.client
+            .put_config(&p.node.url, TOKEN, &validate(&sale()).unwrap())
+            .await
+            .unwrap();
+        p
     }
 
     /// The keeper renews a lease of `secs` seconds from now on.
@@ -296,16 +307,16 @@ async fn a_tail_copy_whose_start_was_compacted_goes_over_as_the_snapshot_then_th
     let client = NodeClient::new(2_000).unwrap();
     let mut big = sale();
     big.spec.items[0].stock = 100_000;
-    client
-        .put_config(&old.url, TOKEN, &validate(&big).unwrap())
-        .await
-        .unwrap();
     let primary = RoleAssignment {
         role: Role::Primary,
         epoch: 1,
         primary_url: None,
     };
     client.put_role(&old.url, TOKEN, &primary).await.unwrap();
+    client
+        .put_config(&old.url, TOKEN, &validate(&big).unwrap())
+        .await
+        .unwrap();
     // Each order bought and confirmed: the ledger lists confirmed orders.
     let http = reqwest::Client::new();
     let mut sold = 0;
