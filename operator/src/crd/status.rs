@@ -261,6 +261,13 @@ pub struct FailoverState {
     /// them alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// The durable sequence each of `nodes` that answered reported when it began. In
+    /// quorum mode a node that later reports less — back on a new volume — lost records
+    /// it may have acknowledged, and counts as silent; so does one of `nodes` that did
+    /// not answer then and reports an empty log now.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(with = "std::collections::BTreeMap<String, i64>")]
+    pub nodes_durable_seq: std::collections::BTreeMap<String, u64>,
     /// Why it cannot go on right now (`NoCandidate: …`, `TailUnavailable: …`,
     /// `QuorumUnsafe: …`, `CandidateLost: …`, `RecoveryJobDeleting: …`, `TailShort: …`); retried on
     /// every pass, and cleared once it no longer holds.

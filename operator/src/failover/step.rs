@@ -223,6 +223,12 @@ fn begin(
                     nodes.sort();
                     nodes
                 },
+                nodes_durable_seq: w
+                    .pods
+                    .iter()
+                    .filter(|p| p.name != from)
+                    .filter_map(|p| Some((p.name.clone(), p.node_status()?.durable_seq)))
+                    .collect(),
                 blocked: None,
             }),
             last_failover: w.status.last_failover.clone(),
@@ -740,10 +746,34 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         names.extend(w.pods.iter().map(|p| p.name.as_str()));
         names.sort_unstable();
         names.dedup();
-        let silent: Vec<&str> = names
+        // A node that answers with less than it had when the failover began (back on a
+        // new volume), or with an empty log when it did not answer then, is silent too:
+        // what it lost may have been acknowledged on its ack.
+        let silent: Vec<String> = names
             .into_iter()
             .filter(|n| *n != f.from)
-            .filter(|n| !pod(w, n).is_some_and(|p| p.running && p.node_status().is_some()))
+            .filter_map(|n| {
+                let had = f.nodes_durable_seq.get(n).copied();
+                match pod(w, n)
+                    .filter(|p| p.running)
+                    .and_then(|p| p.node_status())
+                {
+                    None => Some(n.to_string()),
+                    Some(s) if had.is_some_and(|h| s.durable_seq < h) => Some(format!(
+                        "{n} (back with {} of the {} records it had)",
+                        s.durable_seq,
+                        had.unwrap_or_default()
+                    )),
+                    Some(s)
+                        if had.is_none()
+                            && s.durable_seq == 0
+                            && f.nodes.iter().any(|m| m == n) =>
+                    {
+                        Some(format!("{n} (back with an empty log)"))
+                    }
+                    Some(_) => None,
+                }
+            })
             .collect();
         // `tailPolicy: AllowLoss` goes on without the silent ones, as in async mode (a
         // Kubernetes node lost for good would otherwise hold the sale stopped).

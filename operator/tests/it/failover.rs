@@ -154,6 +154,7 @@ fn failover(step: FailoverStep) -> FailoverState {
         tail_end: None,
         recovered_at: None,
         nodes: vec!["s-1".into(), "s-2".into()],
+        nodes_durable_seq: [("s-1".to_string(), 98), ("s-2".to_string(), 95)].into(),
         blocked: None,
     }
 }
@@ -313,6 +314,12 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
             (FailoverStep::Fencing, 4, "s-0")
         );
         assert_eq!(f.detected_at, at(-4_000));
+        // What each other node holds durably as it begins (quorum mode: one that
+        // comes back with less lost what it may have acknowledged).
+        assert_eq!(
+            f.nodes_durable_seq,
+            [("s-1".to_string(), 98), ("s-2".to_string(), 95)].into(),
+        );
     }
 }
 
@@ -991,6 +998,57 @@ fn quorum_mode_promotes_without_the_tail_once_every_secondary_reported() {
         f.candidate.as_deref(),
         Some("s-1"),
         "as durable, and it stays"
+    );
+}
+
+/// Quorum mode without the old primary's tail: a node that answers with less than it
+/// held when the failover began — its pod back on a new volume — lost what may have
+/// been acknowledged on its ack alone, and counts as silent. Before, it counted as
+/// reported and another node was promoted without those sales.
+#[test]
+fn quorum_mode_counts_a_node_back_on_a_new_volume_as_silent() {
+    let s = recovering();
+    let mut p = parked(pods());
+    p[0].node = Some(Err("timed out".into()));
+    let empty = |p: &mut PodView| {
+        if let Some(Ok(n)) = p.node.as_mut() {
+            (n.applied_seq, n.durable_seq, n.epochs) = (0, 0, vec![]);
+        }
+    };
+    empty(&mut p[2]);
+    let mut w = world(&s, &p, 8_000);
+    w.quorum = true;
+    w.job = Some(JobState::Failed("unreadable".into()));
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.step, FailoverStep::Recovering);
+    let blocked = f.blocked.unwrap();
+    assert!(
+        blocked.starts_with("QuorumUnsafe")
+            && blocked.contains("s-2 (back with 0 of the 95 records it had)"),
+        "{blocked}"
+    );
+    // One that did not answer as the failover began, back with an empty log, the same.
+    let mut unknown = recovering();
+    if let Some(f) = unknown.failover.as_mut() {
+        f.nodes_durable_seq.remove("s-2");
+    }
+    w.status = &unknown;
+    let f = next_failover(&decide(&w));
+    let blocked = f.blocked.unwrap();
+    assert!(
+        blocked.contains("s-2 (back with an empty log)"),
+        "{blocked}"
+    );
+    // A node whose log was empty then (a secondary just added) had nothing to lose.
+    let mut fresh = recovering();
+    if let Some(f) = fresh.failover.as_mut() {
+        f.nodes_durable_seq.insert("s-2".into(), 0);
+    }
+    w.status = &fresh;
+    let f = next_failover(&decide(&w));
+    assert_eq!(
+        (f.step, f.candidate.as_deref()),
+        (FailoverStep::Promoting, Some("s-1"))
     );
 }
 
