@@ -294,15 +294,28 @@ impl Sequencer {
         // The snapshot thread must not write a snapshot of the old log into the
         // directory once it is emptied: stop it first, start a new one after.
         self.snapshotter.stop();
+        // One file at a time, each move durable before the next: segments newest
+        // first, then snapshots newest first. A crash between two moves leaves a
+        // shorter log that opens (the old one's first segments on the snapshots that
+        // cover their start, or a snapshot alone), which the follower compares with the
+        // primary's again; never later segments without the earlier ones or the
+        // snapshot they start from, which opening refuses.
         let moved = self.dir.list().and_then(|names| {
-            let ours: Vec<String> = names
-                .into_iter()
-                .filter(|n| {
-                    crate::wal::parse_segment_name(n).is_some()
-                        || snapshot::parse_snapshot_name(n).is_some()
-                })
-                .collect();
-            self.dir.move_aside(&ours, &aside)
+            let newest_first = |parse: fn(&str) -> Option<u64>| {
+                let mut found: Vec<(u64, &String)> =
+                    names.iter().filter_map(|n| Some((parse(n)?, n))).collect();
+                found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+                found
+                    .into_iter()
+                    .map(|(_, n)| n.clone())
+                    .collect::<Vec<_>>()
+            };
+            let segments = newest_first(crate::wal::parse_segment_name);
+            let snapshots = newest_first(snapshot::parse_snapshot_name);
+            for name in segments.iter().chain(&snapshots) {
+                self.dir.move_aside(std::slice::from_ref(name), &aside)?;
+            }
+            Ok(())
         });
         let reset = moved
             .map_err(|e| crate::wal::WalDirError::io(format!("moving the log aside to {aside}"), e))

@@ -61,7 +61,8 @@ pub trait WalDir: Send + Sync + 'static {
     fn write_atomic(&self, name: &str, fill: &mut Fill<'_>) -> io::Result<()>;
     /// A human name for messages (the directory path).
     fn describe(&self) -> String;
-    /// Moves `names` into the subdirectory `into` (created), keeping their names.
+    /// Moves `names` into the subdirectory `into` (created), keeping their names;
+    /// durable once it returns (both directories synced).
     fn move_aside(&self, names: &[String], into: &str) -> io::Result<()>;
 }
 

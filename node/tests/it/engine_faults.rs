@@ -244,9 +244,13 @@ impl stock_node::wal::WalDir for CrashAt {
     fn describe(&self) -> String {
         self.disk.describe()
     }
+    /// A file at a time, as `FsDir` renames them: a crash can fall between two.
     fn move_aside(&self, names: &[String], into: &str) -> std::io::Result<()> {
-        self.change()?;
-        self.disk.move_aside(names, into)
+        for name in names {
+            self.change()?;
+            self.disk.move_aside(std::slice::from_ref(name), into)?;
+        }
+        Ok(())
     }
 }
 
@@ -424,4 +428,66 @@ async fn a_large_replicated_batch_is_synced_in_pieces_a_torn_tail_recovery_cuts(
     assert!(report.scan.torn.is_none());
     assert_eq!(reopened.positions().durable_seq, last);
     reopened.shutdown().await;
+}
+
+/// A reseed moves the log aside one file at a time, newest first: a crash at any step
+/// leaves a directory that opens, on a prefix of the old log (shorter, never with a
+/// gap), which the follower compares with the primary's again. Before, the snapshots
+/// went first and then the segments oldest first: a crash between them left later
+/// segments without the snapshot or the records they follow, and the node refused to
+/// start.
+#[tokio::test]
+async fn a_crash_at_any_step_of_a_reseed_leaves_a_log_that_opens() {
+    use flashsale_core::admin::RoleAssignment;
+    use std::sync::atomic::Ordering::SeqCst;
+    for n in 1.. {
+        let disk = MemDir::new();
+        let crash = CrashAt {
+            disk: disk.clone(),
+            n: Arc::new(usize::MAX.into()),
+            seen: Arc::new(0.into()),
+        };
+        let b = Engine::open(EngineOptions {
+            dir: Some(Arc::new(crash.clone())),
+            initial_role: Some(Role::Primary),
+            // A log over several segments, on snapshots that compacted its start.
+            segment_bytes_max: 256,
+            snapshot_every_records: 10,
+            ..Default::default()
+        })
+        .unwrap();
+        b.configure(sale("reseed", 1000, 600_000)).await.unwrap();
+        for i in 0..40 {
+            b.purchase(buy(&format!("b{i}"))).await.unwrap();
+        }
+        let old_seq = b.positions().applied_seq;
+        b.set_role(RoleAssignment {
+            role: Role::Secondary,
+            epoch: 2,
+            primary_url: Some("http://primary:8080".into()),
+        })
+        .await
+        .unwrap();
+        crash.seen.store(0, SeqCst);
+        crash.n.store(n, SeqCst);
+        let reseeded = b.reseed("diverged-1".into()).await;
+        drop(b);
+        disk.crash(|_, _| 0);
+        let (reopened, _) = Engine::open_with_report(EngineOptions {
+            dir: Some(Arc::new(disk.clone())),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("crash at change {n} of the reseed: {e}"));
+        let seq = reopened.positions().applied_seq;
+        assert!(
+            seq <= old_seq,
+            "crash at change {n}: {seq} past the old {old_seq}"
+        );
+        reopened.shutdown().await;
+        if reseeded.is_ok() && crash.seen.load(SeqCst) < n {
+            assert_eq!(seq, 0, "the whole log is aside");
+            assert!(n > 4, "too few steps seen: {n}");
+            break;
+        }
+    }
 }
