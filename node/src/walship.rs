@@ -177,6 +177,20 @@ async fn ship_async(plan: &ShipPlan, source: &Source) -> Result<ShipReport, Ship
         .clamp(1, source.last);
     if next < source.oldest || source.oldest == 0 {
         // Compacted away here: the snapshot covers them, or the node has them already.
+        // Either way no boundary record is sent for the node to check: its log must be
+        // a prefix of this one by epoch history, or it is refused, never replaced.
+        let shared = flashsale_core::replication::common_prefix(
+            &status.epochs,
+            status.applied_seq,
+            &source.epochs,
+            source.last,
+        );
+        if shared < status.applied_seq {
+            return Err(ShipError::Refused(format!(
+                "its log parted from this one after record {shared} (it holds {}); records from {next} were compacted here, so there is no boundary to check",
+                status.applied_seq
+            )));
+        }
         match &source.snapshot {
             Some((seq, bytes)) if status.applied_seq < *seq && *seq + 1 >= next => {
                 let applied = node.install_snapshot(bytes).await?;

@@ -505,10 +505,10 @@ impl Sequencer {
     /// Appends the batch built in `buf` to the log and syncs it (when syncs are wanted).
     ///
     /// A batch over the tail window recovery cuts as torn
-    /// (`EngineOptions::tail_window_bytes`) — never a batch this node built, only a
-    /// secondary's: replicated batches merged after a backlog, a catch-up read (up to
-    /// 8 MiB) — goes in pieces of at most that (whole records), each synced before the
-    /// next. What power loss leaves unsynced is then at most one piece, which may reach
+    /// (`EngineOptions::tail_window_bytes`) — a secondary's replicated batches merged
+    /// after a backlog, a catch-up read (up to 8 MiB), the queue drained at shutdown,
+    /// never a primary's group commit — goes in pieces of at most that (whole
+    /// records), each synced before the next. What power loss leaves unsynced is then at most one piece, which may reach
     /// the disk in any order, within the window. Written whole, a hole near its start
     /// with good records after it would be further from the end than that, and the node
     /// would refuse to start on a log it wrote itself.

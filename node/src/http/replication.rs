@@ -179,7 +179,9 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 /// Installs a snapshot (`crc32c u32 LE | JSON`, as `GET /admin/v1/snapshot` serves it)
 /// on a node that is not the primary and whose log ends before it: the start of a tail
-/// that `stock-node wal ship` found compacted in the source log.
+/// that `stock-node wal ship` found compacted in the source log, or the operator's tail
+/// copy from an old primary that answers (`failover::recover`). Both first check that
+/// this node's log is a prefix of the source's: this replaces it.
 #[utoipa::path(put, path = "/admin/v1/snapshot", tag = "admin", security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "a snapshot file"),
     responses((status = 200, body = flashsale_core::admin::NodeStatus),

@@ -409,4 +409,52 @@ async fn ship_sends_a_snapshot_first_where_the_log_was_compacted() {
         .await
         .unwrap();
     assert_eq!(o["idempotencyKey"], "k0", "from the snapshot");
+
+    // A node whose log parted from this one (another epoch's primary wrote it) is
+    // refused (exit 4), not replaced by the snapshot: with the start compacted, no
+    // boundary record goes for it to check.
+    let parted = common::Node::start(&dir.path().join("p"), &["--role", "standby"]);
+    let http = reqwest::Client::new();
+    let put = async |path: &str, body: serde_json::Value| {
+        let r = http
+            .put(parted.url(path))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{path}: {}",
+            r.text().await.unwrap()
+        );
+    };
+    put(
+        "/admin/v1/role",
+        serde_json::json!({"role": "primary", "epoch": 2}),
+    )
+    .await;
+    put(
+        "/admin/v1/config",
+        serde_json::json!({"name": "cli", "items": [{"sku": "a", "stock": 5}], "reservationTtlMs": 60_000}),
+    )
+    .await;
+    put(
+        "/admin/v1/role",
+        serde_json::json!({"role": "standby", "epoch": 3}),
+    )
+    .await;
+    let (code, _, err) = ship(tmp.path(), &parted.url(""), &[]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("parted"), "{err}");
+    let st: serde_json::Value = http
+        .get(parted.url("/admin/v1/status"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["appliedSeq"], 2, "unchanged: {st}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flashsale_core::admin::NodeStatus;
 use flashsale_core::replication::{
-    HEADER_DURABLE_SEQ, HEADER_SNAPSHOT_SEQ, SNAPSHOT_ROUTE, WAL_ROUTE, epoch_at,
+    HEADER_DURABLE_SEQ, HEADER_SNAPSHOT_SEQ, SNAPSHOT_ROUTE, WAL_ROUTE, common_prefix, epoch_at,
 };
 use flashsale_core::wal::decode_batch;
 use k8s_openapi::api::batch::v1::Job;
@@ -56,7 +56,7 @@ pub async fn copy_tail(
                     // Compacted into the old primary's snapshot: that first, then on.
                     past_snapshot = true;
                     (next, prev_epoch) =
-                        past_compacted(http, from_url, to_url, admin_token, next).await?;
+                        past_compacted(http, from_url, to_url, admin_token).await?;
                     continue;
                 }
                 s => {
@@ -99,32 +99,45 @@ pub async fn copy_tail(
         .map_err(|_| format!("copying the tail took over {COPY_TIMEOUT:?}"))?
 }
 
-/// The records from `next` on were compacted into the old primary's newest snapshot
-/// (410 `wal_compacted`), as its Job's `stock-node wal ship` finds on a volume: the
-/// candidate takes the snapshot (`PUT /admin/v1/snapshot`) unless it holds what it
-/// covers already (`next`, its last record, is the snapshot's). Returns where the copy
-/// goes on and the epoch of the record before it in the old primary's log, which the
-/// candidate checks its own against.
+/// The records the copy needs next were compacted into the old primary's newest
+/// snapshot (410 `wal_compacted`), as its Job's `stock-node wal ship` can find on a
+/// volume. The candidate's log must be a prefix of the old primary's (compared by
+/// epoch history, as the first chunk's boundary would have been: a log that parted is
+/// refused, never replaced); it takes the snapshot (`PUT /admin/v1/snapshot`) unless it
+/// holds what the snapshot covers already. Returns where the copy goes on and the epoch
+/// of the record before it in the old primary's log, which the candidate checks its
+/// own against. A snapshot is as large as the sale's state: its requests get the whole
+/// copy's time, not the operator's short per-request timeout.
 async fn past_compacted(
     http: &reqwest::Client,
     from_url: &str,
     to_url: &str,
     admin_token: &str,
-    next: u64,
 ) -> Result<(u64, Option<u64>), String> {
-    let status: NodeStatus = http
-        .get(format!("{from_url}/admin/v1/status"))
-        .bearer_auth(admin_token)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("asking the old primary for its epochs: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("the old primary's status: {e}"))?;
+    let status = async |url: &str, whose: &str| -> Result<NodeStatus, String> {
+        http.get(format!("{url}/admin/v1/status"))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("asking {whose} for its log: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("{whose}'s status: {e}"))
+    };
+    let old = status(from_url, "the old primary").await?;
+    let candidate = status(to_url, "the candidate").await?;
+    let held = candidate.applied_seq;
+    let shared = common_prefix(&candidate.epochs, held, &old.epochs, old.durable_seq);
+    if shared < held {
+        return Err(format!(
+            "the candidate's log parted from the old primary's after record {shared} (it holds {held}): not replaced by the old primary's snapshot"
+        ));
+    }
     let resp = http
         .get(format!("{from_url}{SNAPSHOT_ROUTE}"))
         .bearer_auth(admin_token)
+        .timeout(COPY_TIMEOUT)
         .send()
         .await
         .map_err(|e| format!("reading the old primary's snapshot: {e}"))?;
@@ -132,7 +145,7 @@ async fn past_compacted(
         let s = resp.status();
         let body = resp.text().await.unwrap_or_default();
         return Err(format!(
-            "the old primary compacted its log from {next} and its snapshot is not served: {s}: {body}"
+            "the old primary compacted the records after {held} and its snapshot is not served: {s}: {body}"
         ));
     }
     let snapshot_seq = resp
@@ -141,11 +154,12 @@ async fn past_compacted(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| format!("the old primary's snapshot has no {HEADER_SNAPSHOT_SEQ}"))?;
-    let last = if snapshot_seq > next {
+    let last = if snapshot_seq > held {
         let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
         let installed: NodeStatus = http
             .put(format!("{to_url}{SNAPSHOT_ROUTE}"))
             .bearer_auth(admin_token)
+            .timeout(COPY_TIMEOUT)
             .header("content-type", "application/octet-stream")
             .body(bytes)
             .send()
@@ -158,12 +172,12 @@ async fn past_compacted(
             .map_err(|e| format!("the candidate's status: {e}"))?;
         installed.applied_seq
     } else {
-        next
+        held
     };
-    let prev_epoch = epoch_at(&status.epochs, status.durable_seq, last).ok_or_else(|| {
+    let prev_epoch = epoch_at(&old.epochs, old.durable_seq, last).ok_or_else(|| {
         format!(
             "record {last} is not in the old primary's epoch history (its log ends at {})",
-            status.durable_seq
+            old.durable_seq
         )
     })?;
     Ok((last + 1, Some(prev_epoch)))

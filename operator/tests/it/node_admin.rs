@@ -358,24 +358,40 @@ async fn a_tail_copy_whose_start_was_compacted_goes_over_as_the_snapshot_then_th
         buy().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Records after the newest snapshot, to copy as records.
+    // Records after the newest snapshot, to copy as records: the same snapshot seen
+    // twice, 200 ms apart, below the log's end (one is written off the sequencer, a
+    // moment after the commit that made it due).
+    let mut seen = None;
     loop {
-        buy().await;
         let snapshot = admin_get("/admin/v1/snapshot".into()).send().await.unwrap();
         let seq: u64 = snapshot.headers()["x-flashsale-snapshot-seq"]
             .to_str()
             .unwrap()
             .parse()
             .unwrap();
-        if seq < client.status(&old.url, TOKEN).await.unwrap().durable_seq {
+        let durable = client.status(&old.url, TOKEN).await.unwrap().durable_seq;
+        if seq < durable && seen == Some(seq) {
             break;
         }
+        if seq >= durable {
+            buy().await;
+        }
+        seen = Some(seq);
         assert!(Instant::now() < deadline, "every record is in the snapshot");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let applied =
-        flashsale_operator::failover::recover::copy_tail(&http, &old.url, &candidate.url, TOKEN, 0)
-            .await
-            .expect("the tail goes over");
+    // The operator's own client (short per-request timeout): the snapshot's requests
+    // must not be cut off by it.
+    let operator = NodeClient::new(1_000).unwrap();
+    let applied = flashsale_operator::failover::recover::copy_tail(
+        operator.http(),
+        &old.url,
+        &candidate.url,
+        TOKEN,
+        0,
+    )
+    .await
+    .expect("the tail goes over");
     let (o, c) = (
         client.status(&old.url, TOKEN).await.unwrap(),
         client.status(&candidate.url, TOKEN).await.unwrap(),
@@ -396,6 +412,42 @@ async fn a_tail_copy_whose_start_was_compacted_goes_over_as_the_snapshot_then_th
             .unwrap()
     };
     let (lo, lc) = (ledger(&old.url).await, ledger(&candidate.url).await);
-    assert!(lo.lines().count() > 60, "{lo}");
+    assert!(lo.lines().count() >= 60, "{lo}");
     assert_eq!(lc, lo, "every order of the old primary, with its id");
+
+    // A candidate whose log parted from the old primary's (records of another epoch's
+    // primary) is refused, not replaced by the snapshot: with the start compacted,
+    // no boundary record is there for it to check.
+    let parted = start_node().await;
+    for (role, epoch) in [(Role::Primary, 2), (Role::Standby, 3)] {
+        let a = RoleAssignment {
+            role,
+            epoch,
+            primary_url: None,
+        };
+        client.put_role(&parted.url, TOKEN, &a).await.unwrap();
+        if role == Role::Primary {
+            client
+                .put_config(&parted.url, TOKEN, &validate(&big).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let before = client.status(&parted.url, TOKEN).await.unwrap().applied_seq;
+    let err = flashsale_operator::failover::recover::copy_tail(
+        operator.http(),
+        &old.url,
+        &parted.url,
+        TOKEN,
+        before,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("parted"), "{err}");
+    let after = client.status(&parted.url, TOKEN).await.unwrap();
+    assert_eq!(
+        (after.applied_seq, after.sale.is_some()),
+        (before, true),
+        "unchanged"
+    );
 }
