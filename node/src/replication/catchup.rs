@@ -92,11 +92,14 @@ impl PrimaryClient {
             200 => {
                 let primary_seq = primary_seq
                     .ok_or_else(|| self.err(format!("no {HEADER_DURABLE_SEQ} header")))?;
-                let body = resp.bytes().await.map_err(|e| self.err(e))?;
-                // A primary never sends more than asked (plus one record); more is damage.
-                if body.len() > 2 * CATCHUP_BYTES_MAX + flashsale_core::wal::RECORD_BYTES_MAX {
-                    return Err(self.err(format!("answer of {} bytes", body.len())));
-                }
+                // A primary never sends more than asked (plus one record); more is damage,
+                // refused as it comes, not once held.
+                let body = read_capped(
+                    resp,
+                    2 * CATCHUP_BYTES_MAX + flashsale_core::wal::RECORD_BYTES_MAX,
+                )
+                .await
+                .map_err(|e| self.err(e))?;
                 let batch = decode_batch(&body).map_err(|e| ReplError::Damaged(e.into()))?;
                 if batch.first_seq != from {
                     return Err(self.err(format!(
@@ -112,11 +115,11 @@ impl PrimaryClient {
             }),
             410 => Ok(Fetched::Compacted),
             409 => {
-                let text = resp.text().await.unwrap_or_default();
+                let text = text_start(resp).await;
                 Err(ReplError::Diverged(text.chars().take(300).collect()))
             }
             s => {
-                let text = resp.text().await.unwrap_or_default();
+                let text = text_start(resp).await;
                 Err(self.err(format!(
                     "HTTP {s}: {}",
                     text.chars().take(200).collect::<String>()
@@ -137,7 +140,10 @@ impl PrimaryClient {
         if !resp.status().is_success() {
             return Err(self.err(format!("status: HTTP {}", resp.status())));
         }
-        resp.json().await.map_err(|e| self.err(e))
+        let body = read_capped(resp, STATUS_BYTES_MAX)
+            .await
+            .map_err(|e| self.err(format!("status: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| self.err(format!("status: {e}")))
     }
 
     /// The primary's newest snapshot, `None` if it has none (404).
@@ -159,11 +165,79 @@ impl PrimaryClient {
                 {
                     return Err(self.err("snapshot larger than this node accepts"));
                 }
-                let body = resp.bytes().await.map_err(|e| self.err(e))?;
-                Ok(Some(body.to_vec()))
+                // Without a length (chunked), the cap holds as it streams.
+                let body = read_capped(resp, SNAPSHOT_BYTES_MAX)
+                    .await
+                    .map_err(|e| self.err(format!("snapshot: {e}")))?;
+                Ok(Some(body))
             }
             404 => Ok(None),
             s => Err(self.err(format!("snapshot: HTTP {s}"))),
         }
+    }
+}
+
+/// Most bytes of a primary's status answer read (a few hundred items, its epoch
+/// history, its peers: far less).
+const STATUS_BYTES_MAX: usize = 4 << 20;
+/// Most bytes of an error answer read, for the message.
+const ERROR_TEXT_BYTES_MAX: usize = 4 << 10;
+
+/// The body of `resp`, refused as soon as it passes `max` bytes: a broken or hostile
+/// primary cannot make this node hold more than that.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("answer of more than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The start of an error answer's text (at most [`ERROR_TEXT_BYTES_MAX`] bytes read).
+async fn text_start(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_TEXT_BYTES_MAX {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_TEXT_BYTES_MAX);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broken or hostile primary answering without end (chunked, no length to check
+    /// first): the read stops at the cap instead of holding all it is sent.
+    #[tokio::test]
+    async fn an_answer_past_its_cap_is_refused_as_it_comes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                let chunk = axum::body::Bytes::from(vec![b'x'; 64 << 10]);
+                axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+                    Ok::<_, std::io::Error>(chunk.clone())
+                }))
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let endless = || reqwest::get(format!("http://{addr}/"));
+        let err = read_capped(endless().await.unwrap(), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(err.contains("more than 1048576 bytes"), "{err}");
+        assert_eq!(
+            text_start(endless().await.unwrap()).await.len(),
+            ERROR_TEXT_BYTES_MAX
+        );
+        server.abort();
     }
 }
