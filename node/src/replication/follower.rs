@@ -99,7 +99,13 @@ impl<R: Replica> Follower<R> {
         loop {
             if check_history {
                 match self.check_history().await {
-                    Ok(()) => check_history = false,
+                    Ok(()) => {
+                        check_history = false;
+                        // Acks say what this node holds from the start (a restarted,
+                        // caught-up secondary has nothing new to apply), and after a
+                        // reseed no longer what the old log held.
+                        self.durable.send_replace(self.replica.applied_seq());
+                    }
                     Err(e) => {
                         tracing::warn!(primary = self.primary.base_url(), error = %e, "cannot compare logs with the primary; retrying");
                         tokio::select! {
@@ -122,7 +128,7 @@ impl<R: Replica> Follower<R> {
             }
             if need_catchup {
                 self.stats.set_state(FollowState::CatchingUp);
-                match self.catch_up(&mut fetched).await {
+                match self.catch_up(&mut fetched, &shutdown).await {
                     Ok(true) => {
                         heard = Instant::now();
                         last_catchup = heard;
@@ -140,6 +146,14 @@ impl<R: Replica> Follower<R> {
                     Err(ReplError::Diverged(why)) => {
                         tracing::warn!(primary = self.primary.base_url(), %why, "the primary's log parted from this node's");
                         check_history = true;
+                        // Paced like any failure: a primary whose status agrees with
+                        // this log while its WAL answers say otherwise must not make
+                        // this a loop of requests as fast as it can go.
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(retry_ms)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        retry_ms = (retry_ms * 2).min(RETRY_MAX_MS);
                         continue;
                     }
                     Err(e) => {
@@ -341,6 +355,8 @@ impl<R: Replica> Follower<R> {
             "this node's log parted from the primary's: moving it aside and starting again from the primary's"
         );
         self.replica.reseed(kept_aside.clone()).await?;
+        // Empty now: not ready (reads, the operator's view) until caught up again.
+        self.ready.store(false, Relaxed);
         self.stats.reseeded(Reseed {
             at_ms,
             common_seq: common,
@@ -353,9 +369,18 @@ impl<R: Replica> Follower<R> {
     }
 
     /// Reads the primary's WAL until up to date (`Ok(true)`) or for a bounded number of
-    /// rounds (`Ok(false)`).
-    async fn catch_up(&self, fetched: &mut u64) -> Result<bool, ReplError> {
+    /// rounds, or until `shutdown` (`Ok(false)`).
+    async fn catch_up(
+        &self,
+        fetched: &mut u64,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ReplError> {
         for _ in 0..CATCHUP_ROUNDS_MAX {
+            // Re-pointed at another primary (or stopping): not one more round of this
+            // one's records.
+            if shutdown.is_cancelled() {
+                return Ok(false);
+            }
             let applied = self.replica.applied_seq();
             let from = applied + 1;
             let prev_epoch = epoch_at(&self.replica.history(), applied, applied);
@@ -411,6 +436,7 @@ impl<R: Replica> Follower<R> {
                         .await
                         .map_err(|e| compacted(e.to_string()))?;
                     self.stats.snapshots_installed.inc();
+                    self.durable.send_replace(seq);
                     tracing::info!(seq, "bootstrapped from the primary's snapshot");
                     self.stats.set_state(FollowState::CatchingUp);
                 }

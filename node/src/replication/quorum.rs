@@ -157,8 +157,12 @@ pub struct AckTarget {
     pub node: String,
     /// The sale's key, which signs the acks.
     pub key: ChannelKey,
-    /// This node's epoch, read at each ack.
-    pub epoch: SeqFn,
+    /// The epoch of this node's record at a sequence (its own log's, not its current
+    /// epoch): an ack says "I hold your log up to here" only once this node's log has
+    /// a record of the primary's epoch, whose crossing the follower checked. Stamped
+    /// with the node's current epoch, a node re-pointed at a new primary acked its
+    /// old primary's log as the new one's, before comparing the two.
+    pub epoch_at: Arc<dyn Fn(u64) -> Option<u64> + Send + Sync>,
     /// Ack each change at once (quorum), not only every [`ACK_REPEAT_MS`].
     pub eager: bool,
 }
@@ -177,20 +181,25 @@ pub async fn send_acks(
         ack_channel,
         node,
         key,
-        epoch,
+        epoch_at,
         eager,
     } = to;
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     loop {
         tokio::select! {
-            _ = durable.changed(), if eager => {}
+            changed = durable.changed(), if eager => {
+                if changed.is_err() {
+                    // The follower is gone (its supervisor starts another, with acks).
+                    return;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(ACK_REPEAT_MS)) => {}
             _ = shutdown.cancelled() => return,
         }
         let seq = *durable.borrow_and_update();
-        if seq == 0 {
+        let Some(epoch) = epoch_at(seq) else {
             continue;
-        }
+        };
         if conn.is_none() {
             let c = tokio::time::timeout(
                 Duration::from_millis(REDIS_TIMEOUT_MS),
@@ -200,9 +209,13 @@ pub async fn send_acks(
             conn = c.ok().and_then(Result::ok);
         }
         let Some(c) = conn.as_mut() else { continue };
+        if shutdown.is_cancelled() {
+            // Following another primary now: nothing more for this one.
+            return;
+        }
         let ack = Ack {
             node: node.clone(),
-            epoch: epoch(),
+            epoch,
             durable_seq: seq,
         };
         let sent = tokio::time::timeout(

@@ -172,8 +172,23 @@ impl Replication {
         admin_token: Option<String>,
         shutdown: CancellationToken,
     ) {
-        let mut current: Option<(u64, String, CancellationToken)> = None;
+        // What is followed: epoch, primary URL, the token that stops it, the follower's
+        // task (none if it could not start) and when it started.
+        let mut current: Option<Following> = None;
         loop {
+            // A follower that ended on its own (a panic, its stream closed) or never
+            // started is started again, at most every FOLLOW_RETRY: a secondary must
+            // not stop following while everything reads as live.
+            if let Some(f) = &current
+                && !f.stop.is_cancelled()
+                && f.task.as_ref().is_none_or(|t| t.is_finished())
+                && f.started.elapsed() >= FOLLOW_RETRY
+            {
+                tracing::error!(primary = %f.url, "the follower stopped; following again");
+                if let Some(f) = current.take() {
+                    f.stop.cancel();
+                }
+            }
             let st = self.engine.status();
             // Keeps the applied-sequence and lag gauges of `/metrics` fresh.
             let _ = self.stats.status(st.applied_seq);
@@ -182,19 +197,20 @@ impl Replication {
                 _ => None,
             };
             let same = match (&current, &want) {
-                (Some((e, u, _)), Some((we, wu))) => e == we && u == wu,
+                (Some(f), Some((we, wu))) => f.epoch == *we && f.url == *wu,
                 (None, None) => true,
                 _ => false,
             };
             if !same {
-                if let Some((_, _, stop)) = current.take() {
-                    stop.cancel();
+                if let Some(f) = current.take() {
+                    f.stop.cancel();
                 }
                 self.caught_up.store(false, Relaxed);
                 self.stats.set_state(FollowState::Idle);
+                self.stats.forget_primary();
                 if let Some((epoch, url)) = want {
                     let stop = shutdown.child_token();
-                    match self.follow(
+                    let task = match self.follow(
                         &args,
                         redis.clone(),
                         channel.clone(),
@@ -202,12 +218,22 @@ impl Replication {
                         admin_token.as_deref(),
                         stop.clone(),
                     ) {
-                        Ok(()) => tracing::info!(primary = %url, epoch, "following the primary"),
-                        Err(e) => {
-                            tracing::error!(primary = %url, error = %e, "cannot follow the primary")
+                        Ok(task) => {
+                            tracing::info!(primary = %url, epoch, "following the primary");
+                            Some(task)
                         }
-                    }
-                    current = Some((epoch, url, stop));
+                        Err(e) => {
+                            tracing::error!(primary = %url, error = %e, "cannot follow the primary");
+                            None
+                        }
+                    };
+                    current = Some(Following {
+                        epoch,
+                        url,
+                        stop,
+                        task,
+                        started: std::time::Instant::now(),
+                    });
                 }
             }
             tokio::select! {
@@ -225,7 +251,7 @@ impl Replication {
         primary_url: &str,
         admin_token: Option<&str>,
         stop: CancellationToken,
-    ) -> Result<(), ReplError> {
+    ) -> Result<tokio::task::JoinHandle<()>, ReplError> {
         let key = ChannelKey::new(
             admin_token.unwrap_or_default(),
             channel.as_deref().unwrap_or_default(),
@@ -253,7 +279,10 @@ impl Replication {
                 ack_channel: ack_channel(&channel),
                 node: args.node_name.clone(),
                 key: key.clone(),
-                epoch: Arc::new(move || e.positions().epoch),
+                epoch_at: Arc::new(move |seq| {
+                    let st = e.status();
+                    flashsale_core::replication::epoch_at(&st.epochs, st.durable_seq, seq)
+                }),
                 eager: args.replication == ReplicationMode::Quorum,
             };
             tokio::spawn(quorum::send_acks(
@@ -277,10 +306,22 @@ impl Replication {
             idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
             ready: self.caught_up.clone(),
         };
-        tokio::spawn(follower.run(rx, lost, stop));
-        Ok(())
+        Ok(tokio::spawn(follower.run(rx, lost, stop)))
     }
 }
+
+/// The follower the supervisor runs (`Replication::supervise`).
+struct Following {
+    epoch: u64,
+    url: String,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    started: std::time::Instant,
+}
+
+/// A follower that stopped on its own is started again no sooner than this after the
+/// last start.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
 
 async fn stop_hold(tx: mpsc::Sender<stream::Event>, _durable: watch::Receiver<u64>) {
     tx.closed().await;

@@ -116,6 +116,15 @@ impl Stats {
         }
     }
 
+    /// Another primary (a new epoch or address) is followed from now on: what the last
+    /// one was seen to hold says nothing of this one's log, which may be shorter (a
+    /// failover that promoted a node without the old primary's last records). Kept, it
+    /// showed this node lagging until the new primary passed the old one's end.
+    pub fn forget_primary(&self) {
+        self.primary_seq.store(0, Relaxed);
+        self.heard.lock().clear();
+    }
+
     /// Records that this node's log was moved aside and started again.
     pub fn reseeded(&self, r: flashsale_core::replication::Reseed) {
         self.reseeds.inc();
