@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flashsale_core::admin::NodeStatus;
 use flashsale_core::replication::{
-    CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, SNAPSHOT_ROUTE, WAL_ROUTE,
+    CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, HEADER_EPOCH, SNAPSHOT_ROUTE, WAL_ROUTE,
 };
 use flashsale_core::wal::{Batch, decode_batch};
 
@@ -36,6 +36,10 @@ pub struct PrimaryClient {
     http: reqwest::Client,
     base_url: String,
     admin_token: String,
+    /// The epoch this node follows the primary at: a node at `base_url` that answers
+    /// at a later one is not that primary any more (stepped down, a secondary of the
+    /// next), and what it serves is not read.
+    epoch: Option<u64>,
 }
 
 impl PrimaryClient {
@@ -52,7 +56,26 @@ impl PrimaryClient {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
+            epoch: None,
         })
+    }
+
+    /// Reads only from a node at `epoch` or before (see the field).
+    pub fn at_epoch(self, epoch: u64) -> Self {
+        Self {
+            epoch: Some(epoch),
+            ..self
+        }
+    }
+
+    /// An error if the node answered at an epoch later than the one followed.
+    fn check_epoch(&self, answered: Option<u64>) -> Result<(), ReplError> {
+        match (self.epoch, answered) {
+            (Some(mine), Some(theirs)) if theirs > mine => Err(self.err(format!(
+                "it answers at epoch {theirs}: no longer the primary of epoch {mine} (this node waits to be pointed at the new one)"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -83,11 +106,14 @@ impl PrimaryClient {
             .send()
             .await
             .map_err(|e| self.err(e))?;
-        let primary_seq = resp
-            .headers()
-            .get(HEADER_DURABLE_SEQ)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let primary_seq = header(HEADER_DURABLE_SEQ);
+        self.check_epoch(header(HEADER_EPOCH))?;
         match resp.status().as_u16() {
             200 => {
                 let primary_seq = primary_seq
@@ -143,7 +169,10 @@ impl PrimaryClient {
         let body = read_capped(resp, STATUS_BYTES_MAX)
             .await
             .map_err(|e| self.err(format!("status: {e}")))?;
-        serde_json::from_slice(&body).map_err(|e| self.err(format!("status: {e}")))
+        let status: NodeStatus =
+            serde_json::from_slice(&body).map_err(|e| self.err(format!("status: {e}")))?;
+        self.check_epoch(Some(status.epoch))?;
+        Ok(status)
     }
 
     /// The primary's newest snapshot, `None` if it has none (404).
@@ -238,6 +267,40 @@ mod tests {
             text_start(endless().await.unwrap()).await.len(),
             ERROR_TEXT_BYTES_MAX
         );
+        server.abort();
+    }
+
+    /// The node at the primary's address answering at a later epoch has stepped down
+    /// (a standby, or a secondary of the next primary): what it serves is not read
+    /// (it may hold records the new primary never had).
+    #[tokio::test]
+    async fn a_node_that_answers_at_a_later_epoch_is_not_read_from() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            WAL_ROUTE,
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::NO_CONTENT,
+                    [(HEADER_DURABLE_SEQ, "7"), (HEADER_EPOCH, "3")],
+                )
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = PrimaryClient::new(&format!("http://{addr}"), "t").unwrap();
+        let err = client.clone().at_epoch(2).fetch(8, None).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("answers at epoch 3: no longer the primary of epoch 2"),
+            "{err}"
+        );
+        for same_or_later in [3, 4] {
+            let fetched = client.clone().at_epoch(same_or_later).fetch(8, None).await;
+            assert!(
+                matches!(fetched, Ok(Fetched::UpToDate { primary_seq: 7 })),
+                "{fetched:?}"
+            );
+        }
         server.abort();
     }
 }

@@ -214,7 +214,7 @@ impl Replication {
                         &args,
                         redis.clone(),
                         channel.clone(),
-                        &url,
+                        (epoch, &url),
                         admin_token.as_deref(),
                         stop.clone(),
                     ) {
@@ -248,7 +248,7 @@ impl Replication {
         args: &ReplicationArgs,
         redis: Option<redis::Client>,
         channel: Option<String>,
-        primary_url: &str,
+        (epoch, primary_url): (u64, &str),
         admin_token: Option<&str>,
         stop: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, ReplError> {
@@ -256,7 +256,8 @@ impl Replication {
             admin_token.unwrap_or_default(),
             channel.as_deref().unwrap_or_default(),
         );
-        let primary = PrimaryClient::new(primary_url, admin_token.unwrap_or_default())?;
+        let primary =
+            PrimaryClient::new(primary_url, admin_token.unwrap_or_default())?.at_epoch(epoch);
         let (tx, rx) = mpsc::channel(args.buffer_batches_max.max(1));
         let lost = Arc::new(AtomicBool::new(true));
         let (durable_tx, durable_rx) = watch::channel(0u64);
