@@ -261,10 +261,11 @@ pub struct FailoverState {
     /// them alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// The durable sequence each of `nodes` that answered reported when it began. In
-    /// quorum mode a node that later reports less — back on a new volume — lost records
-    /// it may have acknowledged, and counts as silent; so does one of `nodes` that did
-    /// not answer then and reports an empty log now.
+    /// The durable sequence each of `nodes` reported when it began, for those whose
+    /// log then ended with a record of the old primary's epoch (the records quorum
+    /// acks are for). In quorum mode, when the old primary's tail cannot be read, a
+    /// node that later reports less — back on a new volume — lost records it may have
+    /// acknowledged, and counts as silent.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(with = "std::collections::BTreeMap<String, i64>")]
     pub nodes_durable_seq: std::collections::BTreeMap<String, u64>,

@@ -14,6 +14,7 @@
 //! - the candidate holds the old primary's whole durable log before it is promoted (I4).
 
 use flashsale_core::admin::Role;
+use flashsale_core::replication::epoch_at;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::keeper::LeaseView;
@@ -223,11 +224,18 @@ fn begin(
                     nodes.sort();
                     nodes
                 },
+                // Only what a node holds of the old primary's epoch: acks are only for
+                // records of it, and a log that ends at an older epoch (a lagging or
+                // parted node, one being reseeded) held none it acknowledged.
                 nodes_durable_seq: w
                     .pods
                     .iter()
                     .filter(|p| p.name != from)
-                    .filter_map(|p| Some((p.name.clone(), p.node_status()?.durable_seq)))
+                    .filter_map(|p| {
+                        let s = p.node_status()?;
+                        let last_epoch = epoch_at(&s.epochs, s.durable_seq, s.durable_seq)?;
+                        (last_epoch == w.status.epoch).then(|| (p.name.clone(), s.durable_seq))
+                    })
                     .collect(),
                 blocked: None,
             }),
@@ -746,9 +754,11 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         names.extend(w.pods.iter().map(|p| p.name.as_str()));
         names.sort_unstable();
         names.dedup();
-        // A node that answers with less than it had when the failover began (back on a
-        // new volume), or with an empty log when it did not answer then, is silent too:
-        // what it lost may have been acknowledged on its ack.
+        // A node that answers with less than it held of the old primary's epoch when
+        // the failover began (back on a new volume) is silent too: what it lost may have
+        // been acknowledged on its ack. (One not recorded then — a pod still starting,
+        // a log of an older epoch — had nothing of that epoch to lose as far as the
+        // operator saw.)
         let silent: Vec<String> = names
             .into_iter()
             .filter(|n| *n != f.from)
@@ -764,13 +774,6 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
                         s.durable_seq,
                         had.unwrap_or_default()
                     )),
-                    Some(s)
-                        if had.is_none()
-                            && s.durable_seq == 0
-                            && f.nodes.iter().any(|m| m == n) =>
-                    {
-                        Some(format!("{n} (back with an empty log)"))
-                    }
                     Some(_) => None,
                 }
             })
