@@ -69,6 +69,13 @@ impl EngineHandle {
         }
     }
 
+    /// The epoch of this node's durable record `seq` (`None` past its durable end or
+    /// at 0), without copying the status: a secondary's ack asks it per batch.
+    pub fn durable_epoch_at(&self, seq: u64) -> Option<u64> {
+        let v = self.inner.view.read();
+        flashsale_core::replication::epoch_at(&v.status.epochs, v.status.durable_seq, seq)
+    }
+
     /// The newest snapshot file on disk (`crc32c | JSON`) and the sequence it covers,
     /// for a secondary whose catch-up point was compacted away.
     pub async fn newest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, SellError> {

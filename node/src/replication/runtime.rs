@@ -204,6 +204,14 @@ impl Replication {
             if !same {
                 if let Some(f) = current.take() {
                     f.stop.cancel();
+                    // Ended before the next one starts: a round it was in (a fetch, an
+                    // apply, a reseed) must not go on to mark the new one ready or
+                    // raise what the new primary is seen to hold. Its engine commands
+                    // already sent still complete (the engine orders them).
+                    if let Some(task) = f.task {
+                        task.abort();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                    }
                 }
                 self.caught_up.store(false, Relaxed);
                 self.stats.set_state(FollowState::Idle);
@@ -280,10 +288,7 @@ impl Replication {
                 ack_channel: ack_channel(&channel),
                 node: args.node_name.clone(),
                 key: key.clone(),
-                epoch_at: Arc::new(move |seq| {
-                    let st = e.status();
-                    flashsale_core::replication::epoch_at(&st.epochs, st.durable_seq, seq)
-                }),
+                epoch_at: Arc::new(move |seq| e.durable_epoch_at(seq)),
                 eager: args.replication == ReplicationMode::Quorum,
             };
             tokio::spawn(quorum::send_acks(
