@@ -261,10 +261,12 @@ pub struct FailoverState {
     /// them alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// The durable sequence each of `nodes` reported when it began, for those whose
-    /// log then ended with a record of the old primary's epoch (the records quorum
-    /// acks are for). In quorum mode, when the old primary's tail cannot be read, a
-    /// node that later reports less — back on a new volume — lost records it may have
+    /// What each of `nodes` held of the old primary's epoch when it began (the records
+    /// quorum acks are for): its durable sequence if its log then ended with a record
+    /// of that epoch, 0 if with an older one; 1 for a node that did not answer then
+    /// but did at the pass before (it may hold some); a pod never seen answering is
+    /// not listed. In quorum mode, when the old primary's tail cannot be read, a node
+    /// that later reports less — back on a new volume — lost records it may have
     /// acknowledged, and counts as silent.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(with = "std::collections::BTreeMap<String, i64>")]

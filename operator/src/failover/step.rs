@@ -224,19 +224,7 @@ fn begin(
                     nodes.sort();
                     nodes
                 },
-                // Only what a node holds of the old primary's epoch: acks are only for
-                // records of it, and a log that ends at an older epoch (a lagging or
-                // parted node, one being reseeded) held none it acknowledged.
-                nodes_durable_seq: w
-                    .pods
-                    .iter()
-                    .filter(|p| p.name != from)
-                    .filter_map(|p| {
-                        let s = p.node_status()?;
-                        let last_epoch = epoch_at(&s.epochs, s.durable_seq, s.durable_seq)?;
-                        (last_epoch == w.status.epoch).then(|| (p.name.clone(), s.durable_seq))
-                    })
-                    .collect(),
+                nodes_durable_seq: durable_at_begin(w, from),
                 blocked: None,
             }),
             last_failover: w.status.last_failover.clone(),
@@ -244,6 +232,41 @@ fn begin(
         requeue_ms: Some(0),
         ..Decision::default()
     }
+}
+
+/// What each other node holds of the old primary's epoch as a failover begins
+/// (`FailoverState::nodes_durable_seq`): quorum acks are only for records of it. A
+/// node whose log ends at an older epoch (lagging, parted, being reseeded) held none
+/// it acknowledged: 0. A node that does not answer now is left out, unless the last
+/// pass saw it answer (`status.nodes`), when it may hold what it acknowledged: 1, so
+/// that it counts as silent if it comes back with an empty log (a new volume). A pod
+/// never seen answering (one still starting) is left out: it has nothing to lose.
+fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String, u64> {
+    // The epoch of the old primary's records: its own log's last, if it answers.
+    let epoch = answering(w, from)
+        .and_then(|s| epoch_at(&s.epochs, s.durable_seq, s.durable_seq))
+        .unwrap_or(w.status.epoch);
+    w.pods
+        .iter()
+        .filter(|p| p.name != from)
+        .filter_map(|p| match p.node_status().filter(|_| p.running) {
+            Some(s) => {
+                let last = epoch_at(&s.epochs, s.durable_seq, s.durable_seq);
+                let held = if last == Some(epoch) {
+                    s.durable_seq
+                } else {
+                    0
+                };
+                Some((p.name.clone(), held))
+            }
+            None => w
+                .status
+                .nodes
+                .iter()
+                .any(|n| n.name == p.name && n.role.is_some())
+                .then(|| (p.name.clone(), 1)),
+        })
+        .collect()
 }
 
 fn steady(w: &World, primary: &str) -> Decision {
@@ -755,10 +778,8 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
         names.sort_unstable();
         names.dedup();
         // A node that answers with less than it held of the old primary's epoch when
-        // the failover began (back on a new volume) is silent too: what it lost may have
-        // been acknowledged on its ack. (One not recorded then — a pod still starting,
-        // a log of an older epoch — had nothing of that epoch to lose as far as the
-        // operator saw.)
+        // the failover began (back on a new volume) is silent too: what it lost may
+        // have been acknowledged on its ack (`durable_at_begin`).
         let silent: Vec<String> = names
             .into_iter()
             .filter(|n| *n != f.from)
@@ -769,11 +790,18 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
                     .and_then(|p| p.node_status())
                 {
                     None => Some(n.to_string()),
-                    Some(s) if had.is_some_and(|h| s.durable_seq < h) => Some(format!(
-                        "{n} (back with {} of the {} records it had)",
-                        s.durable_seq,
-                        had.unwrap_or_default()
-                    )),
+                    Some(s) if had.is_some_and(|h| s.durable_seq < h) => {
+                        // 1: silent as it began, seen answering the pass before.
+                        Some(if had == Some(1) {
+                            format!("{n} (back with an empty log)")
+                        } else {
+                            format!(
+                                "{n} (back with {} of the {} records it had)",
+                                s.durable_seq,
+                                had.unwrap_or_default()
+                            )
+                        })
+                    }
                     Some(_) => None,
                 }
             })

@@ -303,12 +303,15 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
         s.conditions[0].status = "False".into();
         s.conditions[0].last_transition_time = at(-4_000);
         let mut p = pods();
-        // s-1's log ends with records of the primary's epoch (3); s-2's at epoch 1.
-        if let Some(Ok(n)) = p[1].node.as_mut() {
-            n.epochs.push(EpochStart {
-                epoch: 3,
-                first_seq: 90,
-            });
+        // s-0's and s-1's logs end with records of the primary's epoch (3); s-2's at
+        // epoch 1.
+        for i in [0, 1] {
+            if let Some(Ok(n)) = p[i].node.as_mut() {
+                n.epochs.push(EpochStart {
+                    epoch: 3,
+                    first_seq: 90,
+                });
+            }
         }
         broken(&mut p);
         let d = decide(&world(&s, &p, 0));
@@ -324,8 +327,29 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
         // What each other node holds durably of the primary's epoch as it begins
         // (quorum mode: one that comes back with less lost what it may have
         // acknowledged); s-2 holds none of it.
-        assert_eq!(f.nodes_durable_seq, [("s-1".to_string(), 98)].into());
+        assert_eq!(
+            f.nodes_durable_seq,
+            [("s-1".to_string(), 98), ("s-2".to_string(), 0)].into()
+        );
     }
+    // s-2 silent as it begins but seen answering at the pass before: it may hold what it
+    // acknowledged (1: back with an empty log, it counts as silent).
+    let mut s = status();
+    s.conditions[0].status = "False".into();
+    s.conditions[0].last_transition_time = at(-4_000);
+    s.nodes = serde_json::from_value(serde_json::json!([
+        {"name": "s-2", "role": "secondary", "answering": true}
+    ]))
+    .unwrap();
+    let mut p = pods();
+    p[0].node = Some(Err("unreachable".into()));
+    p[2].node = Some(Err("unreachable".into()));
+    let f = next_failover(&decide(&world(&s, &p, 0)));
+    assert_eq!(f.nodes_durable_seq.get("s-2"), Some(&1));
+    // Never seen answering (a pod still starting): nothing to lose, not listed.
+    s.nodes.clear();
+    let f = next_failover(&decide(&world(&s, &p, 0)));
+    assert_eq!(f.nodes_durable_seq.get("s-2"), None);
 }
 
 #[test]
@@ -1032,13 +1056,31 @@ fn quorum_mode_counts_a_node_back_on_a_new_volume_as_silent() {
             && blocked.contains("s-2 (back with 0 of the 95 records it had)"),
         "{blocked}"
     );
-    // A node not recorded as the failover began (a pod still starting, a log that
+    // One silent as the failover began but seen answering the pass before (recorded
+    // as holding some), back with an empty log: the same.
+    let mut was_silent = recovering();
+    if let Some(f) = was_silent.failover.as_mut() {
+        f.nodes_durable_seq.insert("s-2".into(), 1);
+    }
+    w.status = &was_silent;
+    let blocked = next_failover(&decide(&w)).blocked.unwrap();
+    assert!(
+        blocked.contains("s-2 (back with an empty log)"),
+        "{blocked}"
+    );
+    // A node not recorded (a pod never seen answering) or recorded at 0 (a log that
     // ended at an older epoch) had nothing of the old primary's epoch to lose.
     let mut fresh = recovering();
     if let Some(f) = fresh.failover.as_mut() {
         f.nodes_durable_seq.remove("s-2");
     }
     w.status = &fresh;
+    assert_eq!(next_failover(&decide(&w)).step, FailoverStep::Promoting);
+    let mut older = recovering();
+    if let Some(f) = older.failover.as_mut() {
+        f.nodes_durable_seq.insert("s-2".into(), 0);
+    }
+    w.status = &older;
     let f = next_failover(&decide(&w));
     assert_eq!(
         (f.step, f.candidate.as_deref()),
