@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flashsale_core::admin::NodeStatus;
+use flashsale_core::admin::{NodeStatus, Role};
 use flashsale_core::replication::{
     CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, HEADER_EPOCH, SNAPSHOT_ROUTE, WAL_ROUTE,
 };
@@ -37,8 +37,10 @@ pub struct PrimaryClient {
     base_url: String,
     admin_token: String,
     /// The epoch this node follows the primary at: a node at `base_url` that answers
-    /// at a later one is not that primary any more (stepped down, a secondary of the
-    /// next), and what it serves is not read.
+    /// at a later one and is not a primary stepped down (a standby, a secondary of the
+    /// next primary), and what it serves is not read. One that is a primary at a later
+    /// epoch is read (this node's assignment is behind, as after a restart before it
+    /// copied that primary's promotion; the crossing is checked by `prev_epoch`).
     epoch: Option<u64>,
 }
 
@@ -68,14 +70,29 @@ impl PrimaryClient {
         }
     }
 
-    /// An error if the node answered at an epoch later than the one followed.
-    fn check_epoch(&self, answered: Option<u64>) -> Result<(), ReplError> {
-        match (self.epoch, answered) {
-            (Some(mine), Some(theirs)) if theirs > mine => Err(self.err(format!(
-                "it answers at epoch {theirs}: no longer the primary of epoch {mine} (this node waits to be pointed at the new one)"
-            ))),
-            _ => Ok(()),
+    /// An error if the node answered at an epoch later than the one followed and is
+    /// not a primary (`role`; asked when not given, on this rare path only).
+    async fn check_epoch(
+        &self,
+        answered: Option<u64>,
+        role: Option<Role>,
+    ) -> Result<(), ReplError> {
+        let (Some(mine), Some(theirs)) = (self.epoch, answered) else {
+            return Ok(());
+        };
+        if theirs <= mine {
+            return Ok(());
         }
+        let role = match role {
+            Some(r) => r,
+            None => self.status_unchecked().await?.role,
+        };
+        if role == Role::Primary {
+            return Ok(());
+        }
+        Err(self.err(format!(
+            "it answers at epoch {theirs} as a {role:?}: it stepped down from epoch {mine} (this node waits to be pointed at the new primary)"
+        )))
     }
 
     pub fn base_url(&self) -> &str {
@@ -113,7 +130,7 @@ impl PrimaryClient {
                 .and_then(|v| v.parse::<u64>().ok())
         };
         let primary_seq = header(HEADER_DURABLE_SEQ);
-        self.check_epoch(header(HEADER_EPOCH))?;
+        self.check_epoch(header(HEADER_EPOCH), None).await?;
         match resp.status().as_u16() {
             200 => {
                 let primary_seq = primary_seq
@@ -156,6 +173,14 @@ impl PrimaryClient {
 
     /// The primary's own account of itself (its epoch history and durable sequence).
     pub async fn status(&self) -> Result<NodeStatus, ReplError> {
+        let status = self.status_unchecked().await?;
+        self.check_epoch(Some(status.epoch), Some(status.role))
+            .await?;
+        Ok(status)
+    }
+
+    /// [`Self::status`] without the epoch check.
+    async fn status_unchecked(&self) -> Result<NodeStatus, ReplError> {
         let resp = self
             .http
             .get(format!("{}/admin/v1/status", self.base_url))
@@ -169,10 +194,7 @@ impl PrimaryClient {
         let body = read_capped(resp, STATUS_BYTES_MAX)
             .await
             .map_err(|e| self.err(format!("status: {e}")))?;
-        let status: NodeStatus =
-            serde_json::from_slice(&body).map_err(|e| self.err(format!("status: {e}")))?;
-        self.check_epoch(Some(status.epoch))?;
-        Ok(status)
+        serde_json::from_slice(&body).map_err(|e| self.err(format!("status: {e}")))
     }
 
     /// The primary's newest snapshot, `None` if it has none (404).
@@ -270,29 +292,57 @@ mod tests {
         server.abort();
     }
 
-    /// The node at the primary's address answering at a later epoch has stepped down
-    /// (a standby, or a secondary of the next primary): what it serves is not read
-    /// (it may hold records the new primary never had).
+    /// The node at the primary's address answering at a later epoch, not as a primary,
+    /// has stepped down (a standby, or a secondary of the next primary): what it
+    /// serves is not read (it may hold records the new primary never had).
     #[tokio::test]
     async fn a_node_that_answers_at_a_later_epoch_is_not_read_from() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route(
-            WAL_ROUTE,
-            axum::routing::get(|| async {
-                (
-                    axum::http::StatusCode::NO_CONTENT,
-                    [(HEADER_DURABLE_SEQ, "7"), (HEADER_EPOCH, "3")],
-                )
-            }),
-        );
+        // A node at epoch 3, a standby until `promoted` is set.
+        let promoted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_primary = promoted.clone();
+        let app = axum::Router::new()
+            .route(
+                WAL_ROUTE,
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::NO_CONTENT,
+                        [(HEADER_DURABLE_SEQ, "7"), (HEADER_EPOCH, "3")],
+                    )
+                }),
+            )
+            .route(
+                "/admin/v1/status",
+                axum::routing::get(move || {
+                    let role = if is_primary.load(std::sync::atomic::Ordering::SeqCst) {
+                        "primary"
+                    } else {
+                        "standby"
+                    };
+                    async move {
+                        axum::Json(serde_json::json!({
+                            "role": role, "epoch": 3, "appliedSeq": 7, "durableSeq": 7,
+                            "items": [], "purchasesPerS": 0.0, "nowMs": 0,
+                        }))
+                    }
+                }),
+            );
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let client = PrimaryClient::new(&format!("http://{addr}"), "t").unwrap();
         let err = client.clone().at_epoch(2).fetch(8, None).await.unwrap_err();
         assert!(
             err.to_string()
-                .contains("answers at epoch 3: no longer the primary of epoch 2"),
+                .contains("answers at epoch 3 as a Standby: it stepped down from epoch 2"),
             "{err}"
+        );
+        // A primary at a later epoch is read: this node's assignment is what is behind
+        // (a restart before it copied that primary's promotion).
+        promoted.store(true, std::sync::atomic::Ordering::SeqCst);
+        let fetched = client.clone().at_epoch(2).fetch(8, None).await;
+        assert!(
+            matches!(fetched, Ok(Fetched::UpToDate { primary_seq: 7 })),
+            "{fetched:?}"
         );
         for same_or_later in [3, 4] {
             let fetched = client.clone().at_epoch(same_or_later).fetch(8, None).await;
