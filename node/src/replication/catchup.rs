@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flashsale_core::admin::{NodeStatus, Role};
+use flashsale_core::admin::{LeaseMode, NodeStatus, Role};
 use flashsale_core::replication::{
     CATCHUP_BYTES_MAX, HEADER_DURABLE_SEQ, HEADER_EPOCH, SNAPSHOT_ROUTE, WAL_ROUTE,
 };
@@ -71,11 +71,14 @@ impl PrimaryClient {
     }
 
     /// An error if the node answered at an epoch later than the one followed and is
-    /// not a primary (`role`; asked when not given, on this rare path only).
+    /// not the primary of that epoch: a primary there holding its lease (or a lone
+    /// one, without leases). A node that says "primary" without a live lease may be
+    /// a demoted primary restarted into its old role (`engine::replica`), whose tail
+    /// was never acknowledged. `status` is asked when not given (this rare path only).
     async fn check_epoch(
         &self,
         answered: Option<u64>,
-        role: Option<Role>,
+        status: Option<&NodeStatus>,
     ) -> Result<(), ReplError> {
         let (Some(mine), Some(theirs)) = (self.epoch, answered) else {
             return Ok(());
@@ -83,15 +86,29 @@ impl PrimaryClient {
         if theirs <= mine {
             return Ok(());
         }
-        let role = match role {
-            Some(r) => r,
-            None => self.status_unchecked().await?.role,
+        let asked;
+        let s = match status {
+            Some(s) => s,
+            None => {
+                asked = self.status_unchecked().await?;
+                &asked
+            }
         };
-        if role == Role::Primary {
+        let leased = s
+            .lease
+            .as_ref()
+            .is_none_or(|l| l.mode == LeaseMode::Off || (l.epoch == s.epoch && l.remaining_ms > 0));
+        if s.role == Role::Primary && s.epoch == theirs && leased {
             return Ok(());
         }
         Err(self.err(format!(
-            "it answers at epoch {theirs} as a {role:?}: it stepped down from epoch {mine} (this node waits to be pointed at the new primary)"
+            "it answers at epoch {theirs} as a {:?}{}, not the primary of that epoch (this node follows it at epoch {mine}, and waits to be pointed at the primary)",
+            s.role,
+            if s.role == Role::Primary && !leased {
+                " without a live lease"
+            } else {
+                ""
+            }
         )))
     }
 
@@ -174,8 +191,7 @@ impl PrimaryClient {
     /// The primary's own account of itself (its epoch history and durable sequence).
     pub async fn status(&self) -> Result<NodeStatus, ReplError> {
         let status = self.status_unchecked().await?;
-        self.check_epoch(Some(status.epoch), Some(status.role))
-            .await?;
+        self.check_epoch(Some(status.epoch), Some(&status)).await?;
         Ok(status)
     }
 
@@ -299,9 +315,11 @@ mod tests {
     async fn a_node_that_answers_at_a_later_epoch_is_not_read_from() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // A node at epoch 3, a standby until `promoted` is set.
-        let promoted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let is_primary = promoted.clone();
+        // A node at epoch 3: 0 a standby, 1 a primary whose lease ended (a demoted
+        // primary restarted into its old role), 2 a primary holding its lease.
+        use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+        let state = std::sync::Arc::new(AtomicU8::new(0));
+        let shown = state.clone();
         let app = axum::Router::new()
             .route(
                 WAL_ROUTE,
@@ -315,15 +333,16 @@ mod tests {
             .route(
                 "/admin/v1/status",
                 axum::routing::get(move || {
-                    let role = if is_primary.load(std::sync::atomic::Ordering::SeqCst) {
-                        "primary"
-                    } else {
-                        "standby"
+                    let (role, remaining) = match shown.load(SeqCst) {
+                        0 => ("standby", 0),
+                        1 => ("primary", 0),
+                        _ => ("primary", 5_000),
                     };
                     async move {
                         axum::Json(serde_json::json!({
                             "role": role, "epoch": 3, "appliedSeq": 7, "durableSeq": 7,
                             "items": [], "purchasesPerS": 0.0, "nowMs": 0,
+                            "lease": {"mode": "required", "token": "t", "epoch": 3, "remainingMs": remaining},
                         }))
                     }
                 }),
@@ -333,12 +352,19 @@ mod tests {
         let err = client.clone().at_epoch(2).fetch(8, None).await.unwrap_err();
         assert!(
             err.to_string()
-                .contains("answers at epoch 3 as a Standby: it stepped down from epoch 2"),
+                .contains("answers at epoch 3 as a Standby, not the primary of that epoch"),
             "{err}"
         );
-        // A primary at a later epoch is read: this node's assignment is what is behind
-        // (a restart before it copied that primary's promotion).
-        promoted.store(true, std::sync::atomic::Ordering::SeqCst);
+        state.store(1, SeqCst);
+        let err = client.clone().at_epoch(2).fetch(8, None).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("as a Primary without a live lease"),
+            "{err}"
+        );
+        // The primary of a later epoch, leased, is read: this node's assignment is what
+        // is behind (a restart before it copied that primary's promotion).
+        state.store(2, SeqCst);
         let fetched = client.clone().at_epoch(2).fetch(8, None).await;
         assert!(
             matches!(fetched, Ok(Fetched::UpToDate { primary_seq: 7 })),

@@ -22,7 +22,7 @@ use super::rank::{self, Candidate};
 use super::timing::FENCE_MARGIN;
 use crate::crd::{
     CONDITION_PRIMARY_AVAILABLE, FailoverKind, FailoverRecord, FailoverState, FailoverStep,
-    FlashSaleStatus, TailPolicy,
+    FlashSaleStatus, NodeRole, TailPolicy,
 };
 use crate::observe::PodView;
 
@@ -238,9 +238,10 @@ fn begin(
 /// (`FailoverState::nodes_durable_seq`): quorum acks are only for records of it. A
 /// node whose log ends at an older epoch (lagging, parted, being reseeded) held none
 /// it acknowledged: 0. A node that does not answer now is left out, unless the last
-/// pass saw it answer (`status.nodes`), when it may hold what it acknowledged: 1, so
-/// that it counts as silent if it comes back with an empty log (a new volume). A pod
-/// never seen answering (one still starting) is left out: it has nothing to lose.
+/// pass saw it answer as a secondary (`status.nodes`; a standby acknowledged
+/// nothing), when it may hold what it acknowledged: 1, so that it counts as silent if
+/// it comes back with an empty log (a new volume). A pod never seen answering (one
+/// still starting) is left out: it has nothing to lose.
 fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String, u64> {
     // The epoch of the old primary's records: its own log's last, if it answers.
     let epoch = answering(w, from)
@@ -263,7 +264,7 @@ fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String,
                 .status
                 .nodes
                 .iter()
-                .any(|n| n.name == p.name && n.role.is_some())
+                .any(|n| n.name == p.name && n.role == Some(NodeRole::Secondary))
                 .then(|| (p.name.clone(), 1)),
         })
         .collect()

@@ -346,7 +346,14 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
     p[2].node = Some(Err("unreachable".into()));
     let f = next_failover(&decide(&world(&s, &p, 0)));
     assert_eq!(f.nodes_durable_seq.get("s-2"), Some(&1));
-    // Never seen answering (a pod still starting): nothing to lose, not listed.
+    // Seen answering as a standby (acknowledging nothing), or never seen answering (a
+    // pod still starting): nothing to lose, not listed.
+    s.nodes = serde_json::from_value(serde_json::json!([
+        {"name": "s-2", "role": "standby", "answering": true}
+    ]))
+    .unwrap();
+    let f = next_failover(&decide(&world(&s, &p, 0)));
+    assert_eq!(f.nodes_durable_seq.get("s-2"), None);
     s.nodes.clear();
     let f = next_failover(&decide(&world(&s, &p, 0)));
     assert_eq!(f.nodes_durable_seq.get("s-2"), None);
