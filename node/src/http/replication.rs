@@ -130,6 +130,12 @@ pub async fn wal(
     }
     match s.engine.read_batch_from(q.from, bytes_max).await {
         Ok(Some(b)) => {
+            // The epoch as of after the read (the batch's): a node that stepped down or
+            // was promoted while the records were read says so, and the asker checks.
+            let headers = [
+                (HEADER_DURABLE_SEQ, st.durable_seq.to_string()),
+                (HEADER_EPOCH, b.epoch.to_string()),
+            ];
             let ct = [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
@@ -154,7 +160,9 @@ pub async fn wal(
 
 /// The newest snapshot (`crc32c u32 LE | JSON of the state`), for a secondary whose
 /// catch-up point was compacted away; `x-flashsale-snapshot-seq` names the sequence it
-/// covers. 404 when the node has none yet.
+/// covers, and `x-flashsale-epoch` the node's epoch once it was read (a secondary
+/// refuses a snapshot from a node that stepped down meanwhile). 404 when the node has
+/// none yet.
 #[utoipa::path(get, path = "/admin/v1/snapshot", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "the snapshot file", content_type = "application/octet-stream"),
               (status = 401, body = flashsale_core::ErrorBody), (status = 404, body = flashsale_core::ErrorBody)))]
@@ -169,6 +177,10 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
                 (
                     HeaderName::from_static(HEADER_SNAPSHOT_SEQ),
                     HeaderValue::from(seq),
+                ),
+                (
+                    HeaderName::from_static(HEADER_EPOCH),
+                    HeaderValue::from(s.engine.status().epoch),
                 ),
             ];
             Ok((headers, bytes).into_response())

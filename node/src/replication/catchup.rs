@@ -224,6 +224,14 @@ impl PrimaryClient {
             .send()
             .await
             .map_err(|e| self.err(e))?;
+        // The node's epoch once it had read the snapshot: one that stepped down before
+        // is refused here, not found out later by the boundary check (at a reseed).
+        let epoch = resp
+            .headers()
+            .get(HEADER_EPOCH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        self.check_epoch(epoch, None).await?;
         match resp.status().as_u16() {
             200 => {
                 if resp
@@ -331,6 +339,10 @@ mod tests {
                 }),
             )
             .route(
+                SNAPSHOT_ROUTE,
+                axum::routing::get(|| async { ([(HEADER_EPOCH, "3")], vec![1u8, 2, 3]) }),
+            )
+            .route(
                 "/admin/v1/status",
                 axum::routing::get(move || {
                     let (role, remaining) = match shown.load(SeqCst) {
@@ -355,6 +367,14 @@ mod tests {
                 .contains("answers at epoch 3 as a Standby, not the primary of that epoch"),
             "{err}"
         );
+        // Nor its snapshot (a bootstrap from it).
+        let err = client
+            .clone()
+            .at_epoch(2)
+            .fetch_snapshot()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("as a Standby"), "{err}");
         state.store(1, SeqCst);
         let err = client.clone().at_epoch(2).fetch(8, None).await.unwrap_err();
         assert!(
@@ -370,6 +390,8 @@ mod tests {
             matches!(fetched, Ok(Fetched::UpToDate { primary_seq: 7 })),
             "{fetched:?}"
         );
+        let snapshot = client.clone().at_epoch(2).fetch_snapshot().await;
+        assert_eq!(snapshot.unwrap(), Some(vec![1, 2, 3]));
         for same_or_later in [3, 4] {
             let fetched = client.clone().at_epoch(same_or_later).fetch(8, None).await;
             assert!(

@@ -354,17 +354,28 @@ impl<R: Replica> Follower<R> {
             common, dropped_from = common + 1, dropped_to = my_last, ?dropped_epochs, %kept_aside,
             "this node's log parted from the primary's: moving it aside and starting again from the primary's"
         );
-        self.replica.reseed(kept_aside.clone()).await?;
-        // Empty now: not ready (reads, the operator's view) until caught up again.
-        self.ready.store(false, Relaxed);
-        self.stats.reseeded(Reseed {
+        let report = Reseed {
             at_ms,
             common_seq: common,
             dropped_from: common + 1,
             dropped_to: my_last,
             dropped_epochs,
-            kept_aside,
-        });
+            kept_aside: kept_aside.clone(),
+        };
+        // The reseed and its report (the status and the Event naming the dropped
+        // records) in a task of their own: a follower re-pointed meanwhile is aborted
+        // (`runtime`), the engine finishes a reseed it was sent anyway, and the report
+        // must not be lost between the two.
+        let (replica, stats) = (self.replica.clone(), self.stats.clone());
+        tokio::spawn(async move {
+            replica.reseed(kept_aside).await?;
+            stats.reseeded(report);
+            Ok::<_, ReplError>(())
+        })
+        .await
+        .map_err(|e| ReplError::Apply(format!("the reseed task ended: {e}")))??;
+        // Empty now: not ready (reads, the operator's view) until caught up again.
+        self.ready.store(false, Relaxed);
         Ok(())
     }
 
@@ -443,5 +454,78 @@ impl<R: Replica> Follower<R> {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_core::replication::ReplicationMode;
+
+    /// A log of records 1..=5 of epoch 1, whose reseed takes a while.
+    struct SlowReseed;
+
+    impl Replica for SlowReseed {
+        fn applied_seq(&self) -> u64 {
+            5
+        }
+        fn epoch(&self) -> u64 {
+            1
+        }
+        async fn apply(&self, _: Batch) -> Result<u64, ReplError> {
+            Err(ReplError::Apply("not in this test".into()))
+        }
+        async fn install_snapshot(&self, _: Vec<u8>) -> Result<u64, ReplError> {
+            Err(ReplError::Apply("not in this test".into()))
+        }
+        fn history(&self) -> Vec<EpochStart> {
+            vec![EpochStart {
+                epoch: 1,
+                first_seq: 1,
+            }]
+        }
+        async fn reseed(&self, _: String) -> Result<(), ReplError> {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(())
+        }
+    }
+
+    /// A follower aborted mid-reseed (re-pointed at another primary: `runtime`) still
+    /// reports the reseed the engine goes on to finish: the status and the Event name
+    /// the records dropped.
+    #[tokio::test]
+    async fn a_reseed_cut_off_by_a_re_point_is_still_reported() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The primary's log parted from this node's after record 2 (epoch 2 from 3).
+        let app = axum::Router::new().route(
+            "/admin/v1/status",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!({
+                    "role": "primary", "epoch": 2, "appliedSeq": 4, "durableSeq": 4,
+                    "items": [], "purchasesPerS": 0.0, "nowMs": 0,
+                    "epochs": [{"epoch": 1, "firstSeq": 1}, {"epoch": 2, "firstSeq": 3}],
+                }))
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let stats = Arc::new(Stats::new(ReplicationMode::Async, "c".into()));
+        let follower = Follower {
+            replica: Arc::new(SlowReseed),
+            primary: PrimaryClient::new(&format!("http://{addr}"), "t").unwrap(),
+            stats: stats.clone(),
+            durable: watch::channel(0).0,
+            idle_poll: Duration::from_millis(100),
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        let task = tokio::spawn(async move { follower.check_history().await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        task.abort();
+        let _ = task.await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let r = stats.status(5).reseeded.expect("the reseed is reported");
+        assert_eq!((r.common_seq, r.dropped_from, r.dropped_to), (2, 3, 5));
+        assert_eq!(r.dropped_epochs, vec![1]);
+        server.abort();
     }
 }

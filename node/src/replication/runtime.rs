@@ -24,6 +24,9 @@ use crate::engine::EngineHandle;
 
 /// How often the supervisor looks at the engine's role.
 const ROLE_POLL_MS: u64 = 100;
+/// How long a re-pointed follower, aborted, is waited for before the next one starts
+/// (an abort ends it at its next await; this bounds a blocking step).
+const FOLLOWER_END_WAIT: Duration = Duration::from_secs(5);
 
 impl Replica for EngineHandle {
     fn applied_seq(&self) -> u64 {
@@ -210,7 +213,10 @@ impl Replication {
                     // already sent still complete (the engine orders them).
                     if let Some(task) = f.task {
                         task.abort();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                        if tokio::time::timeout(FOLLOWER_END_WAIT, task).await.is_err() {
+                            tracing::warn!(primary = %f.url, wait_ms = FOLLOWER_END_WAIT.as_millis() as u64,
+                                "the follower being replaced did not end in time: the next one starts beside it");
+                        }
                     }
                 }
                 self.caught_up.store(false, Relaxed);

@@ -250,6 +250,16 @@ async fn a_new_secondary_bootstraps_from_a_snapshot_when_the_log_was_compacted()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The snapshot says the epoch of the node that served it (a secondary refuses one
+    // from a node that stepped down).
+    let snap = http
+        .get(primary.url("/admin/v1/snapshot"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snap.status(), 200);
+    assert_eq!(snap.headers()["x-flashsale-epoch"], "1");
     let s = node::start(
         &dir.path().join("late"),
         &redis.url(),
