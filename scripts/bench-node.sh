@@ -235,7 +235,11 @@ hist_q() { # file metric q
 }
 read -r _ _ _ probe_p50 _ probe_p99 _ probe_p999 _ probe_max <"$WORK/fsync-probe"
 echo "the disk alone at that sync rate ($SYNCS_PER_S fdatasyncs/s of 1 KiB, each timed from when it was due): p50 $probe_p50 ms, p99 $probe_p99 ms, p99.9 $probe_p999 ms, max $probe_max ms"
-echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.99) us; batch p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_records 0.5) records"
+echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.99) us, p99.9 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.999) us, max <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 1) us; batch p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_records 0.5) records"
+# How busy the server's one core was in the open-loop runs (its CPU per request times
+# the rate): a queue's tail grows steeply as this nears 100%.
+awk '$1 ~ /^(open@|ceiling@)/ && $6 != "-" { out = out sprintf("%s%s %.0f%% (%s us x %d/s)", (out ? ", " : ""), $1, $2 * $6 / 1e4, $6, $2) }
+  END { print "the server core busy in the open loop (its CPU per request x the rate): " out }' "$WORK/results"
 echo "the sequencer's time per batch before its sync at 80% (engine_batch_apply_us): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 0.99) us, p99.9 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 0.999) us, max <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 1) us"
 
 # Where the durable node's CPU per purchase goes beyond the no-op's, when both were
