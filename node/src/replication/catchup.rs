@@ -37,10 +37,11 @@ pub struct PrimaryClient {
     base_url: String,
     admin_token: String,
     /// The epoch this node follows the primary at: a node at `base_url` that answers
-    /// at a later one and is not a primary stepped down (a standby, a secondary of the
-    /// next primary), and what it serves is not read. One that is a primary at a later
-    /// epoch is read (this node's assignment is behind, as after a restart before it
-    /// copied that primary's promotion; the crossing is checked by `prev_epoch`).
+    /// at a later one has stepped down (a standby, a secondary of the next primary, a
+    /// demoted primary restarted without a lease), and what it serves is not read,
+    /// unless it is the primary of that epoch holding its lease (or with leases off):
+    /// then this node's assignment is behind, as after a restart before it copied that
+    /// primary's promotion, and the crossing is checked by `prev_epoch`.
     epoch: Option<u64>,
 }
 

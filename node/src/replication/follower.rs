@@ -68,6 +68,9 @@ pub struct Follower<R> {
     pub idle_poll: Duration,
     /// Set once caught up for the first time (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// Held by a reseed until it ends, past its follower's abort: the supervisor starts
+    /// the next follower only once it can take it (`runtime`).
+    pub reseeding: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<R: Replica> Follower<R> {
@@ -363,11 +366,14 @@ impl<R: Replica> Follower<R> {
             kept_aside: kept_aside.clone(),
         };
         // The reseed and its report (the status and the Event naming the dropped
-        // records) in a task of their own: a follower re-pointed meanwhile is aborted
-        // (`runtime`), the engine finishes a reseed it was sent anyway, and the report
-        // must not be lost between the two.
+        // records) in a task of their own, holding `reseeding` to its end: a follower
+        // re-pointed meanwhile is aborted (`runtime`), the engine finishes a reseed it
+        // was sent anyway, and the report must not be lost between the two, nor the
+        // next follower read this node's log before the reseed has emptied it.
         let (replica, stats) = (self.replica.clone(), self.stats.clone());
+        let held = self.reseeding.clone().lock_owned().await;
         tokio::spawn(async move {
+            let _held = held;
             replica.reseed(kept_aside).await?;
             stats.reseeded(report);
             Ok::<_, ReplError>(())
@@ -462,8 +468,9 @@ mod tests {
     use super::*;
     use flashsale_core::replication::ReplicationMode;
 
-    /// A log of records 1..=5 of epoch 1, whose reseed takes a while.
-    struct SlowReseed;
+    /// A log of records 1..=5 of epoch 1, whose reseed takes a while (it says when
+    /// it starts).
+    struct SlowReseed(tokio::sync::mpsc::UnboundedSender<()>);
 
     impl Replica for SlowReseed {
         fn applied_seq(&self) -> u64 {
@@ -485,6 +492,7 @@ mod tests {
             }]
         }
         async fn reseed(&self, _: String) -> Result<(), ReplError> {
+            let _ = self.0.send(());
             tokio::time::sleep(Duration::from_millis(300)).await;
             Ok(())
         }
@@ -510,19 +518,25 @@ mod tests {
         );
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let stats = Arc::new(Stats::new(ReplicationMode::Async, "c".into()));
+        let (started, mut reseed_started) = tokio::sync::mpsc::unbounded_channel();
+        let reseeding = Arc::new(tokio::sync::Mutex::new(()));
         let follower = Follower {
-            replica: Arc::new(SlowReseed),
+            replica: Arc::new(SlowReseed(started)),
             primary: PrimaryClient::new(&format!("http://{addr}"), "t").unwrap(),
             stats: stats.clone(),
             durable: watch::channel(0).0,
             idle_poll: Duration::from_millis(100),
             ready: Arc::new(AtomicBool::new(true)),
+            reseeding: reseeding.clone(),
         };
         let task = tokio::spawn(async move { follower.check_history().await });
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        reseed_started.recv().await.unwrap();
         task.abort();
         let _ = task.await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // What the supervisor waits for before the next follower starts: the reseed's
+        // end, with its report.
+        let waited = tokio::time::timeout(Duration::from_secs(5), reseeding.lock()).await;
+        assert!(waited.is_ok(), "the reseed holds the lock to its end");
         let r = stats.status(5).reseeded.expect("the reseed is reported");
         assert_eq!((r.common_seq, r.dropped_from, r.dropped_to), (2, 3, 5));
         assert_eq!(r.dropped_epochs, vec![1]);

@@ -27,6 +27,9 @@ const ROLE_POLL_MS: u64 = 100;
 /// How long a re-pointed follower, aborted, is waited for before the next one starts
 /// (an abort ends it at its next await; this bounds a blocking step).
 const FOLLOWER_END_WAIT: Duration = Duration::from_secs(5);
+/// How long a reseed a replaced follower began is waited for (it moves the log aside a
+/// synced file at a time).
+const RESEED_END_WAIT: Duration = Duration::from_secs(60);
 
 impl Replica for EngineHandle {
     fn applied_seq(&self) -> u64 {
@@ -67,6 +70,8 @@ pub struct Replication {
     engine: EngineHandle,
     /// A secondary is ready once caught up with its primary; other roles always are.
     caught_up: Arc<AtomicBool>,
+    /// Held by a follower's reseed to its end (`Follower::reseeding`).
+    reseeding: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Replication {
@@ -98,6 +103,7 @@ impl Replication {
             gate,
             engine: engine.clone(),
             caught_up: Arc::new(AtomicBool::new(false)),
+            reseeding: Arc::new(tokio::sync::Mutex::new(())),
         };
         let redis = args
             .redis_url
@@ -208,15 +214,26 @@ impl Replication {
                 if let Some(f) = current.take() {
                     f.stop.cancel();
                     // Ended before the next one starts: a round it was in (a fetch, an
-                    // apply, a reseed) must not go on to mark the new one ready or
-                    // raise what the new primary is seen to hold. Its engine commands
-                    // already sent still complete (the engine orders them).
+                    // apply) must not go on to mark the new one ready or raise what the
+                    // new primary is seen to hold. Its engine commands already sent
+                    // still complete (the engine orders them); a reseed, below.
                     if let Some(task) = f.task {
                         task.abort();
                         if tokio::time::timeout(FOLLOWER_END_WAIT, task).await.is_err() {
                             tracing::warn!(primary = %f.url, wait_ms = FOLLOWER_END_WAIT.as_millis() as u64,
                                 "the follower being replaced did not end in time: the next one starts beside it");
                         }
+                    }
+                    // A reseed it began runs on to its end (`Follower::reseeding`): the
+                    // next follower reads this node's positions only after it.
+                    if tokio::time::timeout(RESEED_END_WAIT, self.reseeding.lock())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            wait_ms = RESEED_END_WAIT.as_millis() as u64,
+                            "a reseed of this node's log is still running: the next follower starts anyway (the engine refuses a batch that does not follow its log)"
+                        );
                     }
                 }
                 self.caught_up.store(false, Relaxed);
@@ -317,6 +334,7 @@ impl Replication {
             durable: durable_tx,
             idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
             ready: self.caught_up.clone(),
+            reseeding: self.reseeding.clone(),
         };
         Ok(tokio::spawn(follower.run(rx, lost, stop)))
     }

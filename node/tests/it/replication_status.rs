@@ -120,6 +120,7 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
         durable,
         idle_poll: Duration::from_secs(60),
         ready: Arc::new(AtomicBool::new(false)),
+        reseeding: Default::default(),
     };
     let stop = CancellationToken::new();
     let run = tokio::spawn(follower.run(rx, Arc::new(AtomicBool::new(false)), stop.clone()));
