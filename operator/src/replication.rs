@@ -146,7 +146,11 @@ pub fn assess(
         }
         nodes.push(NodeReplicationStatus {
             name: pod.name.clone(),
-            role: status.map(role_of),
+            // Kept from the last pass it answered: a failover that begins while it is
+            // silent knows it was a secondary (`failover::step::durable_at_begin`).
+            role: status
+                .map(role_of)
+                .or_else(|| prev_node.and_then(|p| p.role)),
             ready: pod.ready,
             answering: status.is_some(),
             redis_connected: status

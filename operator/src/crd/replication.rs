@@ -25,7 +25,8 @@ pub const CONDITION_REPLICATION_HEALTHY: &str = "ReplicationHealthy";
 pub struct NodeReplicationStatus {
     /// Pod name.
     pub name: String,
-    /// What the node says it is (absent: it did not answer).
+    /// What the node says it is; with `answering` false, what it said the last time it
+    /// answered (absent: never seen answering).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<NodeRole>,
     /// The pod's readiness probe passes (a secondary is ready once first caught up).

@@ -237,11 +237,12 @@ fn begin(
 /// What each other node holds of the old primary's epoch as a failover begins
 /// (`FailoverState::nodes_durable_seq`): quorum acks are only for records of it. A
 /// node whose log ends at an older epoch (lagging, parted, being reseeded) held none
-/// it acknowledged: 0. A node that does not answer now is left out, unless the last
-/// pass saw it answer as a secondary (`status.nodes`; a standby acknowledged
-/// nothing), when it may hold what it acknowledged: 1, so that it counts as silent if
-/// it comes back with an empty log (a new volume). A pod never seen answering (one
-/// still starting) is left out: it has nothing to lose.
+/// it acknowledged: 0. A node that does not answer now is left out, unless it was a
+/// secondary the last time it answered (`status.nodes` keeps that role while it is
+/// silent, as it is for the whole `unhealthyAfter` when it went down with the
+/// primary; a standby acknowledged nothing), when it may hold what it acknowledged: 1,
+/// so that it counts as silent if it comes back with an empty log (a new volume). A
+/// pod never seen answering (one still starting) is left out: it has nothing to lose.
 fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String, u64> {
     // The epoch of the old primary's records: its own log's last, if it answers.
     let epoch = answering(w, from)

@@ -346,6 +346,14 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
     p[2].node = Some(Err("unreachable".into()));
     let f = next_failover(&decide(&world(&s, &p, 0)));
     assert_eq!(f.nodes_durable_seq.get("s-2"), Some(&1));
+    // Silent for passes before (down with the primary, for the whole unhealthyAfter):
+    // `status.nodes` keeps the role it last said, and it is recorded the same.
+    s.nodes = serde_json::from_value(serde_json::json!([
+        {"name": "s-2", "role": "secondary", "answering": false}
+    ]))
+    .unwrap();
+    let f = next_failover(&decide(&world(&s, &p, 0)));
+    assert_eq!(f.nodes_durable_seq.get("s-2"), Some(&1));
     // Seen answering as a standby (acknowledging nothing), or never seen answering (a
     // pod still starting): nothing to lose, not listed.
     s.nodes = serde_json::from_value(serde_json::json!([
