@@ -337,6 +337,9 @@ impl<R: Replica> Follower<R> {
     /// replicated from one), the log is moved aside and the node starts again from the
     /// primary's (FAILOVER.md I4). The dropped records are named in the status and logs.
     async fn check_history(&self) -> Result<(), ReplError> {
+        // Taken before this node's log is read: a reseed still running (begun by a
+        // follower replaced meanwhile, past the supervisor's wait) ends first.
+        let held = self.reseeding.clone().lock_owned().await;
         let my_last = self.replica.applied_seq();
         if my_last == 0 {
             return Ok(());
@@ -371,7 +374,8 @@ impl<R: Replica> Follower<R> {
         // was sent anyway, and the report must not be lost between the two, nor the
         // next follower read this node's log before the reseed has emptied it.
         let (replica, stats) = (self.replica.clone(), self.stats.clone());
-        let held = self.reseeding.clone().lock_owned().await;
+        // Empty from now: not ready (reads, the operator's view) until caught up again.
+        self.ready.store(false, Relaxed);
         tokio::spawn(async move {
             let _held = held;
             replica.reseed(kept_aside).await?;
@@ -380,8 +384,6 @@ impl<R: Replica> Follower<R> {
         })
         .await
         .map_err(|e| ReplError::Apply(format!("the reseed task ended: {e}")))??;
-        // Empty now: not ready (reads, the operator's view) until caught up again.
-        self.ready.store(false, Relaxed);
         Ok(())
     }
 
