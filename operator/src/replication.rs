@@ -151,6 +151,9 @@ pub fn assess(
             role: status
                 .map(role_of)
                 .or_else(|| prev_node.and_then(|p| p.role)),
+            role_epoch: status
+                .map(|s| s.epoch)
+                .or_else(|| prev_node.and_then(|p| p.role_epoch)),
             ready: pod.ready,
             answering: status.is_some(),
             redis_connected: status

@@ -29,6 +29,12 @@ pub struct NodeReplicationStatus {
     /// answered (absent: never seen answering).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<NodeRole>,
+    /// The epoch the node was at when it said `role` (kept with it while it is silent):
+    /// a failover records a silent node as a possible holder of acknowledged sales only
+    /// if it was a secondary at the epoch that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub role_epoch: Option<u64>,
     /// The pod's readiness probe passes (a secondary is ready once first caught up).
     #[serde(default)]
     pub ready: bool,

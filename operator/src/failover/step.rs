@@ -238,9 +238,10 @@ fn begin(
 /// (`FailoverState::nodes_durable_seq`): quorum acks are only for records of it. A
 /// node whose log ends at an older epoch (lagging, parted, being reseeded) held none
 /// it acknowledged: 0. A node that does not answer now is left out, unless it was a
-/// secondary the last time it answered (`status.nodes` keeps that role while it is
-/// silent, as it is for the whole `unhealthyAfter` when it went down with the
-/// primary; a standby acknowledged nothing), when it may hold what it acknowledged: 1,
+/// secondary at the sale's epoch the last time it answered (`status.nodes` keeps that
+/// role and epoch while it is silent, as it is for the whole `unhealthyAfter` when it
+/// went down with the primary; a standby, or a secondary of an earlier primary,
+/// acknowledged nothing of this one), when it may hold what it acknowledged: 1,
 /// so that it counts as silent if it comes back with an empty log (a new volume). A
 /// pod never seen answering (one still starting) is left out: it has nothing to lose.
 fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String, u64> {
@@ -265,7 +266,11 @@ fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String,
                 .status
                 .nodes
                 .iter()
-                .any(|n| n.name == p.name && n.role == Some(NodeRole::Secondary))
+                .any(|n| {
+                    n.name == p.name
+                        && n.role == Some(NodeRole::Secondary)
+                        && n.role_epoch == Some(w.status.epoch)
+                })
                 .then(|| (p.name.clone(), 1)),
         })
         .collect()
@@ -793,7 +798,7 @@ fn tail_unavailable(w: &World, f: &FailoverState, why: &str) -> Decision {
                 {
                     None => Some(n.to_string()),
                     Some(s) if had.is_some_and(|h| s.durable_seq < h) => {
-                        // 1: silent as it began, seen answering the pass before.
+                        // 1: silent as it began, a secondary when last seen answering.
                         Some(if had == Some(1) {
                             format!("{n} (back with an empty log)")
                         } else {

@@ -338,7 +338,7 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
     s.conditions[0].status = "False".into();
     s.conditions[0].last_transition_time = at(-4_000);
     s.nodes = serde_json::from_value(serde_json::json!([
-        {"name": "s-2", "role": "secondary", "answering": true}
+        {"name": "s-2", "role": "secondary", "roleEpoch": 3, "answering": true}
     ]))
     .unwrap();
     let mut p = pods();
@@ -349,11 +349,16 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
     // Silent for passes before (down with the primary, for the whole unhealthyAfter):
     // `status.nodes` keeps the role it last said, and it is recorded the same.
     s.nodes = serde_json::from_value(serde_json::json!([
-        {"name": "s-2", "role": "secondary", "answering": false}
+        {"name": "s-2", "role": "secondary", "roleEpoch": 3, "answering": false}
     ]))
     .unwrap();
     let f = next_failover(&decide(&world(&s, &p, 0)));
     assert_eq!(f.nodes_durable_seq.get("s-2"), Some(&1));
+    // Last seen as a secondary of an earlier primary (silent through a failover since):
+    // it acknowledged nothing of this one's.
+    s.nodes[0].role_epoch = Some(2);
+    let f = next_failover(&decide(&world(&s, &p, 0)));
+    assert_eq!(f.nodes_durable_seq.get("s-2"), None);
     // Seen answering as a standby (acknowledging nothing), or never seen answering (a
     // pod still starting): nothing to lose, not listed.
     s.nodes = serde_json::from_value(serde_json::json!([

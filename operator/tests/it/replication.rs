@@ -113,6 +113,7 @@ fn three_nodes_in_sync_are_healthy_and_say_who_is_who() {
         NodeReplicationStatus {
             name: "launch-0".into(),
             role: Some(NodeRole::Primary),
+            role_epoch: Some(1),
             ready: true,
             answering: true,
             redis_connected: Some(true),
@@ -287,6 +288,8 @@ fn a_secondary_that_does_not_answer_keeps_its_verdict_and_is_not_following() {
     // Its role is the one it last said (a failover beginning now records it).
     assert!(!gone.nodes[2].answering);
     assert_eq!(gone.nodes[2].role, Some(NodeRole::Secondary));
+    assert_eq!(gone.nodes[2].role_epoch, behind.nodes[2].role_epoch);
+    assert!(gone.nodes[2].role_epoch.is_some());
 
     // Never lagged and not answering: the condition says it is not following.
     let down = assess(
