@@ -269,7 +269,8 @@ fn durable_at_begin(w: &World, from: &str) -> std::collections::BTreeMap<String,
                 .any(|n| {
                     n.name == p.name
                         && n.role == Some(NodeRole::Secondary)
-                        && n.role_epoch == Some(w.status.epoch)
+                        // None: written before `roleEpoch` was (an upgrade); kept.
+                        && n.role_epoch.is_none_or(|e| e == w.status.epoch)
                 })
                 .then(|| (p.name.clone(), 1)),
         })

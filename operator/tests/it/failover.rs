@@ -359,6 +359,10 @@ fn failing_for_unhealthy_after_begins_a_failover_with_a_new_epoch_and_no_node_ca
     s.nodes[0].role_epoch = Some(2);
     let f = next_failover(&decide(&world(&s, &p, 0)));
     assert_eq!(f.nodes_durable_seq.get("s-2"), None);
+    // A status written before `roleEpoch` was (an operator upgrade): kept, the safe side.
+    s.nodes[0].role_epoch = None;
+    let f = next_failover(&decide(&world(&s, &p, 0)));
+    assert_eq!(f.nodes_durable_seq.get("s-2"), Some(&1));
     // Seen answering as a standby (acknowledging nothing), or never seen answering (a
     // pod still starting): nothing to lose, not listed.
     s.nodes = serde_json::from_value(serde_json::json!([
