@@ -162,7 +162,7 @@ open_loop() { # name percent extra-args…
   start_node "$name" "$@"
   # The node's slow syncs and its core's steal, four times a second, to set beside
   # each second's p99 (scripts/lib/second-sampler.py; on the load's core, no forks).
-  taskset -c "$LOAD_CPU" python3 scripts/lib/second-sampler.py "$PORT" "$SERVER_CPU" "$WORK/$name.samples" &
+  taskset -c "$LOAD_CPU" python3 scripts/lib/second-sampler.py "$PORT" "$SERVER_CPU" "$PID" "$WORK/$name.samples" &
   sampler=$!
   PIDS+=("$sampler")
   run_openloop "$name" "http://127.0.0.1:$PORT" "$rate" "$PID"
@@ -247,7 +247,7 @@ echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metr
 # the rate): a queue's tail grows steeply as this nears 100%.
 awk '$1 ~ /^(open@|ceiling@)/ && $6 != "-" { out = out sprintf("%s%s %.0f%% (%s us x %d/s)", (out ? ", " : ""), $1, $2 * $6 / 1e4, $6, $2) }
   END { print "the server core busy in the open loop (its CPU per request x the rate): " out }' "$WORK/results"
-echo "open@80%, each second (by when its requests were due): the p99, the syncs that took longer than each bound (the engine's fdatasync histogram), and the time the host took from the server's core:"
+echo "open@80%, each second (by when its requests were due): the p99, the syncs that took longer than each bound (the engine's fdatasync histogram, which counts the sequencer's wait for the core after the sync), the time the host took from the server's core, and how long the sequencer thread waited for the core in all:"
 python3 scripts/lib/second-sampler.py summarize "$WORK/open@80%.samples" "$WORK/open@80%.openloop.json" "$TICKS_PER_S"
 echo "the sequencer's time per batch before its sync at 80% (engine_batch_apply_us): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 0.99) us, p99.9 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 0.999) us, max <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_apply_us 1) us"
 
