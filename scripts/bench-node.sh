@@ -156,18 +156,23 @@ PY
 peak=$(awk '$1 == "durable" { print $2 }' "$WORK/results")
 SNAP_EVERY="${SNAP_EVERY:-50000}"
 open_loop() { # name percent extra-args…
-  local name=$1 pct=$2 rate sampler
+  local name=$1 pct=$2 rate sampler=
   shift 2
   rate=$(( peak * pct / 100 ))
   start_node "$name" "$@"
-  # The node's slow syncs and its core's steal, four times a second, to set beside
-  # each second's p99 (scripts/lib/second-sampler.py; on the load's core, no forks).
-  taskset -c "$LOAD_CPU" python3 scripts/lib/second-sampler.py "$PORT" "$SERVER_CPU" "$PID" "$WORK/$name.samples" &
-  sampler=$!
-  PIDS+=("$sampler")
+  # In the 80% run, the node's slow syncs, its core's steal and its sequencer's wait
+  # for the core, four times a second, to set beside each second's p99
+  # (scripts/lib/second-sampler.py; on the load's core, no forks).
+  if [ "$name" = "open@80%" ]; then
+    taskset -c "$LOAD_CPU" python3 scripts/lib/second-sampler.py "$PORT" "$SERVER_CPU" "$PID" "$WORK/$name.samples" &
+    sampler=$!
+    PIDS+=("$sampler")
+  fi
   run_openloop "$name" "http://127.0.0.1:$PORT" "$rate" "$PID"
-  kill -TERM "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
+  if [ -n "$sampler" ]; then
+    kill -TERM "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+  fi
   curl -fsS "http://127.0.0.1:$PORT/metrics" >"$WORK/$name.metrics"
   stop_server "$PID"
 }

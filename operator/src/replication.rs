@@ -144,16 +144,17 @@ pub fn assess(
         if !is_primary && status.is_none_or(|s| s.role != Role::Secondary) {
             not_following.push(pod.name.clone());
         }
+        // Kept from the last pass it answered: a failover that begins while it is
+        // silent knows it was a secondary, and of which epoch
+        // (`failover::step::durable_at_begin`).
+        let (role, role_epoch) = match status {
+            Some(s) => (Some(role_of(s)), Some(s.epoch)),
+            None => prev_node.map_or((None, None), |p| (p.role, p.role_epoch)),
+        };
         nodes.push(NodeReplicationStatus {
             name: pod.name.clone(),
-            // Kept from the last pass it answered: a failover that begins while it is
-            // silent knows it was a secondary (`failover::step::durable_at_begin`).
-            role: status
-                .map(role_of)
-                .or_else(|| prev_node.and_then(|p| p.role)),
-            role_epoch: status
-                .map(|s| s.epoch)
-                .or_else(|| prev_node.and_then(|p| p.role_epoch)),
+            role,
+            role_epoch,
             ready: pod.ready,
             answering: status.is_some(),
             redis_connected: status

@@ -16,6 +16,7 @@ processes, so it takes a few hundred µs of the load generator's core a second.
 """
 import http.client
 import json
+import os
 import signal
 import sys
 import time
@@ -34,8 +35,6 @@ def steal_ticks(cpu):
 
 def sequencer_task(pid):
     """The schedstat path of the node's `sequencer` thread, if it has one."""
-    import os
-
     for tid in os.listdir("/proc/%s/task" % pid):
         try:
             with open("/proc/%s/task/%s/comm" % (pid, tid)) as f:

@@ -875,7 +875,7 @@ impl EngineHandle {
         if f.is_empty() {
             return Ok(None);
         }
-        let epoch = self.status().epoch;
+        let epoch = self.positions().epoch;
         let bytes = encode_batch(epoch, f.first_seq, f.last_seq, &f.bytes);
         Ok(Some(CommittedBatch {
             epoch,

@@ -108,10 +108,13 @@ pub async fn wal(
         .unwrap_or(CATCHUP_BYTES_MAX)
         .clamp(1, CATCHUP_BYTES_MAX);
     let st = s.engine.status();
-    let headers = [
-        (HEADER_DURABLE_SEQ, st.durable_seq.to_string()),
-        (HEADER_EPOCH, st.epoch.to_string()),
-    ];
+    let position = |epoch: u64| {
+        [
+            (HEADER_DURABLE_SEQ, st.durable_seq.to_string()),
+            (HEADER_EPOCH, epoch.to_string()),
+        ]
+    };
+    let headers = position(st.epoch);
     if let Some(prev) = q.prev_epoch
         && q.from > 1
         && let Err(e) = check_boundary(&st.epochs, st.durable_seq, q.from - 1, prev)
@@ -132,10 +135,7 @@ pub async fn wal(
         Ok(Some(b)) => {
             // The epoch as of after the read (the batch's): a node that stepped down or
             // was promoted while the records were read says so, and the asker checks.
-            let headers = [
-                (HEADER_DURABLE_SEQ, st.durable_seq.to_string()),
-                (HEADER_EPOCH, b.epoch.to_string()),
-            ];
+            let headers = position(b.epoch);
             let ct = [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
@@ -180,7 +180,7 @@ pub async fn snapshot(State(s): State<AppState>) -> Result<Response, ApiError> {
                 ),
                 (
                     HeaderName::from_static(HEADER_EPOCH),
-                    HeaderValue::from(s.engine.status().epoch),
+                    HeaderValue::from(s.engine.positions().epoch),
                 ),
             ];
             Ok((headers, bytes).into_response())

@@ -141,14 +141,9 @@ impl PrimaryClient {
             .send()
             .await
             .map_err(|e| self.err(e))?;
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        let primary_seq = header(HEADER_DURABLE_SEQ);
-        self.check_epoch(header(HEADER_EPOCH), None).await?;
+        let primary_seq = header_u64(&resp, HEADER_DURABLE_SEQ);
+        self.check_epoch(header_u64(&resp, HEADER_EPOCH), None)
+            .await?;
         match resp.status().as_u16() {
             200 => {
                 let primary_seq = primary_seq
@@ -227,12 +222,8 @@ impl PrimaryClient {
             .map_err(|e| self.err(e))?;
         // The node's epoch once it had read the snapshot: one that stepped down before
         // is refused here, not found out later by the boundary check (at a reseed).
-        let epoch = resp
-            .headers()
-            .get(HEADER_EPOCH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        self.check_epoch(epoch, None).await?;
+        self.check_epoch(header_u64(&resp, HEADER_EPOCH), None)
+            .await?;
         match resp.status().as_u16() {
             200 => {
                 if resp
@@ -251,6 +242,14 @@ impl PrimaryClient {
             s => Err(self.err(format!("snapshot: HTTP {s}"))),
         }
     }
+}
+
+/// A header of `resp` read as a number (`None`: absent or not one).
+fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Most bytes of a primary's status answer read (a few hundred items, its epoch

@@ -211,11 +211,11 @@ impl Replication {
                 _ => false,
             };
             if !same {
+                // Not ready from the moment it is re-pointed (a reseed may be emptying
+                // the log while the old follower ends).
+                self.caught_up.store(false, Relaxed);
                 if let Some(f) = current.take() {
                     f.stop.cancel();
-                    // Not ready from the moment it is re-pointed (a reseed may be
-                    // emptying the log while the old follower ends).
-                    self.caught_up.store(false, Relaxed);
                     // Ended before the next one starts: a round it was in (a fetch, an
                     // apply) must not go on to mark the new one ready or raise what the
                     // new primary is seen to hold. Its engine commands already sent
@@ -239,7 +239,6 @@ impl Replication {
                         );
                     }
                 }
-                self.caught_up.store(false, Relaxed);
                 self.stats.set_state(FollowState::Idle);
                 self.stats.forget_primary();
                 if let Some((epoch, url)) = want {

@@ -265,9 +265,9 @@ pub struct FailoverState {
     /// quorum acks are for): its durable sequence if its log then ended with a record
     /// of that epoch, 0 if with an older one; 1 for a node that did not answer then
     /// but was a secondary at that epoch the last time it answered (it may hold some);
-    /// a pod never seen answering as one is not listed. In quorum mode, when the old primary's
-    /// tail cannot be read, a node that later reports less — back on a new volume —
-    /// lost records it may have acknowledged, and counts as silent.
+    /// a pod never seen answering as one is not listed. In quorum mode, when the old
+    /// primary's tail cannot be read, a node that later reports less — back on a new
+    /// volume — lost records it may have acknowledged, and counts as silent.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(with = "std::collections::BTreeMap<String, i64>")]
     pub nodes_durable_seq: std::collections::BTreeMap<String, u64>,
