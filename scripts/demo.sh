@@ -35,10 +35,12 @@ cargo build --release -q -p stock-node 2>/dev/null ||
   echo "warning: stock-node did not build; using the last built binary" >&2
 
 say "3/6 helm install the operator"
+# helm never upgrades crds/: keep the CRD in step with this checkout, first (the
+# operator refuses to run on an older one).
+kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
+kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=60s >/dev/null
 helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --create-namespace \
   --wait --timeout 180s
-# helm never upgrades crds/: keep the CRD in step with this checkout.
-kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
 # The local cluster runs the image as the workspace's binary: restart the operator so a
 # reused cluster runs the binary just built (on a real cluster a new tag does this).
 kubectl rollout restart deploy/"$RELEASE"-flashsale-operator -n "$OP_NS" >/dev/null

@@ -144,6 +144,42 @@ async fn terminated() {
     }
 }
 
+/// Refuses to run against a FlashSale CRD that lacks a field this operator writes: the
+/// API server would drop it from every write without an error, and some of them carry
+/// the failover's safety (`flashsale_operator::crd::installed`). Before the leader
+/// Lease, so an operator upgraded without its CRD never leads: the Deployment's rollout
+/// stops on it while the old replica goes on. Without the right to read the CRD (RBAC
+/// other than the chart's) it says so and goes on unchecked.
+async fn check_installed_crd(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let wanted = flashsale_operator::crd::FlashSale::crd();
+    let name = wanted.metadata.name.clone().unwrap_or_default();
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let installed = match api.get_opt(&name).await {
+        Ok(Some(crd)) => crd,
+        Ok(None) => anyhow::bail!(
+            "the CustomResourceDefinition {name} is not installed: install the chart, or kubectl apply --server-side -f crds/flashsale.dev_flashsales.yaml"
+        ),
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(crd = %name, error = %e.message, "cannot read the installed CRD: not checked for the fields this operator writes (the chart's RBAC allows it)");
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the CustomResourceDefinition {name}"));
+        }
+    };
+    let missing = flashsale_operator::crd::installed::missing_fields(&installed, &wanted);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the installed CustomResourceDefinition {name} is older than this operator: it lacks {}, which the API server would drop from every write. Apply this release's CRD first (helm upgrade does not): kubectl apply --server-side -f charts/flashsale-operator/crds/flashsale.dev_flashsales.yaml",
+            missing.join(", ")
+        );
+    }
+    tracing::info!(crd = %name, "the installed CRD has every field this operator writes");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -204,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
         .apiserver_version()
         .await
         .context("API server unreachable")?;
+    check_installed_crd(&client).await?;
     ready.store(true, Ordering::Relaxed);
 
     let mut lease = None;

@@ -51,10 +51,11 @@ e2e_cluster_up() {
 # there restarted onto the binary just built, and the sale namespace $NS made afresh.
 e2e_install_operator() {
   kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" "$@" --wait --timeout 180s >/dev/null
-  # crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout.
+  # crds/ is never upgraded by helm: keep the cluster's CRD current for this checkout,
+  # first, as the README's upgrade says (the operator refuses an older one).
   kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
   wait_for 60 "CRD established" kubectl wait --for=condition=Established crd/flashsales.flashsale.dev --timeout=5s
+  helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" "$@" --wait --timeout 180s >/dev/null
   # The local cluster runs the image as the workspace's binary: an operator already
   # running may be an older build (on a real cluster a new tag does this).
   if $had_release; then

@@ -7,6 +7,8 @@ mod replication;
 mod spec;
 mod status;
 
+pub mod installed;
+
 pub use reference::reference_markdown;
 
 pub use replication::*;
