@@ -78,6 +78,11 @@ struct Args {
     /// `flashsale-operator`) open the read-only sale views; without it they are closed.
     #[arg(long)]
     viewer_service_account: Option<String>,
+    /// Refuse to start on an installed FlashSale CRD that lacks a field this operator
+    /// writes (`crd::installed`); needs `get` on that CRD. Off only where the operator
+    /// may not read CRDs: an older CRD then loses those fields on every write.
+    #[arg(long, env = "FLASHSALE_CRD_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    crd_check: bool,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -148,23 +153,25 @@ async fn terminated() {
 /// API server would drop it from every write without an error, and some of them carry
 /// the failover's safety (`flashsale_operator::crd::installed`). Before the leader
 /// Lease, so an operator upgraded without its CRD never leads: the Deployment's rollout
-/// stops on it while the old replica goes on. Without the right to read the CRD (RBAC
-/// other than the chart's) it says so and goes on unchecked.
+/// stops on it while the old replica goes on. Checked once, at start (a CRD replaced by
+/// an older one later is not seen until the next start). Without the right to read the
+/// CRD it refuses too, naming the rule (`--crd-check=false` turns the check off).
 async fn check_installed_crd(client: &kube::Client) -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::CustomResourceExt;
+    const APPLY: &str = "kubectl apply --server-side --force-conflicts -f charts/flashsale-operator/crds/flashsale.dev_flashsales.yaml";
     let wanted = flashsale_operator::crd::FlashSale::crd();
     let name = wanted.metadata.name.clone().unwrap_or_default();
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
     let installed = match api.get_opt(&name).await {
         Ok(Some(crd)) => crd,
         Ok(None) => anyhow::bail!(
-            "the CustomResourceDefinition {name} is not installed: install the chart, or kubectl apply --server-side -f crds/flashsale.dev_flashsales.yaml"
+            "the CustomResourceDefinition {name} is not installed: install the chart, or {APPLY}"
         ),
-        Err(kube::Error::Api(e)) if e.code == 403 => {
-            tracing::warn!(crd = %name, error = %e.message, "cannot read the installed CRD: not checked for the fields this operator writes (the chart's RBAC allows it)");
-            return Ok(());
-        }
+        Err(kube::Error::Api(e)) if e.code == 403 => anyhow::bail!(
+            "cannot read the CustomResourceDefinition {name} to check it has every field this operator writes ({}): grant get on customresourcedefinitions/{name} (the chart's RBAC does), or start with --crd-check=false",
+            e.message
+        ),
         Err(e) => {
             return Err(e).with_context(|| format!("reading the CustomResourceDefinition {name}"));
         }
@@ -172,7 +179,7 @@ async fn check_installed_crd(client: &kube::Client) -> anyhow::Result<()> {
     let missing = flashsale_operator::crd::installed::missing_fields(&installed, &wanted);
     if !missing.is_empty() {
         anyhow::bail!(
-            "the installed CustomResourceDefinition {name} is older than this operator: it lacks {}, which the API server would drop from every write. Apply this release's CRD first (helm upgrade does not): kubectl apply --server-side -f charts/flashsale-operator/crds/flashsale.dev_flashsales.yaml",
+            "the installed CustomResourceDefinition {name} is older than this operator: it lacks {}, which the API server would drop from every write. Apply this release's CRD first (helm upgrade does not): {APPLY}",
             missing.join(", ")
         );
     }
@@ -240,7 +247,13 @@ async fn main() -> anyhow::Result<()> {
         .apiserver_version()
         .await
         .context("API server unreachable")?;
-    check_installed_crd(&client).await?;
+    if args.crd_check {
+        check_installed_crd(&client).await?;
+    } else {
+        tracing::warn!(
+            "--crd-check=false: the installed CRD is not checked for the fields this operator writes"
+        );
+    }
     ready.store(true, Ordering::Relaxed);
 
     let mut lease = None;

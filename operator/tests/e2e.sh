@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the operator on the local cluster (testbed/cluster.sh), as a user
-# would drive it: helm install the chart (the operator runs as a pod), kubectl apply the
-# example sale, wait for Ready, buy through the primary Service's endpoint, read sold and
+# would drive it: helm install the chart (the operator runs as a pod; first, on a fresh
+# cluster, on the CRD of an earlier release, where it refuses to start, naming the fields
+# that CRD lacks), kubectl apply the example sale, wait for Ready, buy through the primary Service's endpoint, read sold and
 # remaining in `kubectl get`, see the Events in `kubectl describe`, change the spec and
 # see it on the node, scale through the scale subresource, have bad manifests refused
 # naming their field, delete the sale and see what it owned go (the WAL volumes stay:
@@ -42,19 +43,35 @@ trap cleanup EXIT
 # release and no sale is there to be disturbed (always in CI).
 op_deploy=deploy/"$RELEASE"-flashsale-operator
 if ! $had_release && [ -z "$(kubectl get flashsales -A -o name 2>/dev/null)" ]; then
-  log "an operator on an older CRD refuses to start, naming the fields it lacks"
+  log "an operator that may not read its CRD, then one on an older CRD, refuses to start"
   kubectl apply --server-side --force-conflicts -f operator/tests/fixtures/crd/before-nodes-durable-seq.yaml >/dev/null
   kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" >/dev/null
+  # The newest operator pod's log (`kubectl logs deploy/…` may pick a replaced pod that
+  # is still terminating: it prefers the one with more restarts).
+  op_log() {
+    local pod
+    pod=$(kubectl get pods -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator \
+      --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.name}' 2>/dev/null)
+    [ -n "$pod" ] && kubectl logs -n "$OP_NS" "$pod" 2>/dev/null
+  }
+  op_log_has() { op_log | grep -qF "$1"; }
+  # Without the chart's RBAC (rbac.create=false and none granted): a 403, not a pass.
+  helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --set rbac.create=false >/dev/null
+  wait_for 90 "the operator's refusal without the right to read the CRD" \
+    op_log_has "cannot read the CustomResourceDefinition flashsales.flashsale.dev"
+  # --reset-values: without values helm upgrade would keep rbac.create=false.
+  helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --reset-values >/dev/null
+  kubectl delete pod -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator --wait=false >/dev/null
   want='lacks v1alpha1 .status.failover.nodesDurableSeq, v1alpha1 .status.nodes[].roleEpoch'
-  refused() { kubectl logs -n "$OP_NS" "$op_deploy" 2>/dev/null | grep -qF "$want"; }
-  wait_for 90 "the operator's refusal in its log" refused
+  wait_for 90 "the operator's refusal of the older CRD in its log" op_log_has "$want"
   ready=$(kubectl get -n "$OP_NS" "$op_deploy" -o jsonpath='{.status.readyReplicas}')
   [ -z "$ready" ] || [ "$ready" = 0 ] || fail "$ready operator replicas ready on the older CRD"
-  log "ok: $(kubectl logs -n "$OP_NS" "$op_deploy" 2>/dev/null | grep -oF -m1 "$want"); none ready"
+  log "ok: $(op_log | grep -oF -m1 "$want"); none ready"
   kubectl apply --server-side --force-conflicts -f crds/flashsale.dev_flashsales.yaml >/dev/null
   # Its next restart would do; a new pod does not wait out the backoff.
   kubectl delete pod -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator --wait=false >/dev/null
+else
+  log "skipped: the operator on an older CRD (a release or a sale is on this cluster; a fresh one, as in CI, runs it)"
 fi
 
 log "helm install the operator"

@@ -10,7 +10,9 @@
 //! failover would go on as if nothing had been recorded. So the operator compares the
 //! installed schema with its own before it leads, and refuses to start on one that
 //! lacks a field (`main.rs`). A newer CRD (applied first, as the README says, while the
-//! old operator still runs) has more fields, not fewer, and passes.
+//! old operator still runs) has more fields, not fewer, and passes. Only the fields are
+//! compared, not their types or enum values: a status value an older schema refuses is
+//! a write the API server rejects (422), loudly, not a field dropped.
 
 use std::collections::BTreeMap;
 
@@ -71,19 +73,23 @@ fn keeps_unknown(s: &JSONSchemaProps) -> bool {
 }
 
 fn walk(have: &JSONSchemaProps, want: &JSONSchemaProps, path: &mut String, out: &mut Vec<String>) {
-    if keeps_unknown(have) {
-        return;
-    }
+    // A level that keeps unknown fields keeps a field it does not name; below the
+    // properties it does name, the API server prunes by their schemas again.
+    let open = keeps_unknown(have);
     let have_props = properties(have);
     for (name, w) in properties(want) {
         let len = path.len();
         path.push('.');
         path.push_str(name);
         match have_props.get(name) {
+            None if open => {}
             None => out.push(path.clone()),
             Some(h) => walk(h, w, path, out),
         }
         path.truncate(len);
+    }
+    if open {
+        return;
     }
     if let Some(JSONSchemaPropsOrArray::Schema(w)) = &want.items {
         match &have.items {

@@ -187,13 +187,28 @@ mod installed {
     }
 
     #[test]
-    fn a_level_that_keeps_unknown_fields_holds_anything() {
+    fn a_level_that_keeps_unknown_fields_holds_what_it_does_not_name() {
         let open = edited(|v| {
             *status(v) = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
         });
         assert_eq!(
             missing_fields(&open, &FlashSale::crd()),
             Vec::<String>::new()
+        );
+        // Below a property it names, the API server prunes by that property's schema.
+        let open_naming_nodes = edited(|v| {
+            let mut nodes = status(v)["properties"]["nodes"].clone();
+            let item = nodes["items"]["properties"].as_object_mut().unwrap();
+            item.remove("roleEpoch");
+            *status(v) = json!({
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"nodes": nodes},
+            });
+        });
+        assert_eq!(
+            missing_fields(&open_naming_nodes, &FlashSale::crd()),
+            ["v1alpha1 .status.nodes[].roleEpoch"]
         );
     }
 }
