@@ -73,7 +73,8 @@ pub struct World<'a> {
 /// Something to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Stop renewing the old primary's lease.
+    /// Stop renewing the lease the keeper holds for this sale: the old primary's, or a
+    /// candidate's whose promotion failed.
     StopLease,
     /// Take the primary label off a pod (the primary Service stops sending it purchases).
     Unlabel { pod: String },
@@ -895,7 +896,10 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
         },
         None => {
             // The candidate died mid-promotion: a new attempt takes a new epoch, from it
-            // (it may have been promoted, and its log is the most complete).
+            // (it may have been promoted, and its log is the most complete). Its lease,
+            // which `Promote` began to renew, is renewed no more, as `begin` stops the
+            // old primary's: the fence waits it out, and a candidate back after that
+            // must not have it renewed again while it is still a primary at its epoch.
             let epoch = f.epoch + 1;
             let mut next = f.clone();
             next.from = candidate.clone();
@@ -916,6 +920,7 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
             next.recovered_at = None;
             next.blocked = None;
             Decision {
+                actions: vec![Action::StopLease],
                 next: Some(Next {
                     epoch,
                     primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
