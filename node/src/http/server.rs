@@ -14,6 +14,7 @@
 //! - A connection with no request in progress for `idle_timeout` is closed (hyper's
 //!   header-read timeout, which runs from when a connection is ready for its next
 //!   request until that request's head is complete).
+//! - A connection buffers at most [`HEAD_BUFFER_MAX`] of an unfinished request head.
 //! - On shutdown it stops accepting, lets requests in progress finish for at most
 //!   `drain`, then closes what is left.
 
@@ -41,6 +42,15 @@ use tower::ServiceExt;
 /// KiB). The routes' own limit (`ops::HEADERS_MAX`) is lower, so a request just over it
 /// gets a JSON 431 from the node rather than hyper's empty one (beyond this, hyper's).
 pub const HEADERS_HARD_MAX: usize = 100;
+
+/// Most bytes a connection buffers while it reads a request head (hyper's read buffer,
+/// `max_buf_size`): the routes' own limit of [`super::ops::HEADER_BYTES_MAX`] (16 KiB)
+/// of headers and a request line fit, so those are refused with a JSON 431; a head that
+/// grows past this gets hyper's bare 431 at once and its connection is closed. Hyper's
+/// default, ~408 KiB, let a crowd of connections each trickling an unfinished head hold
+/// that much apiece until the header timeout: 4 096 connections, ~1.6 GiB, past the
+/// pod's memory limit. Bodies stream through the buffer in pieces of at most this.
+pub const HEAD_BUFFER_MAX: usize = 24 * 1024;
 
 /// How the server treats connections.
 #[derive(Clone, Debug)]
@@ -201,7 +211,8 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout);
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(HEAD_BUFFER_MAX);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut next_id = 0u64;
     loop {

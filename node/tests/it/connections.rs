@@ -170,3 +170,59 @@ async fn a_request_whose_body_stalls_is_closed_to_make_room() {
     }
     assert_eq!(closed, 1, "one stalled connection made room");
 }
+
+/// Reads what the node answers on `c` until it closes it (or `within` passes).
+async fn answer_then_close(c: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
+        }
+    }
+}
+
+/// A crowd of connections each sending an endless request head holds at most
+/// `HEAD_BUFFER_MAX` of the node's memory apiece: past it the head is refused at once
+/// (431) and the connection closed, not buffered until the header timeout (hyper's
+/// default buffer let each hold ~408 KiB). Headers over the routes' own limit but
+/// within that bound still get the node's JSON 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_request_head_is_refused_once_past_its_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sale = sale_file(dir.path(), &[("tee", 10, 0)]);
+    // The default idle (header) timeout, 10 s: the refusal must not wait for it.
+    let node = Node::start(
+        &dir.path().join("data"),
+        &["--config", sale.to_str().unwrap()],
+    );
+    let pad = stock_node::http::server::HEAD_BUFFER_MAX * 4;
+    let mut c = TcpStream::connect(&node.addr).await.unwrap();
+    c.write_all(b"GET /v1/items HTTP/1.1\r\nHost: n\r\nX-Pad: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // The node may close while this is still being written.
+    let _ = c.write_all(&vec![b'a'; pad]).await;
+    let (answer, closed) = answer_then_close(&mut c, Duration::from_secs(3)).await;
+    assert!(
+        closed && answer.starts_with("HTTP/1.1 431"),
+        "a head of {pad}+ bytes without its end: after {:?}, closed {closed}, answered {answer:?}",
+        started.elapsed()
+    );
+
+    // 20 KiB of headers: over the routes' 16 KiB, within the buffer: the JSON 431.
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/items", node.addr))
+        .header("x-pad", "b".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "headers_too_large", "{body}");
+}
