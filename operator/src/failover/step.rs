@@ -153,14 +153,30 @@ fn answering<'a>(w: &'a World, name: &str) -> Option<&'a flashsale_core::admin::
 }
 
 /// When the primary started failing its checks, if it is failing now: the earlier of
-/// the keeper's last renewal before they failed and the `PrimaryAvailable` condition's flip.
+/// the keeper's last renewal before they failed and the `PrimaryAvailable` condition's
+/// flip — but not before this primary was promoted. The condition goes False when its
+/// predecessor fails and stays False through the failover (its time kept), so a new
+/// primary whose first lease renewal failed was failed over again at once, from the
+/// old outage's start, instead of after `unhealthyAfter` of its own.
 pub fn failing_since(w: &World) -> Option<Time> {
+    let promoted = w
+        .status
+        .last_failover
+        .as_ref()
+        .filter(|r| {
+            r.epoch == w.status.epoch
+                && w.status.primary.as_ref().is_some_and(|p| p.pod == r.to_pod)
+        })
+        .map(|r| r.promoted_at.clone());
     let condition = w
         .status
         .conditions
         .iter()
         .find(|c| c.type_ == CONDITION_PRIMARY_AVAILABLE && c.status == "False")
-        .map(|c| c.last_transition_time.clone());
+        .map(|c| match &promoted {
+            Some(p) if p.0 > c.last_transition_time.0 => p.clone(),
+            _ => c.last_transition_time.clone(),
+        });
     match (condition, w.lease.failing_since.clone()) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b).or_else(|| Some(w.now.clone())),

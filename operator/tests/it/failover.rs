@@ -389,6 +389,56 @@ fn failing_lease_renewals_are_a_failure_too_counted_from_the_first() {
     assert_eq!(f.detected_at, at(-4_200));
 }
 
+/// A primary just promoted whose first lease renewal failed: the `PrimaryAvailable`
+/// condition has stayed False since its predecessor failed, and it is given
+/// `unhealthyAfter` from its promotion, not failed over again at once.
+#[test]
+fn a_new_primary_is_given_unhealthy_after_from_its_promotion() {
+    let mut s = status();
+    s.epoch = 4;
+    s.primary = Some(PrimaryStatus {
+        pod: "s-1".into(),
+        endpoint: None,
+    });
+    s.conditions[0].status = "False".into();
+    s.conditions[0].reason = "PrimaryFailing".into();
+    s.conditions[0].last_transition_time = at(-10_000);
+    // RFC 3339 to the millisecond, as the status writes failover times.
+    let ms = |t: Time| t.0.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    s.last_failover = Some(
+        serde_json::from_value(serde_json::json!({
+            "kind": "Failover", "fromPod": "s-0", "toPod": "s-1", "epoch": 4,
+            "reason": "test", "detectedAt": ms(at(-10_000)),
+            "fencedAt": ms(at(-2_000)), "fenced": "lease expired",
+            "promotedAt": ms(at(-100)), "outageMs": 9_900,
+        }))
+        .unwrap(),
+    );
+    let p = vec![
+        pod(0, Some(node(Role::Standby, 4, 100, "aa"))),
+        pod(1, Some(node(Role::Primary, 4, 100, "bb"))),
+        pod(2, Some(node(Role::Secondary, 4, 95, "cc"))),
+    ];
+    let mut w = world(&s, &p, 0);
+    w.lease = LeaseView {
+        pod: Some("s-1".into()),
+        epoch: 4,
+        instance: Some("bb".into()),
+        failing: Some("s-1: operation timed out".into()),
+        failing_since: Some(at(-50)),
+        ..leased(-100)
+    };
+    let d = decide(&w);
+    assert!(
+        d.next.is_none() && d.primary_failing,
+        "failed over 100 ms after its promotion: {d:?}"
+    );
+    // Failing for unhealthyAfter since its promotion: failed over, detected then.
+    w.now = at(-100 + 4_000);
+    let f = next_failover(&decide(&w));
+    assert_eq!((f.from.as_str(), f.detected_at), ("s-1", at(-100)));
+}
+
 // --- the fence
 
 #[test]
