@@ -268,6 +268,12 @@ impl Keeper {
                 let Some(e) = entries.get_mut(sale) else {
                     return true;
                 };
+                if e.target != target {
+                    // Another target held meanwhile (`hold`): nothing is sent to this
+                    // one, and the new entry's account (its busy flag, its longest
+                    // lease) is its own.
+                    return true;
+                }
                 if !e.held || !self.leading.is_on() {
                     // Stopped meanwhile, or no longer leading: nothing more is sent.
                     e.busy = false;
@@ -314,10 +320,10 @@ impl Keeper {
         let Some(e) = entries.get_mut(sale) else {
             return true;
         };
-        e.busy = false;
         if e.target != target {
             return true;
         }
+        e.busy = false;
         let period = renew_every(target.lease);
         match outcome {
             Ok(()) => {

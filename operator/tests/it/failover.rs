@@ -1367,3 +1367,69 @@ fn a_lease_renewed_with_another_duration_is_held_anew() {
     };
     assert!(!stopped.renews(Some("s-0"), url, 3, Duration::from_secs(6)));
 }
+
+/// A renewal still waiting on its target's status when the keeper is given another
+/// target (`hold`: a promotion) sends nothing to the node it no longer renews.
+#[tokio::test]
+async fn a_renewal_in_flight_when_the_target_changes_sends_nothing_to_the_old_one() {
+    use axum::routing::{get, put};
+    use flashsale_operator::failover::keeper::{Keeper, Target};
+    use flashsale_operator::failover::leadership::Leading;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // A node that takes 300 ms to answer its status and counts the renewals it gets.
+    async fn slow_node(instance: &'static str) -> (String, Arc<AtomicU32>) {
+        let renewals = Arc::new(AtomicU32::new(0));
+        let counted = renewals.clone();
+        let app = axum::Router::new()
+            .route(
+                "/admin/v1/status",
+                get(move || async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    axum::Json(node(Role::Primary, 4, 10, instance))
+                }),
+            )
+            .route(
+                "/admin/v1/lease",
+                put(move || {
+                    let counted = counted.clone();
+                    async move {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        axum::Json(node(Role::Primary, 4, 10, instance).lease.unwrap())
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, renewals)
+    }
+    let (old_url, old_renewals) = slow_node("aa").await;
+    let (new_url, _) = slow_node("bb").await;
+    let target = |pod: &str, url: &str| Target {
+        pod: pod.into(),
+        url: url.into(),
+        admin_token: "t".into(),
+        epoch: 4,
+        lease: Duration::from_secs(6),
+    };
+    let keeper = Keeper::new(
+        flashsale_operator::nodes::NodeClient::new(2_000).unwrap(),
+        Arc::new(flashsale_operator::metrics::Metrics::default()),
+        Leading::default(),
+    );
+    keeper.hold("s", target("s-0", &old_url));
+    let renewing = {
+        let keeper = keeper.clone();
+        tokio::spawn(async move { keeper.renew_now("s").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    keeper.hold("s", target("s-1", &new_url));
+    let _ = renewing.await.unwrap();
+    assert_eq!(
+        old_renewals.load(Ordering::SeqCst),
+        0,
+        "the node no longer held was renewed"
+    );
+}
