@@ -902,6 +902,30 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
                 ..Decision::default()
             }
         }
+        // It answers holding less than the tail it was recovered to (back on a new,
+        // empty volume, say): promoted, it would sell without sales the old primary
+        // acknowledged. Another candidate is chosen, and the tail recovered into it, as
+        // after the fence (the fence holds: the old primary's proof is found again).
+        Some(s) if f.tail_end.is_some_and(|end| s.applied_seq < end) => {
+            let mut next = f.clone();
+            next.step = FailoverStep::Fencing;
+            next.candidate = None;
+            next.candidate_start_seq = None;
+            next.tail_source = None;
+            next.tail_end = None;
+            next.recovered_at = None;
+            // Said (a Warning), until another candidate is chosen.
+            next.blocked = Some(format!(
+                "CandidateLost: {candidate} answers holding record {} of the {} it was recovered to (back on another volume?); choosing again",
+                s.applied_seq,
+                f.tail_end.unwrap_or_default()
+            ));
+            Decision {
+                next: Some(same(w, next)),
+                requeue_ms: Some(0),
+                ..Decision::default()
+            }
+        }
         Some(_) => Decision {
             actions: vec![Action::Promote {
                 pod: candidate,

@@ -1174,7 +1174,11 @@ fn promotion_then_the_record() {
     f.fenced = Some("stepped down".into());
     f.fenced_at = Some(at(200));
     let s = in_failover(f);
-    let p = parked(pods());
+    let mut p = parked(pods());
+    // s-1 holds the tail it was recovered to.
+    if let Some(Ok(n)) = p[1].node.as_mut() {
+        (n.applied_seq, n.durable_seq) = (100, 100);
+    }
     let d = decide(&world(&s, &p, 300));
     assert_eq!(
         d.actions,
@@ -1182,6 +1186,41 @@ fn promotion_then_the_record() {
             pod: "s-1".into(),
             epoch: 4
         }]
+    );
+    // Back on a new volume before it took the role: not promoted empty; another
+    // candidate is chosen (the fence holds), and it is said.
+    let mut empty = p.clone();
+    empty[1].node = Some(Ok(node(Role::Standby, 0, 0, "dd")));
+    let d = decide(&world(&s, &empty, 300));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    let f = next_failover(&d);
+    assert_eq!(
+        (f.step, f.candidate.as_deref(), f.tail_end),
+        (FailoverStep::Fencing, None, None)
+    );
+    assert!(
+        f.blocked
+            .as_deref()
+            .is_some_and(|b| b.starts_with("CandidateLost: s-1")),
+        "{:?}",
+        f.blocked
+    );
+    let s2 = in_failover(f);
+    let d = decide(&world(&s2, &empty, 400));
+    assert!(
+        d.actions.contains(&Action::Park {
+            pod: "s-1".into(),
+            epoch: 4
+        }),
+        "{:?}",
+        d.actions
+    );
+    empty[0].role_label = None;
+    empty[1].node = Some(Ok(node(Role::Standby, 4, 0, "dd")));
+    let again = next_failover(&decide(&world(&s2, &empty, 500)));
+    assert_eq!(
+        (again.step, again.candidate.as_deref()),
+        (FailoverStep::Recovering, Some("s-2"))
     );
     let mut done = p.clone();
     if let Some(Ok(n)) = done[1].node.as_mut() {
