@@ -440,6 +440,12 @@ fn purchase_key_hash(req: &PurchaseRequest) -> u64 {
     key_hash(&req.customer, &req.idempotency_key)
 }
 
+/// How far from the sale window's start and end a secondary refuses a purchase as
+/// `not_open` or `ended` from its copy; nearer, it forwards it (`EngineHandle::front`).
+/// More than a caught-up copy lags its primary (~1 s at the most when idle) and than
+/// the nodes' clocks differ.
+pub const WINDOW_EDGE_MS: i64 = 5_000;
+
 /// Slots of [`InflightKeys`] (4 bytes each).
 const INFLIGHT_SLOTS: usize = 1 << 14;
 
@@ -643,7 +649,9 @@ impl EngineHandle {
         }
     }
 
-    /// Where a purchase that passed the HTTP checks goes (see `crate::forward`). On the
+    /// Where a purchase that passed the HTTP checks goes (see `crate::forward`).
+    /// The window's refusals are the copy's own only more than [`WINDOW_EDGE_MS`] from
+    /// its edges; nearer, the primary says. On the
     /// primary (and a standby, which refuses it in the engine): the sold-out fast path,
     /// else the engine. On a secondary that knows its primary: what its copy answers
     /// correctly — an unknown item, a quantity over the item's limit, the sale window,
@@ -696,16 +704,20 @@ impl EngineHandle {
             // would not spend on a refusal anyway, but a crowd should not reach it.
             return Front::Refuse(state::bad_quantity(req.quantity, limit));
         }
+        // The window's refusals only away from its edges: within `WINDOW_EDGE_MS` of one,
+        // a key the copy has not applied yet may hold an order on the primary (bought
+        // just before the end, its answer lost: the primary replays a key before it
+        // looks at the window), and this node's clock is not the primary's.
         if let Some(cfg) = &view.status.config {
             if let Some(starts) = cfg.starts_at_ms
-                && now < starts
+                && now < starts.saturating_sub(WINDOW_EDGE_MS)
             {
                 return Front::Refuse(SellError::NotOpen {
                     starts_at_ms: starts,
                 });
             }
             if let Some(ends) = cfg.ends_at_ms
-                && now >= ends
+                && now >= ends.saturating_add(WINDOW_EDGE_MS)
             {
                 return Front::Refuse(SellError::Ended { ends_at_ms: ends });
             }

@@ -214,6 +214,55 @@ async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
     ));
 }
 
+/// A caught-up secondary refuses a purchase outside the sale window from its copy only
+/// away from the window's edges: near one, the key may hold an order its copy has not
+/// applied yet (bought just before the end, its answer lost), which the primary
+/// replays whatever the window; and the nodes' clocks differ. So there it forwards.
+#[tokio::test]
+async fn a_secondary_leaves_the_window_edges_to_the_primary() {
+    use stock_node::engine::WINDOW_EDGE_MS;
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = Engine::open(EngineOptions {
+        data_dir: tmp.path().into(),
+        clock,
+        initial_role: Some(Role::Primary),
+        ..Default::default()
+    })
+    .unwrap();
+    e.configure(sale(5, 2)).await.unwrap();
+    e.set_role(RoleAssignment {
+        role: Role::Secondary,
+        epoch: 3,
+        primary_url: Some("http://10.0.0.1:8080".into()),
+    })
+    .await
+    .unwrap();
+    let (starts, ends) = (T0, T0 + 3_600_000);
+    let at = |now| e.front(&buy("shoe", 1, "a", "k"), now, true);
+    for now in [
+        starts - WINDOW_EDGE_MS + 1,
+        starts,
+        ends,
+        ends + WINDOW_EDGE_MS - 1,
+    ] {
+        assert!(
+            matches!(at(now), Front::Forward(_)),
+            "at {}: {:?}",
+            now - T0,
+            at(now)
+        );
+    }
+    assert!(matches!(
+        at(starts - WINDOW_EDGE_MS - 1),
+        Front::Refuse(SellError::NotOpen { .. })
+    ));
+    assert!(matches!(
+        at(ends + WINDOW_EDGE_MS),
+        Front::Refuse(SellError::Ended { .. })
+    ));
+}
+
 #[tokio::test]
 async fn roles_and_fencing() {
     let tmp = tempfile::tempdir().unwrap();
