@@ -440,8 +440,8 @@ fn purchase_key_hash(req: &PurchaseRequest) -> u64 {
     key_hash(&req.customer, &req.idempotency_key)
 }
 
-/// How far from the sale window's start and end a secondary refuses a purchase as
-/// `not_open` or `ended` from its copy; nearer, it forwards it (`EngineHandle::front`).
+/// How long after the sale window's end a secondary refuses a purchase as `ended` from
+/// its copy; before, it forwards it (`EngineHandle::front`).
 /// More than a caught-up copy lags its primary (~1 s at the most when idle) and than
 /// the nodes' clocks differ.
 pub const WINDOW_EDGE_MS: i64 = 5_000;
@@ -650,8 +650,8 @@ impl EngineHandle {
     }
 
     /// Where a purchase that passed the HTTP checks goes (see `crate::forward`).
-    /// The window's refusals are the copy's own only more than [`WINDOW_EDGE_MS`] from
-    /// its edges; nearer, the primary says. On the
+    /// `ended` is the copy's own only more than [`WINDOW_EDGE_MS`] after the end;
+    /// nearer, the primary says. On the
     /// primary (and a standby, which refuses it in the engine): the sold-out fast path,
     /// else the engine. On a secondary that knows its primary: what its copy answers
     /// correctly — an unknown item, a quantity over the item's limit, the sale window,
@@ -704,13 +704,15 @@ impl EngineHandle {
             // would not spend on a refusal anyway, but a crowd should not reach it.
             return Front::Refuse(state::bad_quantity(req.quantity, limit));
         }
-        // The window's refusals only away from its edges: within `WINDOW_EDGE_MS` of one,
-        // a key the copy has not applied yet may hold an order on the primary (bought
-        // just before the end, its answer lost: the primary replays a key before it
-        // looks at the window), and this node's clock is not the primary's.
+        // `ended` only away from the end: within `WINDOW_EDGE_MS` of it, a key the copy
+        // has not applied yet may hold an order on the primary (bought just before the
+        // end, its answer lost: the primary replays a key before it looks at the
+        // window), and this node's clock is not the primary's. Before the start no
+        // order exists, and `not_open` is not a final no (a client retries it): a
+        // crowd waiting for the start is refused here, not sent to the primary.
         if let Some(cfg) = &view.status.config {
             if let Some(starts) = cfg.starts_at_ms
-                && now < starts.saturating_sub(WINDOW_EDGE_MS)
+                && now < starts
             {
                 return Front::Refuse(SellError::NotOpen {
                     starts_at_ms: starts,
