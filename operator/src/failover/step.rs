@@ -904,11 +904,20 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
         }
         // It answers holding less than the tail it was recovered to (back on a new,
         // empty volume, say): promoted, it would sell without sales the old primary
-        // acknowledged. Another candidate is chosen, and the tail recovered into it, as
-        // after the fence (the fence holds: the old primary's proof is found again).
+        // acknowledged. A new attempt, from the same old primary, at a new epoch: a
+        // candidate is chosen again (it too, if it still ranks first) and the tail
+        // recovered into it, by a Job of the new epoch's name (at this epoch, the
+        // Job that already succeeded into it would be found again and taken for the
+        // tail). The lease `Promote` may have begun to renew for it stops.
         Some(s) if f.tail_end.is_some_and(|end| s.applied_seq < end) => {
+            let epoch = f.epoch + 1;
             let mut next = f.clone();
+            next.epoch = epoch;
             next.step = FailoverStep::Fencing;
+            next.fence_started_at = w.now.clone();
+            next.fence_until = None;
+            next.fenced = None;
+            next.fenced_at = None;
             next.candidate = None;
             next.candidate_start_seq = None;
             next.tail_source = None;
@@ -916,12 +925,18 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
             next.recovered_at = None;
             // Said (a Warning), until another candidate is chosen.
             next.blocked = Some(format!(
-                "CandidateLost: {candidate} answers holding record {} of the {} it was recovered to (back on another volume?); choosing again",
+                "CandidateLost: {candidate} answers holding record {} of the {} it was recovered to (back on another volume?); choosing again at epoch {epoch}",
                 s.applied_seq,
                 f.tail_end.unwrap_or_default()
             ));
             Decision {
-                next: Some(same(w, next)),
+                actions: vec![Action::StopLease],
+                next: Some(Next {
+                    epoch,
+                    primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
+                    failover: Some(next),
+                    last_failover: w.status.last_failover.clone(),
+                }),
                 requeue_ms: Some(0),
                 ..Decision::default()
             }

@@ -1187,16 +1187,25 @@ fn promotion_then_the_record() {
             epoch: 4
         }]
     );
-    // Back on a new volume before it took the role: not promoted empty; another
-    // candidate is chosen (the fence holds), and it is said.
+    // Back on a new volume before it took the role: not promoted empty. A new attempt
+    // at epoch 5, from the old primary (a recovery Job of that epoch's name, not the
+    // one that already succeeded into s-1), said; the lease it may hold stops.
     let mut empty = p.clone();
     empty[1].node = Some(Ok(node(Role::Standby, 0, 0, "dd")));
     let d = decide(&world(&s, &empty, 300));
-    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.actions, [Action::StopLease]);
+    let next = d.next.clone().unwrap();
+    assert_eq!(next.epoch, 5);
     let f = next_failover(&d);
     assert_eq!(
-        (f.step, f.candidate.as_deref(), f.tail_end),
-        (FailoverStep::Fencing, None, None)
+        (
+            f.step,
+            f.epoch,
+            f.from.as_str(),
+            f.candidate.as_deref(),
+            f.tail_end
+        ),
+        (FailoverStep::Fencing, 5, "s-0", None, None)
     );
     assert!(
         f.blocked
@@ -1205,19 +1214,29 @@ fn promotion_then_the_record() {
         "{:?}",
         f.blocked
     );
-    let s2 = in_failover(f);
+    let s2 = FlashSaleStatus {
+        epoch: 5,
+        failover: Some(f),
+        ..status()
+    };
     let d = decide(&world(&s2, &empty, 400));
-    assert!(
-        d.actions.contains(&Action::Park {
-            pod: "s-1".into(),
-            epoch: 4
-        }),
-        "{:?}",
-        d.actions
-    );
-    empty[0].role_label = None;
-    empty[1].node = Some(Ok(node(Role::Standby, 4, 0, "dd")));
-    let again = next_failover(&decide(&world(&s2, &empty, 500)));
+    for pod in ["s-0", "s-1", "s-2"] {
+        let park = Action::Park {
+            pod: pod.into(),
+            epoch: 5,
+        };
+        assert!(d.actions.contains(&park), "{pod}: {:?}", d.actions);
+    }
+    // Parked at 5: the old primary stepped down; s-2 (95 records) is chosen over the
+    // empty s-1, and the tail comes from the old pod.
+    let mut at5 = empty.clone();
+    at5[0].role_label = None;
+    for v in at5.iter_mut() {
+        if let Some(Ok(n)) = v.node.as_mut() {
+            (n.role, n.epoch) = (Role::Standby, 5);
+        }
+    }
+    let again = next_failover(&decide(&world(&s2, &at5, 500)));
     assert_eq!(
         (again.step, again.candidate.as_deref()),
         (FailoverStep::Recovering, Some("s-2"))
