@@ -910,36 +910,15 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
         // Job that already succeeded into it would be found again and taken for the
         // tail). The lease `Promote` may have begun to renew for it stops.
         Some(s) if f.tail_end.is_some_and(|end| s.applied_seq < end) => {
-            let epoch = f.epoch + 1;
-            let mut next = f.clone();
-            next.epoch = epoch;
-            next.step = FailoverStep::Fencing;
-            next.fence_started_at = w.now.clone();
-            next.fence_until = None;
-            next.fenced = None;
-            next.fenced_at = None;
-            next.candidate = None;
-            next.candidate_start_seq = None;
-            next.tail_source = None;
-            next.tail_end = None;
-            next.recovered_at = None;
+            let mut next = new_attempt(w, f);
             // Said (a Warning), until another candidate is chosen.
             next.blocked = Some(format!(
-                "CandidateLost: {candidate} answers holding record {} of the {} it was recovered to (back on another volume?); choosing again at epoch {epoch}",
+                "CandidateLost: {candidate} answers holding record {} of the {} it was recovered to (back on another volume?); choosing again at epoch {}",
                 s.applied_seq,
-                f.tail_end.unwrap_or_default()
+                f.tail_end.unwrap_or_default(),
+                next.epoch
             ));
-            Decision {
-                actions: vec![Action::StopLease],
-                next: Some(Next {
-                    epoch,
-                    primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
-                    failover: Some(next),
-                    last_failover: w.status.last_failover.clone(),
-                }),
-                requeue_ms: Some(0),
-                ..Decision::default()
-            }
+            new_attempt_decision(w, next)
         }
         Some(_) => Decision {
             actions: vec![Action::Promote {
@@ -955,36 +934,48 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
             // which `Promote` began to renew, is renewed no more, as `begin` stops the
             // old primary's: the fence waits it out, and a candidate back after that
             // must not have it renewed again while it is still a primary at its epoch.
-            let epoch = f.epoch + 1;
-            let mut next = f.clone();
-            next.from = candidate.clone();
-            next.epoch = epoch;
-            next.step = FailoverStep::Fencing;
+            let mut next = new_attempt(w, f);
             next.reason = format!(
                 "{candidate} stopped answering while being promoted at epoch {}",
                 f.epoch
             );
-            next.fence_started_at = w.now.clone();
-            next.fence_until = None;
-            next.fenced = None;
-            next.fenced_at = None;
-            next.candidate = None;
-            next.candidate_start_seq = None;
-            next.tail_source = None;
-            next.tail_end = None;
-            next.recovered_at = None;
-            next.blocked = None;
-            Decision {
-                actions: vec![Action::StopLease],
-                next: Some(Next {
-                    epoch,
-                    primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
-                    failover: Some(next),
-                    last_failover: w.status.last_failover.clone(),
-                }),
-                requeue_ms: Some(0),
-                ..Decision::default()
-            }
+            next.from = candidate;
+            new_attempt_decision(w, next)
         }
+    }
+}
+
+/// A new attempt of failover `f` at the next epoch, fenced again from its start: no
+/// candidate, no tail, nothing blocked yet.
+fn new_attempt(w: &World, f: &FailoverState) -> FailoverState {
+    let mut next = f.clone();
+    next.epoch = f.epoch + 1;
+    next.step = FailoverStep::Fencing;
+    next.fence_started_at = w.now.clone();
+    next.fence_until = None;
+    next.fenced = None;
+    next.fenced_at = None;
+    next.candidate = None;
+    next.candidate_start_seq = None;
+    next.tail_source = None;
+    next.tail_end = None;
+    next.recovered_at = None;
+    next.blocked = None;
+    next
+}
+
+/// Writes `next` (a [`new_attempt`]) with its epoch, and stops the lease `Promote` may
+/// have begun to renew for the candidate given up on.
+fn new_attempt_decision(w: &World, next: FailoverState) -> Decision {
+    Decision {
+        actions: vec![Action::StopLease],
+        next: Some(Next {
+            epoch: next.epoch,
+            primary: w.status.primary.as_ref().map(|p| p.pod.clone()),
+            failover: Some(next),
+            last_failover: w.status.last_failover.clone(),
+        }),
+        requeue_ms: Some(0),
+        ..Decision::default()
     }
 }
