@@ -42,19 +42,19 @@ trap cleanup EXIT
 # refuses to start, naming them, and starts once the CRD is applied. Only where no
 # release and no sale is there to be disturbed (always in CI).
 op_deploy=deploy/"$RELEASE"-flashsale-operator
+# The newest operator pod's log (`kubectl logs deploy/…` may pick a replaced pod that
+# is still terminating: it prefers the one with more restarts).
+op_log() {
+  local pod
+  pod=$(kubectl get pods -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator \
+    --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.name}' 2>/dev/null)
+  [ -n "$pod" ] && kubectl logs -n "$OP_NS" "$pod" 2>/dev/null
+}
+op_log_has() { op_log | grep -qF "$1"; }
 if ! $had_release && [ -z "$(kubectl get flashsales -A -o name 2>/dev/null)" ]; then
   log "an operator that may not read its CRD, then one on an older CRD, refuses to start"
   kubectl apply --server-side --force-conflicts -f operator/tests/fixtures/crd/before-nodes-durable-seq.yaml >/dev/null
   kubectl create namespace "$OP_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  # The newest operator pod's log (`kubectl logs deploy/…` may pick a replaced pod that
-  # is still terminating: it prefers the one with more restarts).
-  op_log() {
-    local pod
-    pod=$(kubectl get pods -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator \
-      --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.name}' 2>/dev/null)
-    [ -n "$pod" ] && kubectl logs -n "$OP_NS" "$pod" 2>/dev/null
-  }
-  op_log_has() { op_log | grep -qF "$1"; }
   # Without the chart's RBAC (rbac.create=false and none granted): a 403, not a pass.
   helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --set rbac.create=false >/dev/null
   wait_for 90 "the operator's refusal without the right to read the CRD" \
@@ -77,8 +77,7 @@ fi
 log "helm install the operator"
 # Two replicas: one leads through the Lease, the other waits (checked below).
 e2e_install_operator --set replicaCount=2
-checked() { kubectl logs -n "$OP_NS" "$op_deploy" 2>/dev/null | grep -qF "the installed CRD has every field this operator writes"; }
-wait_for 30 "the operator's CRD check in its log" checked
+wait_for 30 "the operator's CRD check in its log" op_log_has "the installed CRD has every field this operator writes"
 
 log "bad manifests are refused, naming the field"
 refused=0

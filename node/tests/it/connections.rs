@@ -11,19 +11,26 @@ use tokio::net::TcpStream;
 
 use common::{Node, sale_file};
 
-/// Waits for the server to close `c` (a read returns 0 or fails); false if it stays open.
-async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
+/// Reads what the server answers on `c` until it closes it (a read returns 0 or fails):
+/// the answer, and whether it closed within `within`.
+async fn answer_then_close(c: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, c.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
             // A 408 or other answer before the close: keep reading to the end.
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
         }
     }
+}
+
+/// Waits for the server to close `c`; false if it stays open.
+async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
+    answer_then_close(c, within).await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,21 +176,6 @@ async fn a_request_whose_body_stalls_is_closed_to_make_room() {
         }
     }
     assert_eq!(closed, 1, "one stalled connection made room");
-}
-
-/// Reads what the node answers on `c` until it closes it (or `within` passes).
-async fn answer_then_close(c: &mut TcpStream, within: Duration) -> (String, bool) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, c.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
-        }
-    }
 }
 
 /// A crowd of connections each sending an endless request head holds at most

@@ -169,21 +169,10 @@ async fn sells_refuses_and_survives_restart() {
     assert_eq!(e.purchase(buy("shoe", 2, "ann", "k1")).await.unwrap(), o1);
 }
 
-/// A secondary still catching up forwards what it cannot answer from its copy, but a
-/// quantity of 0 it refuses itself: forwarded, it made the primary refuse the whole
-/// batch it travelled in (`check_batch`), and every other buyer's operation in that
-/// batch was answered 503.
-#[tokio::test]
-async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let e = Engine::open(EngineOptions {
-        data_dir: tmp.path().into(),
-        clock,
-        initial_role: Some(Role::Primary),
-        ..Default::default()
-    })
-    .unwrap();
+/// An engine holding `sale(5, 2)`, then made a secondary of the primary it returns the
+/// address of.
+async fn secondary(dir: &std::path::Path) -> (EngineHandle, String) {
+    let e = open(dir, Arc::new(ManualClock::new(T0))).await;
     e.configure(sale(5, 2)).await.unwrap();
     let primary = "http://10.0.0.1:8080".to_string();
     e.set_role(RoleAssignment {
@@ -193,6 +182,17 @@ async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
     })
     .await
     .unwrap();
+    (e, primary)
+}
+
+/// A secondary still catching up forwards what it cannot answer from its copy, but a
+/// quantity of 0 it refuses itself: forwarded, it made the primary refuse the whole
+/// batch it travelled in (`check_batch`), and every other buyer's operation in that
+/// batch was answered 503.
+#[tokio::test]
+async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (e, primary) = secondary(tmp.path()).await;
     for caught_up in [false, true] {
         match e.front(&buy("shoe", 0, "a", "k"), T0, caught_up) {
             Front::Refuse(SellError::BadQuantity { quantity: 0, .. }) => {}
@@ -223,22 +223,7 @@ async fn a_secondary_catching_up_refuses_a_quantity_of_0_itself() {
 async fn a_secondary_leaves_the_end_of_the_window_to_the_primary() {
     use stock_node::engine::WINDOW_EDGE_MS;
     let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let e = Engine::open(EngineOptions {
-        data_dir: tmp.path().into(),
-        clock,
-        initial_role: Some(Role::Primary),
-        ..Default::default()
-    })
-    .unwrap();
-    e.configure(sale(5, 2)).await.unwrap();
-    e.set_role(RoleAssignment {
-        role: Role::Secondary,
-        epoch: 3,
-        primary_url: Some("http://10.0.0.1:8080".into()),
-    })
-    .await
-    .unwrap();
+    let (e, _) = secondary(tmp.path()).await;
     let (starts, ends) = (T0, T0 + 3_600_000);
     let at = |now| e.front(&buy("shoe", 1, "a", "k"), now, true);
     for now in [starts, ends, ends + WINDOW_EDGE_MS - 1] {

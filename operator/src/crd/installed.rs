@@ -25,7 +25,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 /// map's values), or the version itself when `installed` does not serve it. Empty when
 /// the installed CRD can hold everything the operator writes. A level of the installed
 /// schema that keeps unknown fields (`x-kubernetes-preserve-unknown-fields`) holds
-/// anything below it.
+/// whatever it does not name; what it names is compared below it.
 pub fn missing_fields(
     installed: &CustomResourceDefinition,
     wanted: &CustomResourceDefinition,
@@ -78,40 +78,57 @@ fn walk(have: &JSONSchemaProps, want: &JSONSchemaProps, path: &mut String, out: 
     let open = keeps_unknown(have);
     let have_props = properties(have);
     for (name, w) in properties(want) {
-        let len = path.len();
-        path.push('.');
-        path.push_str(name);
-        match have_props.get(name) {
-            None if open => {}
-            None => out.push(path.clone()),
-            Some(h) => walk(h, w, path, out),
+        let h = have_props.get(name).copied();
+        if h.is_some() || !open {
+            below(h, w, &format!(".{name}"), path, out);
         }
-        path.truncate(len);
     }
     if open {
         return;
     }
-    if let Some(JSONSchemaPropsOrArray::Schema(w)) = &want.items {
-        match &have.items {
-            Some(JSONSchemaPropsOrArray::Schema(h)) => {
-                let len = path.len();
-                path.push_str("[]");
-                walk(h, w, path, out);
-                path.truncate(len);
-            }
-            _ => out.push(format!("{path}[]")),
-        }
+    if let Some(w) = items(want) {
+        below(items(have), w, "[]", path, out);
     }
-    if let Some(JSONSchemaPropsOrBool::Schema(w)) = &want.additional_properties {
-        match &have.additional_properties {
-            Some(JSONSchemaPropsOrBool::Schema(h)) => {
-                let len = path.len();
-                path.push_str("{}");
-                walk(h, w, path, out);
-                path.truncate(len);
-            }
-            Some(JSONSchemaPropsOrBool::Bool(true)) => {}
-            _ => out.push(format!("{path}{{}}")),
-        }
+    if let Some(w) = values(want)
+        && !matches!(
+            have.additional_properties,
+            Some(JSONSchemaPropsOrBool::Bool(true))
+        )
+    {
+        below(values(have), w, "{}", path, out);
     }
+}
+
+/// The schema of a list's items.
+fn items(s: &JSONSchemaProps) -> Option<&JSONSchemaProps> {
+    match &s.items {
+        Some(JSONSchemaPropsOrArray::Schema(x)) => Some(x),
+        _ => None,
+    }
+}
+
+/// The schema of a map's values.
+fn values(s: &JSONSchemaProps) -> Option<&JSONSchemaProps> {
+    match &s.additional_properties {
+        Some(JSONSchemaPropsOrBool::Schema(x)) => Some(x),
+        _ => None,
+    }
+}
+
+/// `want`, at `path` + `step`, against what the installed schema has there: missing
+/// (`None`), or compared level by level.
+fn below(
+    have: Option<&JSONSchemaProps>,
+    want: &JSONSchemaProps,
+    step: &str,
+    path: &mut String,
+    out: &mut Vec<String>,
+) {
+    let len = path.len();
+    path.push_str(step);
+    match have {
+        Some(h) => walk(h, want, path, out),
+        None => out.push(path.clone()),
+    }
+    path.truncate(len);
 }
