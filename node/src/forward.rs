@@ -330,6 +330,9 @@ async fn send(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
+    // What a failed batch's clients read names no internal address: reqwest's errors
+    // carry the URL, so they go to the log (with the primary) and the detail without it.
+    let mut cause = None;
     let answers = match req.send().await {
         Ok(r) if r.status().is_success() => match r.json::<ForwardAnswers>().await {
             Ok(a) if a.answers.len() == n => Ok(a.answers),
@@ -337,7 +340,10 @@ async fn send(
                 "the primary answered {} operations for {n}",
                 a.answers.len()
             )),
-            Err(e) => Err(format!("the primary's answer could not be read: {e}")),
+            Err(e) => Err(format!(
+                "the primary's answer could not be read: {}",
+                e.without_url()
+            )),
         },
         Ok(r) => {
             let status = r.status();
@@ -349,10 +355,15 @@ async fn send(
             Err(format!("the primary answered {status} {detail}"))
         }
         Err(e) if e.is_timeout() => Err(format!("the primary did not answer within {timeout:?}")),
-        Err(e) => Err(format!(
-            "the primary at {} did not answer: {e}",
-            first_url(&url)
-        )),
+        Err(e) => {
+            let why = if e.is_connect() {
+                "the primary could not be reached".to_string()
+            } else {
+                "the connection to the primary failed before its answer".to_string()
+            };
+            cause = Some(e);
+            Err(why)
+        }
     };
     match answers {
         Ok(answers) => {
@@ -361,7 +372,8 @@ async fn send(
             }
         }
         Err(why) => {
-            tracing::warn!(%why, ops = n, "forwarded batch failed");
+            let cause = cause.map(|e: reqwest::Error| format!("{e:?}"));
+            tracing::warn!(%why, ?cause, primary = first_url(&url), ops = n, "forwarded batch failed");
             counters.failed.fetch_add(n as u64, Relaxed);
             let detail = format!("{why}; retry with the same idempotency key");
             for reply in waiting {

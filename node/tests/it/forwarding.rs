@@ -45,6 +45,12 @@ async fn buy_until_answered(
                 }
                 assert!(retry_after.is_some(), "a 503 without Retry-After: {v}");
                 assert_eq!(v["code"], "unavailable", "a front door's 503: {v}");
+                // A public answer names no node's internal address (they are all on
+                // loopback here).
+                assert!(
+                    !v["detail"].as_str().unwrap_or("").contains("127.0.0.1"),
+                    "a 503 that names an internal address: {v}"
+                );
             }
             Err(_) if Instant::now() < deadline => {}
             Err(e) => panic!("no answer for {body} by the deadline: {e}"),
