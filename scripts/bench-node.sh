@@ -9,7 +9,8 @@
 #                through `redis-benchmark … EVALSHA` (same connection count)
 # then the durable node under an open-loop load (testbed/openloop: a fixed rate, each
 # request timed from when it was due) at 50% and 80% of its peak, and at 80%
-# with frequent snapshots, and the no-op ceiling at that 80% rate (the latency floor of
+# with frequent snapshots, the node without fdatasync at that 80% rate (the tail that is
+# not the sync's), and the no-op ceiling at that 80% rate (the latency floor of
 # the machine and the load generator), and the disk's own fdatasync latency at the sync
 # rate of the 80% run (the floor a durable answer cannot go below). Prints a table: purchases/s, p50, p99, p99.9, server CPU µs
 # per purchase, the ratios node/ceiling and node/redis, the node's resident memory per
@@ -179,6 +180,10 @@ open_loop() { # name percent extra-args…
 open_loop open@50% 50
 open_loop open@80% 80
 open_loop open@80%+snap 80 --snapshot-every-records "$SNAP_EVERY"
+# The same rate without the sync (--durability no-sync: the same engine, sequencer and
+# HTTP path, answers sent without waiting for fdatasync): what of the 80% run's tail is
+# the sync's, the disk's latency and the waits behind a slow one.
+open_loop nosync@80% 80 --durability no-sync
 # The floor this machine sets: the no-op at the same rate as open@80%.
 start_noop
 run_openloop ceiling@80% "http://127.0.0.1:$PORT" $(( peak * 80 / 100 )) "$PID"
@@ -221,6 +226,7 @@ awk '
     printf "open loop at 80%% of the durable peak: %d/s, p99 %s ms, p99.9 %s ms   (target p99 <= 5 ms)\n",
       rps["open@80%"], p99["open@80%"], p999["open@80%"]
     printf "with a snapshot every '"$SNAP_EVERY"' records: p99 %s ms, p99.9 %s ms\n", p99["open@80%+snap"], p999["open@80%+snap"]
+    printf "the node without fdatasync at the same rate (the tail that is not the sync'"'"'s): p99 %s ms, p99.9 %s ms\n", p99["nosync@80%"], p999["nosync@80%"]
     printf "the no-op at the same rate (what this machine and the load generator allow): p99 %s ms, p99.9 %s ms\n", p99["ceiling@80%"], p999["ceiling@80%"]
   }' "$WORK/results"
 read -r _ rss_after rss_start orders rss_warm orders_warm <"$WORK/memory"
@@ -229,7 +235,7 @@ awk -v a="$rss_after" -v b="$rss_start" -v n="$orders" -v w="$rss_warm" -v nw="$
     a / 1024, n, b / 1024, (a - b) / 1024 * 1e6 / n
   printf "memory: %.0f MB per million orders held, marginal (%.0f MB at %d orders after the warm-up)   (target <= 200)\n",
     (a - w) / 1024 * 1e6 / (n - nw), w / 1024, nw }'
-for run in open@50% open@80% open@80%+snap; do
+for run in open@50% open@80% open@80%+snap nosync@80%; do
   printf '%s: %d purchases, %d snapshots, p99 of each second %s ms\n' "$run" \
     "$(metric "$WORK/$run.metrics" flashsale_engine_records_total)" "$(metric "$WORK/$run.metrics" flashsale_engine_snapshots_total)" \
     "$(python3 -c 'import json, sys; print(" ".join("%.1f" % w[3] for w in json.load(open(sys.argv[1]))["windows"]))' "$WORK/$run.openloop.json")"
@@ -250,7 +256,7 @@ echo "the disk alone at that sync rate ($SYNCS_PER_S fdatasyncs/s of 1 KiB, each
 echo "fdatasync at 80% of peak (open loop): p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.5) us, p99 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.99) us, p99.9 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 0.999) us, max <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_fsync_us 1) us; batch p50 <= $(hist_q "$WORK/open@80%.metrics" flashsale_engine_batch_records 0.5) records"
 # How busy the server's one core was in the open-loop runs (its CPU per request times
 # the rate): a queue's tail grows steeply as this nears 100%.
-awk '$1 ~ /^(open@|ceiling@)/ && $6 != "-" { out = out sprintf("%s%s %.0f%% (%s us x %d/s)", (out ? ", " : ""), $1, $2 * $6 / 1e4, $6, $2) }
+awk '$1 ~ /^(open@|nosync@|ceiling@)/ && $6 != "-" { out = out sprintf("%s%s %.0f%% (%s us x %d/s)", (out ? ", " : ""), $1, $2 * $6 / 1e4, $6, $2) }
   END { print "the server core busy in the open loop (its CPU per request x the rate): " out }' "$WORK/results"
 echo "open@80%, each second (by when its requests were due): the p99, the syncs that took longer than each bound (the engine's fdatasync histogram, which counts the sequencer's wait for the core after the sync), the time the host took from the server's core, and how long the sequencer thread waited for the core in all:"
 python3 scripts/lib/second-sampler.py summarize "$WORK/open@80%.samples" "$WORK/open@80%.openloop.json" "$TICKS_PER_S"
