@@ -357,12 +357,12 @@ async fn send(
         Err(e) if e.is_timeout() => Err(format!("the primary did not answer within {timeout:?}")),
         Err(e) => {
             let why = if e.is_connect() {
-                "the primary could not be reached".to_string()
+                "the primary could not be reached"
             } else {
-                "the connection to the primary failed before its answer".to_string()
+                "the connection to the primary failed before its answer"
             };
             cause = Some(e);
-            Err(why)
+            Err(why.to_string())
         }
     };
     match answers {
@@ -372,7 +372,6 @@ async fn send(
             }
         }
         Err(why) => {
-            let cause = cause.map(|e: reqwest::Error| format!("{e:?}"));
             tracing::warn!(%why, ?cause, primary = first_url(&url), ops = n, "forwarded batch failed");
             counters.failed.fetch_add(n as u64, Relaxed);
             let detail = format!("{why}; retry with the same idempotency key");

@@ -653,8 +653,9 @@ impl EngineHandle {
     /// primary (and a standby, which refuses it in the engine): the sold-out fast path,
     /// else the engine. On a secondary that knows its primary: what its copy answers
     /// correctly — an unknown item, a quantity over the item's limit, the sale window
-    /// (`ended` only more than [`WINDOW_EDGE_MS`] after the end), sold out with nothing held, the replay of a key one of its orders holds (or a
-    /// conflict with it) — else forward; a copy not `caught_up` forwards everything but a quantity of 0. A
+    /// (`ended` only more than [`WINDOW_EDGE_MS`] after the end), sold out with nothing
+    /// held, the replay of a key one of its orders holds (or a conflict with it) — else
+    /// forward; a copy not `caught_up` forwards everything but a quantity of 0. A
     /// copy behind its primary can only under-count what was sold, and with nothing
     /// held no unit can come back, so a late copy's sold out is still true (short of a
     /// stock increase it has not applied yet). Its config may be late too: an item just
