@@ -229,7 +229,7 @@ impl Sequencer {
     /// wakeups of both threads), so without pacing a moderate crowd paid for a sync
     /// every few purchases: at 20k purchases/s open loop, 5–8 records per sync and
     /// 40–42 µs of the node's CPU per purchase, against 23–26 records and 32–36 µs with
-    /// a 1 ms interval (six alternating runs each way, README "What changed").
+    /// a 1 ms interval (six alternating runs each way, `node/BENCHMARKS.md`, "What changed").
     ///
     /// A batch's answers wait at most the interval more. A lone client's purchases are
     /// held only when they come within the interval of a crowd's sync: a batch of one
