@@ -5,7 +5,7 @@ export FLASHSALE_CACHE
 # Build artefacts live in the cache too, so a fresh clone (CI) reuses compiled deps.
 export CARGO_TARGET_DIR ?= $(FLASHSALE_CACHE)/target
 
-.PHONY: test demo bench-node bench-instructions bench-replication bench-forward lint
+.PHONY: test demo bench-node bench-instructions bench-connections bench-replication bench-forward lint
 
 ## make test: every test (unit, property, HTTP, crash, local-cluster e2e).
 test:
@@ -22,6 +22,10 @@ bench-node:
 ## make bench-instructions: the node's and the no-op's instructions per request under callgrind (steady where bench-node's speed drifts).
 bench-instructions:
 	bash scripts/bench-instructions.sh
+
+## make bench-connections: the node's CPU per new connection at --connections-max (each closes the one idle longest) and below it.
+bench-connections:
+	bash scripts/bench-connections.sh
 
 ## make bench-replication: replication lag and the throughput cost of async/quorum replication.
 bench-replication:

@@ -78,16 +78,76 @@ struct Conn {
     close: Arc<Notify>,
 }
 
+/// The open connections, and the order they went idle in.
+#[derive(Default)]
+struct Conns {
+    open: FastMap<u64, Conn>,
+    /// `(id, idle_since)` each time a connection is accepted or its last request ends,
+    /// oldest first. An entry is current while its connection is open, idle, and idle
+    /// since that instant: the first current entry is the connection idle the longest.
+    /// The others (the connection busy again, idle again later, or gone) are dropped
+    /// as `make_room` passes them, or all at once when the entries are more than four
+    /// times the open connections (`push_idle`). So finding room costs O(1) amortized,
+    /// where a scan of every open connection under this lock cost O(n) for each
+    /// newcomer at the limit, a cost a crowd opening connections could multiply
+    /// (`make bench-connections`).
+    idle: std::collections::VecDeque<(u64, Instant)>,
+}
+
+impl Conns {
+    fn insert(&mut self, id: u64, conn: Conn) {
+        let idle = (conn.busy == 0).then_some(conn.idle_since);
+        self.open.insert(id, conn);
+        if let Some(at) = idle {
+            self.push_idle(id, at);
+        }
+    }
+
+    /// Notes that connection `id` is idle since `at`: at the back, where a connection
+    /// accepted or let go now goes (the order of instants is kept for any other).
+    fn push_idle(&mut self, id: u64, at: Instant) {
+        if self.idle.back().is_none_or(|&(_, last)| last <= at) {
+            self.idle.push_back((id, at));
+        } else {
+            let i = self.idle.partition_point(|&(_, t)| t <= at);
+            self.idle.insert(i, (id, at));
+        }
+        if self.idle.len() > 4 * self.open.len() + 256 {
+            let open = &self.open;
+            self.idle.retain(|e| is_current(open, e));
+        }
+    }
+
+    /// Closes the connection idle the longest; false if none is idle.
+    fn close_oldest_idle(&mut self) -> bool {
+        while let Some(entry) = self.idle.pop_front() {
+            if is_current(&self.open, &entry) {
+                if let Some(c) = self.open.remove(&entry.0) {
+                    c.close.notify_one();
+                }
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Whether `(id, at)` of [`Conns::idle`] is current among the `open` connections.
+fn is_current(open: &FastMap<u64, Conn>, &(id, at): &(u64, Instant)) -> bool {
+    open.get(&id)
+        .is_some_and(|c| c.busy == 0 && c.idle_since == at)
+}
+
 /// The open connections, shared by the accept loop and the connections' tasks.
 #[derive(Default)]
 struct Registry {
-    conns: Mutex<FastMap<u64, Conn>>,
+    conns: Mutex<Conns>,
     /// A connection closed or went idle: the accept loop may find room.
     changed: Notify,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<u64, Conn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -95,39 +155,37 @@ impl Registry {
     /// the longest, if the limit is reached), false if every connection is busy.
     fn make_room(&self, max: usize) -> bool {
         let mut conns = self.lock();
-        if conns.len() < max {
-            return true;
-        }
-        let oldest = conns
-            .iter()
-            .filter(|(_, c)| c.busy == 0)
-            .min_by_key(|(_, c)| c.idle_since)
-            .map(|(id, _)| *id);
-        match oldest {
-            Some(id) => {
-                if let Some(c) = conns.remove(&id) {
-                    c.close.notify_one();
-                }
-                true
-            }
-            None => false,
-        }
+        conns.open.len() < max || conns.close_oldest_idle()
+    }
+
+    /// A connection just accepted: idle until its first request.
+    fn accepted(&self, id: u64, close: Arc<Notify>) {
+        let mut conns = self.lock();
+        let conn = Conn {
+            busy: 0,
+            idle_since: Instant::now(),
+            close,
+        };
+        conns.insert(id, conn);
     }
 
     fn set_busy(&self, id: u64, delta: i32) {
         let mut conns = self.lock();
-        if let Some(c) = conns.get_mut(&id) {
-            c.busy = c.busy.saturating_add_signed(delta);
-            if c.busy == 0 {
-                c.idle_since = Instant::now();
-                drop(conns);
-                self.changed.notify_one();
-            }
+        let Some(c) = conns.open.get_mut(&id) else {
+            return;
+        };
+        c.busy = c.busy.saturating_add_signed(delta);
+        if c.busy == 0 {
+            let now = Instant::now();
+            c.idle_since = now;
+            conns.push_idle(id, now);
+            drop(conns);
+            self.changed.notify_one();
         }
     }
 
     fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        self.lock().open.remove(&id);
         self.changed.notify_one();
     }
 }
@@ -245,14 +303,7 @@ pub async fn serve(
         next_id += 1;
         let id = next_id;
         let close = Arc::new(Notify::new());
-        registry.lock().insert(
-            id,
-            Conn {
-                busy: 0,
-                idle_since: Instant::now(),
-                close: close.clone(),
-            },
-        );
+        registry.accepted(id, close.clone());
         let service = {
             let registry = registry.clone();
             let app = app.clone();
@@ -328,7 +379,7 @@ mod tests {
         use http_body_util::BodyExt;
         let r = Arc::new(Registry::default());
         r.lock().insert(7, conn(0, 0));
-        let busy = |r: &Registry| r.lock()[&7].busy;
+        let busy = |r: &Registry| r.lock().open[&7].busy;
         let (request, tx, mut body) = marked(&r);
         tx.send(Ok(hyper::body::Frame::data("{\"sku\":".into())))
             .await
@@ -396,16 +447,73 @@ mod tests {
         r.lock().insert(2, conn(0, 500));
         r.lock().insert(3, conn(0, 800));
         assert!(r.make_room(4), "under the limit");
-        assert_eq!(r.lock().len(), 3);
+        assert_eq!(r.lock().open.len(), 3);
         assert!(r.make_room(3));
-        assert!(!r.lock().contains_key(&3), "the one idle longest went");
+        assert!(!r.lock().open.contains_key(&3), "the one idle longest went");
         assert!(r.make_room(2));
-        assert_eq!(r.lock().keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(r.lock().open.keys().copied().collect::<Vec<_>>(), [1]);
         assert!(
             !r.make_room(1),
             "a busy connection is never closed for room"
         );
         r.set_busy(1, -1);
         assert!(r.make_room(1));
+    }
+
+    /// Idle the longest is counted from a connection's last request, not from when it
+    /// was accepted; a connection closed meanwhile is skipped.
+    #[test]
+    fn the_connection_whose_last_request_ended_first_makes_room_first() {
+        let r = Registry::default();
+        for id in 1..=4 {
+            r.accepted(id, Arc::new(Notify::new()));
+        }
+        for id in [1, 2] {
+            r.set_busy(id, 1);
+            r.set_busy(id, -1);
+        }
+        r.set_busy(3, 1);
+        r.remove(4);
+        let open = |r: &Registry| {
+            let mut ids: Vec<u64> = r.lock().open.keys().copied().collect();
+            ids.sort();
+            ids
+        };
+        assert!(r.make_room(3));
+        assert_eq!(
+            open(&r),
+            [2, 3],
+            "1 was idle the longest: its request ended first"
+        );
+        assert!(r.make_room(2));
+        assert_eq!(open(&r), [3], "then 2");
+        assert!(!r.make_room(1), "3 is busy");
+        r.set_busy(3, -1);
+        assert!(r.make_room(1));
+        assert!(r.lock().open.is_empty());
+    }
+
+    /// Every request that ends notes its connection idle again; the notes of
+    /// connections busy again or gone are dropped, so they stay within a bound of the
+    /// connections open, however many requests come.
+    #[test]
+    fn the_idle_order_stays_within_a_bound_of_the_open_connections() {
+        let r = Registry::default();
+        for id in 1..=10 {
+            r.accepted(id, Arc::new(Notify::new()));
+        }
+        for round in 0..10_000u64 {
+            let id = round % 10 + 1;
+            r.set_busy(id, 1);
+            r.set_busy(id, -1);
+            let noted = r.lock().idle.len();
+            assert!(
+                noted <= 4 * 10 + 256 + 1,
+                "{noted} notes for 10 connections"
+            );
+        }
+        assert!(r.make_room(10));
+        assert_eq!(r.lock().open.len(), 9, "the oldest of the ten went");
+        assert!(!r.lock().open.contains_key(&1), "1's request ended first");
     }
 }
