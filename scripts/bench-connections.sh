@@ -18,14 +18,15 @@ LOAD_CPU=0
 BENCH=bench-connections
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
-bench_setup
-BIN="${NODE_BIN:-$BIN}"
+# The crowd holds LIMIT connections open at once, and the node as many.
 if [ "$(ulimit -n)" -lt $((LIMIT + 256)) ]; then
   ulimit -n $((LIMIT + 256)) 2>/dev/null || {
     echo "$BENCH: open files limit $(ulimit -n) is under LIMIT + 256" >&2
     exit 1
   }
 fi
+bench_setup
+BIN="${NODE_BIN:-$BIN}"
 
 flood() { # name max at-limit
   bench_node 1 "$1-$round" --connections-max "$2" --idle-timeout-ms 600000

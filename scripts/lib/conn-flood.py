@@ -5,7 +5,8 @@ Holds BASE idle connections open, then opens NEW more one at a time. At the node
 (the oldest held here): the script waits for that close (up to 2 s) before it lets the
 client side go. Below the limit it lets the oldest go itself at once. Prints the node's
 CPU time per new connection (utime + stime from /proc, the run's 1 s tail included) and
-how many of the held connections the node closed to make room.
+how many of the held connections the node closed to make room. At the limit it stops
+with an error the first time the node does not close the oldest one within 2 s.
 
 usage: conn-flood.py PORT PID BASE NEW LIMIT_REACHED(0|1) LABEL
 """
@@ -38,6 +39,8 @@ for _ in range(new):
     poll.register(oldest, select.POLLIN)
     if poll.poll(2000 if at_limit else 0) and oldest.recv(1) == b"":
         closed_by_node += 1
+    elif at_limit:
+        sys.exit(f"{label}: the node did not close the connection idle the longest for a newcomer")
     oldest.close()
 elapsed = time.monotonic() - t0
 time.sleep(1.0)

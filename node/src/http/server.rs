@@ -22,7 +22,7 @@ use crate::engine::state::FastMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -73,69 +73,24 @@ impl From<&super::Limits> for ConnectionLimits {
 struct Conn {
     /// Requests in progress on it.
     busy: u32,
-    /// When it last had none (or was accepted).
-    idle_since: Instant,
     close: Arc<Notify>,
 }
 
-/// The open connections, and the order they went idle in.
+/// The open connections, and the idle ones in the order they went idle.
 #[derive(Default)]
 struct Conns {
     open: FastMap<u64, Conn>,
-    /// `(id, idle_since)` each time a connection is accepted or its last request ends,
-    /// oldest first. An entry is current while its connection is open, idle, and idle
-    /// since that instant: the first current entry is the connection idle the longest.
-    /// The others (the connection busy again, idle again later, or gone) are dropped
-    /// as `make_room` passes them, or all at once when the entries are more than four
-    /// times the open connections (`push_idle`). So finding room costs O(1) amortized,
-    /// where a scan of every open connection under this lock cost O(n) for each
-    /// newcomer at the limit, a cost a crowd opening connections could multiply
-    /// (`make bench-connections`).
-    idle: std::collections::VecDeque<(u64, Instant)>,
-}
-
-impl Conns {
-    fn insert(&mut self, id: u64, conn: Conn) {
-        let idle = (conn.busy == 0).then_some(conn.idle_since);
-        self.open.insert(id, conn);
-        if let Some(at) = idle {
-            self.push_idle(id, at);
-        }
-    }
-
-    /// Notes that connection `id` is idle since `at`: at the back, where a connection
-    /// accepted or let go now goes (the order of instants is kept for any other).
-    fn push_idle(&mut self, id: u64, at: Instant) {
-        if self.idle.back().is_none_or(|&(_, last)| last <= at) {
-            self.idle.push_back((id, at));
-        } else {
-            let i = self.idle.partition_point(|&(_, t)| t <= at);
-            self.idle.insert(i, (id, at));
-        }
-        if self.idle.len() > 4 * self.open.len() + 256 {
-            let open = &self.open;
-            self.idle.retain(|e| is_current(open, e));
-        }
-    }
-
-    /// Closes the connection idle the longest; false if none is idle.
-    fn close_oldest_idle(&mut self) -> bool {
-        while let Some(entry) = self.idle.pop_front() {
-            if is_current(&self.open, &entry) {
-                if let Some(c) = self.open.remove(&entry.0) {
-                    c.close.notify_one();
-                }
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// Whether `(id, at)` of [`Conns::idle`] is current among the `open` connections.
-fn is_current(open: &FastMap<u64, Conn>, &(id, at): &(u64, Instant)) -> bool {
-    open.get(&id)
-        .is_some_and(|c| c.busy == 0 && c.idle_since == at)
+    /// Open connections in the order they last went idle, the one idle the longest
+    /// first: a connection goes to the back when it is accepted and each time its last
+    /// request ends, and leaves when it closes. One whose request began since stays
+    /// where it was until `Registry::make_room` passes it (a request costs one move to
+    /// the back, not two), and is dropped from the order then: its requests' end puts
+    /// it back. So every idle connection is in it, each connection once at most, and
+    /// finding room costs a `pop_front` per connection passed, each paid for by the
+    /// insert before it: O(1) amortized, where a scan of every open connection under
+    /// this lock cost O(n) for each newcomer at the limit, a cost a crowd opening
+    /// connections could multiply (`make bench-connections`).
+    idle: hashlink::LinkedHashSet<u64, foldhash::fast::RandomState>,
 }
 
 /// The open connections, shared by the accept loop and the connections' tasks.
@@ -155,18 +110,25 @@ impl Registry {
     /// the longest, if the limit is reached), false if every connection is busy.
     fn make_room(&self, max: usize) -> bool {
         let mut conns = self.lock();
-        conns.open.len() < max || conns.close_oldest_idle()
+        if conns.open.len() < max {
+            return true;
+        }
+        while let Some(id) = conns.idle.pop_front() {
+            if conns.open.get(&id).is_some_and(|c| c.busy == 0) {
+                if let Some(c) = conns.open.remove(&id) {
+                    c.close.notify_one();
+                }
+                return true;
+            }
+        }
+        false
     }
 
     /// A connection just accepted: idle until its first request.
     fn accepted(&self, id: u64, close: Arc<Notify>) {
         let mut conns = self.lock();
-        let conn = Conn {
-            busy: 0,
-            idle_since: Instant::now(),
-            close,
-        };
-        conns.insert(id, conn);
+        conns.open.insert(id, Conn { busy: 0, close });
+        conns.idle.insert(id);
     }
 
     fn set_busy(&self, id: u64, delta: i32) {
@@ -176,16 +138,17 @@ impl Registry {
         };
         c.busy = c.busy.saturating_add_signed(delta);
         if c.busy == 0 {
-            let now = Instant::now();
-            c.idle_since = now;
-            conns.push_idle(id, now);
+            conns.idle.insert(id);
             drop(conns);
             self.changed.notify_one();
         }
     }
 
     fn remove(&self, id: u64) {
-        self.lock().open.remove(&id);
+        let mut conns = self.lock();
+        conns.open.remove(&id);
+        conns.idle.remove(&id);
+        drop(conns);
         self.changed.notify_one();
     }
 }
@@ -364,12 +327,23 @@ async fn drain(graceful: GracefulShutdown, drain: Duration) -> std::io::Result<(
 mod tests {
     use super::*;
 
-    fn conn(busy: u32, idle_for_ms: u64) -> Conn {
-        Conn {
-            busy,
-            idle_since: Instant::now() - Duration::from_millis(idle_for_ms),
-            close: Arc::new(Notify::new()),
+    fn accept(r: &Registry, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            r.accepted(id, Arc::new(Notify::new()));
         }
+    }
+
+    /// The open connections' ids, in order.
+    fn open(r: &Registry) -> Vec<u64> {
+        let mut ids: Vec<u64> = r.lock().open.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// One request on connection `id`, from its start to its answer.
+    fn request(r: &Registry, id: u64) {
+        r.set_busy(id, 1);
+        r.set_busy(id, -1);
     }
 
     /// A request counts as busy (never closed to make room) only once its body has all
@@ -378,7 +352,7 @@ mod tests {
     async fn a_request_is_busy_from_the_end_of_its_body_until_it_is_done() {
         use http_body_util::BodyExt;
         let r = Arc::new(Registry::default());
-        r.lock().insert(7, conn(0, 0));
+        accept(&r, [7]);
         let busy = |r: &Registry| r.lock().open[&7].busy;
         let (request, tx, mut body) = marked(&r);
         tx.send(Ok(hyper::body::Frame::data("{\"sku\":".into())))
@@ -391,7 +365,7 @@ mod tests {
             "part of the body: closable like an idle connection"
         );
         assert!(r.make_room(1), "it makes room");
-        r.lock().insert(7, conn(0, 0));
+        accept(&r, [7]);
         tx.send(Ok(hyper::body::Frame::data("1}".into())))
             .await
             .unwrap();
@@ -443,21 +417,26 @@ mod tests {
     #[test]
     fn at_the_limit_the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
         let r = Registry::default();
-        r.lock().insert(1, conn(1, 900));
-        r.lock().insert(2, conn(0, 500));
-        r.lock().insert(3, conn(0, 800));
+        accept(&r, [1, 2, 3]);
+        r.set_busy(1, 1);
+        request(&r, 2);
         assert!(r.make_room(4), "under the limit");
-        assert_eq!(r.lock().open.len(), 3);
+        assert_eq!(open(&r), [1, 2, 3]);
         assert!(r.make_room(3));
-        assert!(!r.lock().open.contains_key(&3), "the one idle longest went");
+        assert_eq!(
+            open(&r),
+            [1, 2],
+            "3 was idle the longest: 2 had a request since"
+        );
         assert!(r.make_room(2));
-        assert_eq!(r.lock().open.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(open(&r), [1]);
         assert!(
             !r.make_room(1),
             "a busy connection is never closed for room"
         );
         r.set_busy(1, -1);
         assert!(r.make_room(1));
+        assert!(open(&r).is_empty());
     }
 
     /// Idle the longest is counted from a connection's last request, not from when it
@@ -465,55 +444,37 @@ mod tests {
     #[test]
     fn the_connection_whose_last_request_ended_first_makes_room_first() {
         let r = Registry::default();
-        for id in 1..=4 {
-            r.accepted(id, Arc::new(Notify::new()));
-        }
-        for id in [1, 2] {
-            r.set_busy(id, 1);
-            r.set_busy(id, -1);
-        }
+        accept(&r, [1, 2, 3, 4]);
+        request(&r, 2);
+        request(&r, 1);
         r.set_busy(3, 1);
         r.remove(4);
-        let open = |r: &Registry| {
-            let mut ids: Vec<u64> = r.lock().open.keys().copied().collect();
-            ids.sort();
-            ids
-        };
         assert!(r.make_room(3));
-        assert_eq!(
-            open(&r),
-            [2, 3],
-            "1 was idle the longest: its request ended first"
-        );
+        assert_eq!(open(&r), [1, 3], "2's request ended first");
         assert!(r.make_room(2));
-        assert_eq!(open(&r), [3], "then 2");
+        assert_eq!(open(&r), [3], "then 1's");
         assert!(!r.make_room(1), "3 is busy");
-        r.set_busy(3, -1);
-        assert!(r.make_room(1));
-        assert!(r.lock().open.is_empty());
     }
 
-    /// Every request that ends notes its connection idle again; the notes of
-    /// connections busy again or gone are dropped, so they stay within a bound of the
-    /// connections open, however many requests come.
+    /// However many requests come and go, the idle order holds each open connection
+    /// once at most, in the order its requests ended; a busy one is passed and dropped
+    /// from it, and comes back when its request ends.
     #[test]
-    fn the_idle_order_stays_within_a_bound_of_the_open_connections() {
+    fn the_idle_order_is_the_order_requests_ended_and_passes_busy_connections() {
         let r = Registry::default();
-        for id in 1..=10 {
-            r.accepted(id, Arc::new(Notify::new()));
+        accept(&r, 1..=10);
+        for round in 0..999u64 {
+            request(&r, round % 9 + 2);
         }
-        for round in 0..10_000u64 {
-            let id = round % 10 + 1;
-            r.set_busy(id, 1);
-            r.set_busy(id, -1);
-            let noted = r.lock().idle.len();
-            assert!(
-                noted <= 4 * 10 + 256 + 1,
-                "{noted} notes for 10 connections"
-            );
-        }
-        assert!(r.make_room(10));
-        assert_eq!(r.lock().open.len(), 9, "the oldest of the ten went");
-        assert!(!r.lock().open.contains_key(&1), "1's request ended first");
+        let order = |r: &Registry| r.lock().idle.iter().copied().collect::<Vec<u64>>();
+        assert_eq!(order(&r), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        r.set_busy(1, 1);
+        r.remove(6);
+        assert_eq!(order(&r), [1, 2, 3, 4, 5, 7, 8, 9, 10], "6 closed");
+        assert!(r.make_room(9));
+        assert_eq!(open(&r), [1, 3, 4, 5, 7, 8, 9, 10], "1 is busy: 2 went");
+        assert_eq!(order(&r), [3, 4, 5, 7, 8, 9, 10], "1 passed");
+        r.set_busy(1, -1);
+        assert_eq!(order(&r), [3, 4, 5, 7, 8, 9, 10, 1], "1 idle again");
     }
 }
