@@ -76,7 +76,7 @@ struct Conn {
     close: Arc<Notify>,
 }
 
-/// The open connections, and the idle ones in the order they went idle.
+/// The open connections, and their order for closing one to make room.
 #[derive(Default)]
 struct Conns {
     open: FastMap<u64, Conn>,
@@ -87,9 +87,10 @@ struct Conns {
     /// the back, not two), and is dropped from the order then: its requests' end puts
     /// it back. So every idle connection is in it, each connection once at most, and
     /// finding room costs a `pop_front` per connection passed, each paid for by the
-    /// insert before it: O(1) amortized, where a scan of every open connection under
-    /// this lock cost O(n) for each newcomer at the limit, a cost a crowd opening
-    /// connections could multiply (`make bench-connections`).
+    /// insert that put it there: O(1) amortized (one newcomer may pass many connections
+    /// whose requests began since, each once until it is idle again), where a scan of
+    /// every open connection under this lock cost O(n) for each newcomer at the limit,
+    /// a cost a crowd opening connections could multiply (`make bench-connections`).
     idle: hashlink::LinkedHashSet<u64, foldhash::fast::RandomState>,
 }
 
@@ -439,42 +440,54 @@ mod tests {
         assert!(open(&r).is_empty());
     }
 
-    /// Idle the longest is counted from a connection's last request, not from when it
-    /// was accepted; a connection closed meanwhile is skipped.
+    /// Idle the longest is counted from the end of a connection's last request: not
+    /// from when it was accepted, nor from when its request began; a connection closed
+    /// meanwhile leaves the order.
     #[test]
     fn the_connection_whose_last_request_ended_first_makes_room_first() {
         let r = Registry::default();
         accept(&r, [1, 2, 3, 4]);
-        request(&r, 2);
-        request(&r, 1);
         r.set_busy(3, 1);
         r.remove(4);
+        r.set_busy(1, 1);
+        request(&r, 2);
+        r.set_busy(1, -1);
+        let order: Vec<u64> = r.lock().idle.iter().copied().collect();
+        assert_eq!(order, [3, 2, 1], "4 closed; 3 not passed yet");
         assert!(r.make_room(3));
-        assert_eq!(open(&r), [1, 3], "2's request ended first");
+        assert_eq!(
+            open(&r),
+            [1, 3],
+            "2's request ended first, though 1's began first"
+        );
         assert!(r.make_room(2));
         assert_eq!(open(&r), [3], "then 1's");
         assert!(!r.make_room(1), "3 is busy");
     }
 
-    /// However many requests come and go, the idle order holds each open connection
-    /// once at most, in the order its requests ended; a busy one is passed and dropped
-    /// from it, and comes back when its request ends.
+    /// However many requests come and go, the idle order is the order their ends came
+    /// in; a busy connection is passed and dropped from it, and comes back when its
+    /// request ends.
     #[test]
     fn the_idle_order_is_the_order_requests_ended_and_passes_busy_connections() {
         let r = Registry::default();
         accept(&r, 1..=10);
-        for round in 0..999u64 {
+        for round in 0..1_000u64 {
             request(&r, round % 9 + 2);
         }
         let order = |r: &Registry| r.lock().idle.iter().copied().collect::<Vec<u64>>();
-        assert_eq!(order(&r), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(
+            order(&r),
+            [1, 3, 4, 5, 6, 7, 8, 9, 10, 2],
+            "2's request ended last"
+        );
         r.set_busy(1, 1);
         r.remove(6);
-        assert_eq!(order(&r), [1, 2, 3, 4, 5, 7, 8, 9, 10], "6 closed");
+        assert_eq!(order(&r), [1, 3, 4, 5, 7, 8, 9, 10, 2], "6 closed");
         assert!(r.make_room(9));
-        assert_eq!(open(&r), [1, 3, 4, 5, 7, 8, 9, 10], "1 is busy: 2 went");
-        assert_eq!(order(&r), [3, 4, 5, 7, 8, 9, 10], "1 passed");
+        assert_eq!(open(&r), [1, 2, 4, 5, 7, 8, 9, 10], "1 is busy: 3 went");
+        assert_eq!(order(&r), [4, 5, 7, 8, 9, 10, 2], "1 passed");
         r.set_busy(1, -1);
-        assert_eq!(order(&r), [3, 4, 5, 7, 8, 9, 10, 1], "1 idle again");
+        assert_eq!(order(&r), [4, 5, 7, 8, 9, 10, 2, 1], "1 idle again");
     }
 }
