@@ -341,6 +341,11 @@ mod tests {
         ids
     }
 
+    /// The ids in the idle order, front first.
+    fn idle_order(r: &Registry) -> Vec<u64> {
+        r.lock().idle.iter().copied().collect()
+    }
+
     /// One request on connection `id`, from its start to its answer.
     fn request(r: &Registry, id: u64) {
         r.set_busy(id, 1);
@@ -452,8 +457,7 @@ mod tests {
         r.set_busy(1, 1);
         request(&r, 2);
         r.set_busy(1, -1);
-        let order: Vec<u64> = r.lock().idle.iter().copied().collect();
-        assert_eq!(order, [3, 2, 1], "4 closed; 3 not passed yet");
+        assert_eq!(idle_order(&r), [3, 2, 1], "4 closed; 3 not passed yet");
         assert!(r.make_room(3));
         assert_eq!(
             open(&r),
@@ -475,19 +479,18 @@ mod tests {
         for round in 0..1_000u64 {
             request(&r, round % 9 + 2);
         }
-        let order = |r: &Registry| r.lock().idle.iter().copied().collect::<Vec<u64>>();
         assert_eq!(
-            order(&r),
+            idle_order(&r),
             [1, 3, 4, 5, 6, 7, 8, 9, 10, 2],
             "2's request ended last"
         );
         r.set_busy(1, 1);
         r.remove(6);
-        assert_eq!(order(&r), [1, 3, 4, 5, 7, 8, 9, 10, 2], "6 closed");
+        assert_eq!(idle_order(&r), [1, 3, 4, 5, 7, 8, 9, 10, 2], "6 closed");
         assert!(r.make_room(9));
         assert_eq!(open(&r), [1, 2, 4, 5, 7, 8, 9, 10], "1 is busy: 3 went");
-        assert_eq!(order(&r), [4, 5, 7, 8, 9, 10, 2], "1 passed");
+        assert_eq!(idle_order(&r), [4, 5, 7, 8, 9, 10, 2], "1 passed");
         r.set_busy(1, -1);
-        assert_eq!(order(&r), [4, 5, 7, 8, 9, 10, 2, 1], "1 idle again");
+        assert_eq!(idle_order(&r), [4, 5, 7, 8, 9, 10, 2, 1], "1 idle again");
     }
 }
