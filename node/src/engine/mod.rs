@@ -322,6 +322,11 @@ impl Engine {
                     .map_err(|e| WalDirError::io(format!("remove {name}"), e))?;
             }
         }
+        // What was read back may be in the page cache only (a batch written and not
+        // synced when the last run was killed): durable before anything is answered
+        // from it or built on it.
+        dir.sync_all()
+            .map_err(|e| WalDirError::io(format!("sync {}", dir.describe()), e))?;
         // Where the last segment's records end (a preallocated one has zeros after them).
         let last_valid_bytes = segments.last().and_then(|(_, name)| {
             let found = report.scan.segments.iter().find(|s| s.name == *name);

@@ -256,6 +256,9 @@ mod tests {
         fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
             self.0.truncate(name, len)
         }
+        fn sync_all(&self) -> std::io::Result<()> {
+            self.0.sync_all()
+        }
         fn remove(&self, name: &str) -> std::io::Result<()> {
             self.0.remove(name)
         }

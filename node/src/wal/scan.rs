@@ -136,9 +136,18 @@ pub fn scan(
         report.segments.push(info);
         if let Some(reason) = damage {
             let later = &segs[i + 1..];
-            let is_last = later
-                .iter()
-                .all(|(_, n)| dir.read(n).map(|d| !starts_valid(&d)).unwrap_or(true));
+            // A later segment that cannot be read is not taken for empty: repair
+            // would remove it, records and all.
+            let mut is_last = true;
+            for (_, n) in later {
+                let d = dir
+                    .read(n)
+                    .map_err(|e| WalDirError::io(format!("read {n}"), e))?;
+                if starts_valid(&d) {
+                    is_last = false;
+                    break;
+                }
+            }
             let tail_len = (end - off) as u64;
             let in_window = is_last && tail_len <= opts.tail_window_bytes;
             if !in_window && (!is_last || any_valid_frame_after(&data[off..end], next)) {

@@ -81,6 +81,39 @@ async fn a_failed_sync_acknowledges_nothing_and_stops_writes() {
     e.shutdown().await;
 }
 
+/// A node killed (`kill -9`) after writing a batch and before its `fdatasync` leaves
+/// the batch in the page cache: the next start reads it back and answers a retry of
+/// its purchase from it (a replay, with no sync of its own). A power failure after
+/// that must not lose the order that retry acknowledged: the start made what it read
+/// durable.
+#[tokio::test]
+async fn what_a_restart_reads_back_is_durable_before_it_is_answered_from() {
+    let dir = MemDir::new();
+    let e = open(&dir);
+    e.configure(sale("cache", 10, 60_000)).await.unwrap();
+    e.purchase(buy("k1")).await.unwrap();
+    // The batch is written, its sync never succeeds: the process dies there.
+    dir.set_fail_sync(true);
+    assert!(e.purchase(buy("k2")).await.is_err(), "never acknowledged");
+    drop(e);
+    dir.set_fail_sync(false);
+
+    // The restart, on the same page cache (no `MemDir::crash`): k2's record is read back.
+    let e = open(&dir);
+    let retried = e.purchase(buy("k2")).await.unwrap();
+    // The disk as it is at this acknowledgement, then a power failure.
+    let disk = dir.copy();
+    disk.crash(|_, _| 0);
+    let after = open(&disk);
+    assert_eq!(
+        after.order(retried.id),
+        Some(retried.clone()),
+        "the order acknowledged to k2's retry is lost to a power failure"
+    );
+    after.shutdown().await;
+    e.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_data_dir_has_one_writer() {
     let tmp = tempfile::tempdir().unwrap();
@@ -243,6 +276,9 @@ impl stock_node::wal::WalDir for CrashAt {
     }
     fn describe(&self) -> String {
         self.disk.describe()
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.disk.sync_all()
     }
     /// A file at a time, as `FsDir` renames them: a crash can fall between two.
     fn move_aside(&self, names: &[String], into: &str) -> std::io::Result<()> {

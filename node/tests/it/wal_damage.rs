@@ -216,3 +216,87 @@ fn damage_in_the_middle_is_refused_with_file_and_offset() {
         fresh.read(&name).unwrap()[100] ^ 0xff
     );
 }
+
+/// A segment whose reads fail (a medium error), over a `MemDir`.
+struct Unreadable {
+    dir: MemDir,
+    name: String,
+}
+
+impl WalDir for Unreadable {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.dir.list()
+    }
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        if name == self.name {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        self.dir.read(name)
+    }
+    fn open_segment(
+        &self,
+        name: &str,
+        at: u64,
+    ) -> std::io::Result<Box<dyn stock_node::wal::WalFile>> {
+        self.dir.open_segment(name, at)
+    }
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.dir.truncate(name, len)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.dir.remove(name)
+    }
+    fn write_atomic(
+        &self,
+        name: &str,
+        fill: &mut stock_node::wal::store::Fill<'_>,
+    ) -> std::io::Result<()> {
+        self.dir.write_atomic(name, fill)
+    }
+    fn describe(&self) -> String {
+        self.dir.describe()
+    }
+    fn move_aside(&self, names: &[String], into: &str) -> std::io::Result<()> {
+        self.dir.move_aside(names, into)
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.dir.sync_all()
+    }
+}
+
+/// A torn end in one segment is only a torn tail if no segment after it holds records.
+/// One that cannot be read is not taken for empty: recovery stops with the read error,
+/// naming the file, and removes nothing (repair would have removed it, records and all).
+#[test]
+fn a_later_segment_that_cannot_be_read_stops_recovery_and_is_kept() {
+    let dir = MemDir::new();
+    write_log(&dir, &[vec![1, 2, 3], vec![4, 5, 6]], 100);
+    let segs = list_segments(&dir).unwrap();
+    assert!(segs.len() >= 2, "a segment per batch: {segs:?}");
+    let (first, second) = (segs[0].1.clone(), segs[1].1.clone());
+    dir.with_files(|f| {
+        let d = &mut f.get_mut(&first).unwrap().data;
+        let cut = d.len() - 7;
+        d.truncate(cut);
+    });
+    let first_len = dir.read(&first).unwrap().len();
+    let unreadable = Unreadable {
+        dir: dir.clone(),
+        name: second.clone(),
+    };
+    let opts = ScanOptions {
+        repair: true,
+        tail_window_bytes: 1 << 20,
+        from_seq: 0,
+    };
+    match scan(&unreadable, &opts, |_| Ok(())) {
+        Err(WalDirError::Io { what, .. }) => assert!(what.contains(&second), "{what}"),
+        other => panic!("expected the read error of {second}, got {other:?}"),
+    }
+    assert_eq!(list_segments(&dir).unwrap(), segs, "a segment was removed");
+    assert_eq!(
+        dir.read(&first).unwrap().len(),
+        first_len,
+        "a segment was cut"
+    );
+}
