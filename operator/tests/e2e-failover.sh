@@ -241,9 +241,13 @@ event_count() { # sale reason
   kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,involvedObject.name=$1,reason=$2" \
     -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | grep -c . || true
 }
-event_note() { # sale reason → the newest note
-  kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,involvedObject.name=$1,reason=$2" \
-    --sort-by=.metadata.creationTimestamp -o jsonpath='{range .items[*]}{.note}{.message}{"\n"}{end}' | tail -1
+event_note() { # sale reason… → the newest note of those reasons
+  local sale=$1 r
+  shift
+  for r in "$@"; do
+    kubectl get events -n "$NS" --field-selector "involvedObject.kind=FlashSale,involvedObject.name=$sale,reason=$r" \
+      -o jsonpath='{range .items[*]}{.metadata.creationTimestamp}{"\t"}{.note}{.message}{"\n"}{end}'
+  done | sort | tail -1 | cut -f2-
 }
 fault() { bash testbed/cluster.sh fault --name "$CLUSTER" "$1" "$NS/$2" >/dev/null; }
 hold() { fault hold "$1"; held+=("$1"); }
@@ -285,7 +289,7 @@ run_case() { # case sale faultfn expect(failover|none) title
       [ "$(event_count "$sale" "$r")" -gt "${events_before[$r]:-0}" ] || fail "$c: no new $r Event"
       log "$c: $r: $(event_note "$sale" "$r")"
     done
-    log "$c: $(event_note "$sale" FailoverCompleted)$(event_note "$sale" SwitchoverCompleted)"
+    log "$c: $(event_note "$sale" FailoverCompleted SwitchoverCompleted)"
   else
     [ "$new_epoch" = "$old_epoch" ] || fail "$c: a failover happened (epoch $old_epoch → $new_epoch)"
   fi
