@@ -100,6 +100,7 @@ pub async fn execute(
                     leases.key,
                     Target {
                         pod: pod.to_string(),
+                        pod_uid: view.uid.clone(),
                         url: url.clone(),
                         admin_token: token.clone(),
                         epoch: *epoch,

@@ -19,6 +19,9 @@ use crate::nodes::{NodeClient, NodeError, node_url};
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
     pub name: String,
+    /// `metadata.uid`: a pod of the same name made again (its predecessor deleted, or
+    /// force-deleted while its process may still run on a node cut off) is another pod.
+    pub uid: Option<String>,
     /// StatefulSet ordinal, from the name (`<sale>-<n>`).
     pub ordinal: Option<u32>,
     pub ip: Option<String>,
@@ -27,8 +30,8 @@ pub struct PodView {
     /// Its readiness probe passes (role and config known to the node).
     pub ready: bool,
     /// The node's container runs (the kubelet's word, also while the pod is being
-    /// deleted; `false` while it waits to be restarted): `false` is a failover's proof
-    /// that the old process is gone.
+    /// deleted; `false` while it waits to be restarted): `false`, in the pod the old
+    /// primary ran in (the same `uid`), is a failover's proof that its process is gone.
     pub container_running: bool,
     /// The `flashsale.dev/role` label.
     pub role_label: Option<String>,
@@ -68,6 +71,7 @@ impl PodView {
             config_hash: pod.annotations().get(labels::CONFIG_HASH).cloned(),
             role_assignment: pod.annotations().get(labels::ROLE_ASSIGNMENT).cloned(),
             node: None,
+            uid: pod.metadata.uid.clone(),
             name,
         }
     }

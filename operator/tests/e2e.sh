@@ -62,7 +62,7 @@ if ! $had_release && [ -z "$(kubectl get flashsales -A -o name 2>/dev/null)" ]; 
   # --reset-values: without values helm upgrade would keep rbac.create=false.
   helm upgrade --install "$RELEASE" charts/flashsale-operator -n "$OP_NS" --reset-values >/dev/null
   kubectl delete pod -n "$OP_NS" -l app.kubernetes.io/name=flashsale-operator --wait=false >/dev/null
-  want='lacks v1alpha1 .status.failover.nodesDurableSeq, v1alpha1 .status.nodes[].roleEpoch'
+  want='lacks v1alpha1 .status.failover.fromUid, v1alpha1 .status.failover.nodesDurableSeq, v1alpha1 .status.nodes[].roleEpoch'
   wait_for 90 "the operator's refusal of the older CRD in its log" op_log_has "$want"
   ready=$(kubectl get -n "$OP_NS" "$op_deploy" -o jsonpath='{.status.readyReplicas}')
   [ -z "$ready" ] || [ "$ready" = 0 ] || fail "$ready operator replicas ready on the older CRD"

@@ -189,6 +189,12 @@ pub struct FailoverState {
     pub kind: FailoverKind,
     /// The primary being replaced.
     pub from: String,
+    /// The `metadata.uid` of the pod its lease was granted in (the lease keeper's record
+    /// as the failover began, or the attempt that replaces a candidate lost while being
+    /// promoted; none when this operator never granted it). Only that pod's kubelet can
+    /// say its process is gone: a pod of the same name made since is another pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_uid: Option<String>,
     /// The epoch the new primary takes (already in `status.epoch`).
     #[schemars(with = "i64")]
     pub epoch: u64,

@@ -113,11 +113,17 @@ impl Actor<'_> {
             }
             Action::Promote { pod, epoch } => {
                 let url = self.assign(observed, pod, Role::Primary, *epoch).await?;
+                let pod_uid = observed
+                    .pods
+                    .iter()
+                    .find(|p| p.name == *pod)
+                    .and_then(|p| p.uid.clone());
                 // The lease at once: a primary without one is not ready and sells nothing.
                 self.keeper.hold(
                     self.key,
                     Target {
                         pod: pod.clone(),
+                        pod_uid,
                         url,
                         admin_token: self.admin_token.to_string(),
                         epoch: *epoch,

@@ -27,6 +27,9 @@ use crate::nodes::{NodeClient, NodeError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub pod: String,
+    /// The pod's `metadata.uid` when it was handed the lease: the pod the leased run
+    /// is in (a pod made again under the name is another one).
+    pub pod_uid: Option<String>,
     pub url: String,
     pub admin_token: String,
     pub epoch: u64,
@@ -49,6 +52,8 @@ pub struct LeaseView {
     pub lease_end: Option<Time>,
     /// The node run (`instance` part of its tokens) that holds the lease.
     pub instance: Option<String>,
+    /// The `metadata.uid` of the pod that run is in ([`Target::pod_uid`]).
+    pub pod_uid: Option<String>,
     /// A renewal has succeeded for this target.
     pub granted: bool,
     /// The lease duration the keeper renews with now.
@@ -199,6 +204,7 @@ impl Keeper {
                 .token
                 .as_ref()
                 .and_then(|(t, _)| t.split_once(':').map(|(i, _)| i.to_string())),
+            pod_uid: e.target.pod_uid.clone(),
             granted: e.granted,
             duration: Some(e.target.lease),
         }

@@ -9,8 +9,10 @@
 //!   has no node action; the controller writes it with the resourceVersion it read, so
 //!   two operators can never both take an epoch);
 //! - no node is promoted before the old primary's lease is provably over: it stepped
-//!   down, its process is gone (the kubelet says so, or another run of the node answers:
-//!   a lease never survives a restart), or the fence deadline passed (I2);
+//!   down, its process is gone (the kubelet of the pod it ran in says so, or another run
+//!   of the node answers from that pod: a lease never survives a restart), or the fence
+//!   deadline passed (I2). A pod missing, or made again under the same name, proves
+//!   nothing: a force deletion leaves the process running on a node cut off;
 //! - the candidate holds the old primary's whole durable log before it is promoted (I4).
 
 use flashsale_core::admin::Role;
@@ -215,6 +217,7 @@ fn begin(
             failover: Some(FailoverState {
                 kind,
                 from: from.to_string(),
+                from_uid: leased_pod_uid(w, from),
                 epoch,
                 step: FailoverStep::Fencing,
                 reason,
@@ -455,11 +458,11 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
         }
     }
     let deadline = fence_deadline(w, f);
-    let proof = if from.is_some_and(|s| s.role != Role::Primary && s.epoch >= f.epoch) {
+    let proof = if old_run(w, f).is_some_and(|s| s.role != Role::Primary && s.epoch >= f.epoch) {
         Some("stepped down")
     } else if !f.from_leased {
         Some("never leased at this epoch")
-    } else if process_gone(w, &f.from) {
+    } else if process_gone(w, f) {
         Some("process gone")
     } else if w.now.0 >= deadline.0 {
         Some("lease expired")
@@ -550,25 +553,65 @@ fn fencing(w: &World, f: &FailoverState) -> Decision {
     d
 }
 
-/// The old primary's process is gone: its pod is missing, or its container is not
-/// running (the kubelet reports it), or a run of the node other than the one the lease
-/// was granted to answers. A pod being deleted is not proof: its container runs until
-/// it exits (a graceful deletion drains requests in flight, which it may still
-/// acknowledge; a deletion whose kubelet is cut off never ends), so its lease is waited
-/// out like a silent primary's.
-fn process_gone(w: &World, from: &str) -> bool {
-    let Some(p) = pod(w, from) else { return true };
+/// The old primary's process is gone: in the pod it ran in (the `uid` the failover
+/// began with), its container is not running (the kubelet reports it), or a run of the
+/// node other than the one the lease was granted to answers (the container restarted:
+/// no lease survives a restart). Not proof:
+/// - a pod being deleted: its container runs until it exits (a graceful deletion
+///   drains requests in flight, which it may still acknowledge; a deletion whose
+///   kubelet is cut off never ends);
+/// - the pod missing, or a pod of the same name made since: a force deletion (`kubectl
+///   delete --force`, or the Node object deleted) removes the pod from the API while
+///   its process may still run, and sell, on a node cut off.
+///
+/// Those wait the lease out, like a silent primary's (at most `leaseDuration` after the
+/// last renewal).
+fn process_gone(w: &World, f: &FailoverState) -> bool {
+    let Some(p) = pod(w, &f.from).filter(|p| same_pod(p, f)) else {
+        return false;
+    };
     if !p.container_running {
         return true;
     }
-    let instance = p
-        .node_status()
-        .and_then(|s| s.lease.as_ref())
-        .and_then(|l| l.token.split_once(':').map(|(i, _)| i.to_string()));
-    match (instance, &w.lease.instance) {
-        (Some(now), Some(leased)) => now != *leased,
+    match (p.node_status().and_then(run_of), &w.lease.instance) {
+        (Some(now), Some(leased)) => now != leased,
         _ => false,
     }
+}
+
+/// The old primary's node, answering, when what answers is the run the lease was
+/// granted to, or runs in the pod the failover began with (its container restarted at
+/// most: the old run is gone). A node answering from a pod of the same name made
+/// since says nothing of the old run, which may still run elsewhere: its step-down is
+/// no proof.
+fn old_run<'a>(w: &'a World, f: &FailoverState) -> Option<&'a flashsale_core::admin::NodeStatus> {
+    let p = pod(w, &f.from).filter(|p| p.running)?;
+    let s = p.node_status()?;
+    let leased = run_of(s).is_some_and(|r| w.lease.instance.as_deref() == Some(r));
+    (leased || same_pod(p, f)).then_some(s)
+}
+
+/// Whether `p` is the pod the old primary's lease was granted in.
+fn same_pod(p: &PodView, f: &FailoverState) -> bool {
+    p.uid.is_some() && p.uid == f.from_uid
+}
+
+/// The `metadata.uid` of the pod the lease keeper granted `pod`'s lease in, if it
+/// renews (or last renewed) `pod`'s: not the uid of a pod of that name now, which may
+/// have been made since, while the leased run still runs in the one force-deleted.
+fn leased_pod_uid(w: &World, pod: &str) -> Option<String> {
+    w.lease
+        .pod_uid
+        .clone()
+        .filter(|_| w.lease.pod.as_deref() == Some(pod))
+}
+
+/// The run of the node (the `instance` part of its lease tokens) that answered `s`.
+fn run_of(s: &flashsale_core::admin::NodeStatus) -> Option<&str> {
+    s.lease
+        .as_ref()
+        .and_then(|l| l.token.split_once(':'))
+        .map(|(i, _)| i)
 }
 
 /// `Job <name> (PVC <claim>)`: where a tail recovered by the Job into `to` comes from.
@@ -939,6 +982,7 @@ fn promoting(w: &World, f: &FailoverState) -> Decision {
                 "{candidate} stopped answering while being promoted at epoch {}",
                 f.epoch
             );
+            next.from_uid = leased_pod_uid(w, &candidate);
             next.from = candidate;
             new_attempt_decision(w, next)
         }

@@ -142,6 +142,7 @@ mod installed {
         assert_eq!(
             missing,
             [
+                "v1alpha1 .status.failover.fromUid",
                 "v1alpha1 .status.failover.nodesDurableSeq",
                 "v1alpha1 .status.nodes[].roleEpoch",
             ]

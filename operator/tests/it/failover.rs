@@ -57,6 +57,7 @@ fn node(role: Role, epoch: u64, durable: u64, instance: &str) -> NodeStatus {
 fn pod(ordinal: u32, node: Option<NodeStatus>) -> PodView {
     PodView {
         name: format!("s-{ordinal}"),
+        uid: Some(format!("uid-{ordinal}")),
         ordinal: Some(ordinal),
         ip: Some(format!("10.0.0.{}", 10 + ordinal)),
         running: true,
@@ -108,6 +109,7 @@ fn leased(r_ms: i64) -> LeaseView {
         failing: None,
         lease_end: Some(at(r_ms + 6_000 + 500)),
         instance: Some("aa".into()),
+        pod_uid: Some("uid-0".into()),
         granted: true,
         duration: Some(Duration::from_secs(6)),
     }
@@ -137,6 +139,7 @@ fn failover(step: FailoverStep) -> FailoverState {
     FailoverState {
         kind: FailoverKind::Failover,
         from: "s-0".into(),
+        from_uid: Some("uid-0".into()),
         epoch: 4,
         step,
         reason: "test".into(),
@@ -422,6 +425,7 @@ fn a_new_primary_is_given_unhealthy_after_from_its_promotion() {
     let mut w = world(&s, &p, 0);
     w.lease = LeaseView {
         pod: Some("s-1".into()),
+        pod_uid: Some("uid-1".into()),
         epoch: 4,
         instance: Some("bb".into()),
         failing: Some("s-1: operation timed out".into()),
@@ -589,14 +593,11 @@ fn a_stepped_down_or_dead_old_primary_needs_no_lease_wait() {
     let f = next_failover(&decide(&world(&s, &down, 100)));
     assert_eq!(f.fenced.as_deref(), Some("stepped down"));
     assert_eq!(f.from_durable_seq, Some(100));
-    // Its process is gone: its container is not running (also when the pod is not),
-    // the pod is gone, or another run of it answers.
+    // Its process is gone: in the pod it ran in, its container is not running (also
+    // when the pod is not). (Another run of it answering is parked, below.)
     for gone in [
         |p: &mut Vec<PodView>| p[0].container_running = false,
         |p: &mut Vec<PodView>| (p[0].running, p[0].container_running) = (false, false),
-        |p: &mut Vec<PodView>| {
-            p.remove(0);
-        },
     ] {
         let mut v = down.clone();
         if let Some(Ok(n)) = v[0].node.as_mut() {
@@ -604,13 +605,36 @@ fn a_stepped_down_or_dead_old_primary_needs_no_lease_wait() {
             n.epoch = 3;
         }
         gone(&mut v);
-        if let Some(first) = v.first_mut()
-            && first.name == "s-0"
-        {
-            first.node = Some(Err("refused".into()));
-        }
+        v[0].node = Some(Err("refused".into()));
         let f = next_failover(&decide(&world(&s, &v, 100)));
         assert_eq!(f.fenced.as_deref(), Some("process gone"), "{v:?}");
+    }
+    // No proof: the pod missing, or a pod of the same name made since (a force deletion,
+    // or its Node deleted, takes the pod out of the API while the process may still run
+    // and sell on a node cut off), whatever it answers. The lease is waited out.
+    let mut silent = down.clone();
+    silent[0].node = Some(Err("refused".into()));
+    let mut missing = silent.clone();
+    missing.remove(0);
+    let mut remade = silent.clone();
+    remade[0].uid = Some("uid-0-again".into());
+    remade[0].container_running = false; // not started yet
+    let mut remade_parked = down.clone(); // answers, parked, another run
+    remade_parked[0].uid = Some("uid-0-again".into());
+    remade_parked[0].node = Some(Ok(node(Role::Standby, 4, 0, "ab")));
+    for (what, v) in [
+        ("missing", &missing),
+        ("made again", &remade),
+        ("made again, parked", &remade_parked),
+    ] {
+        let d = decide(&world(&s, v, 100));
+        assert_eq!(
+            d.next.and_then(|n| n.failover).and_then(|f| f.fenced),
+            None,
+            "the old pod {what}: fenced before its lease ended"
+        );
+        let f = next_failover(&decide(&world(&s, v, 5_600)));
+        assert_eq!(f.fenced.as_deref(), Some("lease expired"), "{what}");
     }
     // A pod being deleted whose container still runs (draining requests it may still
     // acknowledge, or its kubelet cut off) is no proof: its lease is waited out.
@@ -631,6 +655,11 @@ fn a_stepped_down_or_dead_old_primary_needs_no_lease_wait() {
         pod: "s-0".into(),
         epoch: 4
     }));
+    // Parked, the new run in the same pod is proof (the old one is gone); the same
+    // answer from a pod made again under the name is not (`remade_parked` above).
+    restarted[0].node = Some(Ok(node(Role::Standby, 4, 100, "ab")));
+    let f = next_failover(&decide(&world(&s, &restarted, 100)));
+    assert_eq!(f.fenced.as_deref(), Some("stepped down"));
 }
 
 // --- the tail
@@ -1467,6 +1496,7 @@ async fn a_renewal_in_flight_when_the_target_changes_sends_nothing_to_the_old_on
     let (new_url, _) = slow_node("bb").await;
     let target = |pod: &str, url: &str| Target {
         pod: pod.into(),
+        pod_uid: None,
         url: url.into(),
         admin_token: "t".into(),
         epoch: 4,

@@ -212,6 +212,7 @@ impl LeasedPrimary {
             "ns/spring",
             Target {
                 pod: "spring-0".into(),
+                pod_uid: None,
                 url: self.node.url.clone(),
                 admin_token: TOKEN.into(),
                 epoch: 1,

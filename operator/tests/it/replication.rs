@@ -33,6 +33,7 @@ fn status(name: &str) -> NodeStatus {
 fn pod(name: &str, status: Option<NodeStatus>) -> PodView {
     PodView {
         name: name.into(),
+        uid: Some(format!("uid-{name}")),
         ordinal: name.rsplit('-').next().and_then(|n| n.parse().ok()),
         ip: Some("10.0.0.1".into()),
         running: status.is_some(),

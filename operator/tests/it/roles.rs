@@ -26,6 +26,7 @@ fn node(role: Role, epoch: u64, configured: bool) -> NodeStatus {
 fn pod(ordinal: u32) -> PodView {
     PodView {
         name: format!("spring-{ordinal}"),
+        uid: Some(format!("uid-{ordinal}")),
         ordinal: Some(ordinal),
         ip: Some(format!("10.0.0.{}", ordinal + 10)),
         running: true,

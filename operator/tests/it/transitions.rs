@@ -62,6 +62,7 @@ fn node(role: Role, epoch: u64, config: Option<&SaleConfig>, sold: u64) -> NodeS
 fn pod(ordinal: u32, node: Option<Result<NodeStatus, String>>, ready: bool) -> PodView {
     PodView {
         name: format!("spring-{ordinal}"),
+        uid: Some(format!("uid-{ordinal}")),
         ordinal: Some(ordinal),
         ip: Some(format!("10.0.0.{}", ordinal + 10)),
         running: true,
