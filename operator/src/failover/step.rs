@@ -641,12 +641,15 @@ fn recovering(w: &World, f: &FailoverState) -> Decision {
     };
     let Some(c) = answering(w, &candidate) else {
         // The candidate went away before it sold: choose again (nobody was promoted),
-        // once its Job no longer runs. A running one is deleted first, pass after pass
-        // until it is gone (a failed delete is asked again): the next candidate's Job
-        // needs the volume it holds.
+        // once its Job is gone. A running one is deleted first, pass after pass until
+        // it is gone (a failed delete is asked again): the next candidate's Job needs
+        // the volume it holds. One that ended is deleted too: chosen again at this
+        // epoch, the candidate would find it and take its success for the tail, though
+        // what it shipped may be gone with the candidate (a sale that does not sync, a
+        // volume restored); a new Job ships from where the candidate is then.
         // (One being deleted by someone else, its pods stuck stopping, is not waited
         // for: nothing more can be done about it here.)
-        if w.job == Some(JobState::Running) {
+        if w.job.as_ref().is_some_and(|j| *j != JobState::Deleting) {
             let mut next = f.clone();
             next.blocked = Some(format!(
                 "CandidateLost: {candidate} stopped answering; deleting its recovery Job before choosing again"

@@ -908,6 +908,12 @@ fn a_candidate_chosen_again_after_its_job_gets_a_job_of_its_own() {
     p[1].node = Some(Err("timed out".into()));
     let mut w = world(&s, &p, 7_000);
     w.job = Some(JobState::Succeeded); // into s-1
+    assert_eq!(
+        decide(&w).actions,
+        vec![Action::DeleteJob { to: "s-1".into() }],
+        "the lost candidate's Job, which ended, is deleted before choosing again"
+    );
+    w.job = Some(JobState::Deleting);
     let lost = next_failover(&decide(&w));
     assert_eq!(
         (lost.step, lost.candidate.as_deref()),
@@ -944,8 +950,9 @@ fn a_candidate_chosen_again_after_its_job_gets_a_job_of_its_own() {
 
 /// A candidate given up while its recovery Job still runs: the Job is deleted, pass after
 /// pass until it is gone, before another candidate is chosen, since it holds the old
-/// primary's ReadWriteOnce volume the next candidate's Job needs. A Job already
-/// finished is left to its TTL.
+/// primary's ReadWriteOnce volume the next candidate's Job needs. A Job that ended is
+/// deleted too: chosen again at this epoch, the candidate would find it and take its
+/// success for the tail, which it may no longer hold.
 #[test]
 fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
     let s = recovering();
@@ -963,9 +970,18 @@ fn a_candidate_lost_while_its_job_runs_has_its_job_deleted() {
         "chose again while the Job still runs"
     );
     assert!(f.blocked.unwrap().contains("deleting its recovery Job"));
-    // Deleted (or being deleted, never there, or done): s-1 is given up, with nothing
-    // to delete.
-    for job in [None, Some(JobState::Deleting), Some(JobState::Succeeded)] {
+    for ended in [
+        JobState::Succeeded,
+        JobState::Failed("BackoffLimitExceeded".into()),
+    ] {
+        w.job = Some(ended);
+        let d = decide(&w);
+        assert_eq!(d.actions, vec![Action::DeleteJob { to: "s-1".into() }]);
+        assert_eq!(next_failover(&d).step, FailoverStep::Recovering);
+    }
+    // Deleted (or being deleted, or never there): s-1 is given up, with nothing to
+    // delete.
+    for job in [None, Some(JobState::Deleting)] {
         w.job = job;
         let d = decide(&w);
         assert_eq!(d.actions, vec![]);
