@@ -185,10 +185,23 @@ async fn past_compacted(
 
 /// A recovery Job's state, from its status conditions, or from its pods: one that
 /// exited 0 shipped the whole tail, which the operator can act on before the Job
-/// controller (which batches pod updates for a second) marks the Job complete.
+/// controller (which batches pod updates for a second) marks the Job complete. Only
+/// this Job's own pods count (owned by its uid): a Job of the same name deleted before
+/// it (its candidate lost, then chosen again at the same epoch) leaves its pods behind
+/// until the garbage collector gets to them, and one of them that exited 0 shipped
+/// into the candidate as it was then.
 pub fn job_state<'a>(job: &Job, pods: impl IntoIterator<Item = &'a Pod>) -> JobState {
+    let own = |p: &Pod| {
+        job.metadata.uid.as_ref().is_some_and(|uid| {
+            p.metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|refs| refs.iter().any(|r| &r.uid == uid))
+        })
+    };
     let shipped = pods
         .into_iter()
+        .filter(|p| own(p))
         .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
     if shipped {
         return JobState::Succeeded;
@@ -224,22 +237,38 @@ pub fn job_state<'a>(job: &Job, pods: impl IntoIterator<Item = &'a Pod>) -> JobS
 mod tests {
     use super::*;
 
+    /// A pod of the Job whose uid is `job-1`.
     fn pod(phase: &str) -> Pod {
-        serde_json::from_value(
-            serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": phase}}),
-        )
+        owned_by("job-1", phase)
+    }
+
+    fn owned_by(job_uid: &str, phase: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": job_uid,
+                "controller": true
+            }]},
+            "status": {"phase": phase}
+        }))
         .unwrap()
     }
 
     #[test]
     fn a_job_whose_pod_exited_0_has_shipped_before_it_is_marked_complete() {
-        let job: Job =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}})).unwrap();
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j", "uid": "job-1"}
+        }))
+        .unwrap();
         assert_eq!(job_state(&job, [&pod("Running")]), JobState::Running);
         assert_eq!(job_state(&job, [&pod("Failed")]), JobState::Running);
         assert_eq!(
             job_state(&job, [&pod("Failed"), &pod("Succeeded")]),
             JobState::Succeeded
+        );
+        // The pod of a Job of the same name deleted before this one is not its pod.
+        assert_eq!(
+            job_state(&job, [&owned_by("job-0", "Succeeded"), &pod("Running")]),
+            JobState::Running
         );
         let failed: Job = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "j"},
@@ -252,7 +281,7 @@ mod tests {
     #[test]
     fn a_job_being_deleted_is_deleting_unless_it_already_ended() {
         let deleting: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "j", "deletionTimestamp": "2026-12-02T08:00:00Z"}
+            "metadata": {"name": "j", "uid": "job-1", "deletionTimestamp": "2026-12-02T08:00:00Z"}
         }))
         .unwrap();
         assert_eq!(job_state(&deleting, [&pod("Running")]), JobState::Deleting);
