@@ -384,6 +384,7 @@ impl Engine {
             buf: Vec::with_capacity(opts.batch_bytes_max.min(4 << 20)),
             batch_first_seq: next_seq,
             batch_started: std::time::Instant::now(),
+            batch_synced: true,
             pending: Vec::with_capacity(opts.batch_records_max.min(65_536)),
             lease: opts.lease.clone(),
             memory: opts.memory.clone(),

@@ -81,6 +81,10 @@ pub(crate) struct Sequencer {
     /// When the batch being built got its first record (`begin_record`;
     /// `EngineMetrics::batch_apply_us`).
     pub batch_started: Instant,
+    /// Syncs were wanted when the batch being built got its first record: it is synced
+    /// even if a record in it turns them off (a config to `no-sync`), since the
+    /// commands before that one were decided, and are answered, as durable.
+    pub batch_synced: bool,
     /// Answers held until the batch is durable: (reply, answer, carries a write,
     /// decided as a primary under its lease — checked again before it is sent).
     pub pending: Vec<(Reply, Result<Answer, SellError>, bool, bool)>,
@@ -422,6 +426,7 @@ impl Sequencer {
         if self.buf.is_empty() {
             self.batch_first_seq = seq;
             self.batch_started = Instant::now();
+            self.batch_synced = self.sync_wanted();
         }
     }
 
@@ -513,7 +518,7 @@ impl Sequencer {
     /// with good records after it would be further from the end than that, and the node
     /// would refuse to start on a log it wrote itself.
     fn write_batch(&mut self, paced: bool) -> Result<(), WalDirError> {
-        let sync = self.sync_wanted();
+        let sync = self.batch_synced || self.sync_wanted();
         let mut rest = &self.buf[..];
         while !rest.is_empty() {
             let piece = if sync {

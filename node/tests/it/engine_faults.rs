@@ -114,6 +114,59 @@ async fn what_a_restart_reads_back_is_durable_before_it_is_answered_from() {
     e.shutdown().await;
 }
 
+/// A purchase in the same group commit as a config that turns syncs off (`no-sync`,
+/// after it) was decided as durable, and answered as such: the batch is synced.
+#[tokio::test]
+async fn a_batch_that_turns_syncs_off_is_synced_for_the_purchases_before_it() {
+    let dir = MemDir::new();
+    let e = Arc::new(open(&dir));
+    e.configure(sale("nosync", 10, 60_000)).await.unwrap();
+    // The first purchase's sync is held, so the next purchase and the config queue
+    // behind it and go into the next batch together, in that order.
+    dir.hold_syncs(true);
+    let first = tokio::spawn({
+        let e = e.clone();
+        async move { e.purchase(buy("k1")).await }
+    });
+    wait_until(|| dir.syncs_waiting() == 1).await;
+    let second = tokio::spawn({
+        let e = e.clone();
+        async move { e.purchase(buy("k2")).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut off = sale("nosync", 10, 60_000);
+    off.durability = flashsale_core::Durability::NoSync;
+    let config = tokio::spawn({
+        let e = e.clone();
+        async move { e.configure(off).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    dir.hold_syncs(false);
+    first.await.unwrap().unwrap();
+    let k2 = second.await.unwrap().unwrap();
+    config.await.unwrap().unwrap();
+    // A power failure once k2 is acknowledged.
+    let disk = dir.copy();
+    disk.crash(|_, _| 0);
+    let after = open(&disk);
+    assert_eq!(
+        after.order(k2.id),
+        Some(k2.clone()),
+        "k2, acknowledged in the batch that turned syncs off, is lost to a power failure"
+    );
+    after.shutdown().await;
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("not within 5 s");
+}
+
 #[tokio::test]
 async fn a_data_dir_has_one_writer() {
     let tmp = tempfile::tempdir().unwrap();
