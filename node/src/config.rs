@@ -187,7 +187,8 @@ pub struct ServeArgs {
     #[arg(long, env = "STOCK_NODE_CONNECTIONS_MAX", default_value_t = 4096)]
     pub connections_max: usize,
     /// A connection with no request in progress this long — before its first request,
-    /// between requests, or still sending a request head — is closed.
+    /// between requests, or still sending a request head — is closed; so is one whose
+    /// answer the client has not read any of for this long.
     #[arg(long, env = "STOCK_NODE_IDLE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub idle_timeout_ms: u64,
     /// Largest request body accepted (413 above); at most 8 MiB

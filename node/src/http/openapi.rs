@@ -207,7 +207,16 @@ fn problems_and_retry_after(doc: &mut serde_json::Value) {
     });
 }
 
-pub async fn openapi_json() -> axum::Json<serde_json::Value> {
-    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    axum::Json(DOC.get_or_init(document).clone())
+/// `GET /openapi.json`: the document, serialised once and shared by every answer (each
+/// answer a clone of the same bytes, not a copy of its ~53 KB).
+pub async fn openapi_json() -> impl axum::response::IntoResponse {
+    static DOC: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let body = DOC.get_or_init(|| serde_json::to_vec(&document()).unwrap_or_default().into());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body.clone(),
+    )
 }

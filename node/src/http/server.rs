@@ -14,6 +14,12 @@
 //! - A connection with no request in progress for `idle_timeout` is closed (hyper's
 //!   header-read timeout, which runs from when a connection is ready for its next
 //!   request until that request's head is complete).
+//! - A write of an answer that makes no progress for `idle_timeout` closes its
+//!   connection: hyper has no write timeout, and its header timer starts only once the
+//!   answer is written, so a client that asked and never read held the answer in the
+//!   node's memory (with the socket's buffers) for as long as it kept the connection
+//!   open, and thousands of them could bring the node to its memory budget, where
+//!   purchases are refused.
 //! - A connection buffers at most [`HEAD_BUFFER_MAX`] of an unfinished request head.
 //! - On shutdown it stops accepting, lets requests in progress finish for at most
 //!   `drain`, then closes what is left.
@@ -294,7 +300,9 @@ pub async fn serve(
                 }
             })
         };
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let mut io = tokio_io_timeout::TimeoutWriter::new(stream);
+        io.set_timeout(Some(limits.idle_timeout));
+        let conn = builder.serve_connection(TokioIo::new(Box::pin(io)), service);
         let conn = graceful.watch(conn);
         let registry = registry.clone();
         tokio::spawn(async move {

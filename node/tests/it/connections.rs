@@ -218,3 +218,51 @@ async fn an_endless_request_head_is_refused_once_past_its_buffer() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "headers_too_large", "{body}");
 }
+
+/// A client that asks and never reads cannot hold its answers in the node: a write that
+/// makes no progress for the idle timeout closes the connection. (hyper has no write
+/// timeout, and its header timer starts only once an answer is written: such a
+/// connection stayed open with the answers buffered for as long as the client kept it,
+/// and thousands could bring the node to its memory budget, where purchases are
+/// refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sale = sale_file(dir.path(), &[("tee", 10, 0)]);
+    let node = Node::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            sale.to_str().unwrap(),
+            "--idle-timeout-ms",
+            "1500",
+        ],
+    );
+    let doc_len = reqwest::get(format!("http://{}/openapi.json", node.addr))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    assert!(doc_len > 50_000, "the document is {doc_len} bytes");
+    // A small receive window, and answers asked for at once: far more than the two
+    // sockets' buffers hold (the node's send buffer grows to a few MB over loopback,
+    // whose segments are 64 KB).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(node.addr.parse().unwrap()).await.unwrap();
+    const ASKED: usize = 256;
+    c.write_all(&b"GET /openapi.json HTTP/1.1\r\nHost: n\r\n\r\n".repeat(ASKED))
+        .await
+        .unwrap();
+    // Not read for twice the idle timeout.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let (got, closed) = answer_then_close(&mut c, Duration::from_secs(20)).await;
+    assert!(closed, "the connection stayed open");
+    assert!(
+        got.len() < ASKED * doc_len,
+        "every answer was held for the client that did not read: {} bytes of {ASKED} x {doc_len}",
+        got.len()
+    );
+}
