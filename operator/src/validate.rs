@@ -6,7 +6,7 @@ use flashsale_core::rules::{PER_CUSTOMER_LIMIT_MAX, STOCK_MAX};
 use flashsale_core::{Durability, ItemSpec, SaleConfig};
 use kube::ResourceExt;
 
-use crate::crd::{DurabilitySpec, FlashSale, NAME_LEN_MAX, NODES_REPLICAS_MAX};
+use crate::crd::{DurabilitySpec, FlashSale, NAME_LEN_MAX, NODES_REPLICAS_MAX, ReplicationMode};
 
 /// A spec the operator will not run, and the field at fault. Waits for a spec change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +74,12 @@ pub fn validate(sale: &FlashSale) -> Result<SaleConfig, InvalidSpec> {
         return Err(invalid(
             "spec.nodes.replicas",
             format!("between 1 and {NODES_REPLICAS_MAX}"),
+        ));
+    }
+    if spec.replication.mode == ReplicationMode::Quorum && spec.nodes.replicas < 2 {
+        return Err(invalid(
+            "spec.nodes.replicas",
+            "at least 2 with replication.mode quorum (a purchase is acknowledged once it is durable on a secondary too: with none, every purchase would time out)",
         ));
     }
     if spec.redis.managed == spec.redis.external_url_secret_ref.is_some() {

@@ -55,6 +55,11 @@ const _: () = assert!(NAME_LEN_MAX <= flashsale_core::rules::ID_CHARS_MAX);
     validation = Rule::new("self.metadata.name.size() <= 40")
         .message("metadata.name: at most 40 characters (room for the names of the objects the sale owns)"),
 )]
+#[x_kube(validation = Rule::new(
+    "!has(self.replication) || !has(self.replication.mode) || self.replication.mode != 'quorum' || !has(self.nodes) || !has(self.nodes.replicas) || self.nodes.replicas >= 2",
+)
+.field_path(".nodes.replicas")
+.message("nodes.replicas: at least 2 with replication.mode quorum (a purchase is acknowledged once it is durable on a secondary too: with none, every purchase would time out)"))]
 #[serde(rename_all = "camelCase")]
 pub struct FlashSaleSpec {
     /// What is on sale. SKUs are unique within the sale.
@@ -226,7 +231,8 @@ pub enum DurabilitySpec {
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationSpec {
     /// `async` (default): acknowledged once durable on the primary. `quorum`: also durable
-    /// on one secondary, so losing the primary's volume loses nothing.
+    /// on one secondary, so losing the primary's volume loses nothing (needs at least 2
+    /// nodes).
     #[serde(default)]
     pub mode: ReplicationMode,
     /// A secondary more than this many WAL records behind the primary is lagging

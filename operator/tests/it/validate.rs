@@ -124,6 +124,7 @@ fn the_crd_cel_rules_refuse_the_cross_field_mistakes_and_pass_good_sales() {
         "autoscaling-prescale-over-max.yaml",
         "redis-both.yaml",
         "ttl-too-long.yaml",
+        "quorum-one-replica.yaml",
     ];
     for name in cel_class {
         let text = read(&format!("invalid/{name}"));
