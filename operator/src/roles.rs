@@ -93,10 +93,22 @@ pub fn plan(known: Known, pods: &[PodView]) -> RolePlan {
     let (primary, newly_chosen) = match (status_primary, labelled.as_slice()) {
         (Some(p), _) => (Some(p.to_string()), false),
         (None, [one, ..]) => (Some(one.to_string()), false),
+        // The most advanced log first, then the lowest ordinal. A new sale's nodes hold
+        // nothing; a sale made again under the name of a deleted one whose volumes were
+        // kept (`reclaimPolicy: Retain`) finds its logs on them, and the lowest ordinal
+        // answering may hold the shortest.
         (None, []) => (
             pods.iter()
                 .filter(answering)
-                .min_by_key(|p| (p.ordinal, p.name.clone()))
+                .min_by_key(|p| {
+                    let s = p.node_status().expect("answering");
+                    let logged = s.epochs.last().map_or(0, |e| e.epoch);
+                    (
+                        std::cmp::Reverse((logged, s.durable_seq)),
+                        p.ordinal,
+                        p.name.clone(),
+                    )
+                })
                 .map(|p| p.name.clone()),
             true,
         ),
@@ -110,7 +122,18 @@ pub fn plan(known: Known, pods: &[PodView]) -> RolePlan {
         .filter_map(|p| p.node_status().map(|s| s.epoch))
         .max()
         .unwrap_or(0);
-    let epoch = status_epoch.max(node_epoch).max(1);
+    // A primary chosen over logs that already hold records (the sale made again on
+    // kept volumes) starts a new epoch: a node that answers later with a longer log of
+    // the old one then shows as parted from it (its records past the new primary's
+    // start are of an older epoch) and is reseeded, with an Event naming what it
+    // dropped, instead of following a log that rewrites its sequence numbers at the
+    // same epoch.
+    let over_logs = newly_chosen
+        && pods
+            .iter()
+            .filter(answering)
+            .any(|p| p.node_status().is_some_and(|s| s.durable_seq > 0));
+    let epoch = status_epoch.max(node_epoch).max(1) + u64::from(over_logs);
     let mut plan = RolePlan {
         primary: Some(primary.clone()),
         epoch,

@@ -308,3 +308,34 @@ fn secondaries_wait_in_standby_while_the_primary_is_down() {
     assert_eq!(plan.primary.as_deref(), Some("spring-0"));
     assert!(plan.steps.is_empty(), "{:?}", plan.steps);
 }
+
+/// A sale made again under the name of a deleted one whose volumes were kept: its nodes
+/// answer with the old logs. The one with the most advanced log becomes primary (not
+/// the lowest ordinal), at a new epoch, so a node answering later with a longer log of
+/// the old epoch is seen to have parted from it. A new sale (empty logs) is unchanged:
+/// the lowest ordinal, epoch 1.
+#[test]
+fn a_sale_made_again_on_kept_volumes_starts_from_its_most_advanced_log() {
+    let logged = |ordinal: u32, epoch: u64, durable: u64| {
+        let mut p = pod(ordinal);
+        let mut n = node(Role::Secondary, epoch, true);
+        n.durable_seq = durable;
+        n.applied_seq = durable;
+        n.epochs = vec![flashsale_core::replication::EpochStart {
+            epoch,
+            first_seq: 1,
+        }];
+        p.node = Some(Ok(n));
+        p
+    };
+    let pods = vec![logged(0, 5, 120), logged(1, 5, 180), logged(2, 4, 300)];
+    let p = plan(None, 0, &pods, HASH);
+    assert_eq!(
+        (p.primary.as_deref(), p.epoch),
+        (Some("spring-1"), 6),
+        "the longest log of the newest epoch, at a new epoch"
+    );
+    let fresh = vec![pod(0), pod(1), pod(2)];
+    let p = plan(None, 0, &fresh, HASH);
+    assert_eq!((p.primary.as_deref(), p.epoch), (Some("spring-0"), 1));
+}
