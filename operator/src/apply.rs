@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -98,6 +98,23 @@ pub async fn apply(
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
     ssa(&pdbs, &desired.pdb).await?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    if existing.statefulset_rolling_update {
+        // Made by an operator before `OnDelete`: the API server defaulted
+        // `rollingUpdate`, which no manager owns, so an apply of `OnDelete` would be
+        // refused ("only allowed for updateStrategy 'RollingUpdate'"). Replaced whole.
+        let name = desired
+            .statefulset
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_default();
+        let patch = serde_json::json!({
+            "spec": { "updateStrategy": { "type": "OnDelete", "rollingUpdate": null } }
+        });
+        statefulsets
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
     ssa(&statefulsets, &desired.statefulset).await?;
     applied.statefulset_created = !existing.statefulset;
     Ok(applied)
@@ -127,6 +144,29 @@ pub async fn patch_pod(
     pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+/// Deletes a node pod, only if it is still the pod of `uid` (a pod made again under
+/// the same name is another pod). `Ok(false)`: gone already, or another pod now.
+pub async fn delete_pod(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+) -> Result<bool, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(pod, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Teardown on delete: removes the StatefulSet first so the nodes stop (SIGTERM, final

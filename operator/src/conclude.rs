@@ -33,6 +33,8 @@ pub struct Pass<'a> {
     /// The failover part of the status as this pass leaves it (the last status's, or
     /// what the failover decided this pass).
     pub failover: FailoverPart<'a>,
+    /// The pod template rollout (`crate::rollout`).
+    pub rollout: &'a crate::rollout::Plan,
 }
 
 /// The failover part of a pass: the state machine's status, the lease keeper's view of
@@ -132,13 +134,16 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
     let is_primary = |v: &PodView| role_plan.primary.as_deref() == Some(v.name.as_str());
     let primary_selling = primary_view.is_some_and(|v| v.ready && node_is(v, true));
     let every_node_current = pods.iter().all(|v| node_is(v, is_primary(v)) && v.ready);
-    let sts_current = observed
-        .statefulset
-        .as_ref()
-        .and_then(|s| s.status.as_ref())
-        .is_some_and(|s| {
-            s.updated_replicas.unwrap_or(0) >= desired && s.current_revision == s.update_revision
-        });
+    // `OnDelete`: the StatefulSet's current revision never moves to its update revision
+    // (only its own rolling update does that), so what counts is that every node runs
+    // the update revision (`rollout::Plan::outdated`) and it has seen the current spec.
+    let sts_current = crate::rollout::update_revision(observed).is_some()
+        && pass.rollout.outdated.is_empty()
+        && observed
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some_and(|s| s.updated_replicas.unwrap_or(0) >= desired);
     Facts {
         generation: sale.metadata.generation,
         selector,
@@ -156,6 +161,8 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
             .filter(|s| s.sale.is_some())
             .map(|s| s.items.clone()),
         rolled_out: every_node_current && sts_current && pods.len() as i32 == desired,
+        outdated: pass.rollout.outdated.clone(),
+        rollout_waits: pass.rollout.waits.clone(),
         problems,
         invalid: None,
         replication: Some(assessment),

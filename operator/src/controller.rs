@@ -47,7 +47,7 @@ use crate::observe::{Observed, Stores};
 use crate::roles::{Known, RolePlan, plan};
 use crate::status::{Facts, Problem, condition_is, next_status};
 use crate::validate::{config_hash, validate};
-use crate::{apply, build, events, labels, observe};
+use crate::{apply, build, events, labels, observe, rollout};
 
 /// Longest wait between two retries of a failing sale.
 const BACKOFF_MAX_MS: u64 = 60_000;
@@ -132,6 +132,9 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<FlashSale>, u32>>,
     /// The autoscaler's memory of each sale (`crate::scale`).
     pub autoscalers: crate::scale::Autoscalers,
+    /// The pod each sale's rollout deleted last (name, uid): nothing else is deleted
+    /// until the cache has seen it go (`rollout::Sale::last_replaced`).
+    rollouts: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl Context {
@@ -152,6 +155,7 @@ impl Context {
             leader_since,
             failures: Mutex::new(HashMap::new()),
             autoscalers: crate::scale::Autoscalers::default(),
+            rollouts: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -430,7 +434,44 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     // The clock read after the nodes answered: a deadline is judged by when the
     // decision is made, not by when the pass began (safe: a later reading only says
     // less time is left).
-    let fo = failover_pass(ctx, sale, &owner, &prev, &mut observed, &key, leases_now).await;
+    let last_replaced = ctx
+        .rollouts
+        .lock()
+        .expect("not poisoned")
+        .get(&key)
+        .cloned();
+    let lagging = lagging_nodes(&prev);
+    let rollout_sale = |primary, in_failover, primary_failing| rollout::Sale {
+        primary,
+        replicas: sale.spec.nodes.replicas,
+        in_failover,
+        primary_failing,
+        lagging: &lagging,
+        last_replaced: last_replaced
+            .as_ref()
+            .map(|(n, u)| (n.as_str(), u.as_str())),
+    };
+    // Has the rollout come to the primary? (The failover's steady state moves it.)
+    let primary_turn = rollout::plan(
+        &observed,
+        &rollout_sale(
+            prev.primary.as_ref().map(|p| p.pod.as_str()),
+            prev.failover.is_some(),
+            false,
+        ),
+    )
+    .primary_turn;
+    let fo = failover_pass(
+        ctx,
+        sale,
+        &owner,
+        &prev,
+        &mut observed,
+        &key,
+        leases_now,
+        primary_turn,
+    )
+    .await;
     let (epoch_now, primary_now) = match &fo.next {
         Some(n) => (n.epoch, n.primary.clone()),
         None => (prev.epoch, prev.primary.as_ref().map(|p| p.pod.clone())),
@@ -493,6 +534,29 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     )
     .await;
 
+    // the pod template rollout: one pod replaced at a time, the primary never (a
+    // switchover moves it first, above)
+    // (The primary's checks again, here: the failover pass does not make them when it
+    // answers a switchover request or has no admin token.)
+    let primary_failing = fo.primary_failing
+        || primary_now.as_deref().is_some_and(|p| {
+            failover::primary_problem(p, epoch_now, &observed.pods, &ctx.keeper.view(&key))
+                .is_some()
+        });
+    let rolling = rollout::plan(
+        &observed,
+        &rollout_sale(primary_now.as_deref(), in_failover, primary_failing),
+    );
+    let replaced = match &rolling.replace {
+        // A leader that lost its Lease mid-pass deletes nothing.
+        Some(r) if ctx.settings.leading.is_on() => replace_pod(ctx, &owner, &key, r).await,
+        _ => Ok(None),
+    };
+    let mut problems = fo.problems.clone();
+    if let Err(p) = &replaced {
+        problems.push(p.clone());
+    }
+
     // status and notes (pure)
     let (state, last) = match &fo.next {
         Some(n) => (n.failover.clone(), n.last_failover.clone()),
@@ -514,8 +578,9 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
             last,
             lease: ctx.keeper.view(&key),
             refused: &fo.refused,
-            problems: &fo.problems,
+            problems: &problems,
         },
+        rollout: &rolling,
     });
     ctx.settings.metrics.replication.record(
         &owner.namespace,
@@ -524,6 +589,9 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
         &done.assessment,
     );
     let (mut next, mut notes) = (done.status, done.notes);
+    if let Ok(Some(note)) = replaced {
+        notes.push(note);
+    }
     next.lease_duration_ms = Some(leases_now.record.as_millis() as u64);
 
     // autoscale (leader only: only the leader reconciles)
@@ -542,8 +610,15 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
             primary_ordinal_now,
             in_failover,
             // While the primary fails its checks before a failover begins, no
-            // scale-down: it could remove the secondary the failover will need.
-            fo.primary_failing,
+            // scale-down: it could remove the secondary the failover will need; nor
+            // during a rollout, which takes a node away at a time itself.
+            if fo.primary_failing {
+                Some("a failing primary")
+            } else if rolling.busy() {
+                Some("a pod template rollout")
+            } else {
+                None
+            },
         )
         .await;
     if let Some(a) = &scaled.status {
@@ -599,6 +674,15 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     Ok(Action::requeue(Duration::from_millis(requeue_ms)))
 }
 
+/// The secondaries replication judged lagging at the last pass.
+fn lagging_nodes(prev: &FlashSaleStatus) -> Vec<String> {
+    prev.nodes
+        .iter()
+        .filter(|n| n.lagging)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
 /// Passes within one reconcile in which the failover acts and decides again.
 const FIXPOINT_ROUNDS: usize = 4;
 
@@ -652,18 +736,14 @@ async fn failover_pass(
     observed: &mut Observed,
     key: &str,
     leases: failover::timing::LeaseDurations,
+    rollout: bool,
 ) -> FailoverPass {
     let mut out = FailoverPass::default();
     let Some(token) = observed.admin_token.clone() else {
         return out;
     };
     let switchover_to = sale.annotations().get(labels::SWITCHOVER_TO).cloned();
-    let lagging: Vec<String> = prev
-        .nodes
-        .iter()
-        .filter(|n| n.lagging)
-        .map(|n| n.name.clone())
-        .collect();
+    let lagging = lagging_nodes(prev);
     // The Job that ships into the candidate of this pass's status (`World::job`).
     let job_name = prev
         .failover
@@ -695,11 +775,16 @@ async fn failover_pass(
             job,
             switchover_to: switchover_to.clone(),
             replicas: sale.spec.nodes.replicas,
+            rollout,
             unhealthy_after_ms: Duration::from(sale.spec.failover.unhealthy_after).as_millis()
                 as u64,
             lease_ms: leases.longest.as_millis() as u64,
             tail_policy: sale.spec.failover.tail_policy,
-            quorum: sale.spec.replication.mode == ReplicationMode::Quorum,
+            quorum: failover::counts_on_quorum(
+                sale.spec.replication.mode == ReplicationMode::Quorum,
+                prev,
+                &observed.pods,
+            ),
             max_lag_records: sale.spec.replication.max_lag_records.max(0) as u64,
             lagging: lagging.clone(),
             now: now(),
@@ -712,6 +797,12 @@ async fn failover_pass(
         if let Some(why) = d.scale_down_waits {
             out.problems.push(Problem {
                 reason: "ScaleDownWaits",
+                message: why,
+            });
+        }
+        if let Some(why) = d.rollout_waits {
+            out.problems.push(Problem {
+                reason: "RolloutWaits",
                 message: why,
             });
         }
@@ -751,6 +842,32 @@ async fn failover_pass(
         }
     }
     out
+}
+
+/// Deletes a pod the rollout replaces (only the pod of that uid) and remembers it, so
+/// no other is deleted before the cache has seen it go. `Ok(None)`: it was gone
+/// already, or is another pod now.
+async fn replace_pod(
+    ctx: &Context,
+    owner: &Owner,
+    key: &str,
+    r: &rollout::Replace,
+) -> Result<Option<Note>, Problem> {
+    match apply::delete_pod(&ctx.client, &owner.namespace, &r.pod, &r.uid).await {
+        Ok(false) => Ok(None),
+        Ok(true) => {
+            ctx.rollouts
+                .lock()
+                .expect("not poisoned")
+                .insert(key.to_string(), (r.pod.clone(), r.uid.clone()));
+            tracing::info!(sale = %owner.name, pod = %r.pod, from = %r.from_revision, to = %r.to_revision, "pod replaced for the template rollout");
+            Ok(Some(events::pod_replaced(r)))
+        }
+        Err(e) => Err(Problem {
+            reason: "PodReplaceFailed",
+            message: format!("deleting {} for the pod template rollout: {e}", r.pod),
+        }),
+    }
 }
 
 /// Writes the status if it changed, guarded by the resourceVersion the pass read, then
@@ -844,6 +961,10 @@ async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
         .forget(&format!("{}/{}", owner.namespace, owner.name));
     ctx.autoscalers
         .forget(&format!("{}/{}", owner.namespace, owner.name));
+    ctx.rollouts
+        .lock()
+        .expect("not poisoned")
+        .remove(&format!("{}/{}", owner.namespace, owner.name));
     ctx.settings
         .metrics
         .forget_autoscaler(&owner.namespace, &owner.name);

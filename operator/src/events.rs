@@ -71,6 +71,24 @@ impl Note {
     }
 }
 
+/// A pod the pod template rollout deleted, to be made again from the new template.
+pub fn pod_replaced(r: &crate::rollout::Replace) -> Note {
+    let what = if r.primary {
+        "the only node, restarted in place"
+    } else {
+        "a secondary"
+    };
+    Note::normal(
+        "PodReplaced",
+        format!(
+            "deleted {} ({what}) to make it again from the new pod template (revision {} → {})",
+            r.pod, r.from_revision, r.to_revision
+        ),
+        Kind::Action,
+    )
+    .about(&r.pod)
+}
+
 /// What a reconcile pass did and saw, besides the two statuses.
 #[derive(Clone, Debug, Default)]
 pub struct Seen<'a> {
@@ -362,7 +380,7 @@ fn transitions(prev: &FlashSaleStatus, next: &FlashSaleStatus, seen: &Seen, out:
         out.push(Note::normal(
             "PrimaryChosen",
             format!(
-                "{} is the first primary (lowest ordinal whose node answered), epoch {}",
+                "{} is the first primary (of the nodes that answered, the most advanced log, then the lowest ordinal), epoch {}",
                 p.pod, next.epoch
             ),
             Kind::Transition,

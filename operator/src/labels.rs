@@ -31,6 +31,8 @@ pub const NODE_APP: &str = "stock-node";
 pub const RECOVERY_APP: &str = "recovery";
 /// The label the Job controller puts on a Job's pods.
 pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+/// The label the StatefulSet controller puts on its pods: the template revision.
+pub const POD_REVISION: &str = "controller-revision-hash";
 pub const REDIS_APP: &str = "redis";
 
 /// Port of the node's HTTP API, admin API and metrics.

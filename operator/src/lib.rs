@@ -2,7 +2,7 @@
 //!
 //! A reconcile pass is a pipeline (see [`controller`]): validate, observe, desired,
 //! apply, plan roles, execute, status, notes. The pure steps (`validate`, `build`,
-//! `roles`, `replication`, `status`, `events`) are unit tested from fixtures; I/O lives
+//! `roles`, `rollout`, `replication`, `status`, `events`) are unit tested from fixtures; I/O lives
 //! in `observe`, `apply`, `execute` and `nodes`.
 
 pub mod apply;
@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod observe;
 pub mod replication;
 pub mod roles;
+pub mod rollout;
 pub mod scale;
 pub mod status;
 pub mod validate;

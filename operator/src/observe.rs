@@ -15,6 +15,9 @@ use crate::build::Existing;
 use crate::labels;
 use crate::nodes::{NodeClient, NodeError, node_url};
 
+/// The node's replication mode flag, as the pod template sets it.
+pub const REPLICATION_ENV: &str = "STOCK_NODE_REPLICATION";
+
 /// One node pod as the reconcile sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
@@ -39,6 +42,13 @@ pub struct PodView {
     pub config_hash: Option<String>,
     /// The role assignment this node last accepted (pod annotation, see `roles::assignment_note`).
     pub role_assignment: Option<String>,
+    /// The StatefulSet revision of the template it was made from (the
+    /// `controller-revision-hash` label; see `crate::rollout`).
+    pub revision: Option<String>,
+    /// The node container's `STOCK_NODE_REPLICATION` runs quorum mode: a node takes its
+    /// mode at start, so a changed `spec.replication.mode` holds only for pods made
+    /// since (the pod template rollout replaces the primary's last).
+    pub runs_quorum: bool,
     /// The node's own status, or why it could not be read (`None`: not asked, not running).
     pub node: Option<Result<NodeStatus, String>>,
 }
@@ -70,6 +80,14 @@ impl PodView {
             role_label: pod.labels().get(labels::ROLE).cloned(),
             config_hash: pod.annotations().get(labels::CONFIG_HASH).cloned(),
             role_assignment: pod.annotations().get(labels::ROLE_ASSIGNMENT).cloned(),
+            revision: pod.labels().get(labels::POD_REVISION).cloned(),
+            runs_quorum: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == labels::NODE_APP))
+                .and_then(|c| c.env.as_ref())
+                .and_then(|env| env.iter().find(|e| e.name == REPLICATION_ENV))
+                .is_some_and(|e| e.value.as_deref() == Some("quorum")),
             node: None,
             uid: pod.metadata.uid.clone(),
             name,
@@ -203,6 +221,13 @@ pub fn from_caches(stores: &Stores, namespace: &str, sale: &str) -> Observed {
             admin_secret: admin_token.is_some(),
             statefulset: statefulset.is_some(),
             redis,
+            statefulset_rolling_update: statefulset.as_ref().is_some_and(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|s| s.update_strategy.as_ref())
+                    .and_then(|u| u.type_.as_deref())
+                    != Some("OnDelete")
+            }),
         },
         statefulset,
         pods,

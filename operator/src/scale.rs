@@ -206,7 +206,7 @@ impl Autoscalers {
         primary: Option<&str>,
         primary_ordinal: Option<u32>,
         in_failover: bool,
-        primary_failing: bool,
+        down_held: Option<&'static str>,
     ) -> Pass {
         let mut out = Pass {
             status: None,
@@ -272,7 +272,7 @@ impl Autoscalers {
 
         let now = now_ms();
         let mut p = params(sale, primary_ordinal);
-        p.down_held = primary_failing.then_some("a failing primary");
+        p.down_held = down_held;
         let decision = {
             let mut sales = self.lock();
             let s = sales.entry(key.to_string()).or_default();

@@ -35,6 +35,10 @@ pub struct Facts {
     pub items: Option<Vec<ItemView>>,
     /// Every node runs the current config and role, and the StatefulSet is rolled out.
     pub rolled_out: bool,
+    /// Node pods on an older pod template (`crate::rollout`), and why none is replaced
+    /// now, if it waits.
+    pub outdated: Vec<String>,
+    pub rollout_waits: Option<String>,
     pub problems: Vec<Problem>,
     /// The spec was refused (`field: message`).
     pub invalid: Option<String>,
@@ -130,7 +134,22 @@ pub fn next_status(prev: &FlashSaleStatus, facts: &Facts, now: &Time) -> FlashSa
         &ready_message,
     );
 
-    let (progressing_reason, progressing_message) = if facts.replicas < facts.desired_replicas {
+    // A rollout first: while a replaced pod is away, the count is short by one without
+    // a scale-up.
+    let (progressing_reason, progressing_message) = if !facts.outdated.is_empty() {
+        (
+            "RollingOut",
+            format!(
+                "{} on an older pod template, replaced one at a time (secondaries first, the primary after a switchover){}",
+                facts.outdated.join(", "),
+                facts
+                    .rollout_waits
+                    .as_deref()
+                    .map(|w| format!("; {w}"))
+                    .unwrap_or_default()
+            ),
+        )
+    } else if facts.replicas < facts.desired_replicas {
         (
             "ScalingUp",
             format!(

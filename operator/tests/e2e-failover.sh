@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Failover chaos suite on the local cluster (FAILOVER.md, cases A1–J, and K: a scale-down below the primary), through the
-# operator. Each case runs a crowd that follows the primary (through the sale's primary
-# Service) and retries every purchase with the same key, injects its fault, and checks
-# from the crowd's own record of acknowledgements: every acknowledged order is on the
+# Failover chaos suite on the local cluster (FAILOVER.md, cases A1–J; K: a scale-down
+# below the primary; L: a pod template rollout), through the operator. Each case runs a
+# crowd that follows the primary (through the sale's primary Service) and retries every
+# purchase with the same key, injects its fault, and checks from the crowd's own record
+# of acknowledgements: every acknowledged order is on the
 # new primary with the same id, key, sku and quantity; nothing is oversold; a monitor
 # sampling every node every 250 ms never saw two nodes holding a live selling lease; the
 # nodes converge (the old primary included). It prints the measured fault → first
@@ -18,7 +19,7 @@ E2E_TAG=e2e-failover
 NS=fs-e2e-failover
 SALE=fo
 QSALE=foq
-CASES=${FAILOVER_CASES:-"J A1 B C A2 D E F G H K I"}
+CASES=${FAILOVER_CASES:-"J A1 B C A2 D E F G H K L I"}
 OUT=${E2E_OUT:-$FLASHSALE_CACHE/e2e-failover}
 CHAOS=$ROOT/operator/tests/chaos
 mkdir -p "$OUT"
@@ -359,19 +360,19 @@ f_secondary_frozen_then_kill() {
 f_scale_down() { # primary sale
   local n
   n=$(jp "flashsale/$2" '{.spec.nodes.replicas}')
-  removal_watch "$2" &
+  removal_watch "$2" K &
   removal_pid=$!
   kubectl scale -n "$NS" "flashsale/$2" --replicas=$((n - 1)) >/dev/null
   after_fault="removal_checked $2 $n"
 }
-removal_watch() { # sale
+removal_watch() { # sale case
   local p d
-  : >"$OUT/K.removed"
+  : >"$OUT/$2.removed"
   while :; do
     p=$(primary_of "$1")
     d=$(kubectl get pod -n "$NS" "$p" -o jsonpath='{.metadata.deletionTimestamp}' 2>&1) || d="absent ($d)"
     if [ -n "$d" ] && [ "$(primary_of "$1")" = "$p" ]; then
-      echo "$(now_ms) the primary $p is being removed: $d" >>"$OUT/K.removed"
+      echo "$(now_ms) the primary $p is being removed: $d" >>"$OUT/$2.removed"
     fi
     sleep 0.25
   done
@@ -396,6 +397,37 @@ case_K() {
     wait_for 60 "K: the primary moved to the top ordinal ($top) first" is_top
   fi
   run_case K "$SALE" f_scale_down failover "scale-down below the primary (switchover first)"
+}
+
+# L: a pod template rollout (the nodes' memory limit changed) under load. The operator
+# replaces the secondaries one at a time, switches over, then replaces the old primary
+# as a secondary; K's watcher fails the case if the pod the status names as primary is
+# ever being deleted. Then every pod runs the StatefulSet's update revision, one
+# PodReplaced Event per pod, and the sale says RolledOut.
+f_rollout() { # primary sale
+  removal_watch "$2" L &
+  removal_pid=$!
+  kubectl patch -n "$NS" "flashsale/$2" --type=merge >/dev/null \
+    -p '{"spec":{"nodes":{"resources":{"requests":{"cpu":"250m","memory":"128Mi"},"limits":{"memory":"600Mi"}}}}}'
+  after_fault="rollout_checked $2"
+}
+rolled_out() { # sale
+  local want
+  want=$(jp "statefulset/$1" '{.status.updateRevision}')
+  [ -n "$want" ] || return 1
+  [ "$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$1,app.kubernetes.io/name=stock-node" \
+    -o jsonpath='{range .items[*]}{.metadata.labels.controller-revision-hash}{"\n"}{end}' | sort -u)" = "$want" ] || return 1
+  [ "$(jp "flashsale/$1" '{.status.conditions[?(@.type=="Progressing")].reason}')" = RolledOut ]
+}
+rollout_checked() { # sale
+  local n
+  n=$(jp "flashsale/$1" '{.spec.nodes.replicas}')
+  wait_for 120 "L: every pod of $1 on the new template, RolledOut" rolled_out "$1"
+  kill "$removal_pid" 2>/dev/null; wait "$removal_pid" 2>/dev/null || true
+  removal_pid=
+  [ -s "$OUT/L.removed" ] && fail "L: $(head -3 "$OUT/L.removed" | tr '\n' ' ')"
+  [ "$(event_count "$1" PodReplaced)" -ge "$n" ] || fail "L: $(event_count "$1" PodReplaced) PodReplaced Events for $n pods"
+  log "ok: L: $n pods replaced, the primary only after it was no longer the primary; last: $(event_note "$1" PodReplaced)"
 }
 
 # E: the leading operator killed while the failover fences (a frozen primary: the fence
@@ -478,6 +510,7 @@ for c in $CASES; do
     H) run_case H "$SALE" f_secondary_frozen_then_kill failover "a secondary frozen, the primary killed" ;;
     I) case_I ;;
     K) case_K ;;
+    L) run_case L "$SALE" f_rollout failover "pod template rollout (switchover, no lease wait)" ;;
     *) fail "unknown case $c" ;;
   esac
   # Every case leaves one new primary: never two at once.

@@ -246,6 +246,22 @@ done
 # read as "the primary's pod does not exist".
 [ "$(degraded)" = "$degraded_before" ] || fail "the leader hand-over raised Degraded: $(kubectl get events -n "$NS" --field-selector "involvedObject.name=$SALE,reason=Degraded" -o jsonpath='{.items[*].message}')"
 
+log "a StatefulSet made by an operator before OnDelete (RollingUpdate) is moved to OnDelete"
+# Applied again as that operator did (its field manager, no updateStrategy): the API
+# server defaults RollingUpdate with a rollingUpdate no manager owns, and an apply of
+# OnDelete alone is then refused. Without the operator's patch every reconcile fails.
+kubectl get -n "$NS" "statefulset/$SALE" -o json | python3 -c '
+import json, sys
+o = json.load(sys.stdin)
+meta = {k: v for k, v in o["metadata"].items() if k in ("name", "namespace", "labels", "annotations", "ownerReferences")}
+spec = o["spec"]
+spec.pop("updateStrategy", None)
+print(json.dumps({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": spec}))' |
+  kubectl apply --server-side --force-conflicts --field-manager=flashsale-operator -f - >/dev/null
+on_delete() { [ "$(jp "statefulset/$SALE" '{.spec.updateStrategy}')" = '{"type":"OnDelete"}' ]; }
+wait_for 60 "the StatefulSet's updateStrategy back to OnDelete, rollingUpdate gone" on_delete
+log "ok: updateStrategy $(jp "statefulset/$SALE" '{.spec.updateStrategy}')"
+
 log "a WAL volume size change is refused (a StatefulSet cannot resize its claims)"
 if out=$(kubectl patch -n "$NS" "flashsale/$SALE" --type=merge \
   -p '{"spec":{"nodes":{"storage":{"size":"2Gi"}}}}' 2>&1); then

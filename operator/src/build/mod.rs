@@ -91,6 +91,10 @@ pub struct Existing {
     pub admin_secret: bool,
     pub statefulset: bool,
     pub redis: bool,
+    /// The StatefulSet has another update strategy than `OnDelete` (made by an operator
+    /// before the pod template rollout): an apply cannot change it alone, as the API
+    /// server keeps the `rollingUpdate` it defaulted, which `OnDelete` refuses.
+    pub statefulset_rolling_update: bool,
 }
 
 /// The managed Redis: run it, take it away (the sale switched to an external one), or

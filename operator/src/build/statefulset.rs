@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
@@ -135,7 +136,7 @@ fn env(owner: &Owner, sale: &FlashSale) -> Vec<EnvVar> {
             flashsale_core::replication::default_channel(&owner.name),
         ),
         value(
-            "STOCK_NODE_REPLICATION",
+            crate::observe::REPLICATION_ENV,
             match sale.spec.replication.mode {
                 ReplicationMode::Async => "async",
                 ReplicationMode::Quorum => "quorum",
@@ -267,6 +268,14 @@ pub fn build_statefulset(
             service_name: Some(labels::headless_service_name(&owner.name)),
             // Nodes start in standby and wait for the operator: no reason to start them one by one.
             pod_management_policy: Some("Parallel".to_string()),
+            // A changed template replaces no pod by itself: the operator replaces them,
+            // the primary last and only after a switchover (`crate::rollout`). The
+            // StatefulSet controller's rolling update would delete the primary's pod
+            // like any other, a failover that waits out its lease.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
+            }),
             selector: LabelSelector {
                 match_labels: Some(labels::node_selector(&owner.name)),
                 ..LabelSelector::default()

@@ -31,6 +31,7 @@ pub use detect::primary_problem;
 pub use rank::rank;
 pub use step::{Action, Decision, World, decide};
 
+use crate::crd::FlashSaleStatus;
 use crate::observe::PodView;
 
 /// Why the current primary cannot sell, from the pods alone (no lease knowledge): for
@@ -44,4 +45,20 @@ pub fn primary_unavailable(primary: &str, pods: &[PodView]) -> Option<String> {
             _ => None,
         },
     }
+}
+
+/// Whether a failover may count on quorum mode: the spec says so, and so does the pod
+/// the primary being replaced runs in (a node takes its mode at start; after a change
+/// of `spec.replication.mode` the primary's pod is replaced last, so until then it
+/// still acknowledges as before, and an unreadable tail must not be taken as held by a
+/// secondary). Its pod not seen: the spec.
+pub fn counts_on_quorum(spec_quorum: bool, prev: &FlashSaleStatus, pods: &[PodView]) -> bool {
+    let from = match &prev.failover {
+        Some(f) => Some(f.from.as_str()),
+        None => prev.primary.as_ref().map(|p| p.pod.as_str()),
+    };
+    spec_quorum
+        && from
+            .and_then(|name| pods.iter().find(|p| p.name == name))
+            .is_none_or(|p| p.runs_quorum)
 }

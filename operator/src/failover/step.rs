@@ -54,6 +54,10 @@ pub struct World<'a> {
     pub switchover_to: Option<String>,
     /// `spec.nodes.replicas`: a scale-down below the primary's ordinal switches over first.
     pub replicas: i32,
+    /// A pod template rollout has come to the primary: every other node that stays
+    /// runs the new template and is ready (`crate::rollout::Plan::primary_turn`). The
+    /// primary moves by a switchover, then is replaced as a secondary.
+    pub rollout: bool,
     pub unhealthy_after_ms: u64,
     /// The longest lease any leader may have granted the primary (`status.leaseDurationMs`
     /// or the spec's `leaseDuration`, whichever is longer).
@@ -119,6 +123,8 @@ pub struct Decision {
     /// A scale-down that would remove the primary waits, and why: no node that stays
     /// can take over now (said in the status as a problem, not waited for in silence).
     pub scale_down_waits: Option<String>,
+    /// The rollout's switchover of the primary waits, and why.
+    pub rollout_waits: Option<String>,
 }
 
 /// The failover part of the next status.
@@ -334,38 +340,56 @@ fn steady(w: &World, primary: &str) -> Decision {
     if let (Some(o), Some(_)) = (ordinal, p_status)
         && w.replicas <= o as i32
     {
-        let best = rank::rank(w.pods, primary, w.status.epoch, &w.lagging)
-            .into_iter()
-            .find(|c| c.ordinal.is_some_and(|co| (co as i32) < w.replicas));
-        let why = match best {
-            Some(c) => match switchover_refusal(w, primary, &c.name) {
-                None => {
-                    return begin(
-                        w,
-                        FailoverKind::Switchover,
-                        primary,
-                        format!(
-                            "scale-down to {} nodes would remove the primary {primary} (ordinal {o})",
-                            w.replicas
-                        ),
-                        w.now.clone(),
-                        Some(c.name),
-                    );
-                }
-                Some(why) => why,
-            },
-            None => "no node that stays answers as a secondary with the sale".to_string(),
-        };
-        return Decision {
+        let reason = format!(
+            "scale-down to {} nodes would remove the primary {primary} (ordinal {o})",
+            w.replicas
+        );
+        return switch_to_one_that_stays(w, primary, reason).unwrap_or_else(|why| Decision {
             scale_down_waits: Some(format!(
                 "the scale-down to {} nodes waits: the primary {primary} (ordinal {o}) cannot switch over to a node that stays ({why})",
                 w.replicas
             )),
             requeue_ms: Some(1_000),
             ..Decision::default()
-        };
+        });
+    }
+    // A pod template rollout that has come to the primary moves it before its pod is
+    // replaced.
+    if w.rollout && p_status.is_some() {
+        let reason = format!(
+            "pod template rollout: every other node runs the new template, the primary {primary} moves before its pod is replaced"
+        );
+        return switch_to_one_that_stays(w, primary, reason).unwrap_or_else(|why| Decision {
+            rollout_waits: Some(format!(
+                "the pod template rollout waits: the primary {primary} cannot switch over ({why})"
+            )),
+            requeue_ms: Some(1_000),
+            ..Decision::default()
+        });
     }
     Decision::default()
+}
+
+/// A switchover to the best-ranked node below `spec.nodes.replicas`, or why there is
+/// none that can take over now.
+fn switch_to_one_that_stays(w: &World, primary: &str, reason: String) -> Result<Decision, String> {
+    let best = rank::rank(w.pods, primary, w.status.epoch, &w.lagging)
+        .into_iter()
+        .find(|c| c.ordinal.is_some_and(|co| (co as i32) < w.replicas));
+    let Some(c) = best else {
+        return Err("no node that stays answers as a secondary with the sale".to_string());
+    };
+    match switchover_refusal(w, primary, &c.name) {
+        None => Ok(begin(
+            w,
+            FailoverKind::Switchover,
+            primary,
+            reason,
+            w.now.clone(),
+            Some(c.name),
+        )),
+        Some(why) => Err(why),
+    }
 }
 
 /// Why `target` cannot take over from `primary` now, if it cannot.

@@ -66,6 +66,8 @@ fn pod(ordinal: u32, node: Option<NodeStatus>) -> PodView {
         role_label: (ordinal == 0).then(|| "primary".to_string()),
         config_hash: None,
         role_assignment: None,
+        revision: None,
+        runs_quorum: false,
         node: Some(node.ok_or_else(|| "unreachable: connection refused".to_string())),
     }
 }
@@ -123,6 +125,7 @@ fn world<'a>(status: &'a FlashSaleStatus, pods: &'a [PodView], now_ms: i64) -> W
         job: None,
         switchover_to: None,
         replicas: 3,
+        rollout: false,
         unhealthy_after_ms: 4_000,
         lease_ms: 6_000,
         tail_policy: TailPolicy::Required,
@@ -1449,6 +1452,60 @@ fn a_scale_down_that_would_remove_the_primary_switches_over_first() {
     let why = d.scale_down_waits.expect("the wait is said");
     assert!(
         why.contains("scale-down to 2 nodes waits") && why.contains("not a ready secondary"),
+        "{why}"
+    );
+}
+
+/// A failover counts on quorum mode only when the primary's own pod runs it: after
+/// `spec.replication.mode` changes to quorum, the primary's pod is replaced last and
+/// acknowledges alone until then, so an unreadable tail is not held by a secondary.
+#[test]
+fn quorum_is_counted_on_only_when_the_primarys_pod_runs_it() {
+    use flashsale_operator::failover::counts_on_quorum;
+    let s = status(); // primary s-0
+    let mut p = pods();
+    for q in p.iter_mut() {
+        q.runs_quorum = true;
+    }
+    assert!(counts_on_quorum(true, &s, &p));
+    assert!(!counts_on_quorum(false, &s, &p), "the spec says async");
+    p[0].runs_quorum = false; // the primary's pod still runs the old mode
+    assert!(!counts_on_quorum(true, &s, &p));
+    // During a failover: the pod being replaced.
+    let f = failover(FailoverStep::Recovering);
+    assert!(!counts_on_quorum(true, &in_failover(f.clone()), &p));
+    p[0].runs_quorum = true;
+    assert!(counts_on_quorum(true, &in_failover(f), &p));
+    // Its pod not seen: the spec.
+    p.remove(0);
+    assert!(counts_on_quorum(true, &s, &p));
+}
+
+/// A pod template rollout that has come to the primary (every other node updated and
+/// ready) moves it by a switchover to the best node, before its pod is replaced; one
+/// with no node able to take over waits, and says why.
+#[test]
+fn a_rollout_that_has_come_to_the_primary_switches_over() {
+    let s = status();
+    let p = pods();
+    let mut w = world(&s, &p, 0);
+    assert!(decide(&w).next.is_none(), "no rollout, no move");
+    w.rollout = true;
+    let f = next_failover(&decide(&w));
+    assert_eq!(f.kind, FailoverKind::Switchover);
+    assert_eq!(f.from, "s-0");
+    assert!(f.reason.contains("pod template rollout"), "{}", f.reason);
+    assert!(f.candidate.is_some_and(|c| c == "s-1" || c == "s-2"));
+    let mut p = pods();
+    p[1].ready = false;
+    p[2].ready = false;
+    let mut w = world(&s, &p, 0);
+    w.rollout = true;
+    let d = decide(&w);
+    assert!(d.next.is_none(), "{d:?}");
+    let why = d.rollout_waits.expect("the wait is said");
+    assert!(
+        why.contains("rollout waits") && why.contains("not a ready secondary"),
         "{why}"
     );
 }

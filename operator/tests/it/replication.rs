@@ -42,6 +42,8 @@ fn pod(name: &str, status: Option<NodeStatus>) -> PodView {
         role_label: None,
         config_hash: None,
         role_assignment: None,
+        revision: None,
+        runs_quorum: false,
         node: status.map(Ok),
     }
 }

@@ -35,6 +35,8 @@ fn pod(ordinal: u32) -> PodView {
         role_label: None,
         config_hash: None,
         role_assignment: None,
+        revision: None,
+        runs_quorum: false,
         node: Some(Ok(node(Role::Standby, 0, false))),
     }
 }

@@ -35,6 +35,8 @@ fn selling() -> Facts {
         primary_selling: true,
         items: Some(vec![item("a", 100, 30, 5), item("b", 10, 10, 0)]),
         rolled_out: true,
+        outdated: vec![],
+        rollout_waits: None,
         problems: vec![],
         invalid: None,
         replication: None,
@@ -59,6 +61,34 @@ fn a_selling_sale_is_running_with_figures_from_the_primary() {
     assert!(condition_is(&s, "Ready", "True"));
     assert!(condition_is(&s, "Progressing", "False"));
     assert!(condition_is(&s, "Degraded", "False"));
+}
+
+/// Pods on an older pod template keep the sale Progressing (`RollingOut`, naming
+/// them and why the rollout waits) while it goes on selling.
+#[test]
+fn pods_on_an_old_template_are_a_rollout_in_progress() {
+    let mut f = selling();
+    f.rolled_out = false;
+    f.outdated = vec!["spring-0".into(), "spring-2".into()];
+    f.rollout_waits = Some("the pod template rollout waits: spring-1 is not ready".into());
+    let s = next_status(&FlashSaleStatus::default(), &f, &at("2026-11-21T08:00:00Z"));
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "RollingOut")
+    );
+    assert!(
+        c.message
+            .contains("spring-0, spring-2 on an older pod template")
+            && c.message.contains("spring-1 is not ready"),
+        "{}",
+        c.message
+    );
+    assert!(condition_is(&s, "Ready", "True"));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use flashsale_operator::events::{self, Kind, Note};
 use flashsale_operator::execute::Outcome;
 use flashsale_operator::observe::{Observed, PodView};
 use flashsale_operator::roles::{Known, RolePlan, Step, assignment_note, plan};
+use flashsale_operator::rollout::{self, Plan as RolloutPlan};
 use flashsale_operator::status::{Problem, condition_is};
 use flashsale_operator::validate::{config_hash, validate};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
@@ -71,6 +72,8 @@ fn pod(ordinal: u32, node: Option<Result<NodeStatus, String>>, ready: bool) -> P
         role_label: None,
         config_hash: None,
         role_assignment: None,
+        revision: None,
+        runs_quorum: false,
         node,
     }
 }
@@ -174,6 +177,17 @@ fn pass(
         outcomes: &outcomes,
         now: &now,
         failover: FailoverPart::default(),
+        rollout: &rollout::plan(
+            &seen,
+            &rollout::Sale {
+                primary: role_plan.primary.as_deref(),
+                replicas: sale.spec.nodes.replicas,
+                in_failover: false,
+                primary_failing: false,
+                lagging: &[],
+                last_replaced: None,
+            },
+        ),
     });
     (role_plan, done)
 }
@@ -348,6 +362,61 @@ fn a_stock_change_is_pushed_to_the_primary_and_rolls_out() {
     assert_eq!(rolled.status.observed_generation, Some(2));
 }
 
+/// With `OnDelete` the StatefulSet's current revision stays the first one for good
+/// (only its own rolling update moves it): a sale whose every pod runs the update
+/// revision is rolled out; one with a pod on an older template is `RollingOut`, naming it.
+#[test]
+fn every_pod_on_the_update_revision_is_rolled_out_whatever_the_current_revision() {
+    let sale = sale(2, 100);
+    let config = validate(&sale).unwrap();
+    let on = |revisions: [&str; 2]| {
+        let mut seen = observed(vec![
+            settled(0, Role::Primary, &config, 0),
+            settled(1, Role::Secondary, &config, 0),
+        ]);
+        for (p, r) in seen.pods.iter_mut().zip(revisions) {
+            p.revision = Some(r.to_string());
+        }
+        let mut sts = (*seen.statefulset.take().unwrap()).clone();
+        let status = sts.status.as_mut().unwrap();
+        status.current_revision = Some("r1".into());
+        status.update_revision = Some("r2".into());
+        status.updated_replicas = Some(revisions.iter().filter(|r| **r == "r2").count() as i32);
+        seen.statefulset = Some(std::sync::Arc::new(sts));
+        seen
+    };
+    let progressing = |c: &Concluded| {
+        let p = c
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .unwrap()
+            .clone();
+        (p.status, p.reason, p.message)
+    };
+    let (_, done) = pass(
+        &sale,
+        &with_primary(),
+        on(["r2", "r2"]),
+        "2026-11-30T10:00:00Z",
+    );
+    let (status, reason, _) = progressing(&done);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "RolledOut"));
+    let (_, rolling) = pass(
+        &sale,
+        &with_primary(),
+        on(["r1", "r2"]),
+        "2026-11-30T10:00:00Z",
+    );
+    let (status, reason, message) = progressing(&rolling);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "RollingOut"));
+    assert!(
+        message.starts_with("spring-0 on an older pod template"),
+        "{message}"
+    );
+}
+
 #[test]
 fn scaling_down_is_progress_until_the_extra_node_is_gone() {
     let sale3 = sale(3, 100);
@@ -424,6 +493,7 @@ fn a_failed_node_call_is_a_warning_and_a_problem() {
         outcomes: &outcomes,
         now: &now,
         failover: FailoverPart::default(),
+        rollout: &RolloutPlan::default(),
     });
     assert_eq!(reasons(&done.notes)[..2], ["Created", "ConfigRejected"]);
     assert!(note(&done.notes, "ConfigRejected").warning);
