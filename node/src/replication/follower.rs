@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use flashsale_core::replication::{
@@ -58,6 +58,59 @@ const RETRY_FIRST_MS: u64 = 50;
 const LOST_CATCHUP_EVERY: Duration = Duration::from_millis(100);
 const RETRY_MAX_MS: u64 = 2000;
 
+/// Whether the follower that runs now has caught up (`/readyz`, and whether a secondary
+/// answers from its copy). Each follower marks its own generation: one being replaced
+/// runs on another worker thread and may mark itself caught up after the supervisor
+/// has moved on, and that must not count for the next (whose copy may be about to be
+/// reseeded).
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    /// The generation of the follower that counts (0: none yet).
+    current: Arc<AtomicU64>,
+    /// The highest generation that marked itself caught up (0: none).
+    ready: Arc<AtomicU64>,
+}
+
+impl Readiness {
+    /// A new follower's mark: from now on only it counts, and it is not caught up.
+    pub fn next(&self) -> ReadyMark {
+        ReadyMark {
+            generation: self.current.fetch_add(1, SeqCst) + 1,
+            ready: self.ready.clone(),
+        }
+    }
+
+    /// The follower that counts has caught up.
+    pub fn get(&self) -> bool {
+        let current = self.current.load(SeqCst);
+        current != 0 && self.ready.load(SeqCst) == current
+    }
+}
+
+/// One follower's side of [`Readiness`].
+#[derive(Debug)]
+pub struct ReadyMark {
+    generation: u64,
+    ready: Arc<AtomicU64>,
+}
+
+impl ReadyMark {
+    pub fn set(&self, caught_up: bool) {
+        if caught_up {
+            // Never below a later follower's mark.
+            self.ready.fetch_max(self.generation, SeqCst);
+        } else {
+            let _ = self
+                .ready
+                .compare_exchange(self.generation, 0, SeqCst, SeqCst);
+        }
+    }
+
+    pub fn get(&self) -> bool {
+        self.ready.load(SeqCst) == self.generation
+    }
+}
+
 /// Everything the follower works with.
 pub struct Follower<R> {
     pub replica: Arc<R>,
@@ -67,7 +120,7 @@ pub struct Follower<R> {
     pub durable: watch::Sender<u64>,
     pub idle_poll: Duration,
     /// Set once caught up for the first time (`/readyz`).
-    pub ready: Arc<AtomicBool>,
+    pub ready: ReadyMark,
     /// Held by a reseed until it ends, past its follower's abort: the supervisor starts
     /// the next follower only once it can take it (`runtime`).
     pub reseeding: Arc<tokio::sync::Mutex<()>>,
@@ -141,7 +194,7 @@ impl<R: Replica> Follower<R> {
                         (repairing, fetched) = (false, 0);
                         need_catchup = false;
                         retry_ms = RETRY_FIRST_MS;
-                        self.ready.store(true, Relaxed);
+                        self.ready.set(true);
                         self.stats.set_state(FollowState::Live);
                     }
                     // Not done yet: give the queue a turn, then go on reading.
@@ -187,7 +240,7 @@ impl<R: Replica> Follower<R> {
                 // The first subscription is part of starting up; a later one follows a
                 // lost connection, whose batches catch-up now repairs.
                 Some(Event::Subscribed) => {
-                    repairing |= self.ready.load(Relaxed);
+                    repairing |= self.ready.get();
                     need_catchup = true;
                 }
                 Some(Event::Message(message, bytes)) => {
@@ -375,7 +428,7 @@ impl<R: Replica> Follower<R> {
         // next follower read this node's log before the reseed has emptied it.
         let (replica, stats) = (self.replica.clone(), self.stats.clone());
         // Empty from now: not ready (reads, the operator's view) until caught up again.
-        self.ready.store(false, Relaxed);
+        self.ready.set(false);
         tokio::spawn(async move {
             let _held = held;
             replica.reseed(kept_aside).await?;
@@ -470,6 +523,36 @@ mod tests {
     use super::*;
     use flashsale_core::replication::ReplicationMode;
 
+    /// A follower being replaced that marks itself caught up after the next one began
+    /// (another worker thread, its abort not yet taken) does not make the node ready,
+    /// nor can it clear the next one's mark. With one flag shared by every follower,
+    /// it did: the node answered from a copy about to be reseeded.
+    #[test]
+    fn only_the_follower_that_runs_now_makes_the_node_ready() {
+        let r = Readiness::default();
+        assert!(!r.get());
+        let old = r.next();
+        old.set(true);
+        assert!(r.get());
+        let new = r.next();
+        assert!(
+            !r.get(),
+            "re-pointed: not ready until the new one catches up"
+        );
+        old.set(true);
+        assert!(!r.get(), "the old follower's late mark does not count");
+        new.set(true);
+        assert!(r.get() && new.get());
+        old.set(true);
+        old.set(false);
+        assert!(
+            r.get(),
+            "nor can the old one lower or clear the new one's mark"
+        );
+        new.set(false);
+        assert!(!r.get());
+    }
+
     /// A log of records 1..=5 of epoch 1, whose reseed takes a while (it says when
     /// it starts).
     struct SlowReseed(tokio::sync::mpsc::UnboundedSender<()>);
@@ -528,7 +611,11 @@ mod tests {
             stats: stats.clone(),
             durable: watch::channel(0).0,
             idle_poll: Duration::from_millis(100),
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: {
+                let mark = Readiness::default().next();
+                mark.set(true);
+                mark
+            },
             reseeding: reseeding.clone(),
         };
         let task = tokio::spawn(async move { follower.check_history().await });

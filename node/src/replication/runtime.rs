@@ -4,7 +4,8 @@
 //! a new primary): it watches the engine and restarts the follower on any change.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
+
 use std::time::Duration;
 
 use flashsale_core::admin::Role;
@@ -16,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::catchup::PrimaryClient;
-use super::follower::{Follower, Replica};
+use super::follower::{Follower, Readiness, ReadyMark, Replica};
 use super::quorum::{self, QuorumGate};
 use super::stream::{self, StreamSink};
 use super::{ReplError, ReplicationArgs, Stats, publisher};
@@ -68,8 +69,9 @@ pub struct Replication {
     pub stats: Arc<Stats>,
     pub gate: Arc<QuorumGate>,
     engine: EngineHandle,
-    /// A secondary is ready once caught up with its primary; other roles always are.
-    caught_up: Arc<AtomicBool>,
+    /// A secondary is ready once the follower that runs now has caught up with its
+    /// primary; other roles always are.
+    caught_up: Readiness,
     /// Held by a follower's reseed to its end (`Follower::reseeding`).
     reseeding: Arc<tokio::sync::Mutex<()>>,
 }
@@ -102,7 +104,7 @@ impl Replication {
             stats,
             gate,
             engine: engine.clone(),
-            caught_up: Arc::new(AtomicBool::new(false)),
+            caught_up: Readiness::default(),
             reseeding: Arc::new(tokio::sync::Mutex::new(())),
         };
         let redis = args
@@ -163,12 +165,12 @@ impl Replication {
     /// Why `/readyz` should say no, if it should.
     /// The follower has caught up with its primary (meaningful on a secondary).
     pub fn caught_up(&self) -> bool {
-        self.caught_up.load(Relaxed)
+        self.caught_up.get()
     }
 
     pub fn not_ready(&self) -> Option<String> {
         let st = self.engine.status();
-        (st.role == Role::Secondary && !self.caught_up.load(Relaxed))
+        (st.role == Role::Secondary && !self.caught_up.get())
             .then(|| format!("catching up with the primary ({:?})", st.primary_url))
     }
 
@@ -212,8 +214,10 @@ impl Replication {
             };
             if !same {
                 // Not ready from the moment it is re-pointed (a reseed may be emptying
-                // the log while the old follower ends).
-                self.caught_up.store(false, Relaxed);
+                // the log while the old follower ends), and only the next follower's
+                // mark counts from now: the old one may still mark itself caught up
+                // on another worker thread before its abort takes.
+                let ready = self.caught_up.next();
                 if let Some(f) = current.take() {
                     f.stop.cancel();
                     // Ended before the next one starts: a round it was in (a fetch, an
@@ -244,6 +248,7 @@ impl Replication {
                 if let Some((epoch, url)) = want {
                     let stop = shutdown.child_token();
                     let task = match self.follow(
+                        ready,
                         &args,
                         redis.clone(),
                         channel.clone(),
@@ -276,8 +281,10 @@ impl Replication {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn follow(
         &self,
+        ready: ReadyMark,
         args: &ReplicationArgs,
         redis: Option<redis::Client>,
         channel: Option<String>,
@@ -335,7 +342,7 @@ impl Replication {
             stats: self.stats.clone(),
             durable: durable_tx,
             idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
-            ready: self.caught_up.clone(),
+            ready,
             reseeding: self.reseeding.clone(),
         };
         Ok(tokio::spawn(follower.run(rx, lost, stop)))

@@ -119,7 +119,7 @@ async fn a_secondary_stuck_behind_shows_its_lag_growing_whatever_the_primary_clo
         stats: stats.clone(),
         durable,
         idle_poll: Duration::from_secs(60),
-        ready: Arc::new(AtomicBool::new(false)),
+        ready: stock_node::replication::follower::Readiness::default().next(),
         reseeding: Default::default(),
     };
     let stop = CancellationToken::new();
