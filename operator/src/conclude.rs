@@ -132,7 +132,16 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
         s.role == role && s.epoch == role_plan.epoch && s.sale.is_some() && config_current
     };
     let is_primary = |v: &PodView| role_plan.primary.as_deref() == Some(v.name.as_str());
-    let primary_selling = primary_view.is_some_and(|v| v.ready && node_is(v, true));
+    // Selling: the primary at the sale's epoch with a sale, ready. A config it refused
+    // (stock below what it sold) leaves it selling on its previous one: still Ready,
+    // and Degraded says why the new one is not taken.
+    let primary_selling = primary_view.is_some_and(|v| {
+        v.ready
+            && v.node_status().is_some_and(|s| {
+                s.role == Role::Primary && s.epoch == role_plan.epoch && s.sale.is_some()
+            })
+    });
+    let primary_config_current = primary_view.is_some_and(|v| node_is(v, true));
     let every_node_current = pods.iter().all(|v| node_is(v, is_primary(v)) && v.ready);
     // `OnDelete`: the StatefulSet's current revision never moves to its update revision
     // (only its own rolling update does that), so what counts is that every node runs
@@ -156,6 +165,7 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
         }),
         epoch: role_plan.epoch,
         primary_selling,
+        primary_config_current,
         items: primary_view
             .and_then(|v| v.node_status())
             .filter(|s| s.sale.is_some())

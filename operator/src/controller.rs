@@ -135,6 +135,9 @@ pub struct Context {
     /// The pod each sale's rollout deleted last (name, uid): nothing else is deleted
     /// until the cache has seen it go (`rollout::Sale::last_replaced`).
     rollouts: Mutex<HashMap<String, (String, String)>>,
+    /// The replication mode each sale's primary pod was last seen to run
+    /// (`failover::counts_on_quorum`).
+    primary_modes: Mutex<HashMap<String, failover::PrimaryMode>>,
 }
 
 impl Context {
@@ -156,6 +159,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             autoscalers: crate::scale::Autoscalers::default(),
             rollouts: Mutex::new(HashMap::new()),
+            primary_modes: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -434,6 +438,18 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     // The clock read after the nodes answered: a deadline is judged by when the
     // decision is made, not by when the pass began (safe: a later reading only says
     // less time is left).
+    if prev.failover.is_none()
+        && let Some(mode) = failover::PrimaryMode::seen(
+            &prev,
+            &observed.pods,
+            ctx.keeper.view(&key).pod_uid.as_deref(),
+        )
+    {
+        ctx.primary_modes
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), mode);
+    }
     let last_replaced = ctx
         .rollouts
         .lock()
@@ -768,10 +784,12 @@ async fn failover_pass(
                 });
                 failover::recover::job_state(&j, pods.map(|p| &**p))
             });
+        let lease_view = ctx.keeper.view(key);
+        let world_lease_uid = lease_view.pod_uid.clone();
         let world = World {
             status: prev,
             pods: &observed.pods,
-            lease: ctx.keeper.view(key),
+            lease: lease_view,
             job,
             switchover_to: switchover_to.clone(),
             replicas: sale.spec.nodes.replicas,
@@ -783,7 +801,9 @@ async fn failover_pass(
             quorum: failover::counts_on_quorum(
                 sale.spec.replication.mode == ReplicationMode::Quorum,
                 prev,
+                world_lease_uid.as_deref(),
                 &observed.pods,
+                ctx.primary_modes.lock().expect("not poisoned").get(key),
             ),
             max_lag_records: sale.spec.replication.max_lag_records.max(0) as u64,
             lagging: lagging.clone(),
@@ -962,6 +982,10 @@ async fn cleanup(sale: &FlashSale, ctx: &Context) -> Result<Action, Error> {
     ctx.autoscalers
         .forget(&format!("{}/{}", owner.namespace, owner.name));
     ctx.rollouts
+        .lock()
+        .expect("not poisoned")
+        .remove(&format!("{}/{}", owner.namespace, owner.name));
+    ctx.primary_modes
         .lock()
         .expect("not poisoned")
         .remove(&format!("{}/{}", owner.namespace, owner.name));

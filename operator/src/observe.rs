@@ -30,6 +30,8 @@ pub struct PodView {
     pub ip: Option<String>,
     /// Phase Running and not being deleted: a node that can be talked to.
     pub running: bool,
+    /// Being deleted (`metadata.deletionTimestamp`).
+    pub deleting: bool,
     /// Its readiness probe passes (role and config known to the node).
     pub ready: bool,
     /// The node's container runs (the kubelet's word, also while the pod is being
@@ -76,6 +78,7 @@ impl PodView {
                 .and_then(|s| s.pod_ip.clone())
                 .filter(|ip| !ip.is_empty()),
             running,
+            deleting,
             ready,
             role_label: pod.labels().get(labels::ROLE).cloned(),
             config_hash: pod.annotations().get(labels::CONFIG_HASH).cloned(),

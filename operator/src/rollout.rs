@@ -15,9 +15,10 @@
 //!
 //! Nothing is replaced while a failover or switchover is under way, while the primary
 //! fails its checks, while a node that stays is missing, stopping, not ready or
-//! lagging, or while a scale-down removes a node; and the autoscaler scales nothing
-//! down while a rollout is under way ([`Plan::busy`]). One node away at a time, so a
-//! quorum sale of three nodes keeps a secondary.
+//! lagging (but for one that is itself a secondary on the old template: it is replaced,
+//! as that takes no other node away), or while a scale-down removes a node; and the
+//! autoscaler scales nothing down while a rollout is under way ([`Plan::busy`]). One
+//! node away at a time, so a quorum sale of three nodes keeps a secondary.
 
 use crate::observe::{Observed, PodView};
 
@@ -136,19 +137,10 @@ pub fn plan(observed: &Observed, sale: &Sale) -> Plan {
         plan.waits = wait(format!("{} is being removed by a scale-down", p.name));
         return plan;
     }
-    if let Some(p) = staying.iter().find(|p| sale.lagging.contains(&p.name)) {
-        plan.waits = wait(format!("{} lags behind the primary", p.name));
-        return plan;
-    }
-    let missing = (0..sale.replicas.max(0) as u32)
-        .find(|o| !staying.iter().any(|p| p.ordinal == Some(*o)))
-        .map(|o| format!("no pod of ordinal {o} yet"));
-    let not_ready = staying
-        .iter()
-        .find(|p| !p.ready)
-        .map(|p| format!("{} is not ready", p.name));
-    if let Some(why) = missing.or(not_ready) {
-        plan.waits = wait(why);
+    let missing =
+        (0..sale.replicas.max(0) as u32).find(|o| !staying.iter().any(|p| p.ordinal == Some(*o)));
+    if let Some(o) = missing {
+        plan.waits = wait(format!("no pod of ordinal {o} yet"));
         return plan;
     }
     let replace = |p: &PodView| {
@@ -160,6 +152,30 @@ pub fn plan(observed: &Observed, sale: &Sale) -> Plan {
             primary: p.name == primary,
         })
     };
+    let lags = |p: &PodView| sale.lagging.contains(&p.name);
+    let away: Vec<&PodView> = staying
+        .iter()
+        .copied()
+        .filter(|p| !p.ready || lags(p))
+        .collect();
+    match away.as_slice() {
+        [] => {}
+        // The one node away is a secondary on the old template (a bad image reverted,
+        // a node the old resources starve): replacing it takes no other node away,
+        // and waiting for it would wait for good.
+        [p] if p.name != primary && !p.deleting && outdated.iter().any(|o| o.name == p.name) => {
+            plan.replace = replace(p);
+            return plan;
+        }
+        [p, ..] => {
+            plan.waits = wait(if lags(p) {
+                format!("{} lags behind the primary", p.name)
+            } else {
+                format!("{} is not ready", p.name)
+            });
+            return plan;
+        }
+    }
     // Secondaries first, the highest ordinal first (the order a scale-down removes them).
     if let Some(p) = outdated.iter().rev().find(|p| p.name != primary) {
         plan.replace = replace(p);
@@ -190,6 +206,7 @@ mod tests {
             ordinal: Some(ordinal),
             ip: Some(format!("10.0.0.{ordinal}")),
             running: true,
+            deleting: false,
             ready: true,
             container_running: true,
             role_label: None,
@@ -315,6 +332,37 @@ mod tests {
         };
         let p = plan(&observed(base, 2, 2, "b"), &again);
         assert_eq!(p.replace.unwrap().pod, "s-2");
+    }
+
+    /// A secondary that is away and on the old template (a bad image reverted, a node
+    /// the old resources starve) is replaced rather than waited for: it takes no other
+    /// node away. Not while it is being deleted, nor when another node is away too.
+    #[test]
+    fn an_outdated_secondary_that_is_away_is_replaced_not_waited_for() {
+        let mut away = vec![pod(0, "b"), pod(1, "a"), pod(2, "b")];
+        away[1].ready = false;
+        away[1].running = false;
+        let p = plan(&observed(away.clone(), 2, 2, "b"), &sale("s-0", 3));
+        assert_eq!(p.replace.expect("replaced").pod, "s-1");
+        let lagging = ["s-1".to_string()];
+        let mut behind = vec![pod(0, "b"), pod(1, "a"), pod(2, "b")];
+        behind[1].ready = true;
+        let s = Sale {
+            lagging: &lagging,
+            ..sale("s-0", 3)
+        };
+        assert_eq!(
+            plan(&observed(behind, 2, 2, "b"), &s).replace.unwrap().pod,
+            "s-1"
+        );
+        let mut deleting = away.clone();
+        deleting[1].deleting = true;
+        let p = plan(&observed(deleting, 2, 2, "b"), &sale("s-0", 3));
+        assert!(p.replace.is_none() && p.waits.unwrap().contains("s-1 is not ready"));
+        let mut two = away;
+        two[2].ready = false;
+        let p = plan(&observed(two, 2, 2, "b"), &sale("s-0", 3));
+        assert!(p.replace.is_none(), "{p:?}");
     }
 
     /// The revision is trusted only once the StatefulSet controller has seen the

@@ -29,8 +29,11 @@ pub struct Facts {
     pub ready_replicas: i32,
     pub primary: Option<PrimaryStatus>,
     pub epoch: u64,
-    /// The primary's node says it is primary at `epoch`, has the current config, and is ready.
+    /// The primary's node says it is primary at `epoch`, has a sale, and is ready.
     pub primary_selling: bool,
+    /// ... and runs the spec's config (not a previous one: the new one refused, or not
+    /// pushed yet).
+    pub primary_config_current: bool,
     /// Items as the primary reports them (None: not read this time; the last figures stay).
     pub items: Option<Vec<ItemView>>,
     /// Every node runs the current config and role, and the StatefulSet is rolled out.
@@ -110,9 +113,14 @@ pub fn next_status(prev: &FlashSaleStatus, facts: &Facts, now: &Time) -> FlashSa
         (_, true) => (
             "Selling",
             format!(
-                "primary {} sells at epoch {}",
+                "primary {} sells at epoch {}{}",
                 facts.primary.as_ref().map_or("", |p| p.pod.as_str()),
-                facts.epoch
+                facts.epoch,
+                if facts.primary_config_current {
+                    ""
+                } else {
+                    ", on its previous config (the spec's is not taken yet)"
+                }
             ),
         ),
         (None, false) => (

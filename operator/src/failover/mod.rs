@@ -47,18 +47,71 @@ pub fn primary_unavailable(primary: &str, pods: &[PodView]) -> Option<String> {
     }
 }
 
-/// Whether a failover may count on quorum mode: the spec says so, and so does the pod
-/// the primary being replaced runs in (a node takes its mode at start; after a change
-/// of `spec.replication.mode` the primary's pod is replaced last, so until then it
-/// still acknowledges as before, and an unreadable tail must not be taken as held by a
-/// secondary). Its pod not seen: the spec.
-pub fn counts_on_quorum(spec_quorum: bool, prev: &FlashSaleStatus, pods: &[PodView]) -> bool {
-    let from = match &prev.failover {
-        Some(f) => Some(f.from.as_str()),
-        None => prev.primary.as_ref().map(|p| p.pod.as_str()),
+/// The replication mode the primary's pod was seen to run (`PodView::runs_quorum`),
+/// recorded on every pass while the sale has a primary and no failover, for the pod
+/// its lease was granted in only: a pod made again under the same name runs the *new*
+/// template, so after a change of `spec.replication.mode` it does not say how the pod
+/// it replaced acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryMode {
+    pub pod: String,
+    pub uid: String,
+    pub quorum: bool,
+}
+
+impl PrimaryMode {
+    /// What the sale's primary pod runs now, if it is seen and is the pod its lease
+    /// was granted in (`leased_uid`).
+    pub fn seen(
+        prev: &FlashSaleStatus,
+        pods: &[PodView],
+        leased_uid: Option<&str>,
+    ) -> Option<Self> {
+        let primary = prev.primary.as_ref()?;
+        let p = pods
+            .iter()
+            .find(|p| p.name == primary.pod && p.uid.is_some() && p.uid.as_deref() == leased_uid)?;
+        Some(Self {
+            pod: p.name.clone(),
+            uid: p.uid.clone()?,
+            quorum: p.runs_quorum,
+        })
+    }
+}
+
+/// Whether a failover may count on quorum mode (an unreadable tail is then held by a
+/// secondary): the spec says so, and so did the primary being replaced. A node takes
+/// its mode at start and the pod template rollout replaces the primary's pod last, so
+/// after a change of `spec.replication.mode` the primary acknowledges as before until
+/// then. Asked, in order: the pod the old primary ran in (by uid: the failover's
+/// `fromUid`, else the lease's), still seen; what was recorded of that pod before
+/// ([`PrimaryMode`]); the spec (a new leader that never saw the primary, during a
+/// change of mode, is the one case left open).
+pub fn counts_on_quorum(
+    spec_quorum: bool,
+    prev: &FlashSaleStatus,
+    leased_uid: Option<&str>,
+    pods: &[PodView],
+    recorded: Option<&PrimaryMode>,
+) -> bool {
+    let (from, uid) = match &prev.failover {
+        Some(f) => (Some(f.from.as_str()), f.from_uid.as_deref()),
+        None => (prev.primary.as_ref().map(|p| p.pod.as_str()), leased_uid),
     };
-    spec_quorum
-        && from
-            .and_then(|name| pods.iter().find(|p| p.name == name))
-            .is_none_or(|p| p.runs_quorum)
+    let Some(from) = from else {
+        return spec_quorum;
+    };
+    let same =
+        |name: &str, pod_uid: Option<&str>| name == from && uid.is_none_or(|u| pod_uid == Some(u));
+    let ran_quorum = pods
+        .iter()
+        .find(|p| same(&p.name, p.uid.as_deref()))
+        .map(|p| p.runs_quorum)
+        .or_else(|| {
+            recorded
+                .filter(|r| same(&r.pod, Some(r.uid.as_str())))
+                .map(|r| r.quorum)
+        })
+        .unwrap_or(spec_quorum);
+    spec_quorum && ran_quorum
 }

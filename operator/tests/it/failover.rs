@@ -61,6 +61,7 @@ fn pod(ordinal: u32, node: Option<NodeStatus>) -> PodView {
         ordinal: Some(ordinal),
         ip: Some(format!("10.0.0.{}", 10 + ordinal)),
         running: true,
+        deleting: false,
         ready: node.is_some(),
         container_running: true,
         role_label: (ordinal == 0).then(|| "primary".to_string()),
@@ -1456,29 +1457,45 @@ fn a_scale_down_that_would_remove_the_primary_switches_over_first() {
     );
 }
 
-/// A failover counts on quorum mode only when the primary's own pod runs it: after
+/// A failover counts on quorum mode only when the primary being replaced ran it: after
 /// `spec.replication.mode` changes to quorum, the primary's pod is replaced last and
-/// acknowledges alone until then, so an unreadable tail is not held by a secondary.
+/// acknowledges alone until then, so an unreadable tail is not held by a secondary. A
+/// pod made again under the old primary's name runs the new template and says nothing
+/// of it; what was recorded of the pod the lease was granted in does.
 #[test]
-fn quorum_is_counted_on_only_when_the_primarys_pod_runs_it() {
-    use flashsale_operator::failover::counts_on_quorum;
-    let s = status(); // primary s-0
+fn quorum_is_counted_on_only_when_the_replaced_primary_ran_it() {
+    use flashsale_operator::failover::{PrimaryMode, counts_on_quorum};
+    let s = status(); // primary s-0, leased in uid-0
     let mut p = pods();
     for q in p.iter_mut() {
         q.runs_quorum = true;
     }
-    assert!(counts_on_quorum(true, &s, &p));
-    assert!(!counts_on_quorum(false, &s, &p), "the spec says async");
+    let lease = Some("uid-0");
+    assert!(counts_on_quorum(true, &s, lease, &p, None));
+    assert!(
+        !counts_on_quorum(false, &s, lease, &p, None),
+        "the spec says async"
+    );
     p[0].runs_quorum = false; // the primary's pod still runs the old mode
-    assert!(!counts_on_quorum(true, &s, &p));
-    // During a failover: the pod being replaced.
-    let f = failover(FailoverStep::Recovering);
-    assert!(!counts_on_quorum(true, &in_failover(f.clone()), &p));
+    assert!(!counts_on_quorum(true, &s, lease, &p, None));
+    let seen = PrimaryMode::seen(&s, &p, lease).expect("the leased pod is seen");
+    assert!(!seen.quorum);
+    // During a failover: the pod being replaced (`fromUid`).
+    let f = in_failover(failover(FailoverStep::Recovering));
+    assert!(!counts_on_quorum(true, &f, None, &p, None));
+    // Made again from the new template: its own mode is not asked, the record is.
+    p[0].uid = Some("uid-0-again".into());
     p[0].runs_quorum = true;
-    assert!(counts_on_quorum(true, &in_failover(f), &p));
-    // Its pod not seen: the spec.
+    assert!(!counts_on_quorum(true, &f, None, &p, Some(&seen)));
+    assert_eq!(
+        PrimaryMode::seen(&s, &p, lease),
+        None,
+        "nothing is recorded of a pod the lease was not granted in"
+    );
+    // Nothing known of the old pod: the spec.
+    assert!(counts_on_quorum(true, &f, None, &p, None));
     p.remove(0);
-    assert!(counts_on_quorum(true, &s, &p));
+    assert!(counts_on_quorum(true, &f, None, &p, None));
 }
 
 /// A pod template rollout that has come to the primary (every other node updated and

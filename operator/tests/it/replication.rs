@@ -37,6 +37,7 @@ fn pod(name: &str, status: Option<NodeStatus>) -> PodView {
         ordinal: name.rsplit('-').next().and_then(|n| n.parse().ok()),
         ip: Some("10.0.0.1".into()),
         running: status.is_some(),
+        deleting: false,
         ready: status.is_some(),
         container_running: true,
         role_label: None,

@@ -30,6 +30,7 @@ fn pod(ordinal: u32) -> PodView {
         ordinal: Some(ordinal),
         ip: Some(format!("10.0.0.{}", ordinal + 10)),
         running: true,
+        deleting: false,
         ready: false,
         container_running: true,
         role_label: None,

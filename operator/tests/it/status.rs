@@ -33,6 +33,7 @@ fn selling() -> Facts {
         }),
         epoch: 1,
         primary_selling: true,
+        primary_config_current: true,
         items: Some(vec![item("a", 100, 30, 5), item("b", 10, 10, 0)]),
         rolled_out: true,
         outdated: vec![],

@@ -67,6 +67,7 @@ fn pod(ordinal: u32, node: Option<Result<NodeStatus, String>>, ready: bool) -> P
         ordinal: Some(ordinal),
         ip: Some(format!("10.0.0.{}", ordinal + 10)),
         running: true,
+        deleting: false,
         ready,
         container_running: true,
         role_label: None,
@@ -505,6 +506,87 @@ fn a_failed_node_call_is_a_warning_and_a_problem() {
         .find(|c| c.type_ == "Degraded")
         .unwrap();
     assert_eq!(degraded.reason, "ConfigRejected");
+}
+
+/// A stock change the primary refuses (below what it sold) leaves it selling on its
+/// previous config: the sale stays Ready (it sells), Degraded says why the change is
+/// not taken. It read Ready False, "not selling yet", while every purchase succeeded.
+#[test]
+fn a_refused_config_change_leaves_the_sale_ready_on_its_previous_config() {
+    let before = sale(2, 100);
+    let old = validate(&before).unwrap();
+    let nodes = || {
+        observed(vec![
+            settled(0, Role::Primary, &old, 60),
+            settled(1, Role::Secondary, &old, 60),
+        ])
+    };
+    let (_, selling) = pass(&before, &with_primary(), nodes(), "2026-11-30T10:00:00Z");
+    assert!(condition_is(&selling.status, "Ready", "True"));
+    let mut after = sale(2, 50);
+    after.metadata.generation = Some(2);
+    let config = validate(&after).unwrap();
+    let hash = config_hash(&config);
+    let seen = nodes();
+    let role_plan = plan(
+        Known {
+            primary: Some("spring-0"),
+            epoch: 1,
+            config_hash: &hash,
+            lease_held: true,
+            first_assignment: false,
+        },
+        &seen.pods,
+    );
+    let push = role_plan
+        .steps
+        .iter()
+        .find(|s| matches!(s, Step::PushConfig { .. }))
+        .expect("the new config is pushed")
+        .clone();
+    let outcomes = vec![Outcome {
+        step: push,
+        result: Err(Problem {
+            reason: "ConfigRejected",
+            message: "spring-0: answered 409: stock 50 of tee is below the 60 sold or held".into(),
+        }),
+    }];
+    let now = at("2026-11-30T10:00:10Z");
+    let done = conclude(&Pass {
+        sale: &after,
+        prev: &selling.status,
+        observed: &seen,
+        role_plan: &role_plan,
+        config: &config,
+        hash: &hash,
+        selector: "x=y".into(),
+        applied: Applied::default(),
+        outcomes: &outcomes,
+        now: &now,
+        failover: FailoverPart::default(),
+        rollout: &RolloutPlan::default(),
+    });
+    let ready = done
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Selling")
+    );
+    assert!(
+        ready.message.contains("previous config"),
+        "{}",
+        ready.message
+    );
+    assert!(condition_is(&done.status, "Degraded", "True"));
+    assert!(
+        !reasons(&done.notes).contains(&"Selling"),
+        "no flap: {:?}",
+        done.notes
+    );
 }
 
 #[test]
