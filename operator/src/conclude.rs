@@ -132,15 +132,24 @@ fn facts(pass: &Pass, assessment: Assessment) -> Facts {
         s.role == role && s.epoch == role_plan.epoch && s.sale.is_some() && config_current
     };
     let is_primary = |v: &PodView| role_plan.primary.as_deref() == Some(v.name.as_str());
-    // Selling: the primary at the sale's epoch with a sale, ready. A config it refused
-    // (stock below what it sold) leaves it selling on its previous one: still Ready,
-    // and Degraded says why the new one is not taken.
-    let primary_selling = primary_view.is_some_and(|v| {
-        v.ready
-            && v.node_status().is_some_and(|s| {
-                s.role == Role::Primary && s.epoch == role_plan.epoch && s.sale.is_some()
-            })
-    });
+    // Selling: the primary at the sale's epoch with a sale, ready, and its lease
+    // granted by the keeper (a node the operator runs sells nothing without one: a
+    // promotion whose first renewal failed is not selling). A config it refused (stock
+    // below what it sold) leaves it selling on its previous one: still Ready, and
+    // Degraded says why the new one is not taken.
+    let lease = &pass.failover.lease;
+    let leased = lease.held
+        && lease.granted
+        && lease.epoch == role_plan.epoch
+        && lease.pod.is_some()
+        && lease.pod == role_plan.primary;
+    let primary_selling = leased
+        && primary_view.is_some_and(|v| {
+            v.ready
+                && v.node_status().is_some_and(|s| {
+                    s.role == Role::Primary && s.epoch == role_plan.epoch && s.sale.is_some()
+                })
+        });
     let primary_config_current = primary_view.is_some_and(|v| node_is(v, true));
     let every_node_current = pods.iter().all(|v| node_is(v, is_primary(v)) && v.ready);
     // `OnDelete`: the StatefulSet's current revision never moves to its update revision

@@ -445,10 +445,9 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
             ctx.keeper.view(&key).pod_uid.as_deref(),
         )
     {
-        ctx.primary_modes
-            .lock()
-            .expect("not poisoned")
-            .insert(key.clone(), mode);
+        let mut modes = ctx.primary_modes.lock().expect("not poisoned");
+        let mode = mode.after(modes.get(&key));
+        modes.insert(key.clone(), mode);
     }
     let last_replaced = ctx
         .rollouts

@@ -77,6 +77,20 @@ impl PrimaryMode {
             quorum: p.runs_quorum,
         })
     }
+
+    /// This record, after `earlier`: a primary whose pod was made again in place (same
+    /// name, another uid, its lease granted again) still holds in its log what the pod
+    /// before acknowledged, so it counts on quorum only if both did, until the primary
+    /// moves (a switchover or failover) and the record starts afresh.
+    pub fn after(self, earlier: Option<&PrimaryMode>) -> PrimaryMode {
+        match earlier {
+            Some(e) if e.pod == self.pod && e.uid != self.uid => PrimaryMode {
+                quorum: e.quorum && self.quorum,
+                ..self
+            },
+            _ => self,
+        }
+    }
 }
 
 /// Whether a failover may count on quorum mode (an unreadable tail is then held by a

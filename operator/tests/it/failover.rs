@@ -1492,6 +1492,22 @@ fn quorum_is_counted_on_only_when_the_replaced_primary_ran_it() {
         None,
         "nothing is recorded of a pod the lease was not granted in"
     );
+    // A primary made again in place (its lease granted again to the new pod) still
+    // holds what the pod before acknowledged alone: the record stays async until the
+    // primary moves.
+    let again = PrimaryMode::seen(&s, &p, Some("uid-0-again")).expect("leased again");
+    assert!(again.quorum);
+    let merged = again.clone().after(Some(&seen));
+    assert!(!merged.quorum && merged.uid == "uid-0-again");
+    let moved = PrimaryMode {
+        pod: "s-1".into(),
+        uid: "uid-1".into(),
+        quorum: true,
+    };
+    assert!(
+        moved.after(Some(&merged)).quorum,
+        "a new primary starts afresh"
+    );
     // Nothing known of the old pod: the spec.
     assert!(counts_on_quorum(true, &f, None, &p, None));
     p.remove(0);

@@ -9,6 +9,7 @@ use flashsale_operator::conclude::{Concluded, FailoverPart, Pass, conclude};
 use flashsale_operator::crd::{FlashSale, FlashSaleStatus, Phase, ReclaimPolicy};
 use flashsale_operator::events::{self, Kind, Note};
 use flashsale_operator::execute::Outcome;
+use flashsale_operator::failover::keeper::LeaseView;
 use flashsale_operator::observe::{Observed, PodView};
 use flashsale_operator::roles::{Known, RolePlan, Step, assignment_note, plan};
 use flashsale_operator::rollout::{self, Plan as RolloutPlan};
@@ -109,6 +110,17 @@ fn observed(pods: Vec<PodView>) -> Observed {
     }
 }
 
+/// The keeper renews the plan's primary's lease at its epoch (granted).
+fn held_lease(role_plan: &RolePlan) -> LeaseView {
+    LeaseView {
+        pod: role_plan.primary.clone(),
+        epoch: role_plan.epoch,
+        held: true,
+        granted: true,
+        ..LeaseView::default()
+    }
+}
+
 /// Plans, "executes" every step as the nodes would accept it (the views then show what
 /// the nodes answered), and concludes.
 fn pass(
@@ -177,7 +189,10 @@ fn pass(
         applied: Applied::default(),
         outcomes: &outcomes,
         now: &now,
-        failover: FailoverPart::default(),
+        failover: FailoverPart {
+            lease: held_lease(&role_plan),
+            ..FailoverPart::default()
+        },
         rollout: &rollout::plan(
             &seen,
             &rollout::Sale {
@@ -563,7 +578,10 @@ fn a_refused_config_change_leaves_the_sale_ready_on_its_previous_config() {
         applied: Applied::default(),
         outcomes: &outcomes,
         now: &now,
-        failover: FailoverPart::default(),
+        failover: FailoverPart {
+            lease: held_lease(&role_plan),
+            ..FailoverPart::default()
+        },
         rollout: &RolloutPlan::default(),
     });
     let ready = done
@@ -587,6 +605,65 @@ fn a_refused_config_change_leaves_the_sale_ready_on_its_previous_config() {
         "no flap: {:?}",
         done.notes
     );
+}
+
+/// A primary whose lease the keeper has not granted (a promotion whose first renewal
+/// failed) sells nothing (its node refuses every purchase without one): not Ready.
+#[test]
+fn a_primary_without_a_granted_lease_is_not_selling() {
+    let sale = sale(2, 100);
+    let config = validate(&sale).unwrap();
+    let hash = config_hash(&config);
+    let seen = observed(vec![
+        settled(0, Role::Primary, &config, 5),
+        settled(1, Role::Secondary, &config, 5),
+    ]);
+    let role_plan = plan(
+        Known {
+            primary: Some("spring-0"),
+            epoch: 1,
+            config_hash: &hash,
+            lease_held: true,
+            first_assignment: false,
+        },
+        &seen.pods,
+    );
+    let conclude_with = |lease: LeaseView| {
+        let now = at("2026-11-30T10:00:00Z");
+        conclude(&Pass {
+            sale: &sale,
+            prev: &with_primary(),
+            observed: &seen,
+            role_plan: &role_plan,
+            config: &config,
+            hash: &hash,
+            selector: "x=y".into(),
+            applied: Applied::default(),
+            outcomes: &[],
+            now: &now,
+            failover: FailoverPart {
+                lease,
+                ..FailoverPart::default()
+            },
+            rollout: &RolloutPlan::default(),
+        })
+        .status
+    };
+    assert!(condition_is(
+        &conclude_with(held_lease(&role_plan)),
+        "Ready",
+        "True"
+    ));
+    let refused = LeaseView {
+        granted: false,
+        ..held_lease(&role_plan)
+    };
+    assert!(condition_is(&conclude_with(refused), "Ready", "False"));
+    let other = LeaseView {
+        pod: Some("spring-1".into()),
+        ..held_lease(&role_plan)
+    };
+    assert!(condition_is(&conclude_with(other), "Ready", "False"));
 }
 
 #[test]
