@@ -78,13 +78,14 @@ impl PrimaryMode {
         })
     }
 
-    /// This record, after `earlier`: a primary whose pod was made again in place (same
-    /// name, another uid, its lease granted again) still holds in its log what the pod
-    /// before acknowledged, so it counts on quorum only if both did, until the primary
-    /// moves (a switchover or failover) and the record starts afresh.
+    /// This record, after `earlier`: a primary keeps in its log what every pod it ran
+    /// in acknowledged (a pod made again in place, same name, another uid, its lease
+    /// granted again, holds what the one before acknowledged alone), so it counts on
+    /// quorum only while every one of them ran it, until the primary moves (a
+    /// switchover or failover) and the record starts afresh.
     pub fn after(self, earlier: Option<&PrimaryMode>) -> PrimaryMode {
         match earlier {
-            Some(e) if e.pod == self.pod && e.uid != self.uid => PrimaryMode {
+            Some(e) if e.pod == self.pod => PrimaryMode {
                 quorum: e.quorum && self.quorum,
                 ..self
             },
@@ -97,10 +98,11 @@ impl PrimaryMode {
 /// secondary): the spec says so, and so did the primary being replaced. A node takes
 /// its mode at start and the pod template rollout replaces the primary's pod last, so
 /// after a change of `spec.replication.mode` the primary acknowledges as before until
-/// then. Asked, in order: the pod the old primary ran in (by uid: the failover's
-/// `fromUid`, else the lease's), still seen; what was recorded of that pod before
-/// ([`PrimaryMode`]); the spec (a new leader that never saw the primary, during a
-/// change of mode, is the one case left open).
+/// then. Asked: the pod the old primary runs in (by uid: the failover's `fromUid`,
+/// else the lease's), if still seen, and what was recorded of that primary before
+/// ([`PrimaryMode`], every pod it ran in); both must say quorum. Neither known: the
+/// spec. The record lives in the leader's memory: a new leader during a change of mode
+/// knows only the pods it sees.
 pub fn counts_on_quorum(
     spec_quorum: bool,
     prev: &FlashSaleStatus,
@@ -117,15 +119,15 @@ pub fn counts_on_quorum(
     };
     let same =
         |name: &str, pod_uid: Option<&str>| name == from && uid.is_none_or(|u| pod_uid == Some(u));
-    let ran_quorum = pods
+    let live = pods
         .iter()
         .find(|p| same(&p.name, p.uid.as_deref()))
-        .map(|p| p.runs_quorum)
-        .or_else(|| {
-            recorded
-                .filter(|r| same(&r.pod, Some(r.uid.as_str())))
-                .map(|r| r.quorum)
-        })
-        .unwrap_or(spec_quorum);
+        .map(|p| p.runs_quorum);
+    // The record covers every pod the primary ran in under this name, whatever uid.
+    let earlier = recorded.filter(|r| r.pod == from).map(|r| r.quorum);
+    let ran_quorum = match (live, earlier) {
+        (None, None) => spec_quorum,
+        (live, earlier) => live.unwrap_or(true) && earlier.unwrap_or(true),
+    };
     spec_quorum && ran_quorum
 }

@@ -1499,6 +1499,25 @@ fn quorum_is_counted_on_only_when_the_replaced_primary_ran_it() {
     assert!(again.quorum);
     let merged = again.clone().after(Some(&seen));
     assert!(!merged.quorum && merged.uid == "uid-0-again");
+    // ... on every pass after, not the first only.
+    let next_pass = again.clone().after(Some(&merged));
+    assert!(
+        !next_pass.quorum,
+        "the older mode is kept on the next pass too"
+    );
+    // And while that pod still runs (a failover from it, its fromUid the new one),
+    // the record is asked too, not its own mode alone.
+    let mut from_again = failover(FailoverStep::Recovering);
+    from_again.from_uid = Some("uid-0-again".into());
+    let f_again = in_failover(from_again);
+    assert!(counts_on_quorum(true, &f_again, None, &p, None));
+    assert!(!counts_on_quorum(
+        true,
+        &f_again,
+        None,
+        &p,
+        Some(&next_pass)
+    ));
     let moved = PrimaryMode {
         pod: "s-1".into(),
         uid: "uid-1".into(),
