@@ -550,9 +550,8 @@ async fn reconcile_sale(sale: &FlashSale, ctx: &Context) -> Result<Action, Error
     .await;
 
     // the pod template rollout: one pod replaced at a time, the primary never (a
-    // switchover moves it first, above)
-    // (The primary's checks again, here: the failover pass does not make them when it
-    // answers a switchover request or has no admin token.)
+    // switchover moves it first, above). The primary's checks are made again here: the
+    // failover pass skips them when it answers a switchover request or has no token.
     let primary_failing = fo.primary_failing
         || primary_now.as_deref().is_some_and(|p| {
             failover::primary_problem(p, epoch_now, &observed.pods, &ctx.keeper.view(&key))

@@ -177,24 +177,49 @@ fn pass(
             result: Ok(done),
         });
     }
-    let now = at(now);
-    let done = conclude(&Pass {
+    let done = conclude_with(
         sale,
         prev,
-        observed: &seen,
-        role_plan: &role_plan,
+        &seen,
+        &role_plan,
+        &outcomes,
+        now,
+        held_lease(&role_plan),
+    );
+    (role_plan, done)
+}
+
+/// Concludes a pass over `seen` whose node calls came out as `outcomes`, the keeper
+/// holding `lease`, the rollout planned from the pods.
+fn conclude_with(
+    sale: &FlashSale,
+    prev: &FlashSaleStatus,
+    seen: &Observed,
+    role_plan: &RolePlan,
+    outcomes: &[Outcome],
+    now: &str,
+    lease: LeaseView,
+) -> Concluded {
+    let config = validate(sale).unwrap();
+    let hash = config_hash(&config);
+    let now = at(now);
+    conclude(&Pass {
+        sale,
+        prev,
+        observed: seen,
+        role_plan,
         config: &config,
         hash: &hash,
         selector: "x=y".into(),
         applied: Applied::default(),
-        outcomes: &outcomes,
+        outcomes,
         now: &now,
         failover: FailoverPart {
-            lease: held_lease(&role_plan),
+            lease,
             ..FailoverPart::default()
         },
         rollout: &rollout::plan(
-            &seen,
+            seen,
             &rollout::Sale {
                 primary: role_plan.primary.as_deref(),
                 replicas: sale.spec.nodes.replicas,
@@ -204,8 +229,21 @@ fn pass(
                 last_replaced: None,
             },
         ),
-    });
-    (role_plan, done)
+    })
+}
+
+/// The plan for pods whose primary, spring-0, sells at epoch 1 with its lease held.
+fn steady_plan(seen: &Observed, config_hash: &str) -> RolePlan {
+    plan(
+        Known {
+            primary: Some("spring-0"),
+            epoch: 1,
+            config_hash,
+            lease_held: true,
+            first_assignment: false,
+        },
+        &seen.pods,
+    )
 }
 
 /// The status of a sale whose first primary, spring-0, was chosen at epoch 1.
@@ -540,19 +578,8 @@ fn a_refused_config_change_leaves_the_sale_ready_on_its_previous_config() {
     assert!(condition_is(&selling.status, "Ready", "True"));
     let mut after = sale(2, 50);
     after.metadata.generation = Some(2);
-    let config = validate(&after).unwrap();
-    let hash = config_hash(&config);
     let seen = nodes();
-    let role_plan = plan(
-        Known {
-            primary: Some("spring-0"),
-            epoch: 1,
-            config_hash: &hash,
-            lease_held: true,
-            first_assignment: false,
-        },
-        &seen.pods,
-    );
+    let role_plan = steady_plan(&seen, &config_hash(&validate(&after).unwrap()));
     let push = role_plan
         .steps
         .iter()
@@ -566,24 +593,15 @@ fn a_refused_config_change_leaves_the_sale_ready_on_its_previous_config() {
             message: "spring-0: answered 409: stock 50 of tee is below the 60 sold or held".into(),
         }),
     }];
-    let now = at("2026-11-30T10:00:10Z");
-    let done = conclude(&Pass {
-        sale: &after,
-        prev: &selling.status,
-        observed: &seen,
-        role_plan: &role_plan,
-        config: &config,
-        hash: &hash,
-        selector: "x=y".into(),
-        applied: Applied::default(),
-        outcomes: &outcomes,
-        now: &now,
-        failover: FailoverPart {
-            lease: held_lease(&role_plan),
-            ..FailoverPart::default()
-        },
-        rollout: &RolloutPlan::default(),
-    });
+    let done = conclude_with(
+        &after,
+        &selling.status,
+        &seen,
+        &role_plan,
+        &outcomes,
+        "2026-11-30T10:00:10Z",
+        held_lease(&role_plan),
+    );
     let ready = done
         .status
         .conditions
@@ -613,44 +631,25 @@ fn a_refused_config_change_leaves_the_sale_ready_on_its_previous_config() {
 fn a_primary_without_a_granted_lease_is_not_selling() {
     let sale = sale(2, 100);
     let config = validate(&sale).unwrap();
-    let hash = config_hash(&config);
     let seen = observed(vec![
         settled(0, Role::Primary, &config, 5),
         settled(1, Role::Secondary, &config, 5),
     ]);
-    let role_plan = plan(
-        Known {
-            primary: Some("spring-0"),
-            epoch: 1,
-            config_hash: &hash,
-            lease_held: true,
-            first_assignment: false,
-        },
-        &seen.pods,
-    );
-    let conclude_with = |lease: LeaseView| {
-        let now = at("2026-11-30T10:00:00Z");
-        conclude(&Pass {
-            sale: &sale,
-            prev: &with_primary(),
-            observed: &seen,
-            role_plan: &role_plan,
-            config: &config,
-            hash: &hash,
-            selector: "x=y".into(),
-            applied: Applied::default(),
-            outcomes: &[],
-            now: &now,
-            failover: FailoverPart {
-                lease,
-                ..FailoverPart::default()
-            },
-            rollout: &RolloutPlan::default(),
-        })
+    let role_plan = steady_plan(&seen, &config_hash(&config));
+    let status_with = |lease: LeaseView| {
+        conclude_with(
+            &sale,
+            &with_primary(),
+            &seen,
+            &role_plan,
+            &[],
+            "2026-11-30T10:00:00Z",
+            lease,
+        )
         .status
     };
     assert!(condition_is(
-        &conclude_with(held_lease(&role_plan)),
+        &status_with(held_lease(&role_plan)),
         "Ready",
         "True"
     ));
@@ -658,12 +657,12 @@ fn a_primary_without_a_granted_lease_is_not_selling() {
         granted: false,
         ..held_lease(&role_plan)
     };
-    assert!(condition_is(&conclude_with(refused), "Ready", "False"));
+    assert!(condition_is(&status_with(refused), "Ready", "False"));
     let other = LeaseView {
         pod: Some("spring-1".into()),
         ..held_lease(&role_plan)
     };
-    assert!(condition_is(&conclude_with(other), "Ready", "False"));
+    assert!(condition_is(&status_with(other), "Ready", "False"));
 }
 
 #[test]
